@@ -51,4 +51,4 @@ tail -n 3 "$RUN/harness.log" >&2
 step "unit and end-to-end tests"
 export KUBECTL_BACKUP_E2E_ENV="$RUN/env.json"
 export PATH="$ROOT/target/debug:$PATH"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -220,10 +220,10 @@ async fn heartbeat(store: Store, name: String, mut marker: Backup, tracker: Arc<
     loop {
         let items = tracker.items.load(Ordering::Relaxed);
         marker.status.progress = BackupProgress { total_items: items, items_backed_up: items };
-        if let Ok(body) = serde_json::to_vec_pretty(&marker) {
-            if let Err(e) = store.objects().put(&path, PutPayload::from(body)).await {
-                tracing::debug!(error = %crate::store::store_message(&e), "could not refresh the in-progress marker");
-            }
+        if let Ok(body) = serde_json::to_vec_pretty(&marker)
+            && let Err(e) = store.objects().put(&path, PutPayload::from(body)).await
+        {
+            tracing::debug!(error = %crate::store::store_message(&e), "could not refresh the in-progress marker");
         }
         tokio::time::sleep(HEARTBEAT).await;
     }

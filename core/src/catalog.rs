@@ -232,25 +232,10 @@ pub enum Destination<'a> {
 /// partial archive under the requested name. Returns the bytes written.
 pub async fn download(store: &Store, name: &str, dest: Destination<'_>) -> Result<u64> {
     let meta = metadata(store, name).await?;
-    let archive = meta.backup.status.archive.expect("checked by metadata()");
-    let path = archive_path(name, &archive.key);
-    let got = store.objects().get(&path).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => corrupt(store, name, format!("its archive {} is missing", archive.key)),
-        e => store.error(e),
-    })?;
-    let mut stream = got.into_stream();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
     match dest {
         Destination::Stdout => {
             let mut out = tokio::io::stdout();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| store.error(e))?;
-                hasher.update(&chunk);
-                size += chunk.len() as u64;
-                out.write_all(&chunk).await.map_err(|e| Error::io("stdout", e))?;
-            }
-            out.flush().await.map_err(|e| Error::io("stdout", e))?;
+            copy_verified(store, &meta, &mut out).await.map_err(|e| e.at("stdout"))
         }
         Destination::File(file) => {
             let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
@@ -260,19 +245,74 @@ pub async fn download(store: &Store, name: &str, dest: Destination<'_>) -> Resul
                 .map_err(|e| Error::io(dir, e))?;
             let (std_file, tmp_path) = tmp.into_parts();
             let mut out = tokio::fs::File::from_std(std_file);
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| store.error(e))?;
-                hasher.update(&chunk);
-                size += chunk.len() as u64;
-                out.write_all(&chunk).await.map_err(|e| Error::io(file, e))?;
-            }
+            let n = copy_verified(store, &meta, &mut out).await.map_err(|e| e.at(file))?;
             out.sync_all().await.map_err(|e| Error::io(file, e))?;
-            check_digest(store, name, size, &hex::encode(hasher.finalize()), &archive.sha256, archive.size)?;
             tmp_path.persist(file).map_err(|e| Error::io(file, e.error))?;
-            return Ok(size);
+            Ok(n)
         }
     }
-    check_digest(store, name, size, &hex::encode(hasher.finalize()), &archive.sha256, archive.size)?;
+}
+
+/// Downloads a backup's archive into an anonymous temporary file, verified, and rewinds it.
+pub async fn fetch(store: &Store, meta: &BackupMetadata) -> Result<std::fs::File> {
+    let file = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut out = tokio::fs::File::from_std(file);
+    copy_verified(store, meta, &mut out).await.map_err(|e| e.at(std::env::temp_dir().as_path()))?;
+    out.flush().await.map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut file = out.into_std().await;
+    std::io::Seek::rewind(&mut file).map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    Ok(file)
+}
+
+/// Either a store/verification error, or a local write error (which `at` names the file of).
+enum CopyError {
+    Engine(Error),
+    Write(std::io::Error),
+}
+
+impl CopyError {
+    fn at(self, path: impl AsRef<FsPath>) -> Error {
+        match self {
+            CopyError::Engine(e) => e,
+            CopyError::Write(e) => Error::io(path.as_ref(), e),
+        }
+    }
+}
+
+/// Streams the archive of `meta` into `out`, then checks its size and SHA-256 against the metadata.
+async fn copy_verified(
+    store: &Store,
+    meta: &BackupMetadata,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<u64, CopyError> {
+    let name = meta.backup.metadata.name.as_str();
+    let archive = meta
+        .backup
+        .status
+        .archive
+        .as_ref()
+        .ok_or_else(|| CopyError::Engine(corrupt(store, name, "no archive".into())))?;
+    let path = archive_path(name, &archive.key);
+    let got = store.objects().get(&path).await.map_err(|e| {
+        CopyError::Engine(match e {
+            object_store::Error::NotFound { .. } => {
+                corrupt(store, name, format!("its archive {} is missing", archive.key))
+            }
+            e => store.error(e),
+        })
+    })?;
+    let mut stream = got.into_stream();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| CopyError::Engine(store.error(e)))?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk).await.map_err(CopyError::Write)?;
+    }
+    out.flush().await.map_err(CopyError::Write)?;
+    check_digest(store, name, size, &hex::encode(hasher.finalize()), &archive.sha256, archive.size)
+        .map_err(CopyError::Engine)?;
     Ok(size)
 }
 

@@ -20,6 +20,7 @@ pub mod kube_client;
 pub mod model;
 pub mod pki;
 pub mod progress;
+pub mod restore;
 pub mod selector;
 pub mod store;
 

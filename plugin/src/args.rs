@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kubectl_backup_core::kube_client::KubeOptions;
-use kubectl_backup_core::model::{ClusterResources, Filters};
+use kubectl_backup_core::model::{ClusterResources, ExistingPolicy, Filters};
 use kubectl_backup_core::store::StoreOptions;
 
 #[derive(Debug, Parser)]
@@ -176,6 +176,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Download a backup's archive (a .tar.zst: `tar --zstd -xf FILE` opens it).
     Download(DownloadArgs),
+    /// Restore a backup into the cluster (the same one or another).
+    Restore(RestoreArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Print the version.
@@ -197,6 +199,53 @@ pub struct CreateArgs {
     pub wait: bool,
     #[command(flatten)]
     pub output: OutputArg,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RestoreArgs {
+    /// The backup to restore.
+    pub backup: String,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Restore namespace SRC into DST: src:dst[,src2:dst2]. Rewrites object namespaces, binding
+    /// subjects and PV claim references.
+    #[arg(long, value_delimiter = ',', value_name = "SRC:DST")]
+    pub namespace_mapping: Vec<String>,
+    /// What to do with objects that already exist: skip (leave them, report them) or update (bring
+    /// them back to the backed-up state with a forced server-side apply).
+    #[arg(long, default_value = "skip", value_name = "skip|update")]
+    pub existing: ExistingPolicy,
+    /// Keep Service node ports as backed up (by default ports the server assigned are dropped).
+    #[arg(long)]
+    pub preserve_nodeports: bool,
+    /// Write nothing: have the API server validate each object (dryRun=All) and show what would be
+    /// created, updated or skipped, with a diff for existing objects that differ.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for the restore to finish. With --wait=false it runs in the background.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub wait: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+impl RestoreArgs {
+    pub fn mapping(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut map = std::collections::BTreeMap::new();
+        for pair in self.namespace_mapping.iter().filter(|p| !p.trim().is_empty()) {
+            let (src, dst) = pair
+                .split_once(':')
+                .map(|(a, b)| (a.trim(), b.trim()))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| {
+                    format!("invalid --namespace-mapping {pair:?}: expected SRC:DST, e.g. shop:shop-copy")
+                })?;
+            if map.insert(src.to_string(), dst.to_string()).is_some() {
+                return Err(format!("invalid --namespace-mapping: {src:?} is mapped twice"));
+            }
+        }
+        Ok(map)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +322,28 @@ mod tests {
         assert_eq!(f.include_cluster_resources, ClusterResources::False);
         assert!(!c.wait);
         assert_eq!(cli.location.location.as_deref(), Some("s3://bucket/p"));
+    }
+
+    #[test]
+    fn restore_mapping_parses_and_rejects_garbage() {
+        let cli = Cli::parse_from([
+            "kubectl-backup",
+            "restore",
+            "b",
+            "--namespace-mapping",
+            "a:b,c:d",
+            "--existing",
+            "update",
+            "--dry-run",
+        ]);
+        let Command::Restore(r) = cli.command else { panic!("not restore") };
+        assert_eq!(r.mapping().unwrap().get("a").map(String::as_str), Some("b"));
+        assert_eq!(r.existing, ExistingPolicy::Update);
+        assert!(r.dry_run);
+        let cli = Cli::parse_from(["kubectl-backup", "restore", "b", "--namespace-mapping", "nocolon"]);
+        let Command::Restore(r) = cli.command else { panic!("not restore") };
+        assert!(r.mapping().unwrap_err().contains("SRC:DST"));
+        assert!(Cli::try_parse_from(["kubectl-backup", "restore", "b", "--existing", "merge"]).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn print_document<T: Serialize>(value: &T, format: Output) -> anyhow::Result
 pub fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
-    t.set_header(headers.iter().map(|h| Cell::new(h)));
+    t.set_header(headers.iter().map(Cell::new));
     for c in t.column_iter_mut() {
         c.set_padding((0, 3));
     }

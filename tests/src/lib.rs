@@ -7,6 +7,8 @@
 
 pub mod control_plane;
 pub mod env;
+pub mod fault_proxy;
+pub mod fixtures;
 pub mod gcs_proxy;
 pub mod process;
 pub mod stores;

@@ -61,10 +61,10 @@ impl Process {
 
     /// Fails with the tail of the log if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!("{} exited ({status}); last log lines:\n{}", self.name, tail(&self.log, 30));
-            }
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("{} exited ({status}); last log lines:\n{}", self.name, tail(&self.log, 30));
         }
         Ok(())
     }
@@ -163,10 +163,10 @@ pub fn find_glob_tool(dir: &Path, suffix: &str) -> Result<PathBuf> {
             if p.to_string_lossy().ends_with(suffix) && p.is_file() {
                 return Some(p);
             }
-            if p.is_dir() {
-                if let Some(found) = walk(&p, suffix, depth + 1) {
-                    return Some(found);
-                }
+            if p.is_dir()
+                && let Some(found) = walk(&p, suffix, depth + 1)
+            {
+                return Some(found);
             }
         }
         None

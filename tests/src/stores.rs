@@ -205,7 +205,10 @@ impl FakeGcs {
         let info = StoreInfo {
             provider: "gcs".into(),
             url: format!("gs://{GCS_BUCKET}"),
-            env: vec![("GOOGLE_SERVICE_ACCOUNT".into(), key.display().to_string())],
+            env: vec![
+                ("GOOGLE_SERVICE_ACCOUNT".into(), key.display().to_string()),
+                ("GOOGLE_ALLOW_HTTP".into(), "true".into()),
+            ],
             port: proxy.port(),
         };
         Ok(FakeGcs { info, upstream, _proxy: proxy, _process: process })

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use kubectl_backup_core::catalog::{self, Destination};
 use kubectl_backup_core::filter::Selection;
 use kubectl_backup_core::input::{parse_duration, validate_name};
@@ -15,9 +15,6 @@ use kubectl_backup_core::{backup, model};
 use crate::args::{Cli, CreateArgs, DeleteArgs, DescribeArgs, DownloadArgs, ListArgs, Output};
 use crate::output::{age, print_document, print_table, size, table, time, until};
 use crate::{EXIT_PARTIAL, location, progress};
-
-/// Set in the environment of the background process `create --wait=false` starts.
-const DETACHED_ENV: &str = "KUBECTL_BACKUP_DETACHED";
 
 pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<ExitCode> {
     // Check everything we can before touching the cluster or detaching.
@@ -30,12 +27,9 @@ pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<ExitCode> {
     let spec =
         BackupSpec { filters, ttl: Some(args.ttl.clone()), storage_location: Some(location_url), schedule: None };
 
-    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    let detached = super::detached();
     if !args.wait && !detached {
-        return detach(&args.name);
-    }
-    if detached {
-        ignore_hangup();
+        return super::detach("backup", &args.name);
     }
 
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
@@ -59,45 +53,6 @@ pub fn exit_for(phase: Phase) -> ExitCode {
         Phase::Completed => ExitCode::SUCCESS,
         Phase::PartiallyFailed => ExitCode::from(EXIT_PARTIAL),
         Phase::InProgress | Phase::Failed => ExitCode::FAILURE,
-    }
-}
-
-/// Runs this same command again in the background, logging to a file, and returns at once.
-fn detach(name: &str) -> Result<ExitCode> {
-    let exe = std::env::current_exe().context("finding this program to run it in the background")?;
-    let log_dir = log_dir();
-    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    let log_path = log_dir.join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let child = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(DETACHED_ENV, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the background backup")?;
-    println!(
-        "backup \"{name}\" started in the background (pid {}, log {}); follow it with: kubectl backup describe {name}",
-        child.id(),
-        log_path.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn log_dir() -> PathBuf {
-    use etcetera::BaseStrategy;
-    etcetera::choose_base_strategy()
-        .ok()
-        .and_then(|b| b.state_dir())
-        .unwrap_or_else(std::env::temp_dir)
-        .join("kubectl-backup/logs")
-}
-
-/// The background process must outlive the terminal that started it.
-fn ignore_hangup() {
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        tokio::spawn(async move { while hup.recv().await.is_some() {} });
     }
 }
 

@@ -1,0 +1,175 @@
+//! Writing one object to the target cluster: create, or on conflict skip / update (server-side
+//! apply, forced), or in a dry run ask the server to validate and report the diff.
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::Value;
+
+use super::plan::Indexed;
+use super::transform::changes;
+use crate::FIELD_MANAGER;
+use crate::collect::Discovered;
+use crate::error::kube_message;
+use crate::kube_client::Cluster;
+use crate::model::{ExistingPolicy, ItemAction, RestoreItem};
+
+/// How objects are written.
+#[derive(Clone, Debug)]
+pub struct WritePolicy {
+    pub existing: ExistingPolicy,
+    pub dry_run: bool,
+}
+
+/// The API for an archived object in the target cluster, or why there is none.
+pub fn resolve(discovered: &Discovered, item: &Indexed) -> Result<(ApiResource, bool), String> {
+    let (plural, group) = item.plural_group();
+    let Some(r) = discovered.find(plural, group) else {
+        return Err(format!(
+            "the target cluster does not serve {} (install its CustomResourceDefinition or API first)",
+            item.resource
+        ));
+    };
+    let version = item.api_version.rsplit_once('/').map(|(_, v)| v).unwrap_or(&item.api_version).to_string();
+    let ar = ApiResource {
+        group: group.to_string(),
+        version,
+        api_version: item.api_version.clone(),
+        kind: item.kind.clone(),
+        plural: plural.to_string(),
+    };
+    Ok((ar, r.namespaced))
+}
+
+/// Creates (or updates, or validates) one transformed object and says what happened.
+pub async fn write(
+    cluster: &Cluster,
+    discovered: &Discovered,
+    item: &Indexed,
+    target_namespace: Option<&str>,
+    desired: Value,
+    policy: &WritePolicy,
+    namespace_pending: bool,
+) -> RestoreItem {
+    let mut report = RestoreItem {
+        resource: item.resource.clone(),
+        namespace: target_namespace.map(str::to_string),
+        name: item.name.clone(),
+        action: ItemAction::Failed,
+        reason: None,
+        diff: None,
+    };
+    let (ar, namespaced) = match resolve(discovered, item) {
+        Ok(r) => r,
+        Err(reason) => {
+            if policy.dry_run && namespace_pending {
+                report.action = ItemAction::WouldCreate;
+                report.reason = Some("its API is created earlier in this restore; not validated by the server".into());
+            } else {
+                report.reason = Some(reason);
+            }
+            return report;
+        }
+    };
+    let api: Api<DynamicObject> = match (namespaced, target_namespace) {
+        (true, Some(ns)) => Api::namespaced_with(cluster.client.clone(), ns, &ar),
+        (true, None) => {
+            report.reason = Some("namespaced object without a namespace in the archive".into());
+            return report;
+        }
+        (false, _) => Api::all_with(cluster.client.clone(), &ar),
+    };
+    let obj: DynamicObject = match serde_json::from_value(desired.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            report.reason = Some(format!("not a Kubernetes object: {e}"));
+            return report;
+        }
+    };
+    let throttle = &cluster.throttle;
+    let name = item.name.as_str();
+
+    if policy.dry_run {
+        return match throttle.call(|| api.get_opt(name)).await {
+            Ok(None) if namespace_pending => {
+                report.action = ItemAction::WouldCreate;
+                report.reason =
+                    Some("its namespace is created earlier in this restore; not validated by the server".into());
+                report
+            }
+            Ok(None) => {
+                let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
+                match throttle.call(|| api.create(&pp, &obj)).await {
+                    Ok(_) => report.action = ItemAction::WouldCreate,
+                    Err(e) => report.reason = Some(format!("the API server would refuse it: {}", kube_message(&e))),
+                }
+                report
+            }
+            Ok(Some(live)) => existing(&api, name, live, &desired, &obj, policy, report).await,
+            Err(e) => {
+                report.reason = Some(kube_message(&e));
+                report
+            }
+        };
+    }
+
+    let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
+    match throttle.call(|| api.create(&pp, &obj)).await {
+        Ok(_) => {
+            report.action = ItemAction::Created;
+            report
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+            match throttle.call(|| api.get_opt(name)).await {
+                Ok(Some(live)) => existing(&api, name, live, &desired, &obj, policy, report).await,
+                Ok(None) => {
+                    report.reason = Some("it existed, then disappeared while restoring; run the restore again".into());
+                    report
+                }
+                Err(e) => {
+                    report.reason = Some(kube_message(&e));
+                    report
+                }
+            }
+        }
+        Err(e) => {
+            report.reason = Some(kube_message(&e));
+            report
+        }
+    }
+}
+
+/// An object that already exists: compare, then skip or update according to the policy.
+async fn existing(
+    api: &Api<DynamicObject>,
+    name: &str,
+    live: DynamicObject,
+    desired: &Value,
+    obj: &DynamicObject,
+    policy: &WritePolicy,
+    mut report: RestoreItem,
+) -> RestoreItem {
+    let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+    let ops = changes(&live, desired);
+    if !ops.is_empty() {
+        report.diff = serde_json::to_value(&ops).ok();
+    }
+    match policy.existing {
+        ExistingPolicy::Skip => {
+            report.action = ItemAction::SkippedExists;
+            report.reason = Some(if ops.is_empty() {
+                "exists, identical to the backup".to_string()
+            } else {
+                format!("exists and differs in {} field(s); --existing update would change them", ops.len())
+            });
+        }
+        ExistingPolicy::Update if ops.is_empty() => report.action = ItemAction::Unchanged,
+        ExistingPolicy::Update => {
+            let mut pp = PatchParams::apply(FIELD_MANAGER).force();
+            pp.dry_run = policy.dry_run;
+            match api.patch(name, &pp, &Patch::Apply(obj)).await {
+                Ok(_) => report.action = if policy.dry_run { ItemAction::WouldUpdate } else { ItemAction::Updated },
+                Err(e) => report.reason = Some(format!("update refused: {}", kube_message(&e))),
+            }
+        }
+    }
+    report
+}

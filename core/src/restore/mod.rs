@@ -1,0 +1,363 @@
+//! A restore: verify the whole backup, plan, then create objects group by group.
+//!
+//! Nothing is written before every entry of the archive has been checked against the digests in
+//! the metadata (size and SHA-256 of the archive, then each entry's path and SHA-256). The archive
+//! is kept in a local temporary file and read once per priority group, so memory holds one index
+//! entry per object, not the objects.
+
+pub mod apply;
+pub mod plan;
+pub mod report;
+pub mod transform;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use self::apply::WritePolicy;
+use self::plan::{Decision, Indexed, Priority};
+use self::report::Report;
+use self::transform::{TransformOptions, transform};
+use crate::archive::read_verified;
+use crate::collect::{self, Discovered};
+use crate::error::kube_message;
+use crate::filter::Selection;
+use crate::input::validate_name;
+use crate::kube_client::Cluster;
+use crate::model::{ItemAction, Restore, RestoreItem, RestoreSpec};
+use crate::progress::{Event, Observer};
+use crate::store::Store;
+use crate::{Error, FIELD_MANAGER, RESTORED_FROM_LABEL, Result, catalog};
+
+/// How long to wait for a restored CRD to be Established and served.
+const CRD_WAIT: Duration = Duration::from_secs(60);
+
+/// Restores `spec.backup_name` into the cluster. `name` names the restore (e.g. `<backup>-<time>`).
+pub async fn run(
+    cluster: &Cluster,
+    store: &Store,
+    name: &str,
+    spec: RestoreSpec,
+    observer: Arc<dyn Observer>,
+) -> Result<Restore> {
+    validate_name("backup name", &spec.backup_name)?;
+    for (from, to) in &spec.namespace_mapping {
+        validate_name("--namespace-mapping source", from)?;
+        validate_name("--namespace-mapping target", to)?;
+    }
+    let selection = Selection::new(&spec.filters)?;
+    let start = Timestamp::now();
+
+    // 1. Verify everything before the first write.
+    let meta = catalog::metadata(store, &spec.backup_name).await?;
+    let corrupt =
+        |reason: String| Error::Corrupt { name: spec.backup_name.clone(), location: store.url().into(), reason };
+    let file = catalog::fetch(store, &meta).await?;
+    let objects = meta.objects.clone();
+    let (file, index) = tokio::task::spawn_blocking(move || {
+        let mut index = Vec::with_capacity(objects.len());
+        let reader = std::io::BufReader::new(&file);
+        read_verified(reader, &objects, |e| {
+            let v: Value =
+                serde_json::from_slice(&e.json).map_err(|err| format!("entry {:?} is not JSON: {err}", e.raw_path))?;
+            index.push(Indexed::from_json(
+                &e.raw_path,
+                &e.path.resource,
+                e.path.namespace.as_deref(),
+                &e.path.name,
+                &v,
+            ));
+            Ok(())
+        })
+        .map(|_| (file, index))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("verifying the archive: {e}")))?
+    .map_err(corrupt)?;
+    observer.event(Event::Verified { items: index.len() as u64 });
+
+    // 2. Plan against what the target cluster serves.
+    let mut discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
+    let decisions = {
+        let d = &discovered;
+        let shorts =
+            |plural: &str, group: &str| d.find(plural, group).map(|r| r.short_names.clone()).unwrap_or_default();
+        plan::decide(&index, &selection, &shorts)
+    };
+    let opts = TransformOptions {
+        backup_name: spec.backup_name.clone(),
+        namespace_mapping: spec.namespace_mapping.clone(),
+        preserve_node_ports: spec.preserve_node_ports,
+    };
+    let policy = WritePolicy { existing: spec.existing_resource_policy, dry_run: spec.dry_run };
+    let mut report = Report::new(name, spec.clone(), start);
+    let mut groups: BTreeMap<Priority, Vec<usize>> = BTreeMap::new();
+    for (i, d) in decisions.iter().enumerate() {
+        match d {
+            Decision::Restore(p) => groups.entry(*p).or_default().push(i),
+            Decision::Skip(reason) => report.add(skipped(&index[i], &opts, reason)),
+            Decision::Filtered => {}
+        }
+    }
+    let total = groups.values().map(Vec::len).sum::<usize>() as u64;
+    report.set_total(total + report.counted());
+    observer.event(Event::RestorePlanned { total });
+    if let Some(mapped) =
+        spec.namespace_mapping.keys().find(|k| !index.iter().any(|i| i.namespace.as_deref() == Some(k.as_str())))
+    {
+        report.warn(format!("--namespace-mapping names {mapped:?}, which has no objects in the backup"));
+    }
+
+    // 3. Apply, group by group.
+    let file = Arc::new(file);
+    let index = Arc::new(index);
+    let mut namespaces_ready = false;
+    let mut pending = Pending::default();
+    let mut done = 0u64;
+    for (priority, members) in groups {
+        if priority > Priority::Namespaces && !namespaces_ready {
+            pending
+                .namespaces
+                .extend(ensure_namespaces(cluster, &index, &decisions, &opts, spec.dry_run, &mut report).await);
+            namespaces_ready = true;
+        }
+        let results = apply_group(
+            cluster,
+            &discovered,
+            &file,
+            &index,
+            &meta.objects,
+            &members,
+            &opts,
+            &policy,
+            &pending,
+            &observer,
+            &mut done,
+            total,
+        )
+        .await?;
+        let mut crds = Vec::new();
+        for (i, r) in results {
+            if priority == Priority::CustomResourceDefinitions
+                && matches!(
+                    r.action,
+                    ItemAction::Created | ItemAction::SkippedExists | ItemAction::Unchanged | ItemAction::Updated
+                )
+            {
+                crds.push(index[i].name.clone());
+            }
+            if spec.dry_run && r.action == ItemAction::WouldCreate {
+                match priority {
+                    Priority::Namespaces => pending.namespaces.insert(r.name.clone()),
+                    Priority::CustomResourceDefinitions => pending.crds.insert(r.name.clone()),
+                    _ => false,
+                };
+            }
+            report.add(r);
+        }
+        if priority == Priority::CustomResourceDefinitions && !crds.is_empty() && !spec.dry_run {
+            observer.event(Event::Waiting {
+                what: format!("{} CustomResourceDefinition(s) to be established", crds.len()),
+            });
+            for w in wait_for_crds(cluster, &crds).await {
+                report.warn(w);
+            }
+            discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
+        }
+    }
+    Ok(report.finish())
+}
+
+/// In a dry run, what the restore would create first and so cannot exist yet: objects in these
+/// namespaces, or of these CRDs, cannot be validated by the server.
+#[derive(Default)]
+struct Pending {
+    namespaces: BTreeSet<String>,
+    /// `<plural>.<group>` names of CRDs.
+    crds: BTreeSet<String>,
+}
+
+/// The report entry of an object skipped by policy.
+fn skipped(item: &Indexed, opts: &TransformOptions, reason: &str) -> RestoreItem {
+    RestoreItem {
+        resource: item.resource.clone(),
+        namespace: item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()),
+        name: item.name.clone(),
+        action: ItemAction::SkippedPolicy,
+        reason: Some(reason.to_string()),
+        diff: None,
+    }
+}
+
+/// Makes sure every target namespace of the restored objects exists (a mapped namespace, or one
+/// whose Namespace object was not in the backup). Returns the namespaces that do not exist yet
+/// (only in a dry run, where nothing is created).
+async fn ensure_namespaces(
+    cluster: &Cluster,
+    index: &[Indexed],
+    decisions: &[Decision],
+    opts: &TransformOptions,
+    dry_run: bool,
+    report: &mut Report,
+) -> BTreeSet<String> {
+    let targets: BTreeSet<String> = index
+        .iter()
+        .zip(decisions)
+        .filter(|(_, d)| matches!(d, Decision::Restore(_)))
+        .filter_map(|(i, _)| i.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()))
+        .collect();
+    let ar = ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        plural: "namespaces".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
+    let mut pending = BTreeSet::new();
+    for ns in targets {
+        match cluster.throttle.call(|| api.get_opt(&ns)).await {
+            Ok(Some(_)) => {}
+            Ok(None) if dry_run => {
+                pending.insert(ns);
+            }
+            Ok(None) => {
+                let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": {RESTORED_FROM_LABEL: opts.backup_name}}
+                }))
+                .expect("a valid namespace object");
+                let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
+                match cluster.throttle.call(|| api.create(&pp, &obj)).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => report.warn(format!("cannot create namespace {ns:?}: {}", kube_message(&e))),
+                }
+            }
+            Err(e) => report.warn(format!("cannot read namespace {ns:?}: {}", kube_message(&e))),
+        }
+    }
+    pending
+}
+
+/// Reads the group's entries from the archive (verifying digests again) on a blocking thread and
+/// writes them with bounded concurrency. Returns `(index, result)` per object.
+#[allow(clippy::too_many_arguments)]
+async fn apply_group(
+    cluster: &Cluster,
+    discovered: &Discovered,
+    file: &Arc<std::fs::File>,
+    index: &Arc<Vec<Indexed>>,
+    digests: &BTreeMap<String, String>,
+    members: &[usize],
+    opts: &TransformOptions,
+    policy: &WritePolicy,
+    pending: &Pending,
+    observer: &Arc<dyn Observer>,
+    done: &mut u64,
+    total: u64,
+) -> Result<Vec<(usize, RestoreItem)>> {
+    let wanted: HashMap<String, (usize, String)> = members
+        .iter()
+        .filter_map(|&i| digests.get(&index[i].path).map(|d| (index[i].path.clone(), (i, d.clone()))))
+        .collect();
+    let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
+    let reader_file = file.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut f = reader_file.as_ref();
+        std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
+        let decoder = zstd::Decoder::new(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+        let mut archive = tar::Archive::new(decoder);
+        for entry in archive.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let Some((i, digest)) = wanted.get(&path) else { continue };
+            let i = *i;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| e.to_string())?;
+            if &crate::archive::sha256_hex(&bytes) != digest {
+                return Err(format!("entry {path:?} changed on local disk since it was verified"));
+            }
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            if tx.blocking_send((i, v)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    let results: Vec<(usize, RestoreItem)> = tokio_stream_of(rx)
+        .map(|(i, v)| {
+            let item = &index[i];
+            let target_ns = item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string());
+            let desired = transform(&item.resource, v, opts);
+            let (plural, group) = item.plural_group();
+            let namespace_pending = target_ns.as_ref().is_some_and(|ns| pending.namespaces.contains(ns))
+                || pending.crds.contains(&format!("{plural}.{group}"));
+            async move {
+                let r =
+                    apply::write(cluster, discovered, item, target_ns.as_deref(), desired, policy, namespace_pending)
+                        .await;
+                (i, r)
+            }
+        })
+        .buffer_unordered(cluster.throttle.concurrency)
+        .inspect(|_| {
+            *done += 1;
+            observer.event(Event::Restored { done: *done, total });
+        })
+        .collect()
+        .await;
+    reader
+        .await
+        .map_err(|e| Error::Other(format!("reading the archive: {e}")))?
+        .map_err(|e| Error::Other(format!("reading the verified archive again failed: {e}")))?;
+    Ok(results)
+}
+
+fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Waits until each CRD is Established. Returns a warning per CRD that is not in time.
+async fn wait_for_crds(cluster: &Cluster, names: &[String]) -> Vec<String> {
+    let ar = ApiResource {
+        group: "apiextensions.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiextensions.k8s.io/v1".into(),
+        kind: "CustomResourceDefinition".into(),
+        plural: "customresourcedefinitions".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
+    let deadline = tokio::time::Instant::now() + CRD_WAIT;
+    let mut warnings = Vec::new();
+    for name in names {
+        loop {
+            let established = match cluster.throttle.call(|| api.get_opt(name)).await {
+                Ok(Some(crd)) => crd.data["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True"),
+                _ => false,
+            };
+            if established {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                warnings.push(format!(
+                    "CustomResourceDefinition {name:?} was not established within {}s",
+                    CRD_WAIT.as_secs()
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    warnings
+}

@@ -1,0 +1,115 @@
+//! `restore`.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use jiff::Timestamp;
+use kubectl_backup_core::filter::Selection;
+use kubectl_backup_core::input::{timestamped_name, validate_name};
+use kubectl_backup_core::kube_client::Cluster;
+use kubectl_backup_core::model::{ItemAction, Restore, RestoreItem, RestoreSpec};
+use kubectl_backup_core::restore;
+
+use super::backup::{exit_for, throttle};
+use crate::args::{Cli, Output, RestoreArgs};
+use crate::output::{print_document, print_table, table};
+use crate::{location, progress};
+
+pub async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
+    validate_name("backup name", &args.backup)?;
+    let filters = args.filters.filters();
+    Selection::new(&filters)?;
+    let namespace_mapping = args.mapping().map_err(|e| anyhow!(e))?;
+    let store = location::open(&cli.location)?;
+    let spec = RestoreSpec {
+        backup_name: args.backup.clone(),
+        filters,
+        namespace_mapping,
+        existing_resource_policy: args.existing,
+        preserve_node_ports: args.preserve_nodeports,
+        dry_run: args.dry_run,
+    };
+    let name = timestamped_name(&args.backup, Timestamp::now());
+    let detached = super::detached();
+    if !args.wait && !detached {
+        return super::detach("restore", &name);
+    }
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let observer = progress::observer(if detached { Output::Json } else { args.output.output });
+    let result = restore::run(&cluster, &store, &name, spec, observer.clone()).await;
+    drop(observer);
+    let restore = result?;
+    match args.output.output {
+        Output::Table => print_summary(&restore),
+        format => print_document(&restore, format)?,
+    }
+    Ok(exit_for(restore.status.phase))
+}
+
+fn print_summary(r: &Restore) {
+    let s = &r.status;
+    let c = &s.counts;
+    let took = match (s.start_timestamp, s.completion_timestamp) {
+        (Some(a), Some(z)) => format!(" in {:.1}s", (z.as_millisecond() - a.as_millisecond()) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    if r.spec.dry_run {
+        println!("Dry run of restoring backup \"{}\"{took}: nothing was written.", r.spec.backup_name);
+        println!(
+            "Would create {}, would update {}, unchanged {}, skipped (exists) {}, skipped (policy) {}, refused {}.",
+            c.would_create, c.would_update, c.unchanged, c.skipped_exists, c.skipped_policy, c.failed
+        );
+        print_items(s.items.iter().filter(|i| i.action != ItemAction::SkippedPolicy));
+    } else {
+        println!("Restore \"{}\" of backup \"{}\" {}{took}.", r.metadata.name, r.spec.backup_name, s.phase);
+        println!(
+            "Created {}, updated {}, unchanged {}, skipped (exists) {}, skipped (policy) {}, failed {}.",
+            c.created, c.updated, c.unchanged, c.skipped_exists, c.skipped_policy, c.failed
+        );
+        let failed: Vec<&RestoreItem> = s.items.iter().filter(|i| i.action == ItemAction::Failed).collect();
+        if !failed.is_empty() {
+            println!("\nFailed:");
+            print_items(failed.into_iter());
+        }
+        if c.updated > 0 {
+            println!("\nUpdated:");
+            print_items(s.items.iter().filter(|i| i.action == ItemAction::Updated));
+        }
+    }
+    if !s.warnings.is_empty() {
+        println!("\nWarnings:");
+        for w in &s.warnings {
+            println!("  - {w}");
+        }
+    }
+}
+
+fn print_items<'a>(items: impl Iterator<Item = &'a RestoreItem>) {
+    let mut t = table(&["ACTION", "RESOURCE", "NAMESPACE", "NAME", "REASON"]);
+    let mut diffs = Vec::new();
+    for i in items {
+        t.add_row(vec![
+            i.action.to_string(),
+            i.resource.clone(),
+            i.namespace.clone().unwrap_or_else(|| "-".into()),
+            i.name.clone(),
+            i.reason.clone().unwrap_or_default(),
+        ]);
+        if let Some(diff) = &i.diff {
+            diffs.push((i, diff));
+        }
+    }
+    print_table(&t);
+    for (i, diff) in diffs {
+        let ns = i.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+        println!("\n--- {} {ns}{} (live) vs backup:", i.resource, i.name);
+        for op in diff.as_array().into_iter().flatten() {
+            let path = op["path"].as_str().unwrap_or("");
+            match op["op"].as_str() {
+                Some("remove") => println!("  - {path}"),
+                Some("add") => println!("  + {path}: {}", op["value"]),
+                _ => println!("  ~ {path}: {}", op["value"]),
+            }
+        }
+    }
+}

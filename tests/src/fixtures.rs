@@ -1,0 +1,360 @@
+//! What tests use to drive the real tools: the real `kubectl` (which finds the plugin on PATH), the
+//! plugin binary, objects applied from YAML, and unique names so tests never share namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::control_plane::ClusterInfo;
+use crate::stores::StoreInfo;
+
+/// `target/debug` (or the profile dir the tests were built in), where `kubectl-backup` is.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn plugin_path() -> PathBuf {
+    let p = bin_dir().join("kubectl-backup");
+    assert!(p.exists(), "{} is missing: build it first (cargo build --workspace --bins)", p.display());
+    p
+}
+
+/// A unique DNS-label name: `<prefix>-<random>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &crate::control_plane::random_token()[..8])
+}
+
+/// The result of running a command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "command failed (exit {}):\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs tools as one user against one cluster, with one store's environment.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub kubeconfig: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub location: Option<String>,
+}
+
+impl Tools {
+    pub fn new(cluster: &ClusterInfo) -> Tools {
+        Tools { kubeconfig: cluster.kubeconfig.clone(), env: Vec::new(), location: None }
+    }
+
+    /// The same tools with a store's credentials and a location under `prefix`.
+    pub fn with_store(&self, store: &StoreInfo, prefix: &str) -> Tools {
+        let mut t = self.clone();
+        t.env.extend(store.env.iter().cloned());
+        t.location = Some(store.location(prefix));
+        t
+    }
+
+    pub fn as_user(&self, kubeconfig: &Path) -> Tools {
+        let mut t = self.clone();
+        t.kubeconfig = kubeconfig.to_path_buf();
+        t
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        c.env("PATH", path).env("KUBECONFIG", &self.kubeconfig).env_remove("KUBECTL_BACKUP_LOCATION");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// The real kubectl.
+    pub fn kubectl(&self, args: &[&str]) -> Run {
+        Run::from(self.command("kubectl").args(args).output().expect("running kubectl"))
+    }
+
+    /// `kubectl backup ARGS --location <this location>`, through the real kubectl.
+    pub fn backup(&self, args: &[&str]) -> Run {
+        let mut c = self.command("kubectl");
+        c.arg("backup").args(args);
+        if let Some(l) = &self.location {
+            c.arg("--location").arg(l);
+        }
+        Run::from(c.output().expect("running kubectl backup"))
+    }
+
+    /// `kubectl apply -f -` of a YAML document.
+    pub fn apply(&self, yaml: &str) -> Run {
+        self.pipe(&["apply", "-f", "-"], yaml)
+    }
+
+    /// kubectl with `input` on its standard input.
+    pub fn pipe(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command("kubectl")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl apply");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+        Run::from(child.wait_with_output().expect("kubectl"))
+    }
+
+    /// `kubectl create -f -` of a YAML document (no last-applied annotation: for large objects).
+    pub fn create(&self, yaml: &str) -> Run {
+        self.pipe(&["create", "-f", "-"], yaml)
+    }
+
+    /// `kubectl get ... -o json`, parsed.
+    pub fn get_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        self.kubectl(&a).ok().json()
+    }
+
+    /// Names of the items of `kubectl get ... -o json`.
+    pub fn names(&self, args: &[&str]) -> Vec<String> {
+        let v = self.get_json(args);
+        let mut names: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Deletes a namespace and waits until it is gone.
+    pub fn delete_namespace(&self, ns: &str) {
+        self.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"]).ok();
+    }
+}
+
+/// A realistic small application in `ns`: ConfigMap, Secret, ServiceAccount, Role, RoleBinding,
+/// Deployment, Service and a PVC.
+pub fn sample_app(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+  labels:
+    team: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: {ns}
+  labels:
+    app: web
+data:
+  color: blue
+  size: "3"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: credentials
+  namespace: {ns}
+  labels:
+    app: web
+type: Opaque
+stringData:
+  password: s3cr3t
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: {ns}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: reader
+  namespace: {ns}
+rules:
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: web-reads
+  namespace: {ns}
+subjects:
+- kind: ServiceAccount
+  name: web
+  namespace: {ns}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: reader
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {ns}
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      serviceAccountName: web
+      containers:
+      - name: web
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: {ns}
+  labels:
+    app: web
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: {ns}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: 1Gi
+"#
+    )
+}
+
+/// A CRD `widgets.<group>` (namespaced) and one Widget in `ns`.
+pub fn widget_crd(group: &str) -> String {
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names:
+    plural: widgets
+    singular: widget
+    kind: Widget
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size:
+                type: integer
+              color:
+                type: string
+"#
+    )
+}
+
+pub fn widget(group: &str, ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  size: 3\n  color: red\n"
+    )
+}
+
+/// Waits until a CRD is established (after `apply`), so custom resources can be created.
+pub fn wait_crd(tools: &Tools, name: &str) {
+    tools.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).ok();
+}
+
+/// The entry paths in a `.tar.zst` archive, read with the real `tar`.
+pub fn tar_entries(archive: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("--zstd").arg("-tf").arg(archive).output().expect("running tar");
+    assert!(out.status.success(), "tar failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// `count` ConfigMaps of `bytes` random bytes each in `ns` (as binaryData: incompressible).
+pub fn random_configmaps(ns: &str, count: usize, bytes: usize) -> String {
+    use base64::Engine;
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    let mut yaml = String::new();
+    for i in 0..count {
+        let data: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+        yaml.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: blob-{i:03}\n  namespace: {ns}\nbinaryData:\n  blob: {b64}\n"));
+    }
+    yaml
+}
+
+/// `count` small ConfigMaps in `ns`.
+pub fn small_configmaps(ns: &str, count: usize) -> String {
+    let mut yaml = String::new();
+    for i in 0..count {
+        yaml.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:05}\n  namespace: {ns}\n  labels:\n    app: bulk\ndata:\n  i: \"{i}\"\n"));
+    }
+    yaml
+}
+
+pub fn namespace(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
+}

@@ -1,0 +1,448 @@
+//! `kubectl backup create|list|describe|delete|download` on the real control plane and the real
+//! object stores the harness runs (s3s-fs, Azurite, fake-gcs-server).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kubectl_backup_e2e::env::SharedEnv;
+use kubectl_backup_e2e::fixtures::{Tools, sample_app, tar_entries, unique, wait_crd, widget, widget_crd};
+use serde_json::Value;
+
+fn env() -> (SharedEnv, Tools) {
+    let env = SharedEnv::load().expect("shared environment");
+    let tools = Tools::new(&env.cluster);
+    (env, tools)
+}
+
+fn scratch(env: &SharedEnv, name: &str) -> std::path::PathBuf {
+    let d = env.scratch.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn list_names(t: &Tools) -> Vec<String> {
+    let v = t.backup(&["list", "-o", "json"]).ok().json();
+    assert_eq!(v["kind"], "BackupList");
+    assert_eq!(v["apiVersion"], "kubectl-backup.dev/v1alpha1");
+    v["items"].as_array().unwrap().iter().map(|b| b["metadata"]["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// The whole life of a backup, on each provider.
+#[test]
+fn create_list_describe_download_delete_on_every_store() {
+    let (env, tools) = env();
+    let ns = unique("shop");
+    tools.apply(&sample_app(&ns)).ok();
+    for store in env.stores() {
+        let prefix = unique(&format!("life-{}", store.provider));
+        let t = tools.with_store(store, &prefix);
+        let name = unique("b");
+        let created = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
+        assert_eq!(created["kind"], "Backup", "{}", store.provider);
+        assert_eq!(created["status"]["phase"], "Completed", "{}: {created}", store.provider);
+        let items = created["status"]["progress"]["itemsBackedUp"].as_u64().unwrap();
+        assert_eq!(created["status"]["progress"]["totalItems"].as_u64().unwrap(), items);
+        // namespace, configmaps (settings + kube-root-ca.crt), secrets (credentials + SA tokens),
+        // serviceaccounts, role, rolebinding, deployment, service, pvc: at least 10
+        assert!(items >= 10, "{}: only {items} objects", store.provider);
+        assert_eq!(created["status"]["namespaces"], serde_json::json!([ns]));
+
+        assert_eq!(list_names(&t), vec![name.clone()], "{}", store.provider);
+
+        let d = t.backup(&["describe", &name, "-o", "yaml"]).ok();
+        assert!(d.stdout.contains("kind: Backup") && d.stdout.contains(&format!("name: {name}")), "{}", d.stdout);
+        let d = t.backup(&["describe", &name, "-o", "json"]).ok().json();
+        assert_eq!(d["spec"]["includedNamespaces"], serde_json::json!([ns]));
+        assert_eq!(d["spec"]["ttl"], "720h");
+        assert!(d["status"]["startTimestamp"].is_string() && d["status"]["completionTimestamp"].is_string());
+        assert!(d["status"]["expiration"].is_string());
+        assert_eq!(d["status"]["resources"]["deployments.apps"], 1);
+        let human = t.backup(&["describe", &name]).ok().stdout;
+        assert!(
+            human.contains("Phase:") && human.contains("Completed") && human.contains("deployments.apps"),
+            "{human}"
+        );
+
+        let file = scratch(&env, &prefix).join("b.tar.zst");
+        t.backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
+        let entries = tar_entries(&file);
+        for want in [
+            format!("resources/configmaps/namespaces/{ns}/settings.json"),
+            format!("resources/deployments.apps/namespaces/{ns}/web.json"),
+            format!("resources/rolebindings.rbac.authorization.k8s.io/namespaces/{ns}/web-reads.json"),
+            format!("resources/namespaces/cluster/{ns}.json"),
+        ] {
+            assert!(entries.contains(&want), "{}: {want} missing from {entries:?}", store.provider);
+        }
+        assert_eq!(entries.len() as u64, items);
+        // Entries are readable JSON with apiVersion and kind.
+        let out = std::process::Command::new("tar")
+            .arg("--zstd")
+            .arg("-xOf")
+            .arg(&file)
+            .arg(format!("resources/configmaps/namespaces/{ns}/settings.json"))
+            .output()
+            .unwrap();
+        let cm: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((cm["apiVersion"].as_str(), cm["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
+        assert_eq!(cm["data"]["color"], "blue");
+        // A second download to the same file is refused unless --overwrite.
+        let again = t.backup(&["download", &name, "-f", file.to_str().unwrap()]);
+        assert_ne!(again.code, 0);
+        assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+
+        let del = t.backup(&["delete", &name, "--yes"]).ok();
+        assert!(del.stdout.contains("deleted"), "{}", del.stdout);
+        assert!(list_names(&t).is_empty(), "{}: backup still listed after delete", store.provider);
+        let gone = t.backup(&["describe", &name]);
+        assert_ne!(gone.code, 0);
+        assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+    }
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn namespace_and_resource_filters() {
+    let (env, tools) = env();
+    let team_a = unique("team-a");
+    let team_b = unique("team-b");
+    let other = unique("other");
+    for ns in [&team_a, &team_b, &other] {
+        tools.apply(&sample_app(ns)).ok();
+    }
+    let t = tools.with_store(&env.s3, &unique("filters"));
+
+    // Globs in --include-namespaces, exclusion by name.
+    let glob = format!("{}*", &team_a[..team_a.len() - 8]); // "team-a-*"
+    let b = t.backup(&["create", &unique("glob"), "--include-namespaces", &glob, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["namespaces"], serde_json::json!([team_a]));
+
+    let both = format!("{team_a},{team_b}");
+    let b = t
+        .backup(&[
+            "create",
+            &unique("excl"),
+            "--include-namespaces",
+            &both,
+            "--exclude-namespaces",
+            &team_b,
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(b["status"]["namespaces"], serde_json::json!([team_a]));
+
+    // Resource filters: only configmaps and deployments.apps (plus the Namespace object).
+    let b = t
+        .backup(&[
+            "create",
+            &unique("res"),
+            "-n",
+            &other,
+            "--include-resources",
+            "configmaps,deployments.apps",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let keys: BTreeSet<String> = b["status"]["resources"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["configmaps", "deployments.apps", "namespaces"].iter().map(|s| s.to_string()).collect());
+
+    // Short names and kinds work; --exclude-resources wins.
+    let b = t
+        .backup(&[
+            "create",
+            &unique("short"),
+            "-n",
+            &other,
+            "--include-resources",
+            "cm,Secret",
+            "--exclude-resources",
+            "secrets",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let keys: BTreeSet<String> = b["status"]["resources"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["configmaps", "namespaces"].iter().map(|s| s.to_string()).collect());
+
+    // Label selector: only objects labelled app=web.
+    let b = t.backup(&["create", &unique("sel"), "-n", &other, "-l", "app=web", "-o", "json"]).ok().json();
+    let r = &b["status"]["resources"];
+    assert_eq!(r["configmaps"], 1, "{r}");
+    assert_eq!(r["secrets"], 1, "{r}");
+    assert_eq!(r["deployments.apps"], 1, "{r}");
+    assert_eq!(r["services"], 1, "{r}");
+    assert!(r.get("serviceaccounts").is_none(), "{r}");
+
+    // A namespace-scoped backup has no unrelated cluster-scoped objects by default...
+    let b = t.backup(&["create", &unique("auto"), "-n", &other, "-o", "json"]).ok().json();
+    assert!(b["status"]["resources"].get("clusterroles.rbac.authorization.k8s.io").is_none());
+    // ...unless asked for.
+    let b = t
+        .backup(&["create", &unique("cr"), "-n", &other, "--include-cluster-resources", "true", "-o", "json"])
+        .ok()
+        .json();
+    assert!(b["status"]["resources"]["clusterroles.rbac.authorization.k8s.io"].as_u64().unwrap() > 10);
+    // A whole-cluster backup includes cluster-scoped objects, and none with false.
+    let b = t.backup(&["create", &unique("all"), "-o", "json"]).ok().json();
+    assert!(b["status"]["resources"]["clusterroles.rbac.authorization.k8s.io"].as_u64().unwrap() > 10);
+    let b = t.backup(&["create", &unique("nocr"), "--include-cluster-resources=false", "-o", "json"]).ok().json();
+    assert!(b["status"]["resources"].get("clusterroles.rbac.authorization.k8s.io").is_none());
+    for ns in [&team_a, &team_b, &other] {
+        tools.delete_namespace(ns);
+    }
+}
+
+#[test]
+fn crds_of_backed_up_custom_resources_come_along() {
+    let (env, tools) = env();
+    let ns = unique("crd");
+    let group = format!("{}.example.org", unique("w"));
+    tools.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")).ok();
+    tools.apply(&widget_crd(&group)).ok();
+    wait_crd(&tools, &format!("widgets.{group}"));
+    tools.apply(&widget(&group, &ns, "blue")).ok();
+    let t = tools.with_store(&env.s3, &unique("crd"));
+    let name = unique("b");
+    let b = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
+    let r = &b["status"]["resources"];
+    assert_eq!(r[format!("widgets.{group}")], 1, "{r}");
+    assert_eq!(r["customresourcedefinitions.apiextensions.k8s.io"], 1, "{r}");
+    let file = scratch(&env, &name).join("a.tar.zst");
+    t.backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
+    let entries = tar_entries(&file);
+    assert!(
+        entries.contains(&format!(
+            "resources/customresourcedefinitions.apiextensions.k8s.io/cluster/widgets.{group}.json"
+        )),
+        "{entries:?}"
+    );
+    assert!(entries.contains(&format!("resources/widgets.{group}/namespaces/{ns}/blue.json")), "{entries:?}");
+    tools.delete_namespace(&ns);
+    tools.kubectl(&["delete", "crd", &format!("widgets.{group}")]).ok();
+}
+
+#[test]
+fn ephemeral_namespaces_are_skipped_unless_named() {
+    let (env, tools) = env();
+    let keep = unique("keep");
+    let eph = unique("pr");
+    tools.apply(&sample_app(&keep)).ok();
+    tools.apply(&sample_app(&eph)).ok();
+    tools.kubectl(&["label", "namespace", &eph, "kubectl-backup.dev/ephemeral=true"]).ok();
+    let t = tools.with_store(&env.s3, &unique("eph"));
+    let all = t.backup(&["create", &unique("all"), "-o", "json"]).ok().json();
+    let namespaces: Vec<&str> =
+        all["status"]["namespaces"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(namespaces.contains(&keep.as_str()), "{namespaces:?}");
+    assert!(!namespaces.contains(&eph.as_str()), "ephemeral namespace backed up: {namespaces:?}");
+    // By glob: still skipped.
+    let glob = format!("{}*", &eph[..eph.len() - 8]);
+    let g = t.backup(&["create", &unique("glob"), "--include-namespaces", &glob, "-o", "json"]).ok().json();
+    assert!(g["status"].get("namespaces").is_none_or(|n| !n.as_array().unwrap().iter().any(|v| v == eph.as_str())));
+    // Named explicitly: included.
+    let named = t.backup(&["create", &unique("named"), "-n", &eph, "-o", "json"]).ok().json();
+    assert_eq!(named["status"]["namespaces"], serde_json::json!([eph]));
+    tools.delete_namespace(&keep);
+    tools.delete_namespace(&eph);
+}
+
+#[test]
+fn events_and_node_leases_are_never_backed_up() {
+    let (env, tools) = env();
+    let ns = unique("ev");
+    tools.apply(&sample_app(&ns)).ok();
+    // The controller manager writes events for the Deployment; make sure at least one exists.
+    tools
+        .apply(&format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  name: hello\n  namespace: {ns}\ninvolvedObject:\n  kind: ConfigMap\n  name: settings\n  namespace: {ns}\nreason: Test\nmessage: hi\ntype: Normal\n"
+        ))
+        .ok();
+    let t = tools.with_store(&env.s3, &unique("never"));
+    let name = unique("all");
+    let b = t.backup(&["create", &name, "-o", "json"]).ok().json();
+    let r = b["status"]["resources"].as_object().unwrap();
+    for k in ["events", "events.events.k8s.io", "nodes", "componentstatuses"] {
+        assert!(!r.contains_key(k), "{k} was backed up: {r:?}");
+    }
+    let file = scratch(&env, &name).join("a.tar.zst");
+    t.backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
+    let entries = tar_entries(&file);
+    assert!(
+        !entries.iter().any(|e| e.contains("/namespaces/kube-node-lease/") && e.starts_with("resources/leases")),
+        "node leases archived"
+    );
+    assert!(!entries.iter().any(|e| e.starts_with("resources/events")), "events archived");
+    // Built-in APIService objects (Local) are not backed up either.
+    assert!(
+        !entries.iter().any(|e| e.contains("apiservices.apiregistration.k8s.io/cluster/v1.apps")),
+        "local APIService archived"
+    );
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn forbidden_resources_make_the_backup_partially_failed() {
+    let (env, tools) = env();
+    let ns = unique("rbac");
+    tools.apply(&sample_app(&ns)).ok();
+    // alice may read configmaps and the namespace, nothing else.
+    tools
+        .apply(&format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: cm-reader, namespace: {ns}}}
+rules:
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-cm, namespace: {ns}}}
+subjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: Role, name: cm-reader, apiGroup: rbac.authorization.k8s.io}}
+"#
+        ))
+        .ok();
+    let alice = tools.as_user(&env.cluster.user("alice").kubeconfig).with_store(&env.s3, &unique("rbac"));
+    let name = unique("b");
+    let run = alice.backup(&["create", &name, "-n", &ns, "-o", "json"]);
+    assert_eq!(run.code, 3, "PartiallyFailed must exit 3: {} {}", run.stdout, run.stderr);
+    let b = run.json();
+    assert_eq!(b["status"]["phase"], "PartiallyFailed");
+    let errors: Vec<&str> = b["status"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(errors.iter().any(|e| e.contains("secrets") && e.contains("403")), "secrets not named: {errors:?}");
+    assert!(errors.iter().any(|e| e.contains("deployments.apps")), "deployments not named: {errors:?}");
+    assert_eq!(b["status"]["resources"]["configmaps"], 2);
+    // It is committed and listed with its phase.
+    let listed = alice.backup(&["list"]).ok().stdout;
+    assert!(listed.contains(&name) && listed.contains("PartiallyFailed"), "{listed}");
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn an_existing_name_is_never_overwritten() {
+    let (env, tools) = env();
+    let ns = unique("dup");
+    tools.apply(&sample_app(&ns)).ok();
+    let t = tools.with_store(&env.azure, &unique("dup"));
+    let name = unique("b");
+    let first = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
+    let again = t.backup(&["create", &name, "-n", &ns, "--include-resources", "configmaps"]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let now = t.backup(&["describe", &name, "-o", "json"]).ok().json();
+    assert_eq!(now["status"]["archive"], first["status"]["archive"], "the first backup changed");
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn paging_collects_every_object() {
+    let (env, tools) = env();
+    let ns = unique("many");
+    tools.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")).ok();
+    // 1,234 ConfigMaps: three pages of 500.
+    let mut yaml = String::new();
+    for i in 0..1234 {
+        yaml.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:04}\n  namespace: {ns}\ndata:\n  i: \"{i}\"\n"));
+    }
+    tools.apply(&yaml).ok();
+    let t = tools.with_store(&env.gcs, &unique("paging"));
+    let b =
+        t.backup(&["create", &unique("b"), "-n", &ns, "--include-resources", "configmaps", "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["resources"]["configmaps"], 1235, "1234 + kube-root-ca.crt");
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let (env, tools) = env();
+    let t = tools.with_store(&env.s3, &unique("bad"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["create", "Not_A_Name"], "invalid backup name"),
+        (vec!["create", "ok", "-l", "app in web"], "label selector"),
+        (vec!["create", "ok", "--include-namespaces", "team-["], "--include-namespaces"),
+        (vec!["create", "ok", "--ttl", "soon"], "--ttl"),
+        (vec!["create", "ok", "--include-resources", "confgmaps"], "confgmaps"),
+        (vec!["describe", "no-such-backup"], "not found"),
+        (vec!["download", "no-such-backup"], "not found"),
+        (vec!["delete", "no-such-backup", "--yes"], "not found"),
+    ];
+    for (args, needle) in cases {
+        let r = t.backup(&args);
+        assert_ne!(r.code, 0, "{args:?} succeeded");
+        assert!(r.stderr.contains(needle), "{args:?}: {:?} not in {}", needle, r.stderr);
+    }
+    // A bad location URL.
+    let r = tools.backup(&["list", "--location", "ftp://x/y"]);
+    assert!(r.code != 0 && r.stderr.contains("unsupported scheme"), "{}", r.stderr);
+    // Credentials in the URL are refused and never echoed.
+    let r = tools.backup(&["list", "--location", "s3://AKIAXXX:topsecret@bucket/p"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("credentials in the URL") && !r.stderr.contains("topsecret"),
+        "{}",
+        r.stderr
+    );
+    // An unreachable store fails within a bounded time, naming the location.
+    let port = kubectl_backup_e2e::process::free_port();
+    let mut dead = t.clone();
+    dead.env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    dead.env.push(("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{port}")));
+    let start = Instant::now();
+    let r = dead.backup(&["list"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("s3://backups"), "{}", r.stderr);
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+    // Wrong S3 credentials: a signature error, not a crash, and the secret is not printed.
+    let mut wrong = t.clone();
+    wrong.env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    wrong.env.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret-value".into()));
+    let r = wrong.backup(&["list"]);
+    assert_ne!(r.code, 0);
+    assert!(!r.stderr.contains("wrong-secret-value"), "secret leaked: {}", r.stderr);
+}
+
+#[test]
+fn default_location_is_env_then_xdg_data_dir() {
+    let (env, tools) = env();
+    let ns = unique("deflt");
+    tools.apply(&sample_app(&ns)).ok();
+    // KUBECTL_BACKUP_LOCATION
+    let dir = scratch(&env, &unique("loc"));
+    let mut t = tools.clone();
+    t.env.push(("KUBECTL_BACKUP_LOCATION".into(), format!("file://{}", dir.display())));
+    // Tools removes KUBECTL_BACKUP_LOCATION from the inherited env, then adds ours back.
+    let name = unique("b");
+    t.backup(&["create", &name, "-n", &ns]).ok();
+    assert!(dir.join("backups").join(&name).join("metadata.json").exists());
+    // XDG_DATA_HOME
+    let xdg = scratch(&env, &unique("xdg"));
+    let mut x = tools.clone();
+    x.env.push(("XDG_DATA_HOME".into(), xdg.display().to_string()));
+    let name = unique("b");
+    x.backup(&["create", &name, "-n", &ns]).ok();
+    assert!(xdg.join("kubectl-backup/backups").join(&name).join("metadata.json").exists());
+    let listed = x.backup(&["list"]).ok().stdout;
+    assert!(listed.contains(&name));
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn the_real_kubectl_finds_the_plugin() {
+    let (_, tools) = env();
+    let plugins = tools.kubectl(&["plugin", "list"]);
+    assert!(plugins.stdout.contains("kubectl-backup"), "{} {}", plugins.stdout, plugins.stderr);
+    let v = tools.kubectl(&["backup", "version", "-o", "json"]).ok().json();
+    assert_eq!(v["clientVersion"]["version"], env!("CARGO_PKG_VERSION"));
+    let help = tools.kubectl(&["backup", "--help"]).ok().stdout;
+    for cmd in ["create", "list", "describe", "delete", "download", "completion"] {
+        assert!(help.contains(cmd), "{cmd} missing from help");
+    }
+    let completion = tools.kubectl(&["backup", "completion", "bash"]).ok().stdout;
+    assert!(completion.contains("complete"), "not a bash completion script");
+}

@@ -1,0 +1,218 @@
+//! What happens when things go wrong mid-backup: the tool is SIGKILLed, the object store connection
+//! is reset mid-upload, the API server restarts. Never a committed corrupt backup.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubectl_backup_e2e::control_plane::ControlPlane;
+use kubectl_backup_e2e::env::SharedEnv;
+use kubectl_backup_e2e::fault_proxy::{Fault, FaultProxy};
+use kubectl_backup_e2e::fixtures::{Tools, namespace, plugin_path, random_configmaps, small_configmaps, unique};
+use kubectl_backup_e2e::stores::s3_env;
+
+fn env() -> (SharedEnv, Tools) {
+    let env = SharedEnv::load().expect("shared environment");
+    let tools = Tools::new(&env.cluster);
+    (env, tools)
+}
+
+fn files_of(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `kubectl-backup create` slowly (a low --qps) so it can be interrupted.
+fn slow_create(tools: &Tools, location: &str, name: &str) -> std::process::Child {
+    Command::new(plugin_path())
+        .args(["create", name, "--location", location, "--qps", "3", "--burst", "1", "--concurrency", "1"])
+        .env("KUBECONFIG", &tools.kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting kubectl-backup")
+}
+
+#[test]
+fn sigkill_mid_backup_leaves_nothing_listed_and_a_rerun_succeeds() {
+    let (env, tools) = env();
+    let ns = unique("kill");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 300)).ok();
+    let dir = env.scratch.join(unique("kill"));
+    let location = format!("file://{}", dir.display());
+    let mut t = tools.clone();
+    t.location = Some(location.clone());
+    let name = unique("b");
+    let backup_dir = dir.join("backups").join(&name);
+
+    let mut child = slow_create(&tools, &location, &name);
+    wait_until("the in-progress marker", Duration::from_secs(60), || backup_dir.join("in-progress.json").exists());
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // Not listed as a backup; described as in progress; nothing committed.
+    let listed = t.backup(&["list", "-o", "json"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+    assert!(!backup_dir.join("metadata.json").exists());
+    let d = t.backup(&["describe", &name, "-o", "json"]).ok().json();
+    assert_eq!(d["status"]["phase"], "InProgress");
+    // A restore-side read of it is refused (it does not exist as a backup).
+    let dl = t.backup(&["download", &name, "-f", dir.join("x.tar.zst").to_str().unwrap()]);
+    assert_ne!(dl.code, 0);
+
+    // A rerun with the same name succeeds and cleans up the leftovers.
+    let b = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "Completed");
+    assert_eq!(b["status"]["resources"]["configmaps"], 301);
+    let files = files_of(&backup_dir);
+    assert_eq!(files.len(), 2, "leftovers remain: {files:?}");
+    assert!(
+        files.contains(&"metadata.json".to_string()) && files.iter().any(|f| f.starts_with("archive-")),
+        "{files:?}"
+    );
+    t.backup(&["download", &name, "-f", dir.join("ok.tar.zst").to_str().unwrap()]).ok();
+
+    // delete removes the leftovers of an interrupted run too.
+    let other = unique("b");
+    let mut child = slow_create(&tools, &location, &other);
+    let other_dir = dir.join("backups").join(&other);
+    wait_until("the in-progress marker", Duration::from_secs(60), || other_dir.join("in-progress.json").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let del = t.backup(&["delete", &other, "--yes"]).ok();
+    assert!(del.stdout.contains("leftover"), "{}", del.stdout);
+    assert!(files_of(&other_dir).is_empty(), "{:?}", files_of(&other_dir));
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn connection_resets_mid_upload_are_retried_or_fail_cleanly() {
+    let (env, tools) = env();
+    let ns = unique("reset");
+    tools.create(&namespace(&ns)).ok();
+    // ~16 MiB of incompressible data: a multipart upload of two 8 MiB parts.
+    tools.create(&random_configmaps(&ns, 32, 512 * 1024)).ok();
+
+    // 1. Two resets mid-upload, then the network recovers: a committed backup that verifies.
+    let proxy = FaultProxy::start(env.s3.port, Fault::ResetFirst { after_bytes: 3 << 20, times: 2 }).unwrap();
+    let mut t = tools.clone();
+    t.env = s3_env(proxy.port());
+    t.location = Some(env.s3.location(&unique("reset")));
+    let name = unique("b");
+    let run = t.backup(&["create", &name, "-n", &ns, "-o", "json"]);
+    assert!(proxy.resets() >= 1, "the proxy never reset a connection");
+    assert_eq!(run.code, 0, "retries did not recover: {}", run.stderr);
+    let b = run.json();
+    assert_eq!(b["status"]["resources"]["configmaps"], 33);
+    assert!(b["status"]["archive"]["size"].as_u64().unwrap() > 8 << 20, "archive too small to need a multipart upload");
+    // Download through the real server (no proxy) verifies the SHA-256 of every byte.
+    let mut direct = t.clone();
+    direct.env = env.s3.env.clone();
+    let file = env.scratch.join(format!("{name}.tar.zst"));
+    direct.backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
+    drop(proxy);
+
+    // 2. Every connection reset: the backup fails, names the store, and nothing is listed.
+    let proxy = FaultProxy::start(env.s3.port, Fault::ResetAlways { after_bytes: 1 << 20 }).unwrap();
+    let mut t = tools.clone();
+    t.env = s3_env(proxy.port());
+    let prefix = unique("dead");
+    t.location = Some(env.s3.location(&prefix));
+    let name = unique("b");
+    let start = Instant::now();
+    let run = t.backup(&["create", &name, "-n", &ns]);
+    assert_eq!(run.code, 1, "expected a clear failure: {} {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("s3://backups"), "the error does not name the store: {}", run.stderr);
+    assert!(start.elapsed() < Duration::from_secs(300), "took {:?}", start.elapsed());
+    let mut direct = t.clone();
+    direct.env = env.s3.env.clone();
+    let listed = direct.backup(&["list", "-o", "json"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().is_empty(), "a failed backup is listed: {listed}");
+    let d = direct.backup(&["describe", &name]);
+    assert_ne!(d.code, 0, "a failed backup can be described: {}", d.stdout);
+    tools.delete_namespace(&ns);
+}
+
+#[test]
+fn apiserver_restart_mid_backup_completes_or_fails_clearly() {
+    let (env, _) = env();
+    let dir = env.scratch.join(unique("restart"));
+    let mut cp = ControlPlane::start(&dir.join("cluster")).expect("second control plane");
+    let tools = Tools::new(&cp.info);
+    let mut expected = 0;
+    for i in 0..20 {
+        let ns = format!("load-{i:02}");
+        tools.create(&namespace(&ns)).ok();
+        tools.create(&small_configmaps(&ns, 20)).ok();
+        expected += 21; // + kube-root-ca.crt
+    }
+    let location = format!("file://{}", dir.join("store").display());
+    let name = "during-restart";
+    let marker = dir.join("store/backups").join(name).join("in-progress.json");
+    let child = Command::new(plugin_path())
+        .args([
+            "create",
+            name,
+            "--location",
+            &location,
+            "--qps",
+            "4",
+            "--burst",
+            "1",
+            "--concurrency",
+            "2",
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", &cp.info.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the backup to start", Duration::from_secs(60), || marker.exists());
+    std::thread::sleep(Duration::from_secs(2));
+    cp.stop_apiserver();
+    std::thread::sleep(Duration::from_secs(3));
+    cp.start_apiserver().expect("restarting kube-apiserver");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut t = Tools::new(&cp.info);
+    t.location = Some(location);
+    match out.status.code() {
+        Some(0) => {
+            let b: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(b["status"]["phase"], "Completed");
+            let cms = b["status"]["resources"]["configmaps"].as_u64().unwrap();
+            assert!(cms >= expected, "{cms} configmaps, expected at least {expected}");
+        }
+        Some(3) => {
+            let b: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(b["status"]["phase"], "PartiallyFailed");
+            assert!(!b["status"]["errors"].as_array().unwrap().is_empty());
+        }
+        other => {
+            // A clear failure: non-zero, a message naming the API server problem, nothing committed.
+            assert!(stderr.contains("error:"), "unclear failure {other:?}: {stderr}");
+            let listed = t.backup(&["list", "-o", "json"]).ok().json();
+            assert!(listed["items"].as_array().unwrap().is_empty());
+            return;
+        }
+    }
+    // Whatever was committed verifies byte for byte.
+    t.backup(&["download", name, "-f", dir.join("x.tar.zst").to_str().unwrap()]).ok();
+    cp.check_alive().unwrap();
+}
