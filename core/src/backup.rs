@@ -287,6 +287,7 @@ async fn remove_quietly(store: &Store, path: &Path) {
 /// Deletes everything under `backups/<name>/` except the metadata and `keep`.
 async fn remove_leftovers(store: &Store, name: &str, keep: &str) {
     let dir = backup_dir(name);
+    store.remove_staging_files(&dir);
     let listed: Vec<_> = match store.objects().list(Some(&dir)).try_collect().await {
         Ok(l) => l,
         Err(_) => return,

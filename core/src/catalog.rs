@@ -215,10 +215,11 @@ pub async fn delete(store: &Store, name: &str) -> Result<Deleted> {
             Err(e) => return Err(store.error(e)),
         }
     }
-    if !committed && n == 0 {
+    let staging = store.remove_staging_files(&dir);
+    if !committed && n + staging == 0 {
         return Err(not_found(store, name).await);
     }
-    Ok(Deleted { committed, files: n + usize::from(committed) })
+    Ok(Deleted { committed, files: n + staging + usize::from(committed) })
 }
 
 /// Where a download goes.

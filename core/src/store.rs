@@ -316,6 +316,30 @@ impl Store {
         }
     }
 
+    /// Removes the staging files interrupted multipart uploads leave under `dir` in a local
+    /// directory (`<name>#<n>`, which listing does not show). Returns how many were removed.
+    ///
+    /// Cloud stores keep interrupted multipart uploads out of sight too; S3 and GCS buckets should
+    /// have a lifecycle rule that aborts incomplete multipart uploads (see docs/storage.md).
+    pub fn remove_staging_files(&self, dir: &Path) -> usize {
+        if self.location.provider != Provider::File {
+            return 0;
+        }
+        let fs_dir = PathBuf::from(&self.location.bucket).join(dir.as_ref());
+        let Ok(entries) = std::fs::read_dir(&fs_dir) else { return 0 };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().contains('#') && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            // Leave no empty directory behind (as the store's own cleanup does).
+            let _ = std::fs::remove_dir(&fs_dir);
+        }
+        removed
+    }
+
     /// Reads a whole (small) object; `Ok(None)` when it does not exist.
     pub async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.objects.get(path).await {
