@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use crate::collect::Item;
 
@@ -164,43 +162,6 @@ impl<W: Write> ArchiveWriter<W> {
         let (mut out, size, sha256) = digesting.finish();
         out.flush()?;
         Ok((out, Written { size, sha256, objects: self.objects, duplicates: self.duplicates }))
-    }
-}
-
-/// A `Write` that hands fixed-size chunks to an async consumer (the multipart uploader). Used from a
-/// blocking thread; a closed channel surfaces as `BrokenPipe`.
-pub struct ChunkSender {
-    tx: mpsc::Sender<Bytes>,
-    buf: BytesMut,
-    chunk: usize,
-}
-
-impl ChunkSender {
-    pub fn new(tx: mpsc::Sender<Bytes>, chunk: usize) -> Self {
-        ChunkSender { tx, buf: BytesMut::with_capacity(chunk), chunk }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = self.buf.split().freeze();
-        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
-    }
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(buf);
-        if self.buf.len() >= self.chunk {
-            self.send()?;
-        }
-        Ok(buf.len())
-    }
-
-    /// Sends what is buffered. Called once, at the end of the archive.
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
     }
 }
 

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use jiff::Timestamp;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::mpsc;
 
-use crate::archive::{ArchiveWriter, ChunkSender, FORMAT, Written};
+use crate::archive::{ArchiveWriter, FORMAT, Written};
 use crate::collect::{self, Item};
 use crate::filter::Selection;
 use crate::input::{expiration, parse_duration, validate_name};
@@ -25,7 +25,7 @@ use crate::model::{
     ArchiveInfo, Backup, BackupMetadata, BackupProgress, BackupSpec, FORMAT_VERSION, Phase, SourceCluster,
 };
 use crate::progress::{Event, Observer};
-use crate::store::Store;
+use crate::store::{ChunkSender, Store};
 use crate::{Error, Result};
 
 pub const METADATA_FILE: &str = "metadata.json";
@@ -35,10 +35,6 @@ pub const IN_PROGRESS_FILE: &str = "in-progress.json";
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes handed from the compressor to the uploader at a time.
 const CHUNK: usize = 1 << 20;
-/// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
-const PART: usize = 8 << 20;
-/// Parts uploading at once. Bounds memory: about PART x (this + 1).
-const PARTS_IN_FLIGHT: usize = 3;
 
 pub fn backups_root() -> Path {
     Path::from("backups")
@@ -99,7 +95,7 @@ pub async fn run(
     heartbeat.abort();
     let _ = heartbeat.await;
     // The heartbeat may have refreshed the marker after the commit removed it: remove it again.
-    remove_quietly(store, &in_progress_path(name)).await;
+    store.remove_quietly(&in_progress_path(name)).await;
     result
 }
 
@@ -126,25 +122,26 @@ async fn run_pipeline(
     let (item_tx, item_rx) = mpsc::channel::<Item>(256);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
     let writer = spawn_writer(item_rx, chunk_tx, start.as_second().max(0) as u64, observer.clone());
-    let upload = upload(store, &archive, chunk_rx, observer.clone());
+    let progress = observer.clone();
+    let upload = store.upload(&archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
     let selector = selection.selector.as_ref().map(|s| s.as_str().to_string());
     let collecting = collect::collect(&cluster.client, throttle, plan, selector.as_deref(), item_tx, observer.as_ref());
     let (report, uploaded) = tokio::join!(collecting, upload);
     let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
 
     let written = match (written, uploaded) {
-        (Ok(w), Ok(())) => w,
+        (Ok(w), Ok(_)) => w,
         (_, Err(e)) => {
-            remove_quietly(store, &archive).await;
+            store.remove_quietly(&archive).await;
             return Err(e);
         }
-        (Err(e), Ok(())) => {
-            remove_quietly(store, &archive).await;
+        (Err(e), Ok(_)) => {
+            store.remove_quietly(&archive).await;
             return Err(Error::Other(format!("writing the archive: {e}")));
         }
     };
     if report.lists > 0 && report.failed_lists == report.lists {
-        remove_quietly(store, &archive).await;
+        store.remove_quietly(&archive).await;
         let first = report.errors.first().cloned().unwrap_or_default();
         return Err(Error::Other(format!("backup {name:?} failed: no resource could be listed ({first})")));
     }
@@ -152,7 +149,7 @@ async fn run_pipeline(
     match store.objects().head(&archive).await {
         Ok(meta) if meta.size == written.size => {}
         Ok(meta) => {
-            remove_quietly(store, &archive).await;
+            store.remove_quietly(&archive).await;
             return Err(Error::Other(format!(
                 "upload of {archive} is incomplete: the store holds {} bytes, {} were written",
                 meta.size, written.size
@@ -192,7 +189,7 @@ async fn run_pipeline(
     let body = serde_json::to_vec_pretty(&metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
     observer.event(Event::Uploading { bytes: written.size });
     if !store.put_if_absent(&meta_path, Bytes::from(body)).await? {
-        remove_quietly(store, &archive).await;
+        store.remove_quietly(&archive).await;
         return Err(Error::BackupExists { name: name.into(), location: store.url().into() });
     }
     // Committed. Remove leftovers of interrupted runs of this name.
@@ -253,37 +250,6 @@ fn spawn_writer(
     })
 }
 
-async fn upload(
-    store: &Store,
-    path: &Path,
-    mut chunks: mpsc::Receiver<Bytes>,
-    observer: Arc<dyn Observer>,
-) -> Result<()> {
-    let parts = store.objects().put_multipart(path).await.map_err(|e| store.error(e))?;
-    let mut w = WriteMultipart::new_with_chunk_size(parts, PART);
-    let mut sent = 0u64;
-    while let Some(chunk) = chunks.recv().await {
-        if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
-            chunks.close();
-            let _ = w.abort().await;
-            return Err(store.error(e));
-        }
-        sent += chunk.len() as u64;
-        w.write(&chunk);
-        observer.event(Event::Uploading { bytes: sent });
-    }
-    w.finish().await.map_err(|e| store.error(e))?;
-    Ok(())
-}
-
-async fn remove_quietly(store: &Store, path: &Path) {
-    if let Err(e) = store.objects().delete(path).await
-        && !matches!(e, object_store::Error::NotFound { .. })
-    {
-        tracing::warn!(%path, error = %crate::store::store_message(&e), "could not remove an uncommitted archive; `kubectl backup delete` removes it");
-    }
-}
-
 /// Deletes everything under `backups/<name>/` except the metadata and `keep`.
 async fn remove_leftovers(store: &Store, name: &str, keep: &str) {
     let dir = backup_dir(name);
@@ -295,7 +261,7 @@ async fn remove_leftovers(store: &Store, name: &str, keep: &str) {
     for meta in listed {
         let file = meta.location.filename().unwrap_or_default();
         if file != METADATA_FILE && file != keep {
-            remove_quietly(store, &meta.location).await;
+            store.remove_quietly(&meta.location).await;
         }
     }
 }

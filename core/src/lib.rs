@@ -14,6 +14,7 @@ pub mod backup;
 pub mod catalog;
 pub mod collect;
 pub mod error;
+pub mod etcd;
 pub mod filter;
 pub mod input;
 pub mod kube_client;

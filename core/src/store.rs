@@ -5,11 +5,12 @@
 //! is read, and no secret ever appears in an error or a log line: the display form of a location is
 //! its URL, which is refused if it carries credentials.
 
+use std::io::{self, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -18,11 +19,17 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
     BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    RetryConfig, WriteMultipart,
 };
+use tokio::sync::mpsc;
 use url::Url;
 
 use crate::{Error, Result};
+
+/// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
+const PART: usize = 8 << 20;
+/// Parts uploading at once. Bounds memory: about PART x (this + 1).
+const PARTS_IN_FLIGHT: usize = 3;
 
 /// Environment variable naming the default location.
 pub const LOCATION_ENV: &str = "KUBECTL_BACKUP_LOCATION";
@@ -340,6 +347,36 @@ impl Store {
         removed
     }
 
+    /// Uploads the chunks received on `chunks` as one object (multipart: parts of 8 MiB, three in
+    /// flight), calling `progress` with the bytes sent so far. On failure the multipart upload is
+    /// aborted and `chunks` closed, so the producer stops. The object exists only if this succeeds.
+    pub async fn upload(&self, path: &Path, mut chunks: mpsc::Receiver<Bytes>, progress: impl Fn(u64)) -> Result<u64> {
+        let parts = self.objects.put_multipart(path).await.map_err(|e| self.error(e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(parts, PART);
+        let mut sent = 0u64;
+        while let Some(chunk) = chunks.recv().await {
+            if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                chunks.close();
+                let _ = w.abort().await;
+                return Err(self.error(e));
+            }
+            sent += chunk.len() as u64;
+            w.write(&chunk);
+            progress(sent);
+        }
+        w.finish().await.map_err(|e| self.error(e))?;
+        Ok(sent)
+    }
+
+    /// Deletes an object, logging (not failing) when that is impossible: for cleanup paths.
+    pub async fn remove_quietly(&self, path: &Path) {
+        if let Err(e) = self.objects.delete(path).await
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(%path, error = %store_message(&e), "could not remove an uncommitted file; `kubectl backup delete` removes it");
+        }
+    }
+
     /// Reads a whole (small) object; `Ok(None)` when it does not exist.
     pub async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.objects.get(path).await {
@@ -347,6 +384,43 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(e)),
         }
+    }
+}
+
+/// A `Write` that hands fixed-size chunks to an async consumer (the multipart uploader). Used from a
+/// blocking thread; a closed channel surfaces as `BrokenPipe`.
+pub struct ChunkSender {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    chunk: usize,
+}
+
+impl ChunkSender {
+    pub fn new(tx: mpsc::Sender<Bytes>, chunk: usize) -> Self {
+        ChunkSender { tx, buf: BytesMut::with_capacity(chunk), chunk }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= self.chunk {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    /// Sends what is buffered. Called once, at the end of the archive.
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
     }
 }
 

@@ -178,6 +178,8 @@ pub enum Command {
     Download(DownloadArgs),
     /// Restore a backup into the cluster (the same one or another).
     Restore(RestoreArgs),
+    /// Back up and restore etcd itself: snapshots, keys, keys as JSON.
+    Etcd(crate::commands::etcd::EtcdArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Print the version.

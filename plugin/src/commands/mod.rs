@@ -1,6 +1,7 @@
 //! One module per command group; each turns arguments into engine calls and prints the result.
 
 mod backup;
+pub mod etcd;
 mod restore;
 
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete(a) => backup::delete(&cli, a).await,
         Command::Download(a) => backup::download(&cli, a).await,
         Command::Restore(a) => restore::restore(&cli, a).await,
+        Command::Etcd(a) => etcd::run(&cli, a).await,
         Command::Completion(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "kubectl-backup", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
