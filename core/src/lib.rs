@@ -33,6 +33,12 @@ pub const GROUP: &str = "kubectl-backup.dev";
 pub const API_VERSION: &str = "kubectl-backup.dev/v1alpha1";
 /// Namespaces (workspaces) with this label set to `"true"` are skipped by backups and auto-restore.
 pub const EPHEMERAL_LABEL: &str = "kubectl-backup.dev/ephemeral";
+/// Asks for a new workspace to be ephemeral (set on a Namespace or workspace resource at creation).
+pub const EPHEMERAL_ANNOTATION: &str = "kubectl-backup.dev/ephemeral";
+/// The backup a new workspace is restored from; set by the webhook, acted on by its restore worker.
+pub const RESTORE_FROM_ANNOTATION: &str = "kubectl-backup.dev/restore-from";
+/// The restore worker's progress on a workspace: InProgress, then Completed, PartiallyFailed or Failed.
+pub const RESTORE_STATUS_ANNOTATION: &str = "kubectl-backup.dev/restore-status";
 /// Every restored object carries this label with the backup's name.
 pub const RESTORED_FROM_LABEL: &str = "kubectl-backup.dev/restored-from";
 /// Field manager used for every write we make to the API server.

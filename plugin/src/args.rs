@@ -178,6 +178,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Restore a backup into the cluster (the same one or another).
     Restore(RestoreArgs),
+    /// Workspaces (namespaces) as the auto-restore webhook sees them.
+    #[command(alias = "ws")]
+    Workspace(crate::commands::workspace::WorkspaceArgs),
     /// Back up and restore etcd itself: snapshots, keys, keys as JSON.
     Etcd(crate::commands::etcd::EtcdArgs),
     /// Print a shell completion script.

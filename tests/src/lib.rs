@@ -12,3 +12,4 @@ pub mod fixtures;
 pub mod gcs_proxy;
 pub mod process;
 pub mod stores;
+pub mod webhook;

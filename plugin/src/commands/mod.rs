@@ -3,6 +3,7 @@
 mod backup;
 pub mod etcd;
 mod restore;
+pub mod workspace;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Download(a) => backup::download(&cli, a).await,
         Command::Restore(a) => restore::restore(&cli, a).await,
         Command::Etcd(a) => etcd::run(&cli, a).await,
+        Command::Workspace(a) => workspace::run(&cli, a).await,
         Command::Completion(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "kubectl-backup", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

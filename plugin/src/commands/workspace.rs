@@ -1,0 +1,140 @@
+//! `workspace new|list`: namespaces as workspaces, as the webhook sees them.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kubectl_backup_core::input::validate_name;
+use kubectl_backup_core::kube_client::Cluster;
+use kubectl_backup_core::{
+    EPHEMERAL_ANNOTATION, EPHEMERAL_LABEL, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, catalog,
+};
+use serde::Serialize;
+
+use super::backup::throttle;
+use crate::args::{Cli, Output, OutputArg};
+use crate::location;
+use crate::output::{age, print_document, print_table, table};
+
+#[derive(Debug, Args)]
+pub struct WorkspaceArgs {
+    #[command(subcommand)]
+    pub command: WorkspaceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Create a workspace (a namespace). If a backup of it exists, the webhook restores it.
+    New(NewArgs),
+    /// List workspaces: ephemeral or not, newest backup, restore status.
+    #[command(alias = "ls", alias = "get")]
+    List(OutputArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    pub name: String,
+    /// Ephemeral: never backed up, never restored (labelled by the webhook).
+    #[arg(long)]
+    pub ephemeral: bool,
+}
+
+/// Namespaces that are not workspaces.
+const SYSTEM: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+pub async fn run(cli: &Cli, args: &WorkspaceArgs) -> Result<ExitCode> {
+    match &args.command {
+        WorkspaceCommand::New(a) => new(cli, a).await,
+        WorkspaceCommand::List(o) => list(cli, o.output).await,
+    }
+}
+
+async fn new(cli: &Cli, a: &NewArgs) -> Result<ExitCode> {
+    validate_name("workspace name", &a.name)?;
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let api: Api<Namespace> = Api::all(cluster.client.clone());
+    let mut annotations = BTreeMap::new();
+    if a.ephemeral {
+        annotations.insert(EPHEMERAL_ANNOTATION.to_string(), "true".to_string());
+    }
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(a.name.clone()), annotations: Some(annotations), ..Default::default() },
+        ..Default::default()
+    };
+    let created = api.create(&PostParams::default(), &ns).await.map_err(|e| {
+        anyhow::anyhow!("creating workspace {:?}: {}", a.name, kubectl_backup_core::error::kube_message(&e))
+    })?;
+    let what = if created.labels().get(EPHEMERAL_LABEL).is_some_and(|v| v == "true") {
+        " (ephemeral)".to_string()
+    } else if let Some(b) = created.annotations().get(RESTORE_FROM_ANNOTATION) {
+        format!("; restoring from backup {b:?}")
+    } else if a.ephemeral {
+        " (asked to be ephemeral; the webhook labels it when installed)".to_string()
+    } else {
+        String::new()
+    };
+    println!("workspace \"{}\" created{what}", a.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkspaceRow {
+    name: String,
+    ephemeral: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    newest_backup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore_from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore_status: Option<String>,
+}
+
+async fn list(cli: &Cli, output: Output) -> Result<ExitCode> {
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let api: Api<Namespace> = Api::all(cluster.client.clone());
+    let namespaces = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("listing namespaces: {}", kubectl_backup_core::error::kube_message(&e)))?;
+    let store = location::open(&cli.location)?;
+    let newest = catalog::newest_per_namespace(&catalog::list(&store).await?.backups);
+    let mut rows = Vec::new();
+    let mut ages = Vec::new();
+    for ns in namespaces.items.iter().filter(|n| !SYSTEM.contains(&n.name_any().as_str())) {
+        let name = ns.name_any();
+        ages.push(age(ns.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+        rows.push(WorkspaceRow {
+            ephemeral: ns.labels().get(EPHEMERAL_LABEL).is_some_and(|v| v == "true"),
+            newest_backup: newest.get(&name).map(|b| b.metadata.name.clone()),
+            restore_from: ns.annotations().get(RESTORE_FROM_ANNOTATION).cloned(),
+            restore_status: ns.annotations().get(RESTORE_STATUS_ANNOTATION).cloned(),
+            name,
+        });
+    }
+    match output {
+        Output::Table => {
+            let mut t = table(&["NAME", "EPHEMERAL", "NEWEST BACKUP", "RESTORED FROM", "RESTORE STATUS", "AGE"]);
+            for (r, a) in rows.iter().zip(ages) {
+                t.add_row(vec![
+                    r.name.clone(),
+                    r.ephemeral.to_string(),
+                    r.newest_backup.clone().unwrap_or_else(|| "-".into()),
+                    r.restore_from.clone().unwrap_or_else(|| "-".into()),
+                    r.restore_status.clone().unwrap_or_else(|| "-".into()),
+                    a,
+                ]);
+            }
+            print_table(&t);
+        }
+        f => print_document(
+            &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "WorkspaceList", "items": rows}),
+            f,
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,306 @@
+//! The admission decision: pure functions, no I/O. `mutate` answers one AdmissionRequest from the
+//! policy and the in-memory index of backups; `decide` is the same decision for the restore
+//! worker's catch-up of workspaces created while the webhook was down.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use kube::api::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kubectl_backup_core::EPHEMERAL_LABEL;
+use kubectl_backup_core::input::{NamePattern, parse_patterns};
+use kubectl_backup_core::selector::LabelSelector;
+use serde_json::Value;
+
+use crate::index::Index;
+
+pub use kubectl_backup_core::{EPHEMERAL_ANNOTATION, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION};
+
+/// Namespaces that are never workspaces.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// What makes a workspace and which are ephemeral.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub ephemeral: Vec<NamePattern>,
+    pub selector: Option<LabelSelector>,
+    /// Never mutated: system namespaces and the webhook's own.
+    pub excluded: BTreeSet<String>,
+    /// Custom resources that are workspaces: `(group, plural)`.
+    pub workspace_resources: Vec<(String, String)>,
+}
+
+impl Policy {
+    pub fn new(
+        ephemeral: &[String],
+        selector: Option<&str>,
+        own_namespace: &str,
+        workspace_resources: &[String],
+    ) -> kubectl_backup_core::Result<Policy> {
+        let mut excluded: BTreeSet<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
+        excluded.insert(own_namespace.to_string());
+        let workspace_resources = workspace_resources
+            .iter()
+            .map(|r| {
+                r.split_once('.').map(|(p, g)| (g.to_string(), p.to_string())).ok_or_else(|| {
+                    kubectl_backup_core::Error::invalid(
+                        "--workspace-resource",
+                        r.as_str(),
+                        "expected <plural>.<group>, e.g. workspaces.example.org",
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            ephemeral: parse_patterns("--ephemeral-pattern", ephemeral)?,
+            selector: selector.map(LabelSelector::parse).transpose()?,
+            excluded,
+            workspace_resources,
+        })
+    }
+
+    /// Whether an object of this kind is a workspace (a Namespace, or a configured resource).
+    pub fn is_workspace_kind(&self, group: &str, plural: &str) -> bool {
+        (group.is_empty() && plural == "namespaces")
+            || self.workspace_resources.iter().any(|(g, p)| g == group && p == plural)
+    }
+}
+
+/// The decision for a new workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not a workspace (system namespace, own namespace, selector does not match).
+    NotAWorkspace,
+    /// Ephemeral: labelled, never backed up, never restored.
+    Ephemeral,
+    /// A backup has it: restore from this backup.
+    Restore(String),
+    /// A workspace with no backup.
+    Nothing,
+}
+
+/// Decides for a workspace named `name` with these labels and annotations.
+pub fn decide(
+    policy: &Policy,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    index: &Index,
+) -> Decision {
+    if policy.excluded.contains(name) {
+        return Decision::NotAWorkspace;
+    }
+    if policy.selector.as_ref().is_some_and(|s| !s.matches(labels)) {
+        return Decision::NotAWorkspace;
+    }
+    let asked = annotations.get(EPHEMERAL_ANNOTATION).is_some_and(|v| v == "true")
+        || labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true");
+    if asked || policy.ephemeral.iter().any(|p| p.matches(name)) {
+        return Decision::Ephemeral;
+    }
+    match index.newest(name) {
+        Some(backup) => Decision::Restore(backup),
+        None => Decision::Nothing,
+    }
+}
+
+/// Answers one admission request. Never denies: at worst it allows without a patch.
+pub fn mutate(req: &AdmissionRequest<DynamicObject>, policy: &Policy, index: &Index) -> (AdmissionResponse, Decision) {
+    let resp = AdmissionResponse::from(req);
+    if req.operation != Operation::Create || !policy.is_workspace_kind(&req.resource.group, &req.resource.resource) {
+        return (resp, Decision::NotAWorkspace);
+    }
+    let Some(obj) = &req.object else { return (resp, Decision::NotAWorkspace) };
+    let name = obj.metadata.name.clone().unwrap_or_else(|| req.name.clone());
+    if name.is_empty() {
+        return (resp, Decision::NotAWorkspace); // generateName: the name is not known yet
+    }
+    let labels = obj.metadata.labels.clone().unwrap_or_default();
+    let annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    // Already decided (an object copied with our marks), or being created by a restore: leave it alone.
+    if annotations.contains_key(RESTORE_STATUS_ANNOTATION)
+        || annotations.contains_key(RESTORE_FROM_ANNOTATION)
+        || labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL)
+    {
+        return (resp, Decision::NotAWorkspace);
+    }
+    let decision = decide(policy, &name, &labels, &annotations, index);
+    let patch = match &decision {
+        Decision::Ephemeral if labels.get(EPHEMERAL_LABEL).map(String::as_str) != Some("true") => {
+            Some(add_key(obj.metadata.labels.is_none(), "labels", EPHEMERAL_LABEL, "true"))
+        }
+        Decision::Restore(backup) => {
+            Some(add_key(obj.metadata.annotations.is_none(), "annotations", RESTORE_FROM_ANNOTATION, backup))
+        }
+        _ => None,
+    };
+    let resp = match patch {
+        Some(p) => match resp.clone().with_patch(p) {
+            Ok(r) => r,
+            Err(_) => resp,
+        },
+        None => resp,
+    };
+    (resp, decision)
+}
+
+/// A patch adding `metadata.<map>.<key> = value`, creating the map first when the object has none.
+fn add_key(map_missing: bool, map: &str, key: &str, value: &str) -> Patch {
+    let mut ops = Vec::new();
+    if map_missing {
+        ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", map]),
+            value: Value::Object(Default::default()),
+        }));
+    }
+    ops.push(PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(["metadata", map, key]),
+        value: Value::String(value.to_string()),
+    }));
+    Patch(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::admission::AdmissionReview;
+    use serde_json::json;
+
+    fn review(name: &str, labels: Value, annotations: Value, dry_run: bool) -> AdmissionRequest<DynamicObject> {
+        let mut meta = json!({"name": name});
+        if !labels.is_null() {
+            meta["labels"] = labels;
+        }
+        if !annotations.is_null() {
+            meta["annotations"] = annotations;
+        }
+        let r: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Namespace"},
+                "resource": {"group": "", "version": "v1", "resource": "namespaces"},
+                "name": name, "operation": "CREATE", "userInfo": {"username": "alice"},
+                "object": {"apiVersion": "v1", "kind": "Namespace", "metadata": meta},
+                "dryRun": dry_run
+            }
+        }))
+        .unwrap();
+        r.try_into().unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy::new(&["pr-*".into()], None, "kubectl-backup", &[]).unwrap()
+    }
+
+    fn index_with(ns: &str, backup: &str) -> Index {
+        let i = Index::default();
+        i.replace([(ns.to_string(), backup.to_string())].into());
+        i
+    }
+
+    /// Applies the response's patch to the request's object, as the API server would.
+    fn patched(req: &AdmissionRequest<DynamicObject>, resp: &AdmissionResponse) -> Value {
+        let mut obj = serde_json::to_value(req.object.as_ref().unwrap()).unwrap();
+        if let Some(p) = &resp.patch {
+            let patch: Patch = serde_json::from_slice(p).unwrap();
+            json_patch::patch(&mut obj, &patch).unwrap();
+        }
+        obj
+    }
+
+    #[test]
+    fn ephemeral_by_pattern_gets_the_label_even_without_labels() {
+        let req = review("pr-42", Value::Null, Value::Null, false);
+        let (resp, d) = mutate(&req, &policy(), &index_with("pr-42", "b1"));
+        assert_eq!(d, Decision::Ephemeral);
+        assert!(resp.allowed);
+        let obj = patched(&req, &resp);
+        assert_eq!(obj["metadata"]["labels"]["kubectl-backup.dev/ephemeral"], "true");
+        assert!(obj["metadata"].get("annotations").is_none(), "an ephemeral workspace is never restored");
+    }
+
+    #[test]
+    fn ephemeral_by_annotation_keeps_existing_labels() {
+        let req = review("feature-x", json!({"team": "a"}), json!({"kubectl-backup.dev/ephemeral": "true"}), false);
+        let (resp, d) = mutate(&req, &policy(), &Index::default());
+        assert_eq!(d, Decision::Ephemeral);
+        let obj = patched(&req, &resp);
+        assert_eq!(obj["metadata"]["labels"], json!({"team": "a", "kubectl-backup.dev/ephemeral": "true"}));
+    }
+
+    #[test]
+    fn a_backed_up_namespace_gets_restore_from() {
+        let req = review("shop", json!({"team": "a"}), Value::Null, false);
+        let (resp, d) = mutate(&req, &policy(), &index_with("shop", "nightly-20240101000000"));
+        assert_eq!(d, Decision::Restore("nightly-20240101000000".into()));
+        let obj = patched(&req, &resp);
+        assert_eq!(obj["metadata"]["annotations"]["kubectl-backup.dev/restore-from"], "nightly-20240101000000");
+        assert_eq!(obj["metadata"]["labels"], json!({"team": "a"}));
+    }
+
+    #[test]
+    fn no_backup_no_patch_and_dry_run_gets_the_same_answer() {
+        let req = review("new-one", Value::Null, Value::Null, false);
+        let (resp, d) = mutate(&req, &policy(), &Index::default());
+        assert_eq!((d, resp.patch.is_none(), resp.allowed), (Decision::Nothing, true, true));
+        let idx = index_with("shop", "b");
+        let wet = mutate(&review("shop", Value::Null, Value::Null, false), &policy(), &idx).0;
+        let dry = mutate(&review("shop", Value::Null, Value::Null, true), &policy(), &idx).0;
+        assert_eq!(wet.patch, dry.patch);
+    }
+
+    #[test]
+    fn system_and_own_namespaces_are_never_mutated() {
+        let idx = Index::default();
+        idx.replace(
+            [("kube-system".to_string(), "b".to_string()), ("kubectl-backup".to_string(), "b".to_string())].into(),
+        );
+        for ns in ["kube-system", "kube-public", "kube-node-lease", "kubectl-backup"] {
+            let (resp, d) = mutate(&review(ns, Value::Null, Value::Null, false), &policy(), &idx);
+            assert_eq!(d, Decision::NotAWorkspace, "{ns}");
+            assert!(resp.patch.is_none(), "{ns} was mutated");
+        }
+        // even if they match the ephemeral pattern
+        let p = Policy::new(&["kube-*".into()], None, "kubectl-backup", &[]).unwrap();
+        assert!(mutate(&review("kube-system", Value::Null, Value::Null, false), &p, &idx).0.patch.is_none());
+    }
+
+    #[test]
+    fn the_workspace_selector_limits_what_is_a_workspace() {
+        let p = Policy::new(&[], Some("tenant"), "kubectl-backup", &[]).unwrap();
+        let idx = index_with("shop", "b");
+        assert_eq!(mutate(&review("shop", Value::Null, Value::Null, false), &p, &idx).1, Decision::NotAWorkspace);
+        assert_eq!(
+            mutate(&review("shop", json!({"tenant": "x"}), Value::Null, false), &p, &idx).1,
+            Decision::Restore("b".into())
+        );
+    }
+
+    #[test]
+    fn already_marked_objects_are_left_alone() {
+        let req = review("shop", Value::Null, json!({"kubectl-backup.dev/restore-status": "Completed"}), false);
+        assert!(mutate(&req, &policy(), &index_with("shop", "b")).0.patch.is_none());
+    }
+
+    #[test]
+    fn namespaces_created_by_a_restore_are_left_alone() {
+        let req = review("shop", json!({"kubectl-backup.dev/restored-from": "b"}), Value::Null, false);
+        assert!(mutate(&req, &policy(), &index_with("shop", "b")).0.patch.is_none());
+    }
+
+    #[test]
+    fn label_keys_with_slashes_are_escaped_in_the_pointer() {
+        let p = add_key(false, "labels", "kubectl-backup.dev/ephemeral", "true");
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains("/metadata/labels/kubectl-backup.dev~1ephemeral"), "{text}");
+    }
+
+    #[test]
+    fn workspace_resources_are_workspaces_too() {
+        let p = Policy::new(&[], None, "kubectl-backup", &["workspaces.tenancy.example.org".into()]).unwrap();
+        assert!(p.is_workspace_kind("tenancy.example.org", "workspaces"));
+        assert!(!p.is_workspace_kind("tenancy.example.org", "widgets"));
+        assert!(Policy::new(&[], None, "x", &["noplural".into()]).is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! Controllers that run beside the admission server, in the same process.
+
+pub mod restore;

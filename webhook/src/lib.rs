@@ -1,0 +1,118 @@
+//! `backup-webhook`: a mutating admission webhook that marks new workspaces for auto-restore or as
+//! ephemeral, and the controllers that run beside it. Engine work is done by kubectl-backup-core.
+//!
+//! - [`admission`]: the pure decision and JSON patch
+//! - [`index`]: newest backup per namespace, in memory
+//! - [`server`]: axum routes, TLS serving
+//! - [`tls`]: certificate reload
+//! - [`controllers`]: the restore worker
+//! - [`metrics`]: Prometheus
+
+pub mod admission;
+pub mod args;
+pub mod controllers;
+pub mod index;
+pub mod metrics;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use kubectl_backup_core::kube_client::{self, Cluster, Throttle};
+use kubectl_backup_core::store::Store;
+
+use crate::admission::Policy;
+use crate::args::Args;
+use crate::index::Index;
+use crate::metrics::Metrics;
+
+/// The kube config: in-cluster when running in a pod, else the usual kubeconfig.
+async fn kube_config(args: &Args) -> anyhow::Result<kube::Config> {
+    if args.kube.kubeconfig.is_none() && args.kube.context.is_none() {
+        if let Ok(cfg) = kube::Config::incluster() {
+            return Ok(cfg);
+        }
+    }
+    Ok(kube_client::config(&args.kube.options()).await?)
+}
+
+/// Runs the webhook and its controllers until SIGTERM/SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let policy = Arc::new(Policy::new(
+        &args.policy.ephemeral_patterns,
+        args.policy.workspace_selector.as_deref(),
+        &args.policy.namespace,
+        &args.policy.workspace_resources,
+    )?);
+    let store = Store::open_url(&args.location.location, &args.location.options())?;
+    let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
+    cert.watch();
+    let index = Arc::new(Index::default());
+    let metrics = Arc::new(Metrics::default());
+
+    // The index: loaded now (readiness waits for it), then refreshed in the background.
+    {
+        let (index, store, metrics) = (index.clone(), store.clone(), metrics.clone());
+        let every = args.index_refresh;
+        tokio::spawn(async move {
+            loop {
+                match index.refresh(&store).await {
+                    Ok(()) => {
+                        metrics.index_backups.set(index.backups() as i64);
+                    }
+                    Err(e) => {
+                        metrics.index_refresh_errors.inc();
+                        tracing::warn!(error = %e, "could not refresh the backup index; keeping the previous one");
+                    }
+                }
+                tokio::time::sleep(if index.ready() { every } else { std::time::Duration::from_secs(2) }).await;
+            }
+        });
+    }
+
+    if args.restore_worker {
+        let cfg = kube_config(&args).await?;
+        let cluster = Cluster::from_config(cfg, Throttle::default())?;
+        let worker = Arc::new(controllers::restore::RestoreWorker {
+            cluster,
+            store: store.clone(),
+            policy: policy.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+            namespace: args.policy.namespace.clone(),
+            reporter: "backup-webhook".into(),
+        });
+        tokio::spawn(worker.run());
+    }
+
+    let shutdown = shutdown_signal();
+    if let Some(addr) = args.metrics_addr {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
+        tokio::spawn(server::serve_plain(listener, server::metrics_router(metrics.clone()), shutdown_signal()));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    tracing::info!(listen = %args.listen, location = %store.url(), "backup-webhook serving");
+    let app = server::router(server::AppState { policy, index, metrics });
+    server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
+    tracing::info!("backup-webhook stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
