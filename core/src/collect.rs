@@ -156,6 +156,33 @@ pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered
     Ok(out)
 }
 
+/// API groups the API server itself serves: never CustomResourceDefinitions.
+const BUILT_IN_GROUPS: &[&str] = &[
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "extensions",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+    "storage.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "scheduling.k8s.io",
+    "node.k8s.io",
+    "certificates.k8s.io",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apiregistration.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "internal.apiserver.k8s.io",
+    "resource.k8s.io",
+    "storagemigration.k8s.io",
+];
+
 /// Resources never backed up, and why. Documented in `docs/backup-format.md`.
 pub fn never_backed_up(key: &str) -> Option<&'static str> {
     Some(match key {
@@ -661,6 +688,9 @@ async fn collect_dependencies(
     let crds: Api<DynamicObject> = Api::all_with(client.clone(), &crd_ar);
     let mut seen: HashMap<String, ()> = HashMap::new();
     for (plural, group) in found.custom {
+        if BUILT_IN_GROUPS.contains(&group.as_str()) {
+            continue;
+        }
         let name = format!("{plural}.{group}");
         if seen.insert(name.clone(), ()).is_some() {
             continue;
@@ -674,6 +704,9 @@ async fn collect_dependencies(
                 report.items += 1;
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {} // an aggregated API, not a CRD
+            Err(kube::Error::Api(s)) if s.code == 403 => report.warnings.push(format!(
+                "cannot read CustomResourceDefinition {name:?} (forbidden): its custom resources are backed up without it, so restore them where it is installed"
+            )),
             Err(e) => {
                 report.errors.push(format!("cannot read CustomResourceDefinition {name:?}: {}", kube_message(&e)))
             }

@@ -1,27 +1,31 @@
 //! The engine shared by `kubectl-backup` (the plugin) and `backup-webhook` (admission + controllers).
 //!
 //! Data flows one way; each module does one step:
-//! - [`store`]: a location URL -> an object store (S3, GCS, Azure, local directory)
-//! - [`collect`]: discovery, filters, parallel paged LIST -> a stream of objects
-//! - [`archive`]: objects -> a zstd-compressed tar with a SHA-256 per entry; a verifying reader
-//! - [`backup`]: collect -> archive -> multipart upload -> metadata written last (the commit)
-//! - [`catalog`]: list / describe / delete / download committed backups
-//! - [`restore`]: verify -> plan -> transform -> apply -> report
-//! - [`model`]: the `Backup` / `Restore` documents every command prints and every controller writes
+//! - [`store`] — a location URL -> an object store (S3, GCS, Azure, local directory)
+//! - [`collect`] — discovery, filters, parallel paged LIST -> a stream of objects
+//! - [`archive`] — objects -> a zstd-compressed tar with a SHA-256 per entry; a verifying reader
+//! - [`backup`] — collect -> archive -> multipart upload -> metadata written last (the commit)
+//! - [`catalog`] — list / describe / delete / download committed backups
+//! - [`restore`] — verify -> plan -> transform -> apply -> report
+//! - [`model`] — the `Backup` / `Restore` documents every command prints and every controller writes
 
 pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod collect;
+pub mod crd;
 pub mod error;
 pub mod etcd;
 pub mod filter;
 pub mod input;
+pub mod install;
 pub mod kube_client;
+pub mod locations;
 pub mod model;
 pub mod pki;
 pub mod progress;
 pub mod restore;
+pub mod schedule;
 pub mod selector;
 pub mod store;
 

@@ -23,7 +23,7 @@ pub struct ObjectMeta {
 }
 
 /// Which cluster-scoped objects a backup or restore includes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterResources {
     /// Everything cluster-scoped when all namespaces are included; otherwise only what the included
@@ -57,7 +57,7 @@ impl std::fmt::Display for ClusterResources {
 }
 
 /// What to back up or restore. Empty lists mean "no filter".
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Filters {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -168,6 +168,11 @@ pub struct StoreOptions {
     pub request_timeout: Option<Duration>,
     /// Retries of one request. Default 5.
     pub max_retries: Option<usize>,
+    /// A PEM CA bundle given inline (a BackupLocation's caBundle), in addition to `ca_cert`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Provider settings from a credentials Secret, as environment-variable names
+    /// (`AWS_SECRET_ACCESS_KEY`, ...). They override the process environment.
+    pub credentials: Vec<(String, String)>,
 }
 
 /// An open location: an object store whose root is the location's prefix.
@@ -213,7 +218,7 @@ impl Store {
             }
             Provider::S3 => {
                 let mut b = AmazonS3Builder::new().with_client_options(client).with_retry(retry);
-                for (key, value) in provider_env("AWS_") {
+                for (key, value) in provider_env("AWS_", &options.credentials) {
                     if let Ok(k) = key.to_ascii_lowercase().parse() {
                         b = b.with_config(k, value);
                     }
@@ -236,7 +241,19 @@ impl Store {
                 if let Some(region) = &options.region {
                     b = b.with_region(region);
                 }
-                let endpoint = options.s3_endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+                let from_settings = |k: &str| {
+                    options
+                        .credentials
+                        .iter()
+                        .find(|(c, _)| c == k)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| std::env::var(k).ok())
+                };
+                let endpoint = options
+                    .s3_endpoint
+                    .clone()
+                    .or_else(|| from_settings("AWS_ENDPOINT_URL"))
+                    .or_else(|| from_settings("AWS_ENDPOINT"));
                 if let Some(endpoint) = &endpoint {
                     Url::parse(endpoint)
                         .map_err(|e| Error::invalid("S3 endpoint", endpoint, format!("not a URL: {e}")))?;
@@ -251,7 +268,7 @@ impl Store {
             }
             Provider::Gcs => {
                 let mut b = GoogleCloudStorageBuilder::new().with_client_options(client).with_retry(retry);
-                for (key, value) in provider_env("GOOGLE_") {
+                for (key, value) in provider_env("GOOGLE_", &options.credentials) {
                     if let Ok(k) = key.to_ascii_lowercase().parse() {
                         b = b.with_config(k, value);
                     }
@@ -261,7 +278,7 @@ impl Store {
             }
             Provider::Azure => {
                 let mut b = MicrosoftAzureBuilder::new().with_client_options(client).with_retry(retry);
-                for (key, value) in provider_env("AZURE_") {
+                for (key, value) in provider_env("AZURE_", &options.credentials) {
                     if let Ok(k) = key.to_ascii_lowercase().parse() {
                         b = b.with_config(k, value);
                     }
@@ -429,6 +446,14 @@ fn client_options(location: &Location, options: &StoreOptions) -> Result<ClientO
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(options.request_timeout.unwrap_or(Duration::from_secs(300)))
         .with_pool_idle_timeout(Duration::from_secs(30));
+    if let Some(pem) = &options.ca_pem {
+        let certs = Certificate::from_pem_bundle(pem).map_err(|e| {
+            Error::invalid("caBundle", "(inline)", format!("not a PEM certificate bundle: {}", store_message(&e)))
+        })?;
+        for c in certs {
+            client = client.with_root_certificate(c);
+        }
+    }
     if let Some(path) = &options.ca_cert {
         let pem =
             std::fs::read(path).map_err(|e| Error::invalid("--ca-cert", path.display().to_string(), e.to_string()))?;
@@ -450,12 +475,17 @@ fn client_options(location: &Location, options: &StoreOptions) -> Result<ClientO
     Ok(client)
 }
 
-/// The provider's own environment variables: names starting with `prefix`, nothing else.
-fn provider_env(prefix: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    std::env::vars_os().filter_map(move |(k, v)| {
+/// The provider's own settings: environment variables starting with `prefix`, then the same names
+/// from a credentials Secret (which win). Nothing else.
+fn provider_env<'a>(
+    prefix: &'a str,
+    credentials: &'a [(String, String)],
+) -> impl Iterator<Item = (String, String)> + 'a {
+    let env = std::env::vars_os().filter_map(move |(k, v)| {
         let (k, v) = (k.into_string().ok()?, v.into_string().ok()?);
         k.starts_with(prefix).then_some((k, v))
-    })
+    });
+    env.chain(credentials.iter().filter(move |(k, _)| k.starts_with(prefix)).cloned())
 }
 
 struct AwsProfile {

@@ -67,10 +67,11 @@ impl KubeArgs {
 }
 
 /// Where backups are stored.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct LocationArgs {
-    /// Storage location: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or
-    /// file:///path (default: $KUBECTL_BACKUP_LOCATION, else ~/.local/share/kubectl-backup).
+    /// Storage location: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
+    /// file:///path, or the name of a BackupLocation (default: $KUBECTL_BACKUP_LOCATION, else the
+    /// cluster's default BackupLocation, else ~/.local/share/kubectl-backup).
     #[arg(long, global = true, value_name = "URL")]
     pub location: Option<String>,
     /// S3-compatible endpoint (MinIO, Ceph, ...), e.g. http://minio:9000. Implies path-style requests.
@@ -82,6 +83,9 @@ pub struct LocationArgs {
     /// PEM file with the CA that signed the object store's certificate.
     #[arg(long, global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// Namespace of the in-cluster component and its BackupLocations.
+    #[arg(long, global = true, env = "KUBECTL_BACKUP_NAMESPACE", default_value = "kubectl-backup", value_name = "NS")]
+    pub install_namespace: String,
     /// Path-style S3 requests (default: true when --s3-endpoint or AWS_ENDPOINT_URL is set).
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub path_style: Option<bool>,
@@ -178,6 +182,16 @@ pub enum Command {
     Download(DownloadArgs),
     /// Restore a backup into the cluster (the same one or another).
     Restore(RestoreArgs),
+    /// Named storage locations (BackupLocations) the cluster knows.
+    Location(crate::commands::location::LocationArgs),
+    /// Scheduled backups run by the in-cluster component.
+    Schedule(crate::commands::schedule::ScheduleArgs),
+    /// Install the in-cluster component (webhook, controllers, CRDs, RBAC).
+    Install(crate::commands::install::InstallArgs),
+    /// Remove the in-cluster component; backups in storage are kept.
+    Uninstall(crate::commands::install::UninstallArgs),
+    /// Serving certificates for the webhook.
+    Certs(crate::commands::certs::CertsArgs),
     /// Workspaces (namespaces) as the auto-restore webhook sees them.
     #[command(alias = "ws")]
     Workspace(crate::commands::workspace::WorkspaceArgs),

@@ -310,3 +310,66 @@ pub fn random_token() -> String {
     let mut rng = rand::rng();
     (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
 }
+
+/// A kube-apiserver alone, on an etcd that already holds a cluster's objects (one restored from a
+/// snapshot, say), with PKI and an admin token of its own.
+pub struct ApiServer {
+    pub info: ClusterInfo,
+    process: Process,
+}
+
+impl ApiServer {
+    /// Starts kube-apiserver in `dir` against `etcd_endpoint` and waits for `/readyz`.
+    pub fn start(dir: &Path, etcd_endpoint: &str) -> Result<ApiServer> {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let bin = cached_tool(K8S_BIN)?;
+        let pki = dir.join("pki");
+        let ca = Ca::new("kubernetes-ca")?;
+        let serving = ca.write_leaf(&pki, "apiserver", "kube-apiserver", &["127.0.0.1", "localhost", "10.96.0.1"])?;
+        let sa_key = pki.join("service-account.key");
+        let sa_pub = pki.join("service-account.pub");
+        let key = rcgen::KeyPair::generate()?;
+        std::fs::write(&sa_key, key.serialize_pem())?;
+        std::fs::write(&sa_pub, key.public_key_pem())?;
+        let token = random_token();
+        let tokens = pki.join("tokens.csv");
+        std::fs::write(&tokens, format!("{token},admin,admin,system:masters\n"))?;
+        let port = free_port();
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.join("admin.kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &serving.ca, "admin", &token)?;
+        let args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_endpoint}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            "--insecure-port=0".into(),
+            format!("--cert-dir={}", pki.display()),
+            format!("--tls-cert-file={}", serving.cert.display()),
+            format!("--tls-private-key-file={}", serving.key.display()),
+            format!("--client-ca-file={}", serving.ca.display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--advertise-address=127.0.0.1".into(),
+            "--v=1".into(),
+        ];
+        let process = start_apiserver(&bin, &args, &dir, port)?;
+        let info = ClusterInfo {
+            server,
+            ca_file: serving.ca.clone(),
+            kubeconfig,
+            users: Vec::new(),
+            etcd_endpoint: etcd_endpoint.to_string(),
+            dir: dir.clone(),
+        };
+        Ok(ApiServer { info, process })
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.process.check_alive()
+    }
+}

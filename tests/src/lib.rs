@@ -1,9 +1,9 @@
 //! The end-to-end harness: real servers on 127.0.0.1, started and stopped by PID.
 //!
-//! - [`control_plane`]: etcd, kube-apiserver, kube-controller-manager
-//! - [`stores`]: s3s-fs, Azurite, fake-gcs-server (+ [`gcs_proxy`])
-//! - [`env`]: the shared environment `tests/run.sh` starts once for all test binaries
-//! - [`process`]: child processes with a parent-death signal, stopped on drop
+//! - [`control_plane`] — etcd, kube-apiserver, kube-controller-manager
+//! - [`stores`] — s3s-fs, Azurite, fake-gcs-server (+ [`gcs_proxy`])
+//! - [`env`] — the shared environment `tests/run.sh` starts once for all test binaries
+//! - [`process`] — child processes with a parent-death signal, stopped on drop
 
 pub mod control_plane;
 pub mod env;

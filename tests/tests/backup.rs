@@ -446,3 +446,29 @@ fn the_real_kubectl_finds_the_plugin() {
     let completion = tools.kubectl(&["backup", "completion", "bash"]).ok().stdout;
     assert!(completion.contains("complete"), "not a bash completion script");
 }
+
+#[test]
+fn create_without_waiting_runs_in_the_background() {
+    let (env, tools) = env();
+    let ns = unique("bg");
+    tools.apply(&sample_app(&ns)).ok();
+    let mut t = tools.with_store(&env.s3, &unique("bg"));
+    let state = scratch(&env, &unique("state"));
+    t.env.push(("XDG_STATE_HOME".into(), state.display().to_string()));
+    let name = unique("b");
+    let start = Instant::now();
+    let out = t.backup(&["create", &name, "-n", &ns, "--wait=false"]).ok();
+    assert!(out.stdout.contains("started in the background"), "{}", out.stdout);
+    assert!(start.elapsed() < Duration::from_secs(10), "--wait=false waited {:?}", start.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = t.backup(&["describe", &name, "-o", "json"]);
+        if d.code == 0 && d.json()["status"]["phase"] == "Completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the background backup did not complete: {} {}", d.stdout, d.stderr);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(state.join(format!("kubectl-backup/logs/backup-{name}.log")).exists(), "no log file");
+    tools.delete_namespace(&ns);
+}

@@ -39,6 +39,21 @@ pub struct Args {
     /// Run the restore worker (and catch-up) in this process.
     #[arg(long, env = "WEBHOOK_RESTORE_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub restore_worker: bool,
+    /// How often expired backups are deleted (ReadWrite locations only).
+    #[arg(long, env = "WEBHOOK_GC_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub gc_interval: Duration,
+    /// Back up each non-ephemeral workspace when its objects change.
+    #[arg(long, env = "WEBHOOK_CONTINUOUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub continuous: bool,
+    /// A continuous backup is taken this long after the last change of a burst.
+    #[arg(long, env = "WEBHOOK_DEBOUNCE", default_value = "10s", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Continuous backups kept per workspace (older ones are deleted).
+    #[arg(long, env = "WEBHOOK_KEEP_WORKSPACE_BACKUPS", default_value_t = 5)]
+    pub keep_workspace_backups: usize,
+    /// Run the schedule controller.
+    #[arg(long, env = "WEBHOOK_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub schedules: bool,
     /// Log format.
     #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -52,7 +67,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct LocationArgs {
-    /// Where backups are: s3://, gs://, az:// or file:// URL.
+    /// Where backups are: an s3://, gs://, az:// or file:// URL, or a BackupLocation name.
     #[arg(long, env = "KUBECTL_BACKUP_LOCATION", value_name = "URL")]
     pub location: String,
     #[arg(long, env = "KUBECTL_BACKUP_S3_ENDPOINT", value_name = "URL")]

@@ -1,12 +1,12 @@
 //! `backup-webhook`: a mutating admission webhook that marks new workspaces for auto-restore or as
 //! ephemeral, and the controllers that run beside it. Engine work is done by kubectl-backup-core.
 //!
-//! - [`admission`]: the pure decision and JSON patch
-//! - [`index`]: newest backup per namespace, in memory
-//! - [`server`]: axum routes, TLS serving
-//! - [`tls`]: certificate reload
-//! - [`controllers`]: the restore worker
-//! - [`metrics`]: Prometheus
+//! - [`admission`] — the pure decision and JSON patch
+//! - [`index`] — newest backup per namespace, in memory
+//! - [`server`] — axum routes, TLS serving
+//! - [`tls`] — certificate reload
+//! - [`controllers`] — restore worker, schedules, expiry, continuous backup
+//! - [`metrics`] — Prometheus
 
 pub mod admission;
 pub mod args;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use kubectl_backup_core::kube_client::{self, Cluster, Throttle};
-use kubectl_backup_core::store::Store;
+use kubectl_backup_core::locations;
 
 use crate::admission::Policy;
 use crate::args::Args;
@@ -29,10 +29,11 @@ use crate::metrics::Metrics;
 
 /// The kube config: in-cluster when running in a pod, else the usual kubeconfig.
 async fn kube_config(args: &Args) -> anyhow::Result<kube::Config> {
-    if args.kube.kubeconfig.is_none() && args.kube.context.is_none() {
-        if let Ok(cfg) = kube::Config::incluster() {
-            return Ok(cfg);
-        }
+    if args.kube.kubeconfig.is_none()
+        && args.kube.context.is_none()
+        && let Ok(cfg) = kube::Config::incluster()
+    {
+        return Ok(cfg);
     }
     Ok(kube_client::config(&args.kube.options()).await?)
 }
@@ -45,9 +46,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &args.policy.namespace,
         &args.policy.workspace_resources,
     )?);
-    let store = Store::open_url(&args.location.location, &args.location.options())?;
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
+    let cfg = kube_config(&args).await?;
+    let cluster = Cluster::from_config(cfg, Throttle::default())?;
+    // `--location` is a URL or the name of a BackupLocation in our namespace.
+    let location = locations::resolve(
+        Some(&cluster.client),
+        &args.policy.namespace,
+        Some(&args.location.location),
+        &args.location.options(),
+    )
+    .await
+    .with_context(|| format!("opening --location {}", args.location.location))?;
+    let store = location.store.clone();
     let index = Arc::new(Index::default());
     let metrics = Arc::new(Metrics::default());
 
@@ -71,19 +83,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
+    let ctx = Arc::new(controllers::Context {
+        cluster,
+        location,
+        policy: policy.clone(),
+        index: index.clone(),
+        metrics: metrics.clone(),
+        namespace: args.policy.namespace.clone(),
+        reporter: "backup-webhook".into(),
+    });
     if args.restore_worker {
-        let cfg = kube_config(&args).await?;
-        let cluster = Cluster::from_config(cfg, Throttle::default())?;
-        let worker = Arc::new(controllers::restore::RestoreWorker {
-            cluster,
-            store: store.clone(),
-            policy: policy.clone(),
-            index: index.clone(),
-            metrics: metrics.clone(),
-            namespace: args.policy.namespace.clone(),
-            reporter: "backup-webhook".into(),
-        });
-        tokio::spawn(worker.run());
+        tokio::spawn(Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() }).run());
+    }
+    if args.schedules {
+        tokio::spawn(controllers::schedules::run(ctx.clone()));
+    }
+    tokio::spawn(controllers::expiry::run(ctx.clone(), args.gc_interval));
+    if args.continuous {
+        let c = controllers::continuous::Continuous {
+            ctx: ctx.clone(),
+            debounce: args.debounce,
+            keep: args.keep_workspace_backups,
+        };
+        tokio::spawn(Arc::new(c).run());
     }
 
     let shutdown = shutdown_signal();
@@ -95,7 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
-    tracing::info!(listen = %args.listen, location = %store.url(), "backup-webhook serving");
+    tracing::info!(listen = %args.listen, location = %ctx.location.display(), "backup-webhook serving");
     let app = server::router(server::AppState { policy, index, metrics });
     server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
     tracing::info!("backup-webhook stopped");

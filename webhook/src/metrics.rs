@@ -17,6 +17,24 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackupLabel {
+    /// schedule or continuous
+    pub trigger: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// `schedule/<namespace>/<name>` or `workspace/<namespace>`
+    pub source: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub admissions: Family<DecisionLabel, Counter>,
@@ -24,6 +42,12 @@ pub struct Metrics {
     pub restores: Family<ResultLabel, Counter>,
     pub index_backups: Gauge,
     pub index_refresh_errors: Counter,
+    pub backups: Family<BackupLabel, Counter>,
+    pub backup_seconds: Family<TriggerLabel, Histogram>,
+    pub backup_bytes: Family<TriggerLabel, Counter>,
+    pub backup_objects: Family<TriggerLabel, Counter>,
+    pub last_success: Family<SourceLabel, Gauge>,
+    pub expired_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -43,15 +67,42 @@ impl Default for Metrics {
         registry.register("index_backups", "Committed backups in the index", index_backups.clone());
         let index_refresh_errors = Counter::default();
         registry.register("index_refresh_errors", "Failed refreshes of the backup index", index_refresh_errors.clone());
-        Metrics { registry, admissions, admission_seconds, restores, index_backups, index_refresh_errors }
+        let backups = Family::<BackupLabel, Counter>::default();
+        registry.register("backups", "Backups taken in the cluster, by trigger and result", backups.clone());
+        let backup_seconds = Family::<TriggerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.1, 2.0, 14))
+        });
+        registry.register("backup_duration_seconds", "Time to take a backup", backup_seconds.clone());
+        let backup_bytes = Family::<TriggerLabel, Counter>::default();
+        registry.register("backup_bytes", "Bytes of backup archives written", backup_bytes.clone());
+        let backup_objects = Family::<TriggerLabel, Counter>::default();
+        registry.register("backup_objects", "Objects backed up", backup_objects.clone());
+        let last_success = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the last successful backup of a schedule or workspace finished (Unix time)",
+            last_success.clone(),
+        );
+        let expired_deleted = Counter::default();
+        registry.register("expired_backups_deleted", "Backups deleted because they expired", expired_deleted.clone());
+        Metrics {
+            registry,
+            admissions,
+            admission_seconds,
+            restores,
+            index_backups,
+            index_refresh_errors,
+            backups,
+            backup_seconds,
+            backup_bytes,
+            backup_objects,
+            last_success,
+            expired_deleted,
+        }
     }
 }
 
 impl Metrics {
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
-    }
-
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

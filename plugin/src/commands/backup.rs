@@ -22,17 +22,17 @@ pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<ExitCode> {
     parse_duration("--ttl", &args.ttl)?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
-    let location_url = location::url(&cli.location)?;
-    let store = location::open(&cli.location)?;
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let location = location::open(cli, Some(&cluster.client)).await?;
+    location.ensure_writable()?;
+    let store = location.store.clone();
     let spec =
-        BackupSpec { filters, ttl: Some(args.ttl.clone()), storage_location: Some(location_url), schedule: None };
+        BackupSpec { filters, ttl: Some(args.ttl.clone()), storage_location: Some(location.display()), schedule: None };
 
     let detached = super::detached();
     if !args.wait && !detached {
         return super::detach("backup", &args.name);
     }
-
-    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let observer = progress::observer(if detached { Output::Json } else { args.output.output });
     let result = backup::run(&cluster, &store, &args.name, spec, observer.clone()).await;
     drop(observer);
@@ -90,7 +90,7 @@ fn print_messages(title: &str, items: &[String]) {
 }
 
 pub async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
-    let store = location::open(&cli.location)?;
+    let store = location::open(cli, None).await?.store;
     let listing = catalog::list(&store).await?;
     match args.output.output {
         Output::Table => {
@@ -128,7 +128,7 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
 }
 
 pub async fn describe(cli: &Cli, args: &DescribeArgs) -> Result<ExitCode> {
-    let store = location::open(&cli.location)?;
+    let store = location::open(cli, None).await?.store;
     let b = catalog::describe(&store, &args.name).await?;
     match args.output.output {
         Output::Table => print_description(&b, store.url()),
@@ -206,7 +206,9 @@ pub async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
     for name in &args.names {
         validate_name("backup name", name)?;
     }
-    let store = location::open(&cli.location)?;
+    let location = location::open(cli, None).await?;
+    location.ensure_writable()?;
+    let store = location.store;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             bail!("refusing to delete without confirmation: standard input is not a terminal; pass --yes");
@@ -236,7 +238,7 @@ pub async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
 
 pub async fn download(cli: &Cli, args: &DownloadArgs) -> Result<ExitCode> {
     validate_name("backup name", &args.name)?;
-    let store = location::open(&cli.location)?;
+    let store = location::open(cli, None).await?.store;
     let file = args.file.clone().unwrap_or_else(|| PathBuf::from(format!("{}.tar.zst", args.name)));
     if file.as_os_str() == "-" {
         if std::io::stdout().is_terminal() {

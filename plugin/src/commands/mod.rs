@@ -1,8 +1,12 @@
 //! One module per command group; each turns arguments into engine calls and prints the result.
 
 mod backup;
+pub mod certs;
 pub mod etcd;
+pub mod install;
+pub mod location;
 mod restore;
+pub mod schedule;
 pub mod workspace;
 
 use std::process::ExitCode;
@@ -25,6 +29,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(a) => restore::restore(&cli, a).await,
         Command::Etcd(a) => etcd::run(&cli, a).await,
         Command::Workspace(a) => workspace::run(&cli, a).await,
+        Command::Location(a) => location::run(&cli, a).await,
+        Command::Certs(a) => certs::run(a),
+        Command::Schedule(a) => schedule::run(&cli, a).await,
+        Command::Install(a) => install::install(&cli, a).await,
+        Command::Uninstall(a) => install::uninstall(&cli, a).await,
         Command::Completion(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "kubectl-backup", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -20,7 +20,8 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let filters = args.filters.filters();
     Selection::new(&filters)?;
     let namespace_mapping = args.mapping().map_err(|e| anyhow!(e))?;
-    let store = location::open(&cli.location)?;
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let store = location::open(cli, Some(&cluster.client)).await?.store;
     let spec = RestoreSpec {
         backup_name: args.backup.clone(),
         filters,
@@ -34,7 +35,6 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     if !args.wait && !detached {
         return super::detach("restore", &name);
     }
-    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let observer = progress::observer(if detached { Output::Json } else { args.output.output });
     let result = restore::run(&cluster, &store, &name, spec, observer.clone()).await;
     drop(observer);

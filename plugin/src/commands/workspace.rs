@@ -101,7 +101,7 @@ async fn list(cli: &Cli, output: Output) -> Result<ExitCode> {
         .list(&ListParams::default())
         .await
         .map_err(|e| anyhow::anyhow!("listing namespaces: {}", kubectl_backup_core::error::kube_message(&e)))?;
-    let store = location::open(&cli.location)?;
+    let store = location::open(cli, Some(&cluster.client)).await?.store;
     let newest = catalog::newest_per_namespace(&catalog::list(&store).await?.backups);
     let mut rows = Vec::new();
     let mut ages = Vec::new();

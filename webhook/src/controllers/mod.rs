@@ -1,3 +1,209 @@
-//! Controllers that run beside the admission server, in the same process.
+//! Controllers that run beside the admission server, in the same process. They call the same
+//! engine functions the CLI calls; durable state lives in the cluster (annotations, status) and in
+//! the store.
+//!
+//! - [`restore`] — auto-restore of new workspaces, catch-up after downtime
+//! - [`schedules`] — BackupSchedules on time, with events and status
+//! - [`expiry`] — deletes expired backups
+//! - [`continuous`] — a backup of a workspace after its objects change
 
+pub mod continuous;
+pub mod expiry;
 pub mod restore;
+pub mod schedules;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kubectl_backup_core::backup;
+use kubectl_backup_core::kube_client::Cluster;
+use kubectl_backup_core::locations::Resolved;
+use kubectl_backup_core::model::{Backup, BackupSpec};
+use kubectl_backup_core::progress::{Event as Progress, Observer, Quiet};
+
+use crate::admission::Policy;
+use crate::index::Index;
+use crate::metrics::{BackupLabel, Metrics, SourceLabel, TriggerLabel};
+
+/// What every controller shares.
+pub struct Context {
+    pub cluster: Cluster,
+    /// The location given to the webhook (`--location`), used when nothing else is named.
+    pub location: Resolved,
+    pub policy: Arc<Policy>,
+    pub index: Arc<Index>,
+    pub metrics: Arc<Metrics>,
+    /// The namespace of the webhook: its BackupLocations and unconfined schedules live here.
+    pub namespace: String,
+    pub reporter: String,
+}
+
+impl Context {
+    /// Publishes an Event about `reference`. Failures are logged, never fatal.
+    /// The reference Events about namespace `name` are recorded under (in that namespace, so
+    /// `kubectl get events -n NAME` shows them).
+    pub fn namespace_reference(name: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(name.into()),
+            namespace: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    pub async fn event(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+        self.clone_for_events().publish(reference, type_, reason, note).await;
+    }
+
+    /// Runs one object backup for a controller: progress events on `reference`, metrics, and an
+    /// index refresh so the webhook sees the new backup at once.
+    pub async fn backup(
+        &self,
+        location: &Resolved,
+        name: &str,
+        spec: BackupSpec,
+        trigger: &str,
+        source: &str,
+        reference: &ObjectReference,
+    ) -> kubectl_backup_core::Result<Backup> {
+        let start = Instant::now();
+        self.event(
+            reference,
+            EventType::Normal,
+            "BackupStarted",
+            format!("backup {name} started to {}", location.display()),
+        )
+        .await;
+        let uploading = Arc::new(UploadingOnce {
+            ctx: self.clone_for_events(),
+            reference: reference.clone(),
+            name: name.to_string(),
+            task: Default::default(),
+        });
+        let observer: Arc<dyn Observer> = uploading.clone();
+        let result = backup::run(&self.cluster, &location.store, name, spec, observer).await;
+        // BackupUploading is published when the upload starts; make sure it lands before the end.
+        let task = uploading.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        let t = TriggerLabel { trigger: trigger.into() };
+        self.metrics.backup_seconds.get_or_create(&t).observe(start.elapsed().as_secs_f64());
+        match &result {
+            Ok(b) => {
+                let phase = b.status.phase.to_string();
+                self.metrics
+                    .backups
+                    .get_or_create(&BackupLabel { trigger: trigger.into(), result: phase.clone() })
+                    .inc();
+                self.metrics
+                    .backup_bytes
+                    .get_or_create(&t)
+                    .inc_by(b.status.archive.as_ref().map(|a| a.size).unwrap_or(0));
+                self.metrics.backup_objects.get_or_create(&t).inc_by(b.status.progress.items_backed_up);
+                if b.status.phase == kubectl_backup_core::model::Phase::Completed {
+                    self.metrics
+                        .last_success
+                        .get_or_create(&SourceLabel { source: source.into() })
+                        .set(Timestamp::now().as_second());
+                }
+                let (kind, reason) = if b.status.errors.is_empty() {
+                    (EventType::Normal, "BackupCompleted")
+                } else {
+                    (EventType::Warning, "BackupCompleted")
+                };
+                let mut note = format!("backup {name} {phase}: {} objects", b.status.progress.items_backed_up);
+                if let Some(e) = b.status.errors.first() {
+                    note.push_str(&format!("; first error: {e}"));
+                }
+                self.event(reference, kind, reason, note).await;
+                if let Err(e) = self.index.refresh(&self.location.store).await {
+                    tracing::warn!(error = %e, "could not refresh the index after a backup");
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .backups
+                    .get_or_create(&BackupLabel { trigger: trigger.into(), result: "Failed".into() })
+                    .inc();
+                self.event(reference, EventType::Warning, "BackupFailed", format!("backup {name} failed: {e}")).await;
+            }
+        }
+        result
+    }
+}
+
+/// What publishing an event needs, detached from the Context (for a spawned task).
+#[derive(Clone)]
+struct EventSink {
+    client: kube::Client,
+    reporter: String,
+}
+
+impl EventSink {
+    async fn publish(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+        let recorder =
+            Recorder::new(self.client.clone(), Reporter { controller: self.reporter.clone(), instance: None });
+        let action = if reason.starts_with("Restore") { "Restore" } else { "Backup" };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, reference).await {
+            tracing::warn!(reason, error = %e, "could not publish an event");
+        }
+    }
+}
+
+impl Context {
+    fn clone_for_events(&self) -> EventSink {
+        EventSink { client: self.cluster.client.clone(), reporter: self.reporter.clone() }
+    }
+}
+
+/// Publishes BackupUploading once, when the archive upload starts.
+struct UploadingOnce {
+    ctx: EventSink,
+    reference: ObjectReference,
+    name: String,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Observer for UploadingOnce {
+    fn event(&self, event: Progress) {
+        if matches!(event, Progress::Uploading { .. }) {
+            let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+            if task.is_none() {
+                let (ctx, reference, name) = (self.ctx.clone(), self.reference.clone(), self.name.clone());
+                *task = Some(tokio::spawn(async move {
+                    ctx.publish(
+                        &reference,
+                        EventType::Normal,
+                        "BackupUploading",
+                        format!("backup {name}: uploading the archive"),
+                    )
+                    .await;
+                }));
+            }
+        }
+        Quiet.event(event);
+    }
+}
+
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -13,22 +13,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
 use kubectl_backup_core::EPHEMERAL_LABEL;
 use kubectl_backup_core::input::timestamped_name;
-use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::model::{ExistingPolicy, Filters, Phase, Restore, RestoreSpec};
 use kubectl_backup_core::progress::Quiet;
 use kubectl_backup_core::restore;
-use kubectl_backup_core::store::Store;
 
-use crate::admission::{Decision, Policy, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, decide};
-use crate::index::Index;
-use crate::metrics::{Metrics, ResultLabel};
+use super::Context;
+use crate::admission::{Decision, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, decide};
+use crate::metrics::ResultLabel;
 
 /// The ConfigMap (in the webhook's namespace) holding `lastSeen`.
 pub const STATE_CONFIGMAP: &str = "backup-webhook-state";
@@ -38,13 +36,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(60);
 
 pub struct RestoreWorker {
-    pub cluster: Cluster,
-    pub store: Store,
-    pub policy: Arc<Policy>,
-    pub index: Arc<Index>,
-    pub metrics: Arc<Metrics>,
-    pub namespace: String,
-    pub reporter: String,
+    pub ctx: Arc<Context>,
 }
 
 impl RestoreWorker {
@@ -56,7 +48,7 @@ impl RestoreWorker {
         tokio::spawn(async move { me.heartbeat().await });
 
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let api: Api<Namespace> = Api::all(self.cluster.client.clone());
+        let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
         let mut events = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
         while let Some(next) = events.next().await {
             let ns = match next {
@@ -84,7 +76,7 @@ impl RestoreWorker {
             return;
         }
         let name = ns.name_any();
-        if self.policy.excluded.contains(&name) {
+        if self.ctx.policy.excluded.contains(&name) {
             return;
         }
         let labels = ns.labels().clone();
@@ -106,7 +98,7 @@ impl RestoreWorker {
         if labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL) {
             return; // created by a restore
         }
-        let patch = match decide(&self.policy, &name, &labels, &annotations, &self.index) {
+        let patch = match decide(&self.ctx.policy, &name, &labels, &annotations, &self.ctx.index) {
             Decision::Ephemeral => serde_json::json!({"metadata": {"labels": {EPHEMERAL_LABEL: "true"}}}),
             Decision::Restore(backup) => {
                 serde_json::json!({"metadata": {"annotations": {RESTORE_FROM_ANNOTATION: backup}}})
@@ -114,7 +106,7 @@ impl RestoreWorker {
             Decision::Nothing | Decision::NotAWorkspace => return,
         };
         tracing::info!(namespace = %name, "catching up on a workspace created while the webhook was down");
-        let api: Api<Namespace> = Api::all(self.cluster.client.clone());
+        let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
         if let Err(e) = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             tracing::warn!(namespace = %name, error = %e, "could not mark the workspace");
         }
@@ -123,7 +115,7 @@ impl RestoreWorker {
 
     async fn restore(&self, ns: &Namespace, backup: &str) {
         let name = ns.name_any();
-        let api: Api<Namespace> = Api::all(self.cluster.client.clone());
+        let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
         if let Err(e) = set_status(&api, &name, "InProgress").await {
             tracing::warn!(namespace = %name, error = %e, "could not mark the restore as started");
             return;
@@ -142,12 +134,13 @@ impl RestoreWorker {
             ..Default::default()
         };
         let restore_name = timestamped_name(backup, Timestamp::now());
-        let result = restore::run(&self.cluster, &self.store, &restore_name, spec, Arc::new(Quiet)).await;
+        let result =
+            restore::run(&self.ctx.cluster, &self.ctx.location.store, &restore_name, spec, Arc::new(Quiet)).await;
         let (phase, note) = match &result {
             Ok(r) => (r.status.phase, summary(r)),
             Err(e) => (Phase::Failed, format!("restore of {name} from {backup} failed: {e}")),
         };
-        self.metrics.restores.get_or_create(&ResultLabel { result: phase.to_string() }).inc();
+        self.ctx.metrics.restores.get_or_create(&ResultLabel { result: phase.to_string() }).inc();
         let (kind, reason) = match phase {
             Phase::Completed => (EventType::Normal, "RestoreCompleted"),
             Phase::PartiallyFailed => (EventType::Warning, "RestoreCompleted"),
@@ -161,25 +154,12 @@ impl RestoreWorker {
     }
 
     async fn event(&self, namespace: &str, type_: EventType, reason: &str, note: String) {
-        let recorder =
-            Recorder::new(self.cluster.client.clone(), Reporter { controller: self.reporter.clone(), instance: None });
-        let mut reference: ObjectReference = Namespace::object_ref(&ns_stub(namespace), &());
-        reference.namespace = Some(namespace.to_string());
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate(note, 1000)),
-            action: "Restore".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&ev, &reference).await {
-            tracing::warn!(%namespace, error = %e, "could not publish an event");
-        }
+        self.ctx.event(&Context::namespace_reference(namespace), type_, reason, note).await;
     }
 
     /// Namespaces created after this are candidates for catch-up.
     async fn catch_up_cutoff(&self) -> Timestamp {
-        let api: Api<ConfigMap> = Api::namespaced(self.cluster.client.clone(), &self.namespace);
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx.cluster.client.clone(), &self.ctx.namespace);
         let last = match api.get_opt(STATE_CONFIGMAP).await {
             Ok(Some(cm)) => cm.data.and_then(|d| d.get("lastSeen").and_then(|t| t.parse::<Timestamp>().ok())),
             _ => None,
@@ -192,7 +172,7 @@ impl RestoreWorker {
     }
 
     async fn heartbeat(&self) {
-        let api: Api<ConfigMap> = Api::namespaced(self.cluster.client.clone(), &self.namespace);
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx.cluster.client.clone(), &self.ctx.namespace);
         loop {
             let data: BTreeMap<String, String> = [("lastSeen".to_string(), Timestamp::now().to_string())].into();
             let cm = ConfigMap {
@@ -216,13 +196,6 @@ impl RestoreWorker {
     }
 }
 
-fn ns_stub(name: &str) -> Namespace {
-    Namespace {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        ..Default::default()
-    }
-}
-
 async fn set_status(api: &Api<Namespace>, name: &str, status: &str) -> Result<(), kube::Error> {
     let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_STATUS_ANNOTATION: status}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
@@ -236,17 +209,6 @@ fn summary(r: &Restore) -> String {
     );
     if let Some(first) = r.status.errors.first() {
         s.push_str(&format!("; first failure: {first}"));
-    }
-    s
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
     }
     s
 }

@@ -1,0 +1,180 @@
+//! The custom resources the in-cluster component reads: where backups go (`BackupLocation`) and
+//! when they run (`BackupSchedule`). The CRDs are generated from these types
+//! (`kubectl backup install` and the Helm chart ship the same YAML).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Filters;
+
+/// Whether a location may be written and garbage-collected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AccessMode {
+    #[default]
+    ReadWrite,
+    /// Backups are read (listed, restored) but never written or deleted, not even when expired.
+    ReadOnly,
+}
+
+/// A named place backups are stored: the URL and what it takes to reach it.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "kubectl-backup.dev",
+    version = "v1alpha1",
+    kind = "BackupLocation",
+    namespaced,
+    status = "BackupLocationStatus",
+    shortname = "bl",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
+    printcolumn = r#"{"name":"Access","type":"string","jsonPath":".spec.accessMode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupLocationSpec {
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3-compatible endpoint (MinIO, Ceph...). Implies path-style requests unless pathStyle is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// PEM CA bundle that signed the store's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// A Secret in the same namespace whose keys are the provider's environment variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT_KEY,
+    /// GOOGLE_SERVICE_ACCOUNT_KEY, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Used when no location is named.
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub access_mode: AccessMode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupLocationStatus {
+    /// Available or Unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_validation_time: Option<String>,
+}
+
+/// etcd as the source of a scheduled backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdScheduleSource {
+    pub endpoints: Vec<String>,
+    /// snapshot (default), keys or keys-json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    /// Only keys under this prefix (keys and keys-json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A Secret in the schedule's namespace with `ca.crt`, `tls.crt` and `tls.key` for client TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+}
+
+/// Backups on a schedule.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "kubectl-backup.dev",
+    version = "v1alpha1",
+    kind = "BackupSchedule",
+    namespaced,
+    status = "BackupScheduleStatus",
+    shortname = "bs",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"string","jsonPath":".status.lastBackup"}"#,
+    printcolumn = r#"{"name":"Last Result","type":"string","jsonPath":".status.lastResult"}"#,
+    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextRunTime"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleSpec {
+    /// A cron expression (5 fields, or 6 with seconds) or a preset: @hourly, @daily, @weekly,
+    /// @every-2-weeks, @monthly, @every-2-months.
+    pub schedule: String,
+    /// IANA time zone of the schedule (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Backups are named <namePrefix>-<YYYYMMDDhhmmss> (default: the schedule's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    /// What to back up. In a namespace other than the install namespace, only that namespace.
+    #[serde(default, flatten)]
+    pub filters: Filters,
+    /// How long each backup is kept (default 720h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// The BackupLocation (default: the default location).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+    /// Back up an etcd instead of Kubernetes objects (install namespace only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdScheduleSource>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    /// Completed, PartiallyFailed or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
+}
+
+/// The CRDs, as the API server takes them.
+pub fn definitions() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![BackupLocation::crd(), BackupSchedule::crd()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_are_namespaced_v1alpha1_with_status() {
+        for crd in definitions() {
+            assert_eq!(crd.spec.group, "kubectl-backup.dev");
+            assert_eq!(crd.spec.scope, "Namespaced");
+            let v = &crd.spec.versions[0];
+            assert_eq!(v.name, "v1alpha1");
+            assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        }
+    }
+
+    #[test]
+    fn schedule_spec_flattens_filters() {
+        let s: BackupScheduleSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "@daily", "includedNamespaces": ["shop"], "ttl": "168h"
+        }))
+        .unwrap();
+        assert_eq!(s.filters.included_namespaces, vec!["shop"]);
+        assert_eq!(s.ttl.as_deref(), Some("168h"));
+        assert!(!s.paused);
+    }
+}

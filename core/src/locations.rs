@@ -1,0 +1,166 @@
+//! Which store a command or controller uses: a URL, the name of a `BackupLocation` in the install
+//! namespace, or — when none is given — `$KUBECTL_BACKUP_LOCATION`, the cluster's default
+//! `BackupLocation`, or the embedded local directory, in that order.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::crd::{AccessMode, BackupLocation};
+use crate::error::kube_message;
+use crate::input::validate_name;
+use crate::store::{LOCATION_ENV, Location, Store, StoreOptions};
+use crate::{Error, Result};
+
+/// Where `kubectl backup install` puts the in-cluster component and its BackupLocations.
+pub const DEFAULT_INSTALL_NAMESPACE: &str = "kubectl-backup";
+/// Overrides the install namespace for the plugin.
+pub const INSTALL_NAMESPACE_ENV: &str = "KUBECTL_BACKUP_NAMESPACE";
+
+/// An opened location.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub store: Store,
+    /// The BackupLocation it came from, if any.
+    pub name: Option<String>,
+    pub access: AccessMode,
+}
+
+impl Resolved {
+    /// What to print: `name (url)` or the URL.
+    pub fn display(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", self.store.url()),
+            None => self.store.url().to_string(),
+        }
+    }
+
+    pub fn ensure_writable(&self) -> Result<()> {
+        if self.access == AccessMode::ReadOnly {
+            return Err(Error::Location {
+                location: self.display(),
+                reason: "the BackupLocation is ReadOnly: backups can be listed and restored, not written or deleted"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// True when `text` names a BackupLocation rather than giving a URL.
+pub fn is_name(text: &str) -> bool {
+    !text.contains("://")
+}
+
+/// Resolves `given` (a URL or a BackupLocation name). `client` is needed for names and for the
+/// cluster's default location; without one, names are an error and the default falls through.
+pub async fn resolve(
+    client: Option<&Client>,
+    namespace: &str,
+    given: Option<&str>,
+    options: &StoreOptions,
+) -> Result<Resolved> {
+    if let Some(text) = given {
+        if !is_name(text) {
+            return Ok(Resolved { store: Store::open_url(text, options)?, name: None, access: AccessMode::ReadWrite });
+        }
+        validate_name("location name", text)?;
+        let client = client
+            .ok_or_else(|| Error::invalid("location", text, "a BackupLocation name needs a cluster connection"))?;
+        let api: Api<BackupLocation> = Api::namespaced(client.clone(), namespace);
+        let bl = api.get_opt(text).await.map_err(|e| not_readable(text, namespace, &e))?.ok_or_else(|| {
+            Error::invalid("location", text, format!("no BackupLocation {text:?} in namespace {namespace:?} (see `kubectl backup location list`), and not a URL"))
+        })?;
+        return open(client, namespace, &bl, options).await;
+    }
+    if let Ok(url) = std::env::var(LOCATION_ENV)
+        && !url.trim().is_empty()
+    {
+        return Box::pin(resolve(client, namespace, Some(url.trim()), options)).await;
+    }
+    if let Some(client) = client
+        && let Some(bl) = default_location(client, namespace).await
+    {
+        return open(client, namespace, &bl, options).await;
+    }
+    Ok(Resolved {
+        store: Store::open_url(&Location::default_url()?, options)?,
+        name: None,
+        access: AccessMode::ReadWrite,
+    })
+}
+
+fn not_readable(name: &str, namespace: &str, e: &kube::Error) -> Error {
+    Error::invalid(
+        "location",
+        name,
+        format!("cannot read BackupLocation {name:?} in namespace {namespace:?}: {}", kube_message(e)),
+    )
+}
+
+/// The BackupLocation marked default, if the cluster has one (and answers quickly).
+async fn default_location(client: &Client, namespace: &str) -> Option<BackupLocation> {
+    let api: Api<BackupLocation> = Api::namespaced(client.clone(), namespace);
+    let list = tokio::time::timeout(Duration::from_secs(5), api.list(&ListParams::default())).await.ok()?.ok()?;
+    let mut defaults: Vec<BackupLocation> = list.items.into_iter().filter(|b| b.spec.default).collect();
+    defaults.sort_by_key(|b| b.name_any());
+    defaults.into_iter().next()
+}
+
+/// Opens a BackupLocation: its URL and options, and the credentials from its Secret when this
+/// identity may read it (otherwise the process environment's credentials are used).
+pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &StoreOptions) -> Result<Resolved> {
+    let name = bl.name_any();
+    let mut options = base.clone();
+    let spec = &bl.spec;
+    if spec.endpoint.is_some() {
+        options.s3_endpoint = spec.endpoint.clone();
+    }
+    if spec.region.is_some() {
+        options.region = spec.region.clone();
+    }
+    if spec.path_style.is_some() {
+        options.path_style = spec.path_style;
+    }
+    if let Some(ca) = &spec.ca_bundle {
+        options.ca_pem = Some(ca.as_bytes().to_vec());
+    }
+    if let Some(secret) = &spec.credentials_secret {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        match api.get_opt(secret).await {
+            Ok(Some(s)) => {
+                for (k, v) in s.data.unwrap_or_default() {
+                    if let Ok(text) = String::from_utf8(v.0) {
+                        options.credentials.push((k, text));
+                    }
+                }
+            }
+            Ok(None) => {
+                return Err(Error::Location {
+                    location: format!("{name} ({})", spec.url),
+                    reason: format!("its credentials Secret {secret:?} does not exist in namespace {namespace:?}"),
+                });
+            }
+            Err(e) => {
+                tracing::info!(location = %name, error = %kube_message(&e), "cannot read the location's credentials Secret; using this environment's credentials");
+            }
+        }
+    }
+    let store = Store::open_url(&spec.url, &options).map_err(|e| match e {
+        Error::Invalid { reason, value, .. } => {
+            Error::Location { location: name.clone(), reason: format!("{value}: {reason}") }
+        }
+        other => other,
+    })?;
+    Ok(Resolved { store, name: Some(name), access: spec.access_mode })
+}
+
+/// The install namespace: `$KUBECTL_BACKUP_NAMESPACE` or `kubectl-backup`.
+pub fn install_namespace() -> String {
+    std::env::var(INSTALL_NAMESPACE_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_INSTALL_NAMESPACE.to_string())
+}

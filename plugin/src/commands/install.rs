@@ -1,0 +1,247 @@
+//! `install` and `uninstall` of the in-cluster component.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::core::TypeMeta;
+use kube::discovery::oneshot;
+use kubectl_backup_core::error::kube_message;
+use kubectl_backup_core::install::{self, InstallOptions};
+use kubectl_backup_core::kube_client::Cluster;
+use kubectl_backup_core::store::Location;
+use serde_json::Value;
+
+use super::backup::throttle;
+use crate::args::{Cli, Output};
+use crate::output::print_document;
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Namespace of the component (default: --install-namespace, i.e. kubectl-backup).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// A Secret in that namespace with the store's credentials as environment variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT_KEY...).
+    #[arg(long, value_name = "NAME")]
+    pub credentials_secret: Option<String>,
+    /// Image of backup-webhook.
+    #[arg(long, value_name = "REF", default_value = install::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Let cert-manager issue the serving certificate instead of generating a CA here.
+    #[arg(long)]
+    pub cert_manager: bool,
+    /// Ephemeral workspace names (globs), e.g. pr-*.
+    #[arg(long = "ephemeral-pattern", value_delimiter = ',', value_name = "GLOB")]
+    pub ephemeral_patterns: Vec<String>,
+    /// Which namespaces are workspaces (label selector).
+    #[arg(long, value_name = "SELECTOR")]
+    pub workspace_selector: Option<String>,
+    /// Back up workspaces continuously, on change.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub continuous: bool,
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output of --dry-run: yaml (default) or json.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<Output>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Keep the CustomResourceDefinitions (and so every BackupSchedule and BackupLocation).
+    #[arg(long)]
+    pub keep_crds: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+pub async fn install(cli: &Cli, a: &InstallArgs) -> Result<ExitCode> {
+    let namespace = a.namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
+    kubectl_backup_core::input::validate_name("--namespace", &namespace)?;
+    let url = cli
+        .location
+        .location
+        .clone()
+        .ok_or_else(|| anyhow!("--location URL is required: where the in-cluster component stores backups"))?;
+    Location::parse(&url)?;
+    let opts = InstallOptions {
+        namespace: namespace.clone(),
+        image: a.image.clone(),
+        location_url: url,
+        credentials_secret: a.credentials_secret.clone(),
+        s3_endpoint: cli.location.s3_endpoint.clone(),
+        region: cli.location.region.clone(),
+        cert_manager: a.cert_manager,
+        ephemeral_patterns: a.ephemeral_patterns.clone(),
+        workspace_selector: a.workspace_selector.clone(),
+        continuous: a.continuous,
+    };
+    let tls = if a.cert_manager { None } else { Some(install::generate_tls(&namespace)?) };
+    let objects = install::render(&opts, tls.as_ref());
+    if a.dry_run {
+        match a.output.unwrap_or(Output::Yaml) {
+            Output::Json => print_document(
+                &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}),
+                Output::Json,
+            )?,
+            _ => print!("{}", install::to_yaml(&objects)),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    if let Some(secret) = &a.credentials_secret {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(cluster.client.clone(), &namespace);
+        if !matches!(secrets.get_opt(secret).await, Ok(Some(_))) {
+            eprintln!(
+                "warning: Secret {secret:?} does not exist in {namespace:?} yet; the webhook will not start until it does"
+            );
+        }
+    }
+    for obj in &objects {
+        apply(&cluster, obj).await?;
+        if obj["kind"] == "CustomResourceDefinition" {
+            wait_established(&cluster, obj["metadata"]["name"].as_str().unwrap_or_default()).await?;
+        }
+    }
+    println!(
+        "kubectl-backup installed in namespace {namespace:?} ({} objects). The webhook runs image {}.\nCheck it with: kubectl -n {namespace} rollout status deployment/{}",
+        objects.len(),
+        a.image,
+        install::APP
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The API of an object (any kind, including CRDs just created), by discovery.
+async fn api_for(cluster: &Cluster, obj: &Value) -> Result<(Api<DynamicObject>, ApiResource)> {
+    let tm: TypeMeta = serde_json::from_value(obj.clone()).context("an object without apiVersion/kind")?;
+    let gvk = GroupVersionKind::try_from(&tm).map_err(|e| anyhow!("{e}"))?;
+    let (ar, caps) = oneshot::pinned_kind(&cluster.client, &gvk).await.map_err(|e| {
+        anyhow!(
+            "the cluster does not serve {}/{} ({}){}",
+            tm.api_version,
+            tm.kind,
+            kube_message(&e),
+            if tm.api_version.starts_with("cert-manager") {
+                "; install cert-manager first or drop --cert-manager"
+            } else {
+                ""
+            }
+        )
+    })?;
+    let api = match (caps.scope, obj["metadata"]["namespace"].as_str()) {
+        (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(cluster.client.clone(), ns, &ar),
+        _ => Api::all_with(cluster.client.clone(), &ar),
+    };
+    Ok((api, ar))
+}
+
+async fn apply(cluster: &Cluster, obj: &Value) -> Result<()> {
+    let (api, _) = api_for(cluster, obj).await?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let pp = PatchParams::apply(kubectl_backup_core::FIELD_MANAGER).force();
+    api.patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map_err(|e| anyhow!("applying {} {name}: {}", obj["kind"].as_str().unwrap_or("?"), kube_message(&e)))?;
+    Ok(())
+}
+
+async fn wait_established(cluster: &Cluster, name: &str) -> Result<()> {
+    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(cluster.client.clone());
+    for _ in 0..150 {
+        if let Ok(crd) = api.get(name).await {
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("CustomResourceDefinition {name} was not established within 30s")
+}
+
+pub async fn uninstall(cli: &Cli, a: &UninstallArgs) -> Result<ExitCode> {
+    let namespace = a.namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
+    if !a.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to uninstall without confirmation: standard input is not a terminal; pass --yes");
+        }
+        eprint!("Uninstall kubectl-backup from namespace {namespace}? Backups in storage are kept. [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("Nothing removed.");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    // What install renders, in reverse: the webhook configuration first so namespace creation is
+    // never slowed by a webhook that is going away.
+    let opts = InstallOptions {
+        namespace: namespace.clone(),
+        image: String::new(),
+        location_url: String::new(),
+        credentials_secret: None,
+        s3_endpoint: None,
+        region: None,
+        cert_manager: true,
+        ephemeral_patterns: vec![],
+        workspace_selector: None,
+        continuous: false,
+    };
+    let mut objects = install::render(&opts, None);
+    objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");
+    objects.push(serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": install::TLS_SECRET, "namespace": namespace}}));
+    objects.sort_by_key(|o| match o["kind"].as_str() {
+        Some("MutatingWebhookConfiguration") => 0,
+        Some("Deployment") => 1,
+        Some("CustomResourceDefinition") => 8,
+        Some("Namespace") => 9,
+        _ => 5,
+    });
+    let mut removed = 0;
+    for obj in &objects {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        if (kind == "CustomResourceDefinition" && a.keep_crds) || name.is_empty() {
+            continue;
+        }
+        let Ok((api, _)) = api_for(&cluster, obj).await else { continue };
+        if kind == "Namespace" {
+            // Only a namespace install created (labelled); never one that held other things before.
+            match api.get_opt(name).await {
+                Ok(Some(o))
+                    if o.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+                        .is_some_and(|v| v == "kubectl-backup") => {}
+                _ => continue,
+            }
+        }
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {
+                println!("deleted {kind} {name}");
+                removed += 1;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => eprintln!("warning: could not delete {kind} {name}: {}", kube_message(&e)),
+        }
+    }
+    println!("kubectl-backup uninstalled ({removed} objects removed); backups in storage are kept.");
+    Ok(ExitCode::SUCCESS)
+}

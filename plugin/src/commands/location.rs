@@ -1,0 +1,212 @@
+//! `location add|list|remove`: BackupLocations in the install namespace.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kubectl_backup_core::crd::{AccessMode, BackupLocation, BackupLocationSpec};
+use kubectl_backup_core::error::kube_message;
+use kubectl_backup_core::input::validate_name;
+use kubectl_backup_core::kube_client::Cluster;
+use kubectl_backup_core::locations;
+use kubectl_backup_core::store::{Location, Provider};
+
+use super::backup::throttle;
+use crate::args::{Cli, Output, OutputArg};
+use crate::output::{age, print_document, print_table, table};
+
+#[derive(Debug, Args)]
+pub struct LocationArgs {
+    #[command(subcommand)]
+    pub command: LocationCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocationCommand {
+    /// Register a location by name (a BackupLocation in the install namespace).
+    Add(AddArgs),
+    /// List registered locations.
+    #[command(alias = "ls", alias = "get")]
+    List(OutputArg),
+    /// Remove a registered location (its backups stay in storage).
+    #[command(alias = "rm", alias = "delete")]
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    pub name: String,
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3-compatible endpoint.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub path_style: Option<bool>,
+    /// PEM CA bundle for the store's certificate (stored in the BackupLocation).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// An existing Secret with the credentials as environment variables.
+    #[arg(long, value_name = "NAME", conflicts_with = "credentials_from_env")]
+    pub credentials_secret: Option<String>,
+    /// Create the Secret `<name>-credentials` from this shell's provider environment (AWS_*, AZURE_*, GOOGLE_*).
+    #[arg(long)]
+    pub credentials_from_env: bool,
+    /// Make it the default location.
+    #[arg(long)]
+    pub default: bool,
+    /// Never write or delete in it (not even expired backups).
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    pub name: String,
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+pub async fn run(cli: &Cli, args: &LocationArgs) -> Result<ExitCode> {
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let ns = cli.location.install_namespace.as_str();
+    let api: Api<BackupLocation> = Api::namespaced(cluster.client.clone(), ns);
+    match &args.command {
+        LocationCommand::Add(a) => add(&cluster, ns, &api, a).await,
+        LocationCommand::List(o) => list(&api, o.output).await,
+        LocationCommand::Remove(r) => remove(&api, ns, r).await,
+    }
+}
+
+async fn add(cluster: &Cluster, ns: &str, api: &Api<BackupLocation>, a: &AddArgs) -> Result<ExitCode> {
+    validate_name("location name", &a.name)?;
+    let parsed = Location::parse(&a.url)?;
+    let ca_bundle = match &a.ca_bundle {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow!("--ca-bundle {}: {e}", p.display()))?),
+        None => None,
+    };
+    let mut credentials_secret = a.credentials_secret.clone();
+    if a.credentials_from_env {
+        let prefix = match parsed.provider {
+            Provider::S3 => "AWS_",
+            Provider::Gcs => "GOOGLE_",
+            Provider::Azure => "AZURE_",
+            Provider::File => bail!("--credentials-from-env: a file:// location has no credentials"),
+        };
+        let data: BTreeMap<String, ByteString> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            .collect();
+        if data.is_empty() {
+            bail!("--credentials-from-env: no {prefix}* variable is set in this shell");
+        }
+        let secret_name = format!("{}-credentials", a.name);
+        let secret = Secret {
+            metadata: ObjectMeta { name: Some(secret_name.clone()), namespace: Some(ns.into()), ..Default::default() },
+            data: Some(data),
+            ..Default::default()
+        };
+        let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| anyhow!("creating Secret {secret_name} in {ns}: {}", kube_message(&e)))?;
+        credentials_secret = Some(secret_name);
+    }
+    let spec = BackupLocationSpec {
+        url: a.url.clone(),
+        region: a.region.clone(),
+        endpoint: a.endpoint.clone(),
+        path_style: a.path_style,
+        ca_bundle,
+        credentials_secret,
+        default: a.default,
+        access_mode: if a.read_only { AccessMode::ReadOnly } else { AccessMode::ReadWrite },
+    };
+    if a.default {
+        // One default: clear it elsewhere.
+        for mut other in api.list(&ListParams::default()).await.map_err(|e| anyhow!("{}", kube_message(&e)))?.items {
+            if other.spec.default && other.name_any() != a.name {
+                other.spec.default = false;
+                other.metadata.managed_fields = None;
+                api.replace(&other.name_any(), &PostParams::default(), &other)
+                    .await
+                    .map_err(|e| anyhow!("{}", kube_message(&e)))?;
+            }
+        }
+    }
+    let bl = BackupLocation::new(&a.name, spec);
+    api.create(&PostParams::default(), &bl)
+        .await
+        .map_err(|e| anyhow!("creating BackupLocation {} in {ns}: {}", a.name, kube_message(&e)))?;
+    // Check it can be reached now, so a typo shows up here and not at 2 a.m.
+    let created = api.get(&a.name).await.map_err(|e| anyhow!("{}", kube_message(&e)))?;
+    match locations::open(&cluster.client, ns, &created, &Default::default()).await {
+        Ok(r) => {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), kubectl_backup_core::catalog::list(&r.store))
+                .await
+            {
+                Ok(Ok(l)) => {
+                    println!("location \"{}\" added ({}); it holds {} backup(s)", a.name, a.url, l.backups.len())
+                }
+                Ok(Err(e)) => eprintln!("location \"{}\" added, but it cannot be read from here: {e}", a.name),
+                Err(_) => eprintln!("location \"{}\" added, but listing it timed out", a.name),
+            }
+        }
+        Err(e) => eprintln!("location \"{}\" added, but it cannot be opened from here: {e}", a.name),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(api: &Api<BackupLocation>, output: Output) -> Result<ExitCode> {
+    let list =
+        api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing BackupLocations: {}", kube_message(&e)))?;
+    match output {
+        Output::Table => {
+            let mut t = table(&["NAME", "URL", "DEFAULT", "ACCESS", "CREDENTIALS", "AGE"]);
+            for b in &list.items {
+                t.add_row(vec![
+                    b.name_any(),
+                    b.spec.url.clone(),
+                    b.spec.default.to_string(),
+                    format!("{:?}", b.spec.access_mode),
+                    b.spec.credentials_secret.clone().unwrap_or_else(|| "-".into()),
+                    age(b.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+                ]);
+            }
+            print_table(&t);
+        }
+        f => print_document(
+            &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupLocationList", "items": list.items}),
+            f,
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(api: &Api<BackupLocation>, ns: &str, r: &RemoveArgs) -> Result<ExitCode> {
+    if !r.yes && std::io::stdin().is_terminal() {
+        eprint!("Remove location {} (its backups stay in storage)? [y/N] ", r.name);
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Ok(ExitCode::FAILURE);
+        }
+    } else if !r.yes {
+        bail!("refusing to remove without confirmation: standard input is not a terminal; pass --yes");
+    }
+    api.delete(&r.name, &DeleteParams::default())
+        .await
+        .map_err(|e| anyhow!("removing BackupLocation {} in {ns}: {}", r.name, kube_message(&e)))?;
+    println!("location \"{}\" removed; its backups are still in storage", r.name);
+    Ok(ExitCode::SUCCESS)
+}

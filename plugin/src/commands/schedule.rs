@@ -1,0 +1,238 @@
+//! `schedule create|list|describe|pause|resume|delete`: BackupSchedules, run by the in-cluster
+//! component.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleSpec, EtcdScheduleSource};
+use kubectl_backup_core::error::kube_message;
+use kubectl_backup_core::filter::Selection;
+use kubectl_backup_core::input::{parse_duration, validate_name};
+use kubectl_backup_core::kube_client::Cluster;
+use kubectl_backup_core::schedule::Schedule;
+
+use super::backup::throttle;
+use crate::args::{Cli, FilterArgs, Output, OutputArg};
+use crate::output::{print_document, print_table, table};
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule.
+    Create(Box<CreateArgs>),
+    /// List schedules.
+    #[command(alias = "ls", alias = "get")]
+    List(ListArgs),
+    /// Show a schedule, its last and next run and last result.
+    Describe(NameArgs),
+    /// Stop running a schedule until resumed.
+    Pause(NameArgs),
+    Resume(NameArgs),
+    #[command(alias = "rm")]
+    Delete(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Where {
+    /// Namespace of the schedule (default: the install namespace). A schedule outside the install
+    /// namespace backs up only its own namespace.
+    #[arg(long = "schedule-namespace", value_name = "NS")]
+    pub schedule_namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Cron (5 fields, or 6 with seconds) or @hourly, @daily, @weekly, @every-2-weeks, @monthly, @every-2-months.
+    #[arg(long, value_name = "CRON")]
+    pub schedule: String,
+    /// IANA time zone of the schedule (default UTC).
+    #[arg(long, value_name = "TZ")]
+    pub time_zone: Option<String>,
+    /// Backups are named <prefix>-<YYYYMMDDhhmmss> (default: the schedule's name).
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// How long each backup is kept.
+    #[arg(long, default_value = "720h", value_name = "DURATION")]
+    pub ttl: String,
+    /// BackupLocation to use (default: the default location).
+    #[arg(long = "backup-location", value_name = "NAME")]
+    pub backup_location: Option<String>,
+    /// Create it paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Back up this etcd instead of Kubernetes objects (comma list of URLs).
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub etcd_endpoints: Vec<String>,
+    /// snapshot, keys or keys-json.
+    #[arg(long, value_name = "TYPE")]
+    pub etcd_type: Option<String>,
+    /// A Secret with ca.crt, tls.crt and tls.key for the etcd client.
+    #[arg(long, value_name = "NAME")]
+    pub etcd_tls_secret: Option<String>,
+    #[command(flatten)]
+    pub at: Where,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub at: Where,
+    /// Schedules of every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub at: Where,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+pub async fn run(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
+    let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+    let ns_of = |w: &Where| w.schedule_namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
+    let api = |ns: &str| -> Api<BackupSchedule> { Api::namespaced(cluster.client.clone(), ns) };
+    match &args.command {
+        ScheduleCommand::Create(a) => {
+            create(&api(&ns_of(&a.at)), &ns_of(&a.at), &cli.location.install_namespace, a).await
+        }
+        ScheduleCommand::List(l) => {
+            let api = if l.all_namespaces { Api::all(cluster.client.clone()) } else { api(&ns_of(&l.at)) };
+            list(&api, l.output.output).await
+        }
+        ScheduleCommand::Describe(n) => describe(&api(&ns_of(&n.at)), n).await,
+        ScheduleCommand::Pause(n) => set_paused(&api(&ns_of(&n.at)), &n.name, true).await,
+        ScheduleCommand::Resume(n) => set_paused(&api(&ns_of(&n.at)), &n.name, false).await,
+        ScheduleCommand::Delete(n) => {
+            api(&ns_of(&n.at))
+                .delete(&n.name, &DeleteParams::default())
+                .await
+                .map_err(|e| anyhow!("deleting schedule {}: {}", n.name, kube_message(&e)))?;
+            println!("schedule \"{}\" deleted; its backups are kept", n.name);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn create(api: &Api<BackupSchedule>, ns: &str, install_ns: &str, a: &CreateArgs) -> Result<ExitCode> {
+    validate_name("schedule name", &a.name)?;
+    Schedule::parse(&a.schedule, a.time_zone.as_deref())?;
+    parse_duration("--ttl", &a.ttl)?;
+    if let Some(p) = &a.name_prefix {
+        validate_name("--name-prefix", p)?;
+    }
+    let mut filters = a.filters.filters();
+    Selection::new(&filters)?;
+    if ns != install_ns && filters.included_namespaces.is_empty() {
+        // A schedule outside the install namespace backs up its own namespace.
+        filters.included_namespaces = vec![ns.to_string()];
+    }
+    let etcd = (!a.etcd_endpoints.is_empty()).then(|| EtcdScheduleSource {
+        endpoints: a.etcd_endpoints.clone(),
+        r#type: a.etcd_type.clone(),
+        prefix: None,
+        tls_secret: a.etcd_tls_secret.clone(),
+    });
+    let spec = BackupScheduleSpec {
+        schedule: a.schedule.clone(),
+        time_zone: a.time_zone.clone(),
+        name_prefix: a.name_prefix.clone(),
+        filters,
+        ttl: Some(a.ttl.clone()),
+        location: a.backup_location.clone(),
+        paused: a.paused,
+        etcd,
+    };
+    let s = BackupSchedule::new(&a.name, spec);
+    api.create(&PostParams::default(), &s)
+        .await
+        .map_err(|e| anyhow!("creating schedule {} in {ns}: {}", a.name, kube_message(&e)))?;
+    println!("schedule \"{}\" created in namespace {ns}", a.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(api: &Api<BackupSchedule>, output: Output) -> Result<ExitCode> {
+    let list =
+        api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing schedules: {}", kube_message(&e)))?;
+    match output {
+        Output::Table => {
+            let mut t = table(&["NAMESPACE", "NAME", "SCHEDULE", "PAUSED", "LAST BACKUP", "LAST RESULT", "NEXT RUN"]);
+            for s in &list.items {
+                let st = s.status.clone().unwrap_or_default();
+                t.add_row(vec![
+                    s.namespace().unwrap_or_default(),
+                    s.name_any(),
+                    s.spec.schedule.clone(),
+                    s.spec.paused.to_string(),
+                    st.last_backup.unwrap_or_else(|| "-".into()),
+                    st.last_result.unwrap_or_else(|| "-".into()),
+                    if s.spec.paused { "-".into() } else { st.next_run_time.unwrap_or_else(|| "-".into()) },
+                ]);
+            }
+            print_table(&t);
+        }
+        f => print_document(
+            &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupScheduleList", "items": list.items}),
+            f,
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn describe(api: &Api<BackupSchedule>, n: &NameArgs) -> Result<ExitCode> {
+    let s = api.get(&n.name).await.map_err(|e| anyhow!("schedule {}: {}", n.name, kube_message(&e)))?;
+    if n.output.output != Output::Table {
+        print_document(&s, n.output.output)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let st = s.status.clone().unwrap_or_default();
+    let f = &s.spec.filters;
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("Name:              {}", s.name_any());
+    println!("Namespace:         {}", s.namespace().unwrap_or_default());
+    println!("Schedule:          {} ({})", s.spec.schedule, s.spec.time_zone.as_deref().unwrap_or("UTC"));
+    println!("Paused:            {}", s.spec.paused);
+    println!("Location:          {}", s.spec.location.as_deref().unwrap_or("(default)"));
+    println!("TTL:               {}", s.spec.ttl.as_deref().unwrap_or("720h"));
+    println!(
+        "Namespaces:        {}",
+        if f.included_namespaces.is_empty() { "*".to_string() } else { f.included_namespaces.join(", ") }
+    );
+    if let Some(e) = &s.spec.etcd {
+        println!("etcd:              {} ({})", e.endpoints.join(", "), e.r#type.as_deref().unwrap_or("snapshot"));
+    }
+    println!("Last run:          {}", or(&st.last_run_time));
+    println!("Last backup:       {}", or(&st.last_backup));
+    println!("Last result:       {}", or(&st.last_result));
+    println!("Last success:      {}", or(&st.last_success_time));
+    println!("Next run:          {}", or(&st.next_run_time));
+    if let Some(e) = &st.last_error {
+        println!("Last error:        {e}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn set_paused(api: &Api<BackupSchedule>, name: &str, paused: bool) -> Result<ExitCode> {
+    let patch = serde_json::json!({"spec": {"paused": paused}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| anyhow!("schedule {name}: {}", kube_message(&e)))?;
+    println!("schedule \"{name}\" {}", if paused { "paused" } else { "resumed" });
+    Ok(ExitCode::SUCCESS)
+}

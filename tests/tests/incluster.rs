@@ -1,0 +1,412 @@
+//! The in-cluster component on a real control plane: schedules, expiry, continuous backup, named
+//! locations, confinement of the operator role, and `install --dry-run` accepted by the API server.
+//! Each test has its own control plane.
+
+use std::time::{Duration, Instant};
+
+use kubectl_backup_e2e::control_plane::ControlPlane;
+use kubectl_backup_e2e::env::SharedEnv;
+use kubectl_backup_e2e::fixtures::{Tools, namespace, sample_app, unique};
+use kubectl_backup_e2e::webhook::Webhook;
+use serde_json::Value;
+
+const NS: &str = "kubectl-backup";
+
+struct Setup {
+    env: SharedEnv,
+    cp: ControlPlane,
+    t: Tools,
+    location: String,
+    dir: std::path::PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let env = SharedEnv::load().expect("shared environment");
+    let dir = env.scratch.join(unique(name));
+    let cp = ControlPlane::start(&dir.join("cluster")).expect("a control plane for this test");
+    let prefix = unique(name);
+    let t = Tools::new(&cp.info).with_store(&env.s3, &prefix);
+    let location = env.s3.location(&prefix);
+    let s = Setup { env, cp, t, location, dir };
+    s.install_base();
+    s
+}
+
+impl Setup {
+    /// The install namespace, the CRDs and the ClusterRoles, from `install --dry-run -o json`.
+    fn install_base(&self) {
+        let rendered = self.t.backup(&["install", "--dry-run", "-o", "json"]).ok().json();
+        let wanted: Vec<Value> = rendered["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("Namespace" | "CustomResourceDefinition" | "ClusterRole")))
+            .cloned()
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": wanted});
+        self.t.pipe(&["apply", "-f", "-"], &list.to_string()).ok();
+        for crd in ["backuplocations.kubectl-backup.dev", "backupschedules.kubectl-backup.dev"] {
+            self.t.kubectl(&["wait", "--for=condition=Established", &format!("crd/{crd}"), "--timeout=60s"]).ok();
+        }
+    }
+
+    fn webhook(&self, extra: &[&str]) -> Webhook {
+        let mut args = vec![format!("--namespace={NS}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Webhook::start(&self.dir.join("webhook"), &self.cp.info.kubeconfig, &self.location, &self.env.s3.env, &args)
+            .unwrap()
+    }
+
+    fn backups(&self) -> Vec<Value> {
+        self.t.backup(&["list", "-o", "json"]).ok().json()["items"].as_array().unwrap().clone()
+    }
+
+    fn schedule(&self, ns: &str, name: &str) -> Value {
+        self.t.get_json(&["backupschedules.kubectl-backup.dev", name, "-n", ns])
+    }
+}
+
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn event_reasons(t: &Tools, ns: &str, kind: &str, name: &str) -> Vec<String> {
+    let v = t.get_json(&["events", "-n", ns]);
+    let mut items: Vec<&Value> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["kind"] == kind && e["involvedObject"]["name"] == name)
+        .collect();
+    items.sort_by_key(|e| e["eventTime"].as_str().or(e["firstTimestamp"].as_str()).unwrap_or("").to_string());
+    items.iter().map(|e| e["reason"].as_str().unwrap_or("").to_string()).collect()
+}
+
+#[test]
+fn a_schedule_fires_and_produces_a_completed_backup() {
+    let s = setup("sched");
+    let app = unique("app");
+    s.t.apply(&sample_app(&app)).ok();
+    let webhook = s.webhook(&["--continuous=false"]);
+    s.t.backup(&["schedule", "create", "every-3s", "--schedule", "*/3 * * * * *", "-n", &app, "--ttl", "1h"]).ok();
+    eventually("a scheduled backup", Duration::from_secs(60), || {
+        s.schedule(NS, "every-3s")["status"]["lastResult"].as_str() == Some("Completed")
+    });
+    s.t.backup(&["schedule", "pause", "every-3s"]).ok();
+    let st = s.schedule(NS, "every-3s")["status"].clone();
+    let last = st["lastBackup"].as_str().unwrap().to_string();
+    assert!(last.starts_with("every-3s-") && last.len() == "every-3s-".len() + 14, "{last}");
+    let b = s.t.backup(&["describe", &last, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "Completed");
+    assert_eq!(b["spec"]["schedule"], format!("{NS}/every-3s"));
+    assert_eq!(b["spec"]["includedNamespaces"], serde_json::json!([app]));
+    assert!(b["status"]["resources"]["configmaps"].as_u64().unwrap() >= 1);
+    assert!(st["lastSuccessTime"].is_string() && st["lastRunTime"].is_string());
+    let reasons = event_reasons(&s.t, NS, "BackupSchedule", "every-3s");
+    for r in ["BackupStarted", "BackupUploading", "BackupCompleted"] {
+        assert!(reasons.contains(&r.to_string()), "{r} missing from {reasons:?}\n{}", webhook.log());
+    }
+    let describe = s.t.backup(&["schedule", "describe", "every-3s"]).ok().stdout;
+    assert!(
+        describe.contains("Last result:       Completed") && describe.contains("Paused:            true"),
+        "{describe}"
+    );
+    let metrics = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{}/metrics", webhook.metrics_port)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(text.contains("kubectl_backup_backups_total{trigger=\"schedule\",result=\"Completed\"}"), "{text}");
+    assert!(
+        text.contains(&format!("kubectl_backup_last_success_timestamp_seconds{{source=\"schedule/{NS}/every-3s\"}}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_run_missed_while_down_runs_once_on_start() {
+    let s = setup("missed");
+    let app = unique("app");
+    s.t.apply(&sample_app(&app)).ok();
+    s.t.backup(&["schedule", "create", "hourly", "--schedule", "@hourly", "-n", &app]).ok();
+    // The controller was down for three hours: the last run is long ago.
+    let three_hours_ago = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(3)).unwrap().to_string();
+    let patch = serde_json::json!({"status": {"lastRunTime": three_hours_ago}}).to_string();
+    // status is a subresource: patch it through the API (kubectl 1.32 supports --subresource).
+    s.t.kubectl(&[
+        "patch",
+        "backupschedules.kubectl-backup.dev",
+        "hourly",
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])
+    .ok();
+    let _webhook = s.webhook(&["--continuous=false"]);
+    eventually("the missed run", Duration::from_secs(60), || {
+        s.schedule(NS, "hourly")["status"]["lastResult"].as_str() == Some("Completed")
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let made: Vec<String> = s
+        .backups()
+        .iter()
+        .map(|b| b["metadata"]["name"].as_str().unwrap().to_string())
+        .filter(|n| n.starts_with("hourly-"))
+        .collect();
+    assert_eq!(made.len(), 1, "three missed runs must run once, not three times: {made:?}");
+    let next: jiff::Timestamp = s.schedule(NS, "hourly")["status"]["nextRunTime"].as_str().unwrap().parse().unwrap();
+    assert!(next > jiff::Timestamp::now(), "the next run is in the future");
+}
+
+#[test]
+fn expired_backups_are_deleted_and_the_others_kept() {
+    let s = setup("gc");
+    let app = unique("app");
+    s.t.apply(&sample_app(&app)).ok();
+    s.t.backup(&["create", "short-lived", "-n", &app, "--ttl", "1s"]).ok();
+    s.t.backup(&["create", "long-lived", "-n", &app, "--ttl", "720h"]).ok();
+    s.t.backup(&["create", "forever", "-n", &app, "--ttl", "0s"]).ok();
+    // A ReadOnly location holding an expired backup: never touched.
+    let ro_prefix = unique("ro");
+    let ro = s.t.with_store(&s.env.s3, &ro_prefix);
+    ro.backup(&["create", "expired-but-read-only", "-n", &app, "--ttl", "1s"]).ok();
+    s.t.backup(&["location", "add", "archive", "--url", &s.env.s3.location(&ro_prefix), "--read-only"]).ok();
+    std::thread::sleep(Duration::from_secs(2));
+    let webhook = s.webhook(&["--continuous=false", "--gc-interval=2s"]);
+    eventually("expiry", Duration::from_secs(30), || {
+        !s.backups().iter().any(|b| b["metadata"]["name"] == "short-lived")
+    });
+    let names: Vec<String> = s.backups().iter().map(|b| b["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    assert!(names.contains(&"long-lived".to_string()) && names.contains(&"forever".to_string()), "{names:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    let kept = ro.backup(&["list", "-o", "json"]).ok().json();
+    assert_eq!(
+        kept["items"][0]["metadata"]["name"],
+        "expired-but-read-only",
+        "GC deleted in a ReadOnly location\n{}",
+        webhook.log()
+    );
+    // The CLI refuses to write to a ReadOnly location by name.
+    let mut by_name = s.t.clone();
+    by_name.location = Some("archive".into());
+    let refused = by_name.backup(&["delete", "expired-but-read-only", "--yes"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("ReadOnly"), "{}", refused.stderr);
+}
+
+#[test]
+fn a_change_in_a_workspace_yields_a_continuous_backup() {
+    let s = setup("cont");
+    let ws = unique("ws");
+    let webhook = s.webhook(&["--debounce=2s", "--keep-workspace-backups=2"]);
+    std::thread::sleep(Duration::from_secs(3)); // the watches are set up
+    s.t.apply(&sample_app(&ws)).ok();
+    let continuous = |s: &Setup| -> Vec<Value> {
+        let mut v: Vec<Value> = s
+            .backups()
+            .into_iter()
+            .filter(|b| {
+                b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"] == serde_json::json!([ws])
+            })
+            .collect();
+        v.sort_by_key(|b| b["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+        v
+    };
+    eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
+    std::thread::sleep(Duration::from_secs(4));
+    let before = continuous(&s).last().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(before.starts_with(&format!("{ws}-")), "{before}");
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "settings", "-p", r#"{"data":{"color":"purple"}}"#]).ok();
+    let changed_at = Instant::now();
+    eventually("a backup after the change", Duration::from_secs(30), || {
+        continuous(&s).last().map(|b| b["metadata"]["name"].as_str().unwrap().to_string()) != Some(before.clone())
+    });
+    assert!(changed_at.elapsed() < Duration::from_secs(20), "took {:?}", changed_at.elapsed());
+    let newest = continuous(&s).last().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    let file = s.dir.join("newest.tar.zst");
+    s.t.backup(&["download", &newest, "-f", file.to_str().unwrap()]).ok();
+    let out = std::process::Command::new("tar")
+        .arg("--zstd")
+        .arg("-xOf")
+        .arg(&file)
+        .arg(format!("resources/configmaps/namespaces/{ws}/settings.json"))
+        .output()
+        .unwrap();
+    let cm: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cm["data"]["color"], "purple");
+    // More changes: only the newest two continuous backups are kept.
+    for color in ["red", "green"] {
+        std::thread::sleep(Duration::from_secs(4));
+        s.t.kubectl(&[
+            "-n",
+            &ws,
+            "patch",
+            "configmap",
+            "settings",
+            "-p",
+            &format!(r#"{{"data":{{"color":"{color}"}}}}"#),
+        ])
+        .ok();
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let kept = continuous(&s);
+    assert_eq!(
+        kept.len(),
+        2,
+        "{:?}\n{}",
+        kept.iter().map(|b| b["metadata"]["name"].clone()).collect::<Vec<_>>(),
+        webhook.log()
+    );
+    // An ephemeral workspace is never backed up continuously.
+    let eph = unique("pr");
+    s.t.apply(&namespace(&eph)).ok();
+    s.t.kubectl(&["label", "namespace", &eph, "kubectl-backup.dev/ephemeral=true"]).ok();
+    s.t.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: {eph}\n")).ok();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        !s.backups().iter().any(|b| b["spec"]["includedNamespaces"] == serde_json::json!([eph])),
+        "an ephemeral workspace was backed up"
+    );
+}
+
+#[test]
+fn the_operator_role_cannot_reach_another_namespace() {
+    let s = setup("oper");
+    let mine = unique("team-a");
+    let theirs = unique("team-b");
+    s.t.apply(&sample_app(&mine)).ok();
+    s.t.apply(&sample_app(&theirs)).ok();
+    // alice is a workspace operator of `mine` only.
+    s.t.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: alice-operator\n  namespace: {mine}\nsubjects:\n- kind: User\n  name: alice\n  apiGroup: rbac.authorization.k8s.io\nroleRef:\n  kind: ClusterRole\n  name: kubectl-backup-operator\n  apiGroup: rbac.authorization.k8s.io\n"
+    ))
+    .ok();
+    let alice = s.t.as_user(&s.cp.info.user("alice").kubeconfig);
+    // Her own namespace: yes.
+    let own = alice.backup(&["create", &unique("mine"), "-n", &mine, "-o", "json"]).ok().json();
+    assert!(own["status"]["resources"]["configmaps"].as_u64().unwrap() >= 1);
+    // Another namespace with the CLI: nothing can be listed, the backup fails.
+    let other = alice.backup(&["create", &unique("theirs"), "-n", &theirs]);
+    assert_ne!(other.code, 0, "alice backed up another namespace: {}", other.stdout);
+    assert!(other.stderr.contains("403") || other.stderr.contains("forbidden"), "{}", other.stderr);
+    // Restoring into another namespace: refused object by object.
+    let b = s.t.backup(&["create", &unique("admin"), "-n", &theirs, "-o", "json"]).ok().json();
+    let name = b["metadata"]["name"].as_str().unwrap().to_string();
+    s.t.kubectl(&["-n", &theirs, "delete", "configmap", "settings"]).ok();
+    let r = alice.backup(&["restore", &name, "-o", "json"]);
+    assert_ne!(r.code, 0, "alice restored into another namespace: {}", r.stdout);
+    assert!(!s.t.names(&["configmaps", "-n", &theirs]).contains(&"settings".to_string()));
+    // Through the controller: she may create schedules in her namespace only...
+    let denied =
+        alice.backup(&["schedule", "create", "sneaky", "--schedule", "@daily", "--schedule-namespace", &theirs]);
+    assert_ne!(denied.code, 0);
+    // ...and a schedule there that names another namespace is refused by the controller.
+    let webhook = s.webhook(&["--continuous=false"]);
+    alice
+        .backup(&[
+            "schedule",
+            "create",
+            "reach",
+            "--schedule",
+            "*/2 * * * * *",
+            "--schedule-namespace",
+            &mine,
+            "--include-namespaces",
+            &theirs,
+        ])
+        .ok();
+    eventually("the controller refuses the schedule", Duration::from_secs(30), || {
+        s.schedule(&mine, "reach")["status"]["lastError"].as_str().is_some_and(|e| e.contains("may back up only"))
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        s.schedule(&mine, "reach")["status"].get("lastBackup").is_none(),
+        "a confined schedule ran\n{}",
+        webhook.log()
+    );
+    assert!(!s.backups().iter().any(|b| b["spec"]["schedule"] == format!("{mine}/reach")));
+    // A schedule for her own namespace runs, with the controller's permissions, on her namespace only.
+    alice.backup(&["schedule", "create", "own", "--schedule", "*/2 * * * * *", "--schedule-namespace", &mine]).ok();
+    eventually("her schedule runs", Duration::from_secs(40), || {
+        s.schedule(&mine, "own")["status"]["lastResult"].as_str() == Some("Completed")
+    });
+    let made = s.schedule(&mine, "own")["status"]["lastBackup"].as_str().unwrap().to_string();
+    let d = s.t.backup(&["describe", &made, "-o", "json"]).ok().json();
+    assert_eq!(d["status"]["namespaces"], serde_json::json!([mine]));
+}
+
+#[test]
+fn install_dry_run_is_accepted_by_the_api_server() {
+    let s = setup("install");
+    // Namespace and CRDs exist (setup applied them), so every object can be validated.
+    let yaml = s
+        .t
+        .backup(&["install", "--dry-run", "-o", "yaml", "--credentials-secret", "creds", "--ephemeral-pattern", "pr-*"])
+        .ok()
+        .stdout;
+    let applied = s.t.pipe(&["apply", "--dry-run=server", "-f", "-"], &yaml).ok();
+    for kind in [
+        "deployment.apps/backup-webhook",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-backup",
+        "backuplocation.kubectl-backup.dev/default",
+        "secret/backup-webhook-tls",
+        "service/backup-webhook",
+    ] {
+        assert!(applied.stdout.contains(kind), "{kind} not applied: {}", applied.stdout);
+    }
+    // A bad location is refused before anything is rendered.
+    let mut bad_location = s.t.clone();
+    bad_location.location = Some("ftp://x".into());
+    let bad = bad_location.backup(&["install", "--dry-run"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("unsupported scheme"));
+}
+
+#[test]
+fn named_and_default_locations() {
+    let s = setup("loc");
+    let app = unique("app");
+    s.t.apply(&sample_app(&app)).ok();
+    let prefix = unique("named");
+    let url = s.env.s3.location(&prefix);
+    s.t.backup(&["location", "add", "primary", "--url", &url, "--default", "--credentials-from-env"]).ok();
+    let list = s.t.backup(&["location", "list", "-o", "json"]).ok().json();
+    assert_eq!(list["items"][0]["spec"]["credentialsSecret"], "primary-credentials");
+    // By name.
+    let mut named = s.t.clone();
+    named.location = Some("primary".into());
+    named.backup(&["create", "by-name", "-n", &app]).ok();
+    // By default (no --location at all).
+    let mut default = s.t.clone();
+    default.location = None;
+    default.backup(&["create", "by-default", "-n", &app]).ok();
+    // Both are in that location.
+    let mut direct = s.t.clone();
+    direct.location = Some(url);
+    let names: Vec<String> = direct.backup(&["list", "-o", "json"]).ok().json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"by-name".to_string()) && names.contains(&"by-default".to_string()), "{names:?}");
+    // The credentials came from the Secret: without the env, by name still works.
+    let mut bare = named.clone();
+    bare.env.clear();
+    assert!(bare.backup(&["list"]).ok().stdout.contains("by-name"));
+    // An unknown name is a clear error.
+    let mut nope = s.t.clone();
+    nope.location = Some("nope".into());
+    let r = nope.backup(&["list"]);
+    assert!(r.code != 0 && r.stderr.contains("no BackupLocation \"nope\""), "{}", r.stderr);
+    s.t.backup(&["location", "remove", "primary", "--yes"]).ok();
+    assert!(s.t.backup(&["location", "list", "-o", "json"]).ok().json()["items"].as_array().unwrap().is_empty());
+}

@@ -1,0 +1,298 @@
+//! Runs each BackupSchedule on time: one backup at a time per schedule, a run missed while the
+//! controller was down runs once on start, status records the last and next run and the last
+//! result, and Events mark BackupStarted, BackupUploading, BackupCompleted / BackupFailed.
+//!
+//! Confinement: a schedule outside the install namespace backs up only its own namespace, so a user
+//! who may create schedules in one namespace cannot reach another through the controller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleStatus, EtcdScheduleSource};
+use kubectl_backup_core::etcd::{self, EtcdBackupSpec, EtcdBackupType, EtcdSource};
+use kubectl_backup_core::input::timestamped_name;
+use kubectl_backup_core::locations::{self, Resolved};
+use kubectl_backup_core::model::{BackupSpec, ClusterResources, Filters, Phase};
+use kubectl_backup_core::progress::Quiet;
+use kubectl_backup_core::schedule::Schedule;
+use kubectl_backup_core::{Error, Result};
+use serde_json::json;
+
+use super::Context;
+use crate::metrics::{BackupLabel, SourceLabel};
+
+/// Longest wait between reconciles of a schedule (a safety net against missed watch events).
+const MAX_WAIT: Duration = Duration::from_secs(300);
+const DEFAULT_TTL: &str = "720h";
+
+pub async fn run(ctx: Arc<Context>) {
+    let api: Api<BackupSchedule> = Api::all(ctx.cluster.client.clone());
+    Controller::new(api, watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "schedule reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_: Arc<BackupSchedule>, e: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(error = %e, "schedule reconcile failed; retrying in 30s");
+    Action::requeue(Duration::from_secs(30))
+}
+
+/// The filters a schedule may use, or why it is refused.
+pub fn confine(
+    namespace: &str,
+    install_namespace: &str,
+    filters: &Filters,
+    etcd: bool,
+) -> std::result::Result<Filters, String> {
+    if namespace == install_namespace {
+        return Ok(filters.clone());
+    }
+    if etcd {
+        return Err(format!("etcd schedules are allowed only in the install namespace {install_namespace:?}"));
+    }
+    let mut f = filters.clone();
+    match f.included_namespaces.as_slice() {
+        [] => f.included_namespaces = vec![namespace.to_string()],
+        [only] if only == namespace => {}
+        other => {
+            return Err(format!(
+                "a BackupSchedule in namespace {namespace:?} may back up only {namespace:?}, not {other:?}; schedules for other namespaces belong in {install_namespace:?}"
+            ));
+        }
+    }
+    if f.include_cluster_resources == ClusterResources::True {
+        return Err(format!(
+            "a BackupSchedule in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: true)"
+        ));
+    }
+    Ok(f)
+}
+
+async fn patch_status(api: &Api<BackupSchedule>, name: &str, status: serde_json::Value) -> Result<()> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::kube(format!("updating the status of schedule {name}"), e))
+}
+
+async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = s.namespace().unwrap_or_default();
+    let name = s.name_any();
+    let api: Api<BackupSchedule> = Api::namespaced(ctx.cluster.client.clone(), &ns);
+    let status = s.status.clone().unwrap_or_default();
+    if s.spec.paused {
+        if status.next_run_time.is_some() {
+            patch_status(&api, &name, json!({"nextRunTime": null})).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let reference = s.object_ref(&());
+    let refuse = |reason: String| {
+        let (api, name, ctx, reference, status) =
+            (api.clone(), name.clone(), ctx.clone(), reference.clone(), status.clone());
+        async move {
+            if status.last_error.as_deref() != Some(reason.as_str()) {
+                ctx.event(&reference, EventType::Warning, "ScheduleRefused", reason.clone()).await;
+                patch_status(&api, &name, json!({"lastError": reason, "nextRunTime": null})).await?;
+            }
+            Ok(Action::await_change())
+        }
+    };
+    let schedule = match Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()) {
+        Ok(sch) => sch,
+        Err(e) => return refuse(e.to_string()).await,
+    };
+    let filters = match confine(&ns, &ctx.namespace, &s.spec.filters, s.spec.etcd.is_some()) {
+        Ok(f) => f,
+        Err(reason) => return refuse(reason).await,
+    };
+    let now = Timestamp::now();
+    let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+    let last_run = status.last_run_time.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+    let Some(next) = schedule.next_run(created, last_run) else {
+        return refuse(format!("the schedule {:?} never fires", s.spec.schedule)).await;
+    };
+    if next > now {
+        if status.next_run_time.as_deref() != Some(next.to_string().as_str()) {
+            patch_status(&api, &name, json!({"nextRunTime": next.to_string()})).await?;
+        }
+        let wait = Duration::try_from(next.duration_since(now)).unwrap_or(MAX_WAIT).min(MAX_WAIT);
+        return Ok(Action::requeue(wait));
+    }
+
+    // Due (or missed while down: runs once).
+    let prefix = s.spec.name_prefix.clone().unwrap_or_else(|| name.clone());
+    let backup_name = timestamped_name(&prefix, now);
+    let source = format!("schedule/{ns}/{name}");
+    let outcome = run_once(&ctx, &s, &ns, &name, &backup_name, filters, &source, &reference).await;
+    let mut st = BackupScheduleStatus {
+        last_run_time: Some(now.to_string()),
+        last_backup: Some(backup_name.clone()),
+        last_success_time: status.last_success_time.clone(),
+        ..Default::default()
+    };
+    match outcome {
+        Ok((phase, first_error)) => {
+            st.last_result = Some(phase.to_string());
+            st.last_error = first_error;
+            if phase == Phase::Completed {
+                st.last_success_time = Some(Timestamp::now().to_string());
+            }
+        }
+        Err(e) => {
+            st.last_result = Some(Phase::Failed.to_string());
+            st.last_error = Some(e.to_string());
+        }
+    }
+    let next = schedule.next_after(now, Some(now));
+    st.next_run_time = next.map(|t| t.to_string());
+    patch_status(&api, &name, serde_json::to_value(&st).unwrap_or_default()).await?;
+    let wait =
+        next.map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(MAX_WAIT)).unwrap_or(MAX_WAIT);
+    Ok(Action::requeue(wait.min(MAX_WAIT)))
+}
+
+/// Takes the backup. Returns its phase and first error.
+#[allow(clippy::too_many_arguments)]
+async fn run_once(
+    ctx: &Arc<Context>,
+    s: &BackupSchedule,
+    ns: &str,
+    name: &str,
+    backup_name: &str,
+    filters: Filters,
+    source: &str,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) -> Result<(Phase, Option<String>)> {
+    let location = match &s.spec.location {
+        Some(l) => locations::resolve(Some(&ctx.cluster.client), &ctx.namespace, Some(l), &Default::default()).await?,
+        None => ctx.location.clone(),
+    };
+    location.ensure_writable()?;
+    let ttl = s.spec.ttl.clone().unwrap_or_else(|| DEFAULT_TTL.to_string());
+    if let Some(etcd) = &s.spec.etcd {
+        return run_etcd(ctx, etcd, ns, name, backup_name, &location, &ttl, source, reference).await;
+    }
+    let spec = BackupSpec {
+        filters,
+        ttl: Some(ttl),
+        storage_location: Some(location.display()),
+        schedule: Some(format!("{ns}/{name}")),
+    };
+    let b = ctx.backup(&location, backup_name, spec, "schedule", source, reference).await?;
+    Ok((b.status.phase, b.status.errors.first().cloned()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_etcd(
+    ctx: &Arc<Context>,
+    etcd: &EtcdScheduleSource,
+    ns: &str,
+    name: &str,
+    backup_name: &str,
+    location: &Resolved,
+    ttl: &str,
+    source_label: &str,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) -> Result<(Phase, Option<String>)> {
+    let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
+    // Client TLS material from the Secret, in files only this process reads.
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut source =
+        EtcdSource { endpoints: etcd.endpoints.clone(), prefix: etcd.prefix.clone(), ..Default::default() };
+    if let Some(secret) = &etcd.tls_secret {
+        let api: Api<Secret> = Api::namespaced(ctx.cluster.client.clone(), ns);
+        let sec = api.get(secret).await.map_err(|e| Error::kube(format!("reading etcd TLS Secret {secret:?}"), e))?;
+        let data = sec.data.unwrap_or_default();
+        for (key, slot) in
+            [("ca.crt", &mut source.ca_file), ("tls.crt", &mut source.cert_file), ("tls.key", &mut source.key_file)]
+        {
+            if let Some(v) = data.get(key) {
+                let path = dir.path().join(key);
+                std::fs::write(&path, &v.0).map_err(|e| Error::io(&path, e))?;
+                *slot = Some(path);
+            }
+        }
+    }
+    ctx.event(
+        reference,
+        EventType::Normal,
+        "BackupStarted",
+        format!("etcd {} backup {backup_name} started to {}", kind.as_str(), location.display()),
+    )
+    .await;
+    let spec = EtcdBackupSpec {
+        kind,
+        endpoints: source.endpoints.clone(),
+        prefix: source.prefix.clone(),
+        ttl: Some(ttl.to_string()),
+        location: Some(location.display()),
+        schedule: Some(format!("{ns}/{name}")),
+    };
+    let result = etcd::run_with(&source, &location.store, backup_name, spec, Arc::new(Quiet)).await;
+    match result {
+        Ok(b) => {
+            ctx.metrics
+                .backups
+                .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Completed".into() })
+                .inc();
+            ctx.metrics
+                .last_success
+                .get_or_create(&SourceLabel { source: source_label.into() })
+                .set(Timestamp::now().as_second());
+            ctx.event(
+                reference,
+                EventType::Normal,
+                "BackupCompleted",
+                format!("etcd backup {backup_name} Completed: {} bytes", b.status.size),
+            )
+            .await;
+            Ok((Phase::Completed, None))
+        }
+        Err(e) => {
+            ctx.metrics
+                .backups
+                .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Failed".into() })
+                .inc();
+            ctx.event(reference, EventType::Warning, "BackupFailed", format!("etcd backup {backup_name} failed: {e}"))
+                .await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_outside_the_install_namespace_are_confined() {
+        let none = Filters::default();
+        assert_eq!(confine("team-a", "kubectl-backup", &none, false).unwrap().included_namespaces, vec!["team-a"]);
+        let own = Filters { included_namespaces: vec!["team-a".into()], ..Default::default() };
+        assert!(confine("team-a", "kubectl-backup", &own, false).is_ok());
+        let other = Filters { included_namespaces: vec!["team-b".into()], ..Default::default() };
+        let err = confine("team-a", "kubectl-backup", &other, false).unwrap_err();
+        assert!(err.contains("may back up only") && err.contains("team-b"), "{err}");
+        let glob = Filters { included_namespaces: vec!["*".into()], ..Default::default() };
+        assert!(confine("team-a", "kubectl-backup", &glob, false).is_err());
+        let cluster = Filters { include_cluster_resources: ClusterResources::True, ..Default::default() };
+        assert!(confine("team-a", "kubectl-backup", &cluster, false).is_err());
+        assert!(confine("team-a", "kubectl-backup", &none, true).unwrap_err().contains("etcd"));
+        // The install namespace is not confined.
+        assert_eq!(confine("kubectl-backup", "kubectl-backup", &other, true).unwrap(), other);
+    }
+}
