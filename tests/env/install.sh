@@ -14,7 +14,7 @@ S3S_VERSION=0.14.1
 AZURITE_VERSION=3.35.0
 AZURE_SDK_VERSION=12.26.0   # only to create containers in Azurite from the harness
 FAKE_GCS_WRAPPER_VERSION=0.1.1
-HELM_SDK_VERSION=0.0.3
+HELM_SDK_VERSION=0.2.2
 mkdir -p "$CACHE"
 
 log() { printf '\033[1m[install]\033[0m %s\n' "$*" >&2; }
@@ -122,13 +122,13 @@ install_gcs() {
 
 install_helm() {
   venv
-  "$CACHE/venv/bin/python" -c 'import helm_sdk' 2>/dev/null && return
-  log "helm: pip install helm-python-sdk"
-  "$CACHE/venv/bin/pip" install -q helm-python-sdk
+  "$CACHE/venv/bin/python" -c 'import helm_python' 2>/dev/null && return
+  log "helm: pip install helm-python-sdk==$HELM_SDK_VERSION (Helm v4 embedded: lint and render, no helm binary)"
+  "$CACHE/venv/bin/pip" install -q "helm-python-sdk==$HELM_SDK_VERSION"
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(apt k8s s3 azure gcs)
+[ ${#parts[@]} -eq 0 ] && parts=(apt k8s s3 azure gcs helm)
 for part in "${parts[@]}"; do
   case "$part" in
     apt) install_apt ;;
