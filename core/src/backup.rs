@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+
 use jiff::Timestamp;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -28,7 +28,7 @@ use crate::progress::{Event, Observer};
 use crate::store::{ChunkSender, Store};
 use crate::{Error, Result};
 
-pub const METADATA_FILE: &str = "metadata.json";
+pub use crate::commit::METADATA_FILE;
 /// Written when a run starts and refreshed while it runs; removed when it commits or fails.
 pub const IN_PROGRESS_FILE: &str = "in-progress.json";
 /// How often the in-progress marker is refreshed. A marker older than a few of these is stale.
@@ -113,7 +113,6 @@ async fn run_pipeline(
     observer: Arc<dyn Observer>,
 ) -> Result<Backup> {
     let throttle = &cluster.throttle;
-    let meta_path = metadata_path(name);
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
     let archive_key = format!("archive-{run_id}.tar.zst");
     let archive = archive_path(name, &archive_key);
@@ -188,12 +187,7 @@ async fn run_pipeline(
     let metadata = BackupMetadata { format_version: FORMAT_VERSION, backup: backup.clone(), objects: written.objects };
     let body = serde_json::to_vec_pretty(&metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
     observer.event(Event::Uploading { bytes: written.size });
-    if !store.put_if_absent(&meta_path, Bytes::from(body)).await? {
-        store.remove_quietly(&archive).await;
-        return Err(Error::BackupExists { name: name.into(), location: store.url().into() });
-    }
-    // Committed. Remove leftovers of interrupted runs of this name.
-    remove_leftovers(store, name, &archive_key).await;
+    crate::commit::commit(store, &backup_dir(name), name, Bytes::from(body), &archive).await?;
     Ok(backup)
 }
 
@@ -248,20 +242,4 @@ fn spawn_writer(
         observer.event(Event::Archived { items: n, bytes: written.size });
         Ok(written)
     })
-}
-
-/// Deletes everything under `backups/<name>/` except the metadata and `keep`.
-async fn remove_leftovers(store: &Store, name: &str, keep: &str) {
-    let dir = backup_dir(name);
-    store.remove_staging_files(&dir);
-    let listed: Vec<_> = match store.objects().list(Some(&dir)).try_collect().await {
-        Ok(l) => l,
-        Err(_) => return,
-    };
-    for meta in listed {
-        let file = meta.location.filename().unwrap_or_default();
-        if file != METADATA_FILE && file != keep {
-            store.remove_quietly(&meta.location).await;
-        }
-    }
 }

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
 use object_store::ObjectStoreExt;
-use object_store::path::Path;
+
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -180,46 +180,16 @@ pub async fn metadata(store: &Store, name: &str) -> Result<BackupMetadata> {
     Ok(meta)
 }
 
-/// What `delete` removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Deleted {
-    /// A committed backup was removed (false: only an interrupted run's leftovers).
-    pub committed: bool,
-    pub files: usize,
-}
+pub use crate::commit::Deleted;
 
 /// Deletes a backup: the metadata first (so an interrupted delete leaves an uncommitted leftover,
 /// never a listed backup without its archive), then every other file under its directory.
 pub async fn delete(store: &Store, name: &str) -> Result<Deleted> {
     crate::input::validate_name("backup name", name)?;
-    let meta = metadata_path(name);
-    let committed = match store.objects().head(&meta).await {
-        Ok(_) => true,
-        Err(object_store::Error::NotFound { .. }) => false,
-        Err(e) => return Err(store.error(e)),
-    };
-    if committed {
-        match store.objects().delete(&meta).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store.error(e)),
-        }
+    match crate::commit::delete(store, &backup_dir(name)).await? {
+        Some(d) => Ok(d),
+        None => Err(not_found(store, name).await),
     }
-    let dir = backup_dir(name);
-    let files: Vec<Path> =
-        store.objects().list(Some(&dir)).map_ok(|m| m.location).try_collect().await.map_err(|e| store.error(e))?;
-    let n = files.len();
-    let mut stream = store.objects().delete_stream(futures::stream::iter(files.into_iter().map(Ok)).boxed());
-    while let Some(r) = stream.next().await {
-        match r {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store.error(e)),
-        }
-    }
-    let staging = store.remove_staging_files(&dir);
-    if !committed && n + staging == 0 {
-        return Err(not_found(store, name).await);
-    }
-    Ok(Deleted { committed, files: n + staging + usize::from(committed) })
 }
 
 /// Where a download goes.

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod collect;
+pub mod commit;
 pub mod crd;
 pub mod error;
 pub mod etcd;

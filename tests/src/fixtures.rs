@@ -358,3 +358,51 @@ pub fn small_configmaps(ns: &str, count: usize) -> String {
 pub fn namespace(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 }
+
+/// Waits until `f` holds, failing the test with `what` after `timeout`.
+pub fn eventually(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// A control plane of a test's own (for tests that install cluster-wide things: webhooks,
+/// controllers), with admin tools pointed at the shared S3 server under a fresh prefix.
+pub struct OwnCluster {
+    pub env: crate::env::SharedEnv,
+    pub cp: crate::control_plane::ControlPlane,
+    /// Admin tools on this cluster, with the S3 store and `location`.
+    pub t: Tools,
+    pub location: String,
+    pub dir: PathBuf,
+}
+
+impl OwnCluster {
+    pub fn start(name: &str) -> OwnCluster {
+        let env = crate::env::SharedEnv::load().expect("shared environment");
+        let dir = env.scratch.join(unique(name));
+        let cp =
+            crate::control_plane::ControlPlane::start(&dir.join("cluster")).expect("a control plane for this test");
+        let prefix = unique(name);
+        let t = Tools::new(&cp.info).with_store(&env.s3, &prefix);
+        let location = env.s3.location(&prefix);
+        OwnCluster { env, cp, t, location, dir }
+    }
+
+    /// Starts backup-webhook against this cluster and location, running in `own_namespace`.
+    pub fn webhook(&self, own_namespace: &str, extra: &[&str]) -> crate::webhook::Webhook {
+        let mut args = vec![format!("--namespace={own_namespace}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::webhook::Webhook::start(
+            &self.dir.join("webhook"),
+            &self.cp.info.kubeconfig,
+            &self.location,
+            &self.env.s3.env,
+            &args,
+        )
+        .expect("starting backup-webhook")
+    }
+}

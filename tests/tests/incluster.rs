@@ -4,32 +4,25 @@
 
 use std::time::{Duration, Instant};
 
-use kubectl_backup_e2e::control_plane::ControlPlane;
-use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, namespace, sample_app, unique};
+use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, sample_app, unique};
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
 
 const NS: &str = "kubectl-backup";
 
-struct Setup {
-    env: SharedEnv,
-    cp: ControlPlane,
-    t: Tools,
-    location: String,
-    dir: std::path::PathBuf,
-}
+struct Setup(OwnCluster);
 
 fn setup(name: &str) -> Setup {
-    let env = SharedEnv::load().expect("shared environment");
-    let dir = env.scratch.join(unique(name));
-    let cp = ControlPlane::start(&dir.join("cluster")).expect("a control plane for this test");
-    let prefix = unique(name);
-    let t = Tools::new(&cp.info).with_store(&env.s3, &prefix);
-    let location = env.s3.location(&prefix);
-    let s = Setup { env, cp, t, location, dir };
+    let s = Setup(OwnCluster::start(name));
     s.install_base();
     s
+}
+
+impl std::ops::Deref for Setup {
+    type Target = OwnCluster;
+    fn deref(&self) -> &OwnCluster {
+        &self.0
+    }
 }
 
 impl Setup {
@@ -51,11 +44,7 @@ impl Setup {
     }
 
     fn webhook(&self, extra: &[&str]) -> Webhook {
-        let mut args = vec![format!("--namespace={NS}")];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Webhook::start(&self.dir.join("webhook"), &self.cp.info.kubeconfig, &self.location, &self.env.s3.env, &args)
-            .unwrap()
+        self.0.webhook(NS, extra)
     }
 
     fn backups(&self) -> Vec<Value> {
@@ -64,14 +53,6 @@ impl Setup {
 
     fn schedule(&self, ns: &str, name: &str) -> Value {
         self.t.get_json(&["backupschedules.kubectl-backup.dev", name, "-n", ns])
-    }
-}
-
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 

@@ -3,58 +3,33 @@
 
 use std::time::{Duration, Instant};
 
-use kubectl_backup_e2e::control_plane::ControlPlane;
-use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, namespace, sample_app, unique};
+use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, sample_app, unique};
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
 
-struct Setup {
-    env: SharedEnv,
-    cp: ControlPlane,
-    /// Admin tools on this test's cluster, with the S3 store and a fresh location.
-    t: Tools,
-    location: String,
-    dir: std::path::PathBuf,
-}
+struct Setup(OwnCluster);
 
 fn setup(name: &str) -> Setup {
-    let env = SharedEnv::load().expect("shared environment");
-    let dir = env.scratch.join(unique(name));
-    let cp = ControlPlane::start(&dir.join("cluster")).expect("a control plane for this test");
-    let prefix = unique(name);
-    let t = Tools::new(&cp.info).with_store(&env.s3, &prefix);
-    let location = env.s3.location(&prefix);
-    Setup { env, cp, t, location, dir }
+    Setup(OwnCluster::start(name))
+}
+
+impl std::ops::Deref for Setup {
+    type Target = OwnCluster;
+    fn deref(&self) -> &OwnCluster {
+        &self.0
+    }
 }
 
 impl Setup {
+    /// The webhook, registered with the API server.
     fn webhook(&self, own_namespace: &str, extra: &[&str]) -> Webhook {
-        let mut args = vec![format!("--namespace={own_namespace}")];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Webhook::start(
-            &self.dir.join("webhook"),
-            &self.cp.info.kubeconfig,
-            &self.location,
-            &self.env.s3.env,
-            &args,
-        )
-        .unwrap();
+        let w = self.0.webhook(own_namespace, extra);
         self.t.apply(&w.configuration("kubectl-backup")).ok();
         w
     }
 
     fn ns_json(&self, ns: &str) -> Value {
         self.t.get_json(&["namespace", ns])
-    }
-}
-
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use etcd_client::{GetOptions, KeyValue, KvClient};
-use futures::TryStreamExt;
+
 use jiff::Timestamp;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::connect::{self, MAX_MESSAGE, Member, REQUEST_TIMEOUT, TlsFiles};
 use super::keys::{Header, KeyMeta, KeysWriter};
 use super::model::{EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdMetadata, EtcdSource, FORMAT_VERSION, hex_id};
-use super::{METADATA_FILE, WHAT, backup_dir, data_path, metadata_path, snapshot};
+use super::{WHAT, backup_dir, data_path, metadata_path, snapshot};
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::model::Phase;
 use crate::progress::{Event, Observer};
@@ -142,12 +142,7 @@ pub async fn run_with(
 
     let metadata = EtcdMetadata { format_version: FORMAT_VERSION, backup: backup.clone() };
     let body = serde_json::to_vec_pretty(&metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
-    if !store.put_if_absent(&meta_path, Bytes::from(body)).await? {
-        store.remove_quietly(&path).await;
-        return Err(Error::BackupExists { name: name.into(), location: store.url().into() });
-    }
-    // Committed. Remove leftovers of interrupted runs of this name.
-    remove_leftovers(store, name, &file).await;
+    crate::commit::commit(store, &backup_dir(name), name, Bytes::from(body), &path).await?;
     Ok(backup)
 }
 
@@ -376,22 +371,6 @@ async fn save_keys(
         return Err(Error::Other(format!("upload of {path} is incomplete: {sent} of {size} bytes were sent")));
     }
     Ok(Written { size, sha256, revision, keys: Some(count) })
-}
-
-/// Deletes everything under `etcd/<name>/` except the metadata and `keep`.
-async fn remove_leftovers(store: &Store, name: &str, keep: &str) {
-    let dir = backup_dir(name);
-    store.remove_staging_files(&dir);
-    let listed: Vec<_> = match store.objects().list(Some(&dir)).try_collect().await {
-        Ok(l) => l,
-        Err(_) => return,
-    };
-    for meta in listed {
-        let file = meta.location.filename().unwrap_or_default();
-        if file != METADATA_FILE && file != keep {
-            store.remove_quietly(&meta.location).await;
-        }
-    }
 }
 
 #[cfg(test)]

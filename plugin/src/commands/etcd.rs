@@ -316,18 +316,9 @@ async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
     let location = location::open(cli, None).await?;
     location.ensure_writable()?;
     let store = location.store;
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("refusing to delete without confirmation: standard input is not a terminal; pass --yes");
-        }
-        eprint!("Delete etcd backup(s) {} from {}? [y/N] ", args.names.join(", "), store.url());
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            eprintln!("Nothing deleted.");
-            return Ok(ExitCode::FAILURE);
-        }
+    let question = format!("Delete etcd backup(s) {} from {}?", args.names.join(", "), store.url());
+    if !super::confirm("delete", &question, args.yes)? {
+        return Ok(ExitCode::FAILURE);
     }
     let mut failed = false;
     for name in &args.names {

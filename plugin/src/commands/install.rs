@@ -1,6 +1,5 @@
 //! `install` and `uninstall` of the in-cluster component.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -176,17 +175,9 @@ async fn wait_established(cluster: &Cluster, name: &str) -> Result<()> {
 
 pub async fn uninstall(cli: &Cli, a: &UninstallArgs) -> Result<ExitCode> {
     let namespace = a.namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
-    if !a.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("refusing to uninstall without confirmation: standard input is not a terminal; pass --yes");
-        }
-        eprint!("Uninstall kubectl-backup from namespace {namespace}? Backups in storage are kept. [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("Nothing removed.");
-            return Ok(ExitCode::FAILURE);
-        }
+    let question = format!("Uninstall kubectl-backup from namespace {namespace}? Backups in storage are kept.");
+    if !super::confirm("uninstall", &question, a.yes)? {
+        return Ok(ExitCode::FAILURE);
     }
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     // What install renders, in reverse: the webhook configuration first so namespace creation is

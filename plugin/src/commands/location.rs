@@ -1,7 +1,6 @@
 //! `location add|list|remove`: BackupLocations in the install namespace.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow, bail};
@@ -194,15 +193,9 @@ async fn list(api: &Api<BackupLocation>, output: Output) -> Result<ExitCode> {
 }
 
 async fn remove(api: &Api<BackupLocation>, ns: &str, r: &RemoveArgs) -> Result<ExitCode> {
-    if !r.yes && std::io::stdin().is_terminal() {
-        eprint!("Remove location {} (its backups stay in storage)? [y/N] ", r.name);
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Ok(ExitCode::FAILURE);
-        }
-    } else if !r.yes {
-        bail!("refusing to remove without confirmation: standard input is not a terminal; pass --yes");
+    let question = format!("Remove location {} (its backups stay in storage)?", r.name);
+    if !super::confirm("remove a location", &question, r.yes)? {
+        return Ok(ExitCode::FAILURE);
     }
     api.delete(&r.name, &DeleteParams::default())
         .await

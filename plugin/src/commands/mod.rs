@@ -97,3 +97,24 @@ fn log_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
         .join("kubectl-backup/logs")
 }
+
+/// Asks `question` on a terminal. Without `--yes` and without a terminal, refuses (an error naming
+/// `action`), so a script never deletes by accident. Returns whether to go ahead.
+pub fn confirm(action: &str, question: &str, yes: bool) -> Result<bool> {
+    use std::io::{IsTerminal, Write};
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("refusing to {action} without confirmation: standard input is not a terminal; pass --yes");
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    let go = matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes");
+    if !go {
+        eprintln!("Nothing done.");
+    }
+    Ok(go)
+}

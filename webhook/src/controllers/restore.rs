@@ -42,6 +42,10 @@ pub struct RestoreWorker {
 impl RestoreWorker {
     /// Runs until the process ends.
     pub async fn run(self: Arc<Self>) {
+        // Catch-up decides from the index of backups: never before it is loaded.
+        while !self.ctx.index.ready() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let cutoff = self.catch_up_cutoff().await;
         tracing::info!(%cutoff, "restore worker started; catching up on workspaces created since");
         let me = self.clone();

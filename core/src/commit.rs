@@ -1,0 +1,79 @@
+//! The commit protocol every kind of backup follows (objects under `backups/`, etcd under `etcd/`):
+//!
+//! - a run uploads its data under a key unique to the run, then puts `metadata.json` only if
+//!   absent — that put is the commit, and exactly one run commits a name;
+//! - after committing, the rest of the backup's directory (leftovers of interrupted runs) goes;
+//! - a delete removes `metadata.json` first, so an interrupted delete leaves an uncommitted
+//!   leftover, never a listed backup without its data.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// The name of the commit document in a backup's directory.
+pub const METADATA_FILE: &str = "metadata.json";
+
+/// Commits: puts `body` at `<dir>/metadata.json` if absent, then removes every other file of `dir`
+/// but `data` (this run's data file). If the name is already committed, removes `data` and
+/// returns `BackupExists`.
+pub async fn commit(store: &Store, dir: &Path, name: &str, body: Bytes, data: &Path) -> Result<()> {
+    let meta = dir.clone().join(METADATA_FILE);
+    if !store.put_if_absent(&meta, body).await? {
+        store.remove_quietly(data).await;
+        return Err(Error::BackupExists { name: name.into(), location: store.url().into() });
+    }
+    store.remove_staging_files(dir);
+    let keep = data.filename().unwrap_or_default();
+    let Ok(listed) = store.objects().list(Some(dir)).try_collect::<Vec<_>>().await else { return Ok(()) };
+    for m in listed {
+        let file = m.location.filename().unwrap_or_default();
+        if file != METADATA_FILE && file != keep {
+            store.remove_quietly(&m.location).await;
+        }
+    }
+    Ok(())
+}
+
+/// What a delete removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// A committed backup was removed (false: only an interrupted run's leftovers).
+    pub committed: bool,
+    pub files: usize,
+}
+
+/// Deletes the backup in `dir`: `metadata.json` first, then every other file (and the staging
+/// files of interrupted uploads to a local directory). `Ok(None)` when there was nothing at all.
+pub async fn delete(store: &Store, dir: &Path) -> Result<Option<Deleted>> {
+    let meta = dir.clone().join(METADATA_FILE);
+    let committed = match store.objects().head(&meta).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => return Err(store.error(e)),
+    };
+    if committed {
+        match store.objects().delete(&meta).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store.error(e)),
+        }
+    }
+    let files: Vec<Path> =
+        store.objects().list(Some(dir)).map_ok(|m| m.location).try_collect().await.map_err(|e| store.error(e))?;
+    let n = files.len();
+    let mut stream = store.objects().delete_stream(futures::stream::iter(files.into_iter().map(Ok)).boxed());
+    while let Some(r) = stream.next().await {
+        match r {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store.error(e)),
+        }
+    }
+    let staging = store.remove_staging_files(dir);
+    if !committed && n + staging == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Deleted { committed, files: n + staging + usize::from(committed) }))
+}
