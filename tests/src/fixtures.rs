@@ -360,12 +360,20 @@ pub fn namespace(ns: &str) -> String {
 }
 
 /// Waits until `f` holds, failing the test with `what` after `timeout`.
-pub fn eventually(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+pub fn eventually(what: &str, timeout: std::time::Duration, f: impl FnMut() -> bool) {
+    assert!(wait_until(timeout, f), "{what}: not within {timeout:?}");
+}
+
+/// Waits until `f` holds; false when `timeout` passes first.
+pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        if start.elapsed() >= timeout {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+    true
 }
 
 /// A control plane of a test's own (for tests that install cluster-wide things: webhooks,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, sample_app, unique};
+use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, sample_app, unique, wait_until};
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
 
@@ -172,9 +172,10 @@ fn a_namespace_created_while_the_webhook_is_down_is_restored_after_restart() {
     assert_eq!(annotation(&s.ns_json(&ns), "kubectl-backup.dev/restore-from"), None);
 
     webhook.restart().unwrap();
-    eventually("the catch-up restore", Duration::from_secs(30), || {
+    let restored = wait_until(Duration::from_secs(60), || {
         annotation(&s.ns_json(&ns), "kubectl-backup.dev/restore-status").as_deref() == Some("Completed")
     });
+    assert!(restored, "no catch-up restore within 60s; namespace: {}\nwebhook log:\n{}", s.ns_json(&ns), webhook.log());
     assert!(s.t.names(&["configmaps", "-n", &ns]).contains(&"settings".to_string()), "{}", webhook.log());
     assert!(s.t.names(&["deployments", "-n", &ns]).contains(&"web".to_string()));
 }

@@ -76,13 +76,21 @@ impl RestoreWorker {
     }
 
     async fn handle(&self, ns: Namespace, cutoff: Timestamp) {
-        if ns.metadata.deletion_timestamp.is_some() {
-            return;
-        }
         let name = ns.name_any();
-        if self.ctx.policy.excluded.contains(&name) {
+        if ns.metadata.deletion_timestamp.is_some() || self.ctx.policy.excluded.contains(&name) {
             return;
         }
+        // A watch event can be older than what an earlier task of ours already wrote (it was
+        // queued while that task held the namespace): decide from the namespace as it is now.
+        let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
+        let ns = match api.get_opt(&name).await {
+            Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_none() => ns,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(namespace = %name, error = %e, "could not read the namespace");
+                return;
+            }
+        };
         let labels = ns.labels().clone();
         let annotations = ns.annotations().clone();
         let ephemeral = labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true");
@@ -110,11 +118,16 @@ impl RestoreWorker {
             Decision::Nothing | Decision::NotAWorkspace => return,
         };
         tracing::info!(namespace = %name, "catching up on a workspace created while the webhook was down");
-        let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
-        if let Err(e) = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            tracing::warn!(namespace = %name, error = %e, "could not mark the workspace");
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            // Restore here rather than from the patch's watch event: that event arrives while this
+            // task still holds the namespace and would be dropped.
+            Ok(marked) => {
+                if let Some(backup) = marked.annotations().get(RESTORE_FROM_ANNOTATION).cloned() {
+                    self.restore(&marked, &backup).await;
+                }
+            }
+            Err(e) => tracing::warn!(namespace = %name, error = %e, "could not mark the workspace"),
         }
-        // The patch produces a watch event; the restore starts from there.
     }
 
     async fn restore(&self, ns: &Namespace, backup: &str) {
