@@ -3,14 +3,16 @@
 //! Memory stays flat: each page is serialized and handed to the archive writer through a bounded
 //! channel before the next page is requested.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
-use kube::core::TypeMeta;
+use kube::core::{Request, TypeMeta};
 use kube::{Client, ResourceExt};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::error::kube_message;
@@ -196,19 +198,6 @@ pub fn never_backed_up(key: &str) -> Option<&'static str> {
     })
 }
 
-/// Individual objects never backed up, and why.
-pub fn never_backed_up_object(key: &str, obj: &DynamicObject) -> bool {
-    match key {
-        // Node heartbeats.
-        "leases.coordination.k8s.io" => obj.namespace().as_deref() == Some("kube-node-lease"),
-        // Built-in API groups registered by the API server itself ("Local" services).
-        "apiservices.apiregistration.k8s.io" => {
-            obj.data.get("spec").and_then(|s| s.get("service")).is_none_or(|s| s.is_null())
-        }
-        _ => false,
-    }
-}
-
 /// One object ready for the archive.
 #[derive(Debug)]
 pub struct Item {
@@ -216,7 +205,7 @@ pub struct Item {
     pub resource: String,
     pub namespace: Option<String>,
     pub name: String,
-    /// Pretty-printed JSON, with `apiVersion` and `kind`.
+    /// The object's JSON as the server sent it, with `apiVersion` and `kind`.
     pub json: Vec<u8>,
 }
 
@@ -560,10 +549,8 @@ async fn list_resource(
     tx: &mpsc::Sender<Item>,
     found: &std::sync::Mutex<Found>,
 ) -> TaskOutcome {
-    let api: Api<DynamicObject> = match (r.namespaced, namespace) {
-        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &r.ar),
-        _ => Api::all_with(client.clone(), &r.ar),
-    };
+    let scope = if r.namespaced { namespace } else { None };
+    let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
     let outcome = |result| TaskOutcome { key: r.key.clone(), namespace: namespace.map(str::to_string), result };
     let mut count = 0u64;
     let mut namespaces = BTreeSet::new();
@@ -580,7 +567,15 @@ async fn list_resource(
         if let Some(t) = &token {
             lp = lp.continue_token(t);
         }
-        let page = match throttle.call(|| api.list(&lp)).await {
+        let body = throttle
+            .call(|| {
+                let req = request.list(&lp).map_err(kube::Error::BuildRequest);
+                async move { client.request_text(req?).await }
+            })
+            .await;
+        // Pages are taken apart only as far as filtering needs; each item's JSON goes to the
+        // archive as the server sent it (no object tree is built and serialized again).
+        let page = match body.and_then(|b| RawPage::parse(b).map_err(kube::Error::SerdeError)) {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 410 && token.is_some() && relists < 3 => {
                 relists += 1;
@@ -592,11 +587,16 @@ async fn list_resource(
         };
         let mut had_objects = false;
         let mut volumes = Vec::new();
-        for obj in page.items {
-            let ns = obj.metadata.namespace.clone();
+        for raw in page.items() {
+            let obj: RawItem<'_> = match serde_json::from_str(raw) {
+                Ok(o) => o,
+                Err(e) => return outcome(Err(TaskError::Kube(kube::Error::SerdeError(e)))),
+            };
+            let ns = obj.metadata.namespace.as_deref().map(str::to_string);
+            let name = obj.metadata.name.as_deref().unwrap_or_default();
             let key = match &ns {
-                Some(ns) => format!("{ns}/{}", obj.name_any()),
-                None => obj.name_any(),
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.to_string(),
             };
             if last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str()) {
                 continue;
@@ -611,15 +611,21 @@ async fn list_resource(
                 continue;
             }
             if r.key == "persistentvolumeclaims"
-                && let Some(v) = obj.data.get("spec").and_then(|s| s.get("volumeName")).and_then(|v| v.as_str())
+                && let Some(v) = obj.spec().volume_name
             {
                 volumes.push(v.to_string());
             }
             had_objects = true;
+            let item = Item {
+                resource: r.key.clone(),
+                namespace: ns.clone(),
+                name: name.to_string(),
+                json: with_type_meta(raw, &obj, &r.ar),
+            };
             if let Some(ns) = ns {
                 namespaces.insert(ns);
             }
-            if send(tx, r, obj).await.is_err() {
+            if tx.send(item).await.is_err() {
                 return outcome(Err(TaskError::Closed));
             }
             count += 1;
@@ -638,10 +644,112 @@ async fn list_resource(
     }
 }
 
+/// A LIST response body with its items left unparsed.
+struct RawPage {
+    body: String,
+    items: Vec<std::ops::Range<usize>>,
+    metadata: kube::core::ListMeta,
+}
+
+impl RawPage {
+    fn parse(body: String) -> serde_json::Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Borrowed<'a> {
+            #[serde(default)]
+            metadata: kube::core::ListMeta,
+            #[serde(borrow, default)]
+            items: Option<Vec<&'a RawValue>>,
+        }
+        let parsed: Borrowed<'_> = serde_json::from_str(&body)?;
+        // Each item as a range of the body, so the body can move into the page.
+        let base = body.as_ptr() as usize;
+        let items = parsed
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|raw| {
+                let start = raw.get().as_ptr() as usize - base;
+                start..start + raw.get().len()
+            })
+            .collect();
+        Ok(RawPage { metadata: parsed.metadata, items, body })
+    }
+
+    /// Each item's JSON text (the parser cut the ranges: each is one valid JSON value).
+    fn items(&self) -> impl Iterator<Item = &str> + '_ {
+        self.items.iter().map(|r| &self.body[r.clone()])
+    }
+}
+
+/// What collect reads of an object; everything else is skipped by the parser.
+#[derive(serde::Deserialize)]
+struct RawItem<'a> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: RawMeta<'a>,
+    /// Left unparsed: only a few resources' specs are read, and a custom resource's may be anything.
+    #[serde(borrow, default)]
+    spec: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RawMeta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+}
+
+/// The parts of a PersistentVolumeClaim's or an APIService's spec that collect reads.
+#[derive(serde::Deserialize, Default)]
+struct RawSpec<'a> {
+    #[serde(rename = "volumeName", borrow, default)]
+    volume_name: Option<Cow<'a, str>>,
+    /// Present (non-null) on APIServices served by an aggregated server.
+    #[serde(default)]
+    service: Option<serde::de::IgnoredAny>,
+}
+
+impl<'a> RawItem<'a> {
+    fn spec(&self) -> RawSpec<'a> {
+        self.spec.and_then(|s| serde_json::from_str(s.get()).ok()).unwrap_or_default()
+    }
+}
+
+/// Individual objects never backed up (documented in `docs/backup-format.md`).
+fn never_backed_up_object(key: &str, obj: &RawItem<'_>) -> bool {
+    match key {
+        // Node heartbeats.
+        "leases.coordination.k8s.io" => obj.metadata.namespace.as_deref() == Some("kube-node-lease"),
+        // Built-in API groups registered by the API server itself ("Local" services).
+        "apiservices.apiregistration.k8s.io" => obj.spec().service.is_none(),
+        _ => false,
+    }
+}
+
+/// The item's JSON with `apiVersion` and `kind` first: typed LISTs leave them out of their items.
+fn with_type_meta(raw: &str, obj: &RawItem<'_>, ar: &ApiResource) -> Vec<u8> {
+    if obj.api_version.is_some() && obj.kind.is_some() {
+        return raw.as_bytes().to_vec();
+    }
+    let head = serde_json::json!({"apiVersion": ar.api_version, "kind": ar.kind}).to_string();
+    let rest = raw.trim_start().strip_prefix('{').unwrap_or(raw).trim_start();
+    let mut out = Vec::with_capacity(head.len() + raw.len() + 1);
+    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]); // without the closing brace
+    if !rest.starts_with('}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out
+}
+
 /// Serializes one object for the archive, with its `apiVersion` and `kind` (LIST items lack them).
 async fn send(tx: &mpsc::Sender<Item>, r: &Resource, mut obj: DynamicObject) -> Result<(), ()> {
     obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
-    let json = serde_json::to_vec_pretty(&obj).map_err(|_| ())?;
+    let json = serde_json::to_vec(&obj).map_err(|_| ())?;
     let item = Item { resource: r.key.clone(), namespace: obj.metadata.namespace.clone(), name: obj.name_any(), json };
     tx.send(item).await.map_err(|_| ())
 }
@@ -727,5 +835,74 @@ async fn collect_dependencies(
             }
             Err(e) => report.errors.push(format!("cannot read PersistentVolume {name:?}: {}", kube_message(&e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ar(api_version: &str, kind: &str) -> ApiResource {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_lowercase()),
+        }
+    }
+
+    #[test]
+    fn pages_are_cut_into_items_as_sent() {
+        let body = r#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":"9","continue":"abc"},
+            "items":[{"metadata":{"name":"a","namespace":"n"},"data":{"k":"v \"q\""}}, {"metadata":{"name":"b"}}]}"#;
+        let page = RawPage::parse(body.to_string()).unwrap();
+        assert_eq!(page.metadata.continue_.as_deref(), Some("abc"));
+        let items: Vec<&str> = page.items().collect();
+        assert_eq!(
+            items,
+            [r#"{"metadata":{"name":"a","namespace":"n"},"data":{"k":"v \"q\""}}"#, r#"{"metadata":{"name":"b"}}"#]
+        );
+        let empty = RawPage::parse(r#"{"metadata":{},"items":null}"#.into()).unwrap();
+        assert_eq!(empty.items().count(), 0);
+        assert!(RawPage::parse("{\"items\":[".into()).is_err());
+    }
+
+    #[test]
+    fn typed_items_get_their_type_and_stay_valid_json() {
+        let raw = r#"{"metadata":{"name":"a","namespace":"n"},"data":{"k":"v"}}"#;
+        let item: RawItem<'_> = serde_json::from_str(raw).unwrap();
+        let json = with_type_meta(raw, &item, &ar("v1", "ConfigMap"));
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["kind"], "ConfigMap");
+        assert_eq!(v["data"]["k"], "v");
+        // Custom resources' items carry their type already: left exactly as sent.
+        let cr = r#"{"apiVersion":"example.org/v1","kind":"Widget","metadata":{"name":"w"},"spec":"odd"}"#;
+        let item: RawItem<'_> = serde_json::from_str(cr).unwrap();
+        assert_eq!(with_type_meta(cr, &item, &ar("example.org/v1", "Widget")), cr.as_bytes());
+        // An object with no fields at all still becomes valid JSON.
+        let item: RawItem<'_> = serde_json::from_str("{}").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&with_type_meta("{}", &item, &ar("v1", "X"))).unwrap();
+        assert_eq!(v, serde_json::json!({"apiVersion": "v1", "kind": "X"}));
+    }
+
+    #[test]
+    fn objects_never_backed_up_are_recognised_without_decoding_them() {
+        let parse = |s: &'static str| serde_json::from_str::<RawItem<'static>>(s).unwrap();
+        let lease = parse(r#"{"metadata":{"name":"node1","namespace":"kube-node-lease"}}"#);
+        assert!(never_backed_up_object("leases.coordination.k8s.io", &lease));
+        let lease = parse(r#"{"metadata":{"name":"lock","namespace":"app"}}"#);
+        assert!(!never_backed_up_object("leases.coordination.k8s.io", &lease));
+        let local = parse(r#"{"metadata":{"name":"v1.apps"},"spec":{"service":null,"group":"apps"}}"#);
+        assert!(never_backed_up_object("apiservices.apiregistration.k8s.io", &local));
+        let aggregated = parse(r#"{"metadata":{"name":"v1beta1.metrics.k8s.io"},"spec":{"service":{"name":"m"}}}"#);
+        assert!(!never_backed_up_object("apiservices.apiregistration.k8s.io", &aggregated));
+        let pvc = parse(r#"{"metadata":{"name":"data"},"spec":{"volumeName":"pv-1"}}"#);
+        assert_eq!(pvc.spec().volume_name.as_deref(), Some("pv-1"));
+        // A custom resource whose spec is not an object is still collected.
+        let odd = parse(r#"{"metadata":{"name":"x"},"spec":[1,2]}"#);
+        assert_eq!(odd.spec().volume_name, None);
     }
 }
