@@ -44,11 +44,13 @@ pub struct KubeArgs {
     /// The kubeconfig user to use.
     #[arg(long, global = true, value_name = "NAME")]
     pub user: Option<String>,
-    /// Client-side limit of API requests per second.
-    #[arg(long, global = true, default_value_t = 100, value_name = "N")]
+    /// Client-side limit of API requests per second. The server's own priority and fairness
+    /// (429 answers, which are retried with backoff) and --concurrency are the main guards; lower
+    /// this to be gentler on a busy control plane.
+    #[arg(long, global = true, default_value_t = 1000, value_name = "N")]
     pub qps: u32,
     /// Requests allowed in a burst above --qps.
-    #[arg(long, global = true, default_value_t = 200, value_name = "N")]
+    #[arg(long, global = true, default_value_t = 2000, value_name = "N")]
     pub burst: u32,
     /// API requests in flight at once.
     #[arg(long, global = true, default_value_t = 16, value_name = "N")]

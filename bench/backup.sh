@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Backup benchmark (issue 2 §7): `kubectl backup create` to S3 against
+#   (a) the floor: a raw paged LIST (limit=500) of the same resource types (target/release/raw-list),
+#       with the plugin's default parallelism (16 LISTs at once) and sequentially;
+#   (b) the loop users script: `kubectl get <resource> -A -o json` for every listable resource type.
+# Wall time and peak RSS, median of BENCH_RUNS runs (default 5) at 5k, 10k and 20k objects (ConfigMaps
+# and Secrets over 50 namespaces), all in one run against one private harness (real kube-apiserver,
+# etcd, s3s-fs). Results (per run and summary) go to target/bench/backup-<time>/.
+#
+#   bench/backup.sh                      # everything: install, build, load, measure, summarize
+#   BENCH_RUNS=5 bench/backup.sh         # more runs per variant
+#   BENCH_SIZES="20000" bench/backup.sh  # only some sizes (total ConfigMaps + Secrets, multiples of 100)
+#   BENCH_KEEP=1 bench/backup.sh         # keep the servers' data and logs
+#   BENCH_NICE=-10 bench/backup.sh       # servers and measured commands at nice -10 (root), to be
+#                                        # less disturbed by other work on a shared machine
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+RUNS=${BENCH_RUNS:-5}
+SIZES=${BENCH_SIZES:-"5000 10000 20000"}
+NAMESPACES=50
+BYTES=${BENCH_BYTES:-1024}
+LOOP='kubectl api-resources --verbs=list -o name | while read -r r; do kubectl get "$r" -A -o json >/dev/null; done'
+
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+bench_prepare
+bench_nice
+bench_run_dir backup
+OUT=${BENCH_OUT:-$ROOT/target/bench}/backup-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT/logs"
+RESULTS="$OUT/results.tsv"
+: >"$RESULTS"
+start_harness "$RUN/env"
+machine | tee "$OUT/machine.txt" >&2
+LOCATION="s3://backups/bench-$(date +%s)"
+last_size=${SIZES##* }
+
+check_backup() { # check_backup FILE: the `-o json` output of a completed backup; prints its item count
+  jq -e '.status.phase == "Completed"' "$1" >/dev/null || { log "backup not completed: $1"; exit 1; }
+  jq -r '.status.progress.itemsBackedUp' "$1"
+}
+
+loaded=0
+first=1
+for size in $SIZES; do
+  per_ns=$((size / 2 / NAMESPACES))
+  if [ "$per_ns" -gt "$loaded" ]; then
+    log "loading ConfigMaps and Secrets $loaded..$per_ns in each of $NAMESPACES namespaces (total $size; not measured)"
+    "$RELEASE/bench-load" --prefix bench --namespaces "$NAMESPACES" --from "$loaded" --to "$per_ns" --bytes "$BYTES" >&2
+    loaded=$per_ns
+  fi
+  # What the floor lists = what the backup holds, plus the cluster's own objects (RBAC, token Secrets, ...).
+  listed=$("$RELEASE/raw-list" | sed -n 's/.*items=\([0-9]*\).*/\1/p')
+  kubectl backup create "warmup-$size" --location "$LOCATION" -o json >"$RUN/warmup.json"
+  items=$(check_backup "$RUN/warmup.json")
+  log "size $size: raw LIST sees $listed objects, the backup holds $items (warm-up runs done)"
+  printf '%s\tlisted=%s\tbackup_items=%s\n' "$size" "$listed" "$items" >>"$OUT/sizes.tsv"
+  if [ $first = 1 ]; then
+    bash -c "$LOOP" >/dev/null 2>&1 # fills kubectl's discovery cache, as a user's would be
+    first=0
+  fi
+  for run in $(seq 1 "$RUNS"); do
+    log "size $size, run $run/$RUNS"
+    measure "$RESULTS" "$size" raw-list-c16 "$run" "$OUT/logs/raw16-$size-$run.log" -- \
+      "$RELEASE/raw-list" --concurrency 16
+    measure "$RESULTS" "$size" raw-list-c1 "$run" "$OUT/logs/raw1-$size-$run.log" -- \
+      "$RELEASE/raw-list" --concurrency 1
+    # Not a baseline: the floor plus decoding every page into DynamicObjects as the plugin does, to
+    # split the plugin's extra time into decoding and the rest (serialize, tar, zstd, SHA-256, upload).
+    measure "$RESULTS" "$size" raw-list-c16-decode "$run" "$OUT/logs/rawdec-$size-$run.log" -- \
+      "$RELEASE/raw-list" --concurrency 16 --decode
+    measure "$RESULTS" "$size" kubectl-backup "$run" "$OUT/logs/backup-$size-$run.json" -- \
+      kubectl backup create "b-$size-$run" --location "$LOCATION" -o json
+    check_backup "$OUT/logs/backup-$size-$run.json" >/dev/null
+    if [ "$size" = "$last_size" ]; then
+      measure "$RESULTS" "$size" kubectl-backup-qps100 "$run" "$OUT/logs/backup-qps-$size-$run.json" -- \
+        kubectl backup create "q-$size-$run" --location "$LOCATION" -o json --qps 100 --burst 200
+      check_backup "$OUT/logs/backup-qps-$size-$run.json" >/dev/null
+    fi
+    measure "$RESULTS" "$size" kubectl-get-loop "$run" "$OUT/logs/loop-$size-$run.log" -- bash -c "$LOOP"
+  done
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
+
+{
+  echo "## Backup benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo
+  sed 's/^/    /' "$OUT/machine.txt"
+  echo
+  echo "Objects per size (raw LIST / in the backup):"
+  sed 's/^/    /' "$OUT/sizes.tsv"
+  echo
+  python3 "$ROOT/bench/summarize.py" "$RESULTS" \
+    "kubectl backup create / raw LIST, 16 parallel (target <= 1.3)=kubectl-backup/raw-list-c16@$last_size" \
+    "kubectl backup create / raw LIST, sequential=kubectl-backup/raw-list-c1@$last_size" \
+    "kubectl get loop / kubectl backup create (target >= 5)=kubectl-get-loop/kubectl-backup@$last_size" \
+    "kubectl backup create --qps 100 / default=kubectl-backup-qps100/kubectl-backup@$last_size" \
+    "rss:kubectl backup create peak RSS (target < 150 MiB, flat)=kubectl-backup@${SIZES%% *}/$last_size"
+} | tee "$OUT/summary.md"
+log "results in $OUT"

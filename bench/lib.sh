@@ -1,0 +1,150 @@
+# Shared by bench/backup.sh and bench/restore.sh: install, build, start a private harness, measure.
+# Sourced, not run. Expects `set -euo pipefail` in the caller.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+HARNESS_PIDS=()
+RUN=""
+
+log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+
+# Installs the servers (tests/env/install.sh) and the measuring tools, then builds in release mode.
+bench_prepare() {
+  "$ROOT/tests/env/install.sh"
+  local need=()
+  [ -x /usr/bin/time ] || need+=(time)
+  command -v zstd >/dev/null || need+=(zstd)
+  command -v jq >/dev/null || need+=(jq)
+  command -v python3 >/dev/null || need+=(python3)
+  if [ ${#need[@]} -gt 0 ]; then
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    log "apt: installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  log "building in release mode"
+  (cd "$ROOT" && cargo build --release --locked -p kubectl-backup)
+  (cd "$ROOT" && cargo build --release --locked -p kubectl-backup-e2e --bins)
+}
+
+# Stops the harnesses this script started (SIGTERM, by PID) and removes the run directory on success.
+bench_cleanup() {
+  local status=$?
+  for pid in "${HARNESS_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ -n "$RUN" ] && [ -d "$RUN" ]; then
+    if [ $status -eq 0 ] && [ -z "${BENCH_KEEP:-}" ]; then rm -rf "$RUN"; else log "servers' logs and data kept in $RUN"; fi
+  fi
+  exit $status
+}
+
+# BENCH_NICE=N: run the servers and everything measured at nice N (negative needs root). Building and
+# installing are not affected.
+bench_nice() {
+  if [ -n "${BENCH_NICE:-}" ]; then
+    renice -n "$BENCH_NICE" -p $$ >/dev/null
+    log "running at nice $BENCH_NICE"
+  fi
+}
+
+# bench_run_dir NAME: a fresh directory for the servers and scratch files; sets RUN.
+bench_run_dir() {
+  RUN=$(mktemp -d "${TMPDIR:-/tmp}/kubectl-backup-bench-$1.XXXXXX")
+  mkdir -p "$RUN/bin"
+  # kubectl finds this `kubectl-backup` first: it runs the release binary under /usr/bin/time so the
+  # plugin's own peak RSS is recorded in $BENCH_PLUGIN_RSS (kubectl's exec'ing process is not counted).
+  cat >"$RUN/bin/kubectl-backup" <<EOF
+#!/usr/bin/env bash
+exec /usr/bin/time -f '%M' -o "\${BENCH_PLUGIN_RSS:-/dev/null}" "$RELEASE/kubectl-backup" "\$@"
+EOF
+  chmod +x "$RUN/bin/kubectl-backup"
+  export PATH="$RUN/bin:$RELEASE:$PATH"
+}
+
+# start_harness DIR: starts `harness up` in DIR, waits for it, and sources DIR/env.sh (KUBECONFIG and
+# the S3 settings). Sets HARNESS_PID.
+start_harness() {
+  local dir=$1
+  mkdir -p "$dir"
+  "$RELEASE/harness" up --dir "$dir" --env-file "$dir/env.json" >"$dir/harness.log" 2>&1 &
+  HARNESS_PID=$!
+  HARNESS_PIDS+=("$HARNESS_PID")
+  for _ in $(seq 1 240); do
+    [ -f "$dir/env.json" ] && break
+    if ! kill -0 "$HARNESS_PID" 2>/dev/null; then cat "$dir/harness.log" >&2; log "the harness failed to start"; exit 1; fi
+    sleep 0.5
+  done
+  [ -f "$dir/env.json" ] || { cat "$dir/harness.log" >&2; log "the harness did not become ready in 120 s"; exit 1; }
+  # shellcheck disable=SC1091
+  source "$dir/env.sh"
+  export KUBECONFIG AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_ENDPOINT_URL AWS_ALLOW_HTTP
+  unset KUBECTL_BACKUP_LOCATION KUBECTL_BACKUP_KUBECONFIG
+  APISERVER_PID=$(child_pid "$HARNESS_PID" kube-apiserver)
+  ETCD_PID=$(child_pid "$HARNESS_PID" etcd)
+  log "harness up in $dir (kube-apiserver pid $APISERVER_PID, etcd pid $ETCD_PID)"
+}
+
+# child_pid PARENT COMM: the child of PARENT whose command name is COMM.
+child_pid() {
+  local p
+  for p in $(ps -o pid= --ppid "$1"); do
+    if [ "$(cat /proc/"$p"/comm 2>/dev/null)" = "$2" ]; then echo "$p"; return; fi
+  done
+  log "no $2 process under $1"
+  exit 1
+}
+
+# cpu_seconds PID: user+system CPU seconds the process has used so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' /proc/"$1"/stat
+}
+
+# measure RESULTS SIZE VARIANT RUN LOG -- COMMAND...: runs COMMAND (stdout to LOG, stderr to LOG.err) under
+# /usr/bin/time and appends one row to RESULTS:
+#   size variant run wall_s peak_rss_kib client_cpu_s apiserver_cpu_s etcd_cpu_s load1
+# peak_rss_kib is the plugin's own peak when BENCH_PLUGIN_RSS was written, else the largest process
+# COMMAND waited for. client_cpu_s is user+system CPU of COMMAND and its children.
+measure() {
+  local results=$1 size=$2 variant=$3 run=$4 logf=$5
+  shift 6
+  local t="$RUN/time.$$" plugin_rss="$RUN/plugin-rss.$$"
+  rm -f "$plugin_rss"
+  local a0 e0 a1 e1 load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  a0=$(cpu_seconds "$APISERVER_PID")
+  e0=$(cpu_seconds "$ETCD_PID")
+  local n0 n1
+  n0=$(date +%s%N)
+  if ! BENCH_PLUGIN_RSS="$plugin_rss" /usr/bin/time -f '%M %U %S' -o "$t" "$@" >"$logf" 2>"$logf.err"; then
+    tail -n 30 "$logf" "$logf.err" >&2
+    log "failed: $*"
+    exit 1
+  fi
+  n1=$(date +%s%N)
+  a1=$(cpu_seconds "$APISERVER_PID")
+  e1=$(cpu_seconds "$ETCD_PID")
+  local wall rss user sys
+  wall=$(awk -v a="$n0" -v b="$n1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+  read -r rss user sys < <(tail -n 1 "$t")
+  if [ -s "$plugin_rss" ]; then rss=$(tail -n 1 "$plugin_rss"); fi
+  awk -v OFS='\t' -v size="$size" -v variant="$variant" -v run="$run" -v wall="$wall" -v rss="$rss" \
+    -v user="$user" -v sys="$sys" -v a0="$a0" -v a1="$a1" -v e0="$e0" -v e1="$e1" -v load="$load" 'BEGIN {
+      printf "%s\t%s\t%s\t%.3f\t%d\t%.2f\t%.2f\t%.2f\t%s\n", size, variant, run, wall, rss, user + sys, a1 - a0, e1 - e0, load
+      printf "  %-24s run %s: %7.2f s  peak RSS %6.1f MiB  (client CPU %.2f s, apiserver %.2f s, etcd %.2f s, load %s)\n", \
+        variant, run, wall, rss / 1024, user + sys, a1 - a0, e1 - e0, load > "/dev/stderr"
+    }' >>"$results"
+}
+
+# Prints the machine the figures come from.
+machine() {
+  echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
+  echo "kubectl: $(kubectl version --client -o json 2>/dev/null | jq -r .clientVersion.gitVersion)"
+  echo "nice: ${BENCH_NICE:-0}"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
