@@ -28,6 +28,8 @@ pub struct InstallOptions {
     pub cert_manager: bool,
     pub ephemeral_patterns: Vec<String>,
     pub workspace_selector: Option<String>,
+    /// Custom resources that are workspaces too, as `<plural>.<group>`.
+    pub workspace_resources: Vec<String>,
     pub continuous: bool,
 }
 
@@ -89,7 +91,7 @@ pub fn render(opts: &InstallOptions, tls: Option<&Tls>) -> Vec<Value> {
         "spec": {"selector": {"app.kubernetes.io/name": APP},
                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}, {"name": "metrics", "port": 9090, "targetPort": 9090}]}
     }));
-    out.push(webhook_configuration(ns, if opts.cert_manager { None } else { tls.map(|t| t.ca_pem.as_str()) }));
+    out.push(webhook_configuration(opts, if opts.cert_manager { None } else { tls.map(|t| t.ca_pem.as_str()) }));
     let mut location = json!({
         "apiVersion": crate::API_VERSION, "kind": "BackupLocation",
         "metadata": {"name": "default", "namespace": ns, "labels": labels()},
@@ -164,6 +166,7 @@ fn deployment(opts: &InstallOptions) -> Value {
     if let Some(s) = &opts.workspace_selector {
         args.push(format!("--workspace-selector={s}"));
     }
+    args.extend(opts.workspace_resources.iter().map(|r| format!("--workspace-resource={r}")));
     let mut container = json!({
         "name": APP, "image": opts.image, "imagePullPolicy": "IfNotPresent", "args": args,
         "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
@@ -196,7 +199,15 @@ fn deployment(opts: &InstallOptions) -> Value {
     })
 }
 
-fn webhook_configuration(ns: &str, ca_pem: Option<&str>) -> Value {
+fn webhook_configuration(opts: &InstallOptions, ca_pem: Option<&str>) -> Value {
+    let ns = opts.namespace.as_str();
+    let mut rules = vec![
+        json!({"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["namespaces"], "scope": "*"}),
+    ];
+    for r in &opts.workspace_resources {
+        let (plural, group) = r.split_once('.').unwrap_or((r, ""));
+        rules.push(json!({"apiGroups": [group], "apiVersions": ["*"], "operations": ["CREATE"], "resources": [plural], "scope": "*"}));
+    }
     let mut client_config = json!({"service": {"name": APP, "namespace": ns, "path": "/mutate", "port": 443}});
     if let Some(ca) = ca_pem {
         client_config["caBundle"] = json!(b64(ca));
@@ -218,7 +229,7 @@ fn webhook_configuration(ns: &str, ca_pem: Option<&str>) -> Value {
             "namespaceSelector": {"matchExpressions": [
                 {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns, "kube-system"]}
             ]},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["namespaces"], "scope": "*"}]
+            "rules": rules
         }]
     })
 }
@@ -243,6 +254,7 @@ mod tests {
             cert_manager: false,
             ephemeral_patterns: vec!["pr-*".into()],
             workspace_selector: None,
+            workspace_resources: vec!["workspaces.example.org".into()],
             continuous: true,
         }
     }
@@ -283,6 +295,11 @@ mod tests {
         let dep = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
         let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         assert!(args.contains("--ephemeral-pattern=pr-*"), "{args}");
+        assert!(args.contains("--workspace-resource=workspaces.example.org"), "{args}");
+        assert_eq!(
+            w["rules"][1],
+            json!({"apiGroups": ["example.org"], "apiVersions": ["*"], "operations": ["CREATE"], "resources": ["workspaces"], "scope": "*"})
+        );
         assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"], "creds");
     }
 

@@ -98,6 +98,19 @@ impl Webhook {
 
     /// A MutatingWebhookConfiguration for namespace CREATE, as `kubectl backup install` renders it.
     pub fn configuration(&self, name: &str) -> String {
+        self.configuration_with(name, &[])
+    }
+
+    /// The same, also for CREATE of these workspace resources: `(group, version, plural)`.
+    pub fn configuration_with(&self, name: &str, resources: &[(&str, &str, &str)]) -> String {
+        let extra: String = resources
+            .iter()
+            .map(|(g, v, p)| {
+                format!(
+                    "  - apiGroups: [\"{g}\"]\n    apiVersions: [\"{v}\"]\n    operations: [\"CREATE\"]\n    resources: [\"{p}\"]\n    scope: \"*\"\n"
+                )
+            })
+            .collect();
         let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.ca_pem.as_bytes());
         format!(
             r#"apiVersion: admissionregistration.k8s.io/v1
@@ -119,7 +132,7 @@ webhooks:
     operations: ["CREATE"]
     resources: ["namespaces"]
     scope: "*"
-"#,
+{extra}"#,
             port = self.port
         )
     }

@@ -119,6 +119,10 @@ fn install_flags(values: &Value, ns: &str) -> Vec<String> {
     if let Some(sel) = values["workspaceSelector"].as_str().filter(|v| !v.is_empty()) {
         flags.push(format!("--workspace-selector={sel}"));
     }
+    if let Some(resources) = values["workspaceResources"].as_array().filter(|r| !r.is_empty()) {
+        let list: Vec<String> = resources.iter().map(s).collect();
+        flags.push(format!("--workspace-resource={}", list.join(",")));
+    }
     if let Some(c) = values["continuous"].as_bool() {
         flags.push(format!("--continuous={c}"));
     }

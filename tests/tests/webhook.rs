@@ -277,3 +277,47 @@ fn own_and_system_namespaces_are_never_mutated_and_bad_bodies_get_answers() {
             .success()
     );
 }
+
+#[test]
+fn a_new_workspace_resource_brings_its_namespace_back() {
+    let s = setup("wsres");
+    s.t.apply(&namespace("kubectl-backup")).ok();
+    s.t.apply(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: workspaces.example.org
+spec:
+  group: example.org
+  scope: Cluster
+  names: {plural: workspaces, singular: workspace, kind: Workspace}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#,
+    )
+    .ok();
+    s.t.kubectl(&["wait", "--for=condition=Established", "crd/workspaces.example.org", "--timeout=60s"]);
+    let ns = unique("team");
+    s.t.apply(&sample_app(&ns)).ok();
+    s.t.backup(&["create", &unique("b"), "-n", &ns]).ok();
+    s.t.delete_namespace(&ns);
+
+    let webhook = s.0.webhook("kubectl-backup", &["--workspace-resource=workspaces.example.org"]);
+    s.t.apply(&webhook.configuration_with("kubectl-backup", &[("example.org", "v1", "workspaces")])).ok();
+    s.t.apply(&format!("apiVersion: example.org/v1\nkind: Workspace\nmetadata:\n  name: {ns}\n")).ok();
+
+    let ws = || s.t.get_json(&["workspaces.example.org", &ns]);
+    assert!(annotation(&ws(), "kubectl-backup.dev/restore-from").is_some(), "not marked: {}", ws());
+    let restored = wait_until(Duration::from_secs(60), || {
+        annotation(&ws(), "kubectl-backup.dev/restore-status").as_deref() == Some("Completed")
+    });
+    assert!(restored, "no restore within 60s; workspace: {}\nwebhook log:\n{}", ws(), webhook.log());
+    assert!(s.t.names(&["configmaps", "-n", &ns]).contains(&"settings".to_string()));
+    assert!(s.t.names(&["deployments", "-n", &ns]).contains(&"web".to_string()));
+    // The namespace the restore created is the restore's output, not a second workspace to restore.
+    assert_eq!(annotation(&s.ns_json(&ns), "kubectl-backup.dev/restore-from"), None, "{}", s.ns_json(&ns));
+}

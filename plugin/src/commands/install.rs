@@ -39,6 +39,10 @@ pub struct InstallArgs {
     /// Which namespaces are workspaces (label selector).
     #[arg(long, value_name = "SELECTOR")]
     pub workspace_selector: Option<String>,
+    /// A custom resource that is a workspace too (`<plural>.<group>`): creating one named N
+    /// restores namespace N from its newest backup.
+    #[arg(long = "workspace-resource", value_delimiter = ',', value_name = "PLURAL.GROUP")]
+    pub workspace_resources: Vec<String>,
     /// Back up workspaces continuously, on change.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub continuous: bool,
@@ -81,6 +85,7 @@ pub async fn install(cli: &Cli, a: &InstallArgs) -> Result<ExitCode> {
         cert_manager: a.cert_manager,
         ephemeral_patterns: a.ephemeral_patterns.clone(),
         workspace_selector: a.workspace_selector.clone(),
+        workspace_resources: a.workspace_resources.clone(),
         continuous: a.continuous,
     };
     let tls = if a.cert_manager { None } else { Some(install::generate_tls(&namespace)?) };
@@ -192,6 +197,7 @@ pub async fn uninstall(cli: &Cli, a: &UninstallArgs) -> Result<ExitCode> {
         cert_manager: true,
         ephemeral_patterns: vec![],
         workspace_selector: None,
+        workspace_resources: vec![],
         continuous: false,
     };
     let mut objects = install::render(&opts, None);

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kubectl_backup_core::EPHEMERAL_LABEL;
@@ -35,6 +35,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Namespaces created this long before `lastSeen` are reconsidered too (clock skew, heartbeat gap).
 const GRACE: Duration = Duration::from_secs(60);
 
+/// The objects a task of the worker is handling (namespaces by name; custom resources by namespace
+/// and name): events for them meanwhile are dropped.
+type InFlight<K> = Arc<Mutex<HashSet<K>>>;
+
 pub struct RestoreWorker {
     pub ctx: Arc<Context>,
 }
@@ -50,8 +54,12 @@ impl RestoreWorker {
         tracing::info!(%cutoff, "restore worker started; catching up on workspaces created since");
         let me = self.clone();
         tokio::spawn(async move { me.heartbeat().await });
+        for (group, plural) in self.ctx.policy.workspace_resources.clone() {
+            let me = self.clone();
+            tokio::spawn(async move { me.watch_workspace_resource(group, plural).await });
+        }
 
-        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let in_flight: InFlight<String> = Arc::default();
         let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
         let mut events = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
         while let Some(next) = events.next().await {
@@ -99,7 +107,7 @@ impl RestoreWorker {
             if ephemeral || !matches!(status, None | Some("InProgress")) {
                 return;
             }
-            self.restore(&ns, backup).await;
+            self.restore(&Target::namespace(&self.ctx, &name), backup).await;
             return;
         }
         // Not marked: a workspace the webhook did not see (it was down), if new enough.
@@ -122,28 +130,29 @@ impl RestoreWorker {
             // Restore here rather than from the patch's watch event: that event arrives while this
             // task still holds the namespace and would be dropped.
             Ok(marked) => {
-                if let Some(backup) = marked.annotations().get(RESTORE_FROM_ANNOTATION).cloned() {
-                    self.restore(&marked, &backup).await;
+                if let Some(backup) = marked.annotations().get(RESTORE_FROM_ANNOTATION) {
+                    self.restore(&Target::namespace(&self.ctx, &name), backup).await;
                 }
             }
             Err(e) => tracing::warn!(namespace = %name, error = %e, "could not mark the workspace"),
         }
     }
 
-    async fn restore(&self, ns: &Namespace, backup: &str) {
-        let name = ns.name_any();
-        let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
-        if let Err(e) = set_status(&api, &name, "InProgress").await {
-            tracing::warn!(namespace = %name, error = %e, "could not mark the restore as started");
+    /// Restores the namespace `target.name` from `backup`, recording progress on the target object.
+    async fn restore(&self, target: &Target, backup: &str) {
+        let name = &target.name;
+        if let Err(e) = target.set_status("InProgress").await {
+            tracing::warn!(workspace = %name, error = %e, "could not mark the restore as started");
             return;
         }
-        self.event(
-            &name,
-            EventType::Normal,
-            "RestoreStarted",
-            format!("restoring namespace {name} from backup {backup}"),
-        )
-        .await;
+        self.ctx
+            .event(
+                &target.reference,
+                EventType::Normal,
+                "RestoreStarted",
+                format!("restoring namespace {name} from backup {backup}"),
+            )
+            .await;
         let spec = RestoreSpec {
             backup_name: backup.to_string(),
             filters: Filters { included_namespaces: vec![name.clone()], ..Default::default() },
@@ -163,15 +172,70 @@ impl RestoreWorker {
             Phase::PartiallyFailed => (EventType::Warning, "RestoreCompleted"),
             _ => (EventType::Warning, "RestoreFailed"),
         };
-        tracing::info!(namespace = %name, %backup, %phase, "{note}");
-        self.event(&name, kind, reason, note).await;
-        if let Err(e) = set_status(&api, &name, &phase.to_string()).await {
-            tracing::warn!(namespace = %name, error = %e, "could not record the restore result");
+        tracing::info!(workspace = %name, %backup, %phase, "{note}");
+        self.ctx.event(&target.reference, kind, reason, note).await;
+        if let Err(e) = target.set_status(&phase.to_string()).await {
+            tracing::warn!(workspace = %name, error = %e, "could not record the restore result");
         }
     }
 
-    async fn event(&self, namespace: &str, type_: EventType, reason: &str, note: String) {
-        self.ctx.event(&Context::namespace_reference(namespace), type_, reason, note).await;
+    /// Workspace custom resources (`--workspace-resource`): the webhook marks a new one named N with
+    /// `restore-from`; this restores namespace N from that backup and records the result on the
+    /// custom resource. (Catch-up after downtime covers namespaces only.)
+    async fn watch_workspace_resource(self: Arc<Self>, group: String, plural: String) {
+        let client = self.ctx.cluster.client.clone();
+        let ar = loop {
+            match kube::discovery::group(&client, &group).await {
+                Ok(g) => {
+                    if let Some((ar, _)) = g.recommended_resources().into_iter().find(|(ar, _)| ar.plural == plural) {
+                        break ar;
+                    }
+                    tracing::info!(%group, %plural, "workspace resource not served yet; waiting");
+                }
+                Err(e) => tracing::info!(%group, %plural, error = %e, "workspace resource not served yet; waiting"),
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tracing::info!(%group, %plural, "watching workspace resources");
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let in_flight: InFlight<(Option<String>, String)> = Arc::default();
+        let mut events = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+        while let Some(next) = events.next().await {
+            let obj = match next {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, %plural, "workspace resource watch error; retrying");
+                    continue;
+                }
+            };
+            let key = (obj.namespace(), obj.name_any());
+            if !wanted(&obj) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+                continue;
+            }
+            let (me, ar, in_flight) = (self.clone(), ar.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let api: Api<DynamicObject> = match &key.0 {
+                    Some(ns) => Api::namespaced_with(me.ctx.cluster.client.clone(), ns, &ar),
+                    None => Api::all_with(me.ctx.cluster.client.clone(), &ar),
+                };
+                // Decide from the object as it is now (see `handle`).
+                if let Ok(Some(obj)) = api.get_opt(&key.1).await
+                    && wanted(&obj)
+                    && let Some(backup) = obj.annotations().get(RESTORE_FROM_ANNOTATION)
+                {
+                    let reference = ObjectReference {
+                        api_version: Some(ar.api_version.clone()),
+                        kind: Some(ar.kind.clone()),
+                        name: Some(key.1.clone()),
+                        namespace: key.0.clone(),
+                        uid: obj.uid(),
+                        ..Default::default()
+                    };
+                    me.restore(&Target { name: key.1.clone(), api, reference }, backup).await;
+                }
+                in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            });
+        }
     }
 
     /// Namespaces created after this are candidates for catch-up.
@@ -213,9 +277,40 @@ impl RestoreWorker {
     }
 }
 
-async fn set_status(api: &Api<Namespace>, name: &str, status: &str) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_STATUS_ANNOTATION: status}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+/// A workspace custom resource the worker should restore: marked, not yet finished, not ephemeral,
+/// not being deleted.
+fn wanted(obj: &DynamicObject) -> bool {
+    let status = obj.annotations().get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
+    obj.metadata.deletion_timestamp.is_none()
+        && obj.annotations().contains_key(RESTORE_FROM_ANNOTATION)
+        && matches!(status, None | Some("InProgress"))
+        && obj.labels().get(EPHEMERAL_LABEL).is_none_or(|v| v != "true")
+}
+
+/// What a restore is recorded on: the namespace itself, or a workspace custom resource.
+struct Target {
+    /// The workspace, i.e. the namespace restored.
+    name: String,
+    /// Where the object carrying the `restore-status` annotation lives.
+    api: Api<DynamicObject>,
+    /// The object Events are recorded on.
+    reference: ObjectReference,
+}
+
+impl Target {
+    fn namespace(ctx: &Context, name: &str) -> Target {
+        let ar = ApiResource::erase::<Namespace>(&());
+        Target {
+            name: name.to_string(),
+            api: Api::all_with(ctx.cluster.client.clone(), &ar),
+            reference: Context::namespace_reference(name),
+        }
+    }
+
+    async fn set_status(&self, status: &str) -> Result<(), kube::Error> {
+        let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_STATUS_ANNOTATION: status}}});
+        self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    }
 }
 
 fn summary(r: &Restore) -> String {
