@@ -278,10 +278,8 @@ fn own_and_system_namespaces_are_never_mutated_and_bad_bodies_get_answers() {
     );
 }
 
-#[test]
-fn a_new_workspace_resource_brings_its_namespace_back() {
-    let s = setup("wsres");
-    s.t.apply(&namespace("kubectl-backup")).ok();
+/// Serves a cluster-scoped `workspaces.example.org` resource.
+fn workspace_crd(s: &Setup) {
     s.t.apply(
         r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -301,23 +299,73 @@ spec:
     )
     .ok();
     s.t.kubectl(&["wait", "--for=condition=Established", "crd/workspaces.example.org", "--timeout=60s"]);
-    let ns = unique("team");
+}
+
+/// A namespace with the sample app, backed up and deleted.
+fn backed_up_and_deleted(s: &Setup, prefix: &str) -> String {
+    let ns = unique(prefix);
     s.t.apply(&sample_app(&ns)).ok();
     s.t.backup(&["create", &unique("b"), "-n", &ns]).ok();
     s.t.delete_namespace(&ns);
+    ns
+}
 
+/// The webhook with `workspaces.example.org` as a workspace resource, registered for it.
+fn workspace_webhook(s: &Setup) -> Webhook {
     let webhook = s.0.webhook("kubectl-backup", &["--workspace-resource=workspaces.example.org"]);
     s.t.apply(&webhook.configuration_with("kubectl-backup", &[("example.org", "v1", "workspaces")])).ok();
-    s.t.apply(&format!("apiVersion: example.org/v1\nkind: Workspace\nmetadata:\n  name: {ns}\n")).ok();
+    webhook
+}
 
-    let ws = || s.t.get_json(&["workspaces.example.org", &ns]);
-    assert!(annotation(&ws(), "kubectl-backup.dev/restore-from").is_some(), "not marked: {}", ws());
+/// The workspace's restore completes and namespace `ns` holds the sample app again — as the
+/// restore's output, not as a second workspace to restore.
+fn assert_workspace_restored(s: &Setup, ns: &str, webhook: &Webhook) {
+    let ws = || s.t.get_json(&["workspaces.example.org", ns]);
     let restored = wait_until(Duration::from_secs(60), || {
         annotation(&ws(), "kubectl-backup.dev/restore-status").as_deref() == Some("Completed")
     });
     assert!(restored, "no restore within 60s; workspace: {}\nwebhook log:\n{}", ws(), webhook.log());
-    assert!(s.t.names(&["configmaps", "-n", &ns]).contains(&"settings".to_string()));
-    assert!(s.t.names(&["deployments", "-n", &ns]).contains(&"web".to_string()));
-    // The namespace the restore created is the restore's output, not a second workspace to restore.
-    assert_eq!(annotation(&s.ns_json(&ns), "kubectl-backup.dev/restore-from"), None, "{}", s.ns_json(&ns));
+    assert!(s.t.names(&["configmaps", "-n", ns]).contains(&"settings".to_string()));
+    assert!(s.t.names(&["deployments", "-n", ns]).contains(&"web".to_string()));
+    assert_eq!(annotation(&s.ns_json(ns), "kubectl-backup.dev/restore-from"), None, "{}", s.ns_json(ns));
+}
+
+fn workspace(name: &str) -> String {
+    format!("apiVersion: example.org/v1\nkind: Workspace\nmetadata:\n  name: {name}\n")
+}
+
+#[test]
+fn a_new_workspace_resource_brings_its_namespace_back() {
+    let s = setup("wsres");
+    s.t.apply(&namespace("kubectl-backup")).ok();
+    workspace_crd(&s);
+    let ns = backed_up_and_deleted(&s, "team");
+
+    let webhook = workspace_webhook(&s);
+    s.t.apply(&workspace(&ns)).ok();
+    let ws = s.t.get_json(&["workspaces.example.org", &ns]);
+    assert!(annotation(&ws, "kubectl-backup.dev/restore-from").is_some(), "not marked: {ws}");
+    assert_workspace_restored(&s, &ns, &webhook);
+}
+
+#[test]
+fn a_workspace_resource_created_while_the_webhook_is_down_is_restored_after_restart() {
+    let s = setup("wsdown");
+    s.t.apply(&namespace("kubectl-backup")).ok();
+    workspace_crd(&s);
+    let ns = backed_up_and_deleted(&s, "crew");
+
+    let mut webhook = workspace_webhook(&s);
+    eventually("the worker heartbeat", Duration::from_secs(30), || {
+        s.t.kubectl(&["get", "configmap", "backup-webhook-state", "-n", "kubectl-backup"]).code == 0
+    });
+    webhook.stop();
+    s.t.apply(&workspace(&ns)).ok();
+    let ws = s.t.get_json(&["workspaces.example.org", &ns]);
+    assert_eq!(annotation(&ws, "kubectl-backup.dev/restore-from"), None, "marked by a stopped webhook: {ws}");
+
+    webhook.restart().unwrap();
+    assert_workspace_restored(&s, &ns, &webhook);
+    let ws = s.t.get_json(&["workspaces.example.org", &ns]);
+    assert!(annotation(&ws, "kubectl-backup.dev/restore-from").is_some(), "catch-up did not mark it: {ws}");
 }

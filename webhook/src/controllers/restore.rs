@@ -2,10 +2,10 @@
 //! workspaces created while the webhook was down (its `failurePolicy: Ignore` lets them through
 //! unmarked).
 //!
-//! State lives in the cluster: the `restore-status` annotation on each namespace (InProgress, then
+//! State lives in the cluster: the `restore-status` annotation on each workspace (InProgress, then
 //! Completed / PartiallyFailed / Failed) — a restart resumes an InProgress restore — and a
 //! ConfigMap in the webhook's namespace recording when the worker last ran, so catch-up looks only
-//! at namespaces created since.
+//! at workspaces created since.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kubectl_backup_core::EPHEMERAL_LABEL;
@@ -56,7 +56,7 @@ impl RestoreWorker {
         tokio::spawn(async move { me.heartbeat().await });
         for (group, plural) in self.ctx.policy.workspace_resources.clone() {
             let me = self.clone();
-            tokio::spawn(async move { me.watch_workspace_resource(group, plural).await });
+            tokio::spawn(async move { me.watch_workspace_resource(group, plural, cutoff).await });
         }
 
         let in_flight: InFlight<String> = Arc::default();
@@ -99,42 +99,59 @@ impl RestoreWorker {
                 return;
             }
         };
-        let labels = ns.labels().clone();
-        let annotations = ns.annotations().clone();
-        let ephemeral = labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true");
-        if let Some(backup) = annotations.get(RESTORE_FROM_ANNOTATION) {
-            let status = annotations.get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
-            if ephemeral || !matches!(status, None | Some("InProgress")) {
-                return;
+        let annotations = ns.annotations();
+        let ephemeral = ns.labels().get(EPHEMERAL_LABEL).is_some_and(|v| v == "true");
+        let target = Target::namespace(&self.ctx, &name);
+        let backup = match annotations.get(RESTORE_FROM_ANNOTATION) {
+            Some(backup) => {
+                let status = annotations.get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
+                if ephemeral || !matches!(status, None | Some("InProgress")) {
+                    return;
+                }
+                Some(backup.clone())
             }
-            self.restore(&Target::namespace(&self.ctx, &name), backup).await;
-            return;
+            // Not marked: a workspace the webhook did not see (it was down), if new enough.
+            None => self.catch_up(&target, &ns.metadata, cutoff).await,
+        };
+        if let Some(backup) = backup {
+            self.restore(&target, &backup).await;
         }
-        // Not marked: a workspace the webhook did not see (it was down), if new enough.
-        let created = ns.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
-        if created < cutoff || annotations.contains_key(RESTORE_STATUS_ANNOTATION) || ephemeral {
-            return;
+    }
+
+    /// A workspace the webhook did not see (it was down, and `failurePolicy: Ignore` let the
+    /// creation through): if it was created since the worker last ran and carries none of our
+    /// marks, decide as the webhook would and mark it. Returns the backup to restore from.
+    ///
+    /// The caller restores rather than the watch event of the patch: that event arrives while the
+    /// caller's task still holds the object and would be dropped.
+    async fn catch_up(&self, target: &Target, meta: &ObjectMeta, cutoff: Timestamp) -> Option<String> {
+        let labels = meta.labels.clone().unwrap_or_default();
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        let created = meta.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
+        if created < cutoff
+            || annotations.contains_key(RESTORE_STATUS_ANNOTATION)
+            || annotations.contains_key(RESTORE_FROM_ANNOTATION)
+            || labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true")
+            // created by a restore
+            || labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL)
+        {
+            return None;
         }
-        if labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL) {
-            return; // created by a restore
-        }
-        let patch = match decide(&self.ctx.policy, &name, &labels, &annotations, &self.ctx.index) {
+        let patch = match decide(&self.ctx.policy, &target.name, &labels, &annotations, &self.ctx.index) {
             Decision::Ephemeral => serde_json::json!({"metadata": {"labels": {EPHEMERAL_LABEL: "true"}}}),
             Decision::Restore(backup) => {
                 serde_json::json!({"metadata": {"annotations": {RESTORE_FROM_ANNOTATION: backup}}})
             }
-            Decision::Nothing | Decision::NotAWorkspace => return,
+            Decision::Nothing | Decision::NotAWorkspace => return None,
         };
-        tracing::info!(namespace = %name, "catching up on a workspace created while the webhook was down");
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            // Restore here rather than from the patch's watch event: that event arrives while this
-            // task still holds the namespace and would be dropped.
-            Ok(marked) => {
-                if let Some(backup) = marked.annotations().get(RESTORE_FROM_ANNOTATION) {
-                    self.restore(&Target::namespace(&self.ctx, &name), backup).await;
-                }
+        let kind = target.reference.kind.as_deref().unwrap_or("");
+        tracing::info!(workspace = %target.name, %kind, "catching up on a workspace created while the webhook was down");
+        match target.api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(marked) => marked.annotations().get(RESTORE_FROM_ANNOTATION).cloned(),
+            Err(e) => {
+                tracing::warn!(workspace = %target.name, %kind, error = %e, "could not mark the workspace");
+                None
             }
-            Err(e) => tracing::warn!(namespace = %name, error = %e, "could not mark the workspace"),
         }
     }
 
@@ -181,8 +198,8 @@ impl RestoreWorker {
 
     /// Workspace custom resources (`--workspace-resource`): the webhook marks a new one named N with
     /// `restore-from`; this restores namespace N from that backup and records the result on the
-    /// custom resource. (Catch-up after downtime covers namespaces only.)
-    async fn watch_workspace_resource(self: Arc<Self>, group: String, plural: String) {
+    /// custom resource. One created while the webhook was down is caught up as a namespace is.
+    async fn watch_workspace_resource(self: Arc<Self>, group: String, plural: String, cutoff: Timestamp) {
         let client = self.ctx.cluster.client.clone();
         let ar = loop {
             match kube::discovery::group(&client, &group).await {
@@ -209,7 +226,7 @@ impl RestoreWorker {
                 }
             };
             let key = (obj.namespace(), obj.name_any());
-            if !wanted(&obj) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+            if !candidate(&obj) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
                 continue;
             }
             let (me, ar, in_flight) = (self.clone(), ar.clone(), in_flight.clone());
@@ -220,8 +237,7 @@ impl RestoreWorker {
                 };
                 // Decide from the object as it is now (see `handle`).
                 if let Ok(Some(obj)) = api.get_opt(&key.1).await
-                    && wanted(&obj)
-                    && let Some(backup) = obj.annotations().get(RESTORE_FROM_ANNOTATION)
+                    && candidate(&obj)
                 {
                     let reference = ObjectReference {
                         api_version: Some(ar.api_version.clone()),
@@ -231,7 +247,14 @@ impl RestoreWorker {
                         uid: obj.uid(),
                         ..Default::default()
                     };
-                    me.restore(&Target { name: key.1.clone(), api, reference }, backup).await;
+                    let target = Target { name: key.1.clone(), api, reference };
+                    let backup = match obj.annotations().get(RESTORE_FROM_ANNOTATION) {
+                        Some(marked) => Some(marked.clone()),
+                        None => me.catch_up(&target, &obj.metadata, cutoff).await,
+                    };
+                    if let Some(backup) = backup {
+                        me.restore(&target, &backup).await;
+                    }
                 }
                 in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             });
@@ -277,12 +300,11 @@ impl RestoreWorker {
     }
 }
 
-/// A workspace custom resource the worker should restore: marked, not yet finished, not ephemeral,
-/// not being deleted.
-fn wanted(obj: &DynamicObject) -> bool {
+/// A workspace custom resource the worker may have to handle: not being deleted, not ephemeral, and
+/// not restored yet (marked and unfinished, or unmarked — a catch-up candidate).
+fn candidate(obj: &DynamicObject) -> bool {
     let status = obj.annotations().get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
     obj.metadata.deletion_timestamp.is_none()
-        && obj.annotations().contains_key(RESTORE_FROM_ANNOTATION)
         && matches!(status, None | Some("InProgress"))
         && obj.labels().get(EPHEMERAL_LABEL).is_none_or(|v| v != "true")
 }
