@@ -99,28 +99,29 @@ impl RestoreWorker {
                 return;
             }
         };
-        let annotations = ns.annotations();
-        let ephemeral = ns.labels().get(EPHEMERAL_LABEL).is_some_and(|v| v == "true");
         let target = Target::namespace(&self.ctx, &name);
-        let backup = match annotations.get(RESTORE_FROM_ANNOTATION) {
-            Some(backup) => {
-                let status = annotations.get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
-                if ephemeral || !matches!(status, None | Some("InProgress")) {
-                    return;
-                }
-                Some(backup.clone())
-            }
-            // Not marked: a workspace the webhook did not see (it was down), if new enough.
-            None => self.catch_up(&target, &ns.metadata, cutoff).await,
-        };
-        if let Some(backup) = backup {
+        if let Some(backup) = self.backup_for(&target, &ns.metadata, cutoff).await {
             self.restore(&target, &backup).await;
         }
     }
 
+    /// The backup to restore a workspace from: the one the webhook marked it with, unless its
+    /// restore has finished or it is ephemeral or being deleted; for an unmarked workspace, what
+    /// catch-up decides.
+    async fn backup_for(&self, target: &Target, meta: &ObjectMeta, cutoff: Timestamp) -> Option<String> {
+        if !candidate(meta) {
+            return None;
+        }
+        match meta.annotations.as_ref().and_then(|a| a.get(RESTORE_FROM_ANNOTATION)) {
+            Some(marked) => Some(marked.clone()),
+            // Not marked: a workspace the webhook did not see (it was down), if new enough.
+            None => self.catch_up(target, meta, cutoff).await,
+        }
+    }
+
     /// A workspace the webhook did not see (it was down, and `failurePolicy: Ignore` let the
-    /// creation through): if it was created since the worker last ran and carries none of our
-    /// marks, decide as the webhook would and mark it. Returns the backup to restore from.
+    /// creation through), already known to be a `candidate`: if it was created since the worker
+    /// last ran and carries none of our marks, decide as the webhook would and mark it. Returns the backup to restore from.
     ///
     /// The caller restores rather than the watch event of the patch: that event arrives while the
     /// caller's task still holds the object and would be dropped.
@@ -131,7 +132,6 @@ impl RestoreWorker {
         if created < cutoff
             || annotations.contains_key(RESTORE_STATUS_ANNOTATION)
             || annotations.contains_key(RESTORE_FROM_ANNOTATION)
-            || labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true")
             // created by a restore
             || labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL)
         {
@@ -226,7 +226,7 @@ impl RestoreWorker {
                 }
             };
             let key = (obj.namespace(), obj.name_any());
-            if !candidate(&obj) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+            if !candidate(&obj.metadata) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
                 continue;
             }
             let (me, ar, in_flight) = (self.clone(), ar.clone(), in_flight.clone());
@@ -236,9 +236,7 @@ impl RestoreWorker {
                     None => Api::all_with(me.ctx.cluster.client.clone(), &ar),
                 };
                 // Decide from the object as it is now (see `handle`).
-                if let Ok(Some(obj)) = api.get_opt(&key.1).await
-                    && candidate(&obj)
-                {
+                if let Ok(Some(obj)) = api.get_opt(&key.1).await {
                     let reference = ObjectReference {
                         api_version: Some(ar.api_version.clone()),
                         kind: Some(ar.kind.clone()),
@@ -248,11 +246,7 @@ impl RestoreWorker {
                         ..Default::default()
                     };
                     let target = Target { name: key.1.clone(), api, reference };
-                    let backup = match obj.annotations().get(RESTORE_FROM_ANNOTATION) {
-                        Some(marked) => Some(marked.clone()),
-                        None => me.catch_up(&target, &obj.metadata, cutoff).await,
-                    };
-                    if let Some(backup) = backup {
+                    if let Some(backup) = me.backup_for(&target, &obj.metadata, cutoff).await {
                         me.restore(&target, &backup).await;
                     }
                 }
@@ -300,13 +294,13 @@ impl RestoreWorker {
     }
 }
 
-/// A workspace custom resource the worker may have to handle: not being deleted, not ephemeral, and
-/// not restored yet (marked and unfinished, or unmarked — a catch-up candidate).
-fn candidate(obj: &DynamicObject) -> bool {
-    let status = obj.annotations().get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
-    obj.metadata.deletion_timestamp.is_none()
+/// A workspace the worker may have to handle: not being deleted, not ephemeral, and not restored
+/// yet (marked and unfinished, or unmarked — a catch-up candidate).
+fn candidate(meta: &ObjectMeta) -> bool {
+    let status = meta.annotations.as_ref().and_then(|a| a.get(RESTORE_STATUS_ANNOTATION)).map(String::as_str);
+    meta.deletion_timestamp.is_none()
         && matches!(status, None | Some("InProgress"))
-        && obj.labels().get(EPHEMERAL_LABEL).is_none_or(|v| v != "true")
+        && meta.labels.as_ref().and_then(|l| l.get(EPHEMERAL_LABEL)).is_none_or(|v| v != "true")
 }
 
 /// What a restore is recorded on: the namespace itself, or a workspace custom resource.
