@@ -57,7 +57,11 @@ SRC
 
 install_k8s() {
   local out="$CACHE/k8s-$K8S_VERSION/bin"
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ]; then return; fi
+  local b all=1
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause; do
+    [ -x "$out/$b" ] || all=0
+  done
+  [ $all = 1 ] && return
   install_apt
   ensure_deb_src
   local src="$CACHE/src"
@@ -77,14 +81,19 @@ install_k8s() {
   cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$r2"/ 2>/dev/null || true
   mkdir -p "$tree/.go/src/k8s.io"
   ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
-  log "k8s: building kube-apiserver and kube-controller-manager (about 10 minutes on 2 cores)"
+  log "k8s: building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy (about 12 minutes on 2 cores)"
   mkdir -p "$CACHE/gohome"
   (cd "$tree/.go/src/k8s.io/kubernetes" && GOPATH="$tree/.go" CGO_ENABLED=0 HOME="$CACHE/gohome" \
      KUBE_VERBOSE=0 \
-     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$CACHE/k8s-build.log" 2>&1) || {
+     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy" \
+       >"$CACHE/k8s-build.log" 2>&1) || {
        tail -n 40 "$CACHE/k8s-build.log" >&2; log "k8s build failed; full log: $CACHE/k8s-build.log"; exit 1; }
   mkdir -p "$out"
-  cp "$tree/_output/bin/kube-apiserver" "$tree/_output/bin/kube-controller-manager" "$out/"
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    cp "$tree/_output/bin/$b" "$out/"
+  done
+  # The node's sandbox ("pause") container, built from the same tree's source (no registry here).
+  gcc -Os -static -o "$out/pause" "$tree/build/pause/linux/pause.c"
   rm -rf "$tree"  # 1+ GB of sources and objects; the binaries are what we keep
   log "k8s: installed in $out"
 }
