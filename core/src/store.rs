@@ -209,8 +209,18 @@ impl Store {
         let store: Arc<dyn ObjectStore> = match location.provider {
             Provider::File => {
                 let dir = PathBuf::from(&location.bucket);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+                // Backups hold Secrets: a local location is the owner's alone. New directories
+                // are 0700 and every file this process writes from now on 0600 (the umask:
+                // object_store creates the files).
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+                }
                 let fs = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| fail(format!("cannot open directory {}: {e}", dir.display())))?
                     .with_automatic_cleanup(true);
