@@ -52,6 +52,14 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_KEEP_WORKSPACE_BACKUPS", default_value_t = 5)]
     pub keep_workspace_backups: usize,
     /// Run the schedule controller.
+    /// Whom restores of workspaces created while the webhook was down act as (a user name, e.g.
+    /// system:serviceaccount:kubectl-backup:catch-up, which you bind to the roles such restores
+    /// may use). Without it they are not restored: marked Pending, with an Event saying how.
+    #[arg(long, env = "WEBHOOK_CATCH_UP_IDENTITY", value_name = "USER")]
+    pub catch_up_identity: Option<String>,
+    /// BackupSchedules outside the install namespace that fire more often than this are refused.
+    #[arg(long, env = "WEBHOOK_MIN_SCHEDULE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub min_schedule_interval: Duration,
     #[arg(long, env = "WEBHOOK_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub schedules: bool,
     /// Log format.

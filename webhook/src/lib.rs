@@ -12,6 +12,7 @@ pub mod admission;
 pub mod args;
 pub mod controllers;
 pub mod index;
+pub mod mark;
 pub mod metrics;
 pub mod server;
 pub mod tls;
@@ -49,7 +50,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
     let cfg = kube_config(&args).await?;
-    let cluster = Cluster::from_config(cfg, Throttle::default())?;
+    let cluster = Cluster::from_config(cfg.clone(), Throttle::default())?;
+    // The key that signs the marks of new workspaces: admission answers only once it is loaded.
+    let key = Arc::new(
+        mark::Key::load_or_create(&cluster.client, &args.policy.namespace)
+            .await
+            .context("loading the key that signs the webhook's marks")?,
+    );
     // `--location` is a URL or the name of a BackupLocation in our namespace.
     let location = locations::resolve(
         Some(&cluster.client),
@@ -91,6 +98,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         namespace: args.policy.namespace.clone(),
         reporter: "backup-webhook".into(),
+        key: key.clone(),
+        kube_config: cfg,
+        catch_up_identity: args.catch_up_identity.clone(),
+        min_schedule_interval: args.min_schedule_interval,
     });
     if args.restore_worker {
         tokio::spawn(Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() }).run());
@@ -118,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, location = %ctx.location.display(), "backup-webhook serving");
-    let app = server::router(server::AppState { policy, index, metrics });
+    let app = server::router(server::AppState { policy, index, metrics, key });
     server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
     tracing::info!("backup-webhook stopped");
     Ok(())
