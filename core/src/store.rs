@@ -26,6 +26,9 @@ use url::Url;
 
 use crate::{Error, Result};
 
+/// The largest metadata document read (one of 1M objects is about 150 MB).
+pub const MAX_DOCUMENT_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
 const PART: usize = 8 << 20;
 /// Parts uploading at once. Bounds memory: about PART x (this + 1).
@@ -405,8 +408,18 @@ impl Store {
     }
 
     /// Reads a whole (small) object; `Ok(None)` when it does not exist.
+    /// A small document (metadata, markers), or `None` when it does not exist. One larger than
+    /// [`MAX_DOCUMENT_BYTES`] is refused before it is read: whoever can write to the bucket must
+    /// not be able to make a reader allocate without bound.
     pub async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.objects.get(path).await {
+            Ok(r) if r.meta.size > MAX_DOCUMENT_BYTES => Err(Error::Location {
+                location: self.url().into(),
+                reason: format!(
+                    "{path} is {} bytes, more than a metadata document may be ({MAX_DOCUMENT_BYTES} bytes): refused without reading it",
+                    r.meta.size
+                ),
+            }),
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.error(e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(e)),

@@ -325,10 +325,22 @@ fn kube_system_and_the_install_namespace_are_never_sent_to_the_webhook() {
 }
 
 #[test]
-fn tenant_schedules_may_not_name_urls_or_fire_too_often() {
+fn tenant_schedules_may_not_name_urls_or_fire_too_often_and_metrics_can_be_tls_only() {
     let c = OwnCluster::start("tenant");
     let t = &c.t;
-    let _webhook = c.webhook(NS, &["--continuous=false"]);
+    let webhook = c.webhook(NS, &["--continuous=false", "--metrics-tls"]);
+    // /metrics behind TLS (--metrics-tls): the webhook's certificate, no plain HTTP.
+    let curl = |scheme: &str| {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(&webhook.tls.ca)
+            .arg(format!("{scheme}://127.0.0.1:{}/metrics", webhook.metrics_port))
+            .output()
+            .unwrap()
+    };
+    let https = curl("https");
+    assert!(String::from_utf8_lossy(&https.stdout).contains("kubectl_backup_index_backups"), "{https:?}");
+    assert!(!String::from_utf8_lossy(&curl("http").stdout).contains("kubectl_backup_"), "metrics served in the clear");
     let team = unique("team");
     t.apply(&namespace(&team)).ok();
     let schedule = |name: &str, cron: &str, location: Option<&str>| {
@@ -520,4 +532,73 @@ fn a_zstd_bomb_is_refused_with_memory_bounded() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no RSS figure in {stderr}"));
     assert!(rss_kib < 200 * 1024, "peak RSS {rss_kib} KiB while refusing a 1 GiB bomb");
+}
+
+/// An account SAS for Azurite, made by Azure's own SDK (installed beside Azurite by
+/// tests/env/install.sh), for the blob service.
+fn azurite_sas() -> String {
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+    let script = format!(
+        r#"const b = require('@azure/storage-blob');
+const cred = new b.StorageSharedKeyCredential('{}', '{}');
+console.log(b.generateAccountSASQueryParameters({{expiresOn: new Date(Date.now() + 3600e3),
+  permissions: b.AccountSASPermissions.parse('rwdlac'), services: 'b', resourceTypes: 'sco'}}, cred).toString());"#,
+        kubectl_backup_e2e::stores::AZURE_ACCOUNT,
+        kubectl_backup_e2e::stores::AZURE_KEY
+    );
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .env("NODE_PATH", cache.join("kubectl-backup/azurite/node_modules"))
+        .output()
+        .expect("running node");
+    assert!(out.status.success(), "SAS generation failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn store_errors_reach_events_and_status_without_the_sas_token() {
+    let c = OwnCluster::start("redact");
+    let t = &c.t;
+    let sas = azurite_sas();
+    let sig = sas.split('&').find_map(|p| p.strip_prefix("sig=")).expect("a signature").to_string();
+    let decoded = sig.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
+    let webhook = c.webhook(NS, &["--continuous=false"]);
+    let endpoint = c.env.azure.env.iter().find(|(k, _)| k == "AZURE_STORAGE_ENDPOINT").unwrap().1.clone();
+    t.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "sas-creds",
+        "-n",
+        NS,
+        &format!("--from-literal=AZURE_STORAGE_ACCOUNT_NAME={}", kubectl_backup_e2e::stores::AZURE_ACCOUNT),
+        &format!("--from-literal=AZURE_STORAGE_SAS_TOKEN={sas}"),
+        &format!("--from-literal=AZURE_STORAGE_ENDPOINT={endpoint}"),
+        "--from-literal=AZURE_ALLOW_HTTP=true",
+    ])
+    .ok();
+    let objs = [
+        json!({"apiVersion": "kubectl-backup.dev/v1alpha1", "kind": "BackupLocation",
+               "metadata": {"name": "missing", "namespace": NS},
+               "spec": {"url": "az://no-such-container/backups", "credentialsSecret": "sas-creds", "accessMode": "ReadWrite"}}),
+        json!({"apiVersion": "kubectl-backup.dev/v1alpha1", "kind": "BackupSchedule",
+               "metadata": {"name": "to-missing", "namespace": NS},
+               "spec": {"schedule": "*/3 * * * * *", "location": "missing", "includedNamespaces": [NS]}}),
+    ];
+    for o in objs {
+        t.apply(&o.to_string()).ok();
+    }
+    let status = || t.get_json(&["backupschedules.kubectl-backup.dev", "to-missing", "-n", NS])["status"].clone();
+    let failed = wait_until(Duration::from_secs(60), || status()["lastResult"] == "Failed");
+    assert!(failed, "the schedule did not fail: {}\n{}", status(), webhook.log());
+    let error = status()["lastError"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("no-such-container"), "the error does not name the container: {error}");
+    let ev: Vec<String> = events(t, NS).into_iter().filter(|(r, _)| r == "BackupFailed").map(|(_, m)| m).collect();
+    assert!(!ev.is_empty(), "no BackupFailed event");
+    for text in ev.iter().chain([&error]) {
+        assert!(!text.contains(&sig) && !text.contains(&decoded), "the SAS signature leaked: {text}");
+    }
 }

@@ -27,6 +27,9 @@ pub struct Args {
     /// Address of the Prometheus /metrics endpoint (plain HTTP). Off when not given.
     #[arg(long, env = "WEBHOOK_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve `/metrics` over HTTPS with the webhook's serving certificate instead of plain HTTP.
+    #[arg(long, env = "WEBHOOK_METRICS_TLS")]
+    pub metrics_tls: bool,
     #[command(flatten)]
     pub location: LocationArgs,
     #[command(flatten)]

@@ -123,7 +123,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
-        tokio::spawn(server::serve_plain(listener, server::metrics_router(metrics.clone()), shutdown_signal()));
+        let router = server::metrics_router(metrics.clone());
+        if args.metrics_tls {
+            // The serving certificate of the webhook (reloaded on rotation like it).
+            tokio::spawn(server::serve_tls(listener, Arc::new(cert.server_config()), router, shutdown_signal()));
+        } else {
+            tokio::spawn(server::serve_plain(listener, router, shutdown_signal()));
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
