@@ -164,6 +164,26 @@ impl Tools {
     }
 }
 
+/// An annotation of an object, as kubectl printed it.
+pub fn annotation(v: &Value, key: &str) -> Option<String> {
+    v["metadata"]["annotations"][key].as_str().map(str::to_string)
+}
+
+/// `(reason, message)` of the Events in `ns`.
+pub fn events(t: &Tools, ns: &str) -> Vec<(String, String)> {
+    t.get_json(&["events", "-n", ns])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["message"].as_str().or(e["note"].as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// An identity for `--catch-up-identity`: ServiceAccount `catch-up` in `ns`, bound to
 /// cluster-admin (the admin's choice in these tests). Returns its user name.
 pub fn catch_up_identity(t: &Tools, ns: &str) -> String {

@@ -4,29 +4,10 @@
 
 use std::time::Duration;
 
-use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, namespace, sample_app, unique, wait_until};
+use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, annotation, events, namespace, sample_app, unique, wait_until};
 use serde_json::{Value, json};
 
 const NS: &str = "kubectl-backup";
-
-fn annotation(v: &Value, key: &str) -> Option<String> {
-    v["metadata"]["annotations"][key].as_str().map(str::to_string)
-}
-
-/// `(reason, message)` of the Events in `ns`.
-fn events(t: &Tools, ns: &str) -> Vec<(String, String)> {
-    t.get_json(&["events", "-n", ns])["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or("").to_string(),
-                e["message"].as_str().or(e["note"].as_str()).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
 
 fn wait_for_status(t: &Tools, ns: &str, want: &str, log: impl Fn() -> String) -> Value {
     let ok = wait_until(Duration::from_secs(60), || {

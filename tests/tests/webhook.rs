@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kubectl_backup_e2e::fixtures::{
-    OwnCluster, Tools, catch_up_identity, eventually, namespace, sample_app, unique, wait_until,
+    OwnCluster, annotation, catch_up_identity, events, eventually, namespace, sample_app, unique, wait_until,
 };
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
@@ -32,25 +32,6 @@ impl Setup {
     fn ns_json(&self, ns: &str) -> Value {
         self.t.get_json(&["namespace", ns])
     }
-}
-
-fn annotation(v: &Value, key: &str) -> Option<String> {
-    v["metadata"]["annotations"][key].as_str().map(str::to_string)
-}
-
-fn events(t: &Tools, ns: &str) -> Vec<(String, String)> {
-    let v = t.get_json(&["events", "-n", ns]);
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or("").to_string(),
-                e["message"].as_str().or(e["note"].as_str()).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
