@@ -156,11 +156,3 @@ pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &
     })?;
     Ok(Resolved { store, name: Some(name), access: spec.access_mode })
 }
-
-/// The install namespace: `$KUBECTL_BACKUP_NAMESPACE` or `kubectl-backup`.
-pub fn install_namespace() -> String {
-    std::env::var(INSTALL_NAMESPACE_ENV)
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_INSTALL_NAMESPACE.to_string())
-}

@@ -51,7 +51,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
     let cfg = kube_config(&args).await?;
-    let cluster = Cluster::from_config(cfg.clone(), Throttle::default())?;
+    let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency);
+    let cluster = Cluster::from_config(cfg.clone(), throttle)?;
     // The key that signs the marks of new workspaces: admission answers only once it is loaded.
     let key = Arc::new(
         mark::Key::load_or_create(&cluster.client, &args.policy.namespace)
