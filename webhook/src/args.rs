@@ -51,6 +51,11 @@ pub struct Args {
     /// Continuous backups kept per workspace (older ones are deleted).
     #[arg(long, env = "WEBHOOK_KEEP_WORKSPACE_BACKUPS", default_value_t = 5)]
     pub keep_workspace_backups: usize,
+    /// How long discovering one API group may take in a backup or restore, retries included (the
+    /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
+    /// the backup's errors and left out.
+    #[arg(long, env = "WEBHOOK_DISCOVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
     /// Run the schedule controller.
     #[arg(long, env = "WEBHOOK_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub schedules: bool,
@@ -162,6 +167,7 @@ mod tests {
         assert_eq!(a.policy.ephemeral_patterns, vec!["pr-*", "tmp-*", "ci-*"]);
         assert_eq!(a.listen.port(), 8443);
         assert_eq!(a.index_refresh, Duration::from_secs(30));
+        assert_eq!(a.discovery_timeout, kubectl_backup_core::kube_client::DISCOVERY_TIMEOUT);
         assert!(
             Args::try_parse_from([
                 "backup-webhook",

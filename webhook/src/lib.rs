@@ -49,7 +49,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
     let cfg = kube_config(&args).await?;
-    let cluster = Cluster::from_config(cfg, Throttle::default())?;
+    let cluster = Cluster::from_config(cfg, Throttle::default().with_discovery_timeout(args.discovery_timeout))?;
     // `--location` is a URL or the name of a BackupLocation in our namespace.
     let location = locations::resolve(
         Some(&cluster.client),
