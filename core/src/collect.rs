@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::error::kube_message;
-use crate::filter::{ResourceNames, Selection, is_ephemeral, resource_key};
+use crate::filter::{ResourceNames, Selection, is_ephemeral_namespace, resource_key};
 use crate::kube_client::Throttle;
 use crate::progress::{Event, Observer};
 use crate::{Error, Result};
@@ -437,7 +437,7 @@ async fn resolve_namespaces(
     let mut skipped = BTreeSet::new();
     for ns in list {
         let name = ns.name_any();
-        if selection.includes_namespace(&name, is_ephemeral(ns.labels())) {
+        if selection.includes_namespace(&name, is_ephemeral_namespace(ns.labels(), ns.annotations())) {
             included.insert(name);
             objects.push(ns);
         } else {
