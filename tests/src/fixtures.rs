@@ -112,6 +112,12 @@ impl Tools {
         Run::from(c.output().expect("running kubectl backup"))
     }
 
+    /// A shell command line (`sh -c`), with this cluster, store environment and PATH: for pipelines
+    /// exactly as documented, e.g. `kubectl backup install --dry-run -o yaml | kubectl apply -f -`.
+    pub fn sh(&self, script: &str) -> Run {
+        Run::from(self.command("sh").arg("-c").arg(script).output().expect("running sh"))
+    }
+
     /// `kubectl apply -f -` of a YAML document.
     pub fn apply(&self, yaml: &str) -> Run {
         self.pipe(&["apply", "-f", "-"], yaml)

@@ -50,6 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     cert.watch();
     let cfg = kube_config(&args).await?;
     let cluster = Cluster::from_config(cfg, Throttle::default().with_discovery_timeout(args.discovery_timeout))?;
+    create_default_location(&cluster, &args).await?;
     // `--location` is a URL or the name of a BackupLocation in our namespace.
     let location = locations::resolve(
         Some(&cluster.client),
@@ -122,6 +123,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
     tracing::info!("backup-webhook stopped");
     Ok(())
+}
+
+/// Creates the BackupLocation `--location` names from the `--default-location-*` flags when it is
+/// missing. Right after a one-shot `kubectl apply` its CRD may not be established yet: retried for a
+/// minute, then the process fails (and is restarted).
+async fn create_default_location(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
+    let name = args.location.location.as_str();
+    let Some(spec) = args.default_location.spec() else { return Ok(()) };
+    if !locations::is_name(name) {
+        tracing::warn!(location = %name, "--default-location-url is ignored: --location is a URL, not a BackupLocation name");
+        return Ok(());
+    }
+    let namespace = &args.policy.namespace;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match locations::create_if_missing(&cluster.client, namespace, name, spec.clone()).await {
+            Ok(locations::Ensured::Created) => {
+                tracing::info!(location = %name, url = %spec.url, "created the default BackupLocation from --default-location-url");
+                return Ok(());
+            }
+            Ok(locations::Ensured::Existed) => {
+                tracing::info!(location = %name, "BackupLocation exists; --default-location-* flags left it as it is");
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(location = %name, error = %e, "cannot create the default BackupLocation yet (is its CRD established?); retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e)).with_context(|| {
+                    format!("creating BackupLocation {name:?} in namespace {namespace:?} from --default-location-url (is the backuplocations.kubectl-backup.dev CRD installed?)")
+                });
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
