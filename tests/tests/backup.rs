@@ -372,7 +372,7 @@ fn an_existing_name_is_never_overwritten() {
     let (env, tools) = env();
     let ns = unique("dup");
     tools.apply(&sample_app(&ns)).ok();
-    let t = tools.with_store(&env.azure, &unique("dup"));
+    let t = tools.with_store(env.azure(), &unique("dup"));
     let name = unique("b");
     let first = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
     let again = t.backup(&["create", &name, "-n", &ns, "--include-resources", "configmaps"]);
@@ -394,7 +394,7 @@ fn paging_collects_every_object() {
         yaml.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:04}\n  namespace: {ns}\ndata:\n  i: \"{i}\"\n"));
     }
     tools.apply(&yaml).ok();
-    let t = tools.with_store(&env.gcs, &unique("paging"));
+    let t = tools.with_store(env.gcs(), &unique("paging"));
     let b =
         t.backup(&["create", &unique("b"), "-n", &ns, "--include-resources", "configmaps", "-o", "json"]).ok().json();
     assert_eq!(b["status"]["resources"]["configmaps"], 1235, "1234 + kube-root-ca.crt");
