@@ -112,11 +112,15 @@ fn an_unavailable_aggregated_api_is_bounded_named_and_fails_only_its_own_objects
     // 1. metrics.k8s.io down: its resources are never backed up, so nothing is wrong.
     t.apply(&apiservice_without_backend("metrics.k8s.io", "v1beta1")).ok();
     wait_unavailable(t, "metrics.k8s.io/v1beta1");
-    let (run, took) = timed(t, &["create", "metrics-down", "-A"]);
+    let (run, took) = timed(t, &["create", "metrics-down", "-A", "-vv"]);
     assert_eq!(run.code, 0, "a down metrics API failed the backup ({took:?}):\n{}\n{}", run.stdout, run.stderr);
     let doc = run.json();
     assert_eq!(doc["status"]["phase"], "Completed", "{doc}");
     assert!(errors(&doc).is_empty(), "{:?}", errors(&doc));
+    assert!(doc["status"].get("warnings").is_none(), "{doc}");
+    // Only a debug line says so.
+    let note = run.stderr.lines().find(|l| l.contains("metrics.k8s.io/v1beta1") && l.contains("never backed up"));
+    assert!(note.is_some_and(|l| l.contains("DEBUG")), "no debug line about the metrics group:\n{}", run.stderr);
     assert!(took < BOUND, "the backup took {took:?} with metrics.k8s.io down");
     eprintln!("metrics.k8s.io down: backup Completed in {took:?}");
 
