@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::error::kube_message;
-use crate::filter::{ResourceNames, Selection, is_ephemeral, resource_key};
+use crate::filter::{ResourceNames, Selection, is_ephemeral_namespace, resource_key};
 use crate::kube_client::Throttle;
 use crate::progress::{Event, Observer};
 use crate::{Error, Result};
@@ -60,7 +60,24 @@ impl Resource {
 pub struct Discovered {
     pub resources: Vec<Resource>,
     /// API groups whose discovery failed (an aggregated API that is down, say).
-    pub errors: Vec<String>,
+    pub unavailable: Vec<UnavailableGroup>,
+}
+
+/// An API group the server lists but could not describe in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnavailableGroup {
+    pub group: String,
+    /// The preferred version that was asked for.
+    pub version: String,
+    /// The last answer, e.g. `503: service unavailable`, and for how long it was retried.
+    pub reason: String,
+}
+
+impl UnavailableGroup {
+    /// `<group>/<version>`, e.g. `metrics.k8s.io/v1beta1`.
+    pub fn group_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
 }
 
 impl Discovered {
@@ -71,10 +88,16 @@ impl Discovered {
     pub fn find_key(&self, key: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.key == key)
     }
+
+    /// The discovery failure of `group`, if it failed.
+    pub fn unavailable_group(&self, group: &str) -> Option<&UnavailableGroup> {
+        self.unavailable.iter().find(|u| u.group == group)
+    }
 }
 
 /// Discovers every resource type at its group's preferred version. A group that fails is reported,
-/// not fatal; the core group failing is fatal (the server is unusable).
+/// not fatal, after at most `throttle.discovery_timeout`; the core group failing is fatal (the
+/// server is unusable).
 pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered> {
     let core_versions = throttle
         .call(|| client.list_core_api_versions())
@@ -99,9 +122,13 @@ pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered
     let results: Vec<_> = futures::stream::iter(versions.into_iter().map(|(group, version)| async move {
         let gv = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
         let list = if group.is_empty() {
-            throttle.call(|| client.list_core_api_resources(&version)).await
+            throttle.call(|| client.list_core_api_resources(&version)).await.map_err(|e| kube_message(&e))
+        } else if never_backed_up_group(&group).is_some() {
+            // Asked once, never retried: nothing of it is backed up or restored, so a metrics
+            // adapter that is down costs no time.
+            client.list_api_group_resources(&gv).await.map_err(|e| kube_message(&e))
         } else {
-            throttle.call(|| client.list_api_group_resources(&gv)).await
+            discover_group(client, throttle, &gv).await
         };
         (group, version, gv, list)
     }))
@@ -113,14 +140,11 @@ pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered
     for (group, version, gv, list) in results {
         let list = match list {
             Ok(l) => l,
-            Err(e) => {
+            Err(reason) => {
                 if group.is_empty() {
-                    return Err(Error::kube("discovering the core API", e));
+                    return Err(Error::Other(format!("discovering the core API: {reason}")));
                 }
-                out.errors.push(format!(
-                    "API group {gv} is unavailable, its resources are not included: {}",
-                    kube_message(&e)
-                ));
+                out.unavailable.push(UnavailableGroup { group, version, reason });
                 continue;
             }
         };
@@ -155,7 +179,50 @@ pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered
     out.resources
         .retain(|r| !(r.ar.group == "extensions" && served.contains(&(r.ar.plural.clone(), r.ar.kind.clone()))));
     out.resources.sort_by(|a, b| a.key.cmp(&b.key));
+    out.unavailable.sort_by(|a, b| a.group.cmp(&b.group));
     Ok(out)
+}
+
+/// One API group's resources, retried like every request but for at most
+/// `throttle.discovery_timeout`: an aggregated API whose server is down answers 503 every time.
+/// The error is the last answer and how long it was retried.
+async fn discover_group(
+    client: &Client,
+    throttle: &Throttle,
+    gv: &str,
+) -> std::result::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList, String> {
+    let last: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let attempts = throttle.call(|| {
+        let last = &last;
+        async move {
+            let result = client.list_api_group_resources(gv).await;
+            if let Err(e) = &result {
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(kube_message(e));
+            }
+            result
+        }
+    });
+    let limit = throttle.discovery_timeout;
+    match tokio::time::timeout(limit, attempts).await {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(kube_message(&e)),
+        Err(_) => {
+            let secs = limit.as_secs_f64();
+            Err(match last.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(m) => format!("{m}, still failing after {secs}s of retries (--discovery-timeout)"),
+                None => format!("no answer within {secs}s (--discovery-timeout)"),
+            })
+        }
+    }
+}
+
+/// API groups all of whose resources are never backed up: their discovery failing loses nothing.
+/// Documented in `docs/backup-format.md`.
+pub fn never_backed_up_group(group: &str) -> Option<&'static str> {
+    match group {
+        "metrics.k8s.io" | "custom.metrics.k8s.io" | "external.metrics.k8s.io" => Some("live measurements"),
+        _ => None,
+    }
 }
 
 /// API groups the API server itself serves: never CustomResourceDefinitions.
@@ -191,10 +258,9 @@ pub fn never_backed_up(key: &str) -> Option<&'static str> {
         "events" | "events.events.k8s.io" => "events record the past, they are not state",
         "nodes" | "csinodes.storage.k8s.io" | "volumeattachments.storage.k8s.io" => "bound to this cluster's machines",
         "componentstatuses" => "computed by the API server",
-        "nodes.metrics.k8s.io" | "pods.metrics.k8s.io" => "live measurements",
         "certificatesigningrequests.certificates.k8s.io" => "one-time requests bound to the requester's key",
         "bindings" | "tokenreviews.authentication.k8s.io" => "not stored objects",
-        _ => return None,
+        _ => return key.split_once('.').and_then(|(_, group)| never_backed_up_group(group)),
     })
 }
 
@@ -252,7 +318,19 @@ pub async fn plan(
     selection: &Selection,
 ) -> Result<Plan> {
     let mut warnings = Vec::new();
-    let mut errors = discovered.errors.clone();
+    let mut errors = Vec::new();
+    for u in &discovered.unavailable {
+        if let Some(why) = never_backed_up_group(&u.group) {
+            // Nothing of this group would be backed up anyway (a metrics adapter that is down).
+            tracing::debug!(group = %u.group_version(), reason = %u.reason, "API group unavailable; its resources are never backed up ({why})");
+            continue;
+        }
+        errors.push(format!(
+            "API group {} is unavailable, its resources are not included: {}",
+            u.group_version(),
+            u.reason
+        ));
+    }
 
     // Every include pattern must name something the server serves: a typo must not yield an empty backup.
     for p in &selection.include_resources {
@@ -359,7 +437,7 @@ async fn resolve_namespaces(
     let mut skipped = BTreeSet::new();
     for ns in list {
         let name = ns.name_any();
-        if selection.includes_namespace(&name, is_ephemeral(ns.labels())) {
+        if selection.includes_namespace(&name, is_ephemeral_namespace(ns.labels(), ns.annotations())) {
             included.insert(name);
             objects.push(ns);
         } else {
@@ -851,6 +929,18 @@ mod tests {
             kind: kind.into(),
             plural: format!("{}s", kind.to_lowercase()),
         }
+    }
+
+    #[test]
+    fn metrics_groups_are_never_backed_up_whatever_their_resources() {
+        for key in ["pods.metrics.k8s.io", "nodes.metrics.k8s.io", "anything.custom.metrics.k8s.io"] {
+            assert_eq!(never_backed_up(key), Some("live measurements"), "{key}");
+        }
+        assert_eq!(never_backed_up_group("external.metrics.k8s.io"), Some("live measurements"));
+        assert_eq!(never_backed_up_group("stuff.example.org"), None);
+        assert_eq!(never_backed_up("gizmos.stuff.example.org"), None);
+        assert_eq!(never_backed_up("configmaps"), None);
+        assert!(never_backed_up("events").is_some());
     }
 
     #[test]

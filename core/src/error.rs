@@ -89,7 +89,13 @@ pub fn redact(text: &str) -> String {
 pub fn kube_message(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) => {
-            let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
+            // kube's placeholder reason for a plain-text body (an aggregated API's proxy answering
+            // "service unavailable", say) says nothing about the failure: leave it out.
+            let reason = if status.reason.is_empty() || status.reason == "Failed to parse error data" {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            };
             format!("{}{}: {}", status.code, reason, status.message)
         }
         other => chain(other.to_string(), std::error::Error::source(other)),

@@ -4,7 +4,7 @@
 use crate::input::{NamePattern, parse_patterns};
 use crate::model::{ClusterResources, Filters};
 use crate::selector::LabelSelector;
-use crate::{EPHEMERAL_LABEL, Result};
+use crate::{EPHEMERAL_ANNOTATION, EPHEMERAL_LABEL, Result};
 
 /// The names one resource type answers to: `configmaps`, `configmap`, `cm`, `ConfigMap`,
 /// `deployments.apps`.
@@ -163,6 +163,16 @@ pub fn is_ephemeral(labels: &std::collections::BTreeMap<String, String>) -> bool
     labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true")
 }
 
+/// True when a Namespace is ephemeral by its label, or by the annotation that asks for it (set at
+/// creation, e.g. by `kubectl backup workspace new --ephemeral`), so backups skip it whether or not
+/// the webhook ever labelled it.
+pub fn is_ephemeral_namespace(
+    labels: &std::collections::BTreeMap<String, String>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    is_ephemeral(labels) || annotations.get(EPHEMERAL_ANNOTATION).is_some_and(|v| v == "true")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +193,16 @@ mod tests {
         assert!(!m("deployments.extensions", &deploy));
         assert!(m("widgets.example.org", &widget) && !m("widgets.example.com", &widget));
         assert!(m("*.example.org", &widget) && !m("*.example.org", &cm));
+    }
+
+    #[test]
+    fn a_namespace_is_ephemeral_by_label_or_by_annotation() {
+        let map = |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
+        let none = std::collections::BTreeMap::new();
+        assert!(is_ephemeral_namespace(&map(EPHEMERAL_LABEL, "true"), &none));
+        assert!(is_ephemeral_namespace(&none, &map(EPHEMERAL_ANNOTATION, "true")));
+        assert!(!is_ephemeral_namespace(&none, &map(EPHEMERAL_ANNOTATION, "false")));
+        assert!(!is_ephemeral_namespace(&map("team", "true"), &none));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What `kubectl backup install` puts in a cluster, rendered as plain manifests (pure, no I/O):
 //! namespace, CRDs, RBAC, ServiceAccount, Deployment, Service, TLS material (or cert-manager
-//! objects), the MutatingWebhookConfiguration and the default BackupLocation. The Helm chart in
-//! `charts/kubectl-backup` produces the same objects.
+//! objects) and the MutatingWebhookConfiguration. The default BackupLocation is not among them: the
+//! webhook creates it from its flags, so `kubectl apply` of the rendered stream works in one go on an
+//! empty cluster. The Helm chart in `charts/kubectl-backup` produces the same objects.
 
 use serde_json::{Value, json};
 
@@ -101,9 +102,21 @@ pub fn render(opts: &InstallOptions, tls: Option<&Tls>) -> Vec<Value> {
                            {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]}
     }));
     out.push(webhook_configuration(opts, if opts.cert_manager { None } else { tls.map(|t| t.ca_pem.as_str()) }));
+    // No BackupLocation here: `kubectl apply` maps every document before creating any, and the kind
+    // does not exist until its CRD is established. The controller creates it from its
+    // --default-location-* flags (see `default_location_args`), so the manifests apply in one go.
+    out
+}
+
+/// The name of the BackupLocation install sets up; the webhook's `--location`.
+pub const DEFAULT_LOCATION: &str = "default";
+
+/// The default BackupLocation `kubectl backup install` applies, and the controller creates from
+/// its flags when it is missing.
+pub fn default_location(opts: &InstallOptions) -> Value {
     let mut location = json!({
         "apiVersion": crate::API_VERSION, "kind": "BackupLocation",
-        "metadata": {"name": "default", "namespace": ns, "labels": labels()},
+        "metadata": {"name": DEFAULT_LOCATION, "namespace": opts.namespace, "labels": labels()},
         "spec": {"url": opts.location_url, "default": true, "accessMode": "ReadWrite"}
     });
     if let Some(s) = &opts.credentials_secret {
@@ -115,8 +128,23 @@ pub fn render(opts: &InstallOptions, tls: Option<&Tls>) -> Vec<Value> {
     if let Some(r) = &opts.region {
         location["spec"]["region"] = json!(r);
     }
-    out.push(location);
-    out
+    location
+}
+
+/// The webhook flags that describe the default BackupLocation, which it creates when missing.
+/// The Helm chart renders the same flags in the same order.
+fn default_location_args(opts: &InstallOptions) -> Vec<String> {
+    let mut args = vec![format!("--default-location-url={}", opts.location_url)];
+    if let Some(e) = &opts.s3_endpoint {
+        args.push(format!("--default-location-endpoint={e}"));
+    }
+    if let Some(r) = &opts.region {
+        args.push(format!("--default-location-region={r}"));
+    }
+    if let Some(s) = &opts.credentials_secret {
+        args.push(format!("--default-location-credentials-secret={s}"));
+    }
+    args
 }
 
 /// The label that keeps a namespace's objects away from the webhook. On Kubernetes 1.21+ the
@@ -196,12 +224,14 @@ pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
         cluster_role(CONTROLLER_ROLE, controller),
         rb("ClusterRoleBinding", CONTROLLER_ROLE, None),
         // In its own namespace only: the worker's heartbeat ConfigMap, the key that signs the
-        // webhook's marks (created on first start) and the credentials Secrets of BackupLocations.
+        // webhook's marks (created on first start), the credentials Secrets of BackupLocations, and
+        // the default BackupLocation it creates from its flags when missing.
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": CONTROLLER_ROLE, "namespace": ns, "labels": labels()},
         "rules": [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "update"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+            {"apiGroups": [group], "resources": ["backuplocations"], "verbs": ["create"]}
         ]}),
         rb("RoleBinding", CONTROLLER_ROLE, Some(ns)),
         // People who back up the whole cluster and manage kubectl-backup: all of our resources and
@@ -239,6 +269,7 @@ fn deployment(opts: &InstallOptions) -> Value {
         "--log-format=json".to_string(),
         format!("--continuous={}", opts.continuous),
     ];
+    args.extend(default_location_args(opts));
     args.extend(opts.ephemeral_patterns.iter().map(|p| format!("--ephemeral-pattern={p}")));
     if let Some(s) = &opts.workspace_selector {
         args.push(format!("--workspace-selector={s}"));
@@ -366,7 +397,6 @@ mod tests {
             "Deployment",
             "Service",
             "MutatingWebhookConfiguration",
-            "BackupLocation",
         ] {
             assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
         }
@@ -393,6 +423,40 @@ mod tests {
             json!({"apiGroups": ["example.org"], "apiVersions": ["*"], "operations": ["CREATE"], "resources": ["workspaces"], "scope": "*"})
         );
         assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"], "creds");
+    }
+
+    #[test]
+    fn the_default_location_is_in_the_webhook_flags_not_a_custom_resource() {
+        let tls = generate_tls("kubectl-backup").unwrap();
+        let o = InstallOptions { region: Some("eu-1".into()), s3_endpoint: Some("http://minio:9000".into()), ..opts() };
+        let objs = render(&o, Some(&tls));
+        // Every object's kind exists before anything is applied: only built-in kinds and CRDs.
+        assert!(!objs.iter().any(|x| x["apiVersion"].as_str().is_some_and(|v| v.starts_with(crate::GROUP))));
+        let dep = objs.iter().find(|x| x["kind"] == "Deployment").unwrap();
+        let args: Vec<&str> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .filter(|a| a.starts_with("--default-location-") || a.starts_with("--location="))
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--location=default",
+                "--default-location-url=s3://b/p",
+                "--default-location-endpoint=http://minio:9000",
+                "--default-location-region=eu-1",
+                "--default-location-credentials-secret=creds"
+            ]
+        );
+        let bl = default_location(&o);
+        assert_eq!(bl["metadata"]["name"], DEFAULT_LOCATION);
+        assert_eq!(
+            bl["spec"],
+            json!({"url": "s3://b/p", "default": true, "accessMode": "ReadWrite", "credentialsSecret": "creds",
+                   "endpoint": "http://minio:9000", "region": "eu-1"})
+        );
     }
 
     #[test]

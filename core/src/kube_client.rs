@@ -52,12 +52,18 @@ pub async fn client(opts: &KubeOptions) -> Result<Client> {
     Client::try_from(cfg).map_err(|e| Error::kube("building the Kubernetes client", e))
 }
 
-/// Client-side limits for the requests one operation makes: requests per second with a burst, and
-/// how many run at once.
+/// How long discovering one API group may take, retries included, before the group is reported
+/// unavailable. An aggregated API whose server is down (an APIService without endpoints) answers
+/// 503 to every attempt; without this bound the retries would take about 30 s per group.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Client-side limits for the requests one operation makes: requests per second with a burst, how
+/// many run at once, and how long one API group's discovery may take.
 #[derive(Clone)]
 pub struct Throttle {
     limiter: Arc<DefaultDirectRateLimiter>,
     pub concurrency: usize,
+    pub discovery_timeout: Duration,
 }
 
 impl Throttle {
@@ -67,7 +73,14 @@ impl Throttle {
         Throttle {
             limiter: Arc::new(RateLimiter::direct(Quota::per_second(qps).allow_burst(burst))),
             concurrency: concurrency.max(1),
+            discovery_timeout: DISCOVERY_TIMEOUT,
         }
+    }
+
+    /// The same limits with another bound on one API group's discovery (`--discovery-timeout`).
+    pub fn with_discovery_timeout(mut self, limit: Duration) -> Self {
+        self.discovery_timeout = limit;
+        self
     }
 
     pub async fn ready(&self) {

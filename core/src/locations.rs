@@ -156,3 +156,41 @@ pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &
     })?;
     Ok(Resolved { store, name: Some(name), access: spec.access_mode })
 }
+
+/// What [`create_if_missing`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    Created,
+    /// A BackupLocation of that name exists; it is left as it is (it may have been edited since).
+    Existed,
+}
+
+/// Creates BackupLocation `name` in `namespace` with `spec` unless one of that name exists. The
+/// in-cluster controller does this at startup from its `--default-location-*` flags, so the install
+/// manifests hold no custom resource and apply in one go.
+pub async fn create_if_missing(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: crate::crd::BackupLocationSpec,
+) -> Result<Ensured> {
+    let api: Api<BackupLocation> = Api::namespaced(client.clone(), namespace);
+    let context = |what: &str| format!("{what} BackupLocation {name:?} in namespace {namespace:?}");
+    if api.get_opt(name).await.map_err(|e| Error::kube(context("reading"), e))?.is_some() {
+        return Ok(Ensured::Existed);
+    }
+    let mut bl = BackupLocation::new(name, spec);
+    bl.metadata.namespace = Some(namespace.to_string());
+    bl.metadata.labels = Some(
+        [("app.kubernetes.io/part-of", "kubectl-backup"), ("app.kubernetes.io/managed-by", "kubectl-backup")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let pp = kube::api::PostParams { dry_run: false, field_manager: Some(crate::FIELD_MANAGER.into()) };
+    match api.create(&pp, &bl).await {
+        Ok(_) => Ok(Ensured::Created),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Ensured::Existed),
+        Err(e) => Err(Error::kube(context("creating"), e)),
+    }
+}

@@ -55,6 +55,18 @@ pub struct KubeArgs {
     /// API requests in flight at once.
     #[arg(long, global = true, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
+    /// How long discovering one API group may take, retries included. A group that does not answer
+    /// in time (an aggregated API whose server is down) is reported by name and left out; the rest
+    /// of the backup or restore goes on.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub discovery_timeout: std::time::Duration,
+}
+
+/// A duration flag like `5s` or `1m30s`.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    kubectl_backup_core::input::parse_duration("duration", text)
+        .map_err(|e| e.to_string())
+        .and_then(|d| std::time::Duration::try_from(d).map_err(|e| e.to_string()))
 }
 
 impl KubeArgs {
@@ -365,6 +377,16 @@ mod tests {
         let Command::Restore(r) = cli.command else { panic!("not restore") };
         assert!(r.mapping().unwrap_err().contains("SRC:DST"));
         assert!(Cli::try_parse_from(["kubectl-backup", "restore", "b", "--existing", "merge"]).is_err());
+    }
+
+    #[test]
+    fn discovery_timeout_defaults_to_the_engine_default() {
+        let cli = Cli::parse_from(["kubectl-backup", "list"]);
+        assert_eq!(cli.kube.discovery_timeout, kubectl_backup_core::kube_client::DISCOVERY_TIMEOUT);
+        let cli = Cli::parse_from(["kubectl-backup", "create", "b", "--discovery-timeout", "1m30s"]);
+        assert_eq!(cli.kube.discovery_timeout, std::time::Duration::from_secs(90));
+        let err = Cli::try_parse_from(["kubectl-backup", "list", "--discovery-timeout", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
     }
 
     #[test]

@@ -17,8 +17,11 @@ pub const ENV_FILE_VAR: &str = "KUBECTL_BACKUP_E2E_ENV";
 pub struct SharedEnv {
     pub cluster: ClusterInfo,
     pub s3: StoreInfo,
-    pub azure: StoreInfo,
-    pub gcs: StoreInfo,
+    /// Absent when the harness was started without it (`harness up --stores s3`, as `demo.sh` does).
+    #[serde(default)]
+    pub azure: Option<StoreInfo>,
+    #[serde(default)]
+    pub gcs: Option<StoreInfo>,
     /// Scratch space for tests (each test makes its own subdirectory).
     pub scratch: PathBuf,
 }
@@ -37,7 +40,20 @@ impl SharedEnv {
         Ok(serde_json::from_slice(&text)?)
     }
 
-    pub fn stores(&self) -> [&StoreInfo; 3] {
-        [&self.s3, &self.azure, &self.gcs]
+    /// Every store the harness started.
+    pub fn stores(&self) -> Vec<&StoreInfo> {
+        [Some(&self.s3), self.azure.as_ref(), self.gcs.as_ref()].into_iter().flatten().collect()
+    }
+
+    /// Azurite; fails the test with how to get it when the harness did not start it.
+    pub fn azure(&self) -> &StoreInfo {
+        self.azure.as_ref().expect("the harness runs no Azurite: start it with `harness up --stores s3,azure,gcs`")
+    }
+
+    /// fake-gcs-server; fails the test with how to get it when the harness did not start it.
+    pub fn gcs(&self) -> &StoreInfo {
+        self.gcs
+            .as_ref()
+            .expect("the harness runs no fake-gcs-server: start it with `harness up --stores s3,azure,gcs`")
     }
 }

@@ -36,6 +36,41 @@ impl Webhook {
         store_env: &[(String, String)],
         extra: &[&str],
     ) -> Result<Webhook> {
+        let mut flags = vec![format!("--location={location}")];
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(dir, kubeconfig, store_env, flags)
+    }
+
+    /// Starts the webhook with the flags of a rendered Deployment (`kubectl backup install` or the
+    /// chart), as its Pod would run in `namespace` (no node runs the Pod here): only the listen,
+    /// metrics and certificate flags are replaced by local ones.
+    pub fn from_deployment(
+        dir: &Path,
+        kubeconfig: &Path,
+        deployment: &serde_json::Value,
+        namespace: &str,
+        store_env: &[(String, String)],
+    ) -> Result<Webhook> {
+        let local = ["--listen=", "--metrics-addr=", "--tls-cert=", "--tls-key="];
+        let mut flags: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("the Deployment has no container args"))?
+            .iter()
+            .filter_map(|a| a.as_str())
+            .filter(|a| !local.iter().any(|p| a.starts_with(p)))
+            .map(str::to_string)
+            .collect();
+        // POD_NAMESPACE, from the downward API in the Pod.
+        flags.push(format!("--namespace={namespace}"));
+        Self::start_with(dir, kubeconfig, store_env, flags)
+    }
+
+    fn start_with(
+        dir: &Path,
+        kubeconfig: &Path,
+        store_env: &[(String, String)],
+        flags: Vec<String>,
+    ) -> Result<Webhook> {
         std::fs::create_dir_all(dir)?;
         let ca = Ca::new("webhook-ca")?;
         let tls = ca.write_leaf(&dir.join("tls"), "serving", "backup-webhook", &["127.0.0.1", "localhost"])?;
@@ -46,13 +81,12 @@ impl Webhook {
             format!("--metrics-addr=127.0.0.1:{metrics_port}"),
             format!("--tls-cert={}", tls.cert.display()),
             format!("--tls-key={}", tls.key.display()),
-            format!("--location={location}"),
             format!("--kubeconfig={}", kubeconfig.display()),
         ];
-        if !extra.iter().any(|a| a.starts_with("--index-refresh")) {
+        if !flags.iter().any(|a| a.starts_with("--index-refresh")) {
             args.push("--index-refresh=2s".into());
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(flags);
         let mut env = store_env.to_vec();
         env.push(("RUST_LOG".into(), "info,backup_webhook=debug,kube=warn".into()));
         let mut w = Webhook {

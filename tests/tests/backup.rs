@@ -251,6 +251,48 @@ fn ephemeral_namespaces_are_skipped_unless_named() {
     tools.delete_namespace(&eph);
 }
 
+/// `workspace new --ephemeral` makes the workspace ephemeral on its own, with no webhook in the
+/// cluster: `create -A` skips it, naming it still backs it up. A namespace that only carries the
+/// annotation (made by other tools) is skipped too.
+#[test]
+fn workspace_new_ephemeral_is_skipped_without_the_webhook() {
+    let (env, tools) = env();
+    let mwcs = tools.get_json(&["mutatingwebhookconfigurations"]);
+    assert!(
+        !mwcs.to_string().contains("workspaces.kubectl-backup.dev"),
+        "this test needs a cluster without the kubectl-backup webhook"
+    );
+    let eph = unique("eph");
+    let made = tools.backup(&["workspace", "new", &eph, "--ephemeral"]).ok();
+    assert!(made.stdout.contains("(ephemeral)"), "{}", made.stdout);
+    let ns = tools.get_json(&["namespace", &eph]);
+    assert_eq!(ns["metadata"]["labels"]["kubectl-backup.dev/ephemeral"], "true", "{ns}");
+    tools.kubectl(&["create", "configmap", "scratch", "-n", &eph, "--from-literal=k=v"]).ok();
+    let annotated = unique("annotated");
+    tools
+        .apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {annotated}\n  annotations:\n    kubectl-backup.dev/ephemeral: \"true\"\n"
+        ))
+        .ok();
+    let keep = unique("keep");
+    tools.backup(&["workspace", "new", &keep]).ok();
+
+    let t = tools.with_store(&env.s3, &unique("ws-eph"));
+    let all = t.backup(&["create", &unique("all"), "-A", "-o", "json"]).ok().json();
+    let namespaces: Vec<&str> =
+        all["status"]["namespaces"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(namespaces.contains(&keep.as_str()), "{namespaces:?}");
+    assert!(!namespaces.contains(&eph.as_str()), "the ephemeral workspace was backed up: {namespaces:?}");
+    assert!(!namespaces.contains(&annotated.as_str()), "the annotated namespace was backed up: {namespaces:?}");
+    // Named explicitly, it is backed up (the documented rule).
+    let named = t.backup(&["create", &unique("named"), "-n", &eph, "-o", "json"]).ok().json();
+    assert_eq!(named["status"]["namespaces"], serde_json::json!([eph]));
+    assert!(named["status"]["resources"]["configmaps"].as_u64().is_some_and(|n| n >= 1), "{named}");
+    for ns in [&eph, &annotated, &keep] {
+        tools.delete_namespace(ns);
+    }
+}
+
 #[test]
 fn events_and_node_leases_are_never_backed_up() {
     let (env, tools) = env();
@@ -330,7 +372,7 @@ fn an_existing_name_is_never_overwritten() {
     let (env, tools) = env();
     let ns = unique("dup");
     tools.apply(&sample_app(&ns)).ok();
-    let t = tools.with_store(&env.azure, &unique("dup"));
+    let t = tools.with_store(env.azure(), &unique("dup"));
     let name = unique("b");
     let first = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
     let again = t.backup(&["create", &name, "-n", &ns, "--include-resources", "configmaps"]);
@@ -352,7 +394,7 @@ fn paging_collects_every_object() {
         yaml.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:04}\n  namespace: {ns}\ndata:\n  i: \"{i}\"\n"));
     }
     tools.apply(&yaml).ok();
-    let t = tools.with_store(&env.gcs, &unique("paging"));
+    let t = tools.with_store(env.gcs(), &unique("paging"));
     let b =
         t.backup(&["create", &unique("b"), "-n", &ns, "--include-resources", "configmaps", "-o", "json"]).ok().json();
     assert_eq!(b["status"]["resources"]["configmaps"], 1235, "1234 + kube-root-ca.crt");

@@ -13,8 +13,9 @@ use std::time::Duration;
 use base64::Engine;
 use kubectl_backup_e2e::control_plane::ControlPlane;
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Run, Tools, namespace, plugin_path, unique, wait_crd};
+use kubectl_backup_e2e::fixtures::{Run, Tools, namespace, plugin_path, service_account_kubeconfig, unique, wait_crd};
 use kubectl_backup_e2e::process::{Process, cached_tool, free_port, wait_for};
+use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -313,10 +314,13 @@ fn the_chart_renders_what_install_renders_and_the_api_server_accepts_it() {
     let ca_bundle = &mwc["webhooks"][0]["clientConfig"]["caBundle"];
     assert_eq!(ca_bundle, &secret["data"]["ca.crt"], "the caBundle is not the CA in the Secret");
     assert!(String::from_utf8(b64(ca_bundle)).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
-    let location = find(&objs, "BackupLocation", "default");
-    assert_eq!(location["spec"]["url"], values["location"]["url"]);
-    assert_eq!(location["spec"]["default"], true);
-    assert!(!objs.iter().any(|o| o["kind"] == "BackupSchedule" || o["kind"] == "Namespace"));
+    // The default location is in the webhook's flags (it creates the BackupLocation), so the
+    // rendered stream holds no custom resource and applies in one go.
+    let url = values["location"]["url"].as_str().unwrap();
+    assert!(args(&objs).contains(&format!("--default-location-url={url}")), "{:?}", args(&objs));
+    assert!(
+        !objs.iter().any(|o| ["BackupSchedule", "BackupLocation", "Namespace"].contains(&o["kind"].as_str().unwrap()))
+    );
     for o in &objs {
         if o["metadata"].get("namespace").is_some() {
             assert_eq!(o["metadata"]["namespace"], ns.as_str(), "{:?} is outside the release namespace", key(o));
@@ -350,12 +354,18 @@ fn the_chart_renders_what_install_renders_and_the_api_server_accepts_it() {
     assert_eq!(dry.stdout.matches("(server dry run)").count(), cm.len(), "{}", dry.stdout);
 
     // The generated key pair works in the real webhook, for the Service's names, under the caBundle.
-    // (Before the real install: the webhook must not find the chart's BackupLocation, whose bucket
-    // does not exist here.)
     assert_webhook_serves_the_generated_certificate(secret, ca_bundle, &ns, &cp, &dir.join("webhook"));
 
-    // Installed for real: the plugin finds the chart's BackupLocation.
+    // Installed for real, and the webhook run with the chart's Deployment flags (no node runs its
+    // Pod here) against the shared S3 server, whose bucket the values name: it creates the
+    // BackupLocation the plugin finds.
     t.kubectl(&["apply", "-f", &default_yaml]).ok();
+    let env = SharedEnv::load().expect("shared environment");
+    let deployment = find(&objs, "Deployment", "backup-webhook");
+    // With the token of the chart's ServiceAccount: the chart's RBAC is what is tested.
+    let kubeconfig = service_account_kubeconfig(&t, &cp.info, &dir, &ns, kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
+    let _webhook = Webhook::from_deployment(&dir.join("webhook-chart"), &kubeconfig, deployment, &ns, &env.s3.env)
+        .expect("backup-webhook with the chart's flags");
     let listed = t.backup(&["location", "list", "-o", "json", "--install-namespace", &ns]).ok().json();
     assert_eq!(listed["items"][0]["spec"]["url"], values["location"]["url"], "{listed}");
 
@@ -425,10 +435,14 @@ fn the_cert_manager_variant_renders_schedules_credentials_and_no_generated_ca() 
         assert_eq!(b64(&creds["data"][k]), v.as_str().unwrap().as_bytes(), "credentials key {k}");
     }
     assert_eq!(container(&objs)["envFrom"][0]["secretRef"]["name"], secret_name);
-    let location = find(&objs, "BackupLocation", "default");
-    assert_eq!(location["spec"]["url"], values["location"]["url"]);
-    assert_eq!(location["spec"]["region"], values["location"]["region"]);
-    assert_eq!(location["spec"]["credentialsSecret"], secret_name);
+    let flags = args(&objs);
+    for (flag, value) in [
+        ("--default-location-url", values["location"]["url"].as_str().unwrap()),
+        ("--default-location-region", values["location"]["region"].as_str().unwrap()),
+        ("--default-location-credentials-secret", secret_name),
+    ] {
+        assert!(flags.contains(&format!("{flag}={value}")), "{flag} missing: {flags:?}");
+    }
 
     // Image and webhook flags from the values.
     assert_eq!(

@@ -338,12 +338,13 @@ fn install_dry_run_is_accepted_by_the_api_server() {
     for kind in [
         "deployment.apps/backup-webhook",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-backup",
-        "backuplocation.kubectl-backup.dev/default",
         "secret/backup-webhook-tls",
         "service/backup-webhook",
     ] {
         assert!(applied.stdout.contains(kind), "{kind} not applied: {}", applied.stdout);
     }
+    // The default location is in the webhook's flags, not a custom resource of the stream.
+    assert!(!applied.stdout.contains("backuplocation.kubectl-backup.dev/default"), "{}", applied.stdout);
     // A bad location is refused before anything is rendered.
     let mut bad_location = s.t.clone();
     bad_location.location = Some("ftp://x".into());
@@ -391,4 +392,52 @@ fn named_and_default_locations() {
     assert!(r.code != 0 && r.stderr.contains("no BackupLocation \"nope\""), "{}", r.stderr);
     s.t.backup(&["location", "remove", "primary", "--yes"]).ok();
     assert!(s.t.backup(&["location", "list", "-o", "json"]).ok().json()["items"].as_array().unwrap().is_empty());
+}
+
+/// The GitOps path, exactly as documented: `kubectl backup install --dry-run -o yaml | kubectl apply
+/// -f -` on an empty cluster works in one go (kubectl maps every document before creating any, so
+/// the stream holds no object of a kind its own CRDs define). The webhook, run with the applied
+/// Deployment's flags, then creates the default BackupLocation, which the plugin uses.
+#[test]
+fn the_rendered_manifests_apply_in_one_go_on_an_empty_cluster() {
+    let c = OwnCluster::start("oneshot");
+    assert!(c.t.names(&["crd"]).is_empty(), "the cluster is not empty");
+    let location = c.location.clone();
+    let applied =
+        c.t.sh(&format!("kubectl backup install --location {location} --dry-run -o yaml | kubectl apply -f -"));
+    assert_eq!(applied.code, 0, "one-shot apply failed:\n{}\n{}", applied.stdout, applied.stderr);
+    for created in [
+        "namespace/kubectl-backup created",
+        "customresourcedefinition.apiextensions.k8s.io/backuplocations.kubectl-backup.dev created",
+        "customresourcedefinition.apiextensions.k8s.io/backupschedules.kubectl-backup.dev created",
+        "deployment.apps/backup-webhook created",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-backup created",
+    ] {
+        assert!(applied.stdout.contains(created), "{created:?} missing:\n{}", applied.stdout);
+    }
+    // A second apply (a GitOps sync) changes nothing and still succeeds.
+    let again = c.t.sh(&format!("kubectl backup install --location {location} --dry-run -o yaml | kubectl apply -f -"));
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+
+    // No node runs the Pod here: run the real webhook with the Deployment's own flags.
+    let deployment = c.t.get_json(&["deployment", "backup-webhook", "-n", NS]);
+    // With the token of the ServiceAccount the manifests create: their RBAC is what is tested.
+    let kubeconfig = c.service_account_kubeconfig(NS, kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
+    let mut webhook = Webhook::from_deployment(&c.dir.join("webhook"), &kubeconfig, &deployment, NS, &c.env.s3.env)
+        .expect("backup-webhook with the Deployment's flags");
+    eventually("the default BackupLocation", Duration::from_secs(30), || {
+        c.t.kubectl(&["get", "backuplocations.kubectl-backup.dev", "default", "-n", NS]).code == 0
+    });
+    let bl = c.t.get_json(&["backuplocations.kubectl-backup.dev", "default", "-n", NS]);
+    assert_eq!(bl["spec"]["url"], location.as_str(), "{bl}");
+    assert_eq!(bl["spec"]["default"], true, "{bl}");
+    // An edited location is kept across restarts: the flags only create a missing one.
+    c.t.kubectl(&["label", "backuplocations.kubectl-backup.dev", "default", "-n", NS, "edited=yes"]).ok();
+    webhook.restart().expect("restarting the webhook");
+    assert!(webhook.log().contains("BackupLocation exists"), "{}", webhook.log());
+    // The plugin, with no --location, uses the cluster's default location.
+    let mut plain = c.t.clone();
+    plain.location = None;
+    plain.backup(&["create", "after-install", "-n", "default"]).ok();
+    assert!(c.t.backup(&["list"]).ok().stdout.contains("after-install"));
 }

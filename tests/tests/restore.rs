@@ -134,7 +134,7 @@ fn namespace_mapping_rewrites_objects_and_binding_subjects() {
             "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {src}-view\nsubjects:\n- kind: ServiceAccount\n  name: web\n  namespace: {src}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: view\n"
         ))
         .ok();
-    let t = tools.with_store(&env.azure, &unique("map"));
+    let t = tools.with_store(env.azure(), &unique("map"));
     let name = unique("b");
     t.backup(&[
         "create",
@@ -197,7 +197,7 @@ fn existing_objects_are_skipped_or_updated() {
     let (env, tools) = env();
     let ns = unique("exist");
     tools.apply(&sample_app(&ns)).ok();
-    let t = tools.with_store(&env.gcs, &unique("exist"));
+    let t = tools.with_store(env.gcs(), &unique("exist"));
     let name = unique("b");
     t.backup(&["create", &name, "-n", &ns]).ok();
     tools.kubectl(&["-n", &ns, "patch", "configmap", "settings", "-p", r#"{"data":{"color":"red"}}"#]).ok();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, ValueEnum};
+use kubectl_backup_core::crd::{AccessMode, BackupLocationSpec};
 use kubectl_backup_core::kube_client::KubeOptions;
 use kubectl_backup_core::store::StoreOptions;
 
@@ -33,6 +34,8 @@ pub struct Args {
     #[command(flatten)]
     pub location: LocationArgs,
     #[command(flatten)]
+    pub default_location: DefaultLocationArgs,
+    #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -54,6 +57,11 @@ pub struct Args {
     /// Continuous backups kept per workspace (older ones are deleted).
     #[arg(long, env = "WEBHOOK_KEEP_WORKSPACE_BACKUPS", default_value_t = 5)]
     pub keep_workspace_backups: usize,
+    /// How long discovering one API group may take in a backup or restore, retries included (the
+    /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
+    /// the backup's errors and left out.
+    #[arg(long, env = "WEBHOOK_DISCOVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
     /// Run the schedule controller.
     /// Whom restores of workspaces created while the webhook was down act as (a user name, e.g.
     /// system:serviceaccount:kubectl-backup:catch-up, which you bind to the roles such restores
@@ -97,6 +105,85 @@ impl LocationArgs {
             ca_cert: self.ca_cert.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// The BackupLocation `--location` names, created at startup when it does not exist. This is how
+/// `kubectl backup install` and the Helm chart set up the default location: their manifests then
+/// hold no custom resource, so `kubectl apply` of them works in one go on an empty cluster. An
+/// existing BackupLocation is never changed.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct DefaultLocationArgs {
+    /// URL of the BackupLocation to create when the one --location names is missing (it is marked
+    /// the cluster's default). Without it nothing is created.
+    #[arg(
+        id = "default_location_url",
+        long = "default-location-url",
+        env = "WEBHOOK_DEFAULT_LOCATION_URL",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+    /// Its S3-compatible endpoint.
+    #[arg(
+        id = "default_location_endpoint",
+        long = "default-location-endpoint",
+        env = "WEBHOOK_DEFAULT_LOCATION_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// Its region.
+    #[arg(id = "default_location_region", long = "default-location-region", env = "WEBHOOK_DEFAULT_LOCATION_REGION")]
+    pub region: Option<String>,
+    /// Its path-style setting (default: the endpoint decides).
+    #[arg(
+        id = "default_location_path_style",
+        long = "default-location-path-style",
+        env = "WEBHOOK_DEFAULT_LOCATION_PATH_STYLE",
+        value_name = "BOOL"
+    )]
+    pub path_style: Option<bool>,
+    /// Its PEM CA bundle.
+    #[arg(
+        id = "default_location_ca_bundle",
+        long = "default-location-ca-bundle",
+        env = "WEBHOOK_DEFAULT_LOCATION_CA_BUNDLE",
+        value_name = "PEM"
+    )]
+    pub ca_bundle: Option<String>,
+    /// The Secret in this namespace with its credentials.
+    #[arg(
+        id = "default_location_credentials_secret",
+        long = "default-location-credentials-secret",
+        env = "WEBHOOK_DEFAULT_LOCATION_CREDENTIALS_SECRET",
+        value_name = "NAME"
+    )]
+    pub credentials_secret: Option<String>,
+    /// ReadWrite (default) or ReadOnly.
+    #[arg(id = "default_location_access_mode", long = "default-location-access-mode", env = "WEBHOOK_DEFAULT_LOCATION_ACCESS_MODE", value_parser = parse_access_mode, value_name = "MODE")]
+    pub access_mode: Option<AccessMode>,
+}
+
+impl DefaultLocationArgs {
+    /// The spec to create, when a URL is given.
+    pub fn spec(&self) -> Option<BackupLocationSpec> {
+        Some(BackupLocationSpec {
+            url: self.url.clone().filter(|u| !u.trim().is_empty())?,
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            path_style: self.path_style,
+            ca_bundle: self.ca_bundle.clone(),
+            credentials_secret: self.credentials_secret.clone(),
+            default: true,
+            access_mode: self.access_mode.unwrap_or_default(),
+        })
+    }
+}
+
+fn parse_access_mode(s: &str) -> Result<AccessMode, String> {
+    match s {
+        "ReadWrite" => Ok(AccessMode::ReadWrite),
+        "ReadOnly" => Ok(AccessMode::ReadOnly),
+        other => Err(format!("{other:?} is not an access mode: ReadWrite or ReadOnly")),
     }
 }
 
@@ -164,6 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn default_location_flags_make_a_default_location_spec() {
+        let base = ["backup-webhook", "--tls-cert", "c", "--tls-key", "k", "--location", "default"];
+        let a = Args::try_parse_from(base).unwrap();
+        assert_eq!(a.default_location.spec(), None, "no URL, nothing to create");
+        let mut argv = base.to_vec();
+        argv.extend([
+            "--default-location-url=s3://b/p",
+            "--default-location-region=eu-1",
+            "--default-location-credentials-secret=creds",
+            "--default-location-access-mode=ReadOnly",
+        ]);
+        let spec = Args::try_parse_from(&argv).unwrap().default_location.spec().unwrap();
+        assert_eq!(spec.url, "s3://b/p");
+        assert_eq!(spec.region.as_deref(), Some("eu-1"));
+        assert_eq!(spec.credentials_secret.as_deref(), Some("creds"));
+        assert_eq!(spec.access_mode, AccessMode::ReadOnly);
+        assert!(spec.default);
+        argv.push("--default-location-access-mode=rw");
+        assert!(Args::try_parse_from(&argv).is_err());
+    }
+
+    #[test]
     fn parses_patterns_and_defaults() {
         let a = Args::try_parse_from([
             "backup-webhook",
@@ -182,6 +291,7 @@ mod tests {
         assert_eq!(a.policy.ephemeral_patterns, vec!["pr-*", "tmp-*", "ci-*"]);
         assert_eq!(a.listen.port(), 8443);
         assert_eq!(a.index_refresh, Duration::from_secs(30));
+        assert_eq!(a.discovery_timeout, kubectl_backup_core::kube_client::DISCOVERY_TIMEOUT);
         assert!(
             Args::try_parse_from([
                 "backup-webhook",

@@ -51,7 +51,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
     let cfg = kube_config(&args).await?;
-    let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency);
+    let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency)
+        .with_discovery_timeout(args.discovery_timeout);
     let cluster = Cluster::from_config(cfg.clone(), throttle)?;
     // The key that signs the marks of new workspaces: admission answers only once it is loaded.
     let key = Arc::new(
@@ -59,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("loading the key that signs the webhook's marks")?,
     );
+    create_default_location(&cluster, &args).await?;
     // `--location` is a URL or the name of a BackupLocation in our namespace.
     let location = locations::resolve(
         Some(&cluster.client),
@@ -151,6 +153,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     supervisor.shutdown().await;
     tracing::info!("backup-webhook stopped");
     Ok(())
+}
+
+/// Creates the BackupLocation `--location` names from the `--default-location-*` flags when it is
+/// missing. Right after a one-shot `kubectl apply` its CRD may not be established yet: retried for a
+/// minute, then the process fails (and is restarted).
+async fn create_default_location(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
+    let name = args.location.location.as_str();
+    let Some(spec) = args.default_location.spec() else { return Ok(()) };
+    if !locations::is_name(name) {
+        tracing::warn!(location = %name, "--default-location-url is ignored: --location is a URL, not a BackupLocation name");
+        return Ok(());
+    }
+    let namespace = &args.policy.namespace;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match locations::create_if_missing(&cluster.client, namespace, name, spec.clone()).await {
+            Ok(locations::Ensured::Created) => {
+                tracing::info!(location = %name, url = %spec.url, "created the default BackupLocation from --default-location-url");
+                return Ok(());
+            }
+            Ok(locations::Ensured::Existed) => {
+                tracing::info!(location = %name, "BackupLocation exists; --default-location-* flags left it as it is");
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(location = %name, error = %e, "cannot create the default BackupLocation yet (is its CRD established?); retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e)).with_context(|| {
+                    format!("creating BackupLocation {name:?} in namespace {namespace:?} from --default-location-url (is the backuplocations.kubectl-backup.dev CRD installed?)")
+                });
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

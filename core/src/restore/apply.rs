@@ -22,6 +22,14 @@ pub struct WritePolicy {
 /// The API for an archived object in the target cluster, or why there is none.
 pub fn resolve(discovered: &Discovered, item: &Indexed) -> Result<(ApiResource, bool), String> {
     let (plural, group) = item.plural_group();
+    if let Some(u) = discovered.unavailable_group(group) {
+        // Fails at once, without a request: the group did not answer discovery.
+        return Err(format!(
+            "API group {} is unavailable in the target cluster: {}; restore this backup again once it is served",
+            u.group_version(),
+            u.reason
+        ));
+    }
     let Some(r) = discovered.find(plural, group) else {
         return Err(format!(
             "the target cluster does not serve {} (install its CustomResourceDefinition or API first)",
@@ -190,4 +198,31 @@ async fn existing(
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::UnavailableGroup;
+
+    #[test]
+    fn an_unavailable_group_fails_its_objects_with_the_group_and_the_reason() {
+        let v = serde_json::json!({"apiVersion": "stuff.example.org/v1", "kind": "Gizmo", "metadata": {"name": "g"}});
+        let item = Indexed::from_json("x", "gizmos.stuff.example.org", Some("ns"), "g", &v);
+        let discovered = Discovered {
+            resources: vec![],
+            unavailable: vec![UnavailableGroup {
+                group: "stuff.example.org".into(),
+                version: "v1".into(),
+                reason: "503: service unavailable".into(),
+            }],
+        };
+        let err = resolve(&discovered, &item).unwrap_err();
+        assert!(err.contains("API group stuff.example.org/v1 is unavailable"), "{err}");
+        assert!(err.contains("503: service unavailable"), "{err}");
+        // Another group missing is the usual "not served" answer.
+        let v = serde_json::json!({"apiVersion": "other.example.org/v1", "kind": "Thing", "metadata": {"name": "t"}});
+        let item = Indexed::from_json("y", "things.other.example.org", Some("ns"), "t", &v);
+        assert!(resolve(&discovered, &item).unwrap_err().contains("does not serve things.other.example.org"));
+    }
 }

@@ -45,7 +45,7 @@ pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<ExitCode> {
 }
 
 pub fn throttle(cli: &Cli) -> Throttle {
-    Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency)
+    Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency).with_discovery_timeout(cli.kube.discovery_timeout)
 }
 
 pub fn exit_for(phase: Phase) -> ExitCode {

@@ -115,12 +115,15 @@ pub async fn install(cli: &Cli, a: &InstallArgs) -> Result<ExitCode> {
             wait_established(&cluster, obj["metadata"]["name"].as_str().unwrap_or_default()).await?;
         }
     }
+    // The webhook would create it from its flags when it starts; applied here too so it exists now
+    // and a re-install with another --location updates it.
+    apply(&cluster, &install::default_location(&opts)).await?;
     // Kubernetes 1.20 has no kubernetes.io/metadata.name label for the webhook's namespaceSelector
     // to exclude kube-system by: label it (our own namespace is labelled in its manifest).
     label_kube_system(&cluster, Some(install::ADMISSION_SKIP_VALUE)).await;
     println!(
         "kubectl-backup installed in namespace {namespace:?} ({} objects). The webhook runs image {}.\nCheck it with: kubectl -n {namespace} rollout status deployment/{}",
-        objects.len(),
+        objects.len() + 1,
         a.image,
         install::APP
     );

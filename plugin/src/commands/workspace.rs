@@ -38,7 +38,8 @@ pub enum WorkspaceCommand {
 #[derive(Debug, Args)]
 pub struct NewArgs {
     pub name: String,
-    /// Ephemeral: never backed up, never restored (labelled by the webhook).
+    /// Ephemeral: never backed up (unless named explicitly), never restored. Sets the
+    /// kubectl-backup.dev/ephemeral label itself, so it holds without the in-cluster component.
     #[arg(long)]
     pub ephemeral: bool,
 }
@@ -58,11 +59,20 @@ async fn new(cli: &Cli, a: &NewArgs) -> Result<ExitCode> {
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let api: Api<Namespace> = Api::all(cluster.client.clone());
     let mut annotations = BTreeMap::new();
+    let mut labels = BTreeMap::new();
     if a.ephemeral {
+        // The label is what backups and the webhook act on; the annotation records the request
+        // (the webhook's own signal, kept for clusters that watch for it).
         annotations.insert(EPHEMERAL_ANNOTATION.to_string(), "true".to_string());
+        labels.insert(EPHEMERAL_LABEL.to_string(), "true".to_string());
     }
     let ns = Namespace {
-        metadata: ObjectMeta { name: Some(a.name.clone()), annotations: Some(annotations), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(a.name.clone()),
+            annotations: Some(annotations),
+            labels: Some(labels),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let created = api.create(&PostParams::default(), &ns).await.map_err(|e| {
@@ -72,8 +82,6 @@ async fn new(cli: &Cli, a: &NewArgs) -> Result<ExitCode> {
         " (ephemeral)".to_string()
     } else if let Some(b) = created.annotations().get(RESTORE_FROM_ANNOTATION) {
         format!("; restoring from backup {b:?}")
-    } else if a.ephemeral {
-        " (asked to be ephemeral; the webhook labels it when installed)".to_string()
     } else {
         String::new()
     };

@@ -1,6 +1,7 @@
-//! `harness up --dir DIR --env-file FILE`: starts the shared test environment (control plane,
-//! S3, Azure and GCS servers), writes its description to FILE, and runs until SIGTERM/SIGINT, then
-//! stops every process it started. `tests/run.sh` and `demo.sh` drive it.
+//! `harness up --dir DIR --env-file FILE [--stores s3,azure,gcs]`: starts the shared test
+//! environment (control plane and the object-store servers asked for, all three by default), writes
+//! its description to FILE, and runs until SIGTERM/SIGINT, then stops every process it started.
+//! `tests/run.sh` starts everything; `demo.sh` only the control plane and S3.
 
 use std::path::PathBuf;
 
@@ -12,20 +13,24 @@ use kubectl_backup_e2e::stores::{Azurite, FakeGcs, S3Server};
 fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: harness up --dir DIR --env-file FILE [--stores s3,azure,gcs]";
     let mut dir = None;
     let mut env_file = None;
+    let mut stores = String::from("s3,azure,gcs");
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("up") => {}
-        _ => bail!("usage: harness up --dir DIR --env-file FILE"),
+        _ => bail!(USAGE),
     }
     while let Some(a) = it.next() {
         match a.as_str() {
             "--dir" => dir = it.next().map(PathBuf::from),
             "--env-file" => env_file = it.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?}; usage: harness up --dir DIR --env-file FILE"),
+            "--stores" => stores = it.next().cloned().unwrap_or_default(),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
+    let stores = parse_stores(&stores)?;
     let dir = dir.context("--dir is required")?;
     let env_file = env_file.context("--env-file is required")?;
     std::fs::create_dir_all(&dir)?;
@@ -35,11 +40,14 @@ fn main() -> Result<()> {
     let mut cluster = ControlPlane::start(&dir.join("cluster"))?;
     eprintln!("harness: control plane ready at {}", cluster.info.server);
     let s3 = S3Server::start(&dir)?;
-    let azure = Azurite::start(&dir)?;
-    let gcs = FakeGcs::start(&dir)?;
+    let azure = if stores.azure { Some(Azurite::start(&dir)?) } else { None };
+    let gcs = if stores.gcs { Some(FakeGcs::start(&dir)?) } else { None };
+    let port = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_else(|| "not started".into());
     eprintln!(
-        "harness: object stores ready (s3 :{}, azure :{}, gcs :{})",
-        s3.info.port, azure.info.port, gcs.info.port
+        "harness: object stores ready (s3 :{}, azure {}, gcs {})",
+        s3.info.port,
+        port(azure.as_ref().map(|a| a.info.port)),
+        port(gcs.as_ref().map(|g| g.info.port))
     );
 
     let scratch = dir.join("scratch");
@@ -47,8 +55,8 @@ fn main() -> Result<()> {
     let env = SharedEnv {
         cluster: cluster.info.clone(),
         s3: s3.info.clone(),
-        azure: azure.info.clone(),
-        gcs: gcs.info.clone(),
+        azure: azure.as_ref().map(|a| a.info.clone()),
+        gcs: gcs.as_ref().map(|g| g.info.clone()),
         scratch,
     };
     // Write atomically: readers wait for the file to appear.
@@ -87,4 +95,23 @@ fn main() -> Result<()> {
     drop(s3);
     drop(cluster);
     Ok(())
+}
+
+/// Which optional stores to start. S3 always runs: the demo and most tests use it.
+struct Stores {
+    azure: bool,
+    gcs: bool,
+}
+
+fn parse_stores(list: &str) -> Result<Stores> {
+    let mut stores = Stores { azure: false, gcs: false };
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "s3" => {}
+            "azure" => stores.azure = true,
+            "gcs" => stores.gcs = true,
+            other => bail!("--stores: unknown store {other:?} (expected a comma list of s3, azure, gcs)"),
+        }
+    }
+    Ok(stores)
 }
