@@ -8,6 +8,8 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
+pub use crate::committed::Digesting;
+
 use crate::collect::Item;
 
 /// The archive format name stored in the metadata.
@@ -69,45 +71,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Counts and hashes what passes through.
-pub struct Digesting<W> {
-    inner: W,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<W> Digesting<W> {
-    pub fn new(inner: W) -> Self {
-        Digesting { inner, hasher: Sha256::new(), size: 0 }
-    }
-
-    pub fn finish(self) -> (W, u64, String) {
-        (self.inner, self.size, hex::encode(self.hasher.finalize()))
-    }
-}
-
-impl<W: Write> Write for Digesting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<R: Read> Read for Digesting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-}
-
 /// What a finished archive is.
 #[derive(Debug, Default)]
 pub struct Written {
@@ -162,7 +125,7 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Compressed bytes produced so far.
     pub fn bytes_out(&mut self) -> u64 {
-        self.tar.get_mut().get_ref().size
+        self.tar.get_mut().get_ref().size()
     }
 
     pub fn finish(self) -> io::Result<(W, Written)> {

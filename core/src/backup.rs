@@ -28,6 +28,7 @@ use crate::progress::{Event, Observer};
 use crate::store::{ChunkSender, Store};
 use crate::{Error, Result};
 
+use crate::catalog::Objects;
 pub use crate::commit::METADATA_FILE;
 /// Written when a run starts and refreshed while it runs; removed when it commits or fails.
 pub const IN_PROGRESS_FILE: &str = "in-progress.json";
@@ -36,24 +37,20 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes handed from the compressor to the uploader at a time.
 const CHUNK: usize = 1 << 20;
 
-pub fn backups_root() -> Path {
-    Path::from("backups")
-}
-
 pub fn backup_dir(name: &str) -> Path {
-    Path::from(format!("backups/{name}"))
+    crate::committed::dir::<Objects>(name)
 }
 
 pub fn metadata_path(name: &str) -> Path {
-    Path::from(format!("backups/{name}/{METADATA_FILE}"))
+    crate::committed::metadata_path::<Objects>(name)
 }
 
 pub fn in_progress_path(name: &str) -> Path {
-    Path::from(format!("backups/{name}/{IN_PROGRESS_FILE}"))
+    crate::committed::data_path::<Objects>(name, IN_PROGRESS_FILE)
 }
 
 pub fn archive_path(name: &str, key: &str) -> Path {
-    Path::from(format!("backups/{name}/{key}"))
+    crate::committed::data_path::<Objects>(name, key)
 }
 
 /// Runs one backup to completion and commits it. Returns the committed `Backup`.

@@ -1,24 +1,61 @@
-//! The committed backups in a location: list, read, delete, download, newest per namespace, expired.
+//! The committed object backups in a location: list, describe, read, delete, download, newest per
+//! namespace, expired — the object kind of [`committed`], plus what only object backups have (runs
+//! in progress with a heartbeat marker).
 //!
 //! A backup exists when its `metadata.json` does. Reading never trusts the archive without the
 //! digests the metadata holds.
 
 use std::collections::BTreeMap;
-use std::path::Path as FsPath;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use object_store::ObjectStoreExt;
 
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-
-use crate::backup::{
-    HEARTBEAT, METADATA_FILE, archive_path, backup_dir, backups_root, in_progress_path, metadata_path,
-};
+use crate::Result;
+use crate::backup::{HEARTBEAT, in_progress_path};
+use crate::committed::{self, DataFile, Document, Kind};
 use crate::model::{Backup, BackupMetadata, BackupMetadataHead, FORMAT_VERSION};
 use crate::store::Store;
-use crate::{Error, Result};
+
+pub use crate::committed::{Deleted, Destination};
+
+/// Object backups: `backups/<name>/` with a tar+zstd archive.
+pub struct Objects;
+
+impl Kind for Objects {
+    const ROOT: &'static str = "backups";
+    const FORMAT_VERSION: u32 = FORMAT_VERSION;
+    const WHAT: &'static str = "backup name";
+    const COMMAND: &'static str = "";
+    type Head = BackupMetadataHead;
+    type Metadata = BackupMetadata;
+}
+
+fn archive_of(backup: &Backup) -> std::result::Result<DataFile<'_>, String> {
+    let a = backup.status.archive.as_ref().ok_or("metadata.json names no archive")?;
+    if a.encryption.is_some() {
+        return Err("the archive is encrypted and this version cannot decrypt it".into());
+    }
+    Ok(DataFile { key: &a.key, size: a.size, sha256: &a.sha256 })
+}
+
+/// Both forms of the object commit document (the listing's head and the whole) say the same.
+macro_rules! object_document {
+    ($t:ty) => {
+        impl Document for $t {
+            fn format_version(&self) -> u32 {
+                self.format_version
+            }
+            fn name(&self) -> &str {
+                &self.backup.metadata.name
+            }
+            fn data(&self) -> std::result::Result<DataFile<'_>, String> {
+                archive_of(&self.backup)
+            }
+        }
+    };
+}
+object_document!(BackupMetadataHead);
+object_document!(BackupMetadata);
 
 /// What a location holds.
 #[derive(Debug, Default)]
@@ -33,33 +70,22 @@ pub struct Listing {
     pub unreadable: Vec<(String, String)>,
 }
 
-/// Lists committed backups. Reads each metadata document concurrently, skipping per-object digests.
+/// Lists committed backups (reading each metadata document concurrently, skipping per-object
+/// digests) and runs in progress.
 pub async fn list(store: &Store) -> Result<Listing> {
-    let root = backups_root();
-    let listed = store.objects().list_with_delimiter(Some(&root)).await.map_err(|e| store.error(e))?;
-    let names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
-    let results: Vec<(String, Result<Option<BackupMetadataHead>>)> =
-        futures::stream::iter(names.into_iter().map(|name| async move {
-            let r = read_head(store, &name).await;
-            (name, r)
-        }))
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut listing = Listing::default();
-    for (name, r) in results {
-        match r {
-            Ok(Some(head)) => listing.backups.push(head.backup),
-            Ok(None) => match in_progress(store, &name).await? {
-                Some((b, false)) => listing.in_progress.push(b),
-                _ => listing.incomplete.push(name),
-            },
-            Err(Error::Corrupt { reason, .. }) => listing.unreadable.push((name, reason)),
-            Err(e) => return Err(e),
+    let found = committed::list::<Objects>(store).await?;
+    let mut listing = Listing {
+        backups: found.committed.into_iter().map(|h| h.backup).collect(),
+        unreadable: found.unreadable,
+        ..Default::default()
+    };
+    for name in found.uncommitted {
+        match in_progress(store, &name).await? {
+            Some((b, false)) => listing.in_progress.push(b),
+            _ => listing.incomplete.push(name),
         }
     }
     sort_newest_first(&mut listing.backups);
-    listing.incomplete.sort();
     Ok(listing)
 }
 
@@ -72,44 +98,16 @@ pub fn sort_newest_first(backups: &mut [Backup]) {
     });
 }
 
-async fn read_head(store: &Store, name: &str) -> Result<Option<BackupMetadataHead>> {
-    let Some(bytes) = store.get_optional(&metadata_path(name)).await? else {
-        return Ok(None);
-    };
-    let head: BackupMetadataHead =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(store, name, format!("metadata.json is not valid: {e}")))?;
-    Ok(Some(head))
-}
-
-fn corrupt(store: &Store, name: &str, reason: String) -> Error {
-    Error::Corrupt { name: name.into(), location: store.url().into(), reason }
-}
-
-async fn not_found(store: &Store, name: &str) -> Error {
-    let leftovers = has_files(store, name).await;
-    let hint = if leftovers {
-        format!(" (an interrupted backup left files; `kubectl backup delete {name}` removes them)")
-    } else {
-        " (see `kubectl backup list`)".to_string()
-    };
-    Error::BackupNotFound { name: name.into(), location: store.url().into(), hint }
-}
-
-async fn has_files(store: &Store, name: &str) -> bool {
-    let dir = backup_dir(name);
-    matches!(store.objects().list(Some(&dir)).next().await, Some(Ok(_)))
-}
-
 /// Reads one backup's `Backup` document (without the per-object digests). A run still in progress
 /// is described from its marker, with phase `InProgress` (and a warning when it has gone quiet).
 pub async fn describe(store: &Store, name: &str) -> Result<Backup> {
-    crate::input::validate_name("backup name", name)?;
-    if let Some(head) = read_head(store, name).await? {
+    crate::input::validate_name(Objects::WHAT, name)?;
+    if let Some(head) = committed::read::<Objects, BackupMetadataHead>(store, name).await? {
         return Ok(head.backup);
     }
     match in_progress(store, name).await? {
         Some((b, _)) => Ok(b),
-        None => Err(not_found(store, name).await),
+        None => Err(committed::not_found::<Objects>(store, name).await),
     }
 }
 
@@ -126,7 +124,7 @@ async fn in_progress(store: &Store, name: &str) -> Result<Option<(Backup, bool)>
         return Ok(None);
     };
     backup.status.phase = crate::model::Phase::InProgress;
-    let age = chrono_age(modified);
+    let age = (chrono::Utc::now() - modified).to_std().unwrap_or_default();
     let stale = age > HEARTBEAT * 6;
     if stale {
         backup.status.warnings.push(format!(
@@ -137,168 +135,26 @@ async fn in_progress(store: &Store, name: &str) -> Result<Option<(Backup, bool)>
     Ok(Some((backup, stale)))
 }
 
-fn chrono_age(modified: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
-    (chrono::Utc::now() - modified).to_std().unwrap_or_default()
-}
-
 /// Reads a backup's full metadata, checking that this version of the tool can read it.
 pub async fn metadata(store: &Store, name: &str) -> Result<BackupMetadata> {
-    let Some(bytes) = store.get_optional(&metadata_path(name)).await? else {
-        return Err(not_found(store, name).await);
-    };
-    let meta: BackupMetadata =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(store, name, format!("metadata.json is not valid: {e}")))?;
-    if meta.format_version > FORMAT_VERSION {
-        return Err(corrupt(
-            store,
-            name,
-            format!(
-                "format version {} is newer than this tool reads ({FORMAT_VERSION}); upgrade kubectl-backup",
-                meta.format_version
-            ),
-        ));
-    }
-    if meta.backup.metadata.name != name {
-        return Err(corrupt(
-            store,
-            name,
-            format!("metadata.json names another backup ({:?})", meta.backup.metadata.name),
-        ));
-    }
-    let archive = meta
-        .backup
-        .status
-        .archive
-        .as_ref()
-        .ok_or_else(|| corrupt(store, name, "metadata.json names no archive".into()))?;
-    if archive.encryption.is_some() {
-        return Err(corrupt(store, name, "the archive is encrypted and this version cannot decrypt it".into()));
-    }
-    if archive.key.contains('/') || archive.key == METADATA_FILE || archive.key.is_empty() {
-        return Err(corrupt(store, name, format!("archive key {:?} is not a file of this backup", archive.key)));
-    }
-    Ok(meta)
+    committed::metadata::<Objects>(store, name).await
 }
 
-pub use crate::commit::Deleted;
-
-/// Deletes a backup: the metadata first (so an interrupted delete leaves an uncommitted leftover,
-/// never a listed backup without its archive), then every other file under its directory.
+/// Deletes a backup: the metadata first, then every other file under its directory.
 pub async fn delete(store: &Store, name: &str) -> Result<Deleted> {
-    crate::input::validate_name("backup name", name)?;
-    match crate::commit::delete(store, &backup_dir(name)).await? {
-        Some(d) => Ok(d),
-        None => Err(not_found(store, name).await),
-    }
+    committed::delete::<Objects>(store, name).await
 }
 
-/// Where a download goes.
-pub enum Destination<'a> {
-    File(&'a FsPath),
-    Stdout,
-}
-
-/// Downloads a backup's archive, verifying its size and SHA-256. A file destination is written to a
-/// temporary file beside it and renamed only when verified, so a failed download never leaves a
-/// partial archive under the requested name. Returns the bytes written.
+/// Downloads a backup's archive, verifying its size and SHA-256 (see [`committed::download`]).
 pub async fn download(store: &Store, name: &str, dest: Destination<'_>) -> Result<u64> {
-    let meta = metadata(store, name).await?;
-    match dest {
-        Destination::Stdout => {
-            let mut out = tokio::io::stdout();
-            copy_verified(store, &meta, &mut out).await.map_err(|e| e.at("stdout"))
-        }
-        Destination::File(file) => {
-            let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
-            let tmp = tempfile::Builder::new()
-                .prefix(".kubectl-backup-download")
-                .tempfile_in(dir)
-                .map_err(|e| Error::io(dir, e))?;
-            let (std_file, tmp_path) = tmp.into_parts();
-            let mut out = tokio::fs::File::from_std(std_file);
-            let n = copy_verified(store, &meta, &mut out).await.map_err(|e| e.at(file))?;
-            out.sync_all().await.map_err(|e| Error::io(file, e))?;
-            tmp_path.persist(file).map_err(|e| Error::io(file, e.error))?;
-            Ok(n)
-        }
-    }
+    committed::download::<Objects>(store, name, dest).await
 }
 
 /// Downloads a backup's archive into an anonymous temporary file, verified, and rewinds it.
 pub async fn fetch(store: &Store, meta: &BackupMetadata) -> Result<std::fs::File> {
-    let file = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let mut out = tokio::fs::File::from_std(file);
-    copy_verified(store, meta, &mut out).await.map_err(|e| e.at(std::env::temp_dir().as_path()))?;
-    out.flush().await.map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let mut file = out.into_std().await;
-    std::io::Seek::rewind(&mut file).map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    Ok(file)
-}
-
-/// Either a store/verification error, or a local write error (which `at` names the file of).
-enum CopyError {
-    Engine(Error),
-    Write(std::io::Error),
-}
-
-impl CopyError {
-    fn at(self, path: impl AsRef<FsPath>) -> Error {
-        match self {
-            CopyError::Engine(e) => e,
-            CopyError::Write(e) => Error::io(path.as_ref(), e),
-        }
-    }
-}
-
-/// Streams the archive of `meta` into `out`, then checks its size and SHA-256 against the metadata.
-async fn copy_verified(
-    store: &Store,
-    meta: &BackupMetadata,
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
-) -> Result<u64, CopyError> {
-    let name = meta.backup.metadata.name.as_str();
-    let archive = meta
-        .backup
-        .status
-        .archive
-        .as_ref()
-        .ok_or_else(|| CopyError::Engine(corrupt(store, name, "no archive".into())))?;
-    let path = archive_path(name, &archive.key);
-    let got = store.objects().get(&path).await.map_err(|e| {
-        CopyError::Engine(match e {
-            object_store::Error::NotFound { .. } => {
-                corrupt(store, name, format!("its archive {} is missing", archive.key))
-            }
-            e => store.error(e),
-        })
-    })?;
-    let mut stream = got.into_stream();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| CopyError::Engine(store.error(e)))?;
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        out.write_all(&chunk).await.map_err(CopyError::Write)?;
-    }
-    out.flush().await.map_err(CopyError::Write)?;
-    check_digest(store, name, size, &hex::encode(hasher.finalize()), &archive.sha256, archive.size)
-        .map_err(CopyError::Engine)?;
-    Ok(size)
-}
-
-fn check_digest(store: &Store, name: &str, size: u64, got: &str, want: &str, want_size: u64) -> Result<()> {
-    if size != want_size {
-        return Err(corrupt(
-            store,
-            name,
-            format!("archive is {size} bytes, the metadata says {want_size} (truncated?)"),
-        ));
-    }
-    if got != want {
-        return Err(corrupt(store, name, format!("archive SHA-256 {got} does not match {want} in the metadata")));
-    }
-    Ok(())
+    let name = meta.name();
+    let data = meta.data().map_err(|reason| committed::corrupt(store, name, reason))?;
+    committed::fetch(store, name, &committed::data_path::<Objects>(name, data.key), data).await
 }
 
 /// The newest committed backup containing each namespace, by creation time.

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod catalog;
 pub mod collect;
 pub mod commit;
+pub mod committed;
 pub mod crd;
 pub mod error;
 pub mod etcd;

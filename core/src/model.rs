@@ -217,19 +217,31 @@ impl Backup {
     }
 }
 
+/// The `-o json|yaml` form of a `list` command, for every kind of document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct BackupList {
+pub struct List<T> {
     pub api_version: String,
     pub kind: String,
-    pub items: Vec<Backup>,
+    pub items: Vec<T>,
 }
 
-impl BackupList {
-    pub fn new(items: Vec<Backup>) -> Self {
-        BackupList { api_version: API_VERSION.into(), kind: "BackupList".into(), items }
+/// A document with a list form: its list's `kind`.
+pub trait Listed {
+    const LIST_KIND: &'static str;
+}
+
+impl<T: Listed> List<T> {
+    pub fn new(items: Vec<T>) -> Self {
+        List { api_version: API_VERSION.into(), kind: T::LIST_KIND.into(), items }
     }
 }
+
+impl Listed for Backup {
+    const LIST_KIND: &'static str = "BackupList";
+}
+
+pub type BackupList = List<Backup>;
 
 /// The stored commit document, `backups/<name>/metadata.json`. Written last: a backup without it
 /// does not exist.

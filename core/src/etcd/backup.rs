@@ -10,13 +10,14 @@ use etcd_client::{GetOptions, KeyValue, KvClient};
 use jiff::Timestamp;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use sha2::{Digest, Sha256};
+
 use tokio::sync::mpsc;
 
 use super::connect::{self, MAX_MESSAGE, Member, REQUEST_TIMEOUT, TlsFiles};
 use super::keys::{Header, KeyMeta, KeysWriter};
 use super::model::{EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdMetadata, EtcdSource, FORMAT_VERSION, hex_id};
 use super::{WHAT, backup_dir, data_path, metadata_path, snapshot};
+use crate::committed::Digesting;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::model::Phase;
 use crate::progress::{Event, Observer};
@@ -268,41 +269,6 @@ fn next_limit(bytes: usize, keys: usize) -> i64 {
     i64::try_from(PAGE_BYTES / average).unwrap_or(PAGE).clamp(1, PAGE)
 }
 
-/// Writes through to `inner`, counting and hashing what passes.
-pub struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Hashing<W> {
-    pub fn new(inner: W) -> Self {
-        Hashing { inner, hasher: Sha256::new(), size: 0 }
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn finish(mut self) -> std::io::Result<(W, u64, String)> {
-        self.inner.flush()?;
-        Ok((self.inner, self.size, hex::encode(self.hasher.finalize())))
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Pipeline: range pages -> (pages) -> writer thread (zip or JSON) -> (chunks) -> multipart upload.
 #[allow(clippy::too_many_arguments)]
 async fn save_keys(
@@ -330,7 +296,7 @@ async fn save_keys(
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
     let writer_observer = observer.clone();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, u64)> {
-        let mut w = KeysWriter::new(kind, Hashing::new(ChunkSender::new(chunk_tx, CHUNK)), &header, start)?;
+        let mut w = KeysWriter::new(kind, Digesting::new(ChunkSender::new(chunk_tx, CHUNK)), &header, start)?;
         while let Some(page) = page_rx.blocking_recv() {
             for kv in &page {
                 let meta = KeyMeta {
@@ -341,11 +307,13 @@ async fn save_keys(
                 };
                 w.add(kv.key(), kv.value(), meta)?;
             }
-            let bytes = w.get_ref().map(Hashing::size).unwrap_or(0);
+            let bytes = w.get_ref().map(Digesting::size).unwrap_or(0);
             writer_observer.event(Event::Archived { items: w.count(), bytes });
         }
         let count = w.count();
-        let (_, size, sha256) = w.finish()?.finish()?;
+        let (mut rest, size, sha256) = w.finish()?.finish();
+        rest.flush()?; // the last chunk goes to the uploader
+
         Ok((size, sha256, count))
     });
     let progress = observer.clone();
@@ -375,6 +343,8 @@ async fn save_keys(
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     #[test]
@@ -394,12 +364,12 @@ mod tests {
     }
 
     #[test]
-    fn hashing_counts_and_hashes_what_passes() {
-        let mut h = Hashing::new(Vec::new());
+    fn digesting_counts_and_hashes_what_passes() {
+        let mut h = Digesting::new(Vec::new());
         h.write_all(b"hello ").unwrap();
         h.write_all(b"world").unwrap();
         assert_eq!(h.size(), 11);
-        let (inner, size, sha) = h.finish().unwrap();
+        let (inner, size, sha) = h.finish();
         assert_eq!((inner.as_slice(), size), (&b"hello world"[..], 11));
         assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
     }

@@ -36,27 +36,22 @@ pub use model::{
 };
 pub use restore::{restore_keys, restore_snapshot};
 
-/// The commit document of an etcd backup.
-pub const METADATA_FILE: &str = "metadata.json";
+pub use crate::commit::METADATA_FILE;
 /// The file `restore --data-dir` writes.
 pub const SNAPSHOT_FILE: &str = "snapshot.db";
 /// What the user-facing messages call a name.
-pub(crate) const WHAT: &str = "etcd backup name";
-
-pub fn root() -> Path {
-    Path::from("etcd")
-}
+pub(crate) const WHAT: &str = <catalog::Etcd as crate::committed::Kind>::WHAT;
 
 pub fn backup_dir(name: &str) -> Path {
-    Path::from(format!("etcd/{name}"))
+    crate::committed::dir::<catalog::Etcd>(name)
 }
 
 pub fn metadata_path(name: &str) -> Path {
-    Path::from(format!("etcd/{name}/{METADATA_FILE}"))
+    crate::committed::metadata_path::<catalog::Etcd>(name)
 }
 
 pub fn data_path(name: &str, file: &str) -> Path {
-    Path::from(format!("etcd/{name}/{file}"))
+    crate::committed::data_path::<catalog::Etcd>(name, file)
 }
 
 #[cfg(test)]

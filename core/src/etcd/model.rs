@@ -200,19 +200,11 @@ impl EtcdBackup {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EtcdBackupList {
-    pub api_version: String,
-    pub kind: String,
-    pub items: Vec<EtcdBackup>,
+impl crate::model::Listed for EtcdBackup {
+    const LIST_KIND: &'static str = "EtcdBackupList";
 }
 
-impl EtcdBackupList {
-    pub fn new(items: Vec<EtcdBackup>) -> Self {
-        EtcdBackupList { api_version: API_VERSION.into(), kind: "EtcdBackupList".into(), items }
-    }
-}
+pub type EtcdBackupList = crate::model::List<EtcdBackup>;
 
 /// The stored commit document, `etcd/<name>/metadata.json`. Written last: an etcd backup without
 /// it does not exist.

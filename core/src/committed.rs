@@ -1,0 +1,361 @@
+//! Committed backups of any kind, in one place: objects under `backups/`, etcd under `etcd/`,
+//! each `<root>/<name>/` holding one data file and the `metadata.json` written last ([`commit`]).
+//! A [`Kind`] says where its backups live and what its documents are; everything else — reading
+//! and checking a commit document, listing, not-found hints, deleting, and copying a data file
+//! with its size and SHA-256 verified — is written once here, so what comes next (encryption,
+//! volume data, incremental packs) lands once for every kind.
+//!
+//! [`commit`]: crate::commit
+
+use std::io::{self, Read, Write};
+use std::path::Path as FsPath;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+pub use crate::commit::{Deleted, METADATA_FILE};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// A kind of committed backup.
+pub trait Kind {
+    /// The directory of this kind's backups in a location: `backups` or `etcd`.
+    const ROOT: &'static str;
+    /// The newest metadata format this tool reads.
+    const FORMAT_VERSION: u32;
+    /// What error messages call a name, e.g. "backup name".
+    const WHAT: &'static str;
+    /// The CLI command family, for hints: `kubectl backup{COMMAND} list`.
+    const COMMAND: &'static str;
+    /// The part of the commit document a listing reads.
+    type Head: Document;
+    /// The whole commit document.
+    type Metadata: Document;
+}
+
+/// What every commit document says.
+pub trait Document: DeserializeOwned + Send {
+    fn format_version(&self) -> u32;
+    /// The backup's name (must be the directory's).
+    fn name(&self) -> &str;
+    /// The data file, or why this tool cannot use it.
+    fn data(&self) -> std::result::Result<DataFile<'_>, String>;
+}
+
+/// A backup's one data file, as its metadata describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct DataFile<'a> {
+    /// The file's name in the backup's directory.
+    pub key: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+}
+
+pub fn root<K: Kind>() -> Path {
+    Path::from(K::ROOT)
+}
+
+pub fn dir<K: Kind>(name: &str) -> Path {
+    Path::from(format!("{}/{name}", K::ROOT))
+}
+
+pub fn metadata_path<K: Kind>(name: &str) -> Path {
+    Path::from(format!("{}/{name}/{METADATA_FILE}", K::ROOT))
+}
+
+pub fn data_path<K: Kind>(name: &str, key: &str) -> Path {
+    Path::from(format!("{}/{name}/{key}", K::ROOT))
+}
+
+pub fn corrupt(store: &Store, name: &str, reason: String) -> Error {
+    Error::Corrupt { name: name.into(), location: store.url().into(), reason }
+}
+
+/// Reads and checks the commit document of `name` as `D` (the head or the whole document):
+/// `None` when it does not exist; `Corrupt` when it is not valid, is of a newer format, names
+/// another backup or a data file outside its directory.
+pub async fn read<K: Kind, D: Document>(store: &Store, name: &str) -> Result<Option<D>> {
+    let Some(bytes) = store.get_optional(&metadata_path::<K>(name)).await? else {
+        return Ok(None);
+    };
+    parse::<K, D>(store, name, &bytes).map(Some)
+}
+
+fn parse<K: Kind, D: Document>(store: &Store, name: &str, bytes: &Bytes) -> Result<D> {
+    let doc: D =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(store, name, format!("metadata.json is not valid: {e}")))?;
+    if doc.format_version() > K::FORMAT_VERSION {
+        return Err(corrupt(
+            store,
+            name,
+            format!(
+                "format version {} is newer than this tool reads ({}); upgrade kubectl-backup",
+                doc.format_version(),
+                K::FORMAT_VERSION
+            ),
+        ));
+    }
+    if doc.name() != name {
+        return Err(corrupt(store, name, format!("metadata.json names another backup ({:?})", doc.name())));
+    }
+    let data = doc.data().map_err(|reason| corrupt(store, name, reason))?;
+    if data.key.is_empty() || data.key.contains('/') || data.key == METADATA_FILE {
+        return Err(corrupt(store, name, format!("data file {:?} is not a file of this backup", data.key)));
+    }
+    Ok(doc)
+}
+
+/// The whole commit document of `name`, checked; a clear error when there is no such backup.
+pub async fn metadata<K: Kind>(store: &Store, name: &str) -> Result<K::Metadata> {
+    crate::input::validate_name(K::WHAT, name)?;
+    match read::<K, K::Metadata>(store, name).await? {
+        Some(m) => Ok(m),
+        None => Err(not_found::<K>(store, name).await),
+    }
+}
+
+/// "Not found", with a hint: leftovers of an interrupted run, or where to look.
+pub async fn not_found<K: Kind>(store: &Store, name: &str) -> Error {
+    let leftovers = has_files::<K>(store, name).await;
+    let cmd = K::COMMAND;
+    let hint = if leftovers {
+        format!(
+            " (an interrupted{} backup left files, or one is running; `kubectl backup{cmd} delete {name}` removes them)",
+            K::COMMAND
+        )
+    } else {
+        format!(" (see `kubectl backup{cmd} list`)")
+    };
+    Error::BackupNotFound { name: name.into(), location: store.url().into(), hint }
+}
+
+pub async fn has_files<K: Kind>(store: &Store, name: &str) -> bool {
+    matches!(store.objects().list(Some(&dir::<K>(name))).next().await, Some(Ok(_)))
+}
+
+/// What a listing found.
+#[derive(Debug)]
+pub struct Listing<H> {
+    /// Commit documents, in no particular order.
+    pub committed: Vec<H>,
+    /// Names with files but no commit document.
+    pub uncommitted: Vec<String>,
+    /// Names whose commit document could not be used, with the reason.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Lists `K`'s backups, reading their heads 16 at a time.
+pub async fn list<K: Kind>(store: &Store) -> Result<Listing<K::Head>> {
+    let listed = store.objects().list_with_delimiter(Some(&root::<K>())).await.map_err(|e| store.error(e))?;
+    let names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+    let results: Vec<(String, Result<Option<K::Head>>)> = futures::stream::iter(names.into_iter().map(|name| async {
+        let r = read::<K, K::Head>(store, &name).await;
+        (name, r)
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    let mut listing = Listing { committed: Vec::new(), uncommitted: Vec::new(), unreadable: Vec::new() };
+    for (name, r) in results {
+        match r {
+            Ok(Some(head)) => listing.committed.push(head),
+            Ok(None) => listing.uncommitted.push(name),
+            Err(Error::Corrupt { reason, .. }) => listing.unreadable.push((name, reason)),
+            Err(e) => return Err(e),
+        }
+    }
+    listing.uncommitted.sort();
+    Ok(listing)
+}
+
+/// Deletes a backup: the commit document first (an interrupted delete leaves an uncommitted
+/// leftover, never a listed backup without its data), then every other file of it.
+pub async fn delete<K: Kind>(store: &Store, name: &str) -> Result<Deleted> {
+    crate::input::validate_name(K::WHAT, name)?;
+    match crate::commit::delete(store, &dir::<K>(name)).await? {
+        Some(d) => Ok(d),
+        None => Err(not_found::<K>(store, name).await),
+    }
+}
+
+/// Where a download goes.
+pub enum Destination<'a> {
+    File(&'a FsPath),
+    Stdout,
+}
+
+/// A check of the data beyond size and SHA-256 (e.g. an etcd snapshot's own trailer): sees every
+/// chunk, then says yes or no.
+pub trait Inspect {
+    fn update(&mut self, chunk: &[u8]);
+    fn verify(&mut self) -> Result<()>;
+}
+
+impl Inspect for () {
+    fn update(&mut self, _: &[u8]) {}
+    fn verify(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Downloads the data file of `name`, verified. A file destination is written to a temporary
+/// file beside it and renamed only when verified, so a failed download never leaves a partial
+/// file under the requested name. Returns the bytes written.
+pub async fn download<K: Kind>(store: &Store, name: &str, dest: Destination<'_>) -> Result<u64> {
+    let meta = metadata::<K>(store, name).await?;
+    let data = meta.data().map_err(|reason| corrupt(store, name, reason))?;
+    let path = data_path::<K>(name, data.key);
+    match dest {
+        Destination::Stdout => {
+            let mut out = tokio::io::stdout();
+            copy_verified(store, name, &path, data, &mut out, &mut ()).await.map_err(|e| e.at("stdout"))
+        }
+        Destination::File(file) => write_verified(store, name, &path, data, file, &mut ()).await,
+    }
+}
+
+/// Writes a data file to `file` through a temporary file beside it, renamed once the size, the
+/// SHA-256 and `inspect` agree.
+pub async fn write_verified(
+    store: &Store,
+    name: &str,
+    path: &Path,
+    data: DataFile<'_>,
+    file: &FsPath,
+    inspect: &mut (dyn Inspect + Send),
+) -> Result<u64> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
+    let tmp =
+        tempfile::Builder::new().prefix(".kubectl-backup-download").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let (std_file, tmp_path) = tmp.into_parts();
+    let mut out = tokio::fs::File::from_std(std_file);
+    let n = copy_verified(store, name, path, data, &mut out, inspect).await.map_err(|e| e.at(file))?;
+    inspect.verify()?;
+    out.sync_all().await.map_err(|e| Error::io(file, e))?;
+    tmp_path.persist(file).map_err(|e| Error::io(file, e.error))?;
+    Ok(n)
+}
+
+/// A data file in an anonymous temporary file, verified and rewound.
+pub async fn fetch(store: &Store, name: &str, path: &Path, data: DataFile<'_>) -> Result<std::fs::File> {
+    let tmp = std::env::temp_dir();
+    let file = tempfile::tempfile().map_err(|e| Error::io(&tmp, e))?;
+    let mut out = tokio::fs::File::from_std(file);
+    copy_verified(store, name, path, data, &mut out, &mut ()).await.map_err(|e| e.at(tmp.as_path()))?;
+    out.flush().await.map_err(|e| Error::io(&tmp, e))?;
+    let mut file = out.into_std().await;
+    std::io::Seek::rewind(&mut file).map_err(|e| Error::io(&tmp, e))?;
+    Ok(file)
+}
+
+/// Counts and hashes what passes through (archives and etcd data files alike).
+pub struct Digesting<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W> Digesting<W> {
+    pub fn new(inner: W) -> Self {
+        Digesting { inner, hasher: Sha256::new(), size: 0 }
+    }
+
+    /// Bytes that passed so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The inner writer or reader, the byte count and the SHA-256 (hex). Flushes nothing.
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.size, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Either a store or verification error, or a local write error (which `at` names the file of).
+pub enum CopyError {
+    Engine(Error),
+    Write(std::io::Error),
+}
+
+impl CopyError {
+    pub fn at(self, path: impl AsRef<FsPath>) -> Error {
+        match self {
+            CopyError::Engine(e) => e,
+            CopyError::Write(e) => Error::io(path.as_ref(), e),
+        }
+    }
+}
+
+/// Streams the data file at `path` into `out`, then checks its size and SHA-256 against `data`.
+/// `inspect` sees every chunk.
+pub async fn copy_verified(
+    store: &Store,
+    name: &str,
+    path: &Path,
+    data: DataFile<'_>,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    inspect: &mut (dyn Inspect + Send),
+) -> std::result::Result<u64, CopyError> {
+    let got = store.objects().get(path).await.map_err(|e| {
+        CopyError::Engine(match e {
+            object_store::Error::NotFound { .. } => {
+                corrupt(store, name, format!("its data file {} is missing", data.key))
+            }
+            e => store.error(e),
+        })
+    })?;
+    let mut stream = got.into_stream();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| CopyError::Engine(store.error(e)))?;
+        hasher.update(&chunk);
+        inspect.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk).await.map_err(CopyError::Write)?;
+    }
+    out.flush().await.map_err(CopyError::Write)?;
+    if size != data.size {
+        return Err(CopyError::Engine(corrupt(
+            store,
+            name,
+            format!("{} is {size} bytes, the metadata says {} (truncated?)", data.key, data.size),
+        )));
+    }
+    let got = hex::encode(hasher.finalize());
+    if got != data.sha256 {
+        return Err(CopyError::Engine(corrupt(
+            store,
+            name,
+            format!("{} has SHA-256 {got}, the metadata says {}", data.key, data.sha256),
+        )));
+    }
+    Ok(size)
+}
