@@ -14,6 +14,15 @@ use crate::collect::Item;
 pub const FORMAT: &str = "tar+zstd";
 /// zstd level: 3 is zstd's default, fast and a good ratio on JSON.
 pub const ZSTD_LEVEL: i32 = 3;
+/// The largest entry an archive may hold: the API server's limit on a request body (3 MiB). A
+/// larger object could not be restored anyway, so a larger entry is refused before it is read.
+pub const MAX_OBJECT_BYTES: u64 = 3 * 1024 * 1024;
+/// The longest GNU long-name record: a path of resource, namespace and name is far shorter.
+const MAX_LONG_NAME: u64 = 4096;
+/// zstd frames asking for a window above 8 MiB are refused (level 3 uses 2 MiB): this bounds the
+/// decoder's memory whatever the archive says.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+const BLOCK: u64 = 512;
 
 /// The path of an object's entry.
 pub fn entry_path(resource: &str, namespace: Option<&str>, name: &str) -> String {
@@ -173,6 +182,154 @@ pub struct Entry {
     pub json: Vec<u8>,
 }
 
+/// The tar entries of an archive read through the bounds every reader needs: a capped zstd window,
+/// and [`Bounded`] limits on each tar record and on the whole stream for `entries` objects.
+pub fn open<R: Read>(
+    input: R,
+    entries: usize,
+) -> Result<tar::Archive<Bounded<zstd::Decoder<'static, io::BufReader<R>>>>, String> {
+    let mut decoder = zstd::Decoder::new(input).map_err(|e| format!("not a zstd stream: {e}"))?;
+    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| format!("zstd decoder: {e}"))?;
+    // Per object: a header, a long-name record and its header, the body padded to a block.
+    let per_entry = MAX_OBJECT_BYTES + MAX_LONG_NAME + 3 * BLOCK;
+    let max_total = (entries as u64).saturating_add(1).saturating_mul(per_entry).saturating_add(4 * BLOCK);
+    Ok(tar::Archive::new(Bounded::new(decoder, max_total)))
+}
+
+/// Checks each tar header as the decompressed stream passes through, before the tar reader acts
+/// on it: only regular files up to [`MAX_OBJECT_BYTES`] and GNU long names up to 4 KiB (all our
+/// writer produces), and no more bytes than `max_total`. The tar reader buffers long names and
+/// PAX records whole, so without this a small zstd bomb could make it allocate gigabytes.
+pub struct Bounded<R> {
+    inner: R,
+    /// Data bytes to pass before the next header.
+    skip: u64,
+    header: Vec<u8>,
+    total: u64,
+    max_total: u64,
+}
+
+impl<R> Bounded<R> {
+    pub fn new(inner: R, max_total: u64) -> Self {
+        Bounded { inner, skip: 0, header: Vec::with_capacity(BLOCK as usize), total: 0, max_total }
+    }
+
+    fn inspect(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.total += data.len() as u64;
+        if self.total > self.max_total {
+            return Err(invalid(format!(
+                "the archive decompresses to more than {} bytes, more than its {} objects can take",
+                self.max_total,
+                self.max_total / (MAX_OBJECT_BYTES + MAX_LONG_NAME + 3 * BLOCK)
+            )));
+        }
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let k = (self.skip.min(data.len() as u64)) as usize;
+                self.skip -= k as u64;
+                data = &data[k..];
+                continue;
+            }
+            let k = (BLOCK as usize - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            if self.header.len() == BLOCK as usize {
+                self.skip = check_header(&self.header)?;
+                self.header.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The data length (padded) that follows a tar header, or why the header is refused.
+fn check_header(h: &[u8]) -> io::Result<u64> {
+    if h.iter().all(|b| *b == 0) {
+        return Ok(0); // end-of-archive block
+    }
+    let size = header_size(&h[124..136]).ok_or_else(|| invalid("a tar header has an unreadable size".into()))?;
+    let (what, max) = match h[156] {
+        b'0' | 0 => ("an object", MAX_OBJECT_BYTES),
+        b'L' => ("a long-name record", MAX_LONG_NAME),
+        t => {
+            return Err(invalid(format!(
+                "a tar entry of type {:?} is not part of a backup archive (only regular files)",
+                t as char
+            )));
+        }
+    };
+    if size > max {
+        return Err(invalid(format!(
+            "{what} of {size} bytes is larger than the largest the API server accepts ({max} bytes): refused before reading it"
+        )));
+    }
+    Ok(size.div_ceil(BLOCK) * BLOCK)
+}
+
+/// A tar size field: octal ASCII, or GNU base-256 (high bit set).
+fn header_size(f: &[u8]) -> Option<u64> {
+    if f[0] & 0x80 != 0 {
+        let mut v: u64 = (f[0] & 0x7f) as u64;
+        for b in &f[1..] {
+            v = v.checked_mul(256)?.checked_add(*b as u64)?;
+        }
+        return Some(v);
+    }
+    let text = std::str::from_utf8(f).ok()?;
+    let digits = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(digits, 8).ok()
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.inspect(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Checks that an archived object is what its entry path says: its `metadata.name`, its
+/// `metadata.namespace` (absent or equal), and its `apiVersion`'s group in the resource key. A
+/// restore filtered to namespace X must not create a cluster-wide object filed under X.
+pub fn check_identity(path: &EntryPath, raw_path: &str, obj: &serde_json::Value) -> Result<(), String> {
+    let meta = &obj["metadata"];
+    let name = meta["name"].as_str().unwrap_or("");
+    if name != path.name {
+        return Err(format!("entry {raw_path:?} holds an object named {name:?}, not {:?}", path.name));
+    }
+    match (meta["namespace"].as_str(), path.namespace.as_deref()) {
+        (Some(ns), Some(p)) if ns != p => {
+            return Err(format!("entry {raw_path:?} holds an object of namespace {ns:?}, not {p:?}"));
+        }
+        (Some(ns), None) if !ns.is_empty() => {
+            return Err(format!("entry {raw_path:?} is filed as cluster-scoped but its object is in namespace {ns:?}"));
+        }
+        _ => {}
+    }
+    let api_version = obj["apiVersion"].as_str().unwrap_or("");
+    let kind = obj["kind"].as_str().unwrap_or("");
+    if api_version.is_empty() || kind.is_empty() {
+        return Err(format!("entry {raw_path:?} has no apiVersion or kind"));
+    }
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    let grouped = !group.is_empty() && path.resource.ends_with(&format!(".{group}"));
+    let core = group.is_empty() && !path.resource.contains('.');
+    if !(grouped || core) {
+        return Err(format!(
+            "entry {raw_path:?} is filed under resource {:?} but holds a {kind} of {api_version}",
+            path.resource
+        ));
+    }
+    Ok(())
+}
+
 /// Reads an archive, checking each entry's path and digest against `expected`. Calls `f` for each
 /// verified entry. At the end checks that every expected entry was seen exactly once.
 ///
@@ -182,8 +339,7 @@ pub fn read_verified<R: Read>(
     expected: &BTreeMap<String, String>,
     mut f: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<u64, String> {
-    let decoder = zstd::Decoder::new(input).map_err(|e| format!("not a zstd stream: {e}"))?;
-    let mut archive = tar::Archive::new(decoder);
+    let mut archive = open(input, expected.len())?;
     let mut seen = 0u64;
     let mut seen_paths = std::collections::HashSet::new();
     let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
@@ -200,6 +356,12 @@ pub fn read_verified<R: Read>(
             expected.get(&raw_path).ok_or_else(|| format!("entry {raw_path:?} is not listed in the metadata"))?;
         if !seen_paths.insert(raw_path.clone()) {
             return Err(format!("entry {raw_path:?} appears twice"));
+        }
+        if entry.size() > MAX_OBJECT_BYTES {
+            return Err(format!(
+                "entry {raw_path:?} is {} bytes, larger than any object the API server accepts",
+                entry.size()
+            ));
         }
         let mut json = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut json).map_err(|e| format!("archive truncated or corrupt in {raw_path:?}: {e}"))?;
@@ -223,6 +385,8 @@ pub fn read_verified<R: Read>(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn item(resource: &str, ns: Option<&str>, name: &str, body: &str) -> Item {
@@ -341,5 +505,84 @@ mod tests {
         let expected: BTreeMap<String, String> = [("resources/../evil.json".to_string(), sha256_hex(b"{}"))].into();
         let err = read_verified(raw.as_slice(), &expected, |_| Ok(())).unwrap_err();
         assert!(err.contains("'..'"), "{err}");
+    }
+
+    /// zstd of one tar header (`kind`, claiming `size`) followed by `zeros` zero bytes.
+    fn bomb(kind: tar::EntryType, size: u64, zeros: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut enc = zstd::Encoder::new(&mut raw, 1).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_entry_type(kind);
+        h.set_cksum();
+        enc.write_all(h.as_bytes()).unwrap();
+        enc.write_all(&vec![0u8; zeros]).unwrap();
+        enc.finish().unwrap();
+        raw
+    }
+
+    #[test]
+    fn oversized_and_foreign_records_are_refused_before_they_are_read() {
+        let expected: BTreeMap<String, String> = BTreeMap::new();
+        // A long name claiming 1 GiB: the tar reader would buffer it whole.
+        let err = read_verified(bomb(tar::EntryType::GNULongName, 1 << 30, 1 << 16).as_slice(), &expected, |_| Ok(()))
+            .unwrap_err();
+        assert!(
+            err.contains("a long-name record of 1073741824 bytes") && err.contains("refused before reading it"),
+            "{err}"
+        );
+        // An object larger than the API server accepts.
+        let err =
+            read_verified(bomb(tar::EntryType::Regular, 4 << 20, 0).as_slice(), &expected, |_| Ok(())).unwrap_err();
+        assert!(err.contains("an object of 4194304 bytes"), "{err}");
+        // PAX records (which could change sizes behind the check) and other types.
+        let err = read_verified(bomb(tar::EntryType::XHeader, 100, 512).as_slice(), &expected, |_| Ok(())).unwrap_err();
+        assert!(err.contains("type 'x'") && err.contains("only regular files"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_longer_than_its_entries_allow_is_refused() {
+        // Legal records, but more data than one object can take: many maximal long names.
+        let mut raw = Vec::new();
+        {
+            let mut enc = zstd::Encoder::new(&mut raw, 1).unwrap();
+            for _ in 0..2000 {
+                let mut h = tar::Header::new_gnu();
+                h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+                h.set_size(MAX_LONG_NAME);
+                h.set_entry_type(tar::EntryType::GNULongName);
+                h.set_cksum();
+                enc.write_all(h.as_bytes()).unwrap();
+                enc.write_all(&[b'a'; MAX_LONG_NAME as usize]).unwrap();
+            }
+            enc.finish().unwrap();
+        }
+        let mut b = Bounded::new(zstd::Decoder::new(raw.as_slice()).unwrap(), 1 << 20);
+        let err = std::io::copy(&mut b, &mut std::io::sink()).unwrap_err();
+        assert!(err.to_string().contains("decompresses to more than 1048576 bytes"), "{err}");
+    }
+
+    #[test]
+    fn identity_checks_name_namespace_and_group() {
+        let p = |s: &str| parse_entry_path(s).unwrap();
+        let ok = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}});
+        assert!(check_identity(&p("resources/deployments.apps/namespaces/shop/web.json"), "x", &ok).is_ok());
+        let cases = [
+            ("resources/deployments.apps/namespaces/shop/api.json", ok.clone(), "named \"web\""),
+            ("resources/deployments.apps/namespaces/bank/web.json", ok.clone(), "namespace \"shop\""),
+            ("resources/deployments.apps/cluster/web.json", ok.clone(), "filed as cluster-scoped"),
+            ("resources/configmaps/namespaces/shop/web.json", ok.clone(), "holds a Deployment"),
+            (
+                "resources/clusterrolebindings.rbac.authorization.k8s.io/namespaces/shop/web.json",
+                ok.clone(),
+                "holds a Deployment",
+            ),
+        ];
+        for (path, obj, want) in cases {
+            let err = check_identity(&p(path), path, &obj).unwrap_err();
+            assert!(err.contains(want), "{path}: {err}");
+        }
     }
 }

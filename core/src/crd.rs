@@ -143,6 +143,10 @@ pub struct BackupScheduleStatus {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<String>,
+    /// `Ready`: False with the reason when the controller refuses the schedule (e.g. a tenant
+    /// schedule naming a URL, or firing more often than the admin allows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 /// The CRDs, as the API server takes them.

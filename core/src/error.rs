@@ -82,6 +82,25 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// Removes what looks like a credential from a message bound for a log line, an Event or a status:
+/// the query of a URL (presigned S3 URLs, Azure SAS tokens), and `key=value` pairs whose key names
+/// a signature, a token, a key or a password. Store errors quote request URLs; these messages are
+/// readable by anyone who may read Events in a namespace.
+pub fn redact(text: &str) -> String {
+    use std::sync::LazyLock;
+    static URL_QUERY: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r#"(?i)\b((?:https?|s3|gs|az|abfss?)://[^\s"'?]+)\?[^\s"']*"#).expect("a valid regex")
+    });
+    static PAIRS: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?i)\b((?:x-amz-)?(?:sig|signature|credential|security-token|token|accountkey|account_key|sharedaccesssignature|password|secret|client_secret|sas)\s*[=:]\s*)[^\s&;,"']+"#,
+        )
+        .expect("a valid regex")
+    });
+    let text = URL_QUERY.replace_all(text, "$1?<redacted>");
+    PAIRS.replace_all(&text, "$1<redacted>").into_owned()
+}
+
 /// A one-line, human message for a kube error (kube's own Display repeats the Debug form).
 pub fn kube_message(err: &kube::Error) -> String {
     match err {
@@ -108,5 +127,21 @@ pub fn kube_message(err: &kube::Error) -> String {
             }
             msg
         }
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn signatures_tokens_and_keys_are_removed() {
+        let sas = "Generic HTTP error: GET http://127.0.0.1:10000/devstoreaccount1/missing?restype=container&sv=2021-08-06&sig=AbC%2Fdef%3D&se=2030-01-01 failed: 404";
+        let r = redact(sas);
+        assert!(!r.contains("AbC") && !r.contains("sv=2021"), "{r}");
+        assert!(r.contains("http://127.0.0.1:10000/devstoreaccount1/missing?<redacted>") && r.contains("404"), "{r}");
+        let r = redact("auth failed: X-Amz-Signature=deadbeef; AccountKey=Zm9v== password: hunter2");
+        assert!(!r.contains("deadbeef") && !r.contains("Zm9v") && !r.contains("hunter2"), "{r}");
+        assert_eq!(redact("namespace shop not found"), "namespace shop not found");
     }
 }

@@ -11,6 +11,10 @@ use crate::crd;
 pub const APP: &str = "backup-webhook";
 pub const WEBHOOK_CONFIGURATION: &str = "kubectl-backup";
 pub const TLS_SECRET: &str = "backup-webhook-tls";
+/// The Secret holding the key that signs the webhook's marks (the webhook creates it).
+pub const SIGNING_KEY_SECRET: &str = "backup-webhook-signing-key";
+/// The ConfigMap holding the restore worker's heartbeat (the webhook creates it).
+pub const STATE_CONFIGMAP: &str = "backup-webhook-state";
 pub const CONTROLLER_ROLE: &str = "kubectl-backup-controller";
 pub const ADMIN_ROLE: &str = "kubectl-backup-admin";
 pub const OPERATOR_ROLE: &str = "kubectl-backup-operator";
@@ -68,14 +72,16 @@ fn b64(s: &str) -> String {
 /// The manifests, in the order they are applied. `tls` is required unless `opts.cert_manager`.
 pub fn render(opts: &InstallOptions, tls: Option<&Tls>) -> Vec<Value> {
     let ns = opts.namespace.as_str();
-    let mut out = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels()}})];
+    let mut ns_labels = labels();
+    ns_labels[ADMISSION_SKIP_LABEL] = json!(ADMISSION_SKIP_VALUE);
+    let mut out = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": ns_labels}})];
     for c in crd::definitions() {
         let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
         v["metadata"]["labels"] = labels();
         out.push(v);
     }
     out.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": APP, "namespace": ns, "labels": labels()}}));
-    out.extend(rbac(ns));
+    out.extend(rbac(ns, &opts.workspace_resources));
     match (opts.cert_manager, tls) {
         (true, _) => out.extend(cert_manager(ns)),
         (false, Some(t)) => out.push(json!({
@@ -90,7 +96,10 @@ pub fn render(opts: &InstallOptions, tls: Option<&Tls>) -> Vec<Value> {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": APP, "namespace": ns, "labels": labels()},
         "spec": {"selector": {"app.kubernetes.io/name": APP},
-                 "ports": [{"name": "https", "port": 443, "targetPort": 8443}, {"name": "metrics", "port": 9090, "targetPort": 9090}]}
+                 // `protocol` is part of the list's key for server-side apply: without it the API
+                 // server refuses the apply.
+                 "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"},
+                           {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]}
     }));
     out.push(webhook_configuration(opts, if opts.cert_manager { None } else { tls.map(|t| t.ca_pem.as_str()) }));
     // No BackupLocation here: `kubectl apply` maps every document before creating any, and the kind
@@ -138,32 +147,102 @@ fn default_location_args(opts: &InstallOptions) -> Vec<String> {
     args
 }
 
-fn rbac(ns: &str) -> Vec<Value> {
-    let group = crate::GROUP;
+/// The label that keeps a namespace's objects away from the webhook. On Kubernetes 1.21+ the
+/// `kubernetes.io/metadata.name` label does the same; 1.20 has no such label, so `install` labels
+/// its own namespace and `kube-system` with this one (as Gatekeeper does with its ignore label).
+pub const ADMISSION_SKIP_LABEL: &str = "kubectl-backup.dev/admission";
+pub const ADMISSION_SKIP_VALUE: &str = "skip";
+/// Read access to our CRDs, aggregated into the built-in view, edit and admin roles.
+pub const VIEW_ROLE: &str = "kubectl-backup-view";
+
+/// What every backup needs: LIST and WATCH of every resource (the engine never GETs an arbitrary
+/// object), and GET of the three kinds it reads by name (named namespaces, the CRDs of backed-up
+/// custom resources, the PVs of backed-up claims). `get` on `*` is never granted: on Kubernetes it
+/// would include `pods/exec`, `pods/attach` and `pods/portforward` over websockets.
+fn read_for_backups() -> Vec<Value> {
     vec![
-        // The controller backs up and restores arbitrary objects: it needs to read and write everything.
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-               "metadata": {"name": CONTROLLER_ROLE, "labels": labels()},
-               "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": CONTROLLER_ROLE, "labels": labels()},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROLLER_ROLE},
-               "subjects": [{"kind": "ServiceAccount", "name": APP, "namespace": ns}]}),
-        // People who run backups of the whole cluster: everything of ours, read everything, restore anything.
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": ADMIN_ROLE, "labels": labels()},
+        json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["list", "watch"]}),
+        json!({"apiGroups": [""], "resources": ["namespaces", "persistentvolumes"], "verbs": ["get"]}),
+        json!({"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get"]}),
+    ]
+}
+
+fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+           "metadata": {"name": name, "labels": labels()}, "rules": rules})
+}
+
+/// The roles. Each rule of the controller's says what it is for; none of them lets it write an
+/// arbitrary object with its own rights: restores run as the person who created the workspace.
+pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
+    let group = crate::GROUP;
+    let mut controller = read_for_backups();
+    controller.extend([
+        // Its own resources: schedules, locations, and the status it writes on them.
+        json!({"apiGroups": [group], "resources": ["backupschedules", "backuplocations"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": [group], "resources": ["backupschedules/status", "backuplocations/status"], "verbs": ["get", "patch", "update"]}),
+        // The restore-status annotation on workspaces (and the marks of catch-up).
+        json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch"]}),
+        // Restores act as the workspace's creator, whom the webhook recorded (never anyone else).
+        json!({"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"], "verbs": ["impersonate"]}),
+        // ... with the extra attributes their authenticator gave them (scopes, bound pod names).
+        json!({"apiGroups": ["authentication.k8s.io"], "resources": ["*"], "verbs": ["impersonate"]}),
+        // Events about backups and restores.
+        json!({"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+    ]);
+    for r in workspace_resources {
+        let (plural, g) = r.split_once('.').unwrap_or((r, ""));
+        // Workspace custom resources: read by name, restore-status annotation written.
+        controller.push(json!({"apiGroups": [g], "resources": [plural], "verbs": ["get", "patch"]}));
+    }
+    let mut admin = vec![json!({"apiGroups": [group], "resources": ["*"], "verbs": ["*"]})];
+    admin.extend(read_for_backups());
+    let mut operator = vec![
+        json!({"apiGroups": [group], "resources": ["backupschedules"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+        json!({"apiGroups": [group], "resources": ["backupschedules/status", "backuplocations"], "verbs": ["get", "list", "watch"]}),
+    ];
+    operator.extend(read_for_backups());
+    let rb = |kind: &str, name: &str, namespace: Option<&str>| {
+        let mut meta = json!({"name": name, "labels": labels()});
+        if let Some(n) = namespace {
+            meta["namespace"] = json!(n);
+        }
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind.replace("Binding", ""), "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": APP, "namespace": ns}]})
+    };
+    let mut view = cluster_role(
+        VIEW_ROLE,
+        vec![
+            json!({"apiGroups": [group], "resources": ["backupschedules", "backupschedules/status", "backuplocations", "backuplocations/status"], "verbs": ["get", "list", "watch"]}),
+        ],
+    );
+    for r in ["view", "edit", "admin"] {
+        view["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{r}")] = json!("true");
+    }
+    vec![
+        cluster_role(CONTROLLER_ROLE, controller),
+        rb("ClusterRoleBinding", CONTROLLER_ROLE, None),
+        // In its own namespace only: the worker's heartbeat ConfigMap, the key that signs the
+        // webhook's marks (created on first start), the credentials Secrets of BackupLocations and
+        // the default BackupLocation it creates from its --default-location-* flags when missing.
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": CONTROLLER_ROLE, "namespace": ns, "labels": labels()},
         "rules": [
-            {"apiGroups": [group], "resources": ["*"], "verbs": ["*"]},
-            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch", "create", "update", "patch"]}
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+            {"apiGroups": [group], "resources": ["backuplocations"], "verbs": ["create"]}
         ]}),
-        // Bound with a RoleBinding in a namespace: schedules, backups and restores of that namespace only.
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": OPERATOR_ROLE, "labels": labels()},
-        "rules": [
-            {"apiGroups": [group], "resources": ["backupschedules", "backupschedules/status"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            {"apiGroups": [group], "resources": ["backuplocations"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch", "create", "update", "patch"]}
-        ]}),
+        rb("RoleBinding", CONTROLLER_ROLE, Some(ns)),
+        // People who back up the whole cluster and manage kubectl-backup: all of our resources and
+        // read access to every object. A restore runs with the restorer's own rights, so writes
+        // to other objects come from the roles people already have (e.g. cluster-admin).
+        cluster_role(ADMIN_ROLE, admin),
+        // Bound with a RoleBinding in a namespace: schedules and backups of that namespace (the
+        // controller refuses schedules reaching further); restores with the namespace's own
+        // `admin`/`edit` role.
+        cluster_role(OPERATOR_ROLE, operator),
+        view,
     ]
 }
 
@@ -199,12 +278,11 @@ fn deployment(opts: &InstallOptions) -> Value {
     let mut container = json!({
         "name": APP, "image": opts.image, "imagePullPolicy": "IfNotPresent", "args": args,
         "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-        "ports": [{"name": "https", "containerPort": 8443}, {"name": "metrics", "containerPort": 9090}],
+        "ports": [{"name": "https", "containerPort": 8443, "protocol": "TCP"}, {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8443, "scheme": "HTTPS"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8443, "scheme": "HTTPS"}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
-                            "runAsUser": 65532, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}, {"name": "tmp", "mountPath": "/tmp"}]
     });
     if let Some(s) = &opts.credentials_secret {
@@ -215,17 +293,32 @@ fn deployment(opts: &InstallOptions) -> Value {
         "metadata": {"name": APP, "namespace": ns, "labels": labels()},
         "spec": {
             "replicas": 1,
+            // Never two controllers at once: schedules, expiry and restores assume one runner.
+            "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app.kubernetes.io/name": APP}},
             "template": {
                 "metadata": {"labels": labels()},
                 "spec": {
                     "serviceAccountName": APP,
+                    "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": [{"name": "tls", "secret": {"secretName": TLS_SECRET}}, {"name": "tmp", "emptyDir": {}}]
                 }
             }
         }
     })
+}
+
+/// The pod's securityContext (the chart's `podSecurityContext` default).
+pub fn pod_security_context() -> Value {
+    json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+           "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+/// The container's securityContext (the chart's `containerSecurityContext` default).
+pub fn container_security_context() -> Value {
+    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
+           "runAsUser": 65532, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}})
 }
 
 fn webhook_configuration(opts: &InstallOptions, ca_pem: Option<&str>) -> Value {
@@ -256,7 +349,8 @@ fn webhook_configuration(opts: &InstallOptions, ca_pem: Option<&str>) -> Value {
             "timeoutSeconds": 5,
             "clientConfig": client_config,
             "namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns, "kube-system"]}
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns, "kube-system"]},
+                {"key": ADMISSION_SKIP_LABEL, "operator": "NotIn", "values": [ADMISSION_SKIP_VALUE]}
             ]},
             "rules": rules
         }]

@@ -26,6 +26,9 @@ use url::Url;
 
 use crate::{Error, Result};
 
+/// The largest metadata document read (one of 1M objects is about 150 MB).
+pub const MAX_DOCUMENT_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
 const PART: usize = 8 << 20;
 /// Parts uploading at once. Bounds memory: about PART x (this + 1).
@@ -209,8 +212,18 @@ impl Store {
         let store: Arc<dyn ObjectStore> = match location.provider {
             Provider::File => {
                 let dir = PathBuf::from(&location.bucket);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+                // Backups hold Secrets: a local location is the owner's alone. New directories
+                // are 0700 and every file this process writes from now on 0600 (the umask:
+                // object_store creates the files).
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+                }
                 let fs = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| fail(format!("cannot open directory {}: {e}", dir.display())))?
                     .with_automatic_cleanup(true);
@@ -395,8 +408,18 @@ impl Store {
     }
 
     /// Reads a whole (small) object; `Ok(None)` when it does not exist.
+    /// A small document (metadata, markers), or `None` when it does not exist. One larger than
+    /// [`MAX_DOCUMENT_BYTES`] is refused before it is read: whoever can write to the bucket must
+    /// not be able to make a reader allocate without bound.
     pub async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.objects.get(path).await {
+            Ok(r) if r.meta.size > MAX_DOCUMENT_BYTES => Err(Error::Location {
+                location: self.url().into(),
+                reason: format!(
+                    "{path} is {} bytes, more than a metadata document may be ({MAX_DOCUMENT_BYTES} bytes): refused without reading it",
+                    r.meta.size
+                ),
+            }),
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.error(e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(e)),

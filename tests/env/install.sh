@@ -28,7 +28,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 apt_packages=(golang-go rsync jq etcd-server etcd-client protobuf-compiler libprotobuf-dev
-  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates)
+  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates time)
 
 install_apt() {
   local missing=()

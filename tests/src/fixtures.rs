@@ -170,6 +170,36 @@ impl Tools {
     }
 }
 
+/// An annotation of an object, as kubectl printed it.
+pub fn annotation(v: &Value, key: &str) -> Option<String> {
+    v["metadata"]["annotations"][key].as_str().map(str::to_string)
+}
+
+/// `(reason, message)` of the Events in `ns`.
+pub fn events(t: &Tools, ns: &str) -> Vec<(String, String)> {
+    t.get_json(&["events", "-n", ns])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["message"].as_str().or(e["note"].as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// An identity for `--catch-up-identity`: ServiceAccount `catch-up` in `ns`, bound to
+/// cluster-admin (the admin's choice in these tests). Returns its user name.
+pub fn catch_up_identity(t: &Tools, ns: &str) -> String {
+    t.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: catch-up\n  namespace: {ns}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: catch-up-{ns}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}\nsubjects:\n- {{kind: ServiceAccount, name: catch-up, namespace: {ns}}}\n"
+    ))
+    .ok();
+    format!("system:serviceaccount:{ns}:catch-up")
+}
+
 /// A realistic small application in `ns`: ConfigMap, Secret, ServiceAccount, Role, RoleBinding,
 /// Deployment, Service and a PVC.
 pub fn sample_app(ns: &str) -> String {
@@ -405,18 +435,65 @@ impl OwnCluster {
         OwnCluster { env, cp, t, location, dir }
     }
 
-    /// Starts backup-webhook against this cluster and location, running in `own_namespace`.
+    /// Installs kubectl-backup in `own_namespace` with the real `kubectl backup install` (its
+    /// ServiceAccount, roles, CRDs, MutatingWebhookConfiguration; the Deployment stays Pending on
+    /// this node-less cluster) and starts backup-webhook as a local process **with that
+    /// ServiceAccount's token**, the installed webhook configuration pointed at it. So the RBAC,
+    /// the rules, the namespaceSelector, the timeout and the failurePolicy the tests exercise are
+    /// exactly what users install. `extra` flags go to the webhook; `--workspace-resource` ones to
+    /// install too.
     pub fn webhook(&self, own_namespace: &str, extra: &[&str]) -> crate::webhook::Webhook {
+        let mut install = vec![
+            "backup".to_string(),
+            "install".into(),
+            "--namespace".into(),
+            own_namespace.into(),
+            "--location".into(),
+            self.location.clone(),
+        ];
+        install.extend(extra.iter().filter(|a| a.starts_with("--workspace-resource")).map(|s| s.to_string()));
+        let args: Vec<&str> = install.iter().map(String::as_str).collect();
+        self.t.kubectl(&args).ok();
+        let kubeconfig = self.service_account_kubeconfig(own_namespace, crate::webhook::SERVICE_ACCOUNT);
         let mut args = vec![format!("--namespace={own_namespace}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::webhook::Webhook::start(
+        let w = crate::webhook::Webhook::start(
             &self.dir.join("webhook"),
-            &self.cp.info.kubeconfig,
+            &kubeconfig,
             &self.location,
             &self.env.s3.env,
             &args,
         )
-        .expect("starting backup-webhook")
+        .expect("starting backup-webhook");
+        w.point_installed_configuration_here(&self.t);
+        w
+    }
+
+    /// A kubeconfig with the token of ServiceAccount `ns/name` (from its token Secret, which
+    /// kube-controller-manager creates on 1.20).
+    pub fn service_account_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
+        let mut token = None;
+        for _ in 0..100 {
+            let sa = self.t.kubectl(&["get", "serviceaccount", name, "-n", ns, "-o", "json"]);
+            if sa.code == 0
+                && let Some(secret) = sa.json()["secrets"][0]["name"].as_str()
+            {
+                let s = self.t.get_json(&["secret", secret, "-n", ns]);
+                if let Some(t) = s["data"]["token"].as_str() {
+                    let raw =
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, t).expect("base64 token");
+                    token = Some(String::from_utf8(raw).expect("a UTF-8 token"));
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let token = token.unwrap_or_else(|| panic!("ServiceAccount {ns}/{name} got no token Secret"));
+        let path = self.dir.join(format!("{ns}-{name}.kubeconfig"));
+        std::fs::create_dir_all(&self.dir).expect("test dir");
+        crate::control_plane::write_kubeconfig(&path, &self.cp.info.server, &self.cp.info.ca_file, name, &token)
+            .expect("writing the ServiceAccount kubeconfig");
+        path
     }
 }

@@ -10,6 +10,11 @@ use kubectl_backup_core::pki::{Ca, LeafFiles};
 use crate::fixtures::bin_dir;
 use crate::process::{Process, free_port, wait_for};
 
+/// The ServiceAccount `kubectl backup install` and the chart create for the webhook.
+pub const SERVICE_ACCOUNT: &str = "backup-webhook";
+/// The MutatingWebhookConfiguration they create.
+pub const CONFIGURATION: &str = "kubectl-backup";
+
 pub struct Webhook {
     pub port: u16,
     pub metrics_port: u16,
@@ -77,8 +82,10 @@ impl Webhook {
             format!("--tls-cert={}", tls.cert.display()),
             format!("--tls-key={}", tls.key.display()),
             format!("--kubeconfig={}", kubeconfig.display()),
-            "--index-refresh=2s".into(),
         ];
+        if !flags.iter().any(|a| a.starts_with("--index-refresh")) {
+            args.push("--index-refresh=2s".into());
+        }
         args.extend(flags);
         let mut env = store_env.to_vec();
         env.push(("RUST_LOG".into(), "info,backup_webhook=debug,kube=warn".into()));
@@ -130,45 +137,22 @@ impl Webhook {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A MutatingWebhookConfiguration for namespace CREATE, as `kubectl backup install` renders it.
-    pub fn configuration(&self, name: &str) -> String {
-        self.configuration_with(name, &[])
+    /// Points the installed MutatingWebhookConfiguration (rules, namespaceSelector, timeout and
+    /// failurePolicy as installed) at this process: `clientConfig.url` and this CA instead of the
+    /// in-cluster Service, which has no Pod behind it here.
+    pub fn point_installed_configuration_here(&self, t: &crate::fixtures::Tools) {
+        self.register(t, &self.ca_pem);
     }
 
-    /// The same, also for CREATE of these workspace resources: `(group, version, plural)`.
-    pub fn configuration_with(&self, name: &str, resources: &[(&str, &str, &str)]) -> String {
-        let extra: String = resources
-            .iter()
-            .map(|(g, v, p)| {
-                format!(
-                    "  - apiGroups: [\"{g}\"]\n    apiVersions: [\"{v}\"]\n    operations: [\"CREATE\"]\n    resources: [\"{p}\"]\n    scope: \"*\"\n"
-                )
-            })
-            .collect();
-        let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.ca_pem.as_bytes());
-        format!(
-            r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: {name}
-webhooks:
-- name: workspaces.kubectl-backup.dev
-  admissionReviewVersions: ["v1"]
-  sideEffects: None
-  failurePolicy: Ignore
-  timeoutSeconds: 5
-  clientConfig:
-    url: https://127.0.0.1:{port}/mutate
-    caBundle: {ca}
-  rules:
-  - apiGroups: [""]
-    apiVersions: ["v1"]
-    operations: ["CREATE"]
-    resources: ["namespaces"]
-    scope: "*"
-{extra}"#,
-            port = self.port
-        )
+    /// The same, trusting `ca_pem` (e.g. after a rotation).
+    pub fn register(&self, t: &crate::fixtures::Tools, ca_pem: &str) {
+        let mut mwc = t.get_json(&["mutatingwebhookconfiguration", CONFIGURATION]);
+        let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca_pem.as_bytes());
+        for w in mwc["webhooks"].as_array_mut().expect("installed webhooks") {
+            w["clientConfig"] =
+                serde_json::json!({"url": format!("https://127.0.0.1:{}/mutate", self.port), "caBundle": ca});
+        }
+        t.pipe(&["replace", "-f", "-"], &mwc.to_string()).ok();
     }
 }
 

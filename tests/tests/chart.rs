@@ -221,7 +221,10 @@ fn assert_webhook_settings(mwc: &Value, ns: &str) {
     assert_eq!(w["admissionReviewVersions"], json!(["v1"]));
     assert_eq!(
         w["namespaceSelector"]["matchExpressions"],
-        json!([{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns, "kube-system"]}])
+        json!([
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns, "kube-system"]},
+            {"key": "kubectl-backup.dev/admission", "operator": "NotIn", "values": ["skip"]}
+        ])
     );
     assert_eq!(
         w["clientConfig"]["service"],

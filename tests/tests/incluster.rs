@@ -289,8 +289,9 @@ fn the_operator_role_cannot_reach_another_namespace() {
     let denied =
         alice.backup(&["schedule", "create", "sneaky", "--schedule", "@daily", "--schedule-namespace", &theirs]);
     assert_ne!(denied.code, 0);
-    // ...and a schedule there that names another namespace is refused by the controller.
-    let webhook = s.webhook(&["--continuous=false"]);
+    // ...and a schedule there that names another namespace is refused by the controller. (The
+    // admin allows tenant schedules every second here, so the test need not wait 5 minutes.)
+    let webhook = s.webhook(&["--continuous=false", "--min-schedule-interval=1s"]);
     alice
         .backup(&[
             "schedule",
@@ -418,11 +419,12 @@ fn the_rendered_manifests_apply_in_one_go_on_an_empty_cluster() {
     let again = c.t.sh(&format!("kubectl backup install --location {location} --dry-run -o yaml | kubectl apply -f -"));
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
 
-    // No node runs the Pod here: run the real webhook with the Deployment's own flags.
+    // No node runs the Pod here: run the real webhook with the Deployment's own flags, as the
+    // ServiceAccount the manifests created (so its RBAC must allow creating the location).
     let deployment = c.t.get_json(&["deployment", "backup-webhook", "-n", NS]);
-    let mut webhook =
-        Webhook::from_deployment(&c.dir.join("webhook"), &c.cp.info.kubeconfig, &deployment, NS, &c.env.s3.env)
-            .expect("backup-webhook with the Deployment's flags");
+    let sa = c.service_account_kubeconfig(NS, kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
+    let mut webhook = Webhook::from_deployment(&c.dir.join("webhook"), &sa, &deployment, NS, &c.env.s3.env)
+        .expect("backup-webhook with the Deployment's flags");
     eventually("the default BackupLocation", Duration::from_secs(30), || {
         c.t.kubectl(&["get", "backuplocations.kubectl-backup.dev", "default", "-n", NS]).code == 0
     });

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, sample_app, unique, wait_until};
+use kubectl_backup_e2e::fixtures::{
+    OwnCluster, annotation, catch_up_identity, events, eventually, namespace, sample_app, unique, wait_until,
+};
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
 
@@ -21,35 +23,15 @@ impl std::ops::Deref for Setup {
 }
 
 impl Setup {
-    /// The webhook, registered with the API server.
+    /// The webhook as installed (ServiceAccount, roles, webhook configuration), registered with
+    /// the API server.
     fn webhook(&self, own_namespace: &str, extra: &[&str]) -> Webhook {
-        let w = self.0.webhook(own_namespace, extra);
-        self.t.apply(&w.configuration("kubectl-backup")).ok();
-        w
+        self.0.webhook(own_namespace, extra)
     }
 
     fn ns_json(&self, ns: &str) -> Value {
         self.t.get_json(&["namespace", ns])
     }
-}
-
-fn annotation(v: &Value, key: &str) -> Option<String> {
-    v["metadata"]["annotations"][key].as_str().map(str::to_string)
-}
-
-fn events(t: &Tools, ns: &str) -> Vec<(String, String)> {
-    let v = t.get_json(&["events", "-n", ns]);
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or("").to_string(),
-                e["message"].as_str().or(e["note"].as_str()).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -104,6 +86,33 @@ fn a_recreated_namespace_comes_back_by_itself() {
 }
 
 #[test]
+fn the_newest_backup_even_seconds_old_is_the_one_restored() {
+    let s = setup("fresh");
+    // The index is loaded once at start and never again: only the worker's re-read of the
+    // location can know the backups below.
+    let webhook = s.webhook("kubectl-backup", &["--index-refresh=1h", "--continuous=false"]);
+    let ns = unique("fresh");
+    s.t.apply(&sample_app(&ns)).ok();
+    s.t.backup(&["create", &unique("older"), "-n", &ns]).ok();
+    s.t.kubectl(&["patch", "configmap", "settings", "-n", &ns, "--type=merge", "-p", r#"{"data":{"color":"red"}}"#])
+        .ok();
+    let newer = unique("newer");
+    s.t.backup(&["create", &newer, "-n", &ns]).ok();
+    let start = Instant::now();
+    s.t.delete_namespace(&ns);
+    s.t.kubectl(&["create", "namespace", &ns]).ok();
+    let since_backup = start.elapsed();
+    let done = wait_until(Duration::from_secs(60), || {
+        annotation(&s.ns_json(&ns), "kubectl-backup.dev/restore-status").as_deref() == Some("Completed")
+    });
+    assert!(done, "not restored: {}\n{}", s.ns_json(&ns), webhook.log());
+    assert_eq!(annotation(&s.ns_json(&ns), "kubectl-backup.dev/restore-from").as_deref(), Some(newer.as_str()));
+    let cm = s.t.get_json(&["configmap", "settings", "-n", &ns]);
+    assert_eq!(cm["data"]["color"], "red", "restored from the older backup");
+    eprintln!("backup to re-creation: {since_backup:?}");
+}
+
+#[test]
 fn ephemeral_workspaces_are_labelled_and_never_restored_or_backed_up() {
     let s = setup("eph");
     s.t.apply(&namespace("kubectl-backup")).ok();
@@ -152,13 +161,15 @@ fn ephemeral_workspaces_are_labelled_and_never_restored_or_backed_up() {
 }
 
 #[test]
-fn a_namespace_created_while_the_webhook_is_down_is_restored_after_restart() {
+fn a_namespace_created_while_the_webhook_is_down_is_restored_after_restart_as_the_catch_up_identity() {
     let s = setup("down");
     s.t.apply(&namespace("kubectl-backup")).ok();
     let ns = unique("late");
     s.t.apply(&sample_app(&ns)).ok();
     s.t.backup(&["create", &unique("b"), "-n", &ns]).ok();
-    let mut webhook = s.webhook("kubectl-backup", &[]);
+    // Catch-up restores run only as an identity the admin chose (nobody vouches for the creator).
+    let identity = catch_up_identity(&s.t, "kubectl-backup");
+    let mut webhook = s.webhook("kubectl-backup", &[&format!("--catch-up-identity={identity}")]);
     // Let the worker record that it has been running.
     eventually("the worker heartbeat", Duration::from_secs(30), || {
         s.t.kubectl(&["get", "configmap", "backup-webhook-state", "-n", "kubectl-backup"]).code == 0
@@ -209,11 +220,7 @@ fn rotated_certificates_are_served_without_a_restart() {
     assert!(!curl_with(&old_ca), "the old certificate is still served");
     assert!(webhook.log().contains("serving certificate reloaded"));
     // And the API server, given the new CA bundle, still gets answers.
-    let mut rotated = webhook.configuration("kubectl-backup");
-    let old_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, webhook.ca_pem.as_bytes());
-    let new_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca.cert_pem.as_bytes());
-    rotated = rotated.replace(&old_b64, &new_b64);
-    s.t.apply(&rotated).ok();
+    webhook.register(&s.t, &ca.cert_pem);
     std::thread::sleep(Duration::from_secs(1));
     s.t.kubectl(&["create", "namespace", "pr-after-rotation", "--dry-run=server"]).ok();
     let n = webhook.log().matches("admission").count();
@@ -310,11 +317,13 @@ fn backed_up_and_deleted(s: &Setup, prefix: &str) -> String {
     ns
 }
 
-/// The webhook with `workspaces.example.org` as a workspace resource, registered for it.
+/// The webhook with `workspaces.example.org` as a workspace resource (install registers it).
 fn workspace_webhook(s: &Setup) -> Webhook {
-    let webhook = s.0.webhook("kubectl-backup", &["--workspace-resource=workspaces.example.org"]);
-    s.t.apply(&webhook.configuration_with("kubectl-backup", &[("example.org", "v1", "workspaces")])).ok();
-    webhook
+    let identity = catch_up_identity(&s.t, "kubectl-backup");
+    s.0.webhook(
+        "kubectl-backup",
+        &["--workspace-resource=workspaces.example.org", &format!("--catch-up-identity={identity}")],
+    )
 }
 
 /// The workspace's restore completes and namespace `ns` holds the sample app again — as the
@@ -349,7 +358,7 @@ fn a_new_workspace_resource_brings_its_namespace_back() {
 }
 
 #[test]
-fn a_workspace_resource_created_while_the_webhook_is_down_is_restored_after_restart() {
+fn a_workspace_resource_created_while_the_webhook_is_down_is_restored_after_restart_as_the_catch_up_identity() {
     let s = setup("wsdown");
     s.t.apply(&namespace("kubectl-backup")).ok();
     workspace_crd(&s);

@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use jiff::Timestamp;
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kubectl_backup_core::EPHEMERAL_LABEL;
@@ -14,8 +15,11 @@ use kubectl_backup_core::selector::LabelSelector;
 use serde_json::Value;
 
 use crate::index::Index;
+use crate::mark::{Key, MARK_ANNOTATION, Mark, Requester};
 
 pub use kubectl_backup_core::{EPHEMERAL_ANNOTATION, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION};
+/// How many times the worker started restoring a workspace; it gives up after a few.
+pub const RESTORE_ATTEMPTS_ANNOTATION: &str = "kubectl-backup.dev/restore-attempts";
 
 /// Namespaces that are never workspaces.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
@@ -105,8 +109,25 @@ pub fn decide(
     }
 }
 
+/// Annotations only this component writes. A creator who sets them gets them removed: only the
+/// webhook decides whether and from what a workspace is restored.
+pub const OUR_ANNOTATIONS: [&str; 4] =
+    [RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, MARK_ANNOTATION, RESTORE_ATTEMPTS_ANNOTATION];
+
 /// Answers one admission request. Never denies: at worst it allows without a patch.
-pub fn mutate(req: &AdmissionRequest<DynamicObject>, policy: &Policy, index: &Index) -> (AdmissionResponse, Decision) {
+///
+/// For a new workspace it removes any of [`OUR_ANNOTATIONS`] the creator set, and for one that is
+/// not ephemeral adds a [`Mark`] signed with `key`: the requester as the API server authenticated
+/// them, and the time, from which the restore worker picks the newest earlier backup. The
+/// `restore-from` annotation it adds (when the index knows a backup) is for people; the worker
+/// trusts only the mark.
+pub fn mutate(
+    req: &AdmissionRequest<DynamicObject>,
+    policy: &Policy,
+    index: &Index,
+    key: &Key,
+    now: Timestamp,
+) -> (AdmissionResponse, Decision) {
     let resp = AdmissionResponse::from(req);
     if req.operation != Operation::Create || !policy.is_workspace_kind(&req.resource.group, &req.resource.resource) {
         return (resp, Decision::NotAWorkspace);
@@ -117,30 +138,66 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>, policy: &Policy, index: &In
         return (resp, Decision::NotAWorkspace); // generateName: the name is not known yet
     }
     let labels = obj.metadata.labels.clone().unwrap_or_default();
-    let annotations = obj.metadata.annotations.clone().unwrap_or_default();
-    // Already decided (an object copied with our marks), or being created by a restore: leave it alone.
-    if annotations.contains_key(RESTORE_STATUS_ANNOTATION)
-        || annotations.contains_key(RESTORE_FROM_ANNOTATION)
-        || labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL)
-    {
-        return (resp, Decision::NotAWorkspace);
+    let mut annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    let mut ops = Vec::new();
+    let mut ignored = Vec::new();
+    for k in OUR_ANNOTATIONS {
+        if annotations.remove(k).is_some() {
+            ops.push(PatchOperation::Remove(RemoveOperation {
+                path: PointerBuf::from_tokens(["metadata", "annotations", k]),
+            }));
+            ignored.push(k.to_string());
+        }
     }
-    let decision = decide(policy, &name, &labels, &annotations, index);
-    let patch = match &decision {
-        Decision::Ephemeral if labels.get(EPHEMERAL_LABEL).map(String::as_str) != Some("true") => {
-            Some(add_key(obj.metadata.labels.is_none(), "labels", EPHEMERAL_LABEL, "true"))
-        }
-        Decision::Restore(backup) => {
-            Some(add_key(obj.metadata.annotations.is_none(), "annotations", RESTORE_FROM_ANNOTATION, backup))
-        }
-        _ => None,
+    // Created by a restore (the worker's, as the workspace's creator): not a new workspace.
+    let decision = if labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL) {
+        Decision::NotAWorkspace
+    } else {
+        decide(policy, &name, &labels, &annotations, index)
     };
-    let resp = match patch {
-        Some(p) => match resp.clone().with_patch(p) {
-            Ok(r) => r,
-            Err(_) => resp,
-        },
-        None => resp,
+    match &decision {
+        Decision::Ephemeral if labels.get(EPHEMERAL_LABEL).map(String::as_str) != Some("true") => {
+            ops.extend(add_key(obj.metadata.labels.is_none(), "labels", EPHEMERAL_LABEL, "true").0);
+        }
+        Decision::Restore(_) | Decision::Nothing => {
+            let kind = if req.resource.group.is_empty() {
+                req.resource.resource.clone()
+            } else {
+                format!("{}.{}", req.resource.resource, req.resource.group)
+            };
+            let u = &req.user_info;
+            let is_namespace = req.resource.group.is_empty() && req.resource.resource == "namespaces";
+            let mark = Mark {
+                kind,
+                namespace: obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .or_else(|| req.namespace.clone())
+                    .filter(|n| !n.is_empty() && !is_namespace),
+                name: name.clone(),
+                requester: Requester {
+                    user: u.username.clone().unwrap_or_default(),
+                    groups: u.groups.clone().unwrap_or_default(),
+                    extra: u.extra.clone().unwrap_or_default().into_iter().collect(),
+                },
+                at: now,
+                ignored,
+            };
+            let missing = obj.metadata.annotations.is_none();
+            ops.extend(add_key(missing, "annotations", MARK_ANNOTATION, &key.sign(&mark)).0);
+            if let Decision::Restore(backup) = &decision {
+                ops.extend(add_key(false, "annotations", RESTORE_FROM_ANNOTATION, backup).0);
+            }
+        }
+        _ => {}
+    }
+    if ops.is_empty() {
+        return (resp, decision);
+    }
+    let resp = match resp.clone().with_patch(Patch(ops)) {
+        Ok(r) => r,
+        Err(_) => resp,
     };
     (resp, decision)
 }
@@ -189,13 +246,30 @@ mod tests {
         r.try_into().unwrap()
     }
 
+    fn key() -> Key {
+        Key::new(&[1; 32])
+    }
+
+    fn at() -> Timestamp {
+        "2026-12-01T10:00:00Z".parse().unwrap()
+    }
+
+    fn mutate(req: &AdmissionRequest<DynamicObject>, policy: &Policy, index: &Index) -> (AdmissionResponse, Decision) {
+        super::mutate(req, policy, index, &key(), at())
+    }
+
+    /// The mark the patched object carries, opened with the test key.
+    fn mark_of(obj: &Value) -> Mark {
+        key().open(obj["metadata"]["annotations"][MARK_ANNOTATION].as_str().expect("a mark")).unwrap()
+    }
+
     fn policy() -> Policy {
         Policy::new(&["pr-*".into()], None, "kubectl-backup", &[]).unwrap()
     }
 
     fn index_with(ns: &str, backup: &str) -> Index {
         let i = Index::default();
-        i.replace([(ns.to_string(), backup.to_string())].into());
+        i.replace([(ns.to_string(), Timestamp::UNIX_EPOCH, backup.to_string())]);
         i
     }
 
@@ -237,25 +311,32 @@ mod tests {
         let obj = patched(&req, &resp);
         assert_eq!(obj["metadata"]["annotations"]["kubectl-backup.dev/restore-from"], "nightly-20240101000000");
         assert_eq!(obj["metadata"]["labels"], json!({"team": "a"}));
+        assert_eq!(mark_of(&obj).requester, Requester { user: "alice".into(), ..Default::default() });
     }
 
     #[test]
-    fn no_backup_no_patch_and_dry_run_gets_the_same_answer() {
+    fn no_backup_gets_a_mark_only_and_dry_run_gets_the_same_decision() {
         let req = review("new-one", Value::Null, Value::Null, false);
         let (resp, d) = mutate(&req, &policy(), &Index::default());
-        assert_eq!((d, resp.patch.is_none(), resp.allowed), (Decision::Nothing, true, true));
+        assert_eq!((d, resp.allowed), (Decision::Nothing, true));
+        let obj = patched(&req, &resp);
+        assert!(obj["metadata"]["annotations"].get(RESTORE_FROM_ANNOTATION).is_none());
+        // The worker checks the location again for this one: the mark says who and when.
+        let m = mark_of(&obj);
+        assert_eq!((m.name.as_str(), m.requester.user.as_str(), m.at), ("new-one", "alice", at()));
         let idx = index_with("shop", "b");
-        let wet = mutate(&review("shop", Value::Null, Value::Null, false), &policy(), &idx).0;
-        let dry = mutate(&review("shop", Value::Null, Value::Null, true), &policy(), &idx).0;
-        assert_eq!(wet.patch, dry.patch);
+        let wet = mutate(&review("shop", Value::Null, Value::Null, false), &policy(), &idx);
+        let dry = mutate(&review("shop", Value::Null, Value::Null, true), &policy(), &idx);
+        assert_eq!((wet.1, wet.0.patch), (dry.1, dry.0.patch));
     }
 
     #[test]
     fn system_and_own_namespaces_are_never_mutated() {
         let idx = Index::default();
-        idx.replace(
-            [("kube-system".to_string(), "b".to_string()), ("kubectl-backup".to_string(), "b".to_string())].into(),
-        );
+        idx.replace([
+            ("kube-system".to_string(), Timestamp::UNIX_EPOCH, "b".to_string()),
+            ("kubectl-backup".to_string(), Timestamp::UNIX_EPOCH, "b".to_string()),
+        ]);
         for ns in ["kube-system", "kube-public", "kube-node-lease", "kubectl-backup"] {
             let (resp, d) = mutate(&review(ns, Value::Null, Value::Null, false), &policy(), &idx);
             assert_eq!(d, Decision::NotAWorkspace, "{ns}");
@@ -278,9 +359,36 @@ mod tests {
     }
 
     #[test]
-    fn already_marked_objects_are_left_alone() {
-        let req = review("shop", Value::Null, json!({"kubectl-backup.dev/restore-status": "Completed"}), false);
-        assert!(mutate(&req, &policy(), &index_with("shop", "b")).0.patch.is_none());
+    fn marks_the_creator_set_are_removed_and_recorded_in_the_webhooks_own_mark() {
+        // Another user's valid-looking mark, a chosen backup and a finished status: all removed.
+        let forged = Key::new(&[9; 32]).sign(&Mark {
+            kind: "namespaces".into(),
+            namespace: None,
+            name: "shop".into(),
+            requester: Requester { user: "admin".into(), groups: vec!["system:masters".into()], ..Default::default() },
+            at: at(),
+            ignored: vec![],
+        });
+        let req = review(
+            "shop",
+            Value::Null,
+            json!({"kubectl-backup.dev/restore-from": "someone-elses-backup", "kubectl-backup.dev/restore-status": "Completed",
+                   MARK_ANNOTATION: forged, "keep": "me"}),
+            false,
+        );
+        let (resp, d) = mutate(&req, &policy(), &Index::default());
+        assert_eq!(d, Decision::Nothing);
+        let obj = patched(&req, &resp);
+        let a = &obj["metadata"]["annotations"];
+        assert!(a.get(RESTORE_FROM_ANNOTATION).is_none() && a.get(RESTORE_STATUS_ANNOTATION).is_none(), "{a}");
+        assert_eq!(a["keep"], "me");
+        let m = mark_of(&obj);
+        assert_eq!(m.requester.user, "alice", "the mark names the authenticated creator, not the forged one");
+        assert_eq!(m.ignored, vec![RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, MARK_ANNOTATION]);
+        // With a backup known, the webhook's own choice replaces the creator's.
+        let (resp, d) = mutate(&req, &policy(), &index_with("shop", "nightly"));
+        assert_eq!(d, Decision::Restore("nightly".into()));
+        assert_eq!(patched(&req, &resp)["metadata"]["annotations"][RESTORE_FROM_ANNOTATION], "nightly");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Args {
     /// Address of the Prometheus /metrics endpoint (plain HTTP). Off when not given.
     #[arg(long, env = "WEBHOOK_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve `/metrics` over HTTPS with the webhook's serving certificate instead of plain HTTP.
+    #[arg(long, env = "WEBHOOK_METRICS_TLS")]
+    pub metrics_tls: bool,
     #[command(flatten)]
     pub location: LocationArgs,
     #[command(flatten)]
@@ -60,6 +63,14 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_DISCOVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
     /// Run the schedule controller.
+    /// Whom restores of workspaces created while the webhook was down act as (a user name, e.g.
+    /// system:serviceaccount:kubectl-backup:catch-up, which you bind to the roles such restores
+    /// may use). Without it they are not restored: marked Pending, with an Event saying how.
+    #[arg(long, env = "WEBHOOK_CATCH_UP_IDENTITY", value_name = "USER")]
+    pub catch_up_identity: Option<String>,
+    /// BackupSchedules outside the install namespace that fire more often than this are refused.
+    #[arg(long, env = "WEBHOOK_MIN_SCHEDULE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub min_schedule_interval: Duration,
     #[arg(long, env = "WEBHOOK_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub schedules: bool,
     /// Log format.

@@ -1,17 +1,22 @@
-//! The newest backup per namespace, in memory, so an admission answer never waits on the object
-//! store. Refreshed from the location periodically and after each backup this process makes.
+//! The committed backups of each namespace, newest first, in memory, so an admission answer never
+//! waits on the object store. Refreshed from the location periodically, after each backup this
+//! process makes, and by the restore worker right before it picks a backup.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use jiff::Timestamp;
 use kubectl_backup_core::catalog;
 use kubectl_backup_core::store::Store;
 
+/// `(creation time, backup name)`, newest first.
+type Backups = Vec<(Timestamp, String)>;
+
 #[derive(Default)]
 pub struct Index {
-    newest: ArcSwap<BTreeMap<String, String>>,
+    by_namespace: ArcSwap<BTreeMap<String, Backups>>,
     loaded: AtomicBool,
     backups: AtomicU64,
 }
@@ -19,7 +24,14 @@ pub struct Index {
 impl Index {
     /// The newest committed backup containing `namespace`.
     pub fn newest(&self, namespace: &str) -> Option<String> {
-        self.newest.load().get(namespace).cloned()
+        self.by_namespace.load().get(namespace).and_then(|b| b.first()).map(|(_, n)| n.clone())
+    }
+
+    /// The newest committed backup containing `namespace` that was started before `at`: what a
+    /// workspace created at `at` is restored from (never a backup of the new workspace itself).
+    pub fn newest_before(&self, namespace: &str, at: Timestamp) -> Option<String> {
+        let map = self.by_namespace.load();
+        map.get(namespace)?.iter().find(|(t, _)| *t < at).map(|(_, n)| n.clone())
     }
 
     /// True once the index has been loaded at least once.
@@ -31,8 +43,16 @@ impl Index {
         self.backups.load(Ordering::Relaxed)
     }
 
-    pub fn replace(&self, map: BTreeMap<String, String>) {
-        self.newest.store(Arc::new(map));
+    /// Replaces the index with these `(namespace, created, backup)` rows.
+    pub fn replace(&self, rows: impl IntoIterator<Item = (String, Timestamp, String)>) {
+        let mut map: BTreeMap<String, Backups> = BTreeMap::new();
+        for (ns, t, b) in rows {
+            map.entry(ns).or_default().push((t, b));
+        }
+        for v in map.values_mut() {
+            v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        }
+        self.by_namespace.store(Arc::new(map));
         self.loaded.store(true, Ordering::Release);
     }
 
@@ -40,9 +60,37 @@ impl Index {
     pub async fn refresh(&self, store: &Store) -> kubectl_backup_core::Result<()> {
         let listing = catalog::list(store).await?;
         self.backups.store(listing.backups.len() as u64, Ordering::Relaxed);
-        let map =
-            catalog::newest_per_namespace(&listing.backups).into_iter().map(|(ns, b)| (ns, b.metadata.name)).collect();
-        self.replace(map);
+        let rows = listing
+            .backups
+            .iter()
+            .filter(|b| b.status.phase != kubectl_backup_core::model::Phase::Failed)
+            .flat_map(|b| {
+                let t = b.metadata.creation_timestamp.unwrap_or(Timestamp::UNIX_EPOCH);
+                b.status.namespaces.iter().map(move |ns| (ns.clone(), t, b.metadata.name.clone()))
+            })
+            .collect::<Vec<_>>();
+        self.replace(rows);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_backup_before_a_time_wins() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let i = Index::default();
+        i.replace([
+            ("shop".into(), t("2026-12-01T10:00:00Z"), "old".into()),
+            ("shop".into(), t("2026-12-01T11:00:00Z"), "new".into()),
+            ("shop".into(), t("2026-12-01T12:00:00Z"), "after".into()),
+            ("bank".into(), t("2026-12-01T09:00:00Z"), "b".into()),
+        ]);
+        assert_eq!(i.newest("shop").as_deref(), Some("after"));
+        assert_eq!(i.newest_before("shop", t("2026-12-01T11:30:00Z")).as_deref(), Some("new"));
+        assert_eq!(i.newest_before("shop", t("2026-12-01T09:30:00Z")), None);
+        assert_eq!(i.newest_before("nope", t("2026-12-01T11:30:00Z")), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod args;
 pub mod controllers;
 pub mod index;
+pub mod mark;
 pub mod metrics;
 pub mod server;
 pub mod tls;
@@ -49,7 +50,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
     let cfg = kube_config(&args).await?;
-    let cluster = Cluster::from_config(cfg, Throttle::default().with_discovery_timeout(args.discovery_timeout))?;
+    let cluster =
+        Cluster::from_config(cfg.clone(), Throttle::default().with_discovery_timeout(args.discovery_timeout))?;
+    // The key that signs the marks of new workspaces: admission answers only once it is loaded.
+    let key = Arc::new(
+        mark::Key::load_or_create(&cluster.client, &args.policy.namespace)
+            .await
+            .context("loading the key that signs the webhook's marks")?,
+    );
     create_default_location(&cluster, &args).await?;
     // `--location` is a URL or the name of a BackupLocation in our namespace.
     let location = locations::resolve(
@@ -92,6 +100,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         namespace: args.policy.namespace.clone(),
         reporter: "backup-webhook".into(),
+        key: key.clone(),
+        kube_config: cfg,
+        catch_up_identity: args.catch_up_identity.clone(),
+        min_schedule_interval: args.min_schedule_interval,
     });
     if args.restore_worker {
         tokio::spawn(Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() }).run());
@@ -113,13 +125,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
-        tokio::spawn(server::serve_plain(listener, server::metrics_router(metrics.clone()), shutdown_signal()));
+        let router = server::metrics_router(metrics.clone());
+        if args.metrics_tls {
+            // The serving certificate of the webhook (reloaded on rotation like it).
+            tokio::spawn(server::serve_tls(listener, Arc::new(cert.server_config()), router, shutdown_signal()));
+        } else {
+            tokio::spawn(server::serve_plain(listener, router, shutdown_signal()));
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, location = %ctx.location.display(), "backup-webhook serving");
-    let app = server::router(server::AppState { policy, index, metrics });
+    let app = server::router(server::AppState { policy, index, metrics, key });
     server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
     tracing::info!("backup-webhook stopped");
     Ok(())

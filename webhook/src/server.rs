@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Decision, Policy, mutate};
 use crate::index::Index;
+use crate::mark::Key;
 use crate::metrics::{DecisionLabel, Metrics};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
+    /// Signs the marks of new workspaces.
+    pub key: Arc<Key>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,7 +66,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn mutate_route(State(s): State<AppState>, body: Bytes) -> Response {
     let start = Instant::now();
-    let (status, body, decision) = handle(&body, &s.policy, &s.index);
+    let (status, body, decision) = handle(&body, &s.policy, &s.index, &s.key);
     s.metrics.admission_seconds.observe(start.elapsed().as_secs_f64());
     s.metrics.admissions.get_or_create(&DecisionLabel { decision: decision_label(&decision).into() }).inc();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -81,7 +84,7 @@ fn decision_label(d: &Option<Decision>) -> &'static str {
 
 /// Answers one request body. Always a valid AdmissionReview with `allowed: true` for any
 /// AdmissionReview; a 400 for a body that is not one. Never panics (fuzzed in the tests).
-pub fn handle(body: &[u8], policy: &Policy, index: &Index) -> (StatusCode, Vec<u8>, Option<Decision>) {
+pub fn handle(body: &[u8], policy: &Policy, index: &Index, key: &Key) -> (StatusCode, Vec<u8>, Option<Decision>) {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -96,7 +99,7 @@ pub fn handle(body: &[u8], policy: &Policy, index: &Index) -> (StatusCode, Vec<u
             return (StatusCode::OK, serde_json::to_vec(&resp.into_review()).unwrap_or_default(), None);
         }
     };
-    let (resp, decision) = mutate(&req, policy, index);
+    let (resp, decision) = mutate(&req, policy, index, key, jiff::Timestamp::now());
     if decision != Decision::NotAWorkspace {
         tracing::info!(name = %req.name, dry_run = req.dry_run, decision = ?decision, user = ?req.user_info.username, "admission");
     }
@@ -179,11 +182,15 @@ mod tests {
 
     #[test]
     fn garbage_gets_a_400_and_a_review_without_request_gets_invalid() {
-        let (s, body, d) = handle(b"{not json", &policy(), &Index::default());
+        let (s, body, d) = handle(b"{not json", &policy(), &Index::default(), &Key::new(&[0; 32]));
         assert_eq!((s, d), (StatusCode::BAD_REQUEST, None));
         assert!(String::from_utf8(body).unwrap().contains("not an AdmissionReview"));
-        let (s, body, _) =
-            handle(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, &policy(), &Index::default());
+        let (s, body, _) = handle(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+            &policy(),
+            &Index::default(),
+            &Key::new(&[0; 32]),
+        );
         assert_eq!(s, StatusCode::OK);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["response"]["allowed"], false);
@@ -191,7 +198,8 @@ mod tests {
 
     #[test]
     fn a_valid_review_is_answered_with_the_same_uid() {
-        let (s, body, d) = handle(valid_review().to_string().as_bytes(), &policy(), &Index::default());
+        let (s, body, d) =
+            handle(valid_review().to_string().as_bytes(), &policy(), &Index::default(), &Key::new(&[0; 32]));
         assert_eq!((s, d), (StatusCode::OK, Some(Decision::Ephemeral)));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["kind"], "AdmissionReview");
@@ -222,7 +230,7 @@ mod tests {
 
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            let _ = handle(&bytes, &policy(), &Index::default());
+            let _ = handle(&bytes, &policy(), &Index::default(), &Key::new(&[0; 32]));
         }
 
         #[test]
@@ -238,7 +246,7 @@ mod tests {
                 slot = &mut slot[key];
             }
             *slot = value;
-            let (status, body, _) = handle(review.to_string().as_bytes(), &policy(), &Index::default());
+            let (status, body, _) = handle(review.to_string().as_bytes(), &policy(), &Index::default(), &Key::new(&[0; 32]));
             if status == StatusCode::OK {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 prop_assert_eq!(&v["kind"], "AdmissionReview");

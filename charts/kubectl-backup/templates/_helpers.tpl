@@ -33,3 +33,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $svc := printf "backup-webhook.%s.svc" .Release.Namespace -}}
 {{- list "backup-webhook" (printf "backup-webhook.%s" .Release.Namespace) $svc (printf "%s.cluster.local" $svc) | toJson -}}
 {{- end }}
+
+{{/* The controller's ServiceAccount: created by the chart, or an existing one (serviceAccount.create=false). */}}
+{{- define "kubectl-backup.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default "backup-webhook" -}}
+{{- end }}

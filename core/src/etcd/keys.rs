@@ -352,6 +352,10 @@ impl<'de> Visitor<'de> for KeysSeed<'_> {
     }
 }
 
+/// The largest value a keys archive may hold: etcd refuses requests over `--max-request-bytes`
+/// (1.5 MiB by default); 64 MiB leaves room for clusters that raised it.
+pub const MAX_VALUE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads a keys zip, calling `sink` for each entry in archive order. Every name must be one
 /// [`escape`] makes; anything else (a directory, a path) is refused, so no entry can point outside.
 pub fn read_zip<R: Read + Seek>(
@@ -366,8 +370,20 @@ pub fn read_zip<R: Read + Seek>(
             .map_err(|_| format!("zip entry {i}: the name is not ASCII"))?
             .to_string();
         let key = unescape(&name)?;
-        let mut value = Vec::with_capacity(usize::try_from(file.size()).unwrap_or(0).min(64 << 20));
-        file.read_to_end(&mut value).map_err(|e| format!("zip entry {name}: {e}"))?;
+        if file.size() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "zip entry {name} is {} bytes, larger than any etcd value ({MAX_VALUE_BYTES} bytes)",
+                file.size()
+            ));
+        }
+        let mut value = Vec::with_capacity(usize::try_from(file.size()).unwrap_or(0));
+        // The declared size is the writer's word: read one byte more than the limit, never all.
+        (&mut file).take(MAX_VALUE_BYTES + 1).read_to_end(&mut value).map_err(|e| format!("zip entry {name}: {e}"))?;
+        if value.len() as u64 > MAX_VALUE_BYTES {
+            return Err(format!(
+                "zip entry {name} decompresses to more than {MAX_VALUE_BYTES} bytes, larger than any etcd value"
+            ));
+        }
         sink(Entry { key, value }).map_err(|e| e.to_string())?;
     }
     Ok(ReadSummary { entries: zip.len() as u64, revision })
@@ -502,6 +518,21 @@ mod tests {
         zip.write_all(b"x").unwrap();
         let bytes = zip.finish().unwrap().into_inner();
         assert!(read(EtcdBackupType::Keys, &bytes).is_err());
+    }
+
+    #[test]
+    fn a_zip_bomb_value_is_refused_without_reading_it_whole() {
+        let mut zip = ZipWriter::new(io::Cursor::new(Vec::new()));
+        let opts = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+        zip.start_file(escape(b"/registry/bomb").unwrap(), opts).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_VALUE_BYTES >> 20) + 1 {
+            zip.write_all(&chunk).unwrap();
+        }
+        let bytes = zip.finish().unwrap().into_inner();
+        assert!(bytes.len() < 1 << 20, "{} bytes compressed", bytes.len());
+        let err = read(EtcdBackupType::Keys, &bytes).unwrap_err();
+        assert!(err.contains("larger than any etcd value"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,24 @@ pub fn resolve(discovered: &Discovered, item: &Indexed) -> Result<(ApiResource, 
     Ok((ar, r.namespaced))
 }
 
+/// Whether an archived object's entry path agrees with what the server says of its resource: its
+/// scope (an entry under `namespaces/<ns>/` for a namespaced resource, under `cluster/` for a
+/// cluster-scoped one) and its kind.
+pub fn check_scope(item: &Indexed, namespaced: bool, kind: &str) -> Result<(), String> {
+    match (namespaced, item.namespace.as_deref()) {
+        (false, Some(ns)) => Err(format!(
+            "entry {:?} files a cluster-scoped {} under namespace {ns:?}: refused, a namespace restore must not create cluster-wide objects",
+            item.path, item.resource
+        )),
+        (true, None) => Err(format!("entry {:?} files a namespaced {} as cluster-scoped", item.path, item.resource)),
+        _ if !kind.is_empty() && item.kind != kind => Err(format!(
+            "entry {:?} is filed under {}, whose kind is {kind}, but holds a {}",
+            item.path, item.resource, item.kind
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Creates (or updates, or validates) one transformed object and says what happened.
 pub async fn write(
     cluster: &Cluster,
@@ -77,13 +95,13 @@ pub async fn write(
             return report;
         }
     };
-    let api: Api<DynamicObject> = match (namespaced, target_namespace) {
-        (true, Some(ns)) => Api::namespaced_with(cluster.client.clone(), ns, &ar),
-        (true, None) => {
-            report.reason = Some("namespaced object without a namespace in the archive".into());
-            return report;
-        }
-        (false, _) => Api::all_with(cluster.client.clone(), &ar),
+    if let Err(reason) = check_scope(item, namespaced, "") {
+        report.reason = Some(reason);
+        return report;
+    }
+    let api: Api<DynamicObject> = match target_namespace {
+        Some(ns) if namespaced => Api::namespaced_with(cluster.client.clone(), ns, &ar),
+        _ => Api::all_with(cluster.client.clone(), &ar),
     };
     let obj: DynamicObject = match serde_json::from_value(desired.clone()) {
         Ok(o) => o,

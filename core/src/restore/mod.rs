@@ -66,6 +66,7 @@ pub async fn run(
         read_verified(reader, &objects, |e| {
             let v: Value =
                 serde_json::from_slice(&e.json).map_err(|err| format!("entry {:?} is not JSON: {err}", e.raw_path))?;
+            crate::archive::check_identity(&e.path, &e.raw_path, &v)?;
             index.push(Indexed::from_json(
                 &e.raw_path,
                 &e.path.resource,
@@ -90,6 +91,20 @@ pub async fn run(
             |plural: &str, group: &str| d.find(plural, group).map(|r| r.short_names.clone()).unwrap_or_default();
         plan::decide(&index, &selection, &shorts)
     };
+    // An entry filed under a namespace must be of a namespaced resource, and the reverse: else a
+    // restore "of namespace X only" could create a cluster-wide object. Checked for every API the
+    // cluster serves now; the APIs of CRDs restored below are checked again when written.
+    for (item, d) in index.iter().zip(&decisions) {
+        if !matches!(d, plan::Decision::Restore(_)) {
+            continue;
+        }
+        let (plural, group) = item.plural_group();
+        if let Some(r) = discovered.find(plural, group)
+            && let Err(reason) = apply::check_scope(item, r.namespaced, &r.ar.kind)
+        {
+            return Err(corrupt(reason));
+        }
+    }
     let opts = TransformOptions {
         backup_name: spec.backup_name.clone(),
         namespace_mapping: spec.namespace_mapping.clone(),
@@ -269,11 +284,11 @@ async fn apply_group(
         .collect();
     let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
     let reader_file = file.clone();
+    let digests_len = digests.len();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let mut f = reader_file.as_ref();
         std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
-        let decoder = zstd::Decoder::new(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
-        let mut archive = tar::Archive::new(decoder);
+        let mut archive = crate::archive::open(std::io::BufReader::new(f), digests_len)?;
         for entry in archive.entries().map_err(|e| e.to_string())? {
             let mut entry = entry.map_err(|e| e.to_string())?;
             let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();

@@ -118,6 +118,9 @@ pub async fn install(cli: &Cli, a: &InstallArgs) -> Result<ExitCode> {
     // The webhook would create it from its flags when it starts; applied here too so it exists now
     // and a re-install with another --location updates it.
     apply(&cluster, &install::default_location(&opts)).await?;
+    // Kubernetes 1.20 has no kubernetes.io/metadata.name label for the webhook's namespaceSelector
+    // to exclude kube-system by: label it (our own namespace is labelled in its manifest).
+    label_kube_system(&cluster, Some(install::ADMISSION_SKIP_VALUE)).await;
     println!(
         "kubectl-backup installed in namespace {namespace:?} ({} objects). The webhook runs image {}.\nCheck it with: kubectl -n {namespace} rollout status deployment/{}",
         objects.len() + 1,
@@ -125,6 +128,21 @@ pub async fn install(cli: &Cli, a: &InstallArgs) -> Result<ExitCode> {
         install::APP
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sets (or with `None` removes) the admission-skip label on kube-system. A failure is a warning:
+/// the webhook ignores kube-system anyway, the label only keeps requests from being sent.
+async fn label_kube_system(cluster: &Cluster, value: Option<&str>) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
+    let patch = serde_json::json!({"metadata": {"labels": {install::ADMISSION_SKIP_LABEL: value}}});
+    if let Err(e) = api.patch("kube-system", &PatchParams::default(), &Patch::Merge(&patch)).await {
+        eprintln!(
+            "warning: could not {} the label {} on kube-system: {}",
+            if value.is_some() { "set" } else { "remove" },
+            install::ADMISSION_SKIP_LABEL,
+            kube_message(&e)
+        );
+    }
 }
 
 /// The API of an object (any kind, including CRDs just created), by discovery.
@@ -206,6 +224,9 @@ pub async fn uninstall(cli: &Cli, a: &UninstallArgs) -> Result<ExitCode> {
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");
     objects.push(serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": install::TLS_SECRET, "namespace": namespace}}));
+    // What the webhook made itself.
+    objects.push(serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": install::SIGNING_KEY_SECRET, "namespace": namespace}}));
+    objects.push(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": install::STATE_CONFIGMAP, "namespace": namespace}}));
     objects.sort_by_key(|o| match o["kind"].as_str() {
         Some("MutatingWebhookConfiguration") => 0,
         Some("Deployment") => 1,
@@ -242,6 +263,7 @@ pub async fn uninstall(cli: &Cli, a: &UninstallArgs) -> Result<ExitCode> {
             Err(e) => eprintln!("warning: could not delete {kind} {name}: {}", kube_message(&e)),
         }
     }
+    label_kube_system(&cluster, None).await;
     println!("kubectl-backup uninstalled ({removed} objects removed); backups in storage are kept.");
     Ok(ExitCode::SUCCESS)
 }

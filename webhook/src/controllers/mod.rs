@@ -26,6 +26,7 @@ use kubectl_backup_core::progress::{Event as Progress, Observer, Quiet};
 
 use crate::admission::Policy;
 use crate::index::Index;
+use crate::mark::{Key, Requester};
 use crate::metrics::{BackupLabel, Metrics, SourceLabel, TriggerLabel};
 
 /// What every controller shares.
@@ -39,9 +40,31 @@ pub struct Context {
     /// The namespace of the webhook: its BackupLocations and unconfined schedules live here.
     pub namespace: String,
     pub reporter: String,
+    /// Signs and verifies the webhook's marks on new workspaces.
+    pub key: Arc<Key>,
+    /// The controller's own client configuration; restores impersonate on top of it.
+    pub kube_config: kube::Config,
+    /// Whom catch-up restores act as (`--catch-up-identity`); none: they are not restored.
+    pub catch_up_identity: Option<String>,
+    /// Schedules outside the install namespace may not fire more often (`--min-schedule-interval`).
+    pub min_schedule_interval: std::time::Duration,
 }
 
 impl Context {
+    /// A client acting as `requester` (impersonation: user, groups and extras), so the API server
+    /// applies that person's RBAC and admission to everything the restore writes.
+    pub fn acting_as(&self, requester: &Requester) -> kubectl_backup_core::Result<Cluster> {
+        if requester.user.is_empty() {
+            return Err(kubectl_backup_core::Error::Other("the mark names no user to restore as".into()));
+        }
+        let mut cfg = self.kube_config.clone();
+        cfg.auth_info.impersonate = Some(requester.user.clone());
+        cfg.auth_info.impersonate_groups = Some(requester.groups.clone()).filter(|g| !g.is_empty());
+        cfg.auth_info.impersonate_user_extra = Some(requester.extra.clone().into_iter().collect())
+            .filter(|e: &std::collections::HashMap<_, _>| !e.is_empty());
+        Cluster::from_config(cfg, self.cluster.throttle.clone())
+    }
+
     /// Publishes an Event about `reference`. Failures are logged, never fatal.
     /// The reference Events about namespace `name` are recorded under (in that namespace, so
     /// `kubectl get events -n NAME` shows them).
@@ -152,7 +175,7 @@ impl EventSink {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(truncate(note, 1000)),
+            note: Some(truncate(kubectl_backup_core::error::redact(&note), 1000)),
             action: action.into(),
             secondary: None,
         };

@@ -1,6 +1,11 @@
-//! The restore worker: restores workspaces the webhook marked with `restore-from`, and catches up on
-//! workspaces created while the webhook was down (its `failurePolicy: Ignore` lets them through
-//! unmarked).
+//! The restore worker: restores workspaces that carry the webhook's signed [`Mark`], as the person
+//! the mark names (impersonation), from the newest backup made before the workspace was created —
+//! read from the location right before the restore, so a backup seconds old counts. Workspaces
+//! created while the webhook was down (its `failurePolicy: Ignore` lets them through unmarked) have
+//! no verified creator: they are marked `Pending` with an Event saying who may restore them, unless
+//! an admin named an identity for such restores (`--catch-up-identity`).
+//!
+//! Every decision is [`plan`]: a pure function of the workspace's metadata, the policy and the key.
 //!
 //! State lives in the cluster: the `restore-status` annotation on each workspace (InProgress, then
 //! Completed / PartiallyFailed / Failed) — a restart resumes an InProgress restore — and a
@@ -20,16 +25,19 @@ use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kubectl_backup_core::EPHEMERAL_LABEL;
 use kubectl_backup_core::input::timestamped_name;
-use kubectl_backup_core::model::{ExistingPolicy, Filters, Phase, Restore, RestoreSpec};
+use kubectl_backup_core::model::{ExistingPolicy, Filters, ItemAction, Phase, Restore, RestoreSpec};
 use kubectl_backup_core::progress::Quiet;
 use kubectl_backup_core::restore;
 
 use super::Context;
-use crate::admission::{Decision, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, decide};
+use crate::admission::{
+    Decision, Policy, RESTORE_ATTEMPTS_ANNOTATION, RESTORE_FROM_ANNOTATION, RESTORE_STATUS_ANNOTATION, decide,
+};
+use crate::mark::{Key, Requester};
 use crate::metrics::ResultLabel;
 
 /// The ConfigMap (in the webhook's namespace) holding `lastSeen`.
-pub const STATE_CONFIGMAP: &str = "backup-webhook-state";
+pub const STATE_CONFIGMAP: &str = kubectl_backup_core::install::STATE_CONFIGMAP;
 /// How often `lastSeen` is written.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Namespaces created this long before `lastSeen` are reconsidered too (clock skew, heartbeat gap).
@@ -100,65 +108,117 @@ impl RestoreWorker {
             }
         };
         let target = Target::namespace(&self.ctx, &name);
-        if let Some(backup) = self.backup_for(&target, &ns.metadata, cutoff).await {
-            self.restore(&target, &backup).await;
-        }
+        self.act(&target, &ns.metadata, cutoff).await;
     }
 
-    /// The backup to restore a workspace from: the one the webhook marked it with, unless its
-    /// restore has finished or it is ephemeral or being deleted; for an unmarked workspace, what
-    /// catch-up decides.
-    async fn backup_for(&self, target: &Target, meta: &ObjectMeta, cutoff: Timestamp) -> Option<String> {
-        if !candidate(meta) {
-            return None;
-        }
-        match meta.annotations.as_ref().and_then(|a| a.get(RESTORE_FROM_ANNOTATION)) {
-            Some(marked) => Some(marked.clone()),
-            // Not marked: a workspace the webhook did not see (it was down), if new enough.
-            None => self.catch_up(target, meta, cutoff).await,
+    /// Carries out the [`plan`] for one workspace.
+    async fn act(&self, target: &Target, meta: &ObjectMeta, cutoff: Timestamp) {
+        match plan(
+            &self.ctx.policy,
+            &self.ctx.key,
+            meta,
+            &target.kind,
+            target.namespace.as_deref(),
+            &target.name,
+            cutoff,
+        ) {
+            Plan::Skip => {}
+            Plan::Restore { requester, at, ignored } => self.restore(target, &requester, at, &ignored).await,
+            Plan::Refuse(why) => {
+                tracing::warn!(workspace = %target.name, %why, "refusing a restore mark");
+                self.ctx
+                    .event(&target.reference, EventType::Warning, "RestoreRefused", format!("not restored: {why}"))
+                    .await;
+                self.set_status(target, "Refused").await;
+            }
+            Plan::GiveUp(attempts) => {
+                let note = format!(
+                    "restore of {} abandoned after {attempts} attempts that did not finish (see the webhook's log); restore it by hand with `kubectl backup restore`",
+                    target.name
+                );
+                self.ctx.event(&target.reference, EventType::Warning, "RestoreFailed", note).await;
+                self.ctx.metrics.restores.get_or_create(&ResultLabel { result: "Failed".into() }).inc();
+                self.set_status(target, "Failed").await;
+            }
+            Plan::CatchUp => self.catch_up(target, meta).await,
         }
     }
 
     /// A workspace the webhook did not see (it was down, and `failurePolicy: Ignore` let the
-    /// creation through), already known to be a `candidate`: if it was created since the worker
-    /// last ran and carries none of our marks, decide as the webhook would and mark it. Returns the backup to restore from.
-    ///
-    /// The caller restores rather than the watch event of the patch: that event arrives while the
-    /// caller's task still holds the object and would be dropped.
-    async fn catch_up(&self, target: &Target, meta: &ObjectMeta, cutoff: Timestamp) -> Option<String> {
+    /// creation through), created since the worker last ran. Ephemeral ones get their label. One
+    /// with a backup is restored only as the admin-chosen `--catch-up-identity`: without it nobody
+    /// vouches for who created it, so it is marked `Pending` and an Event says how to restore it.
+    async fn catch_up(&self, target: &Target, meta: &ObjectMeta) {
         let labels = meta.labels.clone().unwrap_or_default();
         let annotations = meta.annotations.clone().unwrap_or_default();
-        let created = meta.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
-        if created < cutoff
-            || annotations.contains_key(RESTORE_STATUS_ANNOTATION)
-            || annotations.contains_key(RESTORE_FROM_ANNOTATION)
-            // created by a restore
-            || labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL)
-        {
-            return None;
-        }
-        let patch = match decide(&self.ctx.policy, &target.name, &labels, &annotations, &self.ctx.index) {
-            Decision::Ephemeral => serde_json::json!({"metadata": {"labels": {EPHEMERAL_LABEL: "true"}}}),
-            Decision::Restore(backup) => {
-                serde_json::json!({"metadata": {"annotations": {RESTORE_FROM_ANNOTATION: backup}}})
-            }
-            Decision::Nothing | Decision::NotAWorkspace => return None,
-        };
         let kind = target.reference.kind.as_deref().unwrap_or("");
-        tracing::info!(workspace = %target.name, %kind, "catching up on a workspace created while the webhook was down");
-        match target.api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(marked) => marked.annotations().get(RESTORE_FROM_ANNOTATION).cloned(),
-            Err(e) => {
-                tracing::warn!(workspace = %target.name, %kind, error = %e, "could not mark the workspace");
-                None
+        match decide(&self.ctx.policy, &target.name, &labels, &annotations, &self.ctx.index) {
+            Decision::Ephemeral => {
+                tracing::info!(workspace = %target.name, %kind, "catching up: ephemeral");
+                let patch = serde_json::json!({"metadata": {"labels": {EPHEMERAL_LABEL: "true"}}});
+                if let Err(e) = target.api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    tracing::warn!(workspace = %target.name, error = %e, "could not label the workspace ephemeral");
+                }
             }
+            Decision::Restore(backup) => {
+                let created = meta.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+                match &self.ctx.catch_up_identity {
+                    Some(user) => {
+                        tracing::info!(workspace = %target.name, %kind, %user, "catching up: restoring as the catch-up identity");
+                        let requester = Requester { user: user.clone(), ..Default::default() };
+                        self.restore(target, &requester, created, &[]).await;
+                    }
+                    None => {
+                        let note = format!(
+                            "{kind} {} was created while the webhook was not answering, so who created it is not known and it was not restored automatically. Backup {backup} has it: someone allowed to restore it runs `kubectl backup restore {backup} --include-namespaces {}` (or the admin sets --catch-up-identity)",
+                            target.name, target.name
+                        );
+                        self.ctx.event(&target.reference, EventType::Warning, "RestorePending", note).await;
+                        let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_FROM_ANNOTATION: backup, RESTORE_STATUS_ANNOTATION: "Pending"}}});
+                        if let Err(e) =
+                            target.api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch)).await
+                        {
+                            tracing::warn!(workspace = %target.name, error = %e, "could not mark the workspace Pending");
+                        }
+                    }
+                }
+            }
+            Decision::Nothing | Decision::NotAWorkspace => {}
         }
     }
 
-    /// Restores the namespace `target.name` from `backup`, recording progress on the target object.
-    async fn restore(&self, target: &Target, backup: &str) {
+    async fn set_status(&self, target: &Target, status: &str) {
+        if let Err(e) = target.set_status(status).await {
+            tracing::warn!(workspace = %target.name, error = %e, "could not record restore-status {status}");
+        }
+    }
+
+    /// Restores namespace `target.name` as `requester` from the newest backup made before `at`,
+    /// recording progress on the target object.
+    async fn restore(&self, target: &Target, requester: &Requester, at: Timestamp, ignored: &[String]) {
         let name = &target.name;
-        if let Err(e) = target.set_status("InProgress").await {
+        let user = &requester.user;
+        if !ignored.is_empty() {
+            let note = format!(
+                "{user} set {} on {name}; only the webhook decides what is restored, so it was removed. To restore a chosen backup, run `kubectl backup restore BACKUP --include-namespaces {name}` with your own rights",
+                ignored.join(", ")
+            );
+            self.ctx.event(&target.reference, EventType::Warning, "MarkIgnored", note).await;
+        }
+        // The newest backup, even one committed seconds ago: read the location now.
+        if let Err(e) = self.ctx.index.refresh(&self.ctx.location.store).await {
+            tracing::warn!(workspace = %name, error = %e, "could not re-read the location; deciding from the last index");
+        }
+        let Some(backup) = self.ctx.index.newest_before(name, at) else {
+            tracing::debug!(workspace = %name, "no backup of this workspace");
+            self.set_status(target, "NoBackup").await;
+            return;
+        };
+        let attempts = attempts(&target.current_annotations().await) + 1;
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            RESTORE_FROM_ANNOTATION: backup, RESTORE_STATUS_ANNOTATION: "InProgress",
+            RESTORE_ATTEMPTS_ANNOTATION: attempts.to_string()}}});
+        if let Err(e) = target.api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             tracing::warn!(workspace = %name, error = %e, "could not mark the restore as started");
             return;
         }
@@ -167,21 +227,25 @@ impl RestoreWorker {
                 &target.reference,
                 EventType::Normal,
                 "RestoreStarted",
-                format!("restoring namespace {name} from backup {backup}"),
+                format!("restoring namespace {name} from backup {backup} as {user}"),
             )
             .await;
         let spec = RestoreSpec {
-            backup_name: backup.to_string(),
+            backup_name: backup.clone(),
             filters: Filters { included_namespaces: vec![name.clone()], ..Default::default() },
             existing_resource_policy: ExistingPolicy::Skip,
             ..Default::default()
         };
-        let restore_name = timestamped_name(backup, Timestamp::now());
-        let result =
-            restore::run(&self.ctx.cluster, &self.ctx.location.store, &restore_name, spec, Arc::new(Quiet)).await;
+        let restore_name = timestamped_name(&backup, Timestamp::now());
+        let result = match self.ctx.acting_as(requester) {
+            Ok(cluster) => restore::run(&cluster, &self.ctx.location.store, &restore_name, spec, Arc::new(Quiet)).await,
+            Err(e) => Err(e),
+        };
         let (phase, note) = match &result {
-            Ok(r) => (r.status.phase, summary(r)),
-            Err(e) => (Phase::Failed, format!("restore of {name} from {backup} failed: {e}")),
+            Ok(r) => (r.status.phase, summary(r, user)),
+            Err(e) => {
+                (Phase::Failed, format!("restore of {name} from {backup} as {user} failed: {}", redact(&e.to_string())))
+            }
         };
         self.ctx.metrics.restores.get_or_create(&ResultLabel { result: phase.to_string() }).inc();
         let (kind, reason) = match phase {
@@ -189,11 +253,9 @@ impl RestoreWorker {
             Phase::PartiallyFailed => (EventType::Warning, "RestoreCompleted"),
             _ => (EventType::Warning, "RestoreFailed"),
         };
-        tracing::info!(workspace = %name, %backup, %phase, "{note}");
+        tracing::info!(workspace = %name, %backup, %user, %phase, "{note}");
         self.ctx.event(&target.reference, kind, reason, note).await;
-        if let Err(e) = target.set_status(&phase.to_string()).await {
-            tracing::warn!(workspace = %name, error = %e, "could not record the restore result");
-        }
+        self.set_status(target, &phase.to_string()).await;
     }
 
     /// Workspace custom resources (`--workspace-resource`): the webhook marks a new one named N with
@@ -226,7 +288,8 @@ impl RestoreWorker {
                 }
             };
             let key = (obj.namespace(), obj.name_any());
-            if !candidate(&obj.metadata) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+            if !worth_a_look(&obj.metadata) || !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone())
+            {
                 continue;
             }
             let (me, ar, in_flight) = (self.clone(), ar.clone(), in_flight.clone());
@@ -245,10 +308,14 @@ impl RestoreWorker {
                         uid: obj.uid(),
                         ..Default::default()
                     };
-                    let target = Target { name: key.1.clone(), api, reference };
-                    if let Some(backup) = me.backup_for(&target, &obj.metadata, cutoff).await {
-                        me.restore(&target, &backup).await;
-                    }
+                    let target = Target {
+                        name: key.1.clone(),
+                        kind: format!("{}.{}", ar.plural, ar.group),
+                        namespace: key.0.clone(),
+                        api,
+                        reference,
+                    };
+                    me.act(&target, &obj.metadata, cutoff).await;
                 }
                 in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             });
@@ -294,19 +361,89 @@ impl RestoreWorker {
     }
 }
 
-/// A workspace the worker may have to handle: not being deleted, not ephemeral, and not restored
-/// yet (marked and unfinished, or unmarked — a catch-up candidate).
-fn candidate(meta: &ObjectMeta) -> bool {
+/// What the worker does with one workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing: not a workspace, ephemeral, being deleted, already handled, or older than the
+    /// worker's last run and unmarked.
+    Skip,
+    /// The webhook's mark is valid: restore as its requester, from the newest backup before `at`.
+    Restore { requester: Requester, at: Timestamp, ignored: Vec<String> },
+    /// A mark that is not the webhook's, or not for this object: restore nothing, say why.
+    Refuse(String),
+    /// Earlier attempts never finished (the process died each time): stop trying.
+    GiveUp(u32),
+    /// Unmarked and created since the worker last ran: the webhook was down.
+    CatchUp,
+}
+
+/// A cheap filter before [`plan`]: not being deleted and not finished.
+fn worth_a_look(meta: &ObjectMeta) -> bool {
     let status = meta.annotations.as_ref().and_then(|a| a.get(RESTORE_STATUS_ANNOTATION)).map(String::as_str);
-    meta.deletion_timestamp.is_none()
-        && matches!(status, None | Some("InProgress"))
-        && meta.labels.as_ref().and_then(|l| l.get(EPHEMERAL_LABEL)).is_none_or(|v| v != "true")
+    meta.deletion_timestamp.is_none() && matches!(status, None | Some("InProgress"))
+}
+
+/// Restores started this many times without finishing are abandoned (`Failed`).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The decision for a workspace of `kind` (`namespaces` or `<plural>.<group>`) named `name`.
+pub fn plan(
+    policy: &Policy,
+    key: &Key,
+    meta: &ObjectMeta,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    cutoff: Timestamp,
+) -> Plan {
+    let labels = meta.labels.clone().unwrap_or_default();
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let status = annotations.get(RESTORE_STATUS_ANNOTATION).map(String::as_str);
+    if meta.deletion_timestamp.is_some()
+        || !matches!(status, None | Some("InProgress"))
+        || labels.get(EPHEMERAL_LABEL).is_some_and(|v| v == "true")
+        // The same checks as admission: system and own namespaces, the workspace selector.
+        || policy.excluded.contains(name)
+        || policy.selector.as_ref().is_some_and(|s| !s.matches(&labels))
+    {
+        return Plan::Skip;
+    }
+    let tries = attempts(&annotations);
+    if status == Some("InProgress") && tries >= MAX_ATTEMPTS {
+        return Plan::GiveUp(tries);
+    }
+    match key.verify(meta, kind, namespace, name) {
+        Ok(Some(mark)) => Plan::Restore { requester: mark.requester, at: mark.at, ignored: mark.ignored },
+        Err(why) => Plan::Refuse(why.to_string()),
+        Ok(None) => {
+            let created = meta.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
+            if created < cutoff || labels.contains_key(kubectl_backup_core::RESTORED_FROM_LABEL) || status.is_some() {
+                Plan::Skip
+            } else {
+                Plan::CatchUp
+            }
+        }
+    }
+}
+
+fn attempts(annotations: &BTreeMap<String, String>) -> u32 {
+    annotations.get(RESTORE_ATTEMPTS_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Removes what looks like a credential from a message bound for an Event or a status (store
+/// errors can quote signed URLs: SAS tokens, X-Amz-Signature...).
+pub fn redact(text: &str) -> String {
+    kubectl_backup_core::error::redact(text)
 }
 
 /// What a restore is recorded on: the namespace itself, or a workspace custom resource.
 struct Target {
     /// The workspace, i.e. the namespace restored.
     name: String,
+    /// `namespaces` or `<plural>.<group>`: what the mark must name.
+    kind: String,
+    /// The namespace of a namespaced workspace custom resource.
+    namespace: Option<String>,
     /// Where the object carrying the `restore-status` annotation lives.
     api: Api<DynamicObject>,
     /// The object Events are recorded on.
@@ -318,6 +455,8 @@ impl Target {
         let ar = ApiResource::erase::<Namespace>(&());
         Target {
             name: name.to_string(),
+            kind: "namespaces".into(),
+            namespace: None,
             api: Api::all_with(ctx.cluster.client.clone(), &ar),
             reference: Context::namespace_reference(name),
         }
@@ -327,16 +466,161 @@ impl Target {
         let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_STATUS_ANNOTATION: status}}});
         self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
     }
+
+    async fn current_annotations(&self) -> BTreeMap<String, String> {
+        match self.api.get_opt(&self.name).await {
+            Ok(Some(o)) => o.metadata.annotations.unwrap_or_default(),
+            _ => BTreeMap::new(),
+        }
+    }
 }
 
-fn summary(r: &Restore) -> String {
+fn summary(r: &Restore, user: &str) -> String {
     let c = &r.status.counts;
     let mut s = format!(
-        "restore {} of backup {}: {}; created {}, skipped (exists) {}, skipped (policy) {}, failed {}",
+        "restore {} of backup {} as {user}: {}; created {}, skipped (exists) {}, skipped (policy) {}, failed {}",
         r.metadata.name, r.spec.backup_name, r.status.phase, c.created, c.skipped_exists, c.skipped_policy, c.failed
     );
-    if let Some(first) = r.status.errors.first() {
+    // Name what was not restored (typically what the creator may not create): never done with
+    // the controller's rights instead.
+    let failed: Vec<String> = r
+        .status
+        .items
+        .iter()
+        .filter(|i| i.action == ItemAction::Failed)
+        .take(5)
+        .map(|i| format!("{} {}: {}", i.resource, i.name, i.reason.as_deref().unwrap_or("failed")))
+        .collect();
+    if !failed.is_empty() {
+        s.push_str(&format!("; not restored: {}", failed.join("; ")));
+    } else if let Some(first) = r.status.errors.first() {
         s.push_str(&format!("; first failure: {first}"));
     }
-    s
+    redact(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use crate::mark::{MARK_ANNOTATION, Mark};
+
+    fn policy() -> Policy {
+        Policy::new(&[], Some("!skip"), "kubectl-backup", &["workspaces.example.org".into()]).unwrap()
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn meta(name: &str, created: &str, annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            creation_timestamp: Some(Time(t(created))),
+            annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        }
+    }
+
+    fn signed(key: &Key, kind: &str, name: &str, user: &str, at: &str) -> String {
+        key.sign(&Mark {
+            kind: kind.into(),
+            namespace: None,
+            name: name.into(),
+            requester: Requester { user: user.into(), ..Default::default() },
+            at: t(at),
+            ignored: vec![],
+        })
+    }
+
+    #[test]
+    fn only_the_webhooks_mark_leads_to_a_restore_as_its_requester() {
+        let key = Key::new(&[3; 32]);
+        let cutoff = t("2026-12-01T09:00:00Z");
+        let at = "2026-12-01T10:00:00Z";
+        let good = signed(&key, "namespaces", "shop", "alice", at);
+        assert_eq!(
+            plan(
+                &policy(),
+                &key,
+                &meta("shop", at, &[(MARK_ANNOTATION, &good)], &[]),
+                "namespaces",
+                None,
+                "shop",
+                cutoff
+            ),
+            Plan::Restore {
+                requester: Requester { user: "alice".into(), ..Default::default() },
+                at: t(at),
+                ignored: vec![]
+            }
+        );
+        // A user's own `restore-from` without a mark: catch-up (which restores nothing without an identity).
+        let bare = meta("shop", at, &[(RESTORE_FROM_ANNOTATION, "other")], &[]);
+        assert_eq!(plan(&policy(), &key, &bare, "namespaces", None, "shop", cutoff), Plan::CatchUp);
+        // A forged mark, and a real one copied to another workspace.
+        let forged = signed(&Key::new(&[4; 32]), "namespaces", "shop", "admin", at);
+        assert!(matches!(
+            plan(&policy(), &key, &meta("shop", at, &[(MARK_ANNOTATION, &forged)], &[]), "namespaces", None, "shop", cutoff),
+            Plan::Refuse(w) if w.contains("signature")
+        ));
+        assert!(matches!(
+            plan(&policy(), &key, &meta("bank", at, &[(MARK_ANNOTATION, &good)], &[]), "namespaces", None, "bank", cutoff),
+            Plan::Refuse(w) if w.contains("not for this object")
+        ));
+        // The same mark on a workspace custom resource of that name is another object.
+        assert!(matches!(
+            plan(
+                &policy(),
+                &key,
+                &meta("shop", at, &[(MARK_ANNOTATION, &good)], &[]),
+                "workspaces.example.org",
+                None,
+                "shop",
+                cutoff
+            ),
+            Plan::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn excluded_selected_out_finished_old_and_stuck_workspaces() {
+        let key = Key::new(&[3; 32]);
+        let cutoff = t("2026-12-01T09:00:00Z");
+        let at = "2026-12-01T10:00:00Z";
+        // A workspace custom resource named like a system or the install namespace: never.
+        for name in ["kube-system", "kubectl-backup"] {
+            let m = signed(&key, "workspaces.example.org", name, "alice", at);
+            let meta = meta(name, at, &[(MARK_ANNOTATION, &m)], &[]);
+            assert_eq!(
+                plan(&policy(), &key, &meta, "workspaces.example.org", None, name, cutoff),
+                Plan::Skip,
+                "{name}"
+            );
+        }
+        let good = signed(&key, "namespaces", "shop", "alice", at);
+        let with = |ann: &[(&str, &str)], labels: &[(&str, &str)]| {
+            let mut a = vec![(MARK_ANNOTATION, good.as_str())];
+            a.extend_from_slice(ann);
+            plan(&policy(), &key, &meta("shop", at, &a, labels), "namespaces", None, "shop", cutoff)
+        };
+        assert_eq!(with(&[], &[("skip", "x")]), Plan::Skip, "the selector says it is not a workspace");
+        assert_eq!(with(&[(RESTORE_STATUS_ANNOTATION, "Completed")], &[]), Plan::Skip);
+        assert_eq!(with(&[], &[(EPHEMERAL_LABEL, "true")]), Plan::Skip);
+        assert_eq!(
+            with(&[(RESTORE_STATUS_ANNOTATION, "InProgress"), (RESTORE_ATTEMPTS_ANNOTATION, "3")], &[]),
+            Plan::GiveUp(3)
+        );
+        assert!(matches!(
+            with(&[(RESTORE_STATUS_ANNOTATION, "InProgress"), (RESTORE_ATTEMPTS_ANNOTATION, "1")], &[]),
+            Plan::Restore { .. }
+        ));
+        // Unmarked and older than the worker's last run: not ours to touch.
+        assert_eq!(
+            plan(&policy(), &key, &meta("old", "2026-12-01T08:00:00Z", &[], &[]), "namespaces", None, "old", cutoff),
+            Plan::Skip
+        );
+    }
 }

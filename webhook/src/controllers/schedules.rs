@@ -81,6 +81,68 @@ pub fn confine(
     Ok(f)
 }
 
+/// What a schedule outside the install namespace may not do, beyond [`confine`]: name a location
+/// by URL (which the controller would open with its own credentials: any bucket, any prefix) —
+/// only a BackupLocation, which an admin made —, or fire more often than `min_interval`.
+pub fn tenant_rules(
+    namespace: &str,
+    install_namespace: &str,
+    spec: &kubectl_backup_core::crd::BackupScheduleSpec,
+    schedule: &Schedule,
+    min_interval: Duration,
+) -> std::result::Result<(), String> {
+    if namespace == install_namespace {
+        return Ok(());
+    }
+    if let Some(l) = &spec.location
+        && !locations::is_name(l)
+    {
+        return Err(format!(
+            "a BackupSchedule in namespace {namespace:?} may name only a BackupLocation, not the URL {:?}; ask an admin to add one (kubectl backup location add)",
+            kubectl_backup_core::error::redact(l)
+        ));
+    }
+    // The shortest gap between the next runs (a cron such as "0,1 2 * * *" is short only once a day).
+    let mut at = Timestamp::now();
+    let mut prev: Option<Timestamp> = None;
+    let mut shortest: Option<jiff::SignedDuration> = None;
+    for _ in 0..64 {
+        let Some(next) = schedule.next_after(at, prev) else { break };
+        if let Some(p) = prev {
+            let gap = next.duration_since(p);
+            shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        }
+        prev = Some(next);
+        at = next;
+    }
+    let min = jiff::SignedDuration::try_from(min_interval).unwrap_or(jiff::SignedDuration::MAX);
+    match shortest {
+        Some(gap) if gap < min => Err(format!(
+            "schedule {:?} fires every {}s at times; schedules outside {install_namespace:?} may fire at most every {}s (--min-schedule-interval)",
+            spec.schedule,
+            gap.as_secs(),
+            min.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn ready_condition(
+    ready: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Ready".into(),
+        status: if ready { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: kubectl_backup_core::error::redact(message),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        observed_generation: generation,
+    }
+}
+
 async fn patch_status(api: &Api<BackupSchedule>, name: &str, status: serde_json::Value) -> Result<()> {
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
         .await
@@ -100,13 +162,16 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
         return Ok(Action::await_change());
     }
     let reference = s.object_ref(&());
+    let generation = s.metadata.generation;
     let refuse = |reason: String| {
         let (api, name, ctx, reference, status) =
             (api.clone(), name.clone(), ctx.clone(), reference.clone(), status.clone());
         async move {
             if status.last_error.as_deref() != Some(reason.as_str()) {
                 ctx.event(&reference, EventType::Warning, "ScheduleRefused", reason.clone()).await;
-                patch_status(&api, &name, json!({"lastError": reason, "nextRunTime": null})).await?;
+                let ready = ready_condition(false, "Refused", &reason, generation);
+                patch_status(&api, &name, json!({"lastError": reason, "nextRunTime": null, "conditions": [ready]}))
+                    .await?;
             }
             Ok(Action::await_change())
         }
@@ -119,6 +184,14 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
         Ok(f) => f,
         Err(reason) => return refuse(reason).await,
     };
+    if let Err(reason) = tenant_rules(&ns, &ctx.namespace, &s.spec, &schedule, ctx.min_schedule_interval) {
+        return refuse(reason).await;
+    }
+    if !status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+        // Accepted (again): clear a refusal that was fixed.
+        let ready = ready_condition(true, "Scheduled", "the schedule is accepted", generation);
+        patch_status(&api, &name, json!({"lastError": null, "conditions": [ready]})).await?;
+    }
     let now = Timestamp::now();
     let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
     let last_run = status.last_run_time.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
@@ -154,9 +227,11 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
         }
         Err(e) => {
             st.last_result = Some(Phase::Failed.to_string());
-            st.last_error = Some(e.to_string());
+            st.last_error = Some(kubectl_backup_core::error::redact(&e.to_string()));
         }
     }
+    st.last_error = st.last_error.map(|e| kubectl_backup_core::error::redact(&e));
+    st.conditions = status.conditions.clone();
     let next = schedule.next_after(now, Some(now));
     st.next_run_time = next.map(|t| t.to_string());
     patch_status(&api, &name, serde_json::to_value(&st).unwrap_or_default()).await?;
@@ -294,5 +369,29 @@ mod tests {
         assert!(confine("team-a", "kubectl-backup", &none, true).unwrap_err().contains("etcd"));
         // The install namespace is not confined.
         assert_eq!(confine("kubectl-backup", "kubectl-backup", &other, true).unwrap(), other);
+    }
+
+    #[test]
+    fn tenants_name_locations_and_fire_no_more_often_than_allowed() {
+        use kubectl_backup_core::crd::BackupScheduleSpec;
+        let five = Duration::from_secs(300);
+        let spec = |schedule: &str, location: Option<&str>| BackupScheduleSpec {
+            schedule: schedule.into(),
+            location: location.map(str::to_string),
+            ..Default::default()
+        };
+        let check = |s: &BackupScheduleSpec, ns: &str| {
+            tenant_rules(ns, "kubectl-backup", s, &Schedule::parse(&s.schedule, None).unwrap(), five)
+        };
+        assert!(check(&spec("@daily", Some("primary")), "team-a").is_ok());
+        let err = check(&spec("@daily", Some("s3://other-bucket/x?sig=abc")), "team-a").unwrap_err();
+        assert!(err.contains("only a BackupLocation") && !err.contains("abc"), "{err}");
+        let err = check(&spec("* * * * *", None), "team-a").unwrap_err();
+        assert!(err.contains("every 60s") && err.contains("300s"), "{err}");
+        // Short only once a day still counts.
+        assert!(check(&spec("0,1 2 * * *", None), "team-a").is_err());
+        assert!(check(&spec("*/5 * * * *", None), "team-a").is_ok());
+        // The install namespace is the admins'.
+        assert!(check(&spec("* * * * *", Some("s3://b/p")), "kubectl-backup").is_ok());
     }
 }
