@@ -64,22 +64,6 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
-
-    /// The HTTP status of a Kubernetes API error, if this is one.
-    pub fn kube_status(&self) -> Option<u16> {
-        match self {
-            Error::Kube { source: kube::Error::Api(status), .. } => Some(status.code),
-            _ => None,
-        }
-    }
-}
-
-/// HTTP status code of a kube error, if the API server answered with a Status.
-pub fn status_code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
 }
 
 /// Removes what looks like a credential from a message bound for a log line, an Event or a status:
@@ -114,20 +98,24 @@ pub fn kube_message(err: &kube::Error) -> String {
             };
             format!("{}{}: {}", status.code, reason, status.message)
         }
-        other => {
-            let mut msg = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(s) = src {
-                let text = s.to_string();
-                if !msg.contains(&text) {
-                    msg.push_str(": ");
-                    msg.push_str(&text);
-                }
-                src = s.source();
-            }
-            msg
-        }
+        other => chain(other.to_string(), std::error::Error::source(other)),
     }
+}
+
+/// `head` followed by the messages of `source` and its sources, each once: one line for a person,
+/// without the Debug noise or the repetitions of wrapped errors.
+pub fn chain(head: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut msg = head;
+    let mut src = source;
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = s.source();
+    }
+    msg
 }
 
 #[cfg(test)]

@@ -224,8 +224,8 @@ pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
         cluster_role(CONTROLLER_ROLE, controller),
         rb("ClusterRoleBinding", CONTROLLER_ROLE, None),
         // In its own namespace only: the worker's heartbeat ConfigMap, the key that signs the
-        // webhook's marks (created on first start), the credentials Secrets of BackupLocations and
-        // the default BackupLocation it creates from its --default-location-* flags when missing.
+        // webhook's marks (created on first start), the credentials Secrets of BackupLocations, and
+        // the default BackupLocation it creates from its flags when missing.
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": CONTROLLER_ROLE, "namespace": ns, "labels": labels()},
         "rules": [

@@ -194,11 +194,3 @@ pub async fn create_if_missing(
         Err(e) => Err(Error::kube(context("creating"), e)),
     }
 }
-
-/// The install namespace: `$KUBECTL_BACKUP_NAMESPACE` or `kubectl-backup`.
-pub fn install_namespace() -> String {
-    std::env::var(INSTALL_NAMESPACE_ENV)
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_INSTALL_NAMESPACE.to_string())
-}

@@ -212,11 +212,6 @@ impl Backup {
         &self.metadata.name
     }
 
-    /// True when the backup holds at least one object of `namespace`.
-    pub fn contains_namespace(&self, namespace: &str) -> bool {
-        self.status.namespaces.iter().any(|n| n == namespace)
-    }
-
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.status.expiration.is_some_and(|e| e <= now)
     }

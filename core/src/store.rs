@@ -199,7 +199,7 @@ impl Store {
 
     pub fn open(location: &Location, options: &StoreOptions) -> Result<Store> {
         let fail = |reason: String| Error::Location { location: location.url.clone(), reason };
-        let client = client_options(location, options)?;
+        let client = client_options(options)?;
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(200),
@@ -464,7 +464,7 @@ impl Write for ChunkSender {
     }
 }
 
-fn client_options(location: &Location, options: &StoreOptions) -> Result<ClientOptions> {
+fn client_options(options: &StoreOptions) -> Result<ClientOptions> {
     let mut client = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(options.request_timeout.unwrap_or(Duration::from_secs(300)))
@@ -494,7 +494,6 @@ fn client_options(location: &Location, options: &StoreOptions) -> Result<ClientO
             client = client.with_root_certificate(c);
         }
     }
-    let _ = location;
     Ok(client)
 }
 
@@ -567,17 +566,7 @@ fn load_ini(path: &FsPath) -> Result<ini::Ini> {
 
 /// An object_store error as one line, without the Debug noise.
 pub fn store_message(err: &object_store::Error) -> String {
-    let mut msg = err.to_string();
-    let mut src = std::error::Error::source(err);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        src = s.source();
-    }
-    msg
+    crate::error::chain(err.to_string(), std::error::Error::source(err))
 }
 
 #[cfg(test)]

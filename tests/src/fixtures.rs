@@ -170,6 +170,33 @@ impl Tools {
     }
 }
 
+/// A kubeconfig (written in `dir`) with the token of ServiceAccount `ns/name`, from its token
+/// Secret, which kube-controller-manager creates on 1.20.
+pub fn service_account_kubeconfig(t: &Tools, cluster: &ClusterInfo, dir: &Path, ns: &str, name: &str) -> PathBuf {
+    let mut token = None;
+    for _ in 0..100 {
+        let sa = t.kubectl(&["get", "serviceaccount", name, "-n", ns, "-o", "json"]);
+        if sa.code == 0
+            && let Some(secret) = sa.json()["secrets"][0]["name"].as_str()
+        {
+            let s = t.get_json(&["secret", secret, "-n", ns]);
+            if let Some(tok) = s["data"]["token"].as_str() {
+                let raw =
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, tok).expect("base64 token");
+                token = Some(String::from_utf8(raw).expect("a UTF-8 token"));
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let token = token.unwrap_or_else(|| panic!("ServiceAccount {ns}/{name} got no token Secret"));
+    std::fs::create_dir_all(dir).expect("test dir");
+    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
+    crate::control_plane::write_kubeconfig(&path, &cluster.server, &cluster.ca_file, name, &token)
+        .expect("writing the ServiceAccount kubeconfig");
+    path
+}
+
 /// An annotation of an object, as kubectl printed it.
 pub fn annotation(v: &Value, key: &str) -> Option<String> {
     v["metadata"]["annotations"][key].as_str().map(str::to_string)
@@ -470,30 +497,8 @@ impl OwnCluster {
         w
     }
 
-    /// A kubeconfig with the token of ServiceAccount `ns/name` (from its token Secret, which
-    /// kube-controller-manager creates on 1.20).
+    /// A kubeconfig with the token of ServiceAccount `ns/name` (see [`service_account_kubeconfig`]).
     pub fn service_account_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
-        let mut token = None;
-        for _ in 0..100 {
-            let sa = self.t.kubectl(&["get", "serviceaccount", name, "-n", ns, "-o", "json"]);
-            if sa.code == 0
-                && let Some(secret) = sa.json()["secrets"][0]["name"].as_str()
-            {
-                let s = self.t.get_json(&["secret", secret, "-n", ns]);
-                if let Some(t) = s["data"]["token"].as_str() {
-                    let raw =
-                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, t).expect("base64 token");
-                    token = Some(String::from_utf8(raw).expect("a UTF-8 token"));
-                    break;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        let token = token.unwrap_or_else(|| panic!("ServiceAccount {ns}/{name} got no token Secret"));
-        let path = self.dir.join(format!("{ns}-{name}.kubeconfig"));
-        std::fs::create_dir_all(&self.dir).expect("test dir");
-        crate::control_plane::write_kubeconfig(&path, &self.cp.info.server, &self.cp.info.ca_file, name, &token)
-            .expect("writing the ServiceAccount kubeconfig");
-        path
+        service_account_kubeconfig(&self.t, &self.cp.info, &self.dir, ns, name)
     }
 }

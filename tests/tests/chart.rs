@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use kubectl_backup_e2e::control_plane::ControlPlane;
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Run, Tools, namespace, plugin_path, unique, wait_crd};
+use kubectl_backup_e2e::fixtures::{Run, Tools, namespace, plugin_path, service_account_kubeconfig, unique, wait_crd};
 use kubectl_backup_e2e::process::{Process, cached_tool, free_port, wait_for};
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::{Value, json};
@@ -362,9 +362,10 @@ fn the_chart_renders_what_install_renders_and_the_api_server_accepts_it() {
     t.kubectl(&["apply", "-f", &default_yaml]).ok();
     let env = SharedEnv::load().expect("shared environment");
     let deployment = find(&objs, "Deployment", "backup-webhook");
-    let _webhook =
-        Webhook::from_deployment(&dir.join("webhook-chart"), &cp.info.kubeconfig, deployment, &ns, &env.s3.env)
-            .expect("backup-webhook with the chart's flags");
+    // With the token of the chart's ServiceAccount: the chart's RBAC is what is tested.
+    let kubeconfig = service_account_kubeconfig(&t, &cp.info, &dir, &ns, kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
+    let _webhook = Webhook::from_deployment(&dir.join("webhook-chart"), &kubeconfig, deployment, &ns, &env.s3.env)
+        .expect("backup-webhook with the chart's flags");
     let listed = t.backup(&["location", "list", "-o", "json", "--install-namespace", &ns]).ok().json();
     assert_eq!(listed["items"][0]["spec"]["url"], values["location"]["url"], "{listed}");
 

@@ -419,11 +419,11 @@ fn the_rendered_manifests_apply_in_one_go_on_an_empty_cluster() {
     let again = c.t.sh(&format!("kubectl backup install --location {location} --dry-run -o yaml | kubectl apply -f -"));
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
 
-    // No node runs the Pod here: run the real webhook with the Deployment's own flags, as the
-    // ServiceAccount the manifests created (so its RBAC must allow creating the location).
+    // No node runs the Pod here: run the real webhook with the Deployment's own flags.
     let deployment = c.t.get_json(&["deployment", "backup-webhook", "-n", NS]);
-    let sa = c.service_account_kubeconfig(NS, kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
-    let mut webhook = Webhook::from_deployment(&c.dir.join("webhook"), &sa, &deployment, NS, &c.env.s3.env)
+    // With the token of the ServiceAccount the manifests create: their RBAC is what is tested.
+    let kubeconfig = c.service_account_kubeconfig(NS, kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
+    let mut webhook = Webhook::from_deployment(&c.dir.join("webhook"), &kubeconfig, &deployment, NS, &c.env.s3.env)
         .expect("backup-webhook with the Deployment's flags");
     eventually("the default BackupLocation", Duration::from_secs(30), || {
         c.t.kubectl(&["get", "backuplocations.kubectl-backup.dev", "default", "-n", NS]).code == 0

@@ -333,7 +333,12 @@ fn tenant_schedules_may_not_name_urls_or_fire_too_often_and_metrics_can_be_tls_o
                          "metadata": {"name": name, "namespace": team}, "spec": spec});
         t.apply(&obj.to_string()).ok();
     };
+    let ro = json!({"apiVersion": "kubectl-backup.dev/v1alpha1", "kind": "BackupLocation",
+                    "metadata": {"name": "archive", "namespace": NS},
+                    "spec": {"url": c.location, "accessMode": "ReadOnly"}});
+    t.apply(&ro.to_string()).ok();
     schedule("by-url", "@daily", Some("s3://someone-elses-bucket/prefix"));
+    schedule("read-only", "@daily", Some("archive"));
     schedule("too-often", "* * * * *", None);
     schedule("fine", "@daily", None);
     let status = |name: &str| t.get_json(&["backupschedules.kubectl-backup.dev", name, "-n", &team])["status"].clone();
@@ -351,6 +356,7 @@ fn tenant_schedules_may_not_name_urls_or_fire_too_often_and_metrics_can_be_tls_o
     };
     refused("by-url", "may name only a BackupLocation");
     refused("too-often", "--min-schedule-interval");
+    refused("read-only", "is ReadOnly");
     let ok = wait_until(Duration::from_secs(30), || {
         status("fine")["conditions"]
             .as_array()
@@ -418,6 +424,14 @@ fn a_forged_archive_cannot_create_a_cluster_wide_binding_in_a_namespace_restore(
     .ok();
     let name = unique("b");
     t.backup(&["create", &name, "-n", &ns]).ok();
+    // A local location is its owner's alone: directories 0700, files 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&dir.join("backups").join(&name)), 0o700);
+    for f in std::fs::read_dir(dir.join("backups").join(&name)).unwrap().flatten() {
+        assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+    }
     t.delete_namespace(&ns);
     let binding = unique("evil");
     let crb = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -547,7 +561,8 @@ fn store_errors_reach_events_and_status_without_the_sas_token() {
     let sig = sas.split('&').find_map(|p| p.strip_prefix("sig=")).expect("a signature").to_string();
     let decoded = sig.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
     let webhook = c.webhook(NS, &["--continuous=false"]);
-    let endpoint = c.env.azure().env.iter().find(|(k, _)| k == "AZURE_STORAGE_ENDPOINT").unwrap().1.clone();
+    let azure = c.env.azure.as_ref().expect("the Azure server, which tests/run.sh starts");
+    let endpoint = azure.env.iter().find(|(k, _)| k == "AZURE_STORAGE_ENDPOINT").unwrap().1.clone();
     t.kubectl(&[
         "create",
         "secret",

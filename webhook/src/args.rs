@@ -194,6 +194,15 @@ pub struct KubeArgs {
     pub kubeconfig: Option<PathBuf>,
     #[arg(long)]
     pub context: Option<String>,
+    /// Client-side limit of API requests per second (as the CLI's --qps; gentler in the cluster).
+    #[arg(long, env = "WEBHOOK_QPS", default_value_t = 100, value_name = "N")]
+    pub qps: u32,
+    /// Requests allowed in a burst above --qps.
+    #[arg(long, env = "WEBHOOK_BURST", default_value_t = 200, value_name = "N")]
+    pub burst: u32,
+    /// API requests in flight at once, per backup or restore.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
 }
 
 impl KubeArgs {

@@ -14,6 +14,7 @@ pub mod controllers;
 pub mod index;
 pub mod mark;
 pub mod metrics;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 
@@ -50,8 +51,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.watch();
     let cfg = kube_config(&args).await?;
-    let cluster =
-        Cluster::from_config(cfg.clone(), Throttle::default().with_discovery_timeout(args.discovery_timeout))?;
+    let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency)
+        .with_discovery_timeout(args.discovery_timeout);
+    let cluster = Cluster::from_config(cfg.clone(), throttle)?;
     // The key that signs the marks of new workspaces: admission answers only once it is loaded.
     let key = Arc::new(
         mark::Key::load_or_create(&cluster.client, &args.policy.namespace)
@@ -72,22 +74,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let index = Arc::new(Index::default());
     let metrics = Arc::new(Metrics::default());
 
+    let mut supervisor = runtime::Supervisor::default();
     // The index: loaded now (readiness waits for it), then refreshed in the background.
     {
         let (index, store, metrics) = (index.clone(), store.clone(), metrics.clone());
         let every = args.index_refresh;
-        tokio::spawn(async move {
-            loop {
-                match index.refresh(&store).await {
-                    Ok(()) => {
-                        metrics.index_backups.set(index.backups() as i64);
+        supervisor.spawn("index", move || {
+            let (index, store, metrics) = (index.clone(), store.clone(), metrics.clone());
+            async move {
+                loop {
+                    match index.refresh(&store).await {
+                        Ok(()) => {
+                            metrics.index_backups.set(index.backups() as i64);
+                        }
+                        Err(e) => {
+                            metrics.index_refresh_errors.inc();
+                            tracing::warn!(error = %e, "could not refresh the backup index; keeping the previous one");
+                        }
                     }
-                    Err(e) => {
-                        metrics.index_refresh_errors.inc();
-                        tracing::warn!(error = %e, "could not refresh the backup index; keeping the previous one");
-                    }
+                    tokio::time::sleep(if index.ready() { every } else { std::time::Duration::from_secs(2) }).await;
                 }
-                tokio::time::sleep(if index.ready() { every } else { std::time::Duration::from_secs(2) }).await;
             }
         });
     }
@@ -106,19 +112,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         min_schedule_interval: args.min_schedule_interval,
     });
     if args.restore_worker {
-        tokio::spawn(Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() }).run());
+        let worker = Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() });
+        supervisor.spawn("restore-worker", move || worker.clone().run());
     }
     if args.schedules {
-        tokio::spawn(controllers::schedules::run(ctx.clone()));
+        let ctx = ctx.clone();
+        supervisor.spawn("schedules", move || controllers::schedules::run(ctx.clone()));
     }
-    tokio::spawn(controllers::expiry::run(ctx.clone(), args.gc_interval));
+    {
+        let (ctx, every) = (ctx.clone(), args.gc_interval);
+        supervisor.spawn("expiry", move || controllers::expiry::run(ctx.clone(), every));
+    }
     if args.continuous {
-        let c = controllers::continuous::Continuous {
+        let c = Arc::new(controllers::continuous::Continuous {
             ctx: ctx.clone(),
             debounce: args.debounce,
             keep: args.keep_workspace_backups,
-        };
-        tokio::spawn(Arc::new(c).run());
+        });
+        supervisor.spawn("continuous", move || c.clone().run());
     }
 
     let shutdown = shutdown_signal();
@@ -137,8 +148,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, location = %ctx.location.display(), "backup-webhook serving");
-    let app = server::router(server::AppState { policy, index, metrics, key });
+    let app = server::router(server::AppState { policy, index, metrics, key, health: supervisor.health.clone() });
     server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
+    supervisor.shutdown().await;
     tracing::info!("backup-webhook stopped");
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::admission::{Decision, Policy, mutate};
 use crate::index::Index;
 use crate::mark::Key;
 use crate::metrics::{DecisionLabel, Metrics};
+use crate::runtime::Health;
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs the marks of new workspaces.
     pub key: Arc<Key>,
+    /// Which controllers are down.
+    pub health: Health,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,10 +60,12 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.index.ready() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "backup index not loaded yet").into_response()
+    if !s.index.ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "backup index not loaded yet").into_response();
+    }
+    match s.health.check() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }
 

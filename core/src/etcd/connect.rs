@@ -298,21 +298,13 @@ fn retryable(e: &etcd_client::Error) -> bool {
 /// The error and all its sources on one line, without repeats. (`etcd_client::Error` does not
 /// expose its source, so the gRPC status or transport error inside it is walked instead.)
 pub fn chain(err: &etcd_client::Error) -> String {
-    let (mut msg, mut src): (String, Option<&(dyn std::error::Error + 'static)>) = match err {
+    let (msg, src): (String, Option<&(dyn std::error::Error + 'static)>) = match err {
         etcd_client::Error::GRpcStatus(s) => (format!("{:?}: {}", s.code(), s.message()), std::error::Error::source(s)),
         etcd_client::Error::TransportError(t) => (err.to_string(), std::error::Error::source(t)),
         etcd_client::Error::IoError(e) => (err.to_string(), std::error::Error::source(e)),
         other => (other.to_string(), None),
     };
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        src = s.source();
-    }
-    msg
+    crate::error::chain(msg, src)
 }
 
 /// An etcd client error as something a person can act on.

@@ -22,7 +22,7 @@ use kubectl_backup_core::backup;
 use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::locations::Resolved;
 use kubectl_backup_core::model::{Backup, BackupSpec};
-use kubectl_backup_core::progress::{Event as Progress, Observer, Quiet};
+use kubectl_backup_core::progress::{Event as Progress, Observer};
 
 use crate::admission::Policy;
 use crate::index::Index;
@@ -216,7 +216,6 @@ impl Observer for UploadingOnce {
                 }));
             }
         }
-        Quiet.event(event);
     }
 }
 

@@ -60,11 +60,14 @@ impl RestoreWorker {
         }
         let cutoff = self.catch_up_cutoff().await;
         tracing::info!(%cutoff, "restore worker started; catching up on workspaces created since");
+        // Owned: if this run ends (or panics), they are stopped with it, and the supervisor's
+        // restart does not leave a second heartbeat or watcher behind.
+        let mut helpers = tokio::task::JoinSet::new();
         let me = self.clone();
-        tokio::spawn(async move { me.heartbeat().await });
+        helpers.spawn(async move { me.heartbeat().await });
         for (group, plural) in self.ctx.policy.workspace_resources.clone() {
             let me = self.clone();
-            tokio::spawn(async move { me.watch_workspace_resource(group, plural, cutoff).await });
+            helpers.spawn(async move { me.watch_workspace_resource(group, plural, cutoff).await });
         }
 
         let in_flight: InFlight<String> = Arc::default();

@@ -127,6 +127,19 @@ pub fn tenant_rules(
     }
 }
 
+/// Why the BackupLocation a schedule names may not be written to, if it may not: schedules write.
+async fn read_only_location(ctx: &Context, location: Option<&str>) -> Option<String> {
+    let name = location.filter(|l| locations::is_name(l))?;
+    let api: Api<kubectl_backup_core::crd::BackupLocation> =
+        Api::namespaced(ctx.cluster.client.clone(), &ctx.namespace);
+    match api.get_opt(name).await {
+        Ok(Some(bl)) if bl.spec.access_mode == kubectl_backup_core::crd::AccessMode::ReadOnly => {
+            Some(format!("BackupLocation {name:?} is ReadOnly: a schedule writes backups, so it may not name it"))
+        }
+        _ => None,
+    }
+}
+
 fn ready_condition(
     ready: bool,
     reason: &str,
@@ -185,6 +198,9 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
         Err(reason) => return refuse(reason).await,
     };
     if let Err(reason) = tenant_rules(&ns, &ctx.namespace, &s.spec, &schedule, ctx.min_schedule_interval) {
+        return refuse(reason).await;
+    }
+    if let Some(reason) = read_only_location(&ctx, s.spec.location.as_deref()).await {
         return refuse(reason).await;
     }
     if !status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
