@@ -8,7 +8,7 @@
 #
 # First run on a fresh machine: it builds Kubernetes' control plane from Debian's source package,
 # s3s-fs and this project (measured in parts on a shared 2-CPU VM, see README: expect about 15-20
-# minutes); later runs took 31-38 s. It prints its own setup and demo times at the end.
+# minutes); later runs took 25-38 s. It prints its own setup and demo times at the end.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
