@@ -1,32 +1,24 @@
-//! Command-line arguments. Connection and location flags are global, so they may come before or
-//! after the subcommand, like kubectl's.
+//! The argument groups commands share: the global connection and location flags ([`Globals`],
+//! before or after the subcommand, like kubectl's), output formats and backup filters. Each
+//! command's own arguments live with the command; the command tree is in `cli.rs`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use kubectl_backup_core::kube_client::KubeOptions;
-use kubectl_backup_core::model::{ClusterResources, ExistingPolicy, Filters};
+use kubectl_backup_core::model::{ClusterResources, Filters};
 use kubectl_backup_core::store::StoreOptions;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "kubectl-backup",
-    bin_name = "kubectl backup",
-    version,
-    about = "Back up Kubernetes objects to object storage and restore them",
-    long_about = "Back up a cluster's objects to S3, GCS, Azure Blob or a local directory, and restore them into the same or another cluster.\n\nRuns with your kubeconfig and RBAC; nothing needs to be installed in the cluster.",
-    propagate_version = true
-)]
-pub struct Cli {
+/// The flags every command takes (global, so they may come before or after the subcommand).
+#[derive(Debug, Args, Clone)]
+pub struct Globals {
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
-    pub location: LocationArgs,
+    pub location: StoreArgs,
     /// Log verbosity: -v info, -vv debug, -vvv trace (logs go to stderr).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 /// kubectl's connection flags.
@@ -82,7 +74,7 @@ impl KubeArgs {
 
 /// Where backups are stored.
 #[derive(Debug, Args, Clone)]
-pub struct LocationArgs {
+pub struct StoreArgs {
     /// Storage location: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
     /// file:///path, or the name of a BackupLocation (default: $KUBECTL_BACKUP_LOCATION, else the
     /// cluster's default BackupLocation, else ~/.local/share/kubectl-backup).
@@ -105,7 +97,7 @@ pub struct LocationArgs {
     pub path_style: Option<bool>,
 }
 
-impl LocationArgs {
+impl StoreArgs {
     pub fn options(&self) -> StoreOptions {
         StoreOptions {
             s3_endpoint: self.s3_endpoint.clone(),
@@ -177,224 +169,5 @@ impl FilterArgs {
             label_selector: self.selector.clone(),
             include_cluster_resources: self.include_cluster_resources,
         }
-    }
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Back up objects from the cluster to the location.
-    Create(CreateArgs),
-    /// List the backups in the location.
-    #[command(alias = "get", alias = "ls")]
-    List(ListArgs),
-    /// Show one backup: filters, counts per resource, warnings and errors.
-    Describe(DescribeArgs),
-    /// Delete backups from the location.
-    #[command(alias = "rm")]
-    Delete(DeleteArgs),
-    /// Download a backup's archive (a .tar.zst: `tar --zstd -xf FILE` opens it).
-    Download(DownloadArgs),
-    /// Restore a backup into the cluster (the same one or another).
-    Restore(RestoreArgs),
-    /// Named storage locations (BackupLocations) the cluster knows.
-    Location(crate::commands::location::LocationArgs),
-    /// Scheduled backups run by the in-cluster component.
-    Schedule(crate::commands::schedule::ScheduleArgs),
-    /// Install the in-cluster component (webhook, controllers, CRDs, RBAC).
-    Install(crate::commands::install::InstallArgs),
-    /// Remove the in-cluster component; backups in storage are kept.
-    Uninstall(crate::commands::install::UninstallArgs),
-    /// Serving certificates for the webhook.
-    Certs(crate::commands::certs::CertsArgs),
-    /// Workspaces (namespaces) as the auto-restore webhook sees them.
-    #[command(alias = "ws")]
-    Workspace(crate::commands::workspace::WorkspaceArgs),
-    /// Back up and restore etcd itself: snapshots, keys, keys as JSON.
-    Etcd(crate::commands::etcd::EtcdArgs),
-    /// Print a shell completion script.
-    Completion(CompletionArgs),
-    /// Print the version.
-    Version(OutputArg),
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct CreateArgs {
-    /// Name of the backup (a DNS-1123 label, e.g. nightly-2024-06-01).
-    pub name: String,
-    #[command(flatten)]
-    pub filters: FilterArgs,
-    /// How long to keep the backup (e.g. 720h, 30m; 0 keeps it forever).
-    #[arg(long, default_value = "720h", value_name = "DURATION")]
-    pub ttl: String,
-    /// Wait for the backup to finish. With --wait=false it runs in the background; follow it with
-    /// `kubectl backup describe NAME`.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub wait: bool,
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct RestoreArgs {
-    /// The backup to restore.
-    pub backup: String,
-    #[command(flatten)]
-    pub filters: FilterArgs,
-    /// Restore namespace SRC into DST: src:dst[,src2:dst2]. Rewrites object namespaces, binding
-    /// subjects and PV claim references.
-    #[arg(long, value_delimiter = ',', value_name = "SRC:DST")]
-    pub namespace_mapping: Vec<String>,
-    /// What to do with objects that already exist: skip (leave them, report them) or update (bring
-    /// them back to the backed-up state with a forced server-side apply).
-    #[arg(long, default_value = "skip", value_name = "skip|update")]
-    pub existing: ExistingPolicy,
-    /// Keep Service node ports as backed up (by default ports the server assigned are dropped).
-    #[arg(long)]
-    pub preserve_nodeports: bool,
-    /// Write nothing: have the API server validate each object (dryRun=All) and show what would be
-    /// created, updated or skipped, with a diff for existing objects that differ.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Wait for the restore to finish. With --wait=false it runs in the background.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub wait: bool,
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-impl RestoreArgs {
-    pub fn mapping(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
-        let mut map = std::collections::BTreeMap::new();
-        for pair in self.namespace_mapping.iter().filter(|p| !p.trim().is_empty()) {
-            let (src, dst) = pair
-                .split_once(':')
-                .map(|(a, b)| (a.trim(), b.trim()))
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| {
-                    format!("invalid --namespace-mapping {pair:?}: expected SRC:DST, e.g. shop:shop-copy")
-                })?;
-            if map.insert(src.to_string(), dst.to_string()).is_some() {
-                return Err(format!("invalid --namespace-mapping: {src:?} is mapped twice"));
-            }
-        }
-        Ok(map)
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct DescribeArgs {
-    pub name: String,
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    /// Backups to delete.
-    #[arg(required = true)]
-    pub names: Vec<String>,
-    /// Do not ask for confirmation.
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DownloadArgs {
-    pub name: String,
-    /// Where to write the archive (default: NAME.tar.zst; '-' for standard output).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// Replace FILE if it exists.
-    #[arg(long)]
-    pub overwrite: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct CompletionArgs {
-    pub shell: clap_complete::Shell,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn clap_definition_is_valid() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn filters_parse_like_kubectl() {
-        let cli = Cli::parse_from([
-            "kubectl-backup",
-            "create",
-            "b1",
-            "--include-namespaces",
-            "a,b",
-            "--exclude-resources=secrets,events",
-            "-l",
-            "app=web",
-            "--include-cluster-resources",
-            "false",
-            "--location",
-            "s3://bucket/p",
-            "--wait=false",
-        ]);
-        let Command::Create(c) = cli.command else { panic!("not create") };
-        let f = c.filters.filters();
-        assert_eq!(f.included_namespaces, vec!["a", "b"]);
-        assert_eq!(f.excluded_resources, vec!["secrets", "events"]);
-        assert_eq!(f.label_selector.as_deref(), Some("app=web"));
-        assert_eq!(f.include_cluster_resources, ClusterResources::False);
-        assert!(!c.wait);
-        assert_eq!(cli.location.location.as_deref(), Some("s3://bucket/p"));
-    }
-
-    #[test]
-    fn restore_mapping_parses_and_rejects_garbage() {
-        let cli = Cli::parse_from([
-            "kubectl-backup",
-            "restore",
-            "b",
-            "--namespace-mapping",
-            "a:b,c:d",
-            "--existing",
-            "update",
-            "--dry-run",
-        ]);
-        let Command::Restore(r) = cli.command else { panic!("not restore") };
-        assert_eq!(r.mapping().unwrap().get("a").map(String::as_str), Some("b"));
-        assert_eq!(r.existing, ExistingPolicy::Update);
-        assert!(r.dry_run);
-        let cli = Cli::parse_from(["kubectl-backup", "restore", "b", "--namespace-mapping", "nocolon"]);
-        let Command::Restore(r) = cli.command else { panic!("not restore") };
-        assert!(r.mapping().unwrap_err().contains("SRC:DST"));
-        assert!(Cli::try_parse_from(["kubectl-backup", "restore", "b", "--existing", "merge"]).is_err());
-    }
-
-    #[test]
-    fn discovery_timeout_defaults_to_the_engine_default() {
-        let cli = Cli::parse_from(["kubectl-backup", "list"]);
-        assert_eq!(cli.kube.discovery_timeout, kubectl_backup_core::kube_client::DISCOVERY_TIMEOUT);
-        let cli = Cli::parse_from(["kubectl-backup", "create", "b", "--discovery-timeout", "1m30s"]);
-        assert_eq!(cli.kube.discovery_timeout, std::time::Duration::from_secs(90));
-        let err = Cli::try_parse_from(["kubectl-backup", "list", "--discovery-timeout", "soon"]).unwrap_err();
-        assert!(err.to_string().contains("not a duration"), "{err}");
-    }
-
-    #[test]
-    fn namespace_flag_conflicts_with_include() {
-        let r = Cli::try_parse_from(["kubectl-backup", "create", "b", "-n", "x", "--include-namespaces", "y"]);
-        assert!(r.is_err());
-        let r = Cli::try_parse_from(["kubectl-backup", "create", "b", "--include-cluster-resources", "maybe"]);
-        let err = r.unwrap_err().to_string();
-        assert!(err.contains("auto, true or false"), "{err}");
     }
 }

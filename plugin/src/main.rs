@@ -1,8 +1,9 @@
 //! `kubectl backup`: back up Kubernetes objects to object storage and restore them.
 
 mod args;
+mod cli;
 mod commands;
-mod location;
+mod open_location;
 mod output;
 mod progress;
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::Cli;
+use crate::cli::Cli;
 
 /// Exit code when a backup or restore finished but some objects failed (PartiallyFailed).
 pub const EXIT_PARTIAL: u8 = 3;
@@ -18,7 +19,7 @@ pub const EXIT_PARTIAL: u8 = 3;
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.globals.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(commands::run(cli)) {
+    match rt.block_on(cli.run()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", chain(&e));

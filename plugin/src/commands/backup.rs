@@ -5,25 +5,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use kubectl_backup_core::backup;
 use kubectl_backup_core::catalog::{self, Destination};
 use kubectl_backup_core::filter::Selection;
 use kubectl_backup_core::input::{parse_duration, validate_name};
-use kubectl_backup_core::kube_client::{Cluster, Throttle};
+use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::model::{Backup, BackupList, BackupSpec, Phase};
-use kubectl_backup_core::{backup, model};
 
-use crate::args::{Cli, CreateArgs, DeleteArgs, DescribeArgs, DownloadArgs, ListArgs, Output};
+use clap::Args;
+
+use super::{exit_for, throttle};
+use crate::args::{FilterArgs, Globals, Output, OutputArg};
 use crate::output::{age, print_document, print_table, size, table, time, until};
-use crate::{EXIT_PARTIAL, location, progress};
+use crate::{open_location, progress};
 
-pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<ExitCode> {
+pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
     // Check everything we can before touching the cluster or detaching.
     validate_name("backup name", &args.name)?;
     parse_duration("--ttl", &args.ttl)?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
-    let location = location::open(cli, Some(&cluster.client)).await?;
+    let location = open_location::open(cli, Some(&cluster.client)).await?;
     location.ensure_writable()?;
     let store = location.store.clone();
     let spec =
@@ -42,18 +45,6 @@ pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<ExitCode> {
         format => print_document(&backup, format)?,
     }
     Ok(exit_for(backup.status.phase))
-}
-
-pub fn throttle(cli: &Cli) -> Throttle {
-    Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency).with_discovery_timeout(cli.kube.discovery_timeout)
-}
-
-pub fn exit_for(phase: Phase) -> ExitCode {
-    match phase {
-        Phase::Completed => ExitCode::SUCCESS,
-        Phase::PartiallyFailed => ExitCode::from(EXIT_PARTIAL),
-        Phase::InProgress | Phase::Failed => ExitCode::FAILURE,
-    }
 }
 
 fn print_summary(b: &Backup, location: &str) {
@@ -89,8 +80,8 @@ fn print_messages(title: &str, items: &[String]) {
     }
 }
 
-pub async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
-    let store = location::open(cli, None).await?.store;
+pub async fn list(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
+    let store = open_location::open(cli, None).await?.store;
     let listing = catalog::list(&store).await?;
     match args.output.output {
         Output::Table => {
@@ -127,8 +118,8 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn describe(cli: &Cli, args: &DescribeArgs) -> Result<ExitCode> {
-    let store = location::open(cli, None).await?.store;
+pub async fn describe(cli: &Globals, args: &DescribeArgs) -> Result<ExitCode> {
+    let store = open_location::open(cli, None).await?.store;
     let b = catalog::describe(&store, &args.name).await?;
     match args.output.output {
         Output::Table => print_description(&b, store.url()),
@@ -202,11 +193,11 @@ fn print_description(b: &Backup, location: &str) {
     print_messages("Errors", &s.errors);
 }
 
-pub async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
+pub async fn delete(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> {
     for name in &args.names {
         validate_name("backup name", name)?;
     }
-    let location = location::open(cli, None).await?;
+    let location = open_location::open(cli, None).await?;
     location.ensure_writable()?;
     let store = location.store;
     let question = format!("Delete {} from {}?", args.names.join(", "), store.url());
@@ -227,9 +218,9 @@ pub async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-pub async fn download(cli: &Cli, args: &DownloadArgs) -> Result<ExitCode> {
+pub async fn download(cli: &Globals, args: &DownloadArgs) -> Result<ExitCode> {
     validate_name("backup name", &args.name)?;
-    let store = location::open(cli, None).await?.store;
+    let store = open_location::open(cli, None).await?.store;
     let file = args.file.clone().unwrap_or_else(|| PathBuf::from(format!("{}.tar.zst", args.name)));
     if file.as_os_str() == "-" {
         if std::io::stdout().is_terminal() {
@@ -252,22 +243,53 @@ pub async fn download(cli: &Cli, args: &DownloadArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The version document `version -o json|yaml` prints.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionInfo {
-    pub client_version: ClientVersion,
+#[derive(Debug, Args, Clone)]
+pub struct CreateArgs {
+    /// Name of the backup (a DNS-1123 label, e.g. nightly-2024-06-01).
+    pub name: String,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// How long to keep the backup (e.g. 720h, 30m; 0 keeps it forever).
+    #[arg(long, default_value = "720h", value_name = "DURATION")]
+    pub ttl: String,
+    /// Wait for the backup to finish. With --wait=false it runs in the background; follow it with
+    /// `kubectl backup describe NAME`.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub wait: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClientVersion {
-    pub version: &'static str,
-    pub format_version: u32,
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
-pub fn version_info() -> VersionInfo {
-    VersionInfo {
-        client_version: ClientVersion { version: env!("CARGO_PKG_VERSION"), format_version: model::FORMAT_VERSION },
-    }
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Backups to delete.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    pub name: String,
+    /// Where to write the archive (default: NAME.tar.zst; '-' for standard output).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
 }

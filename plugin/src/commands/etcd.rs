@@ -18,8 +18,8 @@ use kubectl_backup_core::etcd::{
 use kubectl_backup_core::input::{parse_duration, validate_name};
 use kubectl_backup_core::progress::{Event, Observer, Quiet};
 
-use crate::args::{Cli, Output, OutputArg};
-use crate::location;
+use crate::args::{Globals, Output, OutputArg};
+use crate::open_location;
 use crate::output::{age, print_document, print_table, size, table, time, until};
 
 #[derive(Debug, Args)]
@@ -159,7 +159,7 @@ pub struct RestoreArgs {
     pub output: OutputArg,
 }
 
-pub async fn run(cli: &Cli, args: &EtcdArgs) -> Result<ExitCode> {
+pub async fn run(cli: &Globals, args: &EtcdArgs) -> Result<ExitCode> {
     match &args.command {
         EtcdCommand::Snapshot(a) => snapshot(cli, a).await,
         EtcdCommand::List(a) => list(cli, a).await,
@@ -170,13 +170,13 @@ pub async fn run(cli: &Cli, args: &EtcdArgs) -> Result<ExitCode> {
     }
 }
 
-async fn snapshot(cli: &Cli, args: &SnapshotArgs) -> Result<ExitCode> {
+async fn snapshot(cli: &Globals, args: &SnapshotArgs) -> Result<ExitCode> {
     // Check everything we can before connecting.
     validate_name("etcd backup name", &args.name)?;
     let kind: EtcdBackupType = args.kind.parse()?;
     parse_duration("--ttl", &args.ttl)?;
     let source = args.connection.source(args.prefix.clone())?;
-    let location = location::open(cli, None).await?;
+    let location = open_location::open(cli, None).await?;
     location.ensure_writable()?;
     let store = location.store.clone();
     let spec =
@@ -217,8 +217,8 @@ fn print_summary(b: &EtcdBackup, location: &str) {
     }
 }
 
-async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
-    let store = location::open(cli, None).await?.store;
+async fn list(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
+    let store = open_location::open(cli, None).await?.store;
     let listing = etcd::list(&store).await?;
     match args.output.output {
         Output::Table => {
@@ -256,8 +256,8 @@ async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn describe(cli: &Cli, args: &DescribeArgs) -> Result<ExitCode> {
-    let store = location::open(cli, None).await?.store;
+async fn describe(cli: &Globals, args: &DescribeArgs) -> Result<ExitCode> {
+    let store = open_location::open(cli, None).await?.store;
     let b = etcd::describe(&store, &args.name).await?;
     match args.output.output {
         Output::Table => print_description(&b, store.url()),
@@ -309,11 +309,11 @@ fn print_description(b: &EtcdBackup, location: &str) {
     }
 }
 
-async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
+async fn delete(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> {
     for name in &args.names {
         validate_name("etcd backup name", name)?;
     }
-    let location = location::open(cli, None).await?;
+    let location = open_location::open(cli, None).await?;
     location.ensure_writable()?;
     let store = location.store;
     let question = format!("Delete etcd backup(s) {} from {}?", args.names.join(", "), store.url());
@@ -334,9 +334,9 @@ async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-async fn download(cli: &Cli, args: &DownloadArgs) -> Result<ExitCode> {
+async fn download(cli: &Globals, args: &DownloadArgs) -> Result<ExitCode> {
     validate_name("etcd backup name", &args.name)?;
-    let store = location::open(cli, None).await?.store;
+    let store = open_location::open(cli, None).await?.store;
     let file = match &args.file {
         Some(f) => f.clone(),
         None => PathBuf::from(etcd::describe(&store, &args.name).await?.spec.kind.download_name(&args.name)),
@@ -356,9 +356,9 @@ async fn download(cli: &Cli, args: &DownloadArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
+async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
     validate_name("etcd backup name", &args.name)?;
-    let store = location::open(cli, None).await?.store;
+    let store = open_location::open(cli, None).await?.store;
     let observer = observer(args.output.output);
     let result = match &args.data_dir {
         Some(dir) => {
@@ -517,11 +517,19 @@ mod tests {
 
     use super::*;
 
+    /// `kubectl backup etcd ...`, parsed without the rest of the command tree.
+    #[derive(Parser)]
+    struct Etcd {
+        #[command(flatten)]
+        _globals: Globals,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    }
+
     #[test]
     fn etcd_flags_parse_like_etcdctl() {
-        let cli = Cli::parse_from([
-            "kubectl-backup",
-            "etcd",
+        let cli = Etcd::parse_from([
+            "kubectl-backup-etcd",
             "snapshot",
             "nightly",
             "--endpoints",
@@ -539,16 +547,14 @@ mod tests {
             "-o",
             "json",
         ]);
-        let crate::args::Command::Etcd(EtcdArgs { command: EtcdCommand::Snapshot(s) }) = cli.command else {
-            panic!("not etcd snapshot")
-        };
+        let EtcdCommand::Snapshot(s) = cli.etcd.command else { panic!("not etcd snapshot") };
         assert_eq!(s.connection.endpoints, vec!["https://a:2379", "https://b:2379"]);
         assert_eq!(s.kind.parse::<EtcdBackupType>().unwrap(), EtcdBackupType::KeysJson);
         let src = s.connection.source(s.prefix.clone()).unwrap();
         assert_eq!(src.cert_file.as_deref(), Some(std::path::Path::new("/c.crt")));
         assert_eq!(src.prefix.as_deref(), Some("/registry/"));
         assert_eq!(s.ttl, "720h");
-        let cli = Cli::parse_from(["kubectl-backup", "etcd", "get"]);
-        assert!(matches!(cli.command, crate::args::Command::Etcd(EtcdArgs { command: EtcdCommand::List(_) })));
+        let cli = Etcd::parse_from(["kubectl-backup-etcd", "get"]);
+        assert!(matches!(cli.etcd.command, EtcdCommand::List(_)));
     }
 }

@@ -14,8 +14,8 @@ use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::store::Location;
 use serde_json::Value;
 
-use super::backup::throttle;
-use crate::args::{Cli, Output};
+use super::throttle;
+use crate::args::{Globals, Output};
 use crate::output::print_document;
 
 #[derive(Debug, Args)]
@@ -66,7 +66,7 @@ pub struct UninstallArgs {
     pub yes: bool,
 }
 
-pub async fn install(cli: &Cli, a: &InstallArgs) -> Result<ExitCode> {
+pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
     let namespace = a.namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
     kubectl_backup_core::input::validate_name("--namespace", &namespace)?;
     let url = cli
@@ -199,7 +199,7 @@ async fn wait_established(cluster: &Cluster, name: &str) -> Result<()> {
     bail!("CustomResourceDefinition {name} was not established within 30s")
 }
 
-pub async fn uninstall(cli: &Cli, a: &UninstallArgs) -> Result<ExitCode> {
+pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
     let namespace = a.namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
     let question = format!("Uninstall kubectl-backup from namespace {namespace}? Backups in storage are kept.");
     if !super::confirm("uninstall", &question, a.yes)? {

@@ -16,8 +16,8 @@ use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::locations;
 use kubectl_backup_core::store::{Location, Provider};
 
-use super::backup::throttle;
-use crate::args::{Cli, Output, OutputArg};
+use super::throttle;
+use crate::args::{Globals, Output, OutputArg};
 use crate::output::{age, print_document, print_table, table};
 
 #[derive(Debug, Args)]
@@ -75,7 +75,7 @@ pub struct RemoveArgs {
     pub yes: bool,
 }
 
-pub async fn run(cli: &Cli, args: &LocationArgs) -> Result<ExitCode> {
+pub async fn run(cli: &Globals, args: &LocationArgs) -> Result<ExitCode> {
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let ns = cli.location.install_namespace.as_str();
     let api: Api<BackupLocation> = Api::namespaced(cluster.client.clone(), ns);

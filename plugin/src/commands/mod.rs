@@ -1,52 +1,25 @@
 //! One module per command group; each turns arguments into engine calls and prints the result.
 
-mod backup;
+pub mod backup;
 pub mod certs;
 pub mod etcd;
 pub mod install;
 pub mod location;
-mod restore;
+pub mod restore;
 pub mod schedule;
 pub mod workspace;
 
 use std::process::ExitCode;
 
+use kubectl_backup_core::kube_client::Throttle;
+use kubectl_backup_core::model::{self, Phase};
+
+use crate::EXIT_PARTIAL;
+use crate::args::Globals;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::CommandFactory;
-
-use crate::args::{Cli, Command, Output};
-use crate::output::print_document;
-
-pub async fn run(cli: Cli) -> Result<ExitCode> {
-    match &cli.command {
-        Command::Create(a) => backup::create(&cli, a).await,
-        Command::List(a) => backup::list(&cli, a).await,
-        Command::Describe(a) => backup::describe(&cli, a).await,
-        Command::Delete(a) => backup::delete(&cli, a).await,
-        Command::Download(a) => backup::download(&cli, a).await,
-        Command::Restore(a) => restore::restore(&cli, a).await,
-        Command::Etcd(a) => etcd::run(&cli, a).await,
-        Command::Workspace(a) => workspace::run(&cli, a).await,
-        Command::Location(a) => location::run(&cli, a).await,
-        Command::Certs(a) => certs::run(a),
-        Command::Schedule(a) => schedule::run(&cli, a).await,
-        Command::Install(a) => install::install(&cli, a).await,
-        Command::Uninstall(a) => install::uninstall(&cli, a).await,
-        Command::Completion(a) => {
-            clap_complete::generate(a.shell, &mut Cli::command(), "kubectl-backup", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Version(o) => {
-            match o.output {
-                Output::Table => println!("kubectl-backup {}", env!("CARGO_PKG_VERSION")),
-                f => print_document(&backup::version_info(), f)?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
 
 /// Set in the environment of the background process `--wait=false` starts.
 const DETACHED_ENV: &str = "KUBECTL_BACKUP_DETACHED";
@@ -117,4 +90,37 @@ pub fn confirm(action: &str, question: &str, yes: bool) -> Result<bool> {
         eprintln!("Nothing done.");
     }
     Ok(go)
+}
+
+/// The client-side limits of the global flags.
+pub fn throttle(cli: &Globals) -> Throttle {
+    Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency).with_discovery_timeout(cli.kube.discovery_timeout)
+}
+
+pub fn exit_for(phase: Phase) -> ExitCode {
+    match phase {
+        Phase::Completed => ExitCode::SUCCESS,
+        Phase::PartiallyFailed => ExitCode::from(EXIT_PARTIAL),
+        Phase::InProgress | Phase::Failed => ExitCode::FAILURE,
+    }
+}
+
+/// The version document `version -o json|yaml` prints.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub client_version: ClientVersion,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientVersion {
+    pub version: &'static str,
+    pub format_version: u32,
+}
+
+pub fn version_info() -> VersionInfo {
+    VersionInfo {
+        client_version: ClientVersion { version: env!("CARGO_PKG_VERSION"), format_version: model::FORMAT_VERSION },
+    }
 }

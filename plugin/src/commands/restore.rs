@@ -10,18 +10,21 @@ use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::model::{ItemAction, Restore, RestoreItem, RestoreSpec};
 use kubectl_backup_core::restore;
 
-use super::backup::{exit_for, throttle};
-use crate::args::{Cli, Output, RestoreArgs};
-use crate::output::{print_document, print_table, table};
-use crate::{location, progress};
+use super::{exit_for, throttle};
+use clap::Args;
+use kubectl_backup_core::model::ExistingPolicy;
 
-pub async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
+use crate::args::{FilterArgs, Globals, Output, OutputArg};
+use crate::output::{print_document, print_table, table};
+use crate::{open_location, progress};
+
+pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
     validate_name("backup name", &args.backup)?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
     let namespace_mapping = args.mapping().map_err(|e| anyhow!(e))?;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
-    let store = location::open(cli, Some(&cluster.client)).await?.store;
+    let store = open_location::open(cli, Some(&cluster.client)).await?.store;
     let spec = RestoreSpec {
         backup_name: args.backup.clone(),
         filters,
@@ -111,5 +114,52 @@ fn print_items<'a>(items: impl Iterator<Item = &'a RestoreItem>) {
                 _ => println!("  ~ {path}: {}", op["value"]),
             }
         }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RestoreArgs {
+    /// The backup to restore.
+    pub backup: String,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Restore namespace SRC into DST: src:dst[,src2:dst2]. Rewrites object namespaces, binding
+    /// subjects and PV claim references.
+    #[arg(long, value_delimiter = ',', value_name = "SRC:DST")]
+    pub namespace_mapping: Vec<String>,
+    /// What to do with objects that already exist: skip (leave them, report them) or update (bring
+    /// them back to the backed-up state with a forced server-side apply).
+    #[arg(long, default_value = "skip", value_name = "skip|update")]
+    pub existing: ExistingPolicy,
+    /// Keep Service node ports as backed up (by default ports the server assigned are dropped).
+    #[arg(long)]
+    pub preserve_nodeports: bool,
+    /// Write nothing: have the API server validate each object (dryRun=All) and show what would be
+    /// created, updated or skipped, with a diff for existing objects that differ.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for the restore to finish. With --wait=false it runs in the background.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub wait: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+impl RestoreArgs {
+    pub fn mapping(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut map = std::collections::BTreeMap::new();
+        for pair in self.namespace_mapping.iter().filter(|p| !p.trim().is_empty()) {
+            let (src, dst) = pair
+                .split_once(':')
+                .map(|(a, b)| (a.trim(), b.trim()))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| {
+                    format!("invalid --namespace-mapping {pair:?}: expected SRC:DST, e.g. shop:shop-copy")
+                })?;
+            if map.insert(src.to_string(), dst.to_string()).is_some() {
+                return Err(format!("invalid --namespace-mapping: {src:?} is mapped twice"));
+            }
+        }
+        Ok(map)
     }
 }

@@ -14,8 +14,8 @@ use kubectl_backup_core::input::{parse_duration, validate_name};
 use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::schedule::Schedule;
 
-use super::backup::throttle;
-use crate::args::{Cli, FilterArgs, Output, OutputArg};
+use super::throttle;
+use crate::args::{FilterArgs, Globals, Output, OutputArg};
 use crate::output::{print_document, print_table, table};
 
 #[derive(Debug, Args)]
@@ -104,7 +104,7 @@ pub struct NameArgs {
     pub output: OutputArg,
 }
 
-pub async fn run(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
+pub async fn run(cli: &Globals, args: &ScheduleArgs) -> Result<ExitCode> {
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let ns_of = |w: &Where| w.schedule_namespace.clone().unwrap_or_else(|| cli.location.install_namespace.clone());
     let api = |ns: &str| -> Api<BackupSchedule> { Api::namespaced(cluster.client.clone(), ns) };

@@ -15,9 +15,9 @@ use kubectl_backup_core::{
 };
 use serde::Serialize;
 
-use super::backup::throttle;
-use crate::args::{Cli, Output, OutputArg};
-use crate::location;
+use super::throttle;
+use crate::args::{Globals, Output, OutputArg};
+use crate::open_location;
 use crate::output::{age, print_document, print_table, table};
 
 #[derive(Debug, Args)]
@@ -47,14 +47,14 @@ pub struct NewArgs {
 /// Namespaces that are not workspaces.
 const SYSTEM: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
-pub async fn run(cli: &Cli, args: &WorkspaceArgs) -> Result<ExitCode> {
+pub async fn run(cli: &Globals, args: &WorkspaceArgs) -> Result<ExitCode> {
     match &args.command {
         WorkspaceCommand::New(a) => new(cli, a).await,
         WorkspaceCommand::List(o) => list(cli, o.output).await,
     }
 }
 
-async fn new(cli: &Cli, a: &NewArgs) -> Result<ExitCode> {
+async fn new(cli: &Globals, a: &NewArgs) -> Result<ExitCode> {
     validate_name("workspace name", &a.name)?;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let api: Api<Namespace> = Api::all(cluster.client.clone());
@@ -102,14 +102,14 @@ struct WorkspaceRow {
     restore_status: Option<String>,
 }
 
-async fn list(cli: &Cli, output: Output) -> Result<ExitCode> {
+async fn list(cli: &Globals, output: Output) -> Result<ExitCode> {
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let api: Api<Namespace> = Api::all(cluster.client.clone());
     let namespaces = api
         .list(&ListParams::default())
         .await
         .map_err(|e| anyhow::anyhow!("listing namespaces: {}", kubectl_backup_core::error::kube_message(&e)))?;
-    let store = location::open(cli, Some(&cluster.client)).await?.store;
+    let store = open_location::open(cli, Some(&cluster.client)).await?.store;
     let newest = catalog::newest_per_namespace(&catalog::list(&store).await?.backups);
     let mut rows = Vec::new();
     let mut ages = Vec::new();

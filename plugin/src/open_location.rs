@@ -5,12 +5,12 @@ use kube::Client;
 use kubectl_backup_core::kube_client;
 use kubectl_backup_core::locations::{self, Resolved, is_name};
 
-use crate::args::Cli;
+use crate::args::Globals;
 
 /// Opens the location. `client` is used if given; otherwise one is made only when needed (a
 /// location name, or looking for the cluster's default) and its absence is not an error for the
 /// default lookup.
-pub async fn open(cli: &Cli, client: Option<&Client>) -> anyhow::Result<Resolved> {
+pub async fn open(cli: &Globals, client: Option<&Client>) -> anyhow::Result<Resolved> {
     let given = cli.location.location.as_deref();
     let env_set = std::env::var(kubectl_backup_core::store::LOCATION_ENV).is_ok_and(|v| !v.trim().is_empty());
     let needs_cluster = match given {
