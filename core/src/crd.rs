@@ -149,6 +149,45 @@ pub struct BackupScheduleStatus {
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
+/// Waits until each named CustomResourceDefinition is Established (polling GET, which needs
+/// fewer rights than a watch). Returns a message per CRD that is not within `timeout`. The one
+/// wait for CRDs: restore and install use it.
+pub async fn wait_established(
+    cluster: &crate::kube_client::Cluster,
+    names: &[String],
+    timeout: std::time::Duration,
+) -> Vec<String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(cluster.client.clone());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut late = Vec::new();
+    for name in names {
+        loop {
+            let established = match cluster.throttle.call(|| api.get_opt(name)).await {
+                Ok(Some(crd)) => crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True"),
+                _ => false,
+            };
+            if established {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                late.push(format!(
+                    "CustomResourceDefinition {name:?} was not established within {}s",
+                    timeout.as_secs()
+                ));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    late
+}
+
 /// The CRDs, as the API server takes them.
 pub fn definitions() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {

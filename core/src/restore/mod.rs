@@ -180,7 +180,7 @@ pub async fn run(
             observer.event(Event::Waiting {
                 what: format!("{} CustomResourceDefinition(s) to be established", crds.len()),
             });
-            for w in wait_for_crds(cluster, &crds).await {
+            for w in crate::crd::wait_established(cluster, &crds, CRD_WAIT).await {
                 report.warn(w);
             }
             discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
@@ -227,13 +227,7 @@ async fn ensure_namespaces(
         .filter(|(_, d)| matches!(d, Decision::Restore(_)))
         .filter_map(|(i, _)| i.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()))
         .collect();
-    let ar = ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: "Namespace".into(),
-        plural: "namespaces".into(),
-    };
+    let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
     let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
     let mut pending = BTreeSet::new();
     for ns in targets {
@@ -337,42 +331,4 @@ async fn apply_group(
 
 fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Waits until each CRD is Established. Returns a warning per CRD that is not in time.
-async fn wait_for_crds(cluster: &Cluster, names: &[String]) -> Vec<String> {
-    let ar = ApiResource {
-        group: "apiextensions.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "apiextensions.k8s.io/v1".into(),
-        kind: "CustomResourceDefinition".into(),
-        plural: "customresourcedefinitions".into(),
-    };
-    let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
-    let deadline = tokio::time::Instant::now() + CRD_WAIT;
-    let mut warnings = Vec::new();
-    for name in names {
-        loop {
-            let established = match cluster.throttle.call(|| api.get_opt(name)).await {
-                Ok(Some(crd)) => crd.data["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True"),
-                _ => false,
-            };
-            if established {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                warnings.push(format!(
-                    "CustomResourceDefinition {name:?} was not established within {}s",
-                    CRD_WAIT.as_secs()
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    warnings
 }

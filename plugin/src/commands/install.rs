@@ -8,6 +8,7 @@ use clap::Args;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::core::TypeMeta;
 use kube::discovery::oneshot;
+use kubectl_backup_core::crd;
 use kubectl_backup_core::error::kube_message;
 use kubectl_backup_core::install::{self, InstallOptions};
 use kubectl_backup_core::kube_client::Cluster;
@@ -112,7 +113,10 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
     for obj in &objects {
         apply(&cluster, obj).await?;
         if obj["kind"] == "CustomResourceDefinition" {
-            wait_established(&cluster, obj["metadata"]["name"].as_str().unwrap_or_default()).await?;
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if let Some(late) = crd::wait_established(&cluster, &[name], Duration::from_secs(30)).await.pop() {
+                bail!("{late}");
+            }
         }
     }
     // The webhook would create it from its flags when it starts; applied here too so it exists now
@@ -177,26 +181,6 @@ async fn apply(cluster: &Cluster, obj: &Value) -> Result<()> {
         .await
         .map_err(|e| anyhow!("applying {} {name}: {}", obj["kind"].as_str().unwrap_or("?"), kube_message(&e)))?;
     Ok(())
-}
-
-async fn wait_established(cluster: &Cluster, name: &str) -> Result<()> {
-    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(cluster.client.clone());
-    for _ in 0..150 {
-        if let Ok(crd) = api.get(name).await {
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("CustomResourceDefinition {name} was not established within 30s")
 }
 
 pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {

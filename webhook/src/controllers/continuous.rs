@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kubectl_backup_core::collect::{self, Resource};
 use kubectl_backup_core::filter::is_ephemeral;
@@ -192,7 +193,8 @@ async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
     let api: Api<DynamicObject> = Api::all_with(ctx.cluster.client.clone(), &r.ar);
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     let mut initialized = false;
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    // The runtime's backoff between failed watch attempts (exponential, jittered).
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mark = |ns: &str| {
         state.lock().unwrap_or_else(|p| p.into_inner()).dirty.insert(ns.to_string(), Instant::now());
     };
@@ -215,10 +217,7 @@ async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
                     mark(&ns);
                 }
             }
-            Err(e) => {
-                tracing::debug!(resource = %r.key, error = %e, "watch error; the watcher retries");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Err(e) => tracing::debug!(resource = %r.key, error = %e, "watch error; the watcher retries with backoff"),
         }
     }
 }

@@ -7,6 +7,12 @@
 //!
 //! Every decision is [`plan`]: a pure function of the workspace's metadata, the policy and the key.
 //!
+//! Why its own loop rather than kube's runtime `Controller`: a workspace being restored is held in
+//! an in-flight set and further events for it are dropped, not queued (its own restore patches it
+//! several times); retries are counted on the object (`restore-attempts`, so a crash loop ends in
+//! `Failed` across restarts) rather than in an in-memory backoff; and one namespace watch drives
+//! both marked restores and catch-up. The watch itself is the runtime's, with its backoff.
+//!
 //! State lives in the cluster: the `restore-status` annotation on each workspace (InProgress, then
 //! Completed / PartiallyFailed / Failed) — a restart resumes an InProgress restore — and a
 //! ConfigMap in the webhook's namespace recording when the worker last ran, so catch-up looks only

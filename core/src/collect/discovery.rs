@@ -1,0 +1,237 @@
+//! What the server serves: every resource type at its group's preferred version, each group
+//! bounded by `--discovery-timeout`, and the resources never backed up.
+
+use super::*;
+
+/// One listable resource type as the server serves it (preferred version).
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub ar: ApiResource,
+    pub namespaced: bool,
+    /// `<plural>[.<group>]`
+    pub key: String,
+    pub singular: String,
+    pub short_names: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+impl Resource {
+    pub fn names(&self) -> ResourceNames<'_> {
+        ResourceNames {
+            plural: &self.ar.plural,
+            group: &self.ar.group,
+            kind: &self.ar.kind,
+            singular: &self.singular,
+            short_names: &self.short_names,
+        }
+    }
+
+    pub fn supports(&self, verb: &str) -> bool {
+        self.verbs.iter().any(|v| v == verb)
+    }
+}
+
+/// What the server serves, and the API groups it could not describe.
+#[derive(Clone, Debug, Default)]
+pub struct Discovered {
+    pub resources: Vec<Resource>,
+    /// API groups whose discovery failed (an aggregated API that is down, say).
+    pub unavailable: Vec<UnavailableGroup>,
+}
+
+/// An API group the server lists but could not describe in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnavailableGroup {
+    pub group: String,
+    /// The preferred version that was asked for.
+    pub version: String,
+    /// The last answer, e.g. `503: service unavailable`, and for how long it was retried.
+    pub reason: String,
+}
+
+impl UnavailableGroup {
+    /// `<group>/<version>`, e.g. `metrics.k8s.io/v1beta1`.
+    pub fn group_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+}
+
+impl Discovered {
+    pub fn find(&self, plural: &str, group: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.ar.plural == plural && r.ar.group == group)
+    }
+
+    /// The discovery failure of `group`, if it failed.
+    pub fn unavailable_group(&self, group: &str) -> Option<&UnavailableGroup> {
+        self.unavailable.iter().find(|u| u.group == group)
+    }
+}
+
+/// Discovers every resource type at its group's preferred version. A group that fails is reported,
+/// not fatal, after at most `throttle.discovery_timeout`; the core group failing is fatal (the
+/// server is unusable).
+pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered> {
+    let core_versions = throttle
+        .call(|| client.list_core_api_versions())
+        .await
+        .map_err(|e| Error::kube("discovering the core API", e))?;
+    let core_version = core_versions.versions.first().cloned().unwrap_or_else(|| "v1".to_string());
+    let groups =
+        throttle.call(|| client.list_api_groups()).await.map_err(|e| Error::kube("discovering API groups", e))?;
+
+    let mut versions: Vec<(String, String)> = vec![(String::new(), core_version)];
+    for g in groups.groups {
+        let version = g
+            .preferred_version
+            .as_ref()
+            .map(|v| v.version.clone())
+            .or_else(|| g.versions.first().map(|v| v.version.clone()));
+        if let Some(v) = version {
+            versions.push((g.name, v));
+        }
+    }
+
+    let results: Vec<_> = futures::stream::iter(versions.into_iter().map(|(group, version)| async move {
+        let gv = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
+        let list = if group.is_empty() {
+            throttle.call(|| client.list_core_api_resources(&version)).await.map_err(|e| kube_message(&e))
+        } else if never_backed_up_group(&group).is_some() {
+            // Asked once, never retried: nothing of it is backed up or restored, so a metrics
+            // adapter that is down costs no time.
+            client.list_api_group_resources(&gv).await.map_err(|e| kube_message(&e))
+        } else {
+            discover_group(client, throttle, &gv).await
+        };
+        (group, version, gv, list)
+    }))
+    .buffer_unordered(throttle.concurrency)
+    .collect()
+    .await;
+
+    let mut out = Discovered::default();
+    for (group, version, gv, list) in results {
+        let list = match list {
+            Ok(l) => l,
+            Err(reason) => {
+                if group.is_empty() {
+                    return Err(Error::Other(format!("discovering the core API: {reason}")));
+                }
+                out.unavailable.push(UnavailableGroup { group, version, reason });
+                continue;
+            }
+        };
+        for r in list.resources {
+            if r.name.contains('/') {
+                continue; // subresource
+            }
+            let ar = ApiResource {
+                group: group.clone(),
+                version: version.clone(),
+                api_version: gv.clone(),
+                kind: r.kind.clone(),
+                plural: r.name.clone(),
+            };
+            out.resources.push(Resource {
+                key: resource_key(&r.name, &group),
+                ar,
+                namespaced: r.namespaced,
+                singular: r.singular_name.clone(),
+                short_names: r.short_names.clone().unwrap_or_default(),
+                verbs: r.verbs.clone(),
+            });
+        }
+    }
+    // The same objects served under a legacy group (ingresses.extensions in 1.14..1.21) are listed once.
+    let served: BTreeSet<(String, String)> = out
+        .resources
+        .iter()
+        .filter(|r| r.ar.group != "extensions")
+        .map(|r| (r.ar.plural.clone(), r.ar.kind.clone()))
+        .collect();
+    out.resources
+        .retain(|r| !(r.ar.group == "extensions" && served.contains(&(r.ar.plural.clone(), r.ar.kind.clone()))));
+    out.resources.sort_by(|a, b| a.key.cmp(&b.key));
+    out.unavailable.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(out)
+}
+
+/// One API group's resources, retried like every request but for at most
+/// `throttle.discovery_timeout`: an aggregated API whose server is down answers 503 every time.
+/// The error is the last answer and how long it was retried.
+async fn discover_group(
+    client: &Client,
+    throttle: &Throttle,
+    gv: &str,
+) -> std::result::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList, String> {
+    let last: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let attempts = throttle.call(|| {
+        let last = &last;
+        async move {
+            let result = client.list_api_group_resources(gv).await;
+            if let Err(e) = &result {
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(kube_message(e));
+            }
+            result
+        }
+    });
+    let limit = throttle.discovery_timeout;
+    match tokio::time::timeout(limit, attempts).await {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(kube_message(&e)),
+        Err(_) => {
+            let secs = limit.as_secs_f64();
+            Err(match last.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(m) => format!("{m}, still failing after {secs}s of retries (--discovery-timeout)"),
+                None => format!("no answer within {secs}s (--discovery-timeout)"),
+            })
+        }
+    }
+}
+
+/// API groups all of whose resources are never backed up: their discovery failing loses nothing.
+/// Documented in `docs/backup-format.md`.
+pub fn never_backed_up_group(group: &str) -> Option<&'static str> {
+    match group {
+        "metrics.k8s.io" | "custom.metrics.k8s.io" | "external.metrics.k8s.io" => Some("live measurements"),
+        _ => None,
+    }
+}
+
+/// API groups the API server itself serves: never CustomResourceDefinitions.
+pub(super) const BUILT_IN_GROUPS: &[&str] = &[
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "extensions",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+    "storage.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "scheduling.k8s.io",
+    "node.k8s.io",
+    "certificates.k8s.io",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apiregistration.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "internal.apiserver.k8s.io",
+    "resource.k8s.io",
+    "storagemigration.k8s.io",
+];
+
+/// Resources never backed up, and why. Documented in `docs/backup-format.md`.
+pub fn never_backed_up(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "events" | "events.events.k8s.io" => "events record the past, they are not state",
+        "nodes" | "csinodes.storage.k8s.io" | "volumeattachments.storage.k8s.io" => "bound to this cluster's machines",
+        "componentstatuses" => "computed by the API server",
+        "certificatesigningrequests.certificates.k8s.io" => "one-time requests bound to the requester's key",
+        "bindings" | "tokenreviews.authentication.k8s.io" => "not stored objects",
+        _ => return key.split_once('.').and_then(|(_, group)| never_backed_up_group(group)),
+    })
+}

@@ -1,0 +1,197 @@
+//! Discovery, filters and parallel paged LIST -> a stream of objects for the archive, one step
+//! a module:
+//! - [`discovery`]: what the server serves, the never-backed-up list (used by backup, restore and
+//!   the webhook alike)
+//! - [`plan`]: the filters applied to it: which resources and namespaces a backup reads
+//! - [`list`]: one resource's paged LIST, cut into raw objects without decoding them
+//! - [`dependencies`]: the cluster-scoped objects backed-up objects need (CRDs, bound PVs)
+//!
+//! Memory stays flat: each page is serialized and handed to the archive writer through a bounded
+//! channel before the next page is requested.
+
+mod dependencies;
+pub mod discovery;
+mod list;
+pub mod plan;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::{Request, TypeMeta};
+use kube::{Client, ResourceExt};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::error::kube_message;
+use crate::filter::{ResourceNames, Selection, is_ephemeral_namespace, resource_key};
+use crate::kube_client::Throttle;
+use crate::progress::{Event, Observer};
+use crate::{Error, Result};
+
+use self::dependencies::collect_dependencies;
+pub use self::discovery::*;
+use self::list::list_resource;
+pub use self::plan::*;
+
+/// Objects per LIST page.
+pub const PAGE_SIZE: u32 = 500;
+/// Per-namespace LISTs are used when at most this many namespaces are selected; above it, one
+/// cluster-wide LIST per resource filtered locally is cheaper.
+const PER_NAMESPACE_MAX: usize = 10;
+
+/// One object ready for the archive.
+#[derive(Debug)]
+pub struct Item {
+    /// `<plural>[.<group>]`
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The object's JSON as the server sent it, with `apiVersion` and `kind`.
+    pub json: Vec<u8>,
+}
+
+/// Totals of a collection.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub counts: BTreeMap<String, u64>,
+    pub namespaces: BTreeSet<String>,
+    pub items: u64,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    /// LISTs attempted and how many failed; all failing means the backup failed.
+    pub lists: u64,
+    pub failed_lists: u64,
+}
+
+/// What a listing task found that the dependency pass needs.
+#[derive(Default)]
+struct Found {
+    /// `(plural, group)` of non-core resources that had objects (CRD candidates).
+    custom: BTreeSet<(String, String)>,
+    /// `spec.volumeName` of PVCs.
+    volumes: BTreeSet<String>,
+}
+
+/// Lists everything the plan names and sends each object to `tx`. Stops early if `tx` is closed.
+pub async fn collect(
+    client: &Client,
+    throttle: &Throttle,
+    plan: &Plan,
+    selector: Option<&str>,
+    tx: mpsc::Sender<Item>,
+    observer: &dyn Observer,
+) -> Report {
+    let mut report = Report { warnings: plan.warnings.clone(), errors: plan.errors.clone(), ..Default::default() };
+    let items = Arc::new(AtomicU64::new(0));
+
+    // Namespace objects first: restore needs them, and they are already in hand.
+    for ns in &plan.namespace_objects {
+        let name = ns.name_any();
+        if let Some(r) = &plan.namespaces_resource {
+            if send(&tx, r, ns.clone()).await.is_err() {
+                return report;
+            }
+            *report.counts.entry(r.key.clone()).or_default() += 1;
+            report.items += 1;
+        }
+        report.namespaces.insert(name);
+    }
+
+    let mut tasks: Vec<(Resource, Option<String>, bool)> = Vec::new();
+    for r in &plan.namespaced {
+        match &plan.scope {
+            Scope::Only(set) if set.len() <= PER_NAMESPACE_MAX => {
+                tasks.extend(set.iter().map(|ns| (r.clone(), Some(ns.clone()), false)));
+            }
+            _ => tasks.push((r.clone(), None, true)),
+        }
+    }
+    for r in &plan.cluster {
+        tasks.push((r.clone(), None, false));
+    }
+    observer.event(Event::Planned { resources: tasks.len() });
+
+    let found = Arc::new(std::sync::Mutex::new(Found::default()));
+    let outcomes: Vec<TaskOutcome> = futures::stream::iter(tasks.into_iter().map(|(r, ns, filter)| {
+        let tx = tx.clone();
+        let found = found.clone();
+        let items = items.clone();
+        async move {
+            let outcome = list_resource(
+                client,
+                throttle,
+                &r,
+                ns.as_deref(),
+                filter.then_some(&plan.scope),
+                selector,
+                &tx,
+                &found,
+            )
+            .await;
+            if let Ok((n, _)) = &outcome.result {
+                items.fetch_add(*n, Ordering::Relaxed);
+                observer.event(Event::Listed { resource: r.key.clone(), namespace: ns.clone(), items: *n });
+            }
+            outcome
+        }
+    }))
+    .buffer_unordered(throttle.concurrency)
+    .collect()
+    .await;
+
+    for o in outcomes {
+        report.lists += 1;
+        match o.result {
+            Ok((n, per_ns)) => {
+                if n > 0 {
+                    *report.counts.entry(o.key.clone()).or_default() += n;
+                }
+                report.items += n;
+                report.namespaces.extend(per_ns);
+            }
+            Err(TaskError::Closed) => return report,
+            Err(TaskError::Kube(e)) => {
+                let where_ = o.namespace.map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
+                match &e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        report.warnings.push(format!("{}{where_} disappeared during the backup", o.key));
+                    }
+                    _ => {
+                        report.failed_lists += 1;
+                        report.errors.push(format!("cannot list {}{where_}: {}", o.key, kube_message(&e)));
+                    }
+                }
+            }
+        }
+    }
+
+    if plan.dependencies_only {
+        let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
+        collect_dependencies(client, throttle, found, &tx, &mut report).await;
+    }
+    report
+}
+
+struct TaskOutcome {
+    key: String,
+    namespace: Option<String>,
+    result: Result<(u64, BTreeSet<String>), TaskError>,
+}
+
+enum TaskError {
+    Kube(kube::Error),
+    /// The archive side stopped; no point listing more.
+    Closed,
+}
+
+/// Serializes one object for the archive, with its `apiVersion` and `kind` (LIST items lack them).
+async fn send(tx: &mpsc::Sender<Item>, r: &Resource, mut obj: DynamicObject) -> Result<(), ()> {
+    obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
+    let json = serde_json::to_vec(&obj).map_err(|_| ())?;
+    let item = Item { resource: r.key.clone(), namespace: obj.metadata.namespace.clone(), name: obj.name_any(), json };
+    tx.send(item).await.map_err(|_| ())
+}
