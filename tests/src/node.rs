@@ -146,7 +146,7 @@ impl Drop for NodeNetwork {
         let _ = run("ip", &["-n", &self.netns, "link", "delete", "cni0"], t);
         let _ = run("ip", &["link", "delete", &self.host_if], t);
         if let Err(e) = run("ip", &["netns", "delete", &self.netns], t) {
-            eprintln!("node cleanup: {e}");
+            note(&format!("node cleanup: {e}"));
         }
     }
 }
@@ -452,8 +452,9 @@ state = "{d}/state"
         pids
     }
 
-    /// UIDs of every Pod on the node, while the API server still answers (their log directories
-    /// under /var/log/pods are named after them).
+    /// UIDs of every Pod this node ran (their log directories under /var/log/pods are named after
+    /// them): those the API server lists now, those kubelet still has a directory for, and those in
+    /// kubelet's log (Pods already deleted).
     fn pod_uids(&self) -> Vec<String> {
         let kubeconfig = self.kubeconfig.display().to_string();
         let selector = format!("spec.nodeName={}", self.name);
@@ -469,9 +470,18 @@ state = "{d}/state"
             "-o",
             "jsonpath={.items[*].metadata.uid}",
         ];
-        run("kubectl", &args, Duration::from_secs(15))
+        let mut uids: Vec<String> = run("kubectl", &args, Duration::from_secs(15))
             .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for e in std::fs::read_dir(self.dir.join("kubelet/pods")).into_iter().flatten().flatten() {
+            uids.push(e.file_name().to_string_lossy().into_owned());
+        }
+        let log = std::fs::read_to_string(self.dir.join("kubelet.log")).unwrap_or_default();
+        uids.extend(log.split("(UID: \"").skip(1).filter_map(|rest| rest.split('"').next()).map(str::to_string));
+        uids.retain(|u| u.len() == 36 && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        uids.sort();
+        uids.dedup();
+        uids
     }
 
     /// Stops everything, by PID, and removes what it left on the host.
@@ -492,7 +502,11 @@ state = "{d}/state"
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             for task in tasks.split_whitespace() {
-                while self.ctr(&["tasks", "delete", task]).is_err() && Instant::now() < deadline {
+                // Done when deleted, here or by the CRI plugin on the task's exit ("not found").
+                while let Err(e) = self.ctr(&["tasks", "delete", task]) {
+                    if e.to_string().contains("not found") || Instant::now() > deadline {
+                        break;
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -502,7 +516,7 @@ state = "{d}/state"
             let pids = self.cgroup_pids(&containers);
             if pids.is_empty() || Instant::now() > deadline {
                 if !pids.is_empty() {
-                    eprintln!("node cleanup: processes {pids:?} survived SIGKILL");
+                    note(&format!("node cleanup: processes {pids:?} survived SIGKILL"));
                 }
                 break;
             }
@@ -514,6 +528,7 @@ state = "{d}/state"
         if let Some(mut p) = self.containerd.take() {
             p.stop(Duration::from_secs(1));
         }
+        remove_shim_sockets(&self.containerd_socket, &containers);
         unmount_under(&self.dir);
         remove_cgroups(&self.cgroups(&containers));
         remove_pod_logs(&pod_uids);
@@ -532,8 +547,17 @@ state = "{d}/state"
 
 impl Drop for Node {
     fn drop(&mut self) {
+        let started = Instant::now();
         self.cleanup();
+        note(&format!("node {} stopped and cleaned up in {:.1?}", self.name, started.elapsed()));
     }
+}
+
+/// A line on stderr that never panics (cleanup runs in Drop, maybe while a test is unwinding, maybe
+/// with stderr closed).
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Whether node `name` has condition Ready=True.
@@ -593,11 +617,32 @@ fn remove_cgroups(cgroups: &[PathBuf]) {
             }
             for d in dirs.iter().rev() {
                 if let Err(e) = std::fs::remove_dir(d) {
-                    eprintln!("node cleanup: removing cgroup {}: {e}", d.display());
+                    note(&format!("node cleanup: removing cgroup {}: {e}", d.display()));
                 }
             }
         }
         let _ = std::fs::remove_dir(h.path().join("k8s.io"));
+    }
+}
+
+/// Removes the sockets of shims that were killed rather than shut down: containerd 1.6 names them
+/// `/run/containerd/s/<sha256 of "<containerd address>/<namespace>/<shim id>">`, and a Pod's shim id
+/// is its sandbox's container ID.
+fn remove_shim_sockets(containerd_socket: &Path, containers: &[String]) {
+    use std::io::Write;
+    for id in containers {
+        let key = format!("{}/k8s.io/{id}", containerd_socket.display());
+        let Ok(mut child) = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn() else {
+            return;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(key.as_bytes());
+        }
+        let Ok(out) = child.wait_with_output() else { continue };
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(hash) = text.split_whitespace().next() {
+            let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(hash));
+        }
     }
 }
 

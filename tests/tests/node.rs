@@ -73,6 +73,9 @@ spec:
         app: web
     spec:
       terminationGracePeriodSeconds: 1
+      securityContext:
+        seccompProfile:
+          type: RuntimeDefault
       containers:
       - name: httpd
         image: {image}
@@ -277,20 +280,33 @@ fn assert_webhook_pod_ready(c: &NodeCluster) {
         (Some(true), Some(true)),
         "{sc}"
     );
-    // What the kernel says about the container's process (found by its containerd task PID).
-    let id = status["containerID"].as_str().expect("containerID").trim_start_matches("containerd://");
-    let tasks = c.node.ctr(&["tasks", "ls"]).expect("ctr tasks ls");
-    let pid = tasks
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("no task {id} in\n{tasks}"));
-    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the webhook's /proc status");
+    // What the kernel says about the container's process.
+    let id = status["containerID"].as_str().expect("containerID");
+    let pid = task_pid(c, id);
+    let proc_status = proc_status(c, id);
     let uid = proc_status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
     assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65532"; 4], "{uid}");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).expect("the webhook's mounts");
     let root = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/")).expect("a / mount");
     assert!(root.split(' ').nth(3).is_some_and(|o| o.split(',').any(|f| f == "ro")), "root not read-only: {root}");
+}
+
+/// The host PID of a container's main process (`containerd://<id>`), from its containerd task.
+fn task_pid(c: &NodeCluster, container_id: &str) -> String {
+    let id = container_id.trim_start_matches("containerd://");
+    let tasks = c.node.ctr(&["tasks", "ls"]).expect("ctr tasks ls");
+    tasks
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no task {id} in\n{tasks}"))
+        .to_string()
+}
+
+/// /proc/<pid>/status of a container's main process.
+fn proc_status(c: &NodeCluster, container_id: &str) -> String {
+    let pid = task_pid(c, container_id);
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"))
 }
 
 /// Deletes and re-creates `ns`: the API server calls the webhook Pod through the Service, the
