@@ -360,6 +360,15 @@ impl ControlPlane {
     }
 }
 
+/// Stops the clients of etcd before etcd (fields would drop etcd first, and the API server then
+/// spends its whole grace period retrying it).
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.controller_manager.stop(Duration::from_secs(5));
+        self.apiserver.stop(Duration::from_secs(5));
+    }
+}
+
 fn start_apiserver(bin: &Path, args: &[String], dir: &Path, address: std::net::Ipv4Addr, port: u16) -> Result<Process> {
     let mut p =
         Process::spawn("kube-apiserver", bin.join("kube-apiserver"), args, &dir.join("kube-apiserver.log"), &[])?;
