@@ -284,8 +284,16 @@ fn assert_webhook_pod_ready(c: &NodeCluster) {
     let id = status["containerID"].as_str().expect("containerID");
     let pid = task_pid(c, id);
     let proc_status = proc_status(c, id);
-    let uid = proc_status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
-    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65532"; 4], "{uid}");
+    let field = |name: &str| -> Vec<String> {
+        let line = proc_status.lines().find(|l| l.starts_with(&format!("{name}:"))).unwrap_or_default();
+        line.split_whitespace().skip(1).map(str::to_string).collect()
+    };
+    assert_eq!(field("Uid"), ["65532"; 4], "{proc_status}");
+    assert_eq!(field("Gid")[0], "65532", "{proc_status}");
+    // capabilities: drop ALL; allowPrivilegeEscalation: false; seccompProfile: RuntimeDefault.
+    assert_eq!(field("CapEff"), ["0000000000000000"], "{proc_status}");
+    assert_eq!(field("NoNewPrivs"), ["1"], "{proc_status}");
+    assert_eq!(field("Seccomp"), ["2"], "{proc_status}");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).expect("the webhook's mounts");
     let root = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/")).expect("a / mount");
     assert!(root.split(' ').nth(3).is_some_and(|o| o.split(',').any(|f| f == "ro")), "root not read-only: {root}");
@@ -331,6 +339,22 @@ fn assert_auto_restore(c: &NodeCluster, ns: &str, backup: &str) {
     assert_eq!(c.t.get_json(&["configmap", "settings", "-n", ns])["data"]["color"], "blue");
 }
 
+/// A BackupSchedule made with the CLI runs in the webhook Pod (its ServiceAccount and RBAC, the S3
+/// server through the node's link) and commits a backup the CLI on the host lists.
+fn assert_scheduled_backup(c: &NodeCluster, ns: &str) {
+    c.t.backup(&["schedule", "create", "every-3s", "--schedule", "*/3 * * * * *", "-n", ns, "--ttl", "1h"]).ok();
+    let schedule = || c.t.get_json(&["backupschedules.kubectl-backup.dev", "every-3s", "-n", OWN_NS]);
+    eventually("a scheduled backup by the webhook Pod", Duration::from_secs(90), || {
+        schedule()["status"]["lastResult"].as_str() == Some("Completed")
+    });
+    c.t.backup(&["schedule", "pause", "every-3s"]).ok();
+    let last = schedule()["status"]["lastBackup"].as_str().expect("lastBackup").to_string();
+    let b = c.t.backup(&["describe", &last, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "Completed", "{b}");
+    assert_eq!(b["spec"]["includedNamespaces"], serde_json::json!([ns]), "{b}");
+    assert!(b["status"]["resources"]["configmaps"].as_u64().is_some_and(|n| n >= 1), "{b}");
+}
+
 /// Every object of the cluster, of every listable resource, that belongs to kubectl-backup: by name
 /// or by the labels the chart and install put on what they create.
 fn leftovers(t: &Tools) -> Vec<String> {
@@ -364,9 +388,11 @@ fn leftovers(t: &Tools) -> Vec<String> {
 
 /// Nothing of kubectl-backup is left in the cluster, and its container is gone from the node.
 fn assert_nothing_left(c: &NodeCluster, image: &str) {
+    let t0 = Instant::now();
     eventually(&format!("namespace {OWN_NS} gone"), Duration::from_secs(120), || {
         c.t.kubectl(&["get", "namespace", OWN_NS]).code != 0
     });
+    eprintln!("namespace {OWN_NS} gone after {:.1?}", t0.elapsed());
     let left = leftovers(&c.t);
     assert!(left.is_empty(), "left behind: {left:#?}");
     eventually("no webhook container on the node", Duration::from_secs(60), || {
@@ -484,9 +510,13 @@ fn install_runs_on_the_node_and_uninstall_leaves_nothing() {
     assert_webhook_pod_ready(&c);
     eprintln!("[install] webhook Pod Ready {:.1?} after the start of the test", t0.elapsed());
     assert_auto_restore(&c, &ns, &backup);
+    eprintln!("[install] auto-restore done {:.1?} after the start of the test", t0.elapsed());
+    assert_scheduled_backup(&c, &ns);
+    eprintln!("[install] scheduled backup done {:.1?} after the start of the test", t0.elapsed());
 
     let out = c.t.backup(&["uninstall", "--yes"]).ok();
     assert!(out.stdout.contains("deleted MutatingWebhookConfiguration"), "{}", out.stdout);
+    eprintln!("[install] uninstalled {:.1?} after the start of the test", t0.elapsed());
     assert_nothing_left(&c, &image);
     eprintln!("[install] test body took {:.1?}", t0.elapsed());
 }
