@@ -7,7 +7,8 @@
 //! CNI bridge inside that namespace (`10.200.N.0/24`); the host has a route to them through the veth.
 //! The control plane binds and advertises `10.201.N.1` (see [`control_plane::Options`]), which the
 //! node, its Pods (through the `kubernetes` Service, DNATed by kube-proxy inside the namespace) and the
-//! tests reach. The namespace has no default route and the host forwards nothing
+//! tests reach. The namespace has no default route (only the Service range is routed to the host,
+//! so kube-proxy's REJECT applies as on a real node) and the host forwards nothing
 //! (`net.ipv4.ip_forward` of the host is untouched; the namespace's own is set), so Pod traffic can
 //! only reach the node, other Pods and the host's end of the veth. kube-proxy's iptables rules live
 //! in the namespace too, so parallel nodes never share rules.
