@@ -124,14 +124,19 @@ spec:
     )
 }
 
-fn wait_rollout(t: &Tools, ns: &str, deployment: &str) {
-    let r = t.kubectl(&["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"]);
+/// Waits for a Deployment's rollout; on failure, says why: its Pods, their events, kubelet's log.
+fn wait_rollout(c: &NodeCluster, ns: &str, deployment: &str) {
+    let r = c.t.kubectl(&["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"]);
     if r.code != 0 {
-        let pods = t.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
-        let describe = t.kubectl(&["describe", "pods", "-n", ns]);
+        let pods = c.t.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+        let describe = c.t.kubectl(&["describe", "pods", "-n", ns]);
         panic!(
-            "deployment {ns}/{deployment} did not roll out:\n{}{}\n{}\n{}",
-            r.stdout, r.stderr, pods.stdout, describe.stdout
+            "deployment {ns}/{deployment} did not roll out:\n{}{}\n{}\n{}\nkubelet:\n{}",
+            r.stdout,
+            r.stderr,
+            pods.stdout,
+            describe.stdout,
+            c.node.kubelet_log()
         );
     }
 }
@@ -143,7 +148,7 @@ fn a_pod_runs_and_a_service_routes_to_it() {
     let ns = unique("web");
     let page = unique("hello-from-web");
     c.t.apply(&web_app(&ns, &busybox_image().expect("the busybox image"), &page)).ok();
-    wait_rollout(&c.t, &ns, "web");
+    wait_rollout(&c, &ns, "web");
     c.t.kubectl(&["wait", "-n", &ns, "--for=condition=Ready", "pod/client", "--timeout=120s"]).ok();
     let pod = &c.t.get_json(&["pods", "-n", &ns, "-l", "app=web"])["items"][0];
     assert_eq!(pod["status"]["phase"], "Running", "{pod}");
@@ -266,7 +271,7 @@ fn backed_up_namespace(c: &NodeCluster) -> (String, String) {
 /// The webhook Pod is Ready through its probes, runs as 65532 with a read-only root filesystem, and
 /// is the only webhook Pod.
 fn assert_webhook_pod_ready(c: &NodeCluster) {
-    wait_rollout(&c.t, OWN_NS, "backup-webhook");
+    wait_rollout(c, OWN_NS, "backup-webhook");
     let pods = c.t.get_json(&["pods", "-n", OWN_NS, "-l", "app.kubernetes.io/name=backup-webhook"]);
     let items = pods["items"].as_array().expect("pods");
     assert_eq!(items.len(), 1, "{pods}");
