@@ -679,6 +679,30 @@ pub struct NodeCluster {
     pub dir: PathBuf,
     /// How long the control plane and the node took to start.
     pub startup: Duration,
+    /// Dropped last: removes `dir` (180 MB: etcd, containerd's images) once everything is stopped,
+    /// unless the test failed (then its logs are kept).
+    _remove_dir: RemoveDirOnSuccess,
+}
+
+/// Removes a directory when dropped, unless the thread is panicking (a failed test).
+struct RemoveDirOnSuccess(PathBuf);
+
+impl Drop for RemoveDirOnSuccess {
+    fn drop(&mut self) {
+        let prefix = format!("{}/", self.0.display());
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(&prefix)));
+        if std::thread::panicking() {
+            note(&format!("logs of the failed test's cluster and node: {}", self.0.display()));
+        } else if mounted {
+            // Never recurse into something still mounted (a volume could be a host directory).
+            note(&format!("{} still has mounts: not removed", self.0.display()));
+        } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            note(&format!("removing {}: {e}", self.0.display()));
+        }
+    }
 }
 
 impl NodeCluster {
@@ -697,7 +721,8 @@ impl NodeCluster {
         let prefix = crate::fixtures::unique(name);
         let t = crate::fixtures::Tools::new(&cp.info).with_store(&s3.info, &prefix);
         let location = s3.info.location(&prefix);
-        Ok(NodeCluster { node, s3, cp, t, location, dir, startup: started.elapsed() })
+        let _remove_dir = RemoveDirOnSuccess(dir.clone());
+        Ok(NodeCluster { node, s3, cp, t, location, dir, startup: started.elapsed(), _remove_dir })
     }
 
     /// The S3 endpoint as the Pods (and the host) reach it.
