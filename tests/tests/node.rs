@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kubectl_backup_e2e::fixtures::{Run, Tools, bin_dir, eventually, unique, wait_crd, wait_until};
+use kubectl_backup_e2e::fixtures::{Run, Tools, annotation, bin_dir, eventually, unique, wait_crd, wait_until};
 use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
 use kubectl_backup_e2e::process::cached_tool;
 use kubectl_backup_e2e::stores::{S3_ACCESS_KEY, S3_SECRET_KEY};
@@ -33,10 +33,6 @@ fn start(name: &str) -> (MutexGuard<'static, ()>, NodeCluster) {
     let c = NodeCluster::start(name).unwrap_or_else(|e| panic!("starting a control plane and a node: {e:#}"));
     eprintln!("[{name}] control plane + node Ready in {:.1?} (logs in {})", c.startup, c.dir.display());
     (guard, c)
-}
-
-fn annotation(v: &Value, key: &str) -> Option<String> {
-    v["metadata"]["annotations"][key].as_str().map(str::to_string)
 }
 
 /// A small web application: a busybox httpd serving a ConfigMap, probed, behind a Service.
