@@ -16,7 +16,6 @@ use kubectl_backup_e2e::fixtures::{Run, Tools, annotation, bin_dir, eventually, 
 use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
 use kubectl_backup_e2e::process::cached_tool;
 use kubectl_backup_e2e::stores::{S3_ACCESS_KEY, S3_SECRET_KEY};
-use serde_json::Value;
 
 static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
