@@ -19,7 +19,9 @@
 //! it); then the mounts under the node's directory (kubelet's root dir, `umount -R`, and the Pods'
 //! network namespaces, which containerd mounts there), those cgroups, libcni's cached results, the
 //! Pods' log directories and the node's network namespace with its bridge and veth. The next run
-//! inherits nothing.
+//! inherits nothing. A test process killed before its Drop ran (SIGKILL, Ctrl-C) leaves its shims
+//! and containers running: the next node start finds it by its subnet lock file (`<id> <dir>`, no
+//! longer locked) and does the same cleanup from what is on disk.
 //!
 //! Images: no registry is reachable. `tests/env/install.sh node` builds the pause and busybox images
 //! (docker-archive tars under the cache); they are imported into the node's containerd, which runs
@@ -89,13 +91,16 @@ pub struct NodeNetwork {
     pub node_ip: Ipv4Addr,
     /// The Pods' subnet (CNI host-local range), e.g. `10.200.7.0/24`.
     pub pod_cidr: String,
-    /// Held while the node exists, so parallel nodes never take the same subnets.
-    _lock: File,
+    /// Held (flock) while the node exists, so parallel nodes never take the same subnets. It holds
+    /// `<id> <node dir>` while the node runs, so a later run can clean up after a killed one.
+    lock: File,
 }
 
 impl NodeNetwork {
     fn create(id: &str) -> Result<NodeNetwork> {
         let (n, lock) = claim_subnet()?;
+        lock.set_len(0)?;
+        std::os::unix::fs::FileExt::write_all_at(&lock, format!("{id}\n").as_bytes(), 0)?;
         let netns = format!("kbk-{id}");
         let host_if = format!("kbk{id}h");
         let node_if = format!("kbk{id}n");
@@ -103,7 +108,7 @@ impl NodeNetwork {
         let node_ip = Ipv4Addr::new(10, 201, n, 2);
         let pod_cidr = format!("10.200.{n}.0/24");
         // Created before anything can fail, so Drop removes whatever exists.
-        let net = NodeNetwork { netns, host_if, host_ip, node_ip, pod_cidr, _lock: lock };
+        let net = NodeNetwork { netns, host_if, host_ip, node_ip, pod_cidr, lock };
         let t = Duration::from_secs(10);
         let ns = net.netns.as_str();
         run("ip", &["netns", "add", ns], t)?;
@@ -128,6 +133,14 @@ impl NodeNetwork {
         Ok(net)
     }
 
+    /// Records the node's directory next to its id in the lock file.
+    fn record(&self, dir: &Path) -> Result<()> {
+        let id = self.netns.trim_start_matches("kbk-");
+        self.lock.set_len(0)?;
+        std::os::unix::fs::FileExt::write_all_at(&self.lock, format!("{id} {}\n", dir.display()).as_bytes(), 0)?;
+        Ok(())
+    }
+
     pub fn netns_path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.netns)
     }
@@ -149,13 +162,15 @@ impl Drop for NodeNetwork {
         if let Err(e) = run("ip", &["netns", "delete", &self.netns], t) {
             note(&format!("node cleanup: {e}"));
         }
+        // Cleaned up: nothing for a later run to do.
+        let _ = self.lock.set_len(0);
     }
 }
 
 /// A free N for 10.200.N.0/24 and 10.201.N.0/30: not on any interface or route of the host, and not
 /// claimed by another node of this machine (an flock held for the node's life).
 fn claim_subnet() -> Result<(u8, File)> {
-    let dir = std::env::temp_dir().join("kubectl-backup-node-subnets");
+    let dir = lock_dir();
     std::fs::create_dir_all(&dir)?;
     let used = run("ip", &["-4", "-o", "addr", "show"], Duration::from_secs(10))?
         + &run("ip", &["-4", "route", "show", "table", "all"], Duration::from_secs(10))?;
@@ -168,12 +183,143 @@ fn claim_subnet() -> Result<(u8, File)> {
         if used.contains(&format!("10.200.{n}.")) || used.contains(&format!("10.201.{n}.")) {
             continue;
         }
-        let lock = File::create(dir.join(format!("{n}.lock")))?;
+        let lock = open_lock(&dir.join(format!("{n}.lock")))?;
         if lock.try_lock().is_ok() {
             return Ok((n, lock));
         }
     }
     bail!("no free 10.200.N.0/24 + 10.201.N.0/30 for a node (all 250 taken?)")
+}
+
+fn lock_dir() -> PathBuf {
+    std::env::temp_dir().join("kubectl-backup-node-subnets")
+}
+
+/// A lock file, opened without truncating what its holder wrote.
+fn open_lock(path: &Path) -> Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Cleans up after nodes whose test process was killed before it could (SIGKILL, Ctrl-C): a lock
+/// file nobody holds that still names a node (`<id> <dir>`). Their shims and containers outlived
+/// them; their mounts, cgroups, network namespace and veth are still there.
+fn sweep_abandoned_nodes() {
+    for e in std::fs::read_dir(lock_dir()).into_iter().flatten().flatten() {
+        let Ok(lock) = open_lock(&e.path()) else { continue };
+        if lock.try_lock().is_err() {
+            continue; // a running node
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut words = text.split_whitespace();
+        let Some(id) = words.next() else { continue };
+        let dir = words.next().map(PathBuf::from);
+        note(&format!("cleaning up node {id}, left by a test process that was killed"));
+        let containers = dir.as_deref().map(containers_on_disk).unwrap_or_default();
+        kill_node_processes(id, &containers);
+        if let Some(dir) = &dir {
+            let pod_uids = pod_uids_on_disk(dir);
+            remove_node_files(id, dir, &containers, &pod_uids);
+        }
+        let t = Duration::from_secs(10);
+        let _ = run("ip", &["link", "delete", &format!("kbk{id}h")], t);
+        let _ = run("ip", &["netns", "delete", &format!("kbk-{id}")], t);
+        let _ = lock.set_len(0);
+    }
+}
+
+/// The containers containerd had tasks for, from its state directory (no daemon needed).
+fn containers_on_disk(dir: &Path) -> Vec<String> {
+    let tasks = dir.join("containerd/state/io.containerd.runtime.v2.task/k8s.io");
+    std::fs::read_dir(tasks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// UIDs of the Pods kubelet ran, from its root dir and its log (Pods already deleted included).
+fn pod_uids_on_disk(dir: &Path) -> Vec<String> {
+    let mut uids: Vec<String> = std::fs::read_dir(dir.join("kubelet/pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let log = std::fs::read_to_string(dir.join("kubelet.log")).unwrap_or_default();
+    uids.extend(log.split("(UID: \"").skip(1).filter_map(|rest| rest.split('"').next()).map(str::to_string));
+    uids.retain(|u| u.len() == 36 && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+    uids.sort();
+    uids.dedup();
+    uids
+}
+
+/// The node's cgroups, relative to a hierarchy's root: containerd's and its shims'
+/// (`kubectl-backup-<id>`) and each container's (with cgroups-per-qos off, kubelet gives no cgroup
+/// parent and containerd uses `k8s.io/<id>`).
+fn node_cgroups(id: &str, containers: &[String]) -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(format!("kubectl-backup-{id}"))];
+    v.extend(containers.iter().map(|c| Path::new("k8s.io").join(c)));
+    v
+}
+
+/// Every PID in those cgroup trees (pids hierarchy).
+fn cgroup_pids(cgroups: &[PathBuf]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut stack: Vec<PathBuf> = cgroups.iter().map(|c| Path::new(CGROUP_ROOT).join("pids").join(c)).collect();
+    while let Some(d) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    pids
+}
+
+/// SIGKILL, by PID, to every process left in the node's cgroups (containers, shims, containerd).
+fn kill_node_processes(id: &str, containers: &[String]) {
+    let cgroups = node_cgroups(id, containers);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pids = cgroup_pids(&cgroups);
+        if pids.is_empty() || Instant::now() > deadline {
+            if !pids.is_empty() {
+                note(&format!("node cleanup: processes {pids:?} survived SIGKILL"));
+            }
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Once no process of the node is left: its mounts, cgroups, shim sockets, libcni results and Pod logs.
+fn remove_node_files(id: &str, dir: &Path, containers: &[String], pod_uids: &[String]) {
+    remove_shim_sockets(&dir.join("containerd/containerd.sock"), containers);
+    unmount_under(dir);
+    remove_cgroups(&node_cgroups(id, containers));
+    remove_pod_logs(pod_uids);
+    // libcni's result cache (/var/lib/cni/results/<network>-<container>-<if>): ours by network
+    // name, and containerd's loopback network's by container ID.
+    let network = format!("kubectl-backup-{id}-");
+    for e in std::fs::read_dir("/var/lib/cni/results").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&network) || containers.iter().any(|c| name.contains(&format!("-{c}-"))) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// containerd + kubelet + kube-scheduler + kube-proxy for one control plane.
@@ -195,7 +341,9 @@ pub struct Node {
 
 impl Node {
     /// The network comes first: the control plane must listen on `network.host_ip`.
+    /// Cleans up first after nodes of killed test processes.
     pub fn network() -> Result<NodeNetwork> {
+        sweep_abandoned_nodes();
         NodeNetwork::create(&random_token()[..6])
     }
 
@@ -204,6 +352,7 @@ impl Node {
     pub fn start(dir: &Path, cluster: &ClusterInfo, network: NodeNetwork) -> Result<Node> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
+        network.record(&dir)?;
         let id = network.netns.trim_start_matches("kbk-").to_string();
         let mut node = Node {
             name: format!("node-{id}"),
@@ -427,32 +576,6 @@ state = "{d}/state"
         tail(&self.dir.join("kubelet.log"), 40)
     }
 
-    /// The node's cgroups, relative to a hierarchy's root: containerd's and each container's (with
-    /// cgroups-per-qos off, kubelet gives no cgroup parent and containerd uses `k8s.io/<id>`).
-    fn cgroups(&self, containers: &[String]) -> Vec<PathBuf> {
-        let mut v = vec![PathBuf::from(&self.cgroup)];
-        v.extend(containers.iter().map(|id| Path::new("k8s.io").join(id)));
-        v
-    }
-
-    /// Every PID in the node's cgroup trees (pids hierarchy).
-    fn cgroup_pids(&self, containers: &[String]) -> Vec<i32> {
-        let mut pids = Vec::new();
-        let mut stack: Vec<PathBuf> =
-            self.cgroups(containers).iter().map(|c| Path::new(CGROUP_ROOT).join("pids").join(c)).collect();
-        while let Some(d) = stack.pop() {
-            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-        }
-        pids
-    }
-
     /// UIDs of every Pod this node ran (their log directories under /var/log/pods are named after
     /// them): those the API server lists now, those kubelet still has a directory for, and those in
     /// kubelet's log (Pods already deleted).
@@ -474,12 +597,7 @@ state = "{d}/state"
         let mut uids: Vec<String> = run("kubectl", &args, Duration::from_secs(15))
             .map(|s| s.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
-        for e in std::fs::read_dir(self.dir.join("kubelet/pods")).into_iter().flatten().flatten() {
-            uids.push(e.file_name().to_string_lossy().into_owned());
-        }
-        let log = std::fs::read_to_string(self.dir.join("kubelet.log")).unwrap_or_default();
-        uids.extend(log.split("(UID: \"").skip(1).filter_map(|rest| rest.split('"').next()).map(str::to_string));
-        uids.retain(|u| u.len() == 36 && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        uids.extend(pod_uids_on_disk(&self.dir));
         uids.sort();
         uids.dedup();
         uids
@@ -512,37 +630,16 @@ state = "{d}/state"
                 }
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let pids = self.cgroup_pids(&containers);
-            if pids.is_empty() || Instant::now() > deadline {
-                if !pids.is_empty() {
-                    note(&format!("node cleanup: processes {pids:?} survived SIGKILL"));
-                }
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut containers = containers;
+        containers.extend(containers_on_disk(&self.dir));
+        containers.sort();
+        containers.dedup();
+        let id = self.cgroup.trim_start_matches("kubectl-backup-").to_string();
+        kill_node_processes(&id, &containers);
         if let Some(mut p) = self.containerd.take() {
             p.stop(Duration::from_secs(1));
         }
-        remove_shim_sockets(&self.containerd_socket, &containers);
-        unmount_under(&self.dir);
-        remove_cgroups(&self.cgroups(&containers));
-        remove_pod_logs(&pod_uids);
-        // libcni's result cache (/var/lib/cni/results/<network>-<container>-<if>): ours by network
-        // name, and containerd's loopback network's by container ID.
-        for e in std::fs::read_dir("/var/lib/cni/results").into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{}-", self.cgroup))
-                || containers.iter().any(|id| name.contains(&format!("-{id}-")))
-            {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        remove_node_files(&id, &self.dir, &containers, &pod_uids);
     }
 }
 
