@@ -421,6 +421,7 @@ image:
   tag: {tag}
   pullPolicy: Never
 logFormat: text
+ephemeralPatterns: ["pr-*"]
 "#,
         location = c.location,
         endpoint = c.s3_endpoint(),
@@ -470,6 +471,11 @@ fn the_chart_runs_on_the_node_and_restores_a_recreated_namespace() {
     eprintln!("[chart] webhook Pod Ready {:.1?} after the start of the test", t0.elapsed());
     assert_auto_restore(&c, &ns, &backup);
     eprintln!("[chart] auto-restore done {:.1?} after the start of the test", t0.elapsed());
+    // The chart's ephemeralPatterns reach the Pod: a matching namespace is labelled on creation.
+    let pr = unique("pr");
+    c.t.kubectl(&["create", "namespace", &pr]).ok();
+    let v = c.t.get_json(&["namespace", &pr]);
+    assert_eq!(v["metadata"]["labels"]["kubectl-backup.dev/ephemeral"], "true", "{v}");
 
     // `helm uninstall` removes the templates' objects and keeps crds/ (Helm's rule); removing the
     // CRDs and the namespace too must leave nothing.
