@@ -4,12 +4,14 @@
 #
 #   tests/env/install.sh            # everything
 #   tests/env/install.sh k8s s3     # only some parts: apt k8s node s3 azure gcs helm
-#                                   # (k8s: the control plane; node: kubelet, kube-proxy, pause)
+#                                   # (k8s: the control plane; node: kubelet, kube-proxy, pause,
+#                                   # containerd and the rest of the node's apt packages, images)
 #
 # Prints the cache directory's layout on success. Safe to run with no standard input (CI).
 set -euo pipefail
 
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-backup"
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 K8S_VERSION=1.20.2
 S3S_VERSION=0.14.1
 AZURITE_VERSION=3.35.0
@@ -30,9 +32,10 @@ export DEBIAN_FRONTEND=noninteractive
 apt_packages=(golang-go rsync jq etcd-server etcd-client protobuf-compiler libprotobuf-dev
   golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates time)
 
-install_apt() {
-  local missing=()
-  for p in "${apt_packages[@]}"; do
+install_apt() {  # [PACKAGE...] (default: apt_packages)
+  local missing=() wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${apt_packages[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -62,7 +65,7 @@ K8S_CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler)
 K8S_NODE=(kubelet kube-proxy pause)
 
 install_k8s() { build_k8s "${K8S_CONTROL_PLANE[@]}"; }
-install_node() { build_k8s "${K8S_NODE[@]}"; }
+install_node() { build_k8s "${K8S_NODE[@]}"; install_node_runtime; }
 
 # Builds the missing ones of the given binaries from Debian's source package. The Go build cache
 # (under $CACHE/gohome) is kept, so building the node after the control plane reuses most of it.
@@ -112,6 +115,50 @@ build_k8s() {
   fi
   rm -rf "$tree"  # 1+ GB of sources and objects; the binaries are what we keep
   log "k8s: installed ${missing[*]} in $out"
+}
+
+# A real node for the test cluster (tests/src/node.rs): containerd + runc, CNI plugins, iptables for
+# kube-proxy inside the node's network namespace, and the images the node runs, built here because no
+# registry is reachable: the pause (sandbox) image from the pause binary build_k8s builds, and a
+# busybox image from Debian's busybox-static for test Pods.
+node_packages=(containerd runc containernetworking-plugins iptables conntrack busybox-static iproute2
+  util-linux file binutils jq)
+PAUSE_IMAGE=registry.k8s.io/pause:3.2
+BUSYBOX_IMAGE=localhost/kubectl-backup/busybox:1.35
+
+install_node_runtime() {
+  install_apt "${node_packages[@]}"
+  local images="$CACHE/images" archive="$ROOT/scripts/docker-archive.sh"
+  local pause="$CACHE/k8s-$K8S_VERSION/bin/pause"
+  mkdir -p "$images"
+  local work
+  if [ ! -f "$images/pause.tar" ] || [ "$pause" -nt "$images/pause.tar" ]; then
+    log "node: pause image $PAUSE_IMAGE"
+    work=$(mktemp -d)
+    mkdir -p "$work/rootfs"
+    cp "$pause" "$work/rootfs/pause"
+    echo '{"Entrypoint": ["/pause"], "User": "65535:65535"}' >"$work/config.json"
+    "$archive" "$work/rootfs" "$work/config.json" "$PAUSE_IMAGE" "$images/pause.tar" >/dev/null
+    echo "$PAUSE_IMAGE" >"$images/pause.name"
+    rm -rf "$work"
+  fi
+  if [ ! -f "$images/busybox.tar" ] || [ /bin/busybox -nt "$images/busybox.tar" ]; then
+    log "node: busybox image $BUSYBOX_IMAGE"
+    work=$(mktemp -d)
+    mkdir -p "$work/rootfs/bin" "$work/rootfs/tmp" "$work/rootfs/etc" "$work/rootfs/www"
+    cp /bin/busybox "$work/rootfs/bin/busybox"
+    local applet
+    for applet in $(/bin/busybox --list); do
+      [ "$applet" = busybox ] || ln -s busybox "$work/rootfs/bin/$applet"
+    done
+    chmod 1777 "$work/rootfs/tmp"
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$work/rootfs/etc/passwd"
+    printf 'root:x:0:\nnobody:x:65534:\n' >"$work/rootfs/etc/group"
+    echo '{"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}' >"$work/config.json"
+    "$archive" "$work/rootfs" "$work/config.json" "$BUSYBOX_IMAGE" "$images/busybox.tar" >/dev/null
+    echo "$BUSYBOX_IMAGE" >"$images/busybox.name"
+    rm -rf "$work"
+  fi
 }
 
 install_s3() {

@@ -137,6 +137,84 @@ impl ClusterInfo {
     }
 }
 
+/// How a control plane is reachable and what its API server does beyond the defaults. The default
+/// is what every test without a node uses: everything on 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The API server binds, advertises (the `kubernetes` Service's endpoint) and is reached on this
+    /// address; the serving certificate covers it besides 127.0.0.1. A node's Pods cannot reach
+    /// 127.0.0.1 of the host, so a control plane for a node uses an address on the node's link.
+    pub address: std::net::Ipv4Addr,
+    /// More kube-apiserver flags (e.g. `--enable-aggregator-routing=true`).
+    pub extra_apiserver_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { address: std::net::Ipv4Addr::LOCALHOST, extra_apiserver_args: Vec::new() }
+    }
+}
+
+/// The kube-apiserver flags both [`ControlPlane`] and [`ApiServer`] use.
+struct ApiServerFlags<'a> {
+    etcd: &'a str,
+    port: u16,
+    pki: &'a Path,
+    serving: &'a LeafFiles,
+    tokens: &'a Path,
+    sa_key: &'a Path,
+    sa_pub: &'a Path,
+    options: &'a Options,
+}
+
+impl ApiServerFlags<'_> {
+    fn args(&self) -> Vec<String> {
+        let address = self.options.address;
+        let mut args: Vec<String> = vec![
+            format!("--etcd-servers={}", self.etcd),
+            format!("--bind-address={address}"),
+            format!("--secure-port={}", self.port),
+            "--insecure-port=0".into(),
+            format!("--cert-dir={}", self.pki.display()),
+            format!("--tls-cert-file={}", self.serving.cert.display()),
+            format!("--tls-private-key-file={}", self.serving.key.display()),
+            format!("--client-ca-file={}", self.serving.ca.display()),
+            format!("--token-auth-file={}", self.tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", self.sa_pub.display()),
+            format!("--service-account-signing-key-file={}", self.sa_key.display()),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            format!("--advertise-address={address}"),
+        ];
+        args.extend(self.options.extra_apiserver_args.iter().cloned());
+        args
+    }
+}
+
+/// The serving certificate's names: 127.0.0.1, `address` and the `kubernetes` Service's names.
+fn serving_names(address: std::net::Ipv4Addr) -> Vec<String> {
+    let mut names: Vec<String> =
+        ["127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+            .map(String::from)
+            .to_vec();
+    if !address.is_loopback() {
+        names.push(address.to_string());
+    }
+    names
+}
+
+/// A fresh service-account signing key (ECDSA P-256, PKCS#8) in `pki`: the API server and the
+/// controller manager read the same file. Returns (private key, public key).
+fn write_service_account_key(pki: &Path) -> Result<(PathBuf, PathBuf)> {
+    let sa_key = pki.join("service-account.key");
+    let sa_pub = pki.join("service-account.pub");
+    let key = rcgen::KeyPair::generate()?;
+    std::fs::write(&sa_key, key.serialize_pem())?;
+    std::fs::write(&sa_pub, key.public_key_pem())?;
+    Ok((sa_key, sa_pub))
+}
+
 /// etcd + kube-apiserver + kube-controller-manager.
 pub struct ControlPlane {
     pub info: ClusterInfo,
@@ -145,10 +223,16 @@ pub struct ControlPlane {
     controller_manager: Process,
     apiserver_args: Vec<String>,
     apiserver_port: u16,
+    address: std::net::Ipv4Addr,
 }
 
 impl ControlPlane {
     pub fn start(dir: &Path) -> Result<ControlPlane> {
+        Self::start_with(dir, &Options::default())
+    }
+
+    /// A control plane reached on `options.address`, with more API server flags.
+    pub fn start_with(dir: &Path, options: &Options) -> Result<ControlPlane> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let bin = cached_tool(K8S_BIN)?;
@@ -156,19 +240,10 @@ impl ControlPlane {
 
         let pki = dir.join("pki");
         let ca = Ca::new("kubernetes-ca")?;
-        let serving = ca.write_leaf(
-            &pki,
-            "apiserver",
-            "kube-apiserver",
-            &["127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-        )?;
-        // Service-account signing key (ECDSA P-256, PKCS#8): the API server and the controller
-        // manager read the same file.
-        let sa_key = pki.join("service-account.key");
-        let sa_pub = pki.join("service-account.pub");
-        let key = rcgen::KeyPair::generate()?;
-        std::fs::write(&sa_key, key.serialize_pem())?;
-        std::fs::write(&sa_pub, key.public_key_pem())?;
+        let names = serving_names(options.address);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let serving = ca.write_leaf(&pki, "apiserver", "kube-apiserver", &names)?;
+        let (sa_key, sa_pub) = write_service_account_key(&pki)?;
 
         let admin_token = random_token();
         let mut users = vec![("admin", admin_token.clone(), "system:masters")];
@@ -181,7 +256,7 @@ impl ControlPlane {
         std::fs::write(&tokens, csv)?;
 
         let port = free_port();
-        let server = format!("https://127.0.0.1:{port}");
+        let server = format!("https://{}:{port}", options.address);
         let kubeconfig = dir.join("admin.kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &serving.ca, "admin", &admin_token)?;
         let mut user_list = Vec::new();
@@ -191,26 +266,19 @@ impl ControlPlane {
             user_list.push(User { name: name.into(), token, kubeconfig: path });
         }
 
-        let apiserver_args: Vec<String> = vec![
-            format!("--etcd-servers={}", etcd.endpoint),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={port}"),
-            "--insecure-port=0".into(),
-            format!("--cert-dir={}", pki.display()),
-            format!("--tls-cert-file={}", serving.cert.display()),
-            format!("--tls-private-key-file={}", serving.key.display()),
-            format!("--client-ca-file={}", serving.ca.display()),
-            format!("--token-auth-file={}", tokens.display()),
-            "--authorization-mode=RBAC".into(),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={}", sa_pub.display()),
-            format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-cluster-ip-range=10.96.0.0/16".into(),
-            "--advertise-address=127.0.0.1".into(),
-            "--allow-privileged=true".into(),
-            "--v=1".into(),
-        ];
-        let apiserver = start_apiserver(&bin, &apiserver_args, &dir, port)?;
+        let flags = ApiServerFlags {
+            etcd: &etcd.endpoint,
+            port,
+            pki: &pki,
+            serving: &serving,
+            tokens: &tokens,
+            sa_key: &sa_key,
+            sa_pub: &sa_pub,
+            options,
+        };
+        let mut apiserver_args = flags.args();
+        apiserver_args.extend(["--allow-privileged=true".to_string(), "--v=1".to_string()]);
+        let apiserver = start_apiserver(&bin, &apiserver_args, &dir, options.address, port)?;
         let info = ClusterInfo {
             server,
             ca_file: serving.ca.clone(),
@@ -237,7 +305,15 @@ impl ControlPlane {
             &dir.join("kube-controller-manager.log"),
             &[],
         )?;
-        let mut cp = ControlPlane { info, etcd, apiserver, controller_manager, apiserver_args, apiserver_port: port };
+        let mut cp = ControlPlane {
+            info,
+            etcd,
+            apiserver,
+            controller_manager,
+            apiserver_args,
+            apiserver_port: port,
+            address: options.address,
+        };
         cp.wait_for_default_service_account()?;
         Ok(cp)
     }
@@ -250,7 +326,8 @@ impl ControlPlane {
     /// Starts the API server again on the same port and data.
     pub fn start_apiserver(&mut self) -> Result<()> {
         let bin = cached_tool(K8S_BIN)?;
-        self.apiserver = start_apiserver(&bin, &self.apiserver_args, &self.info.dir, self.apiserver_port)?;
+        self.apiserver =
+            start_apiserver(&bin, &self.apiserver_args, &self.info.dir, self.address, self.apiserver_port)?;
         Ok(())
     }
 
@@ -283,10 +360,19 @@ impl ControlPlane {
     }
 }
 
-fn start_apiserver(bin: &Path, args: &[String], dir: &Path, port: u16) -> Result<Process> {
+/// Stops the clients of etcd before etcd (fields would drop etcd first, and the API server then
+/// spends its whole grace period retrying it).
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.controller_manager.stop(Duration::from_secs(5));
+        self.apiserver.stop(Duration::from_secs(5));
+    }
+}
+
+fn start_apiserver(bin: &Path, args: &[String], dir: &Path, address: std::net::Ipv4Addr, port: u16) -> Result<Process> {
     let mut p =
         Process::spawn("kube-apiserver", bin.join("kube-apiserver"), args, &dir.join("kube-apiserver.log"), &[])?;
-    let url = format!("https://127.0.0.1:{port}/readyz");
+    let url = format!("https://{address}:{port}/readyz");
     wait_for("kube-apiserver /readyz", &mut p, Duration::from_secs(60), || {
         // /readyz is open to anonymous users; any 200 means ready.
         std::process::Command::new("curl")
@@ -327,11 +413,7 @@ impl ApiServer {
         let pki = dir.join("pki");
         let ca = Ca::new("kubernetes-ca")?;
         let serving = ca.write_leaf(&pki, "apiserver", "kube-apiserver", &["127.0.0.1", "localhost", "10.96.0.1"])?;
-        let sa_key = pki.join("service-account.key");
-        let sa_pub = pki.join("service-account.pub");
-        let key = rcgen::KeyPair::generate()?;
-        std::fs::write(&sa_key, key.serialize_pem())?;
-        std::fs::write(&sa_pub, key.public_key_pem())?;
+        let (sa_key, sa_pub) = write_service_account_key(&pki)?;
         let token = random_token();
         let tokens = pki.join("tokens.csv");
         std::fs::write(&tokens, format!("{token},admin,admin,system:masters\n"))?;
@@ -339,25 +421,20 @@ impl ApiServer {
         let server = format!("https://127.0.0.1:{port}");
         let kubeconfig = dir.join("admin.kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &serving.ca, "admin", &token)?;
-        let args: Vec<String> = vec![
-            format!("--etcd-servers={etcd_endpoint}"),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={port}"),
-            "--insecure-port=0".into(),
-            format!("--cert-dir={}", pki.display()),
-            format!("--tls-cert-file={}", serving.cert.display()),
-            format!("--tls-private-key-file={}", serving.key.display()),
-            format!("--client-ca-file={}", serving.ca.display()),
-            format!("--token-auth-file={}", tokens.display()),
-            "--authorization-mode=RBAC".into(),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={}", sa_pub.display()),
-            format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-cluster-ip-range=10.96.0.0/16".into(),
-            "--advertise-address=127.0.0.1".into(),
-            "--v=1".into(),
-        ];
-        let process = start_apiserver(&bin, &args, &dir, port)?;
+        let options = Options::default();
+        let flags = ApiServerFlags {
+            etcd: etcd_endpoint,
+            port,
+            pki: &pki,
+            serving: &serving,
+            tokens: &tokens,
+            sa_key: &sa_key,
+            sa_pub: &sa_pub,
+            options: &options,
+        };
+        let mut args = flags.args();
+        args.push("--v=1".into());
+        let process = start_apiserver(&bin, &args, &dir, options.address, port)?;
         let info = ClusterInfo {
             server,
             ca_file: serving.ca.clone(),

@@ -133,7 +133,11 @@ pub fn wait_for(what: &str, process: &mut Process, timeout: Duration, mut check:
 }
 
 pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+    port_open_on(std::net::Ipv4Addr::LOCALHOST, port)
+}
+
+pub fn port_open_on(address: std::net::Ipv4Addr, port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from((address, port)), Duration::from_millis(200)).is_ok()
 }
 
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-backup`: where tests/env/install.sh put the servers.

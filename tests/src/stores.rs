@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::gcs_proxy::GcsProxy;
-use crate::process::{Process, cache_dir, cached_tool, find_glob_tool, free_port, port_open, wait_for};
+use crate::process::{Process, cache_dir, cached_tool, find_glob_tool, free_port, port_open, port_open_on, wait_for};
 
 /// How to reach one store: the location URL for `--location` and the environment that authenticates.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,13 +41,18 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(dir: &Path) -> Result<S3Server> {
+        Self::start_on(dir, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// s3s-fs listening on `address` (one a node's Pods reach, for in-cluster tests).
+    pub fn start_on(dir: &Path, address: std::net::Ipv4Addr) -> Result<S3Server> {
         let root = dir.join("s3");
         std::fs::create_dir_all(root.join(S3_BUCKET))?;
         let port = free_port();
         let bin = cached_tool("tools/bin/s3s-fs")?;
         let args: Vec<String> = vec![
             "--host".into(),
-            "127.0.0.1".into(),
+            address.to_string(),
             "--port".into(),
             port.to_string(),
             "--access-key".into(),
@@ -57,8 +62,14 @@ impl S3Server {
             root.display().to_string(),
         ];
         let mut process = Process::spawn("s3s-fs", bin, &args, &dir.join("s3s-fs.log"), &[])?;
-        wait_for("s3s-fs", &mut process, Duration::from_secs(30), || port_open(port))?;
-        let info = StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env: s3_env(port), port };
+        wait_for("s3s-fs", &mut process, Duration::from_secs(30), || port_open_on(address, port))?;
+        let mut env = s3_env(port);
+        for (k, v) in &mut env {
+            if k == "AWS_ENDPOINT_URL" {
+                *v = format!("http://{address}:{port}");
+            }
+        }
+        let info = StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env, port };
         Ok(S3Server { info, root, _process: process })
     }
 }
