@@ -177,6 +177,12 @@ async fn discover_group(
     let limit = throttle.discovery_timeout;
     match tokio::time::timeout(limit, attempts).await {
         Ok(Ok(list)) => Ok(list),
+        // Listed a moment ago, gone now (its CRD or APIService was deleted meanwhile): nothing
+        // of it exists to back up. Not an unavailable group.
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+            tracing::debug!(group_version = gv, "API group removed during discovery; skipped");
+            Ok(Default::default())
+        }
         Ok(Err(e)) => Err(kube_message(&e)),
         Err(_) => {
             let secs = limit.as_secs_f64();
