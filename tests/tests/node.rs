@@ -12,6 +12,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use kubectl_backup_e2e::fixtures::{Run, Tools, annotation, bin_dir, eventually, unique, wait_crd, wait_until};
 use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
 use kubectl_backup_e2e::process::cached_tool;
@@ -355,6 +357,36 @@ fn assert_scheduled_backup(c: &NodeCluster, ns: &str) {
     assert!(b["status"]["resources"]["configmaps"].as_u64().is_some_and(|n| n >= 1), "{b}");
 }
 
+/// The Pod's continuous backup takes a backup of a workspace after its objects change, and its
+/// expiry deletes a backup whose TTL has passed — both with the chart's ServiceAccount and RBAC.
+fn assert_continuous_and_expiry(c: &NodeCluster, ns: &str) {
+    let names = |t: &Tools| -> Vec<(String, Value)> {
+        let list = t.backup(&["list", "-o", "json"]).ok().json();
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| (b["metadata"]["name"].as_str().unwrap_or_default().to_string(), b.clone()))
+            .collect()
+    };
+    let before: Vec<String> = names(&c.t).into_iter().map(|(n, _)| n).collect();
+    c.t.kubectl(&["patch", "configmap", "settings", "-n", ns, "--type=merge", "-p", r#"{"data":{"color":"green"}}"#])
+        .ok();
+    eventually("a continuous backup by the webhook Pod", Duration::from_secs(90), || {
+        names(&c.t).iter().any(|(n, b)| {
+            !before.contains(n)
+                && b["spec"]["schedule"] == "continuous"
+                && b["spec"]["includedNamespaces"] == serde_json::json!([ns])
+                && b["status"]["phase"] == "Completed"
+        })
+    });
+    let short = unique("short");
+    c.t.backup(&["create", &short, "-n", ns, "--ttl", "1s"]).ok();
+    eventually("the expired backup deleted by the webhook Pod", Duration::from_secs(60), || {
+        !names(&c.t).iter().any(|(n, _)| n == &short)
+    });
+}
+
 /// Every object of the cluster, of every listable resource, that belongs to kubectl-backup: by name
 /// or by the labels the chart and install put on what they create.
 fn leftovers(t: &Tools) -> Vec<String> {
@@ -422,6 +454,8 @@ image:
   pullPolicy: Never
 logFormat: text
 ephemeralPatterns: ["pr-*"]
+# Expiry and continuous backup on test time scales.
+extraArgs: ["--gc-interval=2s", "--debounce=2s"]
 "#,
         location = c.location,
         endpoint = c.s3_endpoint(),
@@ -452,7 +486,7 @@ fn render_chart(dir: &Path, values: &str) -> PathBuf {
 }
 
 #[test]
-fn the_chart_runs_on_the_node_and_restores_a_recreated_namespace() {
+fn the_chart_runs_on_the_node_restores_backs_up_continuously_and_expires() {
     let (_one, c) = start("chart");
     let t0 = Instant::now();
     let image = build_and_import(&c);
@@ -476,6 +510,8 @@ fn the_chart_runs_on_the_node_and_restores_a_recreated_namespace() {
     c.t.kubectl(&["create", "namespace", &pr]).ok();
     let v = c.t.get_json(&["namespace", &pr]);
     assert_eq!(v["metadata"]["labels"]["kubectl-backup.dev/ephemeral"], "true", "{v}");
+    assert_continuous_and_expiry(&c, &ns);
+    eprintln!("[chart] continuous backup and expiry done {:.1?} after the start of the test", t0.elapsed());
 
     // `helm uninstall` removes the templates' objects and keeps crds/ (Helm's rule); removing the
     // CRDs and the namespace too must leave nothing.
