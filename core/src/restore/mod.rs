@@ -30,7 +30,7 @@ use crate::error::kube_message;
 use crate::filter::Selection;
 use crate::input::validate_name;
 use crate::kube_client::Cluster;
-use crate::model::{ItemAction, Restore, RestoreItem, RestoreSpec};
+use crate::model::{BackupMetadata, ItemAction, Restore, RestoreItem, RestoreSpec};
 use crate::progress::{Event, Observer};
 use crate::store::Store;
 use crate::{Error, FIELD_MANAGER, RESTORED_FROM_LABEL, Result, catalog};
@@ -53,11 +53,68 @@ pub async fn run(
     }
     let selection = Selection::new(&spec.filters)?;
     let start = Timestamp::now();
-
-    // 1. Verify everything before the first write.
-    let meta = catalog::metadata(store, &spec.backup_name).await?;
     let corrupt =
         |reason: String| Error::Corrupt { name: spec.backup_name.clone(), location: store.url().into(), reason };
+
+    // 1. Verify everything before the first write.
+    let (meta, file, index) = verify(store, &spec.backup_name).await?;
+    observer.event(Event::Verified { items: index.len() as u64 });
+
+    // 2. Plan against what the target cluster serves.
+    let discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
+    let decisions = {
+        let d = &discovered;
+        let shorts =
+            |plural: &str, group: &str| d.find(plural, group).map(|r| r.short_names.clone()).unwrap_or_default();
+        plan::decide(&index, &selection, &shorts)
+    };
+    check_scopes(&index, &decisions, &discovered).map_err(corrupt)?;
+    let opts = TransformOptions {
+        backup_name: spec.backup_name.clone(),
+        namespace_mapping: spec.namespace_mapping.clone(),
+        preserve_node_ports: spec.preserve_node_ports,
+    };
+    let mut report = Report::new(name, spec.clone(), start);
+    let mut groups: BTreeMap<Priority, Vec<usize>> = BTreeMap::new();
+    for (i, d) in decisions.iter().enumerate() {
+        match d {
+            Decision::Restore(p) => groups.entry(*p).or_default().push(i),
+            Decision::Skip(reason) => report.add(skipped(&index[i], &opts, reason)),
+            Decision::Filtered => {}
+        }
+    }
+    let total = groups.values().map(Vec::len).sum::<usize>() as u64;
+    report.set_total(total + report.counted());
+    observer.event(Event::RestorePlanned { total });
+    if let Some(mapped) =
+        spec.namespace_mapping.keys().find(|k| !index.iter().any(|i| i.namespace.as_deref() == Some(k.as_str())))
+    {
+        report.warn(format!("--namespace-mapping names {mapped:?}, which has no objects in the backup"));
+    }
+
+    // 3. Apply, group by group.
+    let mut applying = Applying {
+        cluster,
+        discovered,
+        file: Arc::new(file),
+        index: Arc::new(index),
+        digests: &meta.objects,
+        opts,
+        policy: WritePolicy { existing: spec.existing_resource_policy, dry_run: spec.dry_run },
+        pending: Pending::default(),
+        observer,
+        done: 0,
+        total,
+    };
+    applying.all(groups, &decisions, &mut report).await?;
+    Ok(report.finish())
+}
+
+/// Downloads the archive, checks its size and SHA-256 and every entry's path, digest and identity,
+/// and indexes it. Nothing is written before this has passed.
+async fn verify(store: &Store, backup: &str) -> Result<(BackupMetadata, std::fs::File, Vec<Indexed>)> {
+    let meta = catalog::metadata(store, backup).await?;
+    let corrupt = |reason: String| Error::Corrupt { name: backup.to_string(), location: store.url().into(), reason };
     let file = catalog::fetch(store, &meta).await?;
     let objects = meta.objects.clone();
     let (file, index) = tokio::task::spawn_blocking(move || {
@@ -81,114 +138,93 @@ pub async fn run(
     .await
     .map_err(|e| Error::Other(format!("verifying the archive: {e}")))?
     .map_err(corrupt)?;
-    observer.event(Event::Verified { items: index.len() as u64 });
+    Ok((meta, file, index))
+}
 
-    // 2. Plan against what the target cluster serves.
-    let mut discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
-    let decisions = {
-        let d = &discovered;
-        let shorts =
-            |plural: &str, group: &str| d.find(plural, group).map(|r| r.short_names.clone()).unwrap_or_default();
-        plan::decide(&index, &selection, &shorts)
-    };
-    // An entry filed under a namespace must be of a namespaced resource, and the reverse: else a
-    // restore "of namespace X only" could create a cluster-wide object. Checked for every API the
-    // cluster serves now; the APIs of CRDs restored below are checked again when written.
-    for (item, d) in index.iter().zip(&decisions) {
-        if !matches!(d, plan::Decision::Restore(_)) {
+/// An entry filed under a namespace must be of a namespaced resource, and the reverse: else a
+/// restore "of namespace X only" could create a cluster-wide object. Checked for every API the
+/// cluster serves now; the APIs of CRDs restored later are checked again when written.
+fn check_scopes(index: &[Indexed], decisions: &[Decision], discovered: &Discovered) -> Result<(), String> {
+    for (item, d) in index.iter().zip(decisions) {
+        if !matches!(d, Decision::Restore(_)) {
             continue;
         }
         let (plural, group) = item.plural_group();
-        if let Some(r) = discovered.find(plural, group)
-            && let Err(reason) = apply::check_scope(item, r.namespaced, &r.ar.kind)
-        {
-            return Err(corrupt(reason));
+        if let Some(r) = discovered.find(plural, group) {
+            apply::check_scope(item, r.namespaced, &r.ar.kind)?;
         }
     }
-    let opts = TransformOptions {
-        backup_name: spec.backup_name.clone(),
-        namespace_mapping: spec.namespace_mapping.clone(),
-        preserve_node_ports: spec.preserve_node_ports,
-    };
-    let policy = WritePolicy { existing: spec.existing_resource_policy, dry_run: spec.dry_run };
-    let mut report = Report::new(name, spec.clone(), start);
-    let mut groups: BTreeMap<Priority, Vec<usize>> = BTreeMap::new();
-    for (i, d) in decisions.iter().enumerate() {
-        match d {
-            Decision::Restore(p) => groups.entry(*p).or_default().push(i),
-            Decision::Skip(reason) => report.add(skipped(&index[i], &opts, reason)),
-            Decision::Filtered => {}
-        }
-    }
-    let total = groups.values().map(Vec::len).sum::<usize>() as u64;
-    report.set_total(total + report.counted());
-    observer.event(Event::RestorePlanned { total });
-    if let Some(mapped) =
-        spec.namespace_mapping.keys().find(|k| !index.iter().any(|i| i.namespace.as_deref() == Some(k.as_str())))
-    {
-        report.warn(format!("--namespace-mapping names {mapped:?}, which has no objects in the backup"));
-    }
-
-    // 3. Apply, group by group.
-    let file = Arc::new(file);
-    let index = Arc::new(index);
-    let mut namespaces_ready = false;
-    let mut pending = Pending::default();
-    let mut done = 0u64;
-    for (priority, members) in groups {
-        if priority > Priority::Namespaces && !namespaces_ready {
-            pending
-                .namespaces
-                .extend(ensure_namespaces(cluster, &index, &decisions, &opts, spec.dry_run, &mut report).await);
-            namespaces_ready = true;
-        }
-        let results = apply_group(
-            cluster,
-            &discovered,
-            &file,
-            &index,
-            &meta.objects,
-            &members,
-            &opts,
-            &policy,
-            &pending,
-            &observer,
-            &mut done,
-            total,
-        )
-        .await?;
-        let mut crds = Vec::new();
-        for (i, r) in results {
-            if priority == Priority::CustomResourceDefinitions
-                && matches!(
-                    r.action,
-                    ItemAction::Created | ItemAction::SkippedExists | ItemAction::Unchanged | ItemAction::Updated
-                )
-            {
-                crds.push(index[i].name.clone());
-            }
-            if spec.dry_run && r.action == ItemAction::WouldCreate {
-                match priority {
-                    Priority::Namespaces => pending.namespaces.insert(r.name.clone()),
-                    Priority::CustomResourceDefinitions => pending.crds.insert(r.name.clone()),
-                    _ => false,
-                };
-            }
-            report.add(r);
-        }
-        if priority == Priority::CustomResourceDefinitions && !crds.is_empty() && !spec.dry_run {
-            observer.event(Event::Waiting {
-                what: format!("{} CustomResourceDefinition(s) to be established", crds.len()),
-            });
-            for w in crate::crd::wait_established(cluster, &crds, CRD_WAIT).await {
-                report.warn(w);
-            }
-            discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
-        }
-    }
-    Ok(report.finish())
+    Ok(())
 }
 
+/// What applying the planned objects shares, group after group.
+struct Applying<'a> {
+    cluster: &'a Cluster,
+    /// What the cluster serves; discovered again after CRDs are restored.
+    discovered: Discovered,
+    /// The verified archive, read once per group.
+    file: Arc<std::fs::File>,
+    index: Arc<Vec<Indexed>>,
+    digests: &'a BTreeMap<String, String>,
+    opts: TransformOptions,
+    policy: WritePolicy,
+    pending: Pending,
+    observer: Arc<dyn Observer>,
+    done: u64,
+    total: u64,
+}
+
+impl Applying<'_> {
+    /// Every group in priority order: namespaces made sure of before the first namespaced group,
+    /// CRDs waited on (and the cluster discovered again) before what uses them.
+    async fn all(
+        &mut self,
+        groups: BTreeMap<Priority, Vec<usize>>,
+        decisions: &[Decision],
+        report: &mut Report,
+    ) -> Result<()> {
+        let dry_run = self.policy.dry_run;
+        let mut namespaces_ready = false;
+        for (priority, members) in groups {
+            if priority > Priority::Namespaces && !namespaces_ready {
+                let missing =
+                    ensure_namespaces(self.cluster, &self.index, decisions, &self.opts, dry_run, report).await;
+                self.pending.namespaces.extend(missing);
+                namespaces_ready = true;
+            }
+            let results = self.group(&members).await?;
+            let mut crds = Vec::new();
+            for (i, r) in results {
+                if priority == Priority::CustomResourceDefinitions
+                    && matches!(
+                        r.action,
+                        ItemAction::Created | ItemAction::SkippedExists | ItemAction::Unchanged | ItemAction::Updated
+                    )
+                {
+                    crds.push(self.index[i].name.clone());
+                }
+                if dry_run && r.action == ItemAction::WouldCreate {
+                    match priority {
+                        Priority::Namespaces => self.pending.namespaces.insert(r.name.clone()),
+                        Priority::CustomResourceDefinitions => self.pending.crds.insert(r.name.clone()),
+                        _ => false,
+                    };
+                }
+                report.add(r);
+            }
+            if priority == Priority::CustomResourceDefinitions && !crds.is_empty() && !dry_run {
+                self.observer.event(Event::Waiting {
+                    what: format!("{} CustomResourceDefinition(s) to be established", crds.len()),
+                });
+                for w in crate::crd::wait_established(self.cluster, &crds, CRD_WAIT).await {
+                    report.warn(w);
+                }
+                self.discovered = collect::discover(&self.cluster.client, &self.cluster.throttle).await?;
+            }
+        }
+        Ok(())
+    }
+}
 /// In a dry run, what the restore would create first and so cannot exist yet: objects in these
 /// namespaces, or of these CRDs, cannot be validated by the server.
 #[derive(Default)]
@@ -255,78 +291,77 @@ async fn ensure_namespaces(
     pending
 }
 
-/// Reads the group's entries from the archive (verifying digests again) on a blocking thread and
-/// writes them with bounded concurrency. Returns `(index, result)` per object.
-#[allow(clippy::too_many_arguments)]
-async fn apply_group(
-    cluster: &Cluster,
-    discovered: &Discovered,
-    file: &Arc<std::fs::File>,
-    index: &Arc<Vec<Indexed>>,
-    digests: &BTreeMap<String, String>,
-    members: &[usize],
-    opts: &TransformOptions,
-    policy: &WritePolicy,
-    pending: &Pending,
-    observer: &Arc<dyn Observer>,
-    done: &mut u64,
-    total: u64,
-) -> Result<Vec<(usize, RestoreItem)>> {
-    let wanted: HashMap<String, (usize, String)> = members
-        .iter()
-        .filter_map(|&i| digests.get(&index[i].path).map(|d| (index[i].path.clone(), (i, d.clone()))))
-        .collect();
-    let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
-    let reader_file = file.clone();
-    let digests_len = digests.len();
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut f = reader_file.as_ref();
-        std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
-        let mut archive = crate::archive::open(std::io::BufReader::new(f), digests_len)?;
-        for entry in archive.entries().map_err(|e| e.to_string())? {
-            let mut entry = entry.map_err(|e| e.to_string())?;
-            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let Some((i, digest)) = wanted.get(&path) else { continue };
-            let i = *i;
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| e.to_string())?;
-            if &crate::archive::sha256_hex(&bytes) != digest {
-                return Err(format!("entry {path:?} changed on local disk since it was verified"));
+impl Applying<'_> {
+    /// Reads the group's entries from the archive (verifying digests again) on a blocking thread
+    /// and writes them with bounded concurrency. Returns `(index, result)` per object.
+    async fn group(&mut self, members: &[usize]) -> Result<Vec<(usize, RestoreItem)>> {
+        let index = &self.index;
+        let wanted: HashMap<String, (usize, String)> = members
+            .iter()
+            .filter_map(|&i| self.digests.get(&index[i].path).map(|d| (index[i].path.clone(), (i, d.clone()))))
+            .collect();
+        let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
+        let reader_file = self.file.clone();
+        let digests_len = self.digests.len();
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut f = reader_file.as_ref();
+            std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
+            let mut archive = crate::archive::open(std::io::BufReader::new(f), digests_len)?;
+            for entry in archive.entries().map_err(|e| e.to_string())? {
+                let mut entry = entry.map_err(|e| e.to_string())?;
+                let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                let Some((i, digest)) = wanted.get(&path) else { continue };
+                let i = *i;
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| e.to_string())?;
+                if &crate::archive::sha256_hex(&bytes) != digest {
+                    return Err(format!("entry {path:?} changed on local disk since it was verified"));
+                }
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                if tx.blocking_send((i, v)).is_err() {
+                    break;
+                }
             }
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            if tx.blocking_send((i, v)).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    });
-    let results: Vec<(usize, RestoreItem)> = tokio_stream_of(rx)
-        .map(|(i, v)| {
-            let item = &index[i];
-            let target_ns = item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string());
-            let desired = transform(&item.resource, v, opts);
-            let (plural, group) = item.plural_group();
-            let namespace_pending = target_ns.as_ref().is_some_and(|ns| pending.namespaces.contains(ns))
-                || pending.crds.contains(&format!("{plural}.{group}"));
-            async move {
-                let r =
-                    apply::write(cluster, discovered, item, target_ns.as_deref(), desired, policy, namespace_pending)
-                        .await;
-                (i, r)
-            }
-        })
-        .buffer_unordered(cluster.throttle.concurrency)
-        .inspect(|_| {
-            *done += 1;
-            observer.event(Event::Restored { done: *done, total });
-        })
-        .collect()
-        .await;
-    reader
-        .await
-        .map_err(|e| Error::Other(format!("reading the archive: {e}")))?
-        .map_err(|e| Error::Other(format!("reading the verified archive again failed: {e}")))?;
-    Ok(results)
+            Ok(())
+        });
+        let (cluster, discovered, opts, policy, pending) =
+            (self.cluster, &self.discovered, &self.opts, &self.policy, &self.pending);
+        let (observer, total, done) = (&self.observer, self.total, &mut self.done);
+        let results: Vec<(usize, RestoreItem)> = tokio_stream_of(rx)
+            .map(|(i, v)| {
+                let item = &index[i];
+                let target_ns = item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string());
+                let desired = transform(&item.resource, v, opts);
+                let (plural, group) = item.plural_group();
+                let namespace_pending = target_ns.as_ref().is_some_and(|ns| pending.namespaces.contains(ns))
+                    || pending.crds.contains(&format!("{plural}.{group}"));
+                async move {
+                    let r = apply::write(
+                        cluster,
+                        discovered,
+                        item,
+                        target_ns.as_deref(),
+                        desired,
+                        policy,
+                        namespace_pending,
+                    )
+                    .await;
+                    (i, r)
+                }
+            })
+            .buffer_unordered(cluster.throttle.concurrency)
+            .inspect(|_| {
+                *done += 1;
+                observer.event(Event::Restored { done: *done, total });
+            })
+            .collect()
+            .await;
+        reader
+            .await
+            .map_err(|e| Error::Other(format!("reading the archive: {e}")))?
+            .map_err(|e| Error::Other(format!("reading the verified archive again failed: {e}")))?;
+        Ok(results)
+    }
 }
 
 fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
