@@ -40,17 +40,30 @@ async fn kube_config(args: &Args) -> anyhow::Result<kube::Config> {
     Ok(kube_client::config(&args.kube.options()).await?)
 }
 
-/// Runs the webhook and its controllers until SIGTERM/SIGINT.
+/// Runs the webhook and its controllers until SIGTERM/SIGINT: connect, start the supervised
+/// controllers, serve.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
+    cert.watch();
+    let ctx = Arc::new(connect(&args).await?);
+    let mut supervisor = runtime::Supervisor::default();
+    start_controllers(&mut supervisor, &ctx, &args);
+    serve(&args, &ctx, &cert, &supervisor).await?;
+    supervisor.shutdown().await;
+    tracing::info!("backup-webhook stopped");
+    Ok(())
+}
+
+/// Everything the admission server and the controllers share: the cluster, the signing key, the
+/// location, the index and the metrics.
+async fn connect(args: &Args) -> anyhow::Result<controllers::Context> {
     let policy = Arc::new(Policy::new(
         &args.policy.ephemeral_patterns,
         args.policy.workspace_selector.as_deref(),
         &args.policy.namespace,
         &args.policy.workspace_resources,
     )?);
-    let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
-    cert.watch();
-    let cfg = kube_config(&args).await?;
+    let cfg = kube_config(args).await?;
     let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency)
         .with_discovery_timeout(args.discovery_timeout);
     let cluster = Cluster::from_config(cfg.clone(), throttle)?;
@@ -60,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("loading the key that signs the webhook's marks")?,
     );
-    create_default_location(&cluster, &args).await?;
+    create_default_location(&cluster, args).await?;
     // `--location` is a URL or the name of a BackupLocation in our namespace.
     let location = locations::resolve(
         Some(&cluster.client),
@@ -70,14 +83,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("opening --location {}", args.location.location))?;
-    let store = location.store.clone();
-    let index = Arc::new(Index::default());
-    let metrics = Arc::new(Metrics::default());
+    Ok(controllers::Context {
+        cluster,
+        location,
+        policy,
+        index: Arc::new(Index::default()),
+        metrics: Arc::new(Metrics::default()),
+        namespace: args.policy.namespace.clone(),
+        reporter: "backup-webhook".into(),
+        key,
+        kube_config: cfg,
+        catch_up_identity: args.catch_up_identity.clone(),
+        min_schedule_interval: args.min_schedule_interval,
+    })
+}
 
-    let mut supervisor = runtime::Supervisor::default();
+/// The index refresher and the controllers the flags turn on, each supervised.
+fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers::Context>, args: &Args) {
     // The index: loaded now (readiness waits for it), then refreshed in the background.
     {
-        let (index, store, metrics) = (index.clone(), store.clone(), metrics.clone());
+        let (index, store, metrics) = (ctx.index.clone(), ctx.location.store.clone(), ctx.metrics.clone());
         let every = args.index_refresh;
         supervisor.spawn("index", move || {
             let (index, store, metrics) = (index.clone(), store.clone(), metrics.clone());
@@ -91,26 +116,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             metrics.index_refresh_errors.inc();
                             tracing::warn!(error = %e, "could not refresh the backup index; keeping the previous one");
                         }
-                    }
+                    };
                     tokio::time::sleep(if index.ready() { every } else { std::time::Duration::from_secs(2) }).await;
                 }
             }
         });
     }
-
-    let ctx = Arc::new(controllers::Context {
-        cluster,
-        location,
-        policy: policy.clone(),
-        index: index.clone(),
-        metrics: metrics.clone(),
-        namespace: args.policy.namespace.clone(),
-        reporter: "backup-webhook".into(),
-        key: key.clone(),
-        kube_config: cfg,
-        catch_up_identity: args.catch_up_identity.clone(),
-        min_schedule_interval: args.min_schedule_interval,
-    });
     if args.restore_worker {
         let worker = Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() });
         supervisor.spawn("restore-worker", move || worker.clone().run());
@@ -131,12 +142,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
         supervisor.spawn("continuous", move || c.clone().run());
     }
+}
 
-    let shutdown = shutdown_signal();
+/// `/metrics` (plain or TLS) in the background, then the admission server until a signal.
+async fn serve(
+    args: &Args,
+    ctx: &controllers::Context,
+    cert: &Arc<tls::ReloadingCert>,
+    supervisor: &runtime::Supervisor,
+) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
-        let router = server::metrics_router(metrics.clone());
+        let router = server::metrics_router(ctx.metrics.clone());
         if args.metrics_tls {
             // The serving certificate of the webhook (reloaded on rotation like it).
             tokio::spawn(server::serve_tls(listener, Arc::new(cert.server_config()), router, shutdown_signal()));
@@ -148,10 +166,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     tracing::info!(listen = %args.listen, location = %ctx.location.display(), "backup-webhook serving");
-    let app = server::router(server::AppState { policy, index, metrics, key, health: supervisor.health.clone() });
-    server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown).await;
-    supervisor.shutdown().await;
-    tracing::info!("backup-webhook stopped");
+    let app = server::router(server::AppState {
+        policy: ctx.policy.clone(),
+        index: ctx.index.clone(),
+        metrics: ctx.metrics.clone(),
+        key: ctx.key.clone(),
+        health: supervisor.health.clone(),
+    });
+    server::serve_tls(listener, Arc::new(cert.server_config()), app, shutdown_signal()).await;
     Ok(())
 }
 
