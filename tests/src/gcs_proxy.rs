@@ -30,7 +30,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use quick_xml::escape::{escape, unescape};
+use quick_xml::escape::escape;
 use serde_json::Value;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
@@ -575,34 +575,29 @@ fn find_upload<'a>(
     }
 }
 
-/// The (PartNumber, ETag) pairs of a CompleteMultipartUpload body, in the listed order.
-fn parse_complete(body: &str) -> std::result::Result<Vec<(u32, String)>, String> {
-    let mut parts = Vec::new();
-    let mut rest = body;
-    while let Some(start) = rest.find("<Part>") {
-        let after = &rest[start + "<Part>".len()..];
-        let end = after.find("</Part>").ok_or("unterminated <Part>")?;
-        let part = &after[..end];
-        let number = element(part, "PartNumber")
-            .ok_or("<Part> without <PartNumber>")?
-            .trim()
-            .parse::<u32>()
-            .map_err(|e| format!("bad PartNumber: {e}"))?;
-        let etag = element(part, "ETag").ok_or("<Part> without <ETag>")?;
-        let etag = unescape(etag.trim()).map_err(|e| format!("bad ETag: {e}"))?;
-        parts.push((number, etag.into_owned()));
-        rest = &after[end + "</Part>".len()..];
-    }
-    Ok(parts)
+/// A CompleteMultipartUpload body.
+#[derive(serde::Deserialize)]
+struct CompleteMultipartUpload {
+    #[serde(rename = "Part", default)]
+    parts: Vec<CompletedPart>,
 }
 
-/// The text inside `<name>...</name>`.
-fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = xml.find(&open)? + open.len();
-    let len = xml[start..].find(&close)?;
-    Some(&xml[start..start + len])
+#[derive(serde::Deserialize)]
+struct CompletedPart {
+    #[serde(rename = "PartNumber")]
+    number: u32,
+    #[serde(rename = "ETag")]
+    etag: String,
+}
+
+/// The (PartNumber, ETag) pairs of a CompleteMultipartUpload body, in the listed order.
+fn parse_complete(body: &str) -> std::result::Result<Vec<(u32, String)>, String> {
+    let doc: CompleteMultipartUpload =
+        quick_xml::de::from_str(body).map_err(|e| format!("not a CompleteMultipartUpload body: {e}"))?;
+    if doc.parts.is_empty() {
+        return Err("a CompleteMultipartUpload body names no <Part>".into());
+    }
+    Ok(doc.parts.into_iter().map(|p| (p.number, p.etag.trim().to_string())).collect())
 }
 
 /// `x-goog-if-generation-match` as a number.
@@ -770,35 +765,18 @@ fn xml_object_path(path: &str) -> Option<std::result::Result<(String, String), S
     })
 }
 
-/// Decodes `%XX` escapes (a `+` stays a `+`, as in paths); None when invalid or not UTF-8.
+/// Decodes `%XX` escapes (a `+` stays a `+`, as in paths); None when not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
 }
 
-/// Percent-encodes everything but unreserved characters, for one path segment.
+/// Everything but RFC 3986's unreserved characters is escaped in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encodes one path segment.
 fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 #[cfg(test)]
@@ -823,6 +801,8 @@ mod tests {
         let body = "<CompleteMultipartUpload><Part><ETag>\"u-1-0\"</ETag><PartNumber>1</PartNumber></Part>\
                     <Part><ETag>&quot;u-2-1&quot;</ETag><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>";
         assert_eq!(parse_complete(body).unwrap(), vec![(1, "\"u-1-0\"".to_string()), (2, "\"u-2-1\"".to_string())]);
-        assert!(parse_complete("<Part><ETag>x</ETag></Part>").is_err());
+        assert!(parse_complete("<Part><ETag>x</ETag></Part>").unwrap_err().contains("no <Part>"));
+        let no_number = "<CompleteMultipartUpload><Part><ETag>x</ETag></Part></CompleteMultipartUpload>";
+        assert!(parse_complete(no_number).unwrap_err().contains("PartNumber"));
     }
 }
