@@ -7,8 +7,8 @@
 #   DEMO_KEEP=1 ./demo.sh  # leave the cluster and store running to explore (Ctrl-C stops them)
 #
 # First run on a fresh machine: it builds Kubernetes' control plane from Debian's source package,
-# s3s-fs and this project (measured in parts on a shared 2-CPU VM, see README: expect about 15-20
-# minutes); later runs took 25-38 s. It prints its own setup and demo times at the end.
+# s3s-fs and this project: 819 s (13.7 min) cold on an idle 2-CPU VM (see README); later runs took
+# 19-38 s. It prints its own setup and demo times at the end.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
