@@ -25,13 +25,7 @@ pub(super) async fn list_resource(
     let mut last_key: Option<String> = None;
     let mut relists = 0;
     loop {
-        let mut lp = ListParams::default().limit(PAGE_SIZE);
-        if let Some(s) = selector {
-            lp = lp.labels(s);
-        }
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
+        let lp = page_params(selector, token.as_deref());
         let body = throttle
             .call(|| {
                 let req = request.list(&lp).map_err(kube::Error::BuildRequest);

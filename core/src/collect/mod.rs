@@ -39,6 +39,19 @@ pub use self::plan::*;
 
 /// Objects per LIST page.
 pub const PAGE_SIZE: u32 = 500;
+
+/// The parameters of one page of a paged LIST: [`PAGE_SIZE`], the label selector, the continue
+/// token of the page before.
+fn page_params(selector: Option<&str>, token: Option<&str>) -> ListParams {
+    let mut lp = ListParams::default().limit(PAGE_SIZE);
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    if let Some(t) = token {
+        lp = lp.continue_token(t);
+    }
+    lp
+}
 /// Per-namespace LISTs are used when at most this many namespaces are selected; above it, one
 /// cluster-wide LIST per resource filtered locally is cheaper.
 const PER_NAMESPACE_MAX: usize = 10;

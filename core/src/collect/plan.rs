@@ -187,13 +187,7 @@ async fn list_all(
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let mut lp = ListParams::default().limit(PAGE_SIZE);
-        if let Some(s) = selector {
-            lp = lp.labels(s);
-        }
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
+        let lp = page_params(selector, token.as_deref());
         let page = throttle.call(|| api.list(&lp)).await?;
         out.extend(page.items);
         token = page.metadata.continue_.filter(|t| !t.is_empty());

@@ -224,74 +224,7 @@ impl Applying<'_> {
         }
         Ok(())
     }
-}
-/// In a dry run, what the restore would create first and so cannot exist yet: objects in these
-/// namespaces, or of these CRDs, cannot be validated by the server.
-#[derive(Default)]
-struct Pending {
-    namespaces: BTreeSet<String>,
-    /// `<plural>.<group>` names of CRDs.
-    crds: BTreeSet<String>,
-}
 
-/// The report entry of an object skipped by policy.
-fn skipped(item: &Indexed, opts: &TransformOptions, reason: &str) -> RestoreItem {
-    RestoreItem {
-        resource: item.resource.clone(),
-        namespace: item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()),
-        name: item.name.clone(),
-        action: ItemAction::SkippedPolicy,
-        reason: Some(reason.to_string()),
-        diff: None,
-    }
-}
-
-/// Makes sure every target namespace of the restored objects exists (a mapped namespace, or one
-/// whose Namespace object was not in the backup). Returns the namespaces that do not exist yet
-/// (only in a dry run, where nothing is created).
-async fn ensure_namespaces(
-    cluster: &Cluster,
-    index: &[Indexed],
-    decisions: &[Decision],
-    opts: &TransformOptions,
-    dry_run: bool,
-    report: &mut Report,
-) -> BTreeSet<String> {
-    let targets: BTreeSet<String> = index
-        .iter()
-        .zip(decisions)
-        .filter(|(_, d)| matches!(d, Decision::Restore(_)))
-        .filter_map(|(i, _)| i.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()))
-        .collect();
-    let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
-    let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
-    let mut pending = BTreeSet::new();
-    for ns in targets {
-        match cluster.throttle.call(|| api.get_opt(&ns)).await {
-            Ok(Some(_)) => {}
-            Ok(None) if dry_run => {
-                pending.insert(ns);
-            }
-            Ok(None) => {
-                let obj: DynamicObject = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": ns, "labels": {RESTORED_FROM_LABEL: opts.backup_name}}
-                }))
-                .expect("a valid namespace object");
-                let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
-                match cluster.throttle.call(|| api.create(&pp, &obj)).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => report.warn(format!("cannot create namespace {ns:?}: {}", kube_message(&e))),
-                }
-            }
-            Err(e) => report.warn(format!("cannot read namespace {ns:?}: {}", kube_message(&e))),
-        }
-    }
-    pending
-}
-
-impl Applying<'_> {
     /// Reads the group's entries from the archive (verifying digests again) on a blocking thread
     /// and writes them with bounded concurrency. Returns `(index, result)` per object.
     async fn group(&mut self, members: &[usize]) -> Result<Vec<(usize, RestoreItem)>> {
@@ -362,6 +295,71 @@ impl Applying<'_> {
             .map_err(|e| Error::Other(format!("reading the verified archive again failed: {e}")))?;
         Ok(results)
     }
+}
+/// In a dry run, what the restore would create first and so cannot exist yet: objects in these
+/// namespaces, or of these CRDs, cannot be validated by the server.
+#[derive(Default)]
+struct Pending {
+    namespaces: BTreeSet<String>,
+    /// `<plural>.<group>` names of CRDs.
+    crds: BTreeSet<String>,
+}
+
+/// The report entry of an object skipped by policy.
+fn skipped(item: &Indexed, opts: &TransformOptions, reason: &str) -> RestoreItem {
+    RestoreItem {
+        resource: item.resource.clone(),
+        namespace: item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()),
+        name: item.name.clone(),
+        action: ItemAction::SkippedPolicy,
+        reason: Some(reason.to_string()),
+        diff: None,
+    }
+}
+
+/// Makes sure every target namespace of the restored objects exists (a mapped namespace, or one
+/// whose Namespace object was not in the backup). Returns the namespaces that do not exist yet
+/// (only in a dry run, where nothing is created).
+async fn ensure_namespaces(
+    cluster: &Cluster,
+    index: &[Indexed],
+    decisions: &[Decision],
+    opts: &TransformOptions,
+    dry_run: bool,
+    report: &mut Report,
+) -> BTreeSet<String> {
+    let targets: BTreeSet<String> = index
+        .iter()
+        .zip(decisions)
+        .filter(|(_, d)| matches!(d, Decision::Restore(_)))
+        .filter_map(|(i, _)| i.namespace.as_deref().map(|n| opts.map_namespace(n).to_string()))
+        .collect();
+    let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
+    let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
+    let mut pending = BTreeSet::new();
+    for ns in targets {
+        match cluster.throttle.call(|| api.get_opt(&ns)).await {
+            Ok(Some(_)) => {}
+            Ok(None) if dry_run => {
+                pending.insert(ns);
+            }
+            Ok(None) => {
+                let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": {RESTORED_FROM_LABEL: opts.backup_name}}
+                }))
+                .expect("a valid namespace object");
+                let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
+                match cluster.throttle.call(|| api.create(&pp, &obj)).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => report.warn(format!("cannot create namespace {ns:?}: {}", kube_message(&e))),
+                }
+            }
+            Err(e) => report.warn(format!("cannot read namespace {ns:?}: {}", kube_message(&e))),
+        }
+    }
+    pending
 }
 
 fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {

@@ -132,7 +132,10 @@ impl RestoreWorker {
             cutoff,
         ) {
             Plan::Skip => {}
-            Plan::Restore { requester, at, ignored } => self.restore(target, &requester, at, &ignored).await,
+            Plan::Restore { requester, at, ignored } => {
+                let tries = attempts(meta.annotations.as_ref().unwrap_or(&BTreeMap::new()));
+                self.restore(target, &requester, at, &ignored, tries).await
+            }
             Plan::Refuse(why) => {
                 tracing::warn!(workspace = %target.name, %why, "refusing a restore mark");
                 self.ctx
@@ -175,7 +178,7 @@ impl RestoreWorker {
                     Some(user) => {
                         tracing::info!(workspace = %target.name, %kind, %user, "catching up: restoring as the catch-up identity");
                         let requester = Requester { user: user.clone(), ..Default::default() };
-                        self.restore(target, &requester, created, &[]).await;
+                        self.restore(target, &requester, created, &[], 0).await;
                     }
                     None => {
                         let note = format!(
@@ -203,8 +206,8 @@ impl RestoreWorker {
     }
 
     /// Restores namespace `target.name` as `requester` from the newest backup made before `at`,
-    /// recording progress on the target object.
-    async fn restore(&self, target: &Target, requester: &Requester, at: Timestamp, ignored: &[String]) {
+    /// recording progress on the target object. `tries` is how many attempts the object records.
+    async fn restore(&self, target: &Target, requester: &Requester, at: Timestamp, ignored: &[String], tries: u32) {
         let name = &target.name;
         let user = &requester.user;
         if !ignored.is_empty() {
@@ -223,7 +226,7 @@ impl RestoreWorker {
             self.set_status(target, "NoBackup").await;
             return;
         };
-        let attempts = attempts(&target.current_annotations().await) + 1;
+        let attempts = tries + 1;
         let patch = serde_json::json!({"metadata": {"annotations": {
             RESTORE_FROM_ANNOTATION: backup, RESTORE_STATUS_ANNOTATION: "InProgress",
             RESTORE_ATTEMPTS_ANNOTATION: attempts.to_string()}}});
@@ -252,9 +255,13 @@ impl RestoreWorker {
         };
         let (phase, note) = match &result {
             Ok(r) => (r.status.phase, summary(r, user)),
-            Err(e) => {
-                (Phase::Failed, format!("restore of {name} from {backup} as {user} failed: {}", redact(&e.to_string())))
-            }
+            Err(e) => (
+                Phase::Failed,
+                format!(
+                    "restore of {name} from {backup} as {user} failed: {}",
+                    kubectl_backup_core::error::redact(&e.to_string())
+                ),
+            ),
         };
         self.ctx.metrics.restores.get_or_create(&ResultLabel { result: phase.to_string() }).inc();
         let (kind, reason) = match phase {
@@ -439,12 +446,6 @@ fn attempts(annotations: &BTreeMap<String, String>) -> u32 {
     annotations.get(RESTORE_ATTEMPTS_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// Removes what looks like a credential from a message bound for an Event or a status (store
-/// errors can quote signed URLs: SAS tokens, X-Amz-Signature...).
-pub fn redact(text: &str) -> String {
-    kubectl_backup_core::error::redact(text)
-}
-
 /// What a restore is recorded on: the namespace itself, or a workspace custom resource.
 struct Target {
     /// The workspace, i.e. the namespace restored.
@@ -475,13 +476,6 @@ impl Target {
         let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_STATUS_ANNOTATION: status}}});
         self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
     }
-
-    async fn current_annotations(&self) -> BTreeMap<String, String> {
-        match self.api.get_opt(&self.name).await {
-            Ok(Some(o)) => o.metadata.annotations.unwrap_or_default(),
-            _ => BTreeMap::new(),
-        }
-    }
 }
 
 fn summary(r: &Restore, user: &str) -> String {
@@ -505,7 +499,7 @@ fn summary(r: &Restore, user: &str) -> String {
     } else if let Some(first) = r.status.errors.first() {
         s.push_str(&format!("; first failure: {first}"));
     }
-    redact(&s)
+    kubectl_backup_core::error::redact(&s)
 }
 
 #[cfg(test)]
