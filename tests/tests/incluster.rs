@@ -115,9 +115,12 @@ fn a_run_missed_while_down_runs_once_on_start() {
     let app = unique("app");
     s.t.apply(&sample_app(&app)).ok();
     s.t.backup(&["schedule", "create", "hourly", "--schedule", "@hourly", "-n", &app]).ok();
-    // The controller was down for three hours: the last run is long ago.
+    // The controller was down for three hours: the last run is long ago, and it stopped in the
+    // middle of a run (claimed, never finished).
     let three_hours_ago = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(3)).unwrap().to_string();
-    let patch = serde_json::json!({"status": {"lastRunTime": three_hours_ago}}).to_string();
+    let status =
+        serde_json::json!({"lastRunTime": three_hours_ago, "lastResult": "Running", "lastBackup": "hourly-cut-short"});
+    let patch = serde_json::json!({ "status": status }).to_string();
     // status is a subresource: patch it through the API (kubectl 1.32 supports --subresource).
     s.t.kubectl(&[
         "patch",
@@ -131,10 +134,12 @@ fn a_run_missed_while_down_runs_once_on_start() {
         &patch,
     ])
     .ok();
-    let _webhook = s.webhook(&["--continuous=false"]);
-    eventually("the missed run", Duration::from_secs(60), || {
-        s.schedule(NS, "hourly")["status"]["lastResult"].as_str() == Some("Completed")
+    let webhook = s.webhook(&["--continuous=false"]);
+    eventually("the missed run", Duration::from_secs(90), || {
+        s.schedule(NS, "hourly")["status"]["lastResult"].is_string()
     });
+    let status = s.schedule(NS, "hourly")["status"].clone();
+    assert_eq!(status["lastResult"], "Completed", "{status:#}\n{}", webhook.log());
     std::thread::sleep(Duration::from_secs(5));
     let made: Vec<String> = s
         .backups()
@@ -143,6 +148,10 @@ fn a_run_missed_while_down_runs_once_on_start() {
         .filter(|n| n.starts_with("hourly-"))
         .collect();
     assert_eq!(made.len(), 1, "three missed runs must run once, not three times: {made:?}");
+    assert_eq!(status["lastBackup"].as_str(), Some(made[0].as_str()));
+    let reasons = event_reasons(&s.t, NS, "BackupSchedule", "hourly");
+    assert!(reasons.contains(&"BackupInterrupted".to_string()), "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "BackupStarted").count(), 1, "{reasons:?}");
     let next: jiff::Timestamp = s.schedule(NS, "hourly")["status"]["nextRunTime"].as_str().unwrap().parse().unwrap();
     assert!(next > jiff::Timestamp::now(), "the next run is in the future");
 }

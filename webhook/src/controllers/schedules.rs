@@ -156,11 +156,36 @@ fn ready_condition(
     }
 }
 
-async fn patch_status(api: &Api<BackupSchedule>, name: &str, status: serde_json::Value) -> Result<()> {
+async fn patch_status(api: &Api<BackupSchedule>, name: &str, status: serde_json::Value) -> Result<BackupSchedule> {
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
         .await
-        .map(|_| ())
         .map_err(|e| Error::kube(format!("updating the status of schedule {name}"), e))
+}
+
+/// `lastResult` while a run is under way. Seen by a later reconcile of the same schedule, it means
+/// the process that claimed the run stopped before finishing it (reconciles of one object never
+/// overlap in one process): the run is taken again.
+const RUNNING: &str = "Running";
+
+/// Claims a due run before taking it: a status patch conditional on the resourceVersion this
+/// reconcile decided from. A reconcile that decided from a stale cache (its own earlier status
+/// patch not yet seen) or lost a race with another replica gets 409 and takes nothing: a missed
+/// run is taken once, never twice. False when the claim lost.
+async fn claim_run(
+    api: &Api<BackupSchedule>,
+    name: &str,
+    resource_version: Option<String>,
+    backup: &str,
+) -> Result<bool> {
+    let claim = json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": { "lastResult": RUNNING, "lastBackup": backup, "lastError": null },
+    });
+    match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&claim)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(format!("claiming the run of schedule {name}"), e)),
+    }
 }
 
 async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> {
@@ -203,10 +228,12 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
     if let Some(reason) = read_only_location(&ctx, s.spec.location.as_deref()).await {
         return refuse(reason).await;
     }
+    let mut resource_version = s.resource_version();
     if !status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
         // Accepted (again): clear a refusal that was fixed.
         let ready = ready_condition(true, "Scheduled", "the schedule is accepted", generation);
-        patch_status(&api, &name, json!({"lastError": null, "conditions": [ready]})).await?;
+        let updated = patch_status(&api, &name, json!({"lastError": null, "conditions": [ready]})).await?;
+        resource_version = updated.resource_version();
     }
     let now = Timestamp::now();
     let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
@@ -225,6 +252,15 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
     // Due (or missed while down: runs once).
     let prefix = s.spec.name_prefix.clone().unwrap_or_else(|| name.clone());
     let backup_name = timestamped_name(&prefix, now);
+    if !claim_run(&api, &name, resource_version, &backup_name).await? {
+        tracing::debug!(schedule = %format!("{ns}/{name}"), "run claimed from a stale view; deciding again");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    if status.last_result.as_deref() == Some(RUNNING) {
+        let interrupted = status.last_backup.as_deref().unwrap_or("the last run");
+        let message = format!("{interrupted} was interrupted (the controller stopped during it); running again");
+        ctx.event(&reference, EventType::Warning, "BackupInterrupted", message).await;
+    }
     let source = format!("schedule/{ns}/{name}");
     let outcome = run_once(&ctx, &s, &ns, &name, &backup_name, filters, &source, &reference).await;
     let mut st = BackupScheduleStatus {
