@@ -22,7 +22,7 @@ use crate::filter::Selection;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::kube_client::Cluster;
 use crate::model::{
-    ArchiveInfo, Backup, BackupMetadata, BackupProgress, BackupSpec, FORMAT_VERSION, Phase, SourceCluster,
+    Backup, BackupMetadata, BackupProgress, BackupSpec, FORMAT_VERSION, Phase, SourceCluster, StoredFile, Timing,
 };
 use crate::progress::{Event, Observer};
 use crate::store::{ChunkSender, Store};
@@ -37,20 +37,8 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes handed from the compressor to the uploader at a time.
 const CHUNK: usize = 1 << 20;
 
-pub fn backup_dir(name: &str) -> Path {
-    crate::committed::dir::<Objects>(name)
-}
-
-pub fn metadata_path(name: &str) -> Path {
-    crate::committed::metadata_path::<Objects>(name)
-}
-
 pub fn in_progress_path(name: &str) -> Path {
     crate::committed::data_path::<Objects>(name, IN_PROGRESS_FILE)
-}
-
-pub fn archive_path(name: &str, key: &str) -> Path {
-    crate::committed::data_path::<Objects>(name, key)
 }
 
 /// Runs one backup to completion and commits it. Returns the committed `Backup`.
@@ -68,12 +56,7 @@ pub async fn run(
     validate_name("backup name", name)?;
     let ttl = spec.ttl.as_deref().map(|t| parse_duration("--ttl", t)).transpose()?;
     let selection = Selection::new(&spec.filters)?;
-    let meta_path = metadata_path(name);
-    match store.objects().head(&meta_path).await {
-        Ok(_) => return Err(Error::BackupExists { name: name.into(), location: store.url().into() }),
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(store.error(e)),
-    }
+    crate::committed::ensure_absent::<Objects>(store, name).await?;
 
     let start = Timestamp::now();
     let throttle = &cluster.throttle;
@@ -84,7 +67,7 @@ pub async fn run(
     // Visible to `describe` while running; refreshed with progress until the run ends.
     let mut marker = Backup::new(name, spec.clone());
     marker.metadata.creation_timestamp = Some(start);
-    marker.status.start_timestamp = Some(start);
+    marker.status.timing.start_timestamp = Some(start);
     let tracker = Arc::new(Tracker { inner: observer.clone(), items: AtomicU64::new(0) });
     let observer: Arc<dyn Observer> = tracker.clone();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
@@ -112,7 +95,7 @@ async fn run_pipeline(
     let throttle = &cluster.throttle;
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
     let archive_key = format!("archive-{run_id}.tar.zst");
-    let archive = archive_path(name, &archive_key);
+    let archive = crate::committed::data_path::<Objects>(name, &archive_key);
 
     // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
     let (item_tx, item_rx) = mpsc::channel::<Item>(256);
@@ -162,9 +145,7 @@ async fn run_pipeline(
     backup.metadata.creation_timestamp = Some(start);
     let status = &mut backup.status;
     status.phase = if report.errors.is_empty() { Phase::Completed } else { Phase::PartiallyFailed };
-    status.start_timestamp = Some(start);
-    let done = Timestamp::now();
-    status.completion_timestamp = Some(done);
+    status.timing = Timing { start_timestamp: Some(start), completion_timestamp: Some(Timestamp::now()) };
     status.expiration = ttl.and_then(|t| expiration(start, t));
     let items = written.objects.len() as u64;
     status.progress = BackupProgress { total_items: items, items_backed_up: items };
@@ -173,7 +154,7 @@ async fn run_pipeline(
     status.warnings = warnings;
     status.errors = report.errors;
     status.source_cluster = Some(SourceCluster { server: cluster.server.clone(), version });
-    status.archive = Some(ArchiveInfo {
+    status.archive = Some(StoredFile {
         key: archive_key.clone(),
         size: written.size,
         sha256: written.sha256.clone(),
@@ -182,9 +163,8 @@ async fn run_pipeline(
     });
 
     let metadata = BackupMetadata { format_version: FORMAT_VERSION, backup: backup.clone(), objects: written.objects };
-    let body = serde_json::to_vec_pretty(&metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
     observer.event(Event::Uploading { bytes: written.size });
-    crate::commit::commit(store, &backup_dir(name), name, Bytes::from(body), &archive).await?;
+    crate::committed::commit::<Objects>(store, name, &metadata).await?;
     Ok(backup)
 }
 

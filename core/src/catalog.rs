@@ -12,8 +12,8 @@ use object_store::ObjectStoreExt;
 
 use crate::Result;
 use crate::backup::{HEARTBEAT, in_progress_path};
-use crate::committed::{self, DataFile, Document, Kind};
-use crate::model::{Backup, BackupMetadata, BackupMetadataHead, FORMAT_VERSION};
+use crate::committed::{self, Document, Kind};
+use crate::model::{Backup, BackupMetadata, BackupMetadataHead, BackupSpec, BackupStatus, FORMAT_VERSION};
 use crate::store::Store;
 
 pub use crate::committed::{Deleted, Destination};
@@ -28,74 +28,31 @@ impl Kind for Objects {
     const COMMAND: &'static str = "";
     type Head = BackupMetadataHead;
     type Metadata = BackupMetadata;
-}
-
-fn archive_of(backup: &Backup) -> std::result::Result<DataFile<'_>, String> {
-    let a = backup.status.archive.as_ref().ok_or("metadata.json names no archive")?;
-    if a.encryption.is_some() {
-        return Err("the archive is encrypted and this version cannot decrypt it".into());
+    type Spec = BackupSpec;
+    type Status = BackupStatus;
+    fn backup(head: BackupMetadataHead) -> Backup {
+        head.backup
     }
-    Ok(DataFile { key: &a.key, size: a.size, sha256: &a.sha256 })
 }
 
-/// Both forms of the object commit document (the listing's head and the whole) say the same.
-macro_rules! object_document {
-    ($t:ty) => {
-        impl Document for $t {
-            fn format_version(&self) -> u32 {
-                self.format_version
-            }
-            fn name(&self) -> &str {
-                &self.backup.metadata.name
-            }
-            fn data(&self) -> std::result::Result<DataFile<'_>, String> {
-                archive_of(&self.backup)
-            }
-        }
-    };
-}
-object_document!(BackupMetadataHead);
-object_document!(BackupMetadata);
+committed::commit_document!(BackupMetadataHead, BackupMetadata);
 
-/// What a location holds.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// Committed backups, newest first.
-    pub backups: Vec<Backup>,
-    /// Runs in progress (their marker is fresh).
-    pub in_progress: Vec<Backup>,
-    /// Names with files but no metadata and no live run: leftovers of interrupted runs.
-    pub incomplete: Vec<String>,
-    /// Names whose metadata could not be read, with the reason.
-    pub unreadable: Vec<(String, String)>,
-}
+/// What a location holds of object backups.
+pub type Listing = committed::Listing<Backup>;
 
 /// Lists committed backups (reading each metadata document concurrently, skipping per-object
 /// digests) and runs in progress.
 pub async fn list(store: &Store) -> Result<Listing> {
-    let found = committed::list::<Objects>(store).await?;
-    let mut listing = Listing {
-        backups: found.committed.into_iter().map(|h| h.backup).collect(),
-        unreadable: found.unreadable,
-        ..Default::default()
-    };
-    for name in found.uncommitted {
+    let mut listing = committed::list::<Objects>(store).await?;
+    let mut incomplete: Vec<String> = Vec::new();
+    for name in std::mem::take(&mut listing.incomplete) {
         match in_progress(store, &name).await? {
             Some((b, false)) => listing.in_progress.push(b),
-            _ => listing.incomplete.push(name),
+            _ => incomplete.push(name),
         }
     }
-    sort_newest_first(&mut listing.backups);
+    listing.incomplete = incomplete;
     Ok(listing)
-}
-
-pub fn sort_newest_first(backups: &mut [Backup]) {
-    backups.sort_by(|a, b| {
-        b.metadata
-            .creation_timestamp
-            .cmp(&a.metadata.creation_timestamp)
-            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-    });
 }
 
 /// Reads one backup's `Backup` document (without the per-object digests). A run still in progress

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 pub use crate::commit::{Deleted, METADATA_FILE};
+use crate::model::{Envelope, StoredFile};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -35,8 +36,16 @@ pub trait Kind {
     /// The part of the commit document a listing reads.
     type Head: Document;
     /// The whole commit document.
-    type Metadata: Document;
+    type Metadata: Document + serde::Serialize;
+    /// The printed document of one backup (`Backup`, `EtcdBackup`): its spec and status.
+    type Spec;
+    type Status;
+    /// The printed document a listing's head holds.
+    fn backup(head: Self::Head) -> Envelope<Self::Spec, Self::Status>;
 }
+
+/// The printed document of one backup of kind `K`.
+pub type BackupOf<K> = Envelope<<K as Kind>::Spec, <K as Kind>::Status>;
 
 /// What every commit document says.
 pub trait Document: DeserializeOwned + Send {
@@ -47,6 +56,25 @@ pub trait Document: DeserializeOwned + Send {
     fn data(&self) -> std::result::Result<DataFile<'_>, String>;
 }
 
+/// Implements [`Document`] for commit documents of the shape `{formatVersion, backup}` whose
+/// `backup.status.archive` describes the data file: every kind's so far.
+macro_rules! commit_document {
+    ($($t:ty),+) => {$(
+        impl $crate::committed::Document for $t {
+            fn format_version(&self) -> u32 {
+                self.format_version
+            }
+            fn name(&self) -> &str {
+                &self.backup.metadata.name
+            }
+            fn data(&self) -> std::result::Result<$crate::committed::DataFile<'_>, String> {
+                $crate::committed::data_file(self.backup.status.archive.as_ref())
+            }
+        }
+    )+};
+}
+pub(crate) use commit_document;
+
 /// A backup's one data file, as its metadata describes it.
 #[derive(Clone, Copy, Debug)]
 pub struct DataFile<'a> {
@@ -54,6 +82,32 @@ pub struct DataFile<'a> {
     pub key: &'a str,
     pub size: u64,
     pub sha256: &'a str,
+}
+
+/// The data file a commit document describes, or why this tool cannot use it.
+pub fn data_file(file: Option<&StoredFile>) -> std::result::Result<DataFile<'_>, String> {
+    let f = file.ok_or("metadata.json names no data file")?;
+    if f.encryption.is_some() {
+        return Err("the data file is encrypted and this version cannot decrypt it".into());
+    }
+    Ok(DataFile { key: &f.key, size: f.size, sha256: &f.sha256 })
+}
+
+/// Commits `metadata` as backup `name` of kind `K` (the protocol in [`crate::commit`]): its data
+/// file must already be uploaded.
+pub async fn commit<K: Kind>(store: &Store, name: &str, metadata: &K::Metadata) -> Result<()> {
+    let body = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
+    let key = metadata.data().map_err(|reason| corrupt(store, name, reason))?.key;
+    crate::commit::commit(store, &dir::<K>(name), name, Bytes::from(body), &data_path::<K>(name, key)).await
+}
+
+/// Refuses to start a run under a name already committed: names are never overwritten.
+pub async fn ensure_absent<K: Kind>(store: &Store, name: &str) -> Result<()> {
+    match store.objects().head(&metadata_path::<K>(name)).await {
+        Ok(_) => Err(Error::BackupExists { name: name.into(), location: store.url().into() }),
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(store.error(e)),
+    }
 }
 
 pub fn root<K: Kind>() -> Path {
@@ -138,19 +192,40 @@ pub async fn has_files<K: Kind>(store: &Store, name: &str) -> bool {
     matches!(store.objects().list(Some(&dir::<K>(name))).next().await, Some(Ok(_)))
 }
 
-/// What a listing found.
+/// What a location holds of one kind of backup.
 #[derive(Debug)]
-pub struct Listing<H> {
-    /// Commit documents, in no particular order.
-    pub committed: Vec<H>,
-    /// Names with files but no commit document.
-    pub uncommitted: Vec<String>,
+pub struct Listing<D> {
+    /// Committed backups, newest first.
+    pub backups: Vec<D>,
+    /// Runs in progress (object backups, whose runs keep a fresh marker).
+    pub in_progress: Vec<D>,
+    /// Names with files but no commit document and no live run: leftovers of interrupted runs.
+    pub incomplete: Vec<String>,
     /// Names whose commit document could not be used, with the reason.
     pub unreadable: Vec<(String, String)>,
 }
 
-/// Lists `K`'s backups, reading their heads 16 at a time.
-pub async fn list<K: Kind>(store: &Store) -> Result<Listing<K::Head>> {
+/// Lists `K`'s backups (newest first), reading their heads 16 at a time.
+pub async fn list<K: Kind>(store: &Store) -> Result<Listing<BackupOf<K>>> {
+    let found = find::<K>(store).await?;
+    let mut backups: Vec<BackupOf<K>> = found.committed.into_iter().map(K::backup).collect();
+    backups.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    Ok(Listing { backups, in_progress: Vec::new(), incomplete: found.uncommitted, unreadable: found.unreadable })
+}
+
+/// What a listing found.
+struct Found<H> {
+    committed: Vec<H>,
+    uncommitted: Vec<String>,
+    unreadable: Vec<(String, String)>,
+}
+
+async fn find<K: Kind>(store: &Store) -> Result<Found<K::Head>> {
     let listed = store.objects().list_with_delimiter(Some(&root::<K>())).await.map_err(|e| store.error(e))?;
     let names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
     let results: Vec<(String, Result<Option<K::Head>>)> = futures::stream::iter(names.into_iter().map(|name| async {
@@ -160,7 +235,7 @@ pub async fn list<K: Kind>(store: &Store) -> Result<Listing<K::Head>> {
     .buffer_unordered(16)
     .collect()
     .await;
-    let mut listing = Listing { committed: Vec::new(), uncommitted: Vec::new(), unreadable: Vec::new() };
+    let mut listing = Found { committed: Vec::new(), uncommitted: Vec::new(), unreadable: Vec::new() };
     for (name, r) in results {
         match r {
             Ok(Some(head)) => listing.committed.push(head),

@@ -22,6 +22,54 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The Kubernetes shape of every document this project prints and stores: `apiVersion`, `kind`,
+/// `metadata`, `spec` and `status`. [`Backup`], [`Restore`] and the etcd documents are this with
+/// their own spec and status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "S: Deserialize<'de>, T: Deserialize<'de> + Default"))]
+pub struct Envelope<S, T> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default)]
+    pub status: T,
+}
+
+/// The spec of a kind of document names the kind and the kind of its list.
+pub trait Spec {
+    const KIND: &'static str;
+    const LIST_KIND: &'static str;
+}
+
+impl<S: Spec, T: Default> Envelope<S, T> {
+    pub fn new(name: &str, spec: S) -> Self {
+        Envelope {
+            api_version: API_VERSION.into(),
+            kind: S::KIND.into(),
+            metadata: ObjectMeta { name: name.into(), ..Default::default() },
+            spec,
+            status: T::default(),
+        }
+    }
+}
+
+impl<S, T> Envelope<S, T> {
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+/// When a backup or restore ran; part of every status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Timestamp>,
+}
+
 /// Which cluster-scoped objects a backup or restore includes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -133,7 +181,7 @@ pub struct SourceCluster {
     pub version: String,
 }
 
-/// Encryption of the archive. Not implemented yet: always absent. Readers refuse an archive that has it.
+/// Encryption of a data file. Not implemented yet: always absent. Readers refuse a file that has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Encryption {
@@ -142,17 +190,18 @@ pub struct Encryption {
     pub key_id: Option<String>,
 }
 
-/// The archive object of a backup.
+/// The one data file of a committed backup of any kind (`status.archive`): the object archive, or an
+/// etcd snapshot, zip or JSON document.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ArchiveInfo {
+pub struct StoredFile {
     /// Object key relative to the backup's directory.
     pub key: String,
-    /// Bytes stored (compressed).
+    /// Bytes stored.
     pub size: u64,
     /// SHA-256 of the stored bytes, hex.
     pub sha256: String,
-    /// `tar+zstd`
+    /// `tar+zstd` for object backups; `etcd-snapshot`, `zip` or `json` for etcd backups.
     pub format: String,
     #[serde(default)]
     pub encryption: Option<Encryption>,
@@ -162,10 +211,8 @@ pub struct ArchiveInfo {
 #[serde(rename_all = "camelCase")]
 pub struct BackupStatus {
     pub phase: Phase,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_timestamp: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_timestamp: Option<Timestamp>,
+    #[serde(flatten)]
+    pub timing: Timing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<Timestamp>,
     #[serde(default)]
@@ -183,35 +230,17 @@ pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_cluster: Option<SourceCluster>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<ArchiveInfo>,
+    pub archive: Option<StoredFile>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Backup {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: BackupSpec,
-    #[serde(default)]
-    pub status: BackupStatus,
+pub type Backup = Envelope<BackupSpec, BackupStatus>;
+
+impl Spec for BackupSpec {
+    const KIND: &'static str = "Backup";
+    const LIST_KIND: &'static str = "BackupList";
 }
 
 impl Backup {
-    pub fn new(name: &str, spec: BackupSpec) -> Self {
-        Backup {
-            api_version: API_VERSION.into(),
-            kind: "Backup".into(),
-            metadata: ObjectMeta { name: name.into(), ..Default::default() },
-            spec,
-            status: BackupStatus::default(),
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
-
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.status.expiration.is_some_and(|e| e <= now)
     }
@@ -226,19 +255,10 @@ pub struct List<T> {
     pub items: Vec<T>,
 }
 
-/// A document with a list form: its list's `kind`.
-pub trait Listed {
-    const LIST_KIND: &'static str;
-}
-
-impl<T: Listed> List<T> {
-    pub fn new(items: Vec<T>) -> Self {
-        List { api_version: API_VERSION.into(), kind: T::LIST_KIND.into(), items }
+impl<S: Spec, T> List<Envelope<S, T>> {
+    pub fn new(items: Vec<Envelope<S, T>>) -> Self {
+        List { api_version: API_VERSION.into(), kind: S::LIST_KIND.into(), items }
     }
-}
-
-impl Listed for Backup {
-    const LIST_KIND: &'static str = "BackupList";
 }
 
 pub type BackupList = List<Backup>;
@@ -409,10 +429,8 @@ impl RestoreCounts {
 #[serde(rename_all = "camelCase")]
 pub struct RestoreStatus {
     pub phase: Phase,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_timestamp: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_timestamp: Option<Timestamp>,
+    #[serde(flatten)]
+    pub timing: Timing,
     pub progress: RestoreProgress,
     pub counts: RestoreCounts,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -423,27 +441,11 @@ pub struct RestoreStatus {
     pub items: Vec<RestoreItem>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Restore {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: RestoreSpec,
-    #[serde(default)]
-    pub status: RestoreStatus,
-}
+pub type Restore = Envelope<RestoreSpec, RestoreStatus>;
 
-impl Restore {
-    pub fn new(name: &str, spec: RestoreSpec) -> Self {
-        Restore {
-            api_version: API_VERSION.into(),
-            kind: "Restore".into(),
-            metadata: ObjectMeta { name: name.into(), ..Default::default() },
-            spec,
-            status: RestoreStatus::default(),
-        }
-    }
+impl Spec for RestoreSpec {
+    const KIND: &'static str = "Restore";
+    const LIST_KIND: &'static str = "RestoreList";
 }
 
 #[cfg(test)]

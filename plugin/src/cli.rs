@@ -6,7 +6,9 @@ use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::args::{Globals, Output, OutputArg};
-use crate::commands::{backup, certs, etcd, install, location, restore, schedule, workspace};
+use kubectl_backup_core::catalog::Objects;
+
+use crate::commands::{backup, catalog, certs, etcd, install, location, restore, schedule, workspace};
 use crate::output::print_document;
 
 #[derive(Debug, Parser)]
@@ -29,16 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Back up objects from the cluster to the location.
     Create(backup::CreateArgs),
-    /// List the backups in the location.
-    #[command(alias = "get", alias = "ls")]
-    List(backup::ListArgs),
-    /// Show one backup: filters, counts per resource, warnings and errors.
-    Describe(backup::DescribeArgs),
-    /// Delete backups from the location.
-    #[command(alias = "rm")]
-    Delete(backup::DeleteArgs),
-    /// Download a backup's archive (a .tar.zst: `tar --zstd -xf FILE` opens it).
-    Download(backup::DownloadArgs),
+    #[command(flatten)]
+    Catalog(catalog::CatalogCommand),
     /// Restore a backup into the cluster (the same one or another).
     Restore(restore::RestoreArgs),
     /// Named storage locations (BackupLocations) the cluster knows.
@@ -72,10 +66,7 @@ impl Cli {
         let g = &self.globals;
         match &self.command {
             Command::Create(a) => backup::create(g, a).await,
-            Command::List(a) => backup::list(g, a).await,
-            Command::Describe(a) => backup::describe(g, a).await,
-            Command::Delete(a) => backup::delete(g, a).await,
-            Command::Download(a) => backup::download(g, a).await,
+            Command::Catalog(c) => catalog::run::<Objects>(g, c).await,
             Command::Restore(a) => restore::restore(g, a).await,
             Command::Etcd(a) => etcd::run(g, a).await,
             Command::Workspace(a) => workspace::run(g, a).await,

@@ -210,8 +210,8 @@ fn snapshot_passes_etcdctl_and_a_restored_etcd_serves_every_key() {
     // The stored file is what the metadata says, and etcdctl accepts it as a snapshot.
     let file = data_file(&store, "snap");
     assert!(file.file_name().unwrap().to_string_lossy().ends_with(".db"));
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), s["size"].as_u64().unwrap());
-    assert_eq!(sha256_file(&file), s["sha256"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), s["archive"]["size"].as_u64().unwrap());
+    assert_eq!(sha256_file(&file), s["archive"]["sha256"].as_str().unwrap());
     let out = etcdctl(&etcd, &["snapshot", "status", file.to_str().unwrap(), "-w", "json"], None);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["revision"], rev, "etcdctl snapshot status: {status}");
@@ -222,7 +222,7 @@ fn snapshot_passes_etcdctl_and_a_restored_etcd_serves_every_key() {
     assert_eq!(r["kind"], "EtcdRestore");
     let snapshot = restore_dir.join("snapshot.db");
     assert_eq!(r["status"]["snapshot"], snapshot.to_str().unwrap());
-    assert_eq!(sha256_file(&snapshot), s["sha256"].as_str().unwrap());
+    assert_eq!(sha256_file(&snapshot), s["archive"]["sha256"].as_str().unwrap());
     let human = kb(&t, &["restore", "snap", "--data-dir", restore_dir.to_str().unwrap()]);
     failed(&human, "already exists");
     let human = kb(&t, &["restore", "snap", "--data-dir", restore_dir.to_str().unwrap(), "--overwrite"]).ok();
@@ -241,7 +241,7 @@ fn snapshot_passes_etcdctl_and_a_restored_etcd_serves_every_key() {
     // download -f gives the same verified bytes.
     let dl = dir.join("dl.db");
     kb(&t, &["download", "snap", "-f", dl.to_str().unwrap()]).ok();
-    assert_eq!(sha256_file(&dl), s["sha256"].as_str().unwrap());
+    assert_eq!(sha256_file(&dl), s["archive"]["sha256"].as_str().unwrap());
     failed(&kb(&t, &["download", "snap", "-f", dl.to_str().unwrap()]), "already exists");
 
     // A damaged file is refused before anything is written.
@@ -281,7 +281,7 @@ fn keys_and_keys_json_round_trip_1000_keys_with_binary_values() {
         assert_eq!(b["status"]["keys"], 1000, "{b}");
         assert_eq!(b["status"]["revision"], rev);
         let file = data_file(&store, &name);
-        assert_eq!(sha256_file(&file), b["status"]["sha256"].as_str().unwrap());
+        assert_eq!(sha256_file(&file), b["status"]["archive"]["sha256"].as_str().unwrap());
 
         // The file is readable by other tools.
         if kind == "keys" {
@@ -504,7 +504,15 @@ fn bad_input_is_refused_clearly() {
     put_all(&etcd, &sample_keys("bad/", 10));
     let t = tools_in(&env, &store);
 
-    failed(&kb_etcd(&t, &["snapshot", "b1", "--type", "full"], &etcd), "expected snapshot");
+    // A usage error, from the argument parser like every bad flag value: exit 2, the choices named.
+    let bad_type = kb_etcd(&t, &["snapshot", "b1", "--type", "full"], &etcd);
+    assert_eq!(bad_type.code, 2, "{}", bad_type.stderr);
+    assert!(
+        bad_type.stderr.contains("invalid value 'full' for '--type")
+            && bad_type.stderr.contains("[possible values: snapshot, keys, keys-json]"),
+        "{}",
+        bad_type.stderr
+    );
     failed(&kb_etcd(&t, &["snapshot", "Bad_Name"], &etcd), "etcd backup name");
     failed(&kb_etcd(&t, &["snapshot", "b1", "--ttl", "soon"], &etcd), "--ttl");
     failed(&kb_etcd(&t, &["snapshot", "b1", "--prefix", "bad/"], &etcd), "--prefix");
@@ -517,7 +525,7 @@ fn bad_input_is_refused_clearly() {
     failed(&kb_etcd(&t, &["snapshot", "dup"], &etcd), "already exists");
     failed(&kb_etcd(&t, &["snapshot", "dup", "--type", "keys"], &etcd), "already exists");
     let now = kb(&t, &["describe", "dup", "-o", "json"]).ok().json();
-    assert_eq!(now["status"]["sha256"], first["status"]["sha256"]);
+    assert_eq!(now["status"]["archive"]["sha256"], first["status"]["archive"]["sha256"]);
     assert_eq!(now["status"]["revision"], first["status"]["revision"]);
     assert_eq!(std::fs::read_dir(store.join("etcd/dup")).unwrap().count(), 2);
     let human = kb(&t, &["describe", "dup"]).ok().stdout;
@@ -637,8 +645,8 @@ fn s3_location_holds_every_type() {
         assert!(b["spec"]["location"].as_str().unwrap().starts_with("s3://"), "{b}");
         let file = dir.join(format!("{name}.bin"));
         kb(&t, &["download", name, "-f", file.to_str().unwrap()]).ok();
-        assert_eq!(sha256_file(&file), b["status"]["sha256"].as_str().unwrap());
-        assert_eq!(std::fs::metadata(&file).unwrap().len(), b["status"]["size"].as_u64().unwrap());
+        assert_eq!(sha256_file(&file), b["status"]["archive"]["sha256"].as_str().unwrap());
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), b["status"]["archive"]["size"].as_u64().unwrap());
     }
     let names: Vec<String> = kb(&t, &["list", "-o", "json"]).ok().json()["items"]
         .as_array()

@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use super::connect::{self, MAX_MESSAGE, Member, REQUEST_TIMEOUT, TlsFiles};
 use super::keys::{Header, KeyMeta, KeysWriter};
 use super::model::{EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdMetadata, EtcdSource, FORMAT_VERSION, hex_id};
-use super::{WHAT, backup_dir, data_path, metadata_path, snapshot};
+use super::{WHAT, snapshot};
 use crate::committed::Digesting;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::model::Phase;
+use crate::model::{StoredFile, Timing};
 use crate::progress::{Event, Observer};
 use crate::store::{ChunkSender, Store};
 use crate::{Error, Result};
@@ -77,19 +78,14 @@ pub async fn run_with(
         ));
     }
     let tls = TlsFiles::load(source)?;
-    let meta_path = metadata_path(name);
-    match store.objects().head(&meta_path).await {
-        Ok(_) => return Err(Error::BackupExists { name: name.into(), location: store.url().into() }),
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(store.error(e)),
-    }
+    crate::committed::ensure_absent::<super::catalog::Etcd>(store, name).await?;
 
     observer.event(Event::Waiting { what: format!("etcd at {}", spec.endpoints.join(",")) });
     let (member, mut warnings) = connect::best_member(source).await?;
     let start = Timestamp::now();
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
     let file = spec.kind.file_name(&run_id);
-    let path = data_path(name, &file);
+    let path = crate::committed::data_path::<super::catalog::Etcd>(name, &file);
 
     let written = match spec.kind {
         EtcdBackupType::Snapshot => snapshot::save(&member, &tls, store, &path, observer.clone())
@@ -132,18 +128,19 @@ pub async fn run_with(
     s.cluster_id = Some(hex_id(member.cluster_id));
     s.etcd_version = Some(member.version.clone()).filter(|v| !v.is_empty());
     s.keys = written.keys;
-    s.file = file.clone();
-    s.format = backup.spec.kind.format().to_string();
-    s.size = written.size;
-    s.sha256 = written.sha256;
-    s.start_timestamp = Some(start);
-    s.completion_timestamp = Some(Timestamp::now());
+    s.archive = Some(StoredFile {
+        key: file.clone(),
+        size: written.size,
+        sha256: written.sha256,
+        format: backup.spec.kind.format().to_string(),
+        encryption: None,
+    });
+    s.timing = Timing { start_timestamp: Some(start), completion_timestamp: Some(Timestamp::now()) };
     s.expiration = ttl.and_then(|t| expiration(start, t));
     s.warnings.append(&mut warnings);
 
     let metadata = EtcdMetadata { format_version: FORMAT_VERSION, backup: backup.clone() };
-    let body = serde_json::to_vec_pretty(&metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
-    crate::commit::commit(store, &backup_dir(name), name, Bytes::from(body), &path).await?;
+    crate::committed::commit::<super::catalog::Etcd>(store, name, &metadata).await?;
     Ok(backup)
 }
 

@@ -6,8 +6,8 @@ use std::path::Path as FsPath;
 
 use jiff::Timestamp;
 
-use super::model::{EtcdBackup, EtcdMetadata, FORMAT_VERSION};
-use crate::committed::{self, DataFile, Document, Kind};
+use super::model::{EtcdBackup, EtcdBackupSpec, EtcdBackupStatus, EtcdMetadata, FORMAT_VERSION};
+use crate::committed::{self, DataFile, Kind};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -23,42 +23,21 @@ impl Kind for Etcd {
     const COMMAND: &'static str = " etcd";
     type Head = EtcdMetadata;
     type Metadata = EtcdMetadata;
+    type Spec = EtcdBackupSpec;
+    type Status = EtcdBackupStatus;
+    fn backup(head: EtcdMetadata) -> EtcdBackup {
+        head.backup
+    }
 }
 
-impl Document for EtcdMetadata {
-    fn format_version(&self) -> u32 {
-        self.format_version
-    }
-    fn name(&self) -> &str {
-        &self.backup.metadata.name
-    }
-    fn data(&self) -> std::result::Result<DataFile<'_>, String> {
-        Ok(data_of(&self.backup))
-    }
-}
+committed::commit_document!(EtcdMetadata);
 
 /// What a location holds under `etcd/`.
-#[derive(Debug, Default)]
-pub struct EtcdListing {
-    /// Committed etcd backups, newest first.
-    pub backups: Vec<EtcdBackup>,
-    /// Names with files but no metadata: leftovers of interrupted runs (or a run in progress).
-    pub incomplete: Vec<String>,
-    /// Names whose metadata could not be read, with the reason.
-    pub unreadable: Vec<(String, String)>,
-}
+pub type EtcdListing = committed::Listing<EtcdBackup>;
 
 /// Lists committed etcd backups, reading their metadata concurrently.
 pub async fn list(store: &Store) -> Result<EtcdListing> {
-    let found = committed::list::<Etcd>(store).await?;
-    let mut backups: Vec<EtcdBackup> = found.committed.into_iter().map(|m| m.backup).collect();
-    backups.sort_by(|a, b| {
-        b.metadata
-            .creation_timestamp
-            .cmp(&a.metadata.creation_timestamp)
-            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-    });
-    Ok(EtcdListing { backups, incomplete: found.uncommitted, unreadable: found.unreadable })
+    committed::list::<Etcd>(store).await
 }
 
 pub(crate) fn corrupt(store: &Store, name: &str, reason: String) -> Error {
@@ -90,9 +69,8 @@ pub async fn download(store: &Store, name: &str, dest: Destination<'_>) -> Resul
     committed::download::<Etcd>(store, name, dest).await
 }
 
-fn data_of(backup: &EtcdBackup) -> DataFile<'_> {
-    let s = &backup.status;
-    DataFile { key: &s.file, size: s.size, sha256: &s.sha256 }
+fn data_of<'a>(store: &Store, backup: &'a EtcdBackup) -> Result<DataFile<'a>> {
+    committed::data_file(backup.status.archive.as_ref()).map_err(|reason| corrupt(store, backup.name(), reason))
 }
 
 /// Writes the data file of `backup` to `file` through a temporary file beside it, renamed once
@@ -104,14 +82,14 @@ pub(crate) async fn write_verified(
     inspect: &mut (dyn Inspect + Send),
 ) -> Result<u64> {
     let name = backup.name();
-    let data = data_of(backup);
+    let data = data_of(store, backup)?;
     committed::write_verified(store, name, &committed::data_path::<Etcd>(name, data.key), data, file, inspect).await
 }
 
 /// Downloads the data file of `backup` into an anonymous temporary file, verified, and rewinds it.
 pub(crate) async fn fetch(store: &Store, backup: &EtcdBackup) -> Result<std::fs::File> {
     let name = backup.name();
-    let data = data_of(backup);
+    let data = data_of(store, backup)?;
     committed::fetch(store, name, &committed::data_path::<Etcd>(name, data.key), data).await
 }
 

@@ -26,8 +26,6 @@ pub mod model;
 pub mod restore;
 pub mod snapshot;
 
-use object_store::path::Path;
-
 pub use backup::{run, run_with};
 pub use catalog::{EtcdListing, delete, describe, download, expired, list, metadata};
 pub use model::{
@@ -41,18 +39,6 @@ pub use crate::commit::METADATA_FILE;
 pub const SNAPSHOT_FILE: &str = "snapshot.db";
 /// What the user-facing messages call a name.
 pub(crate) const WHAT: &str = <catalog::Etcd as crate::committed::Kind>::WHAT;
-
-pub fn backup_dir(name: &str) -> Path {
-    crate::committed::dir::<catalog::Etcd>(name)
-}
-
-pub fn metadata_path(name: &str) -> Path {
-    crate::committed::metadata_path::<catalog::Etcd>(name)
-}
-
-pub fn data_path(name: &str, file: &str) -> Path {
-    crate::committed::data_path::<catalog::Etcd>(name, file)
-}
 
 #[cfg(test)]
 mod tests {

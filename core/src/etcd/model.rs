@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ObjectMeta, Phase};
-use crate::{API_VERSION, Error, Result};
+use crate::model::{Envelope, Phase, Spec, StoredFile, Timing};
+use crate::{Error, Result};
 
 /// Version of the etcd on-store layout (`etcd/<name>/metadata.json` + one data file).
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the data file is described in `status.archive`, as for object backups (1 kept it flat in
+/// `status`; still read).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What an etcd backup holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,61 +149,28 @@ pub struct EtcdBackupStatus {
     /// Keys in keys and keys-json backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
-    /// The data file, relative to the backup's directory.
-    #[serde(default)]
-    pub file: String,
-    /// `etcd-snapshot`, `zip` or `json`.
-    #[serde(default)]
-    pub format: String,
-    /// Bytes stored.
-    #[serde(default)]
-    pub size: u64,
-    /// SHA-256 of the stored bytes, hex.
-    #[serde(default)]
-    pub sha256: String,
+    /// The data file (format `etcd-snapshot`, `zip` or `json`), as for object backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_timestamp: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_timestamp: Option<Timestamp>,
+    pub archive: Option<StoredFile>,
+    #[serde(flatten)]
+    pub timing: Timing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EtcdBackup {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: EtcdBackupSpec,
-    #[serde(default)]
-    pub status: EtcdBackupStatus,
+pub type EtcdBackup = Envelope<EtcdBackupSpec, EtcdBackupStatus>;
+
+impl Spec for EtcdBackupSpec {
+    const KIND: &'static str = "EtcdBackup";
+    const LIST_KIND: &'static str = "EtcdBackupList";
 }
 
 impl EtcdBackup {
-    pub fn new(name: &str, spec: EtcdBackupSpec) -> Self {
-        EtcdBackup {
-            api_version: API_VERSION.into(),
-            kind: "EtcdBackup".into(),
-            metadata: ObjectMeta { name: name.into(), ..Default::default() },
-            spec,
-            status: EtcdBackupStatus::default(),
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
-
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.status.expiration.is_some_and(|e| e <= now)
     }
-}
-
-impl crate::model::Listed for EtcdBackup {
-    const LIST_KIND: &'static str = "EtcdBackupList";
 }
 
 pub type EtcdBackupList = crate::model::List<EtcdBackup>;
@@ -209,10 +178,39 @@ pub type EtcdBackupList = crate::model::List<EtcdBackup>;
 /// The stored commit document, `etcd/<name>/metadata.json`. Written last: an etcd backup without
 /// it does not exist.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "serde_json::Value")]
 pub struct EtcdMetadata {
     pub format_version: u32,
     pub backup: EtcdBackup,
+}
+
+impl TryFrom<serde_json::Value> for EtcdMetadata {
+    type Error = serde_json::Error;
+
+    /// Reads format 2 and format 1, which kept the data file's `file`, `format`, `size` and
+    /// `sha256` flat in `status` (format 2 nests them in `status.archive`, as object backups do).
+    fn try_from(mut v: serde_json::Value) -> std::result::Result<Self, serde_json::Error> {
+        if v["formatVersion"] == 1
+            && let Some(status) = v.pointer_mut("/backup/status").and_then(|s| s.as_object_mut())
+            && !status.contains_key("archive")
+        {
+            let mut archive = serde_json::Map::new();
+            for (old, new) in [("file", "key"), ("format", "format"), ("size", "size"), ("sha256", "sha256")] {
+                if let Some(value) = status.remove(old) {
+                    archive.insert(new.into(), value);
+                }
+            }
+            status.insert("archive".into(), archive.into());
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Stored {
+            format_version: u32,
+            backup: EtcdBackup,
+        }
+        let Stored { format_version, backup } = serde_json::from_value(v)?;
+        Ok(EtcdMetadata { format_version, backup })
+    }
 }
 
 /// Where a restore writes.
@@ -263,34 +261,16 @@ pub struct EtcdRestoreStatus {
     pub changed: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_timestamp: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_timestamp: Option<Timestamp>,
+    #[serde(flatten)]
+    pub timing: Timing,
 }
 
 /// The report of `kubectl backup etcd restore`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EtcdRestore {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: EtcdRestoreSpec,
-    #[serde(default)]
-    pub status: EtcdRestoreStatus,
-}
+pub type EtcdRestore = Envelope<EtcdRestoreSpec, EtcdRestoreStatus>;
 
-impl EtcdRestore {
-    pub fn new(spec: EtcdRestoreSpec) -> Self {
-        EtcdRestore {
-            api_version: API_VERSION.into(),
-            kind: "EtcdRestore".into(),
-            metadata: ObjectMeta { name: spec.backup_name.clone(), ..Default::default() },
-            spec,
-            status: EtcdRestoreStatus::default(),
-        }
-    }
+impl Spec for EtcdRestoreSpec {
+    const KIND: &'static str = "EtcdRestore";
+    const LIST_KIND: &'static str = "EtcdRestoreList";
 }
 
 /// A member id or cluster id as etcdctl prints it: lower-case hex.
@@ -318,8 +298,8 @@ mod tests {
         b.status.revision = Some(42);
         b.status.member_id = Some(hex_id(0x8e9e05c52164694d));
         b.status.cluster_id = Some(hex_id(0xcdf818194e3a8c32));
-        b.status.size = 10;
-        b.status.sha256 = "00".repeat(32);
+        b.status.archive =
+            Some(StoredFile { key: "keys-1.json".into(), size: 10, sha256: "00".repeat(32), ..Default::default() });
         let v = serde_json::to_value(&b).unwrap();
         assert_eq!(v["apiVersion"], "kubectl-backup.dev/v1alpha1");
         assert_eq!(v["kind"], "EtcdBackup");
@@ -333,6 +313,30 @@ mod tests {
         assert_eq!(v["status"]["clusterId"], "cdf818194e3a8c32");
         let back: EtcdBackup = serde_json::from_value(v).unwrap();
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn format_1_metadata_is_still_read() {
+        let v1 = serde_json::json!({
+            "formatVersion": 1,
+            "backup": {
+                "apiVersion": "kubectl-backup.dev/v1alpha1", "kind": "EtcdBackup", "metadata": {"name": "old"},
+                "spec": {"type": "snapshot", "endpoints": ["https://e:2379"]},
+                "status": {"phase": "Completed", "file": "snapshot-1.db", "format": "etcd-snapshot", "size": 7,
+                           "sha256": "ab", "startTimestamp": "2024-01-01T00:00:00Z"}
+            }
+        });
+        let m: EtcdMetadata = serde_json::from_value(v1).unwrap();
+        let a = m.backup.status.archive.clone().unwrap();
+        assert_eq!(
+            (a.key.as_str(), a.format.as_str(), a.size, a.sha256.as_str()),
+            ("snapshot-1.db", "etcd-snapshot", 7, "ab")
+        );
+        assert_eq!(m.backup.status.timing.start_timestamp, Some("2024-01-01T00:00:00Z".parse().unwrap()));
+        // Format 2 is written nested, as object backups are.
+        let v2 = serde_json::to_value(EtcdMetadata { format_version: FORMAT_VERSION, backup: m.backup }).unwrap();
+        assert_eq!(v2["backup"]["status"]["archive"]["key"], "snapshot-1.db");
+        assert!(v2["backup"]["status"].get("file").is_none());
     }
 
     #[test]

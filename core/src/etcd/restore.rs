@@ -70,21 +70,22 @@ pub async fn restore_snapshot(
     report.spec.data_dir = Some(dir.to_path_buf());
     report.status.snapshot = Some(target);
     report.status.size = Some(size);
-    report.status.completion_timestamp = Some(Timestamp::now());
+    report.status.timing.completion_timestamp = Some(Timestamp::now());
     Ok(report)
 }
 
 fn report(backup: &EtcdBackup, start: Timestamp) -> EtcdRestore {
-    let mut r = EtcdRestore::new(EtcdRestoreSpec {
+    let spec = EtcdRestoreSpec {
         backup_name: backup.metadata.name.clone(),
         kind: backup.spec.kind,
         data_dir: None,
         endpoints: Vec::new(),
         dry_run: false,
-    });
+    };
+    let mut r = EtcdRestore::new(backup.name(), spec);
     r.status.phase = Phase::Completed;
     r.status.revision = backup.status.revision;
-    r.status.start_timestamp = Some(start);
+    r.status.timing.start_timestamp = Some(start);
     r
 }
 
@@ -205,7 +206,7 @@ pub async fn restore_keys(
     r.status.added = applier.added;
     r.status.changed = applier.changed;
     r.status.endpoint = Some(member.endpoint.clone());
-    r.status.completion_timestamp = Some(Timestamp::now());
+    r.status.timing.completion_timestamp = Some(Timestamp::now());
     Ok(r)
 }
 

@@ -12,7 +12,7 @@ impl Report {
     pub fn new(name: &str, spec: RestoreSpec, start: Timestamp) -> Self {
         let mut restore = Restore::new(name, spec);
         restore.metadata.creation_timestamp = Some(start);
-        restore.status.start_timestamp = Some(start);
+        restore.status.timing.start_timestamp = Some(start);
         Report { restore }
     }
 
@@ -68,7 +68,7 @@ impl Report {
                 &b.name,
             ))
         });
-        s.completion_timestamp = Some(Timestamp::now());
+        s.timing.completion_timestamp = Some(Timestamp::now());
         self.restore
     }
 }

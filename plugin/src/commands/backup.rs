@@ -1,22 +1,24 @@
-//! `create`, `list`, `describe`, `delete`, `download`.
+//! `create`, and what `list`, `describe`, `delete` and `download` print of object backups.
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use kubectl_backup_core::backup;
-use kubectl_backup_core::catalog::{self, Destination};
+use kubectl_backup_core::catalog::{self, Objects};
 use kubectl_backup_core::filter::Selection;
 use kubectl_backup_core::input::{parse_duration, validate_name};
 use kubectl_backup_core::kube_client::Cluster;
-use kubectl_backup_core::model::{Backup, BackupList, BackupSpec, Phase};
+use kubectl_backup_core::model::{Backup, BackupSpec, Phase};
+use kubectl_backup_core::store::Store;
 
 use clap::Args;
 
+use super::catalog::{Shown, print_expiry, took};
 use super::{exit_for, throttle};
 use crate::args::{FilterArgs, Globals, Output, OutputArg};
-use crate::output::{age, print_document, print_table, size, table, time, until};
+use crate::output::{age, print_document, size, time, until};
 use crate::{open_location, progress};
 
 pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
@@ -36,7 +38,7 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
     if !args.wait && !detached {
         return super::detach("backup", &args.name);
     }
-    let observer = progress::observer(if detached { Output::Json } else { args.output.output });
+    let observer = progress::observer(if detached { Output::Json } else { args.output.output }, "objects");
     let result = backup::run(&cluster, &store, &args.name, spec, observer.clone()).await;
     drop(observer);
     let backup = result?;
@@ -49,10 +51,7 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
 
 fn print_summary(b: &Backup, location: &str) {
     let s = &b.status;
-    let took = match (s.start_timestamp, s.completion_timestamp) {
-        (Some(a), Some(z)) => format!(" in {:.1}s", (z.as_millisecond() - a.as_millisecond()) as f64 / 1000.0),
-        _ => String::new(),
-    };
+    let took = took(&s.timing);
     let bytes = s.archive.as_ref().map(|a| a.size).unwrap_or(0);
     println!(
         "Backup \"{}\" {}{took}: {} objects, {} namespaces, {} in {location}",
@@ -62,10 +61,7 @@ fn print_summary(b: &Backup, location: &str) {
         s.namespaces.len(),
         size(bytes)
     );
-    match s.expiration {
-        Some(e) => println!("Expires {} (in {})", time(Some(e)), until(Some(e))),
-        None => println!("Never expires"),
-    }
+    print_expiry(s.expiration);
     print_messages("Warnings", &s.warnings);
     print_messages("Errors", &s.errors);
 }
@@ -80,52 +76,41 @@ fn print_messages(title: &str, items: &[String]) {
     }
 }
 
-pub async fn list(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
-    let store = open_location::open(cli, None).await?.store;
-    let listing = catalog::list(&store).await?;
-    match args.output.output {
-        Output::Table => {
-            if listing.backups.is_empty() && listing.in_progress.is_empty() {
-                eprintln!("No backups in {}.", store.url());
-            } else {
-                let mut t = table(&["NAME", "PHASE", "OBJECTS", "SIZE", "CREATED", "EXPIRES"]);
-                for b in listing.in_progress.iter().chain(&listing.backups) {
-                    let s = &b.status;
-                    t.add_row(vec![
-                        b.metadata.name.clone(),
-                        s.phase.to_string(),
-                        s.progress.items_backed_up.to_string(),
-                        s.archive.as_ref().map(|a| size(a.size)).unwrap_or_else(|| "-".into()),
-                        age(b.metadata.creation_timestamp),
-                        if s.phase == Phase::InProgress { "-".into() } else { until(s.expiration) },
-                    ]);
-                }
-                print_table(&t);
-            }
-        }
-        format => print_document(&BackupList::new(listing.backups.clone()), format)?,
-    }
-    if !listing.incomplete.is_empty() {
-        eprintln!(
-            "{} interrupted backup(s) left files: {} (`kubectl backup delete NAME` removes them)",
-            listing.incomplete.len(),
-            listing.incomplete.join(", ")
-        );
-    }
-    for (name, reason) in &listing.unreadable {
-        eprintln!("warning: backup {name:?} is unreadable: {reason}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
+impl Shown for Objects {
+    const NOUN: &'static str = "backup";
+    const COLUMNS: &'static [&'static str] = &["NAME", "PHASE", "OBJECTS", "SIZE", "CREATED", "EXPIRES"];
 
-pub async fn describe(cli: &Globals, args: &DescribeArgs) -> Result<ExitCode> {
-    let store = open_location::open(cli, None).await?.store;
-    let b = catalog::describe(&store, &args.name).await?;
-    match args.output.output {
-        Output::Table => print_description(&b, store.url()),
-        format => print_document(&b, format)?,
+    fn row(b: &Backup) -> Vec<String> {
+        let s = &b.status;
+        vec![
+            b.metadata.name.clone(),
+            s.phase.to_string(),
+            s.progress.items_backed_up.to_string(),
+            s.archive.as_ref().map(|a| size(a.size)).unwrap_or_else(|| "-".into()),
+            age(b.metadata.creation_timestamp),
+            if s.phase == Phase::InProgress { "-".into() } else { until(s.expiration) },
+        ]
     }
-    Ok(ExitCode::SUCCESS)
+
+    fn print_description(b: &Backup, location: &str) {
+        print_description(b, location)
+    }
+
+    async fn list(store: &Store) -> kubectl_backup_core::Result<catalog::Listing> {
+        catalog::list(store).await
+    }
+
+    async fn describe(store: &Store, name: &str) -> kubectl_backup_core::Result<Backup> {
+        catalog::describe(store, name).await
+    }
+
+    async fn download_name(_: &Store, name: &str) -> kubectl_backup_core::Result<String> {
+        Ok(format!("{name}.tar.zst"))
+    }
+
+    fn open_hint(file: &Path) -> String {
+        format!(" Open it with: tar --zstd -xf {}", file.display())
+    }
 }
 
 fn list_or(items: &[String], all: &str) -> String {
@@ -142,9 +127,10 @@ fn print_description(b: &Backup, location: &str) {
     if let Some(sched) = &b.spec.schedule {
         let _ = writeln!(out, "Schedule:           {sched}");
     }
-    let _ = writeln!(out, "Started:            {} ({} ago)", time(s.start_timestamp), age(s.start_timestamp));
-    if s.completion_timestamp.is_some() {
-        let _ = writeln!(out, "Completed:          {}", time(s.completion_timestamp));
+    let t = &s.timing;
+    let _ = writeln!(out, "Started:            {} ({} ago)", time(t.start_timestamp), age(t.start_timestamp));
+    if t.completion_timestamp.is_some() {
+        let _ = writeln!(out, "Completed:          {}", time(t.completion_timestamp));
     }
     if s.phase != Phase::InProgress {
         let _ = match s.expiration {
@@ -193,56 +179,6 @@ fn print_description(b: &Backup, location: &str) {
     print_messages("Errors", &s.errors);
 }
 
-pub async fn delete(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> {
-    for name in &args.names {
-        validate_name("backup name", name)?;
-    }
-    let location = open_location::open(cli, None).await?;
-    location.ensure_writable()?;
-    let store = location.store;
-    let question = format!("Delete {} from {}?", args.names.join(", "), store.url());
-    if !super::confirm("delete", &question, args.yes)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let mut failed = false;
-    for name in &args.names {
-        match catalog::delete(&store, name).await {
-            Ok(d) if d.committed => println!("backup \"{name}\" deleted"),
-            Ok(d) => println!("removed {} leftover file(s) of interrupted backup \"{name}\"", d.files),
-            Err(e) => {
-                eprintln!("error: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-pub async fn download(cli: &Globals, args: &DownloadArgs) -> Result<ExitCode> {
-    validate_name("backup name", &args.name)?;
-    let store = open_location::open(cli, None).await?.store;
-    let file = args.file.clone().unwrap_or_else(|| PathBuf::from(format!("{}.tar.zst", args.name)));
-    if file.as_os_str() == "-" {
-        if std::io::stdout().is_terminal() {
-            bail!("refusing to write a binary archive to a terminal; redirect standard output or use -f FILE");
-        }
-        catalog::download(&store, &args.name, Destination::Stdout).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if file.exists() && !args.overwrite {
-        bail!("{} already exists; pass --overwrite or choose another file with -f", file.display());
-    }
-    let n = catalog::download(&store, &args.name, Destination::File(&file)).await?;
-    eprintln!(
-        "Downloaded \"{}\" to {} ({}, SHA-256 verified). Open it with: tar --zstd -xf {}",
-        args.name,
-        file.display(),
-        size(n),
-        file.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 #[derive(Debug, Args, Clone)]
 pub struct CreateArgs {
     /// Name of the backup (a DNS-1123 label, e.g. nightly-2024-06-01).
@@ -258,38 +194,4 @@ pub struct CreateArgs {
     pub wait: bool,
     #[command(flatten)]
     pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct DescribeArgs {
-    pub name: String,
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    /// Backups to delete.
-    #[arg(required = true)]
-    pub names: Vec<String>,
-    /// Do not ask for confirmation.
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DownloadArgs {
-    pub name: String,
-    /// Where to write the archive (default: NAME.tar.zst; '-' for standard output).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// Replace FILE if it exists.
-    #[arg(long)]
-    pub overwrite: bool,
 }

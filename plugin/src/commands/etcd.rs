@@ -1,26 +1,23 @@
 //! `kubectl backup etcd snapshot|list|describe|delete|download|restore`: etcd itself, backed up to a
 //! location (a snapshot, a zip of keys, or one JSON document of keys) and back.
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kubectl_backup_core::catalog::Destination;
+use kubectl_backup_core::etcd::catalog::Etcd;
 use kubectl_backup_core::etcd::{
-    self, EtcdBackup, EtcdBackupList, EtcdBackupSpec, EtcdBackupType, EtcdRestore, EtcdSource, SNAPSHOT_FILE,
+    self, EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdListing, EtcdRestore, EtcdSource, SNAPSHOT_FILE,
 };
 use kubectl_backup_core::input::{parse_duration, validate_name};
-use kubectl_backup_core::progress::{Event, Observer, Quiet};
+use kubectl_backup_core::store::Store;
 
+use super::catalog::{self, Shown, print_expiry, took};
 use crate::args::{Globals, Output, OutputArg};
-use crate::open_location;
-use crate::output::{age, print_document, print_table, size, table, time, until};
+use crate::output::{age, print_document, size, time, until};
+use crate::{open_location, progress};
 
 #[derive(Debug, Args)]
 #[command(
@@ -35,16 +32,8 @@ pub struct EtcdArgs {
 pub enum EtcdCommand {
     /// Take an etcd backup: a snapshot (default), the keys as a zip, or the keys as JSON.
     Snapshot(SnapshotArgs),
-    /// List the etcd backups in the location.
-    #[command(alias = "get", alias = "ls")]
-    List(ListArgs),
-    /// Show one etcd backup: type, revision, member, cluster, size, SHA-256, times.
-    Describe(DescribeArgs),
-    /// Delete etcd backups from the location.
-    #[command(alias = "rm")]
-    Delete(DeleteArgs),
-    /// Download an etcd backup's file (snapshot.db, keys zip or keys JSON), verified.
-    Download(DownloadArgs),
+    #[command(flatten)]
+    Catalog(catalog::CatalogCommand),
     /// Restore: a snapshot into DIR/snapshot.db (--data-dir), or keys into a running etcd (--endpoints).
     Restore(RestoreArgs),
 }
@@ -92,8 +81,8 @@ pub struct SnapshotArgs {
     pub connection: ConnectionArgs,
     /// What to store: snapshot (the etcd snapshot stream, snapshot.db), keys (a zip with one file
     /// per key) or keys-json (one JSON document of all keys and values).
-    #[arg(long = "type", default_value = "snapshot", value_name = "snapshot|keys|keys-json")]
-    pub kind: String,
+    #[arg(long = "type", default_value = "snapshot", value_parser = backup_type())]
+    pub kind: EtcdBackupType,
     /// Only keys starting with this prefix (keys and keys-json).
     #[arg(long, value_name = "KEYPREFIX")]
     pub prefix: Option<String>,
@@ -102,41 +91,6 @@ pub struct SnapshotArgs {
     pub ttl: String,
     #[command(flatten)]
     pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct DescribeArgs {
-    pub name: String,
-    #[command(flatten)]
-    pub output: OutputArg,
-}
-
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    /// etcd backups to delete.
-    #[arg(required = true)]
-    pub names: Vec<String>,
-    /// Do not ask for confirmation.
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DownloadArgs {
-    pub name: String,
-    /// Where to write the file (default: NAME-snapshot.db, NAME-keys.zip or NAME-keys.json; '-' for
-    /// standard output).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// Replace FILE if it exists.
-    #[arg(long)]
-    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -159,13 +113,17 @@ pub struct RestoreArgs {
     pub output: OutputArg,
 }
 
+/// `--type`: one of the types, listed in `--help` and in clap's error for anything else.
+fn backup_type() -> impl clap::builder::TypedValueParser<Value = EtcdBackupType> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(EtcdBackupType::ALL.map(EtcdBackupType::as_str))
+        .try_map(|s| s.parse::<EtcdBackupType>())
+}
+
 pub async fn run(cli: &Globals, args: &EtcdArgs) -> Result<ExitCode> {
     match &args.command {
         EtcdCommand::Snapshot(a) => snapshot(cli, a).await,
-        EtcdCommand::List(a) => list(cli, a).await,
-        EtcdCommand::Describe(a) => describe(cli, a).await,
-        EtcdCommand::Delete(a) => delete(cli, a).await,
-        EtcdCommand::Download(a) => download(cli, a).await,
+        EtcdCommand::Catalog(c) => catalog::run::<Etcd>(cli, c).await,
         EtcdCommand::Restore(a) => restore(cli, a).await,
     }
 }
@@ -173,7 +131,7 @@ pub async fn run(cli: &Globals, args: &EtcdArgs) -> Result<ExitCode> {
 async fn snapshot(cli: &Globals, args: &SnapshotArgs) -> Result<ExitCode> {
     // Check everything we can before connecting.
     validate_name("etcd backup name", &args.name)?;
-    let kind: EtcdBackupType = args.kind.parse()?;
+    let kind = args.kind;
     parse_duration("--ttl", &args.ttl)?;
     let source = args.connection.source(args.prefix.clone())?;
     let location = open_location::open(cli, None).await?;
@@ -181,7 +139,7 @@ async fn snapshot(cli: &Globals, args: &SnapshotArgs) -> Result<ExitCode> {
     let store = location.store.clone();
     let spec =
         EtcdBackupSpec { kind, ttl: Some(args.ttl.clone()), location: Some(location.display()), ..Default::default() };
-    let observer = observer(args.output.output);
+    let observer = progress::observer(args.output.output, "keys");
     let result = etcd::run_with(&source, &store, &args.name, spec, observer.clone()).await;
     drop(observer);
     let backup = result?;
@@ -194,10 +152,7 @@ async fn snapshot(cli: &Globals, args: &SnapshotArgs) -> Result<ExitCode> {
 
 fn print_summary(b: &EtcdBackup, location: &str) {
     let s = &b.status;
-    let took = match (s.start_timestamp, s.completion_timestamp) {
-        (Some(a), Some(z)) => format!(" in {:.1}s", (z.as_millisecond() - a.as_millisecond()) as f64 / 1000.0),
-        _ => String::new(),
-    };
+    let took = took(&s.timing);
     let keys = s.keys.map(|k| format!(", {k} keys")).unwrap_or_default();
     println!(
         "etcd backup \"{}\" {}{took}: {} of member {} at revision {}{keys}, {} in {location}",
@@ -206,64 +161,54 @@ fn print_summary(b: &EtcdBackup, location: &str) {
         b.spec.kind,
         s.member_id.as_deref().unwrap_or("?"),
         s.revision.map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
-        size(s.size),
+        size(stored_size(b)),
     );
-    match s.expiration {
-        Some(e) => println!("Expires {} (in {})", time(Some(e)), until(Some(e))),
-        None => println!("Never expires"),
-    }
+    print_expiry(s.expiration);
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
 }
 
-async fn list(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
-    let store = open_location::open(cli, None).await?.store;
-    let listing = etcd::list(&store).await?;
-    match args.output.output {
-        Output::Table => {
-            if listing.backups.is_empty() {
-                eprintln!("No etcd backups in {}.", store.url());
-            } else {
-                let mut t = table(&["NAME", "TYPE", "REVISION", "KEYS", "SIZE", "CREATED", "EXPIRES"]);
-                for b in &listing.backups {
-                    let s = &b.status;
-                    t.add_row(vec![
-                        b.metadata.name.clone(),
-                        b.spec.kind.to_string(),
-                        s.revision.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                        s.keys.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
-                        size(s.size),
-                        age(b.metadata.creation_timestamp),
-                        until(s.expiration),
-                    ]);
-                }
-                print_table(&t);
-            }
-        }
-        format => print_document(&EtcdBackupList::new(listing.backups.clone()), format)?,
-    }
-    if !listing.incomplete.is_empty() {
-        eprintln!(
-            "{} etcd backup(s) without metadata (interrupted or still running): {} (`kubectl backup etcd delete NAME` removes them)",
-            listing.incomplete.len(),
-            listing.incomplete.join(", ")
-        );
-    }
-    for (name, reason) in &listing.unreadable {
-        eprintln!("warning: etcd backup {name:?} is unreadable: {reason}");
-    }
-    Ok(ExitCode::SUCCESS)
+fn stored_size(b: &EtcdBackup) -> u64 {
+    b.status.archive.as_ref().map_or(0, |a| a.size)
 }
 
-async fn describe(cli: &Globals, args: &DescribeArgs) -> Result<ExitCode> {
-    let store = open_location::open(cli, None).await?.store;
-    let b = etcd::describe(&store, &args.name).await?;
-    match args.output.output {
-        Output::Table => print_description(&b, store.url()),
-        format => print_document(&b, format)?,
+impl Shown for Etcd {
+    const NOUN: &'static str = "etcd backup";
+    const COLUMNS: &'static [&'static str] = &["NAME", "TYPE", "REVISION", "KEYS", "SIZE", "CREATED", "EXPIRES"];
+
+    fn row(b: &EtcdBackup) -> Vec<String> {
+        let s = &b.status;
+        vec![
+            b.metadata.name.clone(),
+            b.spec.kind.to_string(),
+            s.revision.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            s.keys.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            size(stored_size(b)),
+            age(b.metadata.creation_timestamp),
+            until(s.expiration),
+        ]
     }
-    Ok(ExitCode::SUCCESS)
+
+    fn print_description(b: &EtcdBackup, location: &str) {
+        print_description(b, location)
+    }
+
+    async fn list(store: &Store) -> kubectl_backup_core::Result<EtcdListing> {
+        etcd::list(store).await
+    }
+
+    async fn describe(store: &Store, name: &str) -> kubectl_backup_core::Result<EtcdBackup> {
+        etcd::describe(store, name).await
+    }
+
+    async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String> {
+        Ok(etcd::describe(store, name).await?.spec.kind.download_name(name))
+    }
+
+    fn open_hint(_: &Path) -> String {
+        String::new()
+    }
 }
 
 fn print_description(b: &EtcdBackup, location: &str) {
@@ -293,10 +238,13 @@ fn print_description(b: &EtcdBackup, location: &str) {
     if let Some(k) = s.keys {
         let _ = writeln!(out, "Keys:          {k}");
     }
-    let _ = writeln!(out, "File:          {} ({}, {})", s.file, s.format, size(s.size));
-    let _ = writeln!(out, "SHA-256:       {}", s.sha256);
-    let _ = writeln!(out, "Started:       {} ({} ago)", time(s.start_timestamp), age(s.start_timestamp));
-    let _ = writeln!(out, "Completed:     {}", time(s.completion_timestamp));
+    if let Some(a) = &s.archive {
+        let _ = writeln!(out, "File:          {} ({}, {})", a.key, a.format, size(a.size));
+        let _ = writeln!(out, "SHA-256:       {}", a.sha256);
+    }
+    let t = &s.timing;
+    let _ = writeln!(out, "Started:       {} ({} ago)", time(t.start_timestamp), age(t.start_timestamp));
+    let _ = writeln!(out, "Completed:     {}", time(t.completion_timestamp));
     let _ = match s.expiration {
         Some(e) => writeln!(out, "Expires:       {} (in {})", time(Some(e)), until(Some(e))),
         None => writeln!(out, "Expires:       never"),
@@ -309,57 +257,10 @@ fn print_description(b: &EtcdBackup, location: &str) {
     }
 }
 
-async fn delete(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> {
-    for name in &args.names {
-        validate_name("etcd backup name", name)?;
-    }
-    let location = open_location::open(cli, None).await?;
-    location.ensure_writable()?;
-    let store = location.store;
-    let question = format!("Delete etcd backup(s) {} from {}?", args.names.join(", "), store.url());
-    if !super::confirm("delete", &question, args.yes)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let mut failed = false;
-    for name in &args.names {
-        match etcd::delete(&store, name).await {
-            Ok(d) if d.committed => println!("etcd backup \"{name}\" deleted"),
-            Ok(d) => println!("removed {} leftover file(s) of interrupted etcd backup \"{name}\"", d.files),
-            Err(e) => {
-                eprintln!("error: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-async fn download(cli: &Globals, args: &DownloadArgs) -> Result<ExitCode> {
-    validate_name("etcd backup name", &args.name)?;
-    let store = open_location::open(cli, None).await?.store;
-    let file = match &args.file {
-        Some(f) => f.clone(),
-        None => PathBuf::from(etcd::describe(&store, &args.name).await?.spec.kind.download_name(&args.name)),
-    };
-    if file.as_os_str() == "-" {
-        if std::io::stdout().is_terminal() {
-            bail!("refusing to write binary data to a terminal; redirect standard output or use -f FILE");
-        }
-        etcd::download(&store, &args.name, Destination::Stdout).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if file.exists() && !args.overwrite {
-        bail!("{} already exists; pass --overwrite or choose another file with -f", file.display());
-    }
-    let n = etcd::download(&store, &args.name, Destination::File(&file)).await?;
-    eprintln!("Downloaded etcd backup \"{}\" to {} ({}, SHA-256 verified).", args.name, file.display(), size(n));
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
     validate_name("etcd backup name", &args.name)?;
     let store = open_location::open(cli, None).await?.store;
-    let observer = observer(args.output.output);
+    let observer = progress::observer(args.output.output, "keys");
     let result = match &args.data_dir {
         Some(dir) => {
             if args.dry_run {
@@ -430,87 +331,6 @@ fn print_restore(r: &EtcdRestore) {
     }
 }
 
-/// A spinner (or, for a keys restore, a bar) on stderr when it is a terminal and the output is a
-/// table; otherwise nothing.
-fn observer(output: Output) -> Arc<dyn Observer> {
-    if output != Output::Table || !std::io::stderr().is_terminal() {
-        return Arc::new(Quiet);
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    Arc::new(Bar {
-        bar,
-        started: Instant::now(),
-        what: std::sync::Mutex::new(String::new()),
-        uploaded: AtomicU64::new(0),
-    })
-}
-
-struct Bar {
-    bar: ProgressBar,
-    started: Instant,
-    what: std::sync::Mutex<String>,
-    uploaded: AtomicU64,
-}
-
-impl Bar {
-    fn what(&self) -> String {
-        self.what.lock().map(|w| w.clone()).unwrap_or_default()
-    }
-}
-
-impl Observer for Bar {
-    fn event(&self, event: Event) {
-        match event {
-            Event::Waiting { what } => {
-                self.bar.set_message(what.clone());
-                if let Ok(mut w) = self.what.lock() {
-                    *w = what;
-                }
-            }
-            Event::Archived { items, bytes } => {
-                let secs = self.started.elapsed().as_secs_f64().max(0.001);
-                let keys = if items > 0 { format!("{items} keys, ") } else { String::new() };
-                self.bar.set_message(format!(
-                    "{}: {keys}{} ({}/s), {} uploaded",
-                    self.what(),
-                    size(bytes),
-                    size((bytes as f64 / secs) as u64),
-                    size(self.uploaded.load(Ordering::Relaxed))
-                ));
-            }
-            Event::Uploading { bytes } => {
-                self.uploaded.store(bytes, Ordering::Relaxed);
-            }
-            Event::Verified { items } => self.bar.set_message(format!("verified the backup ({items} keys)")),
-            Event::RestorePlanned { total } => {
-                self.bar.set_length(total);
-                self.bar.set_style(
-                    ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} keys {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
-                );
-                self.bar.set_message("");
-            }
-            Event::Restored { done, total } => {
-                self.bar.set_length(total);
-                self.bar.set_position(done);
-            }
-            Event::Planned { .. } | Event::Listed { .. } => {}
-        }
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -549,12 +369,12 @@ mod tests {
         ]);
         let EtcdCommand::Snapshot(s) = cli.etcd.command else { panic!("not etcd snapshot") };
         assert_eq!(s.connection.endpoints, vec!["https://a:2379", "https://b:2379"]);
-        assert_eq!(s.kind.parse::<EtcdBackupType>().unwrap(), EtcdBackupType::KeysJson);
+        assert_eq!(s.kind, EtcdBackupType::KeysJson);
         let src = s.connection.source(s.prefix.clone()).unwrap();
         assert_eq!(src.cert_file.as_deref(), Some(std::path::Path::new("/c.crt")));
         assert_eq!(src.prefix.as_deref(), Some("/registry/"));
         assert_eq!(s.ttl, "720h");
         let cli = Etcd::parse_from(["kubectl-backup-etcd", "get"]);
-        assert!(matches!(cli.etcd.command, EtcdCommand::List(_)));
+        assert!(matches!(cli.etcd.command, EtcdCommand::Catalog(catalog::CatalogCommand::List(_))));
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command group; each turns arguments into engine calls and prints the result.
 
 pub mod backup;
+pub mod catalog;
 pub mod certs;
 pub mod etcd;
 pub mod install;

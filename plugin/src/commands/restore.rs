@@ -38,7 +38,7 @@ pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
     if !args.wait && !detached {
         return super::detach("restore", &name);
     }
-    let observer = progress::observer(if detached { Output::Json } else { args.output.output });
+    let observer = progress::observer(if detached { Output::Json } else { args.output.output }, "objects");
     let result = restore::run(&cluster, &store, &name, spec, observer.clone()).await;
     drop(observer);
     let restore = result?;
@@ -52,10 +52,7 @@ pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
 fn print_summary(r: &Restore) {
     let s = &r.status;
     let c = &s.counts;
-    let took = match (s.start_timestamp, s.completion_timestamp) {
-        (Some(a), Some(z)) => format!(" in {:.1}s", (z.as_millisecond() - a.as_millisecond()) as f64 / 1000.0),
-        _ => String::new(),
-    };
+    let took = super::catalog::took(&s.timing);
     if r.spec.dry_run {
         println!("Dry run of restoring backup \"{}\"{took}: nothing was written.", r.spec.backup_name);
         println!(

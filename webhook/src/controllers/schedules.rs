@@ -384,7 +384,10 @@ async fn run_etcd(
                 reference,
                 EventType::Normal,
                 "BackupCompleted",
-                format!("etcd backup {backup_name} Completed: {} bytes", b.status.size),
+                format!(
+                    "etcd backup {backup_name} Completed: {} bytes",
+                    b.status.archive.as_ref().map_or(0, |a| a.size)
+                ),
             )
             .await;
             Ok((Phase::Completed, None))

@@ -1,0 +1,208 @@
+//! `list`, `describe`, `delete` and `download`, written once for every kind of backup: `kubectl
+//! backup list` and `kubectl backup etcd list` differ only in what [`Shown`] says of their kind.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use kubectl_backup_core::catalog::Destination;
+use kubectl_backup_core::committed::{self, BackupOf, Kind, Listing};
+use kubectl_backup_core::input::validate_name;
+use kubectl_backup_core::model::{self, List, Timing};
+use kubectl_backup_core::store::Store;
+use serde::Serialize;
+
+use crate::args::{Globals, Output, OutputArg};
+use crate::open_location;
+use crate::output::{print_document, print_table, size, table, time, until};
+
+/// What the catalog commands print of one kind of backup.
+pub(crate) trait Shown: Kind<Spec: model::Spec + Serialize, Status: Serialize> {
+    /// What messages call one backup: "backup", "etcd backup".
+    const NOUN: &'static str;
+    /// The columns of `list`.
+    const COLUMNS: &'static [&'static str];
+    fn row(b: &BackupOf<Self>) -> Vec<String>;
+    /// `describe` for people.
+    fn print_description(b: &BackupOf<Self>, location: &str);
+    /// The committed backups (and, for kinds that have them, the runs in progress).
+    async fn list(store: &Store) -> kubectl_backup_core::Result<Listing<BackupOf<Self>>>;
+    async fn describe(store: &Store, name: &str) -> kubectl_backup_core::Result<BackupOf<Self>>;
+    /// The file `download` writes when none is given.
+    async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String>;
+    /// Said after a download: how to open the file, if anything needs saying.
+    fn open_hint(file: &Path) -> String;
+}
+
+/// The catalog subcommands, flattened into `kubectl backup` and `kubectl backup etcd`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CatalogCommand {
+    /// List the backups in the location.
+    #[command(alias = "get", alias = "ls")]
+    List(ListArgs),
+    /// Show one backup: what it holds, where from, its size, SHA-256 and times.
+    Describe(DescribeArgs),
+    /// Delete backups from the location.
+    #[command(alias = "rm")]
+    Delete(DeleteArgs),
+    /// Download a backup's data file, verified (a backup's is a .tar.zst: `tar --zstd -xf FILE`
+    /// opens it; an etcd backup's is its snapshot, keys zip or keys JSON).
+    Download(DownloadArgs),
+}
+
+pub(crate) async fn run<K: Shown>(cli: &Globals, command: &CatalogCommand) -> Result<ExitCode> {
+    match command {
+        CatalogCommand::List(a) => list::<K>(cli, a).await,
+        CatalogCommand::Describe(a) => describe::<K>(cli, a).await,
+        CatalogCommand::Delete(a) => delete::<K>(cli, a).await,
+        CatalogCommand::Download(a) => download::<K>(cli, a).await,
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The backups to delete.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    pub name: String,
+    /// Where to write the data file ('-' for standard output). Default: NAME.tar.zst for a backup;
+    /// NAME-snapshot.db, NAME-keys.zip or NAME-keys.json for an etcd backup.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+async fn list<K: Shown>(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
+    let store = open_location::open(cli, None).await?.store;
+    let listing = K::list(&store).await?;
+    match args.output.output {
+        Output::Table if listing.backups.is_empty() && listing.in_progress.is_empty() => {
+            eprintln!("No {}s in {}.", K::NOUN, store.url());
+        }
+        Output::Table => {
+            let mut t = table(K::COLUMNS);
+            for b in listing.in_progress.iter().chain(&listing.backups) {
+                t.add_row(K::row(b));
+            }
+            print_table(&t);
+        }
+        format => print_document(&List::new(listing.backups), format)?,
+    }
+    if !listing.incomplete.is_empty() {
+        eprintln!(
+            "{} interrupted {}(s) left files: {} (`kubectl backup{} delete NAME` removes them)",
+            listing.incomplete.len(),
+            K::NOUN,
+            listing.incomplete.join(", "),
+            K::COMMAND
+        );
+    }
+    for (name, reason) in &listing.unreadable {
+        eprintln!("warning: {} {name:?} is unreadable: {reason}", K::NOUN);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn describe<K: Shown>(cli: &Globals, args: &DescribeArgs) -> Result<ExitCode> {
+    let store = open_location::open(cli, None).await?.store;
+    let b = K::describe(&store, &args.name).await?;
+    match args.output.output {
+        Output::Table => K::print_description(&b, store.url()),
+        format => print_document(&b, format)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete<K: Shown>(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> {
+    for name in &args.names {
+        validate_name(K::WHAT, name)?;
+    }
+    let location = open_location::open(cli, None).await?;
+    location.ensure_writable()?;
+    let store = location.store;
+    let question = format!("Delete {}(s) {} from {}?", K::NOUN, args.names.join(", "), store.url());
+    if !super::confirm("delete", &question, args.yes)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut failed = false;
+    for name in &args.names {
+        match committed::delete::<K>(&store, name).await {
+            Ok(d) if d.committed => println!("{} \"{name}\" deleted", K::NOUN),
+            Ok(d) => println!("removed {} leftover file(s) of interrupted {} \"{name}\"", d.files, K::NOUN),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn download<K: Shown>(cli: &Globals, args: &DownloadArgs) -> Result<ExitCode> {
+    validate_name(K::WHAT, &args.name)?;
+    let store = open_location::open(cli, None).await?.store;
+    let file = match &args.file {
+        Some(f) => f.clone(),
+        None => PathBuf::from(K::download_name(&store, &args.name).await?),
+    };
+    if file.as_os_str() == "-" {
+        if std::io::stdout().is_terminal() {
+            bail!("refusing to write binary data to a terminal; redirect standard output or use -f FILE");
+        }
+        committed::download::<K>(&store, &args.name, Destination::Stdout).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if file.exists() && !args.overwrite {
+        bail!("{} already exists; pass --overwrite or choose another file with -f", file.display());
+    }
+    let n = committed::download::<K>(&store, &args.name, Destination::File(&file)).await?;
+    eprintln!(
+        "Downloaded {} \"{}\" to {} ({}, SHA-256 verified).{}",
+        K::NOUN,
+        args.name,
+        file.display(),
+        size(n),
+        K::open_hint(&file)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// " in 1.2s" when the run has both times.
+pub(crate) fn took(t: &Timing) -> String {
+    match (t.start_timestamp, t.completion_timestamp) {
+        (Some(a), Some(z)) => format!(" in {:.1}s", (z.as_millisecond() - a.as_millisecond()) as f64 / 1000.0),
+        _ => String::new(),
+    }
+}
+
+/// "Expires ... (in ...)" or "Never expires".
+pub(crate) fn print_expiry(expiration: Option<jiff::Timestamp>) {
+    match expiration {
+        Some(e) => println!("Expires {} (in {})", time(Some(e)), until(Some(e))),
+        None => println!("Never expires"),
+    }
+}
