@@ -13,7 +13,7 @@ use object_store::path::Path;
 
 use tokio::sync::mpsc;
 
-use super::connect::{self, MAX_MESSAGE, Member, REQUEST_TIMEOUT, TlsFiles};
+use super::connect::{self, MAX_MESSAGE, Member, REQUEST_TIMEOUT, RangeFailure, TlsFiles};
 use super::keys::{Header, KeyMeta, KeysWriter};
 use super::model::{EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdMetadata, EtcdSource, FORMAT_VERSION, hex_id};
 use super::{WHAT, snapshot};
@@ -214,23 +214,23 @@ impl Pager {
             let got = tokio::time::timeout(REQUEST_TIMEOUT, self.kv.get(self.next.clone(), Some(options))).await;
             let mut resp = match got {
                 Err(_) => return Err(connect::timeout_error(&self.endpoint, REQUEST_TIMEOUT)),
-                Ok(Err(e)) => {
-                    let text = connect::chain(&e);
-                    if text.contains("message length too large") && self.limit > 1 {
+                Ok(Err(e)) => match connect::range_failure(&e) {
+                    Some(RangeFailure::TooLarge) if self.limit > 1 => {
                         self.limit = (self.limit / 2).max(1);
                         continue;
                     }
-                    if text.contains("compacted") {
+                    Some(RangeFailure::Compacted) => {
                         return Err(Error::Etcd {
                             endpoint: self.endpoint.clone(),
                             reason: format!(
-                                "revision {} was compacted while the backup read it (etcd drops old revisions; the kube-apiserver compacts every 5 minutes): run the backup again ({text})",
-                                self.revision
+                                "revision {} was compacted while the backup read it (etcd drops old revisions; the kube-apiserver compacts every 5 minutes): run the backup again ({})",
+                                self.revision,
+                                connect::chain(&e)
                             ),
                         });
                     }
-                    return Err(connect::explain(&self.endpoint, &self.tls, &e));
-                }
+                    _ => return Err(connect::explain(&self.endpoint, &self.tls, &e)),
+                },
                 Ok(Ok(r)) => r,
             };
             if self.revision == 0 {

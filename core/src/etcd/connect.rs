@@ -287,6 +287,29 @@ pub fn timeout_error(endpoint: &str, after: Duration) -> Error {
     }
 }
 
+/// Range failures the keys reader answers differently from every other error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeFailure {
+    /// The page is over the client's message limit: ask for fewer keys.
+    TooLarge,
+    /// The revision being read was compacted: the run cannot finish consistently.
+    Compacted,
+}
+
+/// Classifies a range error. tonic (its decode limit) and etcd (`ErrCompacted`) both answer
+/// OUT_OF_RANGE, and `etcd_client::Error` wraps them in more than one variant, so the text is
+/// what tells them apart; it is read here and nowhere else.
+pub fn range_failure(e: &etcd_client::Error) -> Option<RangeFailure> {
+    let text = chain(e);
+    if text.contains("message length too large") {
+        Some(RangeFailure::TooLarge)
+    } else if text.contains("compacted") {
+        Some(RangeFailure::Compacted)
+    } else {
+        None
+    }
+}
+
 /// Refused or reset connections may be a member restarting: worth another try. TLS and
 /// permission problems are not.
 fn retryable(e: &etcd_client::Error) -> bool {
