@@ -71,7 +71,8 @@ pub async fn run(
     let tracker = Arc::new(Tracker { inner: observer.clone(), items: AtomicU64::new(0) });
     let observer: Arc<dyn Observer> = tracker.clone();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
-    let result = run_pipeline(cluster, store, name, spec, &selection, &plan, start, ttl, version, observer).await;
+    let pipeline = Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer };
+    let result = run_pipeline(pipeline, spec, ttl, version).await;
     heartbeat.abort();
     let _ = heartbeat.await;
     // The heartbeat may have refreshed the marker after the commit removed it: remove it again.
@@ -79,63 +80,32 @@ pub async fn run(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_pipeline(
-    cluster: &Cluster,
-    store: &Store,
-    name: &str,
-    spec: BackupSpec,
-    selection: &Selection,
-    plan: &collect::Plan,
+/// What the pipeline of one run reads from and reports to.
+struct Pipeline<'a> {
+    cluster: &'a Cluster,
+    store: &'a Store,
+    name: &'a str,
+    selection: &'a Selection,
+    plan: &'a collect::Plan,
     start: Timestamp,
+    observer: Arc<dyn Observer>,
+}
+
+/// Collects, archives and uploads, then commits the metadata of what was written.
+async fn run_pipeline(
+    p: Pipeline<'_>,
+    spec: BackupSpec,
     ttl: Option<jiff::SignedDuration>,
     version: String,
-    observer: Arc<dyn Observer>,
 ) -> Result<Backup> {
-    let throttle = &cluster.throttle;
+    let (store, name, start) = (p.store, p.name, p.start);
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
     let archive_key = format!("archive-{run_id}.tar.zst");
     let archive = crate::committed::data_path::<Objects>(name, &archive_key);
 
-    // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
-    let (item_tx, item_rx) = mpsc::channel::<Item>(256);
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
-    let writer = spawn_writer(item_rx, chunk_tx, start.as_second().max(0) as u64, observer.clone());
-    let progress = observer.clone();
-    let upload = store.upload(&archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
-    let selector = selection.selector.as_ref().map(|s| s.as_str().to_string());
-    let collecting = collect::collect(&cluster.client, throttle, plan, selector.as_deref(), item_tx, observer.as_ref());
-    let (report, uploaded) = tokio::join!(collecting, upload);
-    let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
-
-    let written = match (written, uploaded) {
-        (Ok(w), Ok(_)) => w,
-        (_, Err(e)) => {
-            store.remove_quietly(&archive).await;
-            return Err(e);
-        }
-        (Err(e), Ok(_)) => {
-            store.remove_quietly(&archive).await;
-            return Err(Error::Other(format!("writing the archive: {e}")));
-        }
-    };
-    if report.lists > 0 && report.failed_lists == report.lists {
-        store.remove_quietly(&archive).await;
-        let first = report.errors.first().cloned().unwrap_or_default();
-        return Err(Error::Other(format!("backup {name:?} failed: no resource could be listed ({first})")));
-    }
+    let (report, written) = archive_and_upload(&p, &archive).await?;
     // The store must hold exactly what we wrote.
-    match store.objects().head(&archive).await {
-        Ok(meta) if meta.size == written.size => {}
-        Ok(meta) => {
-            store.remove_quietly(&archive).await;
-            return Err(Error::Other(format!(
-                "upload of {archive} is incomplete: the store holds {} bytes, {} were written",
-                meta.size, written.size
-            )));
-        }
-        Err(e) => return Err(store.error(e)),
-    }
+    crate::commit::check_uploaded(store, &archive, written.size).await?;
 
     let mut warnings = report.warnings;
     if written.duplicates > 0 {
@@ -153,7 +123,7 @@ async fn run_pipeline(
     status.namespaces = report.namespaces.into_iter().collect();
     status.warnings = warnings;
     status.errors = report.errors;
-    status.source_cluster = Some(SourceCluster { server: cluster.server.clone(), version });
+    status.source_cluster = Some(SourceCluster { server: p.cluster.server.clone(), version });
     status.archive = Some(StoredFile {
         key: archive_key.clone(),
         size: written.size,
@@ -163,9 +133,51 @@ async fn run_pipeline(
     });
 
     let metadata = BackupMetadata { format_version: FORMAT_VERSION, backup: backup.clone(), objects: written.objects };
-    observer.event(Event::Uploading { bytes: written.size });
+    p.observer.event(Event::Uploading { bytes: written.size });
     crate::committed::commit::<Objects>(store, name, &metadata).await?;
     Ok(backup)
+}
+
+/// Streams LIST pages through the archive writer to `archive` in the store. Fails, removing the
+/// upload, if writing or uploading failed or no resource could be listed.
+async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect::Report, Written)> {
+    let (store, observer) = (p.store, &p.observer);
+    // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
+    let (item_tx, item_rx) = mpsc::channel::<Item>(256);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
+    let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, observer.clone());
+    let progress = observer.clone();
+    let upload = store.upload(archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
+    let selector = p.selection.selector.as_ref().map(|s| s.as_str().to_string());
+    let collecting = collect::collect(
+        &p.cluster.client,
+        &p.cluster.throttle,
+        p.plan,
+        selector.as_deref(),
+        item_tx,
+        observer.as_ref(),
+    );
+    let (report, uploaded) = tokio::join!(collecting, upload);
+    let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
+
+    let written = match (written, uploaded) {
+        (Ok(w), Ok(_)) => w,
+        (_, Err(e)) => {
+            store.remove_quietly(archive).await;
+            return Err(e);
+        }
+        (Err(e), Ok(_)) => {
+            store.remove_quietly(archive).await;
+            return Err(Error::Other(format!("writing the archive: {e}")));
+        }
+    };
+    if report.lists > 0 && report.failed_lists == report.lists {
+        store.remove_quietly(archive).await;
+        let first = report.errors.first().cloned().unwrap_or_default();
+        let name = p.name;
+        return Err(Error::Other(format!("backup {name:?} failed: no resource could be listed ({first})")));
+    }
+    Ok((report, written))
 }
 
 /// Counts archived objects for the in-progress marker, forwarding every event.

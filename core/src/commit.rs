@@ -17,6 +17,21 @@ use crate::{Error, Result};
 /// The name of the commit document in a backup's directory.
 pub const METADATA_FILE: &str = "metadata.json";
 
+/// Checks the store holds exactly `size` bytes at `data`; removes `data` when it holds another size.
+pub async fn check_uploaded(store: &Store, data: &Path, size: u64) -> Result<()> {
+    match store.objects().head(data).await {
+        Ok(meta) if meta.size == size => Ok(()),
+        Ok(meta) => {
+            store.remove_quietly(data).await;
+            Err(Error::Other(format!(
+                "upload of {data} is incomplete: the store holds {} bytes, {} were written",
+                meta.size, size
+            )))
+        }
+        Err(e) => Err(store.error(e)),
+    }
+}
+
 /// Commits: puts `body` at `<dir>/metadata.json` if absent, then removes every other file of `dir`
 /// but `data` (this run's data file). If the name is already committed, removes `data` and
 /// returns `BackupExists`.

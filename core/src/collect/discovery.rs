@@ -1,6 +1,8 @@
 //! What the server serves: every resource type at its group's preferred version, each group
 //! bounded by `--discovery-timeout`, and the resources never backed up.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
+
 use super::*;
 
 /// One listable resource type as the server serves it (preferred version).
@@ -71,6 +73,36 @@ impl Discovered {
 /// not fatal, after at most `throttle.discovery_timeout`; the core group failing is fatal (the
 /// server is unusable).
 pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered> {
+    let versions = preferred_versions(client, throttle).await?;
+    let results: Vec<_> = futures::stream::iter(
+        versions.into_iter().map(|(group, version)| discover_version(client, throttle, group, version)),
+    )
+    .buffer_unordered(throttle.concurrency)
+    .collect()
+    .await;
+
+    let mut out = Discovered::default();
+    for (group, version, gv, list) in results {
+        let list = match list {
+            Ok(l) => l,
+            Err(reason) => {
+                if group.is_empty() {
+                    return Err(Error::Other(format!("discovering the core API: {reason}")));
+                }
+                out.unavailable.push(UnavailableGroup { group, version, reason });
+                continue;
+            }
+        };
+        out.resources.extend(resources_of(&group, &version, &gv, list));
+    }
+    drop_legacy_duplicates(&mut out.resources);
+    out.resources.sort_by(|a, b| a.key.cmp(&b.key));
+    out.unavailable.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(out)
+}
+
+/// `(group, preferred version)` of the core API (group `""`) and of every API group.
+async fn preferred_versions(client: &Client, throttle: &Throttle) -> Result<Vec<(String, String)>> {
     let core_versions = throttle
         .call(|| client.list_core_api_versions())
         .await
@@ -90,69 +122,60 @@ pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered
             versions.push((g.name, v));
         }
     }
+    Ok(versions)
+}
 
-    let results: Vec<_> = futures::stream::iter(versions.into_iter().map(|(group, version)| async move {
-        let gv = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
-        let list = if group.is_empty() {
-            throttle.call(|| client.list_core_api_resources(&version)).await.map_err(|e| kube_message(&e))
-        } else if never_backed_up_group(&group).is_some() {
-            // Asked once, never retried: nothing of it is backed up or restored, so a metrics
-            // adapter that is down costs no time.
-            client.list_api_group_resources(&gv).await.map_err(|e| kube_message(&e))
-        } else {
-            discover_group(client, throttle, &gv).await
-        };
-        (group, version, gv, list)
-    }))
-    .buffer_unordered(throttle.concurrency)
-    .collect()
-    .await;
+/// One group version's resource list, with its group, version and `<group>/<version>`.
+async fn discover_version(
+    client: &Client,
+    throttle: &Throttle,
+    group: String,
+    version: String,
+) -> (String, String, String, std::result::Result<APIResourceList, String>) {
+    let gv = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
+    let list = if group.is_empty() {
+        throttle.call(|| client.list_core_api_resources(&version)).await.map_err(|e| kube_message(&e))
+    } else if never_backed_up_group(&group).is_some() {
+        // Asked once, never retried: nothing of it is backed up or restored, so a metrics
+        // adapter that is down costs no time.
+        client.list_api_group_resources(&gv).await.map_err(|e| kube_message(&e))
+    } else {
+        discover_group(client, throttle, &gv).await
+    };
+    (group, version, gv, list)
+}
 
-    let mut out = Discovered::default();
-    for (group, version, gv, list) in results {
-        let list = match list {
-            Ok(l) => l,
-            Err(reason) => {
-                if group.is_empty() {
-                    return Err(Error::Other(format!("discovering the core API: {reason}")));
-                }
-                out.unavailable.push(UnavailableGroup { group, version, reason });
-                continue;
-            }
-        };
-        for r in list.resources {
-            if r.name.contains('/') {
-                continue; // subresource
-            }
-            let ar = ApiResource {
-                group: group.clone(),
-                version: version.clone(),
-                api_version: gv.clone(),
-                kind: r.kind.clone(),
-                plural: r.name.clone(),
-            };
-            out.resources.push(Resource {
-                key: resource_key(&r.name, &group),
-                ar,
-                namespaced: r.namespaced,
-                singular: r.singular_name.clone(),
-                short_names: r.short_names.clone().unwrap_or_default(),
-                verbs: r.verbs.clone(),
-            });
-        }
-    }
-    // The same objects served under a legacy group (ingresses.extensions in 1.14..1.21) are listed once.
-    let served: BTreeSet<(String, String)> = out
-        .resources
+/// The resource types of one group version's list, subresources left out.
+fn resources_of<'a>(
+    group: &'a str,
+    version: &'a str,
+    gv: &'a str,
+    list: APIResourceList,
+) -> impl Iterator<Item = Resource> + 'a {
+    list.resources.into_iter().filter(|r| !r.name.contains('/')).map(move |r| Resource {
+        key: resource_key(&r.name, group),
+        ar: ApiResource {
+            group: group.to_string(),
+            version: version.to_string(),
+            api_version: gv.to_string(),
+            kind: r.kind,
+            plural: r.name,
+        },
+        namespaced: r.namespaced,
+        singular: r.singular_name,
+        short_names: r.short_names.unwrap_or_default(),
+        verbs: r.verbs,
+    })
+}
+
+/// The same objects served under a legacy group (ingresses.extensions in 1.14..1.21) are listed once.
+fn drop_legacy_duplicates(resources: &mut Vec<Resource>) {
+    let served: BTreeSet<(String, String)> = resources
         .iter()
         .filter(|r| r.ar.group != "extensions")
         .map(|r| (r.ar.plural.clone(), r.ar.kind.clone()))
         .collect();
-    out.resources
-        .retain(|r| !(r.ar.group == "extensions" && served.contains(&(r.ar.plural.clone(), r.ar.kind.clone()))));
-    out.resources.sort_by(|a, b| a.key.cmp(&b.key));
-    out.unavailable.sort_by(|a, b| a.group.cmp(&b.group));
-    Ok(out)
+    resources.retain(|r| !(r.ar.group == "extensions" && served.contains(&(r.ar.plural.clone(), r.ar.kind.clone()))));
 }
 
 /// One API group's resources, retried like every request but for at most
@@ -162,7 +185,7 @@ async fn discover_group(
     client: &Client,
     throttle: &Throttle,
     gv: &str,
-) -> std::result::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList, String> {
+) -> std::result::Result<APIResourceList, String> {
     let last: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let attempts = throttle.call(|| {
         let last = &last;

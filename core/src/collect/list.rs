@@ -3,38 +3,18 @@
 
 use super::*;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn list_resource(
-    client: &Client,
-    throttle: &Throttle,
-    r: &Resource,
-    namespace: Option<&str>,
-    filter: Option<&Scope>,
-    selector: Option<&str>,
-    tx: &mpsc::Sender<Item>,
-    found: &std::sync::Mutex<Found>,
-) -> TaskOutcome {
+/// Lists one task's resource page by page and sends each object kept to the archive.
+pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> TaskOutcome {
+    let (r, namespace) = (&task.resource, task.namespace.as_deref());
+    let filter = task.filter.then_some(l.scope);
     let scope = if r.namespaced { namespace } else { None };
     let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
     let outcome = |result| TaskOutcome { key: r.key.clone(), namespace: namespace.map(str::to_string), result };
-    let mut count = 0u64;
-    let mut namespaces = BTreeSet::new();
+    let mut listed = Listed::default();
     let mut token: Option<String> = None;
-    // Items come in etcd key order; after a 410 (continue token expired) we relist and skip
-    // everything up to the last key already written, so nothing is archived twice.
-    let mut last_key: Option<String> = None;
     let mut relists = 0;
     loop {
-        let lp = page_params(selector, token.as_deref());
-        let body = throttle
-            .call(|| {
-                let req = request.list(&lp).map_err(kube::Error::BuildRequest);
-                async move { client.request_text(req?).await }
-            })
-            .await;
-        // Pages are taken apart only as far as filtering needs; each item's JSON goes to the
-        // archive as the server sent it (no object tree is built and serialized again).
-        let page = match body.and_then(|b| RawPage::parse(b).map_err(kube::Error::SerdeError)) {
+        let page = match fetch_page(l, &request, token.as_deref()).await {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 410 && token.is_some() && relists < 3 => {
                 relists += 1;
@@ -44,63 +24,100 @@ pub(super) async fn list_resource(
             }
             Err(e) => return outcome(Err(TaskError::Kube(e))),
         };
-        let mut had_objects = false;
-        let mut volumes = Vec::new();
-        for raw in page.items() {
-            let obj: RawItem<'_> = match serde_json::from_str(raw) {
-                Ok(o) => o,
-                Err(e) => return outcome(Err(TaskError::Kube(kube::Error::SerdeError(e)))),
-            };
-            let ns = obj.metadata.namespace.as_deref().map(str::to_string);
-            let name = obj.metadata.name.as_deref().unwrap_or_default();
-            let key = match &ns {
-                Some(ns) => format!("{ns}/{name}"),
-                None => name.to_string(),
-            };
-            if last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str()) {
-                continue;
-            }
-            last_key = Some(key);
-            if let (Some(scope), Some(ns)) = (filter, &ns)
-                && !scope.includes(ns)
-            {
-                continue;
-            }
-            if never_backed_up_object(&r.key, &obj) {
-                continue;
-            }
-            if r.key == "persistentvolumeclaims"
-                && let Some(v) = obj.spec().volume_name
-            {
-                volumes.push(v.to_string());
-            }
-            had_objects = true;
-            let item = Item {
-                resource: r.key.clone(),
-                namespace: ns.clone(),
-                name: name.to_string(),
-                json: with_type_meta(raw, &obj, &r.ar),
-            };
-            if let Some(ns) = ns {
-                namespaces.insert(ns);
-            }
-            if tx.send(item).await.is_err() {
-                return outcome(Err(TaskError::Closed));
-            }
-            count += 1;
-        }
-        if had_objects || !volumes.is_empty() {
-            let mut f = found.lock().unwrap_or_else(|p| p.into_inner());
-            if had_objects && !r.ar.group.is_empty() {
-                f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
-            }
-            f.volumes.extend(volumes);
+        if let Err(e) = send_page(l, r, filter, &page, &mut listed).await {
+            return outcome(Err(e));
         }
         token = page.metadata.continue_.filter(|t| !t.is_empty());
         if token.is_none() {
-            return outcome(Ok((count, namespaces)));
+            return outcome(Ok((listed.count, listed.namespaces)));
         }
     }
+}
+
+/// What one resource's LIST has sent so far.
+#[derive(Default)]
+struct Listed {
+    count: u64,
+    namespaces: BTreeSet<String>,
+    /// Items come in etcd key order; after a 410 (continue token expired) we relist and skip
+    /// everything up to the last key already written, so nothing is archived twice.
+    last_key: Option<String>,
+}
+
+/// One page of `request`'s LIST (after the page `token` continues).
+async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>) -> kube::Result<RawPage> {
+    let lp = page_params(l.selector, token);
+    let body = l
+        .throttle
+        .call(|| {
+            let req = request.list(&lp).map_err(kube::Error::BuildRequest);
+            async move { l.client.request_text(req?).await }
+        })
+        .await;
+    // Pages are taken apart only as far as filtering needs; each item's JSON goes to the
+    // archive as the server sent it (no object tree is built and serialized again).
+    body.and_then(|b| RawPage::parse(b).map_err(kube::Error::SerdeError))
+}
+
+/// Sends the page's objects not sent before, in the namespaces kept and not excluded by
+/// [`never_backed_up_object`]; notes what the dependency pass needs.
+async fn send_page(
+    l: &Lister<'_>,
+    r: &Resource,
+    filter: Option<&Scope>,
+    page: &RawPage,
+    listed: &mut Listed,
+) -> Result<(), TaskError> {
+    let mut had_objects = false;
+    let mut volumes = Vec::new();
+    for raw in page.items() {
+        let obj: RawItem<'_> = serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
+        let ns = obj.metadata.namespace.as_deref().map(str::to_string);
+        let name = obj.metadata.name.as_deref().unwrap_or_default();
+        let key = match &ns {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        };
+        if listed.last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str()) {
+            continue;
+        }
+        listed.last_key = Some(key);
+        if let (Some(scope), Some(ns)) = (filter, &ns)
+            && !scope.includes(ns)
+        {
+            continue;
+        }
+        if never_backed_up_object(&r.key, &obj) {
+            continue;
+        }
+        if r.key == "persistentvolumeclaims"
+            && let Some(v) = obj.spec().volume_name
+        {
+            volumes.push(v.to_string());
+        }
+        had_objects = true;
+        let item = Item {
+            resource: r.key.clone(),
+            namespace: ns.clone(),
+            name: name.to_string(),
+            json: with_type_meta(raw, &obj, &r.ar),
+        };
+        if let Some(ns) = ns {
+            listed.namespaces.insert(ns);
+        }
+        if l.tx.send(item).await.is_err() {
+            return Err(TaskError::Closed);
+        }
+        listed.count += 1;
+    }
+    if had_objects || !volumes.is_empty() {
+        let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
+        if had_objects && !r.ar.group.is_empty() {
+            f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
+        }
+        f.volumes.extend(volumes);
+    }
+    Ok(())
 }
 
 /// A LIST response body with its items left unparsed.

@@ -16,6 +16,7 @@ pub mod plan;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -102,52 +103,22 @@ pub async fn collect(
     let items = Arc::new(AtomicU64::new(0));
 
     // Namespace objects first: restore needs them, and they are already in hand.
-    for ns in &plan.namespace_objects {
-        let name = ns.name_any();
-        if let Some(r) = &plan.namespaces_resource {
-            if send(&tx, r, ns.clone()).await.is_err() {
-                return report;
-            }
-            *report.counts.entry(r.key.clone()).or_default() += 1;
-            report.items += 1;
-        }
-        report.namespaces.insert(name);
+    if send_namespaces(plan, &tx, &mut report).await.is_break() {
+        return report;
     }
-
-    let mut tasks: Vec<(Resource, Option<String>, bool)> = Vec::new();
-    for r in &plan.namespaced {
-        match &plan.scope {
-            Scope::Only(set) if set.len() <= PER_NAMESPACE_MAX => {
-                tasks.extend(set.iter().map(|ns| (r.clone(), Some(ns.clone()), false)));
-            }
-            _ => tasks.push((r.clone(), None, true)),
-        }
-    }
-    for r in &plan.cluster {
-        tasks.push((r.clone(), None, false));
-    }
+    let tasks = list_tasks(plan);
     observer.event(Event::Planned { resources: tasks.len() });
 
-    let found = Arc::new(std::sync::Mutex::new(Found::default()));
-    let outcomes: Vec<TaskOutcome> = futures::stream::iter(tasks.into_iter().map(|(r, ns, filter)| {
-        let tx = tx.clone();
-        let found = found.clone();
-        let items = items.clone();
+    let found = std::sync::Mutex::new(Found::default());
+    let lister = Lister { client, throttle, selector, scope: &plan.scope, tx: &tx, found: &found };
+    let outcomes: Vec<TaskOutcome> = futures::stream::iter(tasks.into_iter().map(|task| {
+        let (lister, items) = (&lister, items.clone());
         async move {
-            let outcome = list_resource(
-                client,
-                throttle,
-                &r,
-                ns.as_deref(),
-                filter.then_some(&plan.scope),
-                selector,
-                &tx,
-                &found,
-            )
-            .await;
+            let outcome = list_resource(lister, &task).await;
             if let Ok((n, _)) = &outcome.result {
                 items.fetch_add(*n, Ordering::Relaxed);
-                observer.event(Event::Listed { resource: r.key.clone(), namespace: ns.clone(), items: *n });
+                let (resource, namespace) = (task.resource.key, task.namespace);
+                observer.event(Event::Listed { resource, namespace, items: *n });
             }
             outcome
         }
@@ -157,28 +128,8 @@ pub async fn collect(
     .await;
 
     for o in outcomes {
-        report.lists += 1;
-        match o.result {
-            Ok((n, per_ns)) => {
-                if n > 0 {
-                    *report.counts.entry(o.key.clone()).or_default() += n;
-                }
-                report.items += n;
-                report.namespaces.extend(per_ns);
-            }
-            Err(TaskError::Closed) => return report,
-            Err(TaskError::Kube(e)) => {
-                let where_ = o.namespace.map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
-                match &e {
-                    kube::Error::Api(s) if s.code == 404 => {
-                        report.warnings.push(format!("{}{where_} disappeared during the backup", o.key));
-                    }
-                    _ => {
-                        report.failed_lists += 1;
-                        report.errors.push(format!("cannot list {}{where_}: {}", o.key, kube_message(&e)));
-                    }
-                }
-            }
+        if record(&mut report, o).is_break() {
+            return report;
         }
     }
 
@@ -187,6 +138,88 @@ pub async fn collect(
         collect_dependencies(client, throttle, found, &tx, &mut report).await;
     }
     report
+}
+
+/// What every LIST of one collection shares: the client, the label selector, the namespaces to
+/// keep, where objects go and what the dependency pass needs.
+struct Lister<'a> {
+    client: &'a Client,
+    throttle: &'a Throttle,
+    selector: Option<&'a str>,
+    scope: &'a Scope,
+    tx: &'a mpsc::Sender<Item>,
+    found: &'a std::sync::Mutex<Found>,
+}
+
+/// One LIST: a resource in one namespace or in all; `filter`: keep only the plan's namespaces.
+struct Task {
+    resource: Resource,
+    namespace: Option<String>,
+    filter: bool,
+}
+
+/// Sends the plan's Namespace objects and counts their namespaces. Breaks if `tx` is closed.
+async fn send_namespaces(plan: &Plan, tx: &mpsc::Sender<Item>, report: &mut Report) -> ControlFlow<()> {
+    for ns in &plan.namespace_objects {
+        let name = ns.name_any();
+        if let Some(r) = &plan.namespaces_resource {
+            if send(tx, r, ns.clone()).await.is_err() {
+                return ControlFlow::Break(());
+            }
+            *report.counts.entry(r.key.clone()).or_default() += 1;
+            report.items += 1;
+        }
+        report.namespaces.insert(name);
+    }
+    ControlFlow::Continue(())
+}
+
+/// The LISTs of a plan: per namespace when it names only a few, else one cluster-wide LIST per
+/// namespaced resource filtered locally; one per cluster-scoped resource.
+fn list_tasks(plan: &Plan) -> Vec<Task> {
+    let task = |r: &Resource, namespace: Option<String>, filter| Task { resource: r.clone(), namespace, filter };
+    let mut tasks: Vec<Task> = Vec::new();
+    for r in &plan.namespaced {
+        match &plan.scope {
+            Scope::Only(set) if set.len() <= PER_NAMESPACE_MAX => {
+                tasks.extend(set.iter().map(|ns| task(r, Some(ns.clone()), false)));
+            }
+            _ => tasks.push(task(r, None, true)),
+        }
+    }
+    for r in &plan.cluster {
+        tasks.push(task(r, None, false));
+    }
+    tasks
+}
+
+/// Adds one LIST's outcome to the report: its counts, or its failure as a warning (the resource
+/// disappeared) or an error. Breaks if the archive side stopped.
+fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
+    report.lists += 1;
+    match o.result {
+        Ok((n, per_ns)) => {
+            if n > 0 {
+                *report.counts.entry(o.key.clone()).or_default() += n;
+            }
+            report.items += n;
+            report.namespaces.extend(per_ns);
+        }
+        Err(TaskError::Closed) => return ControlFlow::Break(()),
+        Err(TaskError::Kube(e)) => {
+            let where_ = o.namespace.map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
+            match &e {
+                kube::Error::Api(s) if s.code == 404 => {
+                    report.warnings.push(format!("{}{where_} disappeared during the backup", o.key));
+                }
+                _ => {
+                    report.failed_lists += 1;
+                    report.errors.push(format!("cannot list {}{where_}: {}", o.key, kube_message(&e)));
+                }
+            }
+        }
+    }
+    ControlFlow::Continue(())
 }
 
 struct TaskOutcome {

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use etcd_client::{GetOptions, KeyValue, KvClient};
 
 use jiff::Timestamp;
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use tokio::sync::mpsc;
@@ -87,31 +86,9 @@ pub async fn run_with(
     let file = spec.kind.file_name(&run_id);
     let path = crate::committed::data_path::<super::catalog::Etcd>(name, &file);
 
-    let written = match spec.kind {
-        EtcdBackupType::Snapshot => snapshot::save(&member, &tls, store, &path, observer.clone())
-            .await
-            .map(|d| Written { size: d.size, sha256: d.sha256, revision: member.revision, keys: None }),
-        kind => save_keys(&member, &tls, store, &path, kind, spec.prefix.clone(), start, observer.clone()).await,
-    };
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => {
-            store.remove_quietly(&path).await;
-            return Err(e);
-        }
-    };
+    let written = save(&member, &tls, store, &path, &spec, start, observer).await?;
     // The store must hold exactly what we wrote.
-    match store.objects().head(&path).await {
-        Ok(meta) if meta.size == written.size => {}
-        Ok(meta) => {
-            store.remove_quietly(&path).await;
-            return Err(Error::Other(format!(
-                "upload of {path} is incomplete: the store holds {} bytes, {} were written",
-                meta.size, written.size
-            )));
-        }
-        Err(e) => return Err(store.error(e)),
-    }
+    crate::commit::check_uploaded(store, &path, written.size).await?;
 
     let member_name = member_name(&member).await;
     if member_name.is_none() {
@@ -142,6 +119,29 @@ pub async fn run_with(
     let metadata = EtcdMetadata { format_version: FORMAT_VERSION, backup: backup.clone() };
     crate::committed::commit::<super::catalog::Etcd>(store, name, &metadata).await?;
     Ok(backup)
+}
+
+/// Uploads the snapshot or the keys of `member` to `path`; removes `path` if that fails.
+async fn save(
+    member: &Member,
+    tls: &TlsFiles,
+    store: &Store,
+    path: &Path,
+    spec: &EtcdBackupSpec,
+    start: Timestamp,
+    observer: Arc<dyn Observer>,
+) -> Result<Written> {
+    let written = match spec.kind {
+        EtcdBackupType::Snapshot => {
+            let saved = snapshot::save(member, tls, store, path, observer).await;
+            saved.map(|d| Written { size: d.size, sha256: d.sha256, revision: member.revision, keys: None })
+        }
+        _ => save_keys(member, tls, store, path, spec, start, observer).await,
+    };
+    if written.is_err() {
+        store.remove_quietly(path).await;
+    }
+    written
 }
 
 /// What was uploaded.
@@ -267,17 +267,17 @@ fn next_limit(bytes: usize, keys: usize) -> i64 {
 }
 
 /// Pipeline: range pages -> (pages) -> writer thread (zip or JSON) -> (chunks) -> multipart upload.
-#[allow(clippy::too_many_arguments)]
+/// Writes `spec.kind` (keys or keys-json) of the keys under `spec.prefix`.
 async fn save_keys(
     member: &Member,
     tls: &TlsFiles,
     store: &Store,
     path: &Path,
-    kind: EtcdBackupType,
-    prefix: Option<String>,
+    spec: &EtcdBackupSpec,
     start: Timestamp,
     observer: Arc<dyn Observer>,
 ) -> Result<Written> {
+    let (kind, prefix) = (spec.kind, spec.prefix.clone());
     let mut pager = Pager::new(member, tls, prefix.as_deref());
     let first = pager.next_page().await?;
     let revision = pager.revision;

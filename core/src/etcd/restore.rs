@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::SNAPSHOT_FILE;
 use super::catalog::{Inspect, corrupt, fetch, metadata, write_verified};
-use super::connect::{self, MAX_MESSAGE, REQUEST_TIMEOUT, TlsFiles};
+use super::connect::{self, MAX_MESSAGE, Member, REQUEST_TIMEOUT, TlsFiles};
 use super::escape::display;
 use super::keys::{Entry, ReadSummary, read_json, read_zip};
 use super::model::{EtcdBackup, EtcdBackupType, EtcdRestore, EtcdRestoreCounts, EtcdRestoreSpec, EtcdSource};
@@ -153,37 +153,9 @@ pub async fn restore_keys(
     observer.event(Event::Verified { items: total });
     observer.event(Event::RestorePlanned { total });
 
-    let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(2);
-    let reader = tokio::task::spawn_blocking(move || -> Result<ReadSummary, String> {
-        let mut batcher = Batcher { tx, batch: Vec::new(), bytes: 0 };
-        let mut sink = |e: Entry| batcher.push(e);
-        let summary = match kind {
-            EtcdBackupType::Keys => read_zip(file, &mut sink)?,
-            _ => read_json(file, &mut sink)?,
-        };
-        batcher.flush().map_err(|e| e.to_string())?;
-        Ok(summary)
-    });
-
-    let mut applier = Applier {
-        kv: member.client.kv_client().max_decoding_message_size(MAX_MESSAGE),
-        endpoint: member.endpoint.clone(),
-        tls,
-        dry_run,
-        counts: EtcdRestoreCounts::default(),
-        added: Vec::new(),
-        changed: Vec::new(),
-        done: 0,
-    };
-    let mut failure = None;
-    while let Some(batch) = rx.recv().await {
-        if let Err(e) = applier.apply(batch).await {
-            failure = Some(e);
-            break;
-        }
-        observer.event(Event::Restored { done: applier.done, total });
-    }
-    drop(rx);
+    let (batches, reader) = read_batches(file, kind);
+    let mut applier = Applier::new(&member, tls, dry_run);
+    let failure = applier.apply_all(batches, observer.as_ref(), total).await;
     let read = reader.await.map_err(|e| Error::Other(format!("the key reader stopped: {e}")))?;
     if let Some(e) = failure {
         let c = &applier.counts;
@@ -208,6 +180,25 @@ pub async fn restore_keys(
     r.status.endpoint = Some(member.endpoint.clone());
     r.status.timing.completion_timestamp = Some(Timestamp::now());
     Ok(r)
+}
+
+/// Reads the downloaded keys on a blocking thread and sends them in transaction-sized batches.
+fn read_batches(
+    file: std::fs::File,
+    kind: EtcdBackupType,
+) -> (mpsc::Receiver<Vec<Entry>>, tokio::task::JoinHandle<Result<ReadSummary, String>>) {
+    let (tx, rx) = mpsc::channel::<Vec<Entry>>(2);
+    let reader = tokio::task::spawn_blocking(move || -> Result<ReadSummary, String> {
+        let mut batcher = Batcher { tx, batch: Vec::new(), bytes: 0 };
+        let mut sink = |e: Entry| batcher.push(e);
+        let summary = match kind {
+            EtcdBackupType::Keys => read_zip(file, &mut sink)?,
+            _ => read_json(file, &mut sink)?,
+        };
+        batcher.flush().map_err(|e| e.to_string())?;
+        Ok(summary)
+    });
+    (rx, reader)
 }
 
 /// Groups entries into transactions of at most [`MAX_OPS`] operations and about [`MAX_BYTES`].
@@ -250,6 +241,37 @@ struct Applier {
 }
 
 impl Applier {
+    /// Writes into (or, in a dry run, compares with) the etcd of `member`.
+    fn new(member: &Member, tls: TlsFiles, dry_run: bool) -> Applier {
+        Applier {
+            kv: member.client.kv_client().max_decoding_message_size(MAX_MESSAGE),
+            endpoint: member.endpoint.clone(),
+            tls,
+            dry_run,
+            counts: EtcdRestoreCounts::default(),
+            added: Vec::new(),
+            changed: Vec::new(),
+            done: 0,
+        }
+    }
+
+    /// Applies batches until they run out or one fails; returns that failure. Drops `batches`
+    /// on return, so a reader still sending stops instead of waiting forever.
+    async fn apply_all(
+        &mut self,
+        mut batches: mpsc::Receiver<Vec<Entry>>,
+        observer: &dyn Observer,
+        total: u64,
+    ) -> Option<Error> {
+        while let Some(batch) = batches.recv().await {
+            if let Err(e) = self.apply(batch).await {
+                return Some(e);
+            }
+            observer.event(Event::Restored { done: self.done, total });
+        }
+        None
+    }
+
     /// One transaction reads the batch's keys; a second writes those missing or different.
     async fn apply(&mut self, batch: Vec<Entry>) -> Result<()> {
         let gets: Vec<TxnOp> = batch.iter().map(|e| TxnOp::get(e.key.clone(), None)).collect();

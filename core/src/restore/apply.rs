@@ -9,7 +9,7 @@ use super::transform::changes;
 use crate::FIELD_MANAGER;
 use crate::collect::Discovered;
 use crate::error::kube_message;
-use crate::kube_client::Cluster;
+use crate::kube_client::{Cluster, Throttle};
 use crate::model::{ExistingPolicy, ItemAction, RestoreItem};
 
 /// How objects are written.
@@ -110,42 +110,63 @@ pub async fn write(
             return report;
         }
     };
-    let throttle = &cluster.throttle;
-    let name = item.name.as_str();
-
+    let target = Target { api, name: item.name.as_str(), desired, obj, throttle: &cluster.throttle };
     if policy.dry_run {
-        return match throttle.call(|| api.get_opt(name)).await {
-            Ok(None) if namespace_pending => {
-                report.action = ItemAction::WouldCreate;
-                report.reason =
-                    Some("its namespace is created earlier in this restore; not validated by the server".into());
-                report
-            }
-            Ok(None) => {
-                let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
-                match throttle.call(|| api.create(&pp, &obj)).await {
-                    Ok(_) => report.action = ItemAction::WouldCreate,
-                    Err(e) => report.reason = Some(format!("the API server would refuse it: {}", kube_message(&e))),
-                }
-                report
-            }
-            Ok(Some(live)) => existing(&api, name, live, &desired, &obj, policy, report).await,
-            Err(e) => {
-                report.reason = Some(kube_message(&e));
-                report
-            }
-        };
+        return validate(&target, policy, namespace_pending, report).await;
     }
+    create(&target, policy, report).await
+}
 
+/// One object on its way to the server: its API and name, as JSON and as an object.
+struct Target<'a> {
+    api: Api<DynamicObject>,
+    name: &'a str,
+    desired: Value,
+    obj: DynamicObject,
+    throttle: &'a Throttle,
+}
+
+/// A dry run: asks the server to validate a create, or compares with the object that exists.
+async fn validate(
+    t: &Target<'_>,
+    policy: &WritePolicy,
+    namespace_pending: bool,
+    mut report: RestoreItem,
+) -> RestoreItem {
+    match t.throttle.call(|| t.api.get_opt(t.name)).await {
+        Ok(None) if namespace_pending => {
+            report.action = ItemAction::WouldCreate;
+            report.reason =
+                Some("its namespace is created earlier in this restore; not validated by the server".into());
+            report
+        }
+        Ok(None) => {
+            let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
+            match t.throttle.call(|| t.api.create(&pp, &t.obj)).await {
+                Ok(_) => report.action = ItemAction::WouldCreate,
+                Err(e) => report.reason = Some(format!("the API server would refuse it: {}", kube_message(&e))),
+            }
+            report
+        }
+        Ok(Some(live)) => existing(t, live, policy, report).await,
+        Err(e) => {
+            report.reason = Some(kube_message(&e));
+            report
+        }
+    }
+}
+
+/// Creates the object; if it exists already, skips or updates it according to the policy.
+async fn create(t: &Target<'_>, policy: &WritePolicy, mut report: RestoreItem) -> RestoreItem {
     let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
-    match throttle.call(|| api.create(&pp, &obj)).await {
+    match t.throttle.call(|| t.api.create(&pp, &t.obj)).await {
         Ok(_) => {
             report.action = ItemAction::Created;
             report
         }
         Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
-            match throttle.call(|| api.get_opt(name)).await {
-                Ok(Some(live)) => existing(&api, name, live, &desired, &obj, policy, report).await,
+            match t.throttle.call(|| t.api.get_opt(t.name)).await {
+                Ok(Some(live)) => existing(t, live, policy, report).await,
                 Ok(None) => {
                     report.reason = Some("it existed, then disappeared while restoring; run the restore again".into());
                     report
@@ -164,17 +185,9 @@ pub async fn write(
 }
 
 /// An object that already exists: compare, then skip or update according to the policy.
-async fn existing(
-    api: &Api<DynamicObject>,
-    name: &str,
-    live: DynamicObject,
-    desired: &Value,
-    obj: &DynamicObject,
-    policy: &WritePolicy,
-    mut report: RestoreItem,
-) -> RestoreItem {
+async fn existing(t: &Target<'_>, live: DynamicObject, policy: &WritePolicy, mut report: RestoreItem) -> RestoreItem {
     let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-    let ops = changes(&live, desired);
+    let ops = changes(&live, &t.desired);
     if !ops.is_empty() {
         report.diff = serde_json::to_value(&ops).ok();
     }
@@ -191,7 +204,7 @@ async fn existing(
         ExistingPolicy::Update => {
             let mut pp = PatchParams::apply(FIELD_MANAGER).force();
             pp.dry_run = policy.dry_run;
-            match api.patch(name, &pp, &Patch::Apply(obj)).await {
+            match t.api.patch(t.name, &pp, &Patch::Apply(&t.obj)).await {
                 Ok(_) => report.action = if policy.dry_run { ItemAction::WouldUpdate } else { ItemAction::Updated },
                 Err(e) => report.reason = Some(format!("update refused: {}", kube_message(&e))),
             }

@@ -157,69 +157,18 @@ pub fn decide(
         .collect();
 
     // First pass: the namespaced objects that pass the filters, for "auto" cluster-scoped objects.
-    let included_ns_object = |i: &Indexed| -> bool {
-        let ns = i.namespace.as_deref().unwrap_or_default();
-        if !selection.includes_namespace(ns, false) {
-            return false;
-        }
-        let (plural, group) = i.plural_group();
-        let shorts = short_names(plural, group);
-        let names = ResourceNames { plural, group, kind: &i.kind, singular: "", short_names: &shorts };
-        selection.includes_resource(&names) && selection.selector.as_ref().is_none_or(|s| s.matches(&i.labels))
-    };
-    let mut needed_crds: HashSet<String> = HashSet::new();
-    let mut needed_pvs: HashSet<&str> = HashSet::new();
-    let mut included_namespaces: HashSet<&str> = HashSet::new();
-    for i in items.iter().filter(|i| i.namespace.is_some()) {
-        if included_ns_object(i) {
-            let (plural, group) = i.plural_group();
-            if !group.is_empty() {
-                needed_crds.insert(format!("{plural}.{group}"));
-            }
-            if let Some(v) = &i.volume_name {
-                needed_pvs.insert(v);
-            }
-            included_namespaces.insert(i.namespace.as_deref().unwrap_or_default());
-        }
-    }
+    let included_ns_object = |i: &Indexed| includes_namespaced(i, selection, short_names);
+    let needed = Needed::of(items, &included_ns_object);
 
     items
         .iter()
         .map(|i| {
-            let (plural, group) = i.plural_group();
-            let shorts = short_names(plural, group);
-            let names = ResourceNames { plural, group, kind: &i.kind, singular: "", short_names: &shorts };
-            match &i.namespace {
-                Some(_) => {
-                    if !included_ns_object(i) {
-                        return Decision::Filtered;
-                    }
-                }
-                None => {
-                    let is_ns = i.resource == "namespaces";
-                    let wanted = if is_ns {
-                        // A Namespace object comes with its namespace's objects unless excluded by name.
-                        selection.includes_namespace(&i.name, false)
-                            && !selection.excludes_resource_explicitly(&names)
-                            && (selection.all_namespaces()
-                                || included_namespaces.contains(i.name.as_str())
-                                || selection.names_namespace_explicitly(&i.name))
-                    } else {
-                        match selection.cluster_resources {
-                            ClusterResources::False => false,
-                            ClusterResources::True => selection.includes_resource(&names),
-                            ClusterResources::Auto if selection.all_namespaces() => selection.includes_resource(&names),
-                            ClusterResources::Auto => match i.resource.as_str() {
-                                "customresourcedefinitions.apiextensions.k8s.io" => needed_crds.contains(&i.name),
-                                "persistentvolumes" => needed_pvs.contains(i.name.as_str()),
-                                _ => false,
-                            },
-                        }
-                    };
-                    if !wanted || selection.selector.as_ref().is_some_and(|s| !is_ns && !s.matches(&i.labels)) {
-                        return Decision::Filtered;
-                    }
-                }
+            let wanted = match &i.namespace {
+                Some(_) => included_ns_object(i),
+                None => includes_cluster_scoped(i, selection, short_names, &needed),
+            };
+            if !wanted {
+                return Decision::Filtered;
             }
             if let Some(reason) = skip_reason(i, &present, &selector_services) {
                 return Decision::Skip(reason);
@@ -227,6 +176,79 @@ pub fn decide(
             Decision::Restore(Priority::of(&i.resource))
         })
         .collect()
+}
+
+/// What the namespaced objects that pass the filters need: their CRDs, bound volumes, namespaces.
+#[derive(Default)]
+struct Needed<'a> {
+    crds: HashSet<String>,
+    pvs: HashSet<&'a str>,
+    namespaces: HashSet<&'a str>,
+}
+
+impl<'a> Needed<'a> {
+    fn of(items: &'a [Indexed], included: &dyn Fn(&Indexed) -> bool) -> Needed<'a> {
+        let mut needed = Needed::default();
+        for i in items.iter().filter(|i| i.namespace.is_some()) {
+            if included(i) {
+                let (plural, group) = i.plural_group();
+                if !group.is_empty() {
+                    needed.crds.insert(format!("{plural}.{group}"));
+                }
+                if let Some(v) = &i.volume_name {
+                    needed.pvs.insert(v);
+                }
+                needed.namespaces.insert(i.namespace.as_deref().unwrap_or_default());
+            }
+        }
+        needed
+    }
+}
+
+/// Whether a namespaced object passes the namespace, resource and label filters.
+fn includes_namespaced(i: &Indexed, selection: &Selection, short_names: &dyn Fn(&str, &str) -> Vec<String>) -> bool {
+    let ns = i.namespace.as_deref().unwrap_or_default();
+    if !selection.includes_namespace(ns, false) {
+        return false;
+    }
+    let (plural, group) = i.plural_group();
+    let shorts = short_names(plural, group);
+    let names = ResourceNames { plural, group, kind: &i.kind, singular: "", short_names: &shorts };
+    selection.includes_resource(&names) && selection.selector.as_ref().is_none_or(|s| s.matches(&i.labels))
+}
+
+/// Whether a cluster-scoped object is restored: a Namespace with its namespace's objects, others
+/// per `cluster_resources` (with "auto", the CRDs and volumes `needed` names).
+fn includes_cluster_scoped(
+    i: &Indexed,
+    selection: &Selection,
+    short_names: &dyn Fn(&str, &str) -> Vec<String>,
+    needed: &Needed<'_>,
+) -> bool {
+    let (plural, group) = i.plural_group();
+    let shorts = short_names(plural, group);
+    let names = ResourceNames { plural, group, kind: &i.kind, singular: "", short_names: &shorts };
+    let is_ns = i.resource == "namespaces";
+    let wanted = if is_ns {
+        // A Namespace object comes with its namespace's objects unless excluded by name.
+        selection.includes_namespace(&i.name, false)
+            && !selection.excludes_resource_explicitly(&names)
+            && (selection.all_namespaces()
+                || needed.namespaces.contains(i.name.as_str())
+                || selection.names_namespace_explicitly(&i.name))
+    } else {
+        match selection.cluster_resources {
+            ClusterResources::False => false,
+            ClusterResources::True => selection.includes_resource(&names),
+            ClusterResources::Auto if selection.all_namespaces() => selection.includes_resource(&names),
+            ClusterResources::Auto => match i.resource.as_str() {
+                "customresourcedefinitions.apiextensions.k8s.io" => needed.crds.contains(&i.name),
+                "persistentvolumes" => needed.pvs.contains(i.name.as_str()),
+                _ => false,
+            },
+        }
+    };
+    wanted && selection.selector.as_ref().is_none_or(|s| is_ns || s.matches(&i.labels))
 }
 
 /// Objects whose controllers recreate them are not restored.

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleStatus, EtcdScheduleSource};
-use kubectl_backup_core::etcd::{self, EtcdBackupSpec, EtcdBackupType, EtcdSource};
+use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleSpec, BackupScheduleStatus, EtcdScheduleSource};
+use kubectl_backup_core::etcd::{self, EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdSource};
 use kubectl_backup_core::input::timestamped_name;
 use kubectl_backup_core::locations::{self, Resolved};
 use kubectl_backup_core::model::{BackupSpec, ClusterResources, Filters, Phase};
@@ -188,84 +188,153 @@ async fn claim_run(
     }
 }
 
+/// Refuses a schedule it may not run; otherwise decides whether a run is due, claims it with the
+/// resourceVersion it decided from, takes it and writes the status.
 async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = s.namespace().unwrap_or_default();
-    let name = s.name_any();
-    let api: Api<BackupSchedule> = Api::namespaced(ctx.cluster.client.clone(), &ns);
-    let status = s.status.clone().unwrap_or_default();
+    let r = Reconciling::new(&s, ctx);
     if s.spec.paused {
-        if status.next_run_time.is_some() {
-            patch_status(&api, &name, json!({"nextRunTime": null})).await?;
+        if r.status.next_run_time.is_some() {
+            patch_status(&r.api, &r.name, json!({"nextRunTime": null})).await?;
         }
         return Ok(Action::await_change());
     }
-    let reference = s.object_ref(&());
-    let generation = s.metadata.generation;
-    let refuse = |reason: String| {
-        let (api, name, ctx, reference, status) =
-            (api.clone(), name.clone(), ctx.clone(), reference.clone(), status.clone());
-        async move {
-            if status.last_error.as_deref() != Some(reason.as_str()) {
-                ctx.event(&reference, EventType::Warning, "ScheduleRefused", reason.clone()).await;
-                let ready = ready_condition(false, "Refused", &reason, generation);
-                patch_status(&api, &name, json!({"lastError": reason, "nextRunTime": null, "conditions": [ready]}))
-                    .await?;
-            }
-            Ok(Action::await_change())
-        }
+    let (schedule, filters) = match r.accept(&s).await {
+        Ok(accepted) => accepted,
+        Err(reason) => return r.refuse(reason).await,
     };
-    let schedule = match Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()) {
-        Ok(sch) => sch,
-        Err(e) => return refuse(e.to_string()).await,
-    };
-    let filters = match confine(&ns, &ctx.namespace, &s.spec.filters, s.spec.etcd.is_some()) {
-        Ok(f) => f,
-        Err(reason) => return refuse(reason).await,
-    };
-    if let Err(reason) = tenant_rules(&ns, &ctx.namespace, &s.spec, &schedule, ctx.min_schedule_interval) {
-        return refuse(reason).await;
-    }
-    if let Some(reason) = read_only_location(&ctx, s.spec.location.as_deref()).await {
-        return refuse(reason).await;
-    }
-    let mut resource_version = s.resource_version();
-    if !status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
-        // Accepted (again): clear a refusal that was fixed.
-        let ready = ready_condition(true, "Scheduled", "the schedule is accepted", generation);
-        let updated = patch_status(&api, &name, json!({"lastError": null, "conditions": [ready]})).await?;
-        resource_version = updated.resource_version();
-    }
+    let resource_version = r.mark_ready(s.resource_version()).await?;
     let now = Timestamp::now();
     let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
-    let last_run = status.last_run_time.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+    let last_run = r.status.last_run_time.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
     let Some(next) = schedule.next_run(created, last_run) else {
-        return refuse(format!("the schedule {:?} never fires", s.spec.schedule)).await;
+        return r.refuse(format!("the schedule {:?} never fires", s.spec.schedule)).await;
     };
     if next > now {
-        if status.next_run_time.as_deref() != Some(next.to_string().as_str()) {
-            patch_status(&api, &name, json!({"nextRunTime": next.to_string()})).await?;
+        return r.wait_for(next, now).await;
+    }
+    // Due (or missed while down: runs once).
+    r.take_run(&s, &schedule, filters, now, resource_version).await
+}
+
+/// One reconcile of a schedule: where its status goes, and its status as this reconcile found it.
+struct Reconciling {
+    ctx: Arc<Context>,
+    api: Api<BackupSchedule>,
+    ns: String,
+    name: String,
+    reference: ObjectReference,
+    generation: Option<i64>,
+    status: BackupScheduleStatus,
+}
+
+impl Reconciling {
+    fn new(s: &BackupSchedule, ctx: Arc<Context>) -> Reconciling {
+        let ns = s.namespace().unwrap_or_default();
+        let api = Api::namespaced(ctx.cluster.client.clone(), &ns);
+        Reconciling {
+            api,
+            ns,
+            name: s.name_any(),
+            reference: s.object_ref(&()),
+            generation: s.metadata.generation,
+            status: s.status.clone().unwrap_or_default(),
+            ctx,
         }
-        let wait = Duration::try_from(next.duration_since(now)).unwrap_or(MAX_WAIT).min(MAX_WAIT);
-        return Ok(Action::requeue(wait));
     }
 
-    // Due (or missed while down: runs once).
-    let prefix = s.spec.name_prefix.clone().unwrap_or_else(|| name.clone());
-    let backup_name = timestamped_name(&prefix, now);
-    if !claim_run(&api, &name, resource_version, &backup_name).await? {
-        tracing::debug!(schedule = %format!("{ns}/{name}"), "run claimed from a stale view; deciding again");
-        return Ok(Action::requeue(Duration::from_secs(1)));
+    /// The schedule and the filters it may use, or why it is refused.
+    async fn accept(&self, s: &BackupSchedule) -> std::result::Result<(Schedule, Filters), String> {
+        let ctx = &self.ctx;
+        let schedule = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()).map_err(|e| e.to_string())?;
+        let filters = confine(&self.ns, &ctx.namespace, &s.spec.filters, s.spec.etcd.is_some())?;
+        tenant_rules(&self.ns, &ctx.namespace, &s.spec, &schedule, ctx.min_schedule_interval)?;
+        if let Some(reason) = read_only_location(ctx, s.spec.location.as_deref()).await {
+            return Err(reason);
+        }
+        Ok((schedule, filters))
     }
-    if status.last_result.as_deref() == Some(RUNNING) {
-        let interrupted = status.last_backup.as_deref().unwrap_or("the last run");
-        let message = format!("{interrupted} was interrupted (the controller stopped during it); running again");
-        ctx.event(&reference, EventType::Warning, "BackupInterrupted", message).await;
+
+    /// Marks the schedule refused (Ready False, an Event) unless it already is, for this reason.
+    async fn refuse(&self, reason: String) -> Result<Action> {
+        if self.status.last_error.as_deref() != Some(reason.as_str()) {
+            self.ctx.event(&self.reference, EventType::Warning, "ScheduleRefused", reason.clone()).await;
+            let ready = ready_condition(false, "Refused", &reason, self.generation);
+            patch_status(
+                &self.api,
+                &self.name,
+                json!({"lastError": reason, "nextRunTime": null, "conditions": [ready]}),
+            )
+            .await?;
+        }
+        Ok(Action::await_change())
     }
-    let source = format!("schedule/{ns}/{name}");
-    let outcome = run_once(&ctx, &s, &ns, &name, &backup_name, filters, &source, &reference).await;
+
+    /// Marks the schedule accepted (Ready True) unless it already is. Returns the resourceVersion
+    /// to claim a run with: `resource_version`, or that of this status patch.
+    async fn mark_ready(&self, resource_version: Option<String>) -> Result<Option<String>> {
+        if self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+            return Ok(resource_version);
+        }
+        // Accepted (again): clear a refusal that was fixed.
+        let ready = ready_condition(true, "Scheduled", "the schedule is accepted", self.generation);
+        let updated = patch_status(&self.api, &self.name, json!({"lastError": null, "conditions": [ready]})).await?;
+        Ok(updated.resource_version())
+    }
+
+    /// Records `next` as the next run time and waits for it, at most [`MAX_WAIT`].
+    async fn wait_for(&self, next: Timestamp, now: Timestamp) -> Result<Action> {
+        if self.status.next_run_time.as_deref() != Some(next.to_string().as_str()) {
+            patch_status(&self.api, &self.name, json!({"nextRunTime": next.to_string()})).await?;
+        }
+        let wait = Duration::try_from(next.duration_since(now)).unwrap_or(MAX_WAIT).min(MAX_WAIT);
+        Ok(Action::requeue(wait))
+    }
+
+    /// Claims the run due at `now`, takes the backup, and records its result and the next run time.
+    async fn take_run(
+        &self,
+        s: &BackupSchedule,
+        schedule: &Schedule,
+        filters: Filters,
+        now: Timestamp,
+        resource_version: Option<String>,
+    ) -> Result<Action> {
+        let (ns, name, status) = (&self.ns, &self.name, &self.status);
+        let prefix = s.spec.name_prefix.clone().unwrap_or_else(|| name.clone());
+        let backup_name = timestamped_name(&prefix, now);
+        if !claim_run(&self.api, name, resource_version, &backup_name).await? {
+            tracing::debug!(schedule = %format!("{ns}/{name}"), "run claimed from a stale view; deciding again");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        if status.last_result.as_deref() == Some(RUNNING) {
+            let interrupted = status.last_backup.as_deref().unwrap_or("the last run");
+            let message = format!("{interrupted} was interrupted (the controller stopped during it); running again");
+            self.ctx.event(&self.reference, EventType::Warning, "BackupInterrupted", message).await;
+        }
+        let run = Run { reconciling: self, backup_name: &backup_name, source: format!("schedule/{ns}/{name}") };
+        let outcome = run.once(&s.spec, filters).await;
+        let mut st = after_run(status, now, &backup_name, outcome);
+        let next = schedule.next_after(now, Some(now));
+        st.next_run_time = next.map(|t| t.to_string());
+        patch_status(&self.api, name, serde_json::to_value(&st).unwrap_or_default()).await?;
+        let wait = next
+            .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(MAX_WAIT))
+            .unwrap_or(MAX_WAIT);
+        Ok(Action::requeue(wait.min(MAX_WAIT)))
+    }
+}
+
+/// The status after the run `backup_name`, started at `now`: its result and first error, the
+/// conditions and last success as they were unless this run completed.
+fn after_run(
+    status: &BackupScheduleStatus,
+    now: Timestamp,
+    backup_name: &str,
+    outcome: Result<(Phase, Option<String>)>,
+) -> BackupScheduleStatus {
     let mut st = BackupScheduleStatus {
         last_run_time: Some(now.to_string()),
-        last_backup: Some(backup_name.clone()),
+        last_backup: Some(backup_name.to_string()),
         last_success_time: status.last_success_time.clone(),
         ..Default::default()
     };
@@ -284,60 +353,110 @@ async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action> 
     }
     st.last_error = st.last_error.map(|e| kubectl_backup_core::error::redact(&e));
     st.conditions = status.conditions.clone();
-    let next = schedule.next_after(now, Some(now));
-    st.next_run_time = next.map(|t| t.to_string());
-    patch_status(&api, &name, serde_json::to_value(&st).unwrap_or_default()).await?;
-    let wait =
-        next.map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(MAX_WAIT)).unwrap_or(MAX_WAIT);
-    Ok(Action::requeue(wait.min(MAX_WAIT)))
+    st
 }
 
-/// Takes the backup. Returns its phase and first error.
-#[allow(clippy::too_many_arguments)]
-async fn run_once(
-    ctx: &Arc<Context>,
-    s: &BackupSchedule,
-    ns: &str,
-    name: &str,
-    backup_name: &str,
-    filters: Filters,
-    source: &str,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-) -> Result<(Phase, Option<String>)> {
-    let location = match &s.spec.location {
-        Some(l) => locations::resolve(Some(&ctx.cluster.client), &ctx.namespace, Some(l), &Default::default()).await?,
-        None => ctx.location.clone(),
-    };
-    location.ensure_writable()?;
-    let ttl = s.spec.ttl.clone().unwrap_or_else(|| DEFAULT_TTL.to_string());
-    if let Some(etcd) = &s.spec.etcd {
-        return run_etcd(ctx, etcd, ns, name, backup_name, &location, &ttl, source, reference).await;
+/// One run of a schedule: the backup it takes and the source its metrics are labelled with.
+struct Run<'a> {
+    reconciling: &'a Reconciling,
+    backup_name: &'a str,
+    source: String,
+}
+
+impl Run<'_> {
+    /// Takes the backup. Returns its phase and first error.
+    async fn once(&self, spec: &BackupScheduleSpec, filters: Filters) -> Result<(Phase, Option<String>)> {
+        let Reconciling { ctx, ns, name, reference, .. } = self.reconciling;
+        let location = match &spec.location {
+            Some(l) => {
+                locations::resolve(Some(&ctx.cluster.client), &ctx.namespace, Some(l), &Default::default()).await?
+            }
+            None => ctx.location.clone(),
+        };
+        location.ensure_writable()?;
+        let ttl = spec.ttl.clone().unwrap_or_else(|| DEFAULT_TTL.to_string());
+        if let Some(etcd) = &spec.etcd {
+            return self.etcd(etcd, &location, &ttl).await;
+        }
+        let spec = BackupSpec {
+            filters,
+            ttl: Some(ttl),
+            storage_location: Some(location.display()),
+            schedule: Some(format!("{ns}/{name}")),
+        };
+        let b = ctx.backup(&location, self.backup_name, spec, "schedule", &self.source, reference).await?;
+        Ok((b.status.phase, b.status.errors.first().cloned()))
     }
-    let spec = BackupSpec {
-        filters,
-        ttl: Some(ttl),
-        storage_location: Some(location.display()),
-        schedule: Some(format!("{ns}/{name}")),
-    };
-    let b = ctx.backup(&location, backup_name, spec, "schedule", source, reference).await?;
-    Ok((b.status.phase, b.status.errors.first().cloned()))
+
+    /// Takes an etcd backup, with Events and metrics. Returns its phase (no first error).
+    async fn etcd(&self, etcd: &EtcdScheduleSource, location: &Resolved, ttl: &str) -> Result<(Phase, Option<String>)> {
+        let Reconciling { ctx, ns, name, reference, .. } = self.reconciling;
+        let backup_name = self.backup_name;
+        let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
+        // Client TLS material from the Secret, in files only this process reads.
+        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let source = etcd_source(ctx, ns, etcd, dir.path()).await?;
+        ctx.event(
+            reference,
+            EventType::Normal,
+            "BackupStarted",
+            format!("etcd {} backup {backup_name} started to {}", kind.as_str(), location.display()),
+        )
+        .await;
+        let spec = EtcdBackupSpec {
+            kind,
+            endpoints: source.endpoints.clone(),
+            prefix: source.prefix.clone(),
+            ttl: Some(ttl.to_string()),
+            location: Some(location.display()),
+            schedule: Some(format!("{ns}/{name}")),
+        };
+        let result = etcd::run_with(&source, &location.store, backup_name, spec, Arc::new(Quiet)).await;
+        self.record_etcd(result).await
+    }
+
+    /// Counts an etcd backup's result in the metrics and marks it with an Event.
+    async fn record_etcd(&self, result: Result<EtcdBackup>) -> Result<(Phase, Option<String>)> {
+        let (ctx, reference, backup_name) = (&self.reconciling.ctx, &self.reconciling.reference, self.backup_name);
+        match result {
+            Ok(b) => {
+                ctx.metrics
+                    .backups
+                    .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Completed".into() })
+                    .inc();
+                ctx.metrics
+                    .last_success
+                    .get_or_create(&SourceLabel { source: self.source.clone() })
+                    .set(Timestamp::now().as_second());
+                ctx.event(
+                    reference,
+                    EventType::Normal,
+                    "BackupCompleted",
+                    format!("etcd backup {backup_name} Completed: {} bytes", b.status.archive.as_ref().map_or(0, |a| a.size)),
+                )
+                .await;
+                Ok((Phase::Completed, None))
+            }
+            Err(e) => {
+                ctx.metrics
+                    .backups
+                    .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Failed".into() })
+                    .inc();
+                ctx.event(
+                    reference,
+                    EventType::Warning,
+                    "BackupFailed",
+                    format!("etcd backup {backup_name} failed: {e}"),
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_etcd(
-    ctx: &Arc<Context>,
-    etcd: &EtcdScheduleSource,
-    ns: &str,
-    name: &str,
-    backup_name: &str,
-    location: &Resolved,
-    ttl: &str,
-    source_label: &str,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-) -> Result<(Phase, Option<String>)> {
-    let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
-    // Client TLS material from the Secret, in files only this process reads.
-    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+/// The etcd to back up, with the client TLS files of the schedule's Secret written into `dir`.
+async fn etcd_source(ctx: &Context, ns: &str, etcd: &EtcdScheduleSource, dir: &std::path::Path) -> Result<EtcdSource> {
     let mut source =
         EtcdSource { endpoints: etcd.endpoints.clone(), prefix: etcd.prefix.clone(), ..Default::default() };
     if let Some(secret) = &etcd.tls_secret {
@@ -348,60 +467,13 @@ async fn run_etcd(
             [("ca.crt", &mut source.ca_file), ("tls.crt", &mut source.cert_file), ("tls.key", &mut source.key_file)]
         {
             if let Some(v) = data.get(key) {
-                let path = dir.path().join(key);
+                let path = dir.join(key);
                 std::fs::write(&path, &v.0).map_err(|e| Error::io(&path, e))?;
                 *slot = Some(path);
             }
         }
     }
-    ctx.event(
-        reference,
-        EventType::Normal,
-        "BackupStarted",
-        format!("etcd {} backup {backup_name} started to {}", kind.as_str(), location.display()),
-    )
-    .await;
-    let spec = EtcdBackupSpec {
-        kind,
-        endpoints: source.endpoints.clone(),
-        prefix: source.prefix.clone(),
-        ttl: Some(ttl.to_string()),
-        location: Some(location.display()),
-        schedule: Some(format!("{ns}/{name}")),
-    };
-    let result = etcd::run_with(&source, &location.store, backup_name, spec, Arc::new(Quiet)).await;
-    match result {
-        Ok(b) => {
-            ctx.metrics
-                .backups
-                .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Completed".into() })
-                .inc();
-            ctx.metrics
-                .last_success
-                .get_or_create(&SourceLabel { source: source_label.into() })
-                .set(Timestamp::now().as_second());
-            ctx.event(
-                reference,
-                EventType::Normal,
-                "BackupCompleted",
-                format!(
-                    "etcd backup {backup_name} Completed: {} bytes",
-                    b.status.archive.as_ref().map_or(0, |a| a.size)
-                ),
-            )
-            .await;
-            Ok((Phase::Completed, None))
-        }
-        Err(e) => {
-            ctx.metrics
-                .backups
-                .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Failed".into() })
-                .inc();
-            ctx.event(reference, EventType::Warning, "BackupFailed", format!("etcd backup {backup_name} failed: {e}"))
-                .await;
-            Err(e)
-        }
-    }
+    Ok(source)
 }
 
 #[cfg(test)]
