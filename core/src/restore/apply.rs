@@ -204,7 +204,8 @@ async fn existing(t: &Target<'_>, live: DynamicObject, policy: &WritePolicy, mut
         ExistingPolicy::Update => {
             let mut pp = PatchParams::apply(FIELD_MANAGER).force();
             pp.dry_run = policy.dry_run;
-            match t.api.patch(t.name, &pp, &Patch::Apply(&t.obj)).await {
+            let apply = Patch::Apply(&t.obj);
+            match t.throttle.call(|| t.api.patch(t.name, &pp, &apply)).await {
                 Ok(_) => report.action = if policy.dry_run { ItemAction::WouldUpdate } else { ItemAction::Updated },
                 Err(e) => report.reason = Some(format!("update refused: {}", kube_message(&e))),
             }

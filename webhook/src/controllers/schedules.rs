@@ -317,15 +317,16 @@ impl Reconciling {
         let next = schedule.next_after(now, Some(now));
         st.next_run_time = next.map(|t| t.to_string());
         patch_status(&self.api, name, serde_json::to_value(&st).unwrap_or_default()).await?;
+        // A run longer than the interval leaves the next one already due: decide again at once.
         let wait = next
-            .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(MAX_WAIT))
+            .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
             .unwrap_or(MAX_WAIT);
         Ok(Action::requeue(wait.min(MAX_WAIT)))
     }
 }
 
-/// The status after the run `backup_name`, started at `now`: its result and first error, the
-/// conditions and last success as they were unless this run completed.
+/// The status after the run `backup_name`, started at `now`: its result and first error (redacted),
+/// and the last success as it was unless this run completed.
 fn after_run(
     status: &BackupScheduleStatus,
     now: Timestamp,
@@ -348,11 +349,11 @@ fn after_run(
         }
         Err(e) => {
             st.last_result = Some(Phase::Failed.to_string());
-            st.last_error = Some(kubectl_backup_core::error::redact(&e.to_string()));
+            st.last_error = Some(e.to_string());
         }
     }
     st.last_error = st.last_error.map(|e| kubectl_backup_core::error::redact(&e));
-    st.conditions = status.conditions.clone();
+    // No conditions: the merge patch keeps the server's, which this reconcile may just have set.
     st
 }
 
