@@ -433,7 +433,10 @@ impl Run<'_> {
                     reference,
                     EventType::Normal,
                     "BackupCompleted",
-                    format!("etcd backup {backup_name} Completed: {} bytes", b.status.archive.as_ref().map_or(0, |a| a.size)),
+                    format!(
+                        "etcd backup {backup_name} Completed: {} bytes",
+                        b.status.archive.as_ref().map_or(0, |a| a.size)
+                    ),
                 )
                 .await;
                 Ok((Phase::Completed, None))
