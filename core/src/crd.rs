@@ -143,6 +143,10 @@ pub struct BackupScheduleStatus {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<String>,
+    /// The backup a run under way is taking (set when the run is claimed, cleared when it ends).
+    /// Found set when a run is due, it means the controller stopped during that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_run: Option<String>,
     /// `Ready`: False with the reason when the controller refuses the schedule (e.g. a tenant
     /// schedule naming a URL, or firing more often than the admin allows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -118,8 +118,7 @@ fn a_run_missed_while_down_runs_once_on_start() {
     // The controller was down for three hours: the last run is long ago, and it stopped in the
     // middle of a run (claimed, never finished).
     let three_hours_ago = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(3)).unwrap().to_string();
-    let status =
-        serde_json::json!({"lastRunTime": three_hours_ago, "lastResult": "Running", "lastBackup": "hourly-cut-short"});
+    let status = serde_json::json!({"lastRunTime": three_hours_ago, "activeRun": "hourly-cut-short"});
     let patch = serde_json::json!({ "status": status }).to_string();
     // status is a subresource: patch it through the API (kubectl 1.32 supports --subresource).
     s.t.kubectl(&[
@@ -149,6 +148,7 @@ fn a_run_missed_while_down_runs_once_on_start() {
         .collect();
     assert_eq!(made.len(), 1, "three missed runs must run once, not three times: {made:?}");
     assert_eq!(status["lastBackup"].as_str(), Some(made[0].as_str()));
+    assert!(status.get("activeRun").is_none(), "the claim is cleared when the run ends: {status:#}");
     let reasons = event_reasons(&s.t, NS, "BackupSchedule", "hourly");
     assert!(reasons.contains(&"BackupInterrupted".to_string()), "{reasons:?}");
     assert_eq!(reasons.iter().filter(|r| *r == "BackupStarted").count(), 1, "{reasons:?}");

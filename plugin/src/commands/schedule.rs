@@ -220,6 +220,9 @@ async fn describe(api: &Api<BackupSchedule>, n: &NameArgs) -> Result<ExitCode> {
     println!("Last run:          {}", or(&st.last_run_time));
     println!("Last backup:       {}", or(&st.last_backup));
     println!("Last result:       {}", or(&st.last_result));
+    if let Some(run) = &st.active_run {
+        println!("Running now:       {run}");
+    }
     println!("Last success:      {}", or(&st.last_success_time));
     println!("Next run:          {}", or(&st.next_run_time));
     if let Some(e) = &st.last_error {

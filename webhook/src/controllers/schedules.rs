@@ -162,15 +162,11 @@ async fn patch_status(api: &Api<BackupSchedule>, name: &str, status: serde_json:
         .map_err(|e| Error::kube(format!("updating the status of schedule {name}"), e))
 }
 
-/// `lastResult` while a run is under way. Seen by a later reconcile of the same schedule, it means
-/// the process that claimed the run stopped before finishing it (reconciles of one object never
-/// overlap in one process): the run is taken again.
-const RUNNING: &str = "Running";
-
 /// Claims a due run before taking it: a status patch conditional on the resourceVersion this
 /// reconcile decided from. A reconcile that decided from a stale cache (its own earlier status
 /// patch not yet seen) or lost a race with another replica gets 409 and takes nothing: a missed
-/// run is taken once, never twice. False when the claim lost.
+/// run is taken once, never twice. The claim is `activeRun`; `lastResult` keeps saying how the last
+/// finished run went. False when the claim lost.
 async fn claim_run(
     api: &Api<BackupSchedule>,
     name: &str,
@@ -179,7 +175,7 @@ async fn claim_run(
 ) -> Result<bool> {
     let claim = json!({
         "metadata": { "resourceVersion": resource_version },
-        "status": { "lastResult": RUNNING, "lastBackup": backup, "lastError": null },
+        "status": { "activeRun": backup },
     });
     match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&claim)).await {
         Ok(_) => Ok(true),
@@ -306,8 +302,7 @@ impl Reconciling {
             tracing::debug!(schedule = %format!("{ns}/{name}"), "run claimed from a stale view; deciding again");
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
-        if status.last_result.as_deref() == Some(RUNNING) {
-            let interrupted = status.last_backup.as_deref().unwrap_or("the last run");
+        if let Some(interrupted) = &status.active_run {
             let message = format!("{interrupted} was interrupted (the controller stopped during it); running again");
             self.ctx.event(&self.reference, EventType::Warning, "BackupInterrupted", message).await;
         }
@@ -316,7 +311,12 @@ impl Reconciling {
         let mut st = after_run(status, now, &backup_name, outcome);
         let next = schedule.next_after(now, Some(now));
         st.next_run_time = next.map(|t| t.to_string());
-        patch_status(&self.api, name, serde_json::to_value(&st).unwrap_or_default()).await?;
+        let mut patch = serde_json::to_value(&st).unwrap_or_default();
+        patch["activeRun"] = serde_json::Value::Null;
+        if st.last_error.is_none() {
+            patch["lastError"] = serde_json::Value::Null;
+        }
+        patch_status(&self.api, name, patch).await?;
         // A run longer than the interval leaves the next one already due: decide again at once.
         let wait = next
             .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
