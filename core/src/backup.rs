@@ -129,7 +129,7 @@ async fn run_pipeline(
         size: written.size,
         sha256: written.sha256.clone(),
         format: FORMAT.into(),
-        encryption: None,
+        encryption: store.seal().map(|s| s.describe()),
     });
 
     let metadata = BackupMetadata { format_version: FORMAT_VERSION, backup: backup.clone(), objects: written.objects };
@@ -145,7 +145,8 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
     // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
     let (item_tx, item_rx) = mpsc::channel::<Item>(256);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
-    let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, observer.clone());
+    let seal = p.store.seal().cloned();
+    let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, seal, observer.clone());
     let progress = observer.clone();
     let upload = store.upload(archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
     let selector = p.selection.selector.as_ref().map(|s| s.as_str().to_string());
@@ -213,10 +214,11 @@ fn spawn_writer(
     mut items: mpsc::Receiver<Item>,
     chunks: mpsc::Sender<Bytes>,
     mtime: u64,
+    seal: Option<crate::crypto::Seal>,
     observer: Arc<dyn Observer>,
 ) -> tokio::task::JoinHandle<std::io::Result<Written>> {
     tokio::task::spawn_blocking(move || {
-        let mut w = ArchiveWriter::new(ChunkSender::new(chunks, CHUNK), mtime)?;
+        let mut w = ArchiveWriter::new(ChunkSender::new(chunks, CHUNK), mtime, seal.as_ref())?;
         let mut n = 0u64;
         while let Some(item) = items.blocking_recv() {
             w.append(&item)?;

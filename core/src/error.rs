@@ -26,6 +26,10 @@ pub enum Error {
     #[error("backup {name:?} in {location} cannot be used: {reason}")]
     Corrupt { name: String, location: String, reason: String },
 
+    /// An encrypted data file without a key that opens it (or one that no longer decrypts).
+    #[error("backup {name:?} cannot be read: {reason}")]
+    Encrypted { name: String, reason: String },
+
     #[error("{context}: {}", kube_message(source))]
     Kube {
         context: String,

@@ -16,6 +16,7 @@ pub mod collect;
 pub mod commit;
 pub mod committed;
 pub mod crd;
+pub mod crypto;
 pub mod error;
 pub mod etcd;
 pub mod filter;

@@ -181,14 +181,7 @@ pub struct SourceCluster {
     pub version: String,
 }
 
-/// Encryption of a data file. Not implemented yet: always absent. Readers refuse a file that has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Encryption {
-    pub algorithm: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
-}
+pub use crate::crypto::Encryption;
 
 /// The one data file of a committed backup of any kind (`status.archive`): the object archive, or an
 /// etcd snapshot, zip or JSON document.

@@ -95,9 +95,58 @@ pub struct StoreArgs {
     /// Path-style S3 requests (default: true when --s3-endpoint or AWS_ENDPOINT_URL is set).
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub path_style: Option<bool>,
+    /// A private key that opens encrypted backups: an age identity file (AGE-SECRET-KEY-1...) or
+    /// an SSH private key. Repeatable, or comma-separated.
+    #[arg(
+        long = "identity",
+        global = true,
+        env = "KUBECTL_BACKUP_IDENTITY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub identities: Vec<PathBuf>,
+    /// A file whose first line is the passphrase of backups encrypted with one.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Encryption of what a command writes (`create`, `etcd snapshot`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct EncryptArgs {
+    /// Encrypt the backup to these recipients (age1... public keys, or SSH ed25519/RSA public
+    /// keys); only their private keys can read it. Repeatable, or comma-separated. Default: the
+    /// BackupLocation's recipients, if it names any.
+    #[arg(long, value_delimiter = ',', value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+    /// Encrypt the backup with the passphrase in FILE's first line (scrypt) instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "encrypt_to")]
+    pub encrypt_passphrase_file: Option<PathBuf>,
+}
+
+impl EncryptArgs {
+    /// The seal these flags ask for, if any (`None`: the location's default).
+    pub fn seal(&self) -> kubectl_backup_core::Result<Option<kubectl_backup_core::crypto::Seal>> {
+        use kubectl_backup_core::crypto::Seal;
+        if let Some(f) = &self.encrypt_passphrase_file {
+            return Seal::passphrase_file(f).map(Some);
+        }
+        if self.encrypt_to.is_empty() {
+            return Ok(None);
+        }
+        Seal::recipients(&self.encrypt_to).map(Some)
+    }
 }
 
 impl StoreArgs {
+    /// What opens encrypted backups: `--identity` files and `--passphrase-file`.
+    pub fn unseal(&self) -> kubectl_backup_core::Result<kubectl_backup_core::crypto::Unseal> {
+        let mut u = kubectl_backup_core::crypto::Unseal::identity_files(&self.identities)?;
+        if let Some(f) = &self.passphrase_file {
+            u.add_passphrase_file(f)?;
+        }
+        Ok(u)
+    }
+
     pub fn options(&self) -> StoreOptions {
         StoreOptions {
             s3_endpoint: self.s3_endpoint.clone(),

@@ -30,5 +30,9 @@ pub async fn open(cli: &Globals, client: Option<&Client>) -> anyhow::Result<Reso
         }
         None => None,
     };
-    Ok(locations::resolve(client, &cli.location.install_namespace, given, &cli.location.options()).await?)
+    let unseal = cli.location.unseal()?;
+    let mut resolved =
+        locations::resolve(client, &cli.location.install_namespace, given, &cli.location.options()).await?;
+    resolved.store = resolved.store.with_unseal(unseal);
+    Ok(resolved)
 }

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use sha2::{Digest, Sha256};
 
 pub use crate::committed::Digesting;
+use crate::crypto::{Seal, Sealed};
 
 use crate::collect::Item;
 
@@ -86,16 +87,18 @@ pub struct Written {
 
 /// Writes objects into a tar+zstd stream.
 pub struct ArchiveWriter<W: Write> {
-    tar: tar::Builder<zstd::Encoder<'static, Digesting<W>>>,
+    tar: tar::Builder<zstd::Encoder<'static, Sealed<Digesting<W>>>>,
     objects: BTreeMap<String, String>,
     duplicates: u64,
     mtime: u64,
 }
 
 impl<W: Write> ArchiveWriter<W> {
-    /// `mtime` (seconds since the epoch) is stamped on every entry: the backup's start time.
-    pub fn new(out: W, mtime: u64) -> io::Result<Self> {
-        let mut encoder = zstd::Encoder::new(Digesting::new(out), ZSTD_LEVEL)?;
+    /// `mtime` (seconds since the epoch) is stamped on every entry: the backup's start time. With
+    /// a `seal`, the compressed stream is encrypted; size and SHA-256 are of the stored bytes.
+    pub fn new(out: W, mtime: u64, seal: Option<&Seal>) -> io::Result<Self> {
+        let sealed = Sealed::new(Digesting::new(out), seal).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut encoder = zstd::Encoder::new(sealed, ZSTD_LEVEL)?;
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
@@ -126,14 +129,14 @@ impl<W: Write> ArchiveWriter<W> {
         self.objects.is_empty()
     }
 
-    /// Compressed bytes produced so far.
+    /// Compressed bytes produced so far (before encryption, which adds 16 bytes per 64 KiB).
     pub fn bytes_out(&mut self) -> u64 {
-        self.tar.get_mut().get_ref().size()
+        self.tar.get_mut().get_ref().written()
     }
 
     pub fn finish(self) -> io::Result<(W, Written)> {
         let encoder = self.tar.into_inner()?;
-        let digesting = encoder.finish()?;
+        let digesting = encoder.finish()?.finish()?;
         let (mut out, size, sha256) = digesting.finish();
         out.flush()?;
         Ok((out, Written { size, sha256, objects: self.objects, duplicates: self.duplicates }))
@@ -264,7 +267,7 @@ mod tests {
     }
 
     fn build(items: &[Item]) -> (Vec<u8>, Written) {
-        let mut w = ArchiveWriter::new(Vec::new(), 1_700_000_000).unwrap();
+        let mut w = ArchiveWriter::new(Vec::new(), 1_700_000_000, None).unwrap();
         for i in items {
             w.append(i).unwrap();
         }

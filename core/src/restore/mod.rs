@@ -26,6 +26,7 @@ use self::report::Report;
 use self::transform::{TransformOptions, transform};
 use crate::archive::read_verified;
 use crate::collect::{self, Discovered};
+use crate::crypto::Opener;
 use crate::error::kube_message;
 use crate::filter::Selection;
 use crate::input::validate_name;
@@ -57,7 +58,7 @@ pub async fn run(
         |reason: String| Error::Corrupt { name: spec.backup_name.clone(), location: store.url().into(), reason };
 
     // 1. Verify everything before the first write.
-    let (meta, file, index) = verify(store, &spec.backup_name).await?;
+    let (meta, archive, index) = verify(store, &spec.backup_name).await?;
     observer.event(Event::Verified { items: index.len() as u64 });
 
     // 2. Plan against what the target cluster serves.
@@ -96,7 +97,7 @@ pub async fn run(
     let mut applying = Applying {
         cluster,
         discovered,
-        file: Arc::new(file),
+        archive: Arc::new(archive),
         index: Arc::new(index),
         digests: &meta.objects,
         opts,
@@ -112,15 +113,17 @@ pub async fn run(
 
 /// Downloads the archive, checks its size and SHA-256 and every entry's path, digest and identity,
 /// and indexes it. Nothing is written before this has passed.
-async fn verify(store: &Store, backup: &str) -> Result<(BackupMetadata, std::fs::File, Vec<Indexed>)> {
+async fn verify(store: &Store, backup: &str) -> Result<(BackupMetadata, Archive, Vec<Indexed>)> {
     let meta = catalog::metadata(store, backup).await?;
     let corrupt = |reason: String| Error::Corrupt { name: backup.to_string(), location: store.url().into(), reason };
     let file = catalog::fetch(store, &meta).await?;
+    let encryption = meta.backup.status.archive.as_ref().and_then(|a| a.encryption.clone());
+    let opener = Opener::new(encryption, store.unseal().clone(), backup);
     let objects = meta.objects.clone();
-    let (file, index) = tokio::task::spawn_blocking(move || {
+    let (archive, index) = tokio::task::spawn_blocking(move || -> Result<std::result::Result<_, String>> {
         let mut index = Vec::with_capacity(objects.len());
-        let reader = std::io::BufReader::new(&file);
-        read_verified(reader, &objects, |e| {
+        let plain = opener.open(std::io::BufReader::new(&file))?;
+        let verified = read_verified(plain, &objects, |e| {
             let v: Value =
                 serde_json::from_slice(&e.json).map_err(|err| format!("entry {:?} is not JSON: {err}", e.raw_path))?;
             crate::archive::check_identity(&e.path, &e.raw_path, &v)?;
@@ -132,13 +135,19 @@ async fn verify(store: &Store, backup: &str) -> Result<(BackupMetadata, std::fs:
                 &v,
             ));
             Ok(())
-        })
-        .map(|_| (file, index))
+        });
+        Ok(verified.map(|_| (Archive { file, opener }, index)))
     })
     .await
-    .map_err(|e| Error::Other(format!("verifying the archive: {e}")))?
+    .map_err(|e| Error::Other(format!("verifying the archive: {e}")))??
     .map_err(corrupt)?;
-    Ok((meta, file, index))
+    Ok((meta, archive, index))
+}
+
+/// The verified archive on local disk, and how to read its plaintext.
+struct Archive {
+    file: std::fs::File,
+    opener: Opener,
 }
 
 /// An entry filed under a namespace must be of a namespaced resource, and the reverse: else a
@@ -163,7 +172,7 @@ struct Applying<'a> {
     /// What the cluster serves; discovered again after CRDs are restored.
     discovered: Discovered,
     /// The verified archive, read once per group.
-    file: Arc<std::fs::File>,
+    archive: Arc<Archive>,
     index: Arc<Vec<Indexed>>,
     digests: &'a BTreeMap<String, String>,
     opts: TransformOptions,
@@ -234,12 +243,13 @@ impl Applying<'_> {
             .filter_map(|&i| self.digests.get(&index[i].path).map(|d| (index[i].path.clone(), (i, d.clone()))))
             .collect();
         let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
-        let reader_file = self.file.clone();
+        let source = self.archive.clone();
         let digests_len = self.digests.len();
         let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut f = reader_file.as_ref();
+            let mut f = &source.file;
             std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
-            let mut archive = crate::archive::open(std::io::BufReader::new(f), digests_len)?;
+            let plain = source.opener.open(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+            let mut archive = crate::archive::open(plain, digests_len)?;
             for entry in archive.entries().map_err(|e| e.to_string())? {
                 let mut entry = entry.map_err(|e| e.to_string())?;
                 let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();

@@ -178,6 +178,10 @@ pub struct StoreOptions {
 pub struct Store {
     location: Location,
     objects: Arc<dyn ObjectStore>,
+    /// Who can read the data files written here (none: written in the clear).
+    seal: Option<crate::crypto::Seal>,
+    /// What opens encrypted data files read from here.
+    unseal: crate::crypto::Unseal,
 }
 
 impl std::fmt::Debug for Store {
@@ -195,7 +199,10 @@ impl Store {
     pub fn open(location: &Location, options: &StoreOptions) -> Result<Store> {
         let store = match location.provider {
             // A local directory: no prefix store, the directory is the location.
-            Provider::File => return Ok(Store { location: location.clone(), objects: providers::local(location)? }),
+            Provider::File => {
+                let objects = providers::local(location)?;
+                return Ok(Store { location: location.clone(), objects, seal: None, unseal: Default::default() });
+            }
             Provider::S3 => providers::s3(location, options)?,
             Provider::Gcs => providers::gcs(location, options)?,
             Provider::Azure => providers::azure(location, options)?,
@@ -205,7 +212,27 @@ impl Store {
         } else {
             Arc::new(PrefixStore::new(store, location.prefix.as_str()))
         };
-        Ok(Store { location: location.clone(), objects })
+        Ok(Store { location: location.clone(), objects, seal: None, unseal: Default::default() })
+    }
+
+    /// The same location, writing data files encrypted to `seal` (or in the clear when `None`).
+    pub fn with_seal(mut self, seal: Option<crate::crypto::Seal>) -> Store {
+        self.seal = seal;
+        self
+    }
+
+    /// The same location, opening encrypted data files with `unseal`.
+    pub fn with_unseal(mut self, unseal: crate::crypto::Unseal) -> Store {
+        self.unseal = unseal;
+        self
+    }
+
+    pub fn seal(&self) -> Option<&crate::crypto::Seal> {
+        self.seal.as_ref()
+    }
+
+    pub fn unseal(&self) -> &crate::crypto::Unseal {
+        &self.unseal
     }
 
     pub fn location(&self) -> &Location {

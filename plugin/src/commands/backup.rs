@@ -15,9 +15,9 @@ use kubectl_backup_core::store::Store;
 
 use clap::Args;
 
-use super::catalog::{Shown, print_expiry, took};
+use super::catalog::{Shown, encryption, print_expiry, took};
 use super::{exit_for, throttle};
-use crate::args::{FilterArgs, Globals, Output, OutputArg};
+use crate::args::{EncryptArgs, FilterArgs, Globals, Output, OutputArg};
 use crate::output::{age, print_document, size, time, until};
 use crate::{open_location, progress};
 
@@ -27,10 +27,14 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
     parse_duration("--ttl", &args.ttl)?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
+    let seal = args.encrypt.seal()?;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let location = open_location::open(cli, Some(&cluster.client)).await?;
     location.ensure_writable()?;
-    let store = location.store.clone();
+    let store = match seal {
+        Some(seal) => location.store.clone().with_seal(Some(seal)),
+        None => location.store.clone(),
+    };
     let spec =
         BackupSpec { filters, ttl: Some(args.ttl.clone()), storage_location: Some(location.display()), schedule: None };
 
@@ -104,11 +108,19 @@ impl Shown for Objects {
         catalog::describe(store, name).await
     }
 
-    async fn download_name(_: &Store, name: &str) -> kubectl_backup_core::Result<String> {
-        Ok(format!("{name}.tar.zst"))
+    async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String> {
+        let b = catalog::describe(store, name).await?;
+        let encrypted = b.status.archive.is_some_and(|a| a.encryption.is_some());
+        Ok(if encrypted { format!("{name}.tar.zst.age") } else { format!("{name}.tar.zst") })
     }
 
     fn open_hint(file: &Path) -> String {
+        if file.extension().is_some_and(|e| e == "age") {
+            return format!(
+                " It is encrypted as stored; open it with: age -d -i KEY {} | tar --zstd -xf -",
+                file.display()
+            );
+        }
         format!(" Open it with: tar --zstd -xf {}", file.display())
     }
 }
@@ -162,6 +174,7 @@ fn print_description(b: &Backup, location: &str) {
     let _ = writeln!(out, "Cluster-scoped:     {}", f.include_cluster_resources);
     if let Some(a) = &s.archive {
         let _ = writeln!(out, "Archive:            {} ({}, {}, sha256 {})", a.key, a.format, size(a.size), a.sha256);
+        let _ = writeln!(out, "Encryption:         {}", encryption(a.encryption.as_ref()));
     }
     let _ = writeln!(out, "Objects:            {}", s.progress.items_backed_up);
     if !s.namespaces.is_empty() {
@@ -185,6 +198,8 @@ pub struct CreateArgs {
     pub name: String,
     #[command(flatten)]
     pub filters: FilterArgs,
+    #[command(flatten)]
+    pub encrypt: EncryptArgs,
     /// How long to keep the backup (e.g. 720h, 30m; 0 keeps it forever).
     #[arg(long, default_value = "720h", value_name = "DURATION")]
     pub ttl: String,

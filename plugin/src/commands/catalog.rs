@@ -191,6 +191,15 @@ async fn download<K: Shown>(cli: &Globals, args: &DownloadArgs) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// "none", or "age, to age1..., age1..." / "age, with a passphrase".
+pub(crate) fn encryption(e: Option<&kubectl_backup_core::model::Encryption>) -> String {
+    match e {
+        None => "none".into(),
+        Some(e) if e.passphrase => format!("{}, with a passphrase", e.algorithm),
+        Some(e) => format!("{}, to {}", e.algorithm, e.recipients.join(", ")),
+    }
+}
+
 /// " in 1.2s" when the run has both times.
 pub(crate) fn took(t: &Timing) -> String {
     match (t.start_timestamp, t.completion_timestamp) {
