@@ -82,12 +82,14 @@ pub struct DataFile<'a> {
     pub key: &'a str,
     pub size: u64,
     pub sha256: &'a str,
+    /// How the stored bytes are encrypted, if they are.
+    pub encryption: Option<&'a crate::crypto::Encryption>,
 }
 
 /// The data file a commit document describes, or why this tool cannot use it.
 pub fn data_file(file: Option<&StoredFile>) -> std::result::Result<DataFile<'_>, String> {
     let f = file.ok_or("metadata.json names no data file")?;
-    Ok(DataFile { key: &f.key, size: f.size, sha256: &f.sha256 })
+    Ok(DataFile { key: &f.key, size: f.size, sha256: &f.sha256, encryption: f.encryption.as_ref() })
 }
 
 /// Commits `metadata` as backup `name` of kind `K` (the protocol in [`crate::commit`]): its data
@@ -289,6 +291,69 @@ pub async fn download<K: Kind>(store: &Store, name: &str, dest: Destination<'_>)
         }
         Destination::File(file) => write_verified(store, name, &path, data, file, &mut ()).await,
     }
+}
+
+/// Writes the plaintext of a data file to `file` through a temporary file beside it, renamed once
+/// the stored size and SHA-256, the decryption (if encrypted) and `inspect` (on the plaintext)
+/// agree. Returns the plaintext's size.
+pub async fn write_plaintext(
+    store: &Store,
+    name: &str,
+    path: &Path,
+    data: DataFile<'_>,
+    file: &FsPath,
+    inspect: &mut (dyn Inspect + Send),
+) -> Result<u64> {
+    if data.encryption.is_none() {
+        return write_verified(store, name, path, data, file, inspect).await;
+    }
+    let plain = tokio::fs::File::from_std(fetch_plaintext(store, name, path, data).await?);
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
+    let tmp =
+        tempfile::Builder::new().prefix(".kubectl-backup-download").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let (std_file, tmp_path) = tmp.into_parts();
+    let mut out = tokio::fs::File::from_std(std_file);
+    let mut reader = tokio::io::BufReader::new(plain);
+    let mut n = 0u64;
+    loop {
+        let chunk = tokio::io::AsyncBufReadExt::fill_buf(&mut reader).await.map_err(|e| Error::io(file, e))?;
+        if chunk.is_empty() {
+            break;
+        }
+        inspect.update(chunk);
+        out.write_all(chunk).await.map_err(|e| Error::io(file, e))?;
+        let len = chunk.len();
+        n += len as u64;
+        tokio::io::AsyncBufReadExt::consume(&mut reader, len);
+    }
+    inspect.verify()?;
+    out.sync_all().await.map_err(|e| Error::io(file, e))?;
+    tmp_path.persist(file).map_err(|e| Error::io(file, e.error))?;
+    Ok(n)
+}
+
+/// The plaintext of a data file in an anonymous temporary file (mode 0600), verified and rewound:
+/// the stored bytes' size and SHA-256 first, then the decryption, which authenticates every chunk.
+/// For readers that must seek (a zip); others decrypt as they read ([`crate::crypto::Opener`]).
+pub async fn fetch_plaintext(store: &Store, name: &str, path: &Path, data: DataFile<'_>) -> Result<std::fs::File> {
+    let stored = fetch(store, name, path, data).await?;
+    let Some(encryption) = data.encryption.cloned() else {
+        return Ok(stored);
+    };
+    let opener = crate::crypto::Opener::new(Some(encryption), store.unseal().clone(), name);
+    let tmp = std::env::temp_dir();
+    tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+        let mut plain = opener.open(std::io::BufReader::new(stored))?;
+        let mut out = tempfile::tempfile().map_err(|e| Error::io(&tmp, e))?;
+        std::io::copy(&mut plain, &mut out).map_err(|e| Error::Encrypted {
+            name: opener.name().to_string(),
+            reason: format!("the ciphertext does not decrypt: {e}"),
+        })?;
+        std::io::Seek::rewind(&mut out).map_err(|e| Error::io(&tmp, e))?;
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("decrypting: {e}")))?
 }
 
 /// Writes a data file to `file` through a temporary file beside it, renamed once the size, the

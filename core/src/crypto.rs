@@ -257,6 +257,11 @@ impl Opener {
         Opener { encryption, keys, name: name.to_string() }
     }
 
+    /// The backup it opens, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The plaintext of `input` (see [`open`]).
     pub fn open<'r, R: Read + Send + 'r>(&self, input: R) -> Result<Box<dyn Read + Send + 'r>> {
         open(input, self.encryption.as_ref(), &self.keys, &self.name)

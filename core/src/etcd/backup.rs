@@ -17,6 +17,7 @@ use super::keys::{Header, KeyMeta, KeysWriter};
 use super::model::{EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdMetadata, EtcdSource, FORMAT_VERSION, hex_id};
 use super::{WHAT, snapshot};
 use crate::committed::Digesting;
+use crate::crypto::Sealed;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::model::Phase;
 use crate::model::{StoredFile, Timing};
@@ -110,7 +111,7 @@ pub async fn run_with(
         size: written.size,
         sha256: written.sha256,
         format: backup.spec.kind.format().to_string(),
-        encryption: None,
+        encryption: store.seal().map(|s| s.describe()),
     });
     s.timing = Timing { start_timestamp: Some(start), completion_timestamp: Some(Timestamp::now()) };
     s.expiration = ttl.and_then(|t| expiration(start, t));
@@ -292,8 +293,11 @@ async fn save_keys(
     let (page_tx, mut page_rx) = mpsc::channel::<Vec<KeyValue>>(4);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
     let writer_observer = observer.clone();
+    let seal = store.seal().cloned();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, u64)> {
-        let mut w = KeysWriter::new(kind, Digesting::new(ChunkSender::new(chunk_tx, CHUNK)), &header, start)?;
+        let sink = Sealed::new(Digesting::new(ChunkSender::new(chunk_tx, CHUNK)), seal.as_ref())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut w = KeysWriter::new(kind, sink, &header, start)?;
         while let Some(page) = page_rx.blocking_recv() {
             for kv in &page {
                 let meta = KeyMeta {
@@ -304,11 +308,11 @@ async fn save_keys(
                 };
                 w.add(kv.key(), kv.value(), meta)?;
             }
-            let bytes = w.get_ref().map(Digesting::size).unwrap_or(0);
+            let bytes = w.get_ref().map(Sealed::written).unwrap_or(0);
             writer_observer.event(Event::Archived { items: w.count(), bytes });
         }
         let count = w.count();
-        let (mut rest, size, sha256) = w.finish()?.finish();
+        let (mut rest, size, sha256) = w.finish()?.finish()?.finish();
         rest.flush()?; // the last chunk goes to the uploader
 
         Ok((size, sha256, count))

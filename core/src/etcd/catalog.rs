@@ -83,14 +83,14 @@ pub(crate) async fn write_verified(
 ) -> Result<u64> {
     let name = backup.name();
     let data = data_of(store, backup)?;
-    committed::write_verified(store, name, &committed::data_path::<Etcd>(name, data.key), data, file, inspect).await
+    committed::write_plaintext(store, name, &committed::data_path::<Etcd>(name, data.key), data, file, inspect).await
 }
 
 /// Downloads the data file of `backup` into an anonymous temporary file, verified, and rewinds it.
 pub(crate) async fn fetch(store: &Store, backup: &EtcdBackup) -> Result<std::fs::File> {
     let name = backup.name();
     let data = data_of(store, backup)?;
-    committed::fetch(store, name, &committed::data_path::<Etcd>(name, data.key), data).await
+    committed::fetch_plaintext(store, name, &committed::data_path::<Etcd>(name, data.key), data).await
 }
 
 #[cfg(test)]

@@ -93,19 +93,20 @@ pub async fn save(
 ) -> Result<Digests> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let progress = observer.clone();
-    let upload = store.upload(path, rx, move |bytes| progress.event(Event::Uploading { bytes }));
+    let upload = store.upload_sealed(path, rx, move |bytes| progress.event(Event::Uploading { bytes }));
     let receive = receive(member, tls, tx, observer);
     let (received, uploaded) = tokio::join!(receive, upload);
     // An upload that failed stopped the receiver too: its error is the one to report.
-    let sent = uploaded?;
+    let stored = uploaded?;
     let digests = received?;
-    if sent != digests.size {
+    if stored.plain != digests.size {
         return Err(Error::Other(format!(
-            "upload of {path} is incomplete: {sent} of {} bytes were sent",
-            digests.size
+            "upload of {path} is incomplete: {} of {} bytes were sent",
+            stored.plain, digests.size
         )));
     }
-    Ok(digests)
+    // What the metadata records is what is stored (the ciphertext, when encrypted).
+    Ok(Digests { sha256: stored.sha256, size: stored.size, trailer_ok: digests.trailer_ok })
 }
 
 async fn receive(

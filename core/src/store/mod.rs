@@ -173,6 +173,16 @@ pub struct StoreOptions {
     pub credentials: Vec<(String, String)>,
 }
 
+/// What [`Store::upload_sealed`] stored.
+#[derive(Debug)]
+pub struct Uploaded {
+    /// Bytes received (the plaintext).
+    pub plain: u64,
+    /// Bytes stored, and their SHA-256 (hex).
+    pub size: u64,
+    pub sha256: String,
+}
+
 /// An open location: an object store whose root is the location's prefix.
 #[derive(Clone)]
 pub struct Store {
@@ -273,6 +283,45 @@ impl Store {
             }
             Err(e) => Err(self.error(e)),
         }
+    }
+
+    /// Uploads a backup's data file from `plain` chunks, encrypted on the way with this store's seal
+    /// when it has one (in a blocking task: age is synchronous). Object archives, which already
+    /// have a writer thread, put [`crate::crypto::Sealed`] in it instead.
+    pub async fn upload_sealed(
+        &self,
+        path: &Path,
+        mut plain: mpsc::Receiver<Bytes>,
+        progress: impl Fn(u64),
+    ) -> Result<Uploaded> {
+        const CHUNK: usize = 1 << 20;
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let seal = self.seal.clone();
+        let sealer = tokio::task::spawn_blocking(move || -> Result<Uploaded> {
+            let mut w = crate::crypto::Sealed::new(
+                crate::committed::Digesting::new(ChunkSender::new(tx, CHUNK)),
+                seal.as_ref(),
+            )?;
+            let io = |e: io::Error| Error::Other(format!("encrypting the upload: {e}"));
+            while let Some(b) = plain.blocking_recv() {
+                w.write_all(&b).map_err(io)?;
+            }
+            let plain = w.written();
+            let (mut rest, size, sha256) = w.finish().map_err(io)?.finish();
+            rest.flush().map_err(io)?;
+            Ok(Uploaded { plain, size, sha256 })
+        });
+        let uploaded = self.upload(path, rx, progress).await;
+        let sealed = sealer.await.map_err(|e| Error::Other(format!("encrypting the upload: {e}")))?;
+        let sent = uploaded?;
+        let sealed = sealed?;
+        if sent != sealed.size {
+            return Err(Error::Other(format!(
+                "upload of {path} is incomplete: {sent} of {} bytes were sent",
+                sealed.size
+            )));
+        }
+        Ok(sealed)
     }
 
     /// Removes the staging files interrupted multipart uploads leave under `dir` in a local

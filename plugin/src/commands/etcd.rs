@@ -14,7 +14,7 @@ use kubectl_backup_core::etcd::{
 use kubectl_backup_core::input::{parse_duration, validate_name};
 use kubectl_backup_core::store::Store;
 
-use super::catalog::{self, Shown, print_expiry, took};
+use super::catalog::{self, Shown, encryption, print_expiry, took};
 use crate::args::{Globals, Output, OutputArg};
 use crate::output::{age, print_document, size, time, until};
 use crate::{open_location, progress};
@@ -86,6 +86,8 @@ pub struct SnapshotArgs {
     /// Only keys starting with this prefix (keys and keys-json).
     #[arg(long, value_name = "KEYPREFIX")]
     pub prefix: Option<String>,
+    #[command(flatten)]
+    pub encrypt: crate::args::EncryptArgs,
     /// How long to keep the backup (e.g. 720h, 30m; 0s keeps it forever).
     #[arg(long, default_value = "720h", value_name = "DURATION")]
     pub ttl: String,
@@ -134,9 +136,13 @@ async fn snapshot(cli: &Globals, args: &SnapshotArgs) -> Result<ExitCode> {
     let kind = args.kind;
     parse_duration("--ttl", &args.ttl)?;
     let source = args.connection.source(args.prefix.clone())?;
+    let seal = args.encrypt.seal()?;
     let location = open_location::open(cli, None).await?;
     location.ensure_writable()?;
-    let store = location.store.clone();
+    let store = match seal {
+        Some(seal) => location.store.clone().with_seal(Some(seal)),
+        None => location.store.clone(),
+    };
     let spec =
         EtcdBackupSpec { kind, ttl: Some(args.ttl.clone()), location: Some(location.display()), ..Default::default() };
     let observer = progress::observer(args.output.output, "keys");
@@ -203,11 +209,21 @@ impl Shown for Etcd {
     }
 
     async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String> {
-        Ok(etcd::describe(store, name).await?.spec.kind.download_name(name))
+        let b = etcd::describe(store, name).await?;
+        let file = b.spec.kind.download_name(name);
+        let encrypted = b.status.archive.is_some_and(|a| a.encryption.is_some());
+        Ok(if encrypted { format!("{file}.age") } else { file })
     }
 
-    fn open_hint(_: &Path) -> String {
-        String::new()
+    fn open_hint(file: &Path) -> String {
+        match file.extension() {
+            Some(e) if e == "age" => format!(
+                " It is encrypted as stored; decrypt it with: age -d -i KEY -o {} {} (or use `kubectl backup etcd restore --identity KEY`)",
+                file.with_extension("").display(),
+                file.display()
+            ),
+            _ => String::new(),
+        }
     }
 }
 
@@ -241,6 +257,7 @@ fn print_description(b: &EtcdBackup, location: &str) {
     if let Some(a) = &s.archive {
         let _ = writeln!(out, "File:          {} ({}, {})", a.key, a.format, size(a.size));
         let _ = writeln!(out, "SHA-256:       {}", a.sha256);
+        let _ = writeln!(out, "Encryption:    {}", encryption(a.encryption.as_ref()));
     }
     let t = &s.timing;
     let _ = writeln!(out, "Started:       {} ({} ago)", time(t.start_timestamp), age(t.start_timestamp));
