@@ -55,6 +55,35 @@ pub struct BackupLocationSpec {
     pub default: bool,
     #[serde(default)]
     pub access_mode: AccessMode,
+    /// Client-side encryption of every backup written here (docs/encryption.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<LocationEncryption>,
+}
+
+/// Who can read the backups written to a location, and the key the controller reads them with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationEncryption {
+    /// Public keys (`age1...`, `ssh-ed25519 ...`, `ssh-rsa ...`) every backup written here is
+    /// encrypted to, unless a command names its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// A Secret in the same namespace whose key `identity` holds a private key that opens these
+    /// backups: the controller reads it to restore workspaces. Without it the controller writes
+    /// encrypted backups it cannot read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_secret: Option<String>,
+}
+
+impl LocationEncryption {
+    /// From flags: `None` when neither recipients nor a Secret are named.
+    pub fn of(recipients: &[String], identity_secret: Option<&str>) -> Option<LocationEncryption> {
+        let recipients: Vec<String> =
+            recipients.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+        let identity_secret = identity_secret.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        (!recipients.is_empty() || identity_secret.is_some())
+            .then_some(LocationEncryption { recipients, identity_secret })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -133,6 +133,13 @@ impl Unseal {
         self.identities.is_empty() && self.passphrases.is_empty()
     }
 
+    /// These keys and `other`'s.
+    pub fn merge(mut self, other: Unseal) -> Unseal {
+        self.identities.extend(other.identities);
+        self.passphrases.extend(other.passphrases);
+        self
+    }
+
     fn describe(&self) -> String {
         let mut from: Vec<String> = self.identities.iter().map(|(s, _)| s.clone()).collect();
         if !self.passphrases.is_empty() {

@@ -36,6 +36,10 @@ pub struct InstallOptions {
     /// Custom resources that are workspaces too, as `<plural>.<group>`.
     pub workspace_resources: Vec<String>,
     pub continuous: bool,
+    /// Public keys every backup of the default location is encrypted to.
+    pub encrypt_to: Vec<String>,
+    /// The Secret whose key `identity` opens them (for auto-restore).
+    pub identity_secret: Option<String>,
 }
 
 /// TLS material for the webhook when cert-manager is not used.
@@ -128,6 +132,9 @@ pub fn default_location(opts: &InstallOptions) -> Value {
     if let Some(r) = &opts.region {
         location["spec"]["region"] = json!(r);
     }
+    if let Some(e) = crate::crd::LocationEncryption::of(&opts.encrypt_to, opts.identity_secret.as_deref()) {
+        location["spec"]["encryption"] = json!(e);
+    }
     location
 }
 
@@ -143,6 +150,12 @@ fn default_location_args(opts: &InstallOptions) -> Vec<String> {
     }
     if let Some(s) = &opts.credentials_secret {
         args.push(format!("--default-location-credentials-secret={s}"));
+    }
+    if !opts.encrypt_to.is_empty() {
+        args.push(format!("--default-location-encrypt-to={}", opts.encrypt_to.join(",")));
+    }
+    if let Some(s) = &opts.identity_secret {
+        args.push(format!("--default-location-identity-secret={s}"));
     }
     args
 }
@@ -372,6 +385,8 @@ mod tests {
             image: "example/backup-webhook:1".into(),
             location_url: "s3://b/p".into(),
             credentials_secret: Some("creds".into()),
+            encrypt_to: Vec::new(),
+            identity_secret: None,
             s3_endpoint: None,
             region: None,
             cert_manager: false,

@@ -9,6 +9,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use crate::crd::{AccessMode, BackupLocation};
+use crate::crypto::{Seal, Unseal};
 use crate::error::kube_message;
 use crate::input::validate_name;
 use crate::store::{LOCATION_ENV, Location, Store, StoreOptions};
@@ -154,8 +155,45 @@ pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &
         }
         other => other,
     })?;
+    let store = match &spec.encryption {
+        Some(e) => {
+            let seal = if e.recipients.is_empty() { None } else { Some(Seal::recipients(&e.recipients)?) };
+            let unseal = match &e.identity_secret {
+                Some(secret) => identity_from_secret(client, namespace, &name, secret).await,
+                None => Unseal::default(),
+            };
+            store.with_seal(seal).with_unseal(unseal)
+        }
+        None => store,
+    };
     Ok(Resolved { store, name: Some(name), access: spec.access_mode })
 }
+
+/// The key `identity` of the location's identity Secret. Whoever may not read it (most users:
+/// they bring their own `--identity`) goes on without it.
+async fn identity_from_secret(client: &Client, namespace: &str, location: &str, secret: &str) -> Unseal {
+    let mut unseal = Unseal::default();
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get_opt(secret).await {
+        Ok(Some(s)) => {
+            let text = s.data.unwrap_or_default().remove(IDENTITY_KEY).and_then(|v| String::from_utf8(v.0).ok());
+            let from = format!("Secret {namespace}/{secret}");
+            match text.map(|t| unseal.add_identity(&from, t)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(location, error = %e, "the location's identity Secret holds no usable key")
+                }
+                None => tracing::warn!(location, secret, "the location's identity Secret has no key {IDENTITY_KEY:?}"),
+            }
+        }
+        Ok(None) => tracing::warn!(location, secret, "the location's identity Secret does not exist"),
+        Err(e) => tracing::debug!(location, error = %kube_message(&e), "cannot read the location's identity Secret"),
+    }
+    unseal
+}
+
+/// The key of a location's identity Secret that holds the private key.
+pub const IDENTITY_KEY: &str = "identity";
 
 /// What [`create_if_missing`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

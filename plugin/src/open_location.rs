@@ -33,6 +33,7 @@ pub async fn open(cli: &Globals, client: Option<&Client>) -> anyhow::Result<Reso
     let unseal = cli.location.unseal()?;
     let mut resolved =
         locations::resolve(client, &cli.location.install_namespace, given, &cli.location.options()).await?;
-    resolved.store = resolved.store.with_unseal(unseal);
+    let keys = resolved.store.unseal().clone().merge(unseal);
+    resolved.store = resolved.store.with_unseal(keys);
     Ok(resolved)
 }

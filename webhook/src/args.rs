@@ -161,6 +161,23 @@ pub struct DefaultLocationArgs {
     /// ReadWrite (default) or ReadOnly.
     #[arg(id = "default_location_access_mode", long = "default-location-access-mode", env = "WEBHOOK_DEFAULT_LOCATION_ACCESS_MODE", value_parser = parse_access_mode, value_name = "MODE")]
     pub access_mode: Option<AccessMode>,
+    /// Public keys its backups are encrypted to (comma-separated).
+    #[arg(
+        id = "default_location_encrypt_to",
+        long = "default-location-encrypt-to",
+        env = "WEBHOOK_DEFAULT_LOCATION_ENCRYPT_TO",
+        value_delimiter = ',',
+        value_name = "RECIPIENT"
+    )]
+    pub encrypt_to: Vec<String>,
+    /// The Secret in this namespace whose key `identity` opens them (for auto-restore).
+    #[arg(
+        id = "default_location_identity_secret",
+        long = "default-location-identity-secret",
+        env = "WEBHOOK_DEFAULT_LOCATION_IDENTITY_SECRET",
+        value_name = "NAME"
+    )]
+    pub identity_secret: Option<String>,
 }
 
 impl DefaultLocationArgs {
@@ -175,6 +192,10 @@ impl DefaultLocationArgs {
             credentials_secret: self.credentials_secret.clone(),
             default: true,
             access_mode: self.access_mode.unwrap_or_default(),
+            encryption: kubectl_backup_core::crd::LocationEncryption::of(
+                &self.encrypt_to,
+                self.identity_secret.as_deref(),
+            ),
         })
     }
 }

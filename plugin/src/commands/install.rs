@@ -28,6 +28,14 @@ pub struct InstallArgs {
     /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT_KEY, GOOGLE_SERVICE_ACCOUNT_KEY...).
     #[arg(long, value_name = "NAME")]
     pub credentials_secret: Option<String>,
+    /// Encrypt every backup of the default location to these public keys (age1..., SSH):
+    /// schedules, continuous backups and anything written there without its own --encrypt-to.
+    #[arg(long, value_delimiter = ',', value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+    /// A Secret in the install namespace whose key `identity` opens them, so that the
+    /// controller can restore workspaces from encrypted backups.
+    #[arg(long, value_name = "NAME")]
+    pub identity_secret: Option<String>,
     /// Image of backup-webhook.
     #[arg(long, value_name = "REF", default_value = install::DEFAULT_IMAGE)]
     pub image: String,
@@ -88,7 +96,12 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
         workspace_selector: a.workspace_selector.clone(),
         workspace_resources: a.workspace_resources.clone(),
         continuous: a.continuous,
+        encrypt_to: a.encrypt_to.clone(),
+        identity_secret: a.identity_secret.clone(),
     };
+    if !opts.encrypt_to.is_empty() {
+        kubectl_backup_core::crypto::Seal::recipients(&opts.encrypt_to)?;
+    }
     let tls = if a.cert_manager { None } else { Some(install::generate_tls(&namespace)?) };
     let objects = install::render(&opts, tls.as_ref());
     if a.dry_run {
@@ -204,6 +217,8 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
         workspace_selector: None,
         workspace_resources: vec![],
         continuous: false,
+        encrypt_to: vec![],
+        identity_secret: None,
     };
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");

@@ -9,7 +9,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use kubectl_backup_core::crd::{AccessMode, BackupLocation, BackupLocationSpec};
+use kubectl_backup_core::crd::{AccessMode, BackupLocation, BackupLocationSpec, LocationEncryption};
 use kubectl_backup_core::error::kube_message;
 use kubectl_backup_core::input::validate_name;
 use kubectl_backup_core::kube_client::Cluster;
@@ -66,6 +66,17 @@ pub struct AddArgs {
     /// Never write or delete in it (not even expired backups).
     #[arg(long)]
     pub read_only: bool,
+    /// Encrypt every backup written here to these public keys (age1..., SSH); repeatable or
+    /// comma-separated. Commands that name their own recipients override it.
+    #[arg(long, value_delimiter = ',', value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+    /// A Secret in the install namespace whose key `identity` opens those backups, for the
+    /// controller's auto-restore.
+    #[arg(long, value_name = "NAME", conflicts_with = "identity_from_file")]
+    pub identity_secret: Option<String>,
+    /// Create the Secret `<name>-identity` from this private key file and name it as above.
+    #[arg(long, value_name = "FILE")]
+    pub identity_from_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +84,20 @@ pub struct RemoveArgs {
     pub name: String,
     #[arg(short = 'y', long)]
     pub yes: bool,
+}
+
+async fn create_secret(cluster: &Cluster, ns: &str, name: &str, data: BTreeMap<String, ByteString>) -> Result<()> {
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() },
+        data: Some(data),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(|e| anyhow!("creating Secret {name} in {ns}: {}", kube_message(&e)))?;
+    Ok(())
 }
 
 pub async fn run(cli: &Globals, args: &LocationArgs) -> Result<ExitCode> {
@@ -109,17 +134,21 @@ async fn add(cluster: &Cluster, ns: &str, api: &Api<BackupLocation>, a: &AddArgs
             bail!("--credentials-from-env: no {prefix}* variable is set in this shell");
         }
         let secret_name = format!("{}-credentials", a.name);
-        let secret = Secret {
-            metadata: ObjectMeta { name: Some(secret_name.clone()), namespace: Some(ns.into()), ..Default::default() },
-            data: Some(data),
-            ..Default::default()
-        };
-        let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .map_err(|e| anyhow!("creating Secret {secret_name} in {ns}: {}", kube_message(&e)))?;
+        create_secret(cluster, ns, &secret_name, data).await?;
         credentials_secret = Some(secret_name);
+    }
+    if !a.encrypt_to.is_empty() {
+        kubectl_backup_core::crypto::Seal::recipients(&a.encrypt_to)?;
+    }
+    let mut identity_secret = a.identity_secret.clone();
+    if let Some(file) = &a.identity_from_file {
+        // Refuse a file that holds no usable key before creating anything.
+        kubectl_backup_core::crypto::Unseal::identity_files(std::slice::from_ref(file))?;
+        let text = std::fs::read(file).map_err(|e| anyhow!("--identity-from-file {}: {e}", file.display()))?;
+        let secret_name = format!("{}-identity", a.name);
+        let data = BTreeMap::from([(locations::IDENTITY_KEY.to_string(), ByteString(text))]);
+        create_secret(cluster, ns, &secret_name, data).await?;
+        identity_secret = Some(secret_name);
     }
     let spec = BackupLocationSpec {
         url: a.url.clone(),
@@ -130,6 +159,7 @@ async fn add(cluster: &Cluster, ns: &str, api: &Api<BackupLocation>, a: &AddArgs
         credentials_secret,
         default: a.default,
         access_mode: if a.read_only { AccessMode::ReadOnly } else { AccessMode::ReadWrite },
+        encryption: LocationEncryption::of(&a.encrypt_to, identity_secret.as_deref()),
     };
     if a.default {
         // One default: clear it elsewhere.
