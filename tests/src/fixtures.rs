@@ -470,6 +470,11 @@ impl OwnCluster {
     /// exactly what users install. `extra` flags go to the webhook; `--workspace-resource` ones to
     /// install too.
     pub fn webhook(&self, own_namespace: &str, extra: &[&str]) -> crate::webhook::Webhook {
+        self.webhook_at(own_namespace, &self.location, extra)
+    }
+
+    /// [`OwnCluster::webhook`] with `--location` `location` (a URL, or a BackupLocation's name).
+    pub fn webhook_at(&self, own_namespace: &str, location: &str, extra: &[&str]) -> crate::webhook::Webhook {
         let mut install = vec![
             "backup".to_string(),
             "install".into(),
@@ -485,14 +490,9 @@ impl OwnCluster {
         let mut args = vec![format!("--namespace={own_namespace}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = crate::webhook::Webhook::start(
-            &self.dir.join("webhook"),
-            &kubeconfig,
-            &self.location,
-            &self.env.s3.env,
-            &args,
-        )
-        .expect("starting backup-webhook");
+        let w =
+            crate::webhook::Webhook::start(&self.dir.join("webhook"), &kubeconfig, location, &self.env.s3.env, &args)
+                .expect("starting backup-webhook");
         w.point_installed_configuration_here(&self.t);
         w
     }
