@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Backup benchmark (issue 2 §7): `kubectl backup create` to S3 against
+# Backup benchmark (issue 2 §7; the encrypted variant: issue 13): `kubectl backup create` to S3 against
 #   (a) the floor: a raw paged LIST (limit=500) of the same resource types (target/release/raw-list),
 #       with the plugin's default parallelism (16 LISTs at once) and sequentially;
 #   (b) the loop users script: `kubectl get <resource> -A -o json` for every listable resource type.
@@ -37,6 +37,9 @@ start_harness "$RUN/env"
 machine | tee "$OUT/machine.txt" >&2
 LOCATION="s3://backups/bench-$(date +%s)"
 last_size=${SIZES##* }
+# The encrypted variant's recipient: a key made by the real age-keygen (tests/env/install.sh).
+age-keygen -o "$RUN/bench.key" 2>/dev/null
+RECIPIENT=$(sed -n 's/^# public key: //p' "$RUN/bench.key")
 
 check_backup() { # check_backup FILE: the `-o json` output of a completed backup; prints its item count
   jq -e '.status.phase == "Completed"' "$1" >/dev/null || { log "backup not completed: $1"; exit 1; }
@@ -79,6 +82,11 @@ for size in $SIZES; do
       measure "$RESULTS" "$size" kubectl-backup-qps100 "$run" "$OUT/logs/backup-qps-$size-$run.json" -- \
         kubectl backup create "q-$size-$run" --location "$LOCATION" -o json --qps 100 --burst 200
       check_backup "$OUT/logs/backup-qps-$size-$run.json" >/dev/null
+      # The same backup encrypted with age (issue 13): streaming, in the compressor's thread.
+      measure "$RESULTS" "$size" kubectl-backup-encrypted "$run" "$OUT/logs/backup-enc-$size-$run.json" -- \
+        kubectl backup create "e-$size-$run" --location "$LOCATION" -o json --encrypt-to "$RECIPIENT"
+      check_backup "$OUT/logs/backup-enc-$size-$run.json" >/dev/null
+      jq -e '.status.archive.encryption.algorithm == "age"' "$OUT/logs/backup-enc-$size-$run.json" >/dev/null
     fi
     measure "$RESULTS" "$size" kubectl-get-loop "$run" "$OUT/logs/loop-$size-$run.log" -- bash -c "$LOOP"
   done
@@ -98,6 +106,7 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
     "kubectl backup create / raw LIST, sequential=kubectl-backup/raw-list-c1@$last_size" \
     "kubectl get loop / kubectl backup create (target >= 5)=kubectl-get-loop/kubectl-backup@$last_size" \
     "kubectl backup create --qps 100 / default=kubectl-backup-qps100/kubectl-backup@$last_size" \
+    "kubectl backup create --encrypt-to / unencrypted (target <= 1.1)=kubectl-backup-encrypted/kubectl-backup@$last_size" \
     "rss:kubectl backup create peak RSS (target < 150 MiB, flat)=kubectl-backup@${SIZES%% *}/$last_size"
 } | tee "$OUT/summary.md"
 log "results in $OUT"

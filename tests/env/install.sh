@@ -30,7 +30,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 apt_packages=(golang-go rsync jq etcd-server etcd-client protobuf-compiler libprotobuf-dev
-  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates time age)
+  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates time age openssh-client)
 
 install_apt() {  # [PACKAGE...] (default: apt_packages)
   local missing=() wanted=("$@")

@@ -73,19 +73,29 @@ fn encrypted_backups_round_trip_on_every_store_and_store_no_secret_in_the_clear(
     let ns = unique("vault");
     let secret = format!("s3cr3t-{}", unique("v"));
     tools.apply(&app(&ns, &secret)).ok();
-    for store in env.stores() {
-        let t = tools.with_store(store, &unique(&format!("enc-{}", store.provider)));
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let mut targets: Vec<(String, Tools)> = env
+        .stores()
+        .into_iter()
+        .map(|store| (store.provider.clone(), tools.with_store(store, &unique(&format!("enc-{}", store.provider)))))
+        .collect();
+    let mut local = tools.clone();
+    local.location = Some(format!("file://{}", dir.join("store").display()));
+    targets.push(("file".into(), local));
+    for (provider, t) in &targets {
         let name = unique("b");
         let created = t.backup(&["create", &name, "-n", &ns, "--encrypt-to", &public, "-o", "json"]).ok().json();
-        assert_eq!(created["status"]["phase"], "Completed", "{}: {created}", store.provider);
+        assert_eq!(created["status"]["phase"], "Completed", "{provider}: {created}");
         let enc = &created["status"]["archive"]["encryption"];
-        assert_eq!(enc["algorithm"], "age", "{}: {created}", store.provider);
-        assert_eq!(enc["recipients"], json!([public]), "{}", store.provider);
+        assert_eq!(enc["algorithm"], "age", "{provider}: {created}");
+        assert_eq!(enc["recipients"], json!([public]), "{provider}");
+        let store = provider;
 
         // What a bucket reader gets: no Secret value, no object content.
-        let stored = stored_bytes(&t, &dir, &name);
-        assert!(!contains(&stored, &secret), "{}: the Secret's value is stored in the clear", store.provider);
-        assert!(!contains(&stored, "encrypted\"") && !contains(&stored, "\"mode\""), "{}", store.provider);
+        let stored = stored_bytes(t, &dir, &name);
+        assert!(!contains(&stored, &secret), "{store}: the Secret's value is stored in the clear");
+        assert!(!contains(&stored, "encrypted\"") && !contains(&stored, "\"mode\""), "{store}");
         // list and describe need no key.
         assert!(t.backup(&["list"]).ok().stdout.contains(&name));
         let human = t.backup(&["describe", &name]).ok().stdout;
@@ -102,33 +112,49 @@ fn encrypted_backups_round_trip_on_every_store_and_store_no_secret_in_the_clear(
             key.to_str().unwrap(),
         ])
         .ok();
-        assert_eq!(secret_value(&t, &target), secret, "{}", store.provider);
+        assert_eq!(secret_value(t, &target), secret, "{store}");
+        tools.delete_namespace(&target);
+
+        // With a passphrase instead of keys.
+        let name = unique("p");
+        t.backup(&["create", &name, "-n", &ns, "--encrypt-passphrase-file", pass.to_str().unwrap()]).ok();
+        assert!(!contains(&stored_bytes(t, &dir, &name), &secret), "{store}: passphrase");
+        let target = unique("back");
+        let mapping = format!("{ns}:{target}");
+        t.backup(&["restore", &name, "--namespace-mapping", &mapping, "--passphrase-file", pass.to_str().unwrap()])
+            .ok();
+        assert_eq!(secret_value(t, &target), secret, "{store}: passphrase");
         tools.delete_namespace(&target);
     }
 }
 
 #[test]
-fn a_passphrase_and_the_age_cli_open_what_was_written() {
+fn an_ssh_key_and_the_age_cli_open_what_was_written() {
     let (env, tools) = env();
     let dir = scratch(&env, "enc-pass");
     let ns = unique("vault");
     let secret = format!("pw-{}", unique("v"));
     tools.apply(&app(&ns, &secret)).ok();
     let t = tools.with_store(&env.s3, &unique("enc-pass"));
-    let pass = dir.join("pass");
-    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    // An SSH ed25519 key pair (the real ssh-keygen): the public key encrypts, the private key opens.
+    let ssh_key = dir.join("id_ed25519");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kubectl-backup test", "-f"])
+        .arg(&ssh_key)
+        .output()
+        .expect("ssh-keygen (tests/env/install.sh)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let ssh_public = std::fs::read_to_string(dir.join("id_ed25519.pub")).unwrap().trim().to_string();
     let name = unique("b");
-    t.backup(&["create", &name, "-n", &ns, "--encrypt-passphrase-file", pass.to_str().unwrap()]).ok();
-    let d = t.backup(&["describe", &name, "-o", "json"]).ok().json();
-    assert_eq!(d["status"]["archive"]["encryption"], json!({"algorithm": "age", "passphrase": true}));
+    t.backup(&["create", &name, "-n", &ns, "--encrypt-to", &ssh_public]).ok();
     let target = unique("back");
     t.backup(&[
         "restore",
         &name,
         "--namespace-mapping",
         &format!("{ns}:{target}"),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
+        "--identity",
+        ssh_key.to_str().unwrap(),
     ])
     .ok();
     assert_eq!(secret_value(&t, &target), secret);
@@ -393,6 +419,7 @@ fn the_controller_restores_a_workspace_from_an_encrypted_backup_with_its_locatio
             &format!("--default-location-url={}", c.location),
             &format!("--default-location-encrypt-to={public}"),
             "--default-location-identity-secret=enc-identity",
+            "--gc-interval=2s",
         ],
     );
     let bl = c.t.get_json(&["backuplocations.kubectl-backup.dev", "vault", "-n", own]);
@@ -404,4 +431,11 @@ fn the_controller_restores_a_workspace_from_an_encrypted_backup_with_its_locatio
             == Some("Completed")
     });
     assert_eq!(secret_value(&c.t, &ns), secret, "{}", webhook.log());
+    // Expiry needs no key: an expired encrypted backup goes, the others stay.
+    let short = unique("short");
+    c.t.backup(&["create", &short, "-n", &ns, "--encrypt-to", &public, "--ttl", "1s"]).ok();
+    eventually("the expired encrypted backup deleted", Duration::from_secs(30), || {
+        !c.t.backup(&["list", "-o", "json"]).ok().stdout.contains(&short)
+    });
+    assert!(c.t.backup(&["list"]).ok().stdout.contains(&backup), "{}", webhook.log());
 }
