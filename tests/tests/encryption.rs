@@ -420,6 +420,7 @@ fn the_controller_restores_a_workspace_from_an_encrypted_backup_with_its_locatio
             &format!("--default-location-encrypt-to={public}"),
             "--default-location-identity-secret=enc-identity",
             "--gc-interval=2s",
+            "--debounce=2s",
         ],
     );
     let bl = c.t.get_json(&["backuplocations.kubectl-backup.dev", "vault", "-n", own]);
@@ -431,6 +432,20 @@ fn the_controller_restores_a_workspace_from_an_encrypted_backup_with_its_locatio
             == Some("Completed")
     });
     assert_eq!(secret_value(&c.t, &ns), secret, "{}", webhook.log());
+    // The restore changed the workspace: the controller's continuous backup of it is encrypted to
+    // the location's recipients with no flag anywhere.
+    let continuous = || -> Option<Value> {
+        let list = c.t.backup(&["list", "-o", "json"]).ok().json();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"] == json!([ns]))
+            .cloned()
+    };
+    eventually("a continuous backup of the restored workspace", Duration::from_secs(40), || continuous().is_some());
+    let cont = continuous().unwrap();
+    assert_eq!(cont["status"]["archive"]["encryption"]["recipients"], json!([public]), "{cont}");
     // Expiry needs no key: an expired encrypted backup goes, the others stay.
     let short = unique("short");
     c.t.backup(&["create", &short, "-n", &ns, "--encrypt-to", &public, "--ttl", "1s"]).ok();
