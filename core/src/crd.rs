@@ -29,6 +29,7 @@ pub enum AccessMode {
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
     printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
     printcolumn = r#"{"name":"Access","type":"string","jsonPath":".spec.accessMode"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -96,6 +97,9 @@ pub struct BackupLocationStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_validation_time: Option<String>,
+    /// `Ready`: True when the last check could list the location (and, for ReadWrite, write to it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 /// etcd as the source of a scheduled backup.

@@ -232,3 +232,27 @@ pub async fn create_if_missing(
         Err(e) => Err(Error::kube(context("creating"), e)),
     }
 }
+
+/// The object a check writes and removes: under the location's root, never a backup's name.
+pub const CHECK_OBJECT: &str = ".kubectl-backup-check";
+
+/// Whether a location works: its root can be listed and, unless it is ReadOnly (which is never
+/// written to), an object can be written and removed. The error says which step failed.
+pub async fn check(store: &Store, access: AccessMode) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    let fail = |what: &str, e: object_store::Error| Error::Location {
+        location: store.url().to_string(),
+        reason: format!("{what}: {}", crate::store::store_message(&e)),
+    };
+    store.objects().list_with_delimiter(None).await.map_err(|e| fail("cannot list it", e))?;
+    if access == AccessMode::ReadWrite {
+        let probe = object_store::path::Path::from(CHECK_OBJECT);
+        store
+            .objects()
+            .put(&probe, bytes::Bytes::from_static(b"ok").into())
+            .await
+            .map_err(|e| fail("cannot write to it", e))?;
+        store.objects().delete(&probe).await.map_err(|e| fail("cannot delete from it", e))?;
+    }
+    Ok(())
+}

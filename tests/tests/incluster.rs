@@ -450,3 +450,63 @@ fn the_rendered_manifests_apply_in_one_go_on_an_empty_cluster() {
     plain.backup(&["create", "after-install", "-n", "default"]).ok();
     assert!(c.t.backup(&["list"]).ok().stdout.contains("after-install"));
 }
+
+#[test]
+fn a_location_turns_unavailable_when_its_storage_goes_and_available_when_it_returns() {
+    let s = setup("health");
+    let dir = s.dir.join("health-store");
+    let ro_dir = s.dir.join("health-ro");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&ro_dir).unwrap();
+    let url = format!("file://{}", dir.display());
+    // `location add` checks before saving: a location that cannot be used is not added.
+    let not_a_dir = s.dir.join("a-file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let refused = s.t.backup(&["location", "add", "broken", "--url", &format!("file://{}", not_a_dir.display())]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("location \"broken\" not added") && refused.stderr.contains("--skip-check"),
+        "{}",
+        refused.stderr
+    );
+    assert!(s.t.kubectl(&["get", "backuplocations.kubectl-backup.dev", "broken", "-n", NS]).code != 0);
+    s.t.backup(&["location", "add", "local", "--url", &url]).ok();
+    s.t.backup(&["location", "add", "kept", "--url", &format!("file://{}", ro_dir.display()), "--read-only"]).ok();
+    let webhook = s.webhook(&["--continuous=false", "--location-check-interval=1s"]);
+    let phase = |name: &str| {
+        s.t.get_json(&["backuplocations.kubectl-backup.dev", name, "-n", NS])["status"]["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    eventually("local Available", Duration::from_secs(30), || phase("local") == "Available");
+    eventually("kept Available", Duration::from_secs(30), || phase("kept") == "Available");
+
+    // The storage goes: its directory is replaced by a file.
+    let gone = s.dir.join("health-store.gone");
+    std::fs::rename(&dir, &gone).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    eventually("local Unavailable", Duration::from_secs(30), || phase("local") == "Unavailable");
+    let bl = s.t.get_json(&["backuplocations.kubectl-backup.dev", "local", "-n", NS]);
+    let ready = bl["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["status"], "False", "{bl}");
+    assert_eq!(ready["reason"], "CheckFailed", "{bl}");
+    let message = bl["status"]["message"].as_str().unwrap();
+    assert!(message.contains(&url) && message.contains("File exists"), "{bl}");
+    let table = s.t.backup(&["location", "list"]).ok().stdout;
+    assert!(table.contains("PHASE") && table.contains("LAST CHECKED") && table.contains("Unavailable"), "{table}");
+
+    // It returns.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&gone, &dir).unwrap();
+    eventually("local Available again", Duration::from_secs(30), || phase("local") == "Available");
+    let reasons = event_reasons(&s.t, NS, "BackupLocation", "local");
+    assert_eq!(
+        reasons.iter().filter(|r| r.starts_with("Location")).cloned().collect::<Vec<_>>(),
+        ["LocationAvailable", "LocationUnavailable", "LocationAvailable"],
+        "{}",
+        webhook.log()
+    );
+    // A ReadOnly location is checked by listing only: nothing was ever written to it.
+    assert_eq!(std::fs::read_dir(&ro_dir).unwrap().count(), 0, "the check wrote to a ReadOnly location");
+}

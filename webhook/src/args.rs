@@ -48,6 +48,10 @@ pub struct Args {
     /// How often expired backups are deleted (ReadWrite locations only).
     #[arg(long, env = "WEBHOOK_GC_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// How often each BackupLocation is checked (listed; written to unless ReadOnly) and its
+    /// status updated.
+    #[arg(long, env = "WEBHOOK_LOCATION_CHECK_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub location_check_interval: Duration,
     /// Back up each non-ephemeral workspace when its objects change.
     #[arg(long, env = "WEBHOOK_CONTINUOUS", default_value_t = true, action = clap::ArgAction::Set)]
     pub continuous: bool,

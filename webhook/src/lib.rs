@@ -134,6 +134,10 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
         let (ctx, every) = (ctx.clone(), args.gc_interval);
         supervisor.spawn("expiry", move || controllers::expiry::run(ctx.clone(), every));
     }
+    {
+        let (ctx, every) = (ctx.clone(), args.location_check_interval);
+        supervisor.spawn("location-health", move || controllers::health::run(ctx.clone(), every));
+    }
     if args.continuous {
         let c = Arc::new(controllers::continuous::Continuous {
             ctx: ctx.clone(),

@@ -77,6 +77,9 @@ pub struct AddArgs {
     /// Create the Secret `<name>-identity` from this private key file and name it as above.
     #[arg(long, value_name = "FILE")]
     pub identity_from_file: Option<std::path::PathBuf>,
+    /// Save the location without checking that it can be listed and written to.
+    #[arg(long)]
+    pub skip_check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -174,26 +177,34 @@ async fn add(cluster: &Cluster, ns: &str, api: &Api<BackupLocation>, a: &AddArgs
         }
     }
     let bl = BackupLocation::new(&a.name, spec);
+    // Checked before it is saved (listed; written to unless ReadOnly), as the controller checks it
+    // every --location-check-interval: a typo shows up here and not at 2 a.m.
+    let held = if a.skip_check { None } else { Some(check_before_saving(cluster, ns, &bl).await?) };
     api.create(&PostParams::default(), &bl)
         .await
         .map_err(|e| anyhow!("creating BackupLocation {} in {ns}: {}", a.name, kube_message(&e)))?;
-    // Check it can be reached now, so a typo shows up here and not at 2 a.m.
-    let created = api.get(&a.name).await.map_err(|e| anyhow!("{}", kube_message(&e)))?;
-    match locations::open(&cluster.client, ns, &created, &Default::default()).await {
-        Ok(r) => {
-            match tokio::time::timeout(std::time::Duration::from_secs(30), kubectl_backup_core::catalog::list(&r.store))
-                .await
-            {
-                Ok(Ok(l)) => {
-                    println!("location \"{}\" added ({}); it holds {} backup(s)", a.name, a.url, l.backups.len())
-                }
-                Ok(Err(e)) => eprintln!("location \"{}\" added, but it cannot be read from here: {e}", a.name),
-                Err(_) => eprintln!("location \"{}\" added, but listing it timed out", a.name),
-            }
-        }
-        Err(e) => eprintln!("location \"{}\" added, but it cannot be opened from here: {e}", a.name),
+    match held {
+        Some(n) => println!("location \"{}\" added ({}); checked, it holds {n} backup(s)", a.name, a.url),
+        None => println!("location \"{}\" added ({}); not checked (--skip-check)", a.name, a.url),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens and checks a location about to be saved; returns how many backups it holds.
+async fn check_before_saving(cluster: &Cluster, ns: &str, bl: &BackupLocation) -> Result<usize> {
+    let name = bl.name_any();
+    let not_added =
+        |e: &dyn std::fmt::Display| anyhow!("location {name:?} not added: {e} (--skip-check saves it anyway)");
+    let r = locations::open(&cluster.client, ns, bl, &Default::default()).await.map_err(|e| not_added(&e))?;
+    let checked = async {
+        locations::check(&r.store, r.access).await?;
+        kubectl_backup_core::catalog::list(&r.store).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), checked).await {
+        Ok(Ok(listing)) => Ok(listing.backups.len()),
+        Ok(Err(e)) => Err(not_added(&e)),
+        Err(_) => Err(not_added(&"no answer within 30s")),
+    }
 }
 
 async fn list(api: &Api<BackupLocation>, output: Output) -> Result<ExitCode> {
@@ -201,13 +212,17 @@ async fn list(api: &Api<BackupLocation>, output: Output) -> Result<ExitCode> {
         api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing BackupLocations: {}", kube_message(&e)))?;
     match output {
         Output::Table => {
-            let mut t = table(&["NAME", "URL", "DEFAULT", "ACCESS", "CREDENTIALS", "AGE"]);
+            let mut t = table(&["NAME", "URL", "DEFAULT", "ACCESS", "PHASE", "LAST CHECKED", "CREDENTIALS", "AGE"]);
             for b in &list.items {
+                let status = b.status.clone().unwrap_or_default();
+                let checked = status.last_validation_time.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
                 t.add_row(vec![
                     b.name_any(),
                     b.spec.url.clone(),
                     b.spec.default.to_string(),
                     format!("{:?}", b.spec.access_mode),
+                    status.phase.unwrap_or_else(|| "-".into()),
+                    checked.map(|c| format!("{} ago", age(Some(c)))).unwrap_or_else(|| "-".into()),
                     b.spec.credentials_secret.clone().unwrap_or_else(|| "-".into()),
                     age(b.metadata.creation_timestamp.as_ref().map(|t| t.0)),
                 ]);

@@ -5,10 +5,12 @@
 //! - [`restore`] — auto-restore of new workspaces, catch-up after downtime
 //! - [`schedules`] — BackupSchedules on time, with events and status
 //! - [`expiry`] — deletes expired backups
+//! - [`health`] — checks each BackupLocation and writes its status
 //! - [`continuous`] — a backup of a workspace after its objects change
 
 pub mod continuous;
 pub mod expiry;
+pub mod health;
 pub mod restore;
 pub mod schedules;
 
