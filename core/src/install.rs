@@ -40,6 +40,12 @@ pub struct InstallOptions {
     pub encrypt_to: Vec<String>,
     /// The Secret whose key `identity` opens them (for auto-restore).
     pub identity_secret: Option<String>,
+    /// Annotations of the controller's ServiceAccount: cloud identities (IRSA's
+    /// `eks.amazonaws.com/role-arn`, GKE's `iam.gke.io/gcp-service-account`, ...).
+    pub sa_annotations: std::collections::BTreeMap<String, String>,
+    /// The default location's path-style setting and PEM CA bundle.
+    pub path_style: Option<bool>,
+    pub ca_bundle: Option<String>,
 }
 
 /// TLS material for the webhook when cert-manager is not used.
@@ -84,7 +90,11 @@ pub fn render(opts: &InstallOptions, tls: Option<&Tls>) -> Vec<Value> {
         v["metadata"]["labels"] = labels();
         out.push(v);
     }
-    out.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": APP, "namespace": ns, "labels": labels()}}));
+    let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": APP, "namespace": ns, "labels": labels()}});
+    if !opts.sa_annotations.is_empty() {
+        sa["metadata"]["annotations"] = json!(opts.sa_annotations);
+    }
+    out.push(sa);
     out.extend(rbac(ns, &opts.workspace_resources));
     match (opts.cert_manager, tls) {
         (true, _) => out.extend(cert_manager(ns)),
@@ -135,6 +145,12 @@ pub fn default_location(opts: &InstallOptions) -> Value {
     if let Some(e) = crate::crd::LocationEncryption::of(&opts.encrypt_to, opts.identity_secret.as_deref()) {
         location["spec"]["encryption"] = json!(e);
     }
+    if let Some(p) = opts.path_style {
+        location["spec"]["pathStyle"] = json!(p);
+    }
+    if let Some(c) = &opts.ca_bundle {
+        location["spec"]["caBundle"] = json!(c);
+    }
     location
 }
 
@@ -150,6 +166,12 @@ fn default_location_args(opts: &InstallOptions) -> Vec<String> {
     }
     if let Some(s) = &opts.credentials_secret {
         args.push(format!("--default-location-credentials-secret={s}"));
+    }
+    if let Some(p) = opts.path_style {
+        args.push(format!("--default-location-path-style={p}"));
+    }
+    if let Some(c) = &opts.ca_bundle {
+        args.push(format!("--default-location-ca-bundle={c}"));
     }
     if !opts.encrypt_to.is_empty() {
         args.push(format!("--default-location-encrypt-to={}", opts.encrypt_to.join(",")));
@@ -387,6 +409,9 @@ mod tests {
             credentials_secret: Some("creds".into()),
             encrypt_to: Vec::new(),
             identity_secret: None,
+            sa_annotations: Default::default(),
+            path_style: None,
+            ca_bundle: None,
             s3_endpoint: None,
             region: None,
             cert_manager: false,

@@ -354,6 +354,41 @@ fn install_dry_run_is_accepted_by_the_api_server() {
     }
     // The default location is in the webhook's flags, not a custom resource of the stream.
     assert!(!applied.stdout.contains("backuplocation.kubectl-backup.dev/default"), "{}", applied.stdout);
+    // Cloud identities on the ServiceAccount, and the store settings passed to the Deployment.
+    let role = "arn:aws:iam::123456789012:role/kubectl-backup";
+    let rendered =
+        s.t.backup(&[
+            "install",
+            "--dry-run",
+            "-o",
+            "json",
+            "--sa-annotation",
+            &format!("eks.amazonaws.com/role-arn={role}"),
+            "--path-style",
+            "--region",
+            "eu-1",
+        ])
+        .ok()
+        .json();
+    let items = rendered["items"].as_array().unwrap();
+    let sa = items.iter().find(|o| o["kind"] == "ServiceAccount").unwrap();
+    assert_eq!(sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], role, "{sa}");
+    let deployment = items.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for flag in ["--default-location-path-style=true", "--default-location-region=eu-1"] {
+        assert!(args.contains(&flag), "{flag} missing from {args:?}");
+    }
+    let applied = s.t.pipe(&["apply", "--dry-run=server", "-o", "json", "-f", "-"], &rendered.to_string()).ok().json();
+    let accepted = applied["items"].as_array().unwrap().iter().find(|o| o["kind"] == "ServiceAccount").unwrap().clone();
+    assert_eq!(accepted["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], role, "{accepted}");
+    let bad = s.t.backup(&["install", "--dry-run", "--sa-annotation", "no-equals-sign"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("\"no-equals-sign\" is not KEY=VALUE"), "{}", bad.stderr);
     // A bad location is refused before anything is rendered.
     let mut bad_location = s.t.clone();
     bad_location.location = Some("ftp://x".into());

@@ -36,6 +36,11 @@ pub struct InstallArgs {
     /// controller can restore workspaces from encrypted backups.
     #[arg(long, value_name = "NAME")]
     pub identity_secret: Option<String>,
+    /// An annotation of the controller's ServiceAccount, KEY=VALUE (repeatable): IRSA's
+    /// eks.amazonaws.com/role-arn=..., GKE's iam.gke.io/gcp-service-account=..., Azure workload
+    /// identity's azure.workload.identity/client-id=...
+    #[arg(long = "sa-annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    pub sa_annotations: Vec<(String, String)>,
     /// Image of backup-webhook.
     #[arg(long, value_name = "REF", default_value = install::DEFAULT_IMAGE)]
     pub image: String,
@@ -98,6 +103,12 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
         continuous: a.continuous,
         encrypt_to: a.encrypt_to.clone(),
         identity_secret: a.identity_secret.clone(),
+        sa_annotations: a.sa_annotations.iter().cloned().collect(),
+        path_style: cli.location.path_style,
+        ca_bundle: match &cli.location.ca_cert {
+            Some(f) => Some(std::fs::read_to_string(f).map_err(|e| anyhow!("--ca-cert {}: {e}", f.display()))?),
+            None => None,
+        },
     };
     if !opts.encrypt_to.is_empty() {
         kubectl_backup_core::crypto::Seal::recipients(&opts.encrypt_to)?;
@@ -219,6 +230,9 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
         continuous: false,
         encrypt_to: vec![],
         identity_secret: None,
+        sa_annotations: Default::default(),
+        path_style: None,
+        ca_bundle: None,
     };
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");
@@ -265,4 +279,15 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
     label_kube_system(&cluster, None).await;
     println!("kubectl-backup uninstalled ({removed} objects removed); backups in storage are kept.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `KEY=VALUE`, the key a valid annotation key (an optional DNS prefix and `/`, then a name).
+fn parse_annotation(s: &str) -> std::result::Result<(String, String), String> {
+    let (key, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let name = key.rsplit_once('/').map_or(key, |(_, n)| n);
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 63 || !name.chars().all(valid) || key.len() > 316 {
+        return Err(format!("{key:?} is not an annotation key (e.g. eks.amazonaws.com/role-arn)"));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
