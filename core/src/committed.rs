@@ -295,7 +295,7 @@ pub async fn download<K: Kind>(store: &Store, name: &str, dest: Destination<'_>)
 
 /// Writes the plaintext of a data file to `file` through a temporary file beside it, renamed once
 /// the stored size and SHA-256, the decryption (if encrypted) and `inspect` (on the plaintext)
-/// agree. Returns the plaintext's size.
+/// agree. The plaintext is written nowhere else. Returns the plaintext's size.
 pub async fn write_plaintext(
     store: &Store,
     name: &str,
@@ -304,16 +304,15 @@ pub async fn write_plaintext(
     file: &FsPath,
     inspect: &mut (dyn Inspect + Send),
 ) -> Result<u64> {
-    if data.encryption.is_none() {
+    let Some(encryption) = data.encryption.cloned() else {
         return write_verified(store, name, path, data, file, inspect).await;
-    }
-    let plain = tokio::fs::File::from_std(fetch_plaintext(store, name, path, data).await?);
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
-    let tmp =
-        tempfile::Builder::new().prefix(".kubectl-backup-download").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    let (std_file, tmp_path) = tmp.into_parts();
-    let mut out = tokio::fs::File::from_std(std_file);
-    let mut reader = tokio::io::BufReader::new(plain);
+    };
+    let stored = fetch(store, name, path, data).await?;
+    let (beside, tmp_path) = temp_beside(file)?;
+    let opener = crate::crypto::Opener::new(Some(encryption), store.unseal().clone(), name);
+    let plain = decrypt_into(opener, stored, beside, file.to_path_buf()).await?;
+    // The snapshot's own checks read the plaintext back (from the page cache, just written).
+    let mut reader = tokio::io::BufReader::new(tokio::fs::File::from_std(plain));
     let mut n = 0u64;
     loop {
         let chunk = tokio::io::AsyncBufReadExt::fill_buf(&mut reader).await.map_err(|e| Error::io(file, e))?;
@@ -321,13 +320,11 @@ pub async fn write_plaintext(
             break;
         }
         inspect.update(chunk);
-        out.write_all(chunk).await.map_err(|e| Error::io(file, e))?;
         let len = chunk.len();
         n += len as u64;
         tokio::io::AsyncBufReadExt::consume(&mut reader, len);
     }
     inspect.verify()?;
-    out.sync_all().await.map_err(|e| Error::io(file, e))?;
     tmp_path.persist(file).map_err(|e| Error::io(file, e.error))?;
     Ok(n)
 }
@@ -340,20 +337,39 @@ pub async fn fetch_plaintext(store: &Store, name: &str, path: &Path, data: DataF
     let Some(encryption) = data.encryption.cloned() else {
         return Ok(stored);
     };
-    let opener = crate::crypto::Opener::new(Some(encryption), store.unseal().clone(), name);
     let tmp = std::env::temp_dir();
+    let out = tempfile::tempfile().map_err(|e| Error::io(&tmp, e))?;
+    let opener = crate::crypto::Opener::new(Some(encryption), store.unseal().clone(), name);
+    decrypt_into(opener, stored, out, tmp).await
+}
+
+/// Decrypts `stored` into `out` on a blocking thread, synced and rewound. `at` names `out` in errors.
+async fn decrypt_into(
+    opener: crate::crypto::Opener,
+    stored: std::fs::File,
+    mut out: std::fs::File,
+    at: std::path::PathBuf,
+) -> Result<std::fs::File> {
     tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
         let mut plain = opener.open(std::io::BufReader::new(stored))?;
-        let mut out = tempfile::tempfile().map_err(|e| Error::io(&tmp, e))?;
         std::io::copy(&mut plain, &mut out).map_err(|e| Error::Encrypted {
             name: opener.name().to_string(),
             reason: format!("the ciphertext does not decrypt: {e}"),
         })?;
-        std::io::Seek::rewind(&mut out).map_err(|e| Error::io(&tmp, e))?;
+        out.sync_all().map_err(|e| Error::io(&at, e))?;
+        std::io::Seek::rewind(&mut out).map_err(|e| Error::io(&at, e))?;
         Ok(out)
     })
     .await
     .map_err(|e| Error::Other(format!("decrypting: {e}")))?
+}
+
+/// A temporary file in `file`'s directory, to be renamed to `file` once its content is verified.
+fn temp_beside(file: &FsPath) -> Result<(std::fs::File, tempfile::TempPath)> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
+    let tmp =
+        tempfile::Builder::new().prefix(".kubectl-backup-download").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(tmp.into_parts())
 }
 
 /// Writes a data file to `file` through a temporary file beside it, renamed once the size, the
@@ -366,10 +382,7 @@ pub async fn write_verified(
     file: &FsPath,
     inspect: &mut (dyn Inspect + Send),
 ) -> Result<u64> {
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
-    let tmp =
-        tempfile::Builder::new().prefix(".kubectl-backup-download").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    let (std_file, tmp_path) = tmp.into_parts();
+    let (std_file, tmp_path) = temp_beside(file)?;
     let mut out = tokio::fs::File::from_std(std_file);
     let n = copy_verified(store, name, path, data, &mut out, inspect).await.map_err(|e| e.at(file))?;
     inspect.verify()?;
