@@ -59,6 +59,63 @@ pub struct BackupLocationSpec {
     /// Client-side encryption of every backup written here (docs/encryption.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<LocationEncryption>,
+    /// S3: a role assumed through STS before talking to the bucket, on top of the base credentials
+    /// (the credentials Secret, else the controller's environment: IRSA, instance profile...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRoleSpec>,
+}
+
+/// An IAM role to assume through STS (`sts:AssumeRole`), as `--role-arn` does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssumeRoleSpec {
+    /// The role's ARN, e.g. arn:aws:iam::123456789012:role/backup.
+    pub role_arn: String,
+    /// The External ID the role's trust policy requires (sts:ExternalId).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// The role session name (shown in CloudTrail). Default: kubectl-backup-<time>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_name: Option<String>,
+    /// Lifetime of each set of temporary credentials, in seconds (STS allows 900 to the role's
+    /// maximum). Default 3600. They are renewed when three quarters of it has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u32>,
+    /// The STS endpoint, for S3-compatible stores with their own STS (MinIO...). Default: the
+    /// region's AWS STS endpoint (or AWS_ENDPOINT_URL_STS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
+}
+
+impl AssumeRoleSpec {
+    /// From flags: `None` without a role ARN.
+    pub fn of(
+        role_arn: Option<&str>,
+        external_id: Option<&str>,
+        session_name: Option<&str>,
+        duration_seconds: Option<u32>,
+        sts_endpoint: Option<&str>,
+    ) -> Option<AssumeRoleSpec> {
+        let given = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+        Some(AssumeRoleSpec {
+            role_arn: given(role_arn)?,
+            external_id: given(external_id),
+            session_name: given(session_name),
+            duration_seconds,
+            sts_endpoint: given(sts_endpoint),
+        })
+    }
+
+    /// What the store opens with.
+    pub fn to_options(&self) -> crate::store::AssumeRole {
+        crate::store::AssumeRole {
+            role_arn: self.role_arn.clone(),
+            external_id: self.external_id.clone(),
+            session_name: self.session_name.clone(),
+            duration: self.duration_seconds.map(|s| std::time::Duration::from_secs(s.into())),
+            sts_endpoint: self.sts_endpoint.clone(),
+        }
+    }
 }
 
 /// Who can read the backups written to a location, and the key the controller reads them with.

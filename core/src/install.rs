@@ -46,6 +46,8 @@ pub struct InstallOptions {
     /// The default location's path-style setting and PEM CA bundle.
     pub path_style: Option<bool>,
     pub ca_bundle: Option<String>,
+    /// S3: the role the default location assumes through STS.
+    pub assume_role: Option<crate::crd::AssumeRoleSpec>,
 }
 
 /// TLS material for the webhook when cert-manager is not used.
@@ -151,6 +153,9 @@ pub fn default_location(opts: &InstallOptions) -> Value {
     if let Some(c) = &opts.ca_bundle {
         location["spec"]["caBundle"] = json!(c);
     }
+    if let Some(r) = &opts.assume_role {
+        location["spec"]["assumeRole"] = json!(r);
+    }
     location
 }
 
@@ -178,6 +183,21 @@ fn default_location_args(opts: &InstallOptions) -> Vec<String> {
     }
     if let Some(s) = &opts.identity_secret {
         args.push(format!("--default-location-identity-secret={s}"));
+    }
+    if let Some(r) = &opts.assume_role {
+        args.push(format!("--default-location-role-arn={}", r.role_arn));
+        if let Some(v) = &r.external_id {
+            args.push(format!("--default-location-external-id={v}"));
+        }
+        if let Some(v) = &r.session_name {
+            args.push(format!("--default-location-session-name={v}"));
+        }
+        if let Some(v) = r.duration_seconds {
+            args.push(format!("--default-location-role-duration-seconds={v}"));
+        }
+        if let Some(v) = &r.sts_endpoint {
+            args.push(format!("--default-location-sts-endpoint={v}"));
+        }
     }
     args
 }
@@ -412,6 +432,7 @@ mod tests {
             sa_annotations: Default::default(),
             path_style: None,
             ca_bundle: None,
+            assume_role: None,
             s3_endpoint: None,
             region: None,
             cert_manager: false,

@@ -128,6 +128,9 @@ pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &
     if let Some(ca) = &spec.ca_bundle {
         options.ca_pem = Some(ca.as_bytes().to_vec());
     }
+    if let Some(role) = &spec.assume_role {
+        options.assume_role = Some(role.to_options());
+    }
     if let Some(secret) = &spec.credentials_secret {
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
         match api.get_opt(secret).await {
@@ -236,8 +239,15 @@ pub async fn create_if_missing(
 /// The object a check writes and removes: under the location's root, never a backup's name.
 pub const CHECK_OBJECT: &str = ".kubectl-backup-check";
 
-/// Whether a location works: its root can be listed and, unless it is ReadOnly (which is never
-/// written to), an object can be written and removed. The error says which step failed.
+/// The marker a location's root holds: what wrote it and the layout of what is stored under it.
+pub const MARKER_OBJECT: &str = "kubectl-backup.json";
+/// The layout (`backups/NAME/...`, `etcd/NAME/...`) this build reads and writes.
+pub const LAYOUT_VERSION: u64 = 1;
+const MARKER_TOOL: &str = "kubectl-backup";
+
+/// Whether a location works: its root can be listed, its marker (if any) names a layout this build
+/// understands and, unless it is ReadOnly (which is never written to), an object can be written
+/// and removed, and the marker is written when missing. The error says which step failed.
 pub async fn check(store: &Store, access: AccessMode) -> Result<()> {
     use object_store::ObjectStoreExt;
     let fail = |what: &str, e: object_store::Error| Error::Location {
@@ -245,6 +255,15 @@ pub async fn check(store: &Store, access: AccessMode) -> Result<()> {
         reason: format!("{what}: {}", crate::store::store_message(&e)),
     };
     store.objects().list_with_delimiter(None).await.map_err(|e| fail("cannot list it", e))?;
+    let marker = object_store::path::Path::from(MARKER_OBJECT);
+    let found = match store.objects().get(&marker).await {
+        Ok(got) => Some(got.bytes().await.map_err(|e| fail("cannot read its marker", e))?),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(fail("cannot read its marker", e)),
+    };
+    if let Some(bytes) = &found {
+        check_marker(store, bytes)?;
+    }
     if access == AccessMode::ReadWrite {
         let probe = object_store::path::Path::from(CHECK_OBJECT);
         store
@@ -253,6 +272,30 @@ pub async fn check(store: &Store, access: AccessMode) -> Result<()> {
             .await
             .map_err(|e| fail("cannot write to it", e))?;
         store.objects().delete(&probe).await.map_err(|e| fail("cannot delete from it", e))?;
+        if found.is_none() {
+            let body = serde_json::json!({"tool": MARKER_TOOL, "layoutVersion": LAYOUT_VERSION});
+            let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+            match store.objects().put_opts(&marker, body.to_string().into_bytes().into(), opts).await {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(fail("cannot write its marker", e)),
+            }
+        }
     }
     Ok(())
+}
+
+/// A marker from another tool, or from a newer kubectl-backup, makes the location unusable here.
+fn check_marker(store: &Store, bytes: &[u8]) -> Result<()> {
+    let fail = |reason: String| Error::Location { location: store.url().to_string(), reason };
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    if value["tool"] != MARKER_TOOL {
+        return Err(fail(format!("its {MARKER_OBJECT} is not a kubectl-backup marker: another tool's data is here")));
+    }
+    match value["layoutVersion"].as_u64() {
+        Some(v) if v <= LAYOUT_VERSION => Ok(()),
+        Some(v) => Err(fail(format!(
+            "it was written with layout version {v}, newer than this kubectl-backup understands ({LAYOUT_VERSION}): upgrade kubectl-backup"
+        ))),
+        None => Err(fail(format!("its {MARKER_OBJECT} has no layoutVersion"))),
+    }
 }

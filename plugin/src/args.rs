@@ -108,6 +108,43 @@ pub struct StoreArgs {
     /// A file whose first line is the passphrase of backups encrypted with one.
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub role: RoleArgs,
+}
+
+/// S3: an IAM role assumed through STS (docs/storage.md).
+#[derive(Debug, Args, Clone, Default)]
+pub struct RoleArgs {
+    /// S3: assume this IAM role through STS before talking to the bucket, on top of the base
+    /// credentials (keys, AWS_PROFILE, web identity, instance role...).
+    #[arg(long, global = true, value_name = "ARN")]
+    pub role_arn: Option<String>,
+    /// The External ID the role's trust policy requires (with --role-arn).
+    #[arg(long, global = true, value_name = "ID", requires = "role_arn")]
+    pub external_id: Option<String>,
+    /// The role session name, shown in CloudTrail (with --role-arn). Default: kubectl-backup-<time>.
+    #[arg(long, global = true, value_name = "NAME", requires = "role_arn")]
+    pub session_name: Option<String>,
+    /// Lifetime of the role's temporary credentials in seconds (with --role-arn); they are renewed
+    /// when three quarters of it has passed. Default 3600.
+    #[arg(long, global = true, value_name = "SECONDS", requires = "role_arn")]
+    pub role_duration_seconds: Option<u32>,
+    /// The STS endpoint (with --role-arn), e.g. an S3-compatible store's own STS. Default: the
+    /// region's AWS STS, or AWS_ENDPOINT_URL_STS.
+    #[arg(long, global = true, value_name = "URL", requires = "role_arn")]
+    pub sts_endpoint: Option<String>,
+}
+
+impl RoleArgs {
+    pub fn spec(&self) -> Option<kubectl_backup_core::crd::AssumeRoleSpec> {
+        kubectl_backup_core::crd::AssumeRoleSpec::of(
+            self.role_arn.as_deref(),
+            self.external_id.as_deref(),
+            self.session_name.as_deref(),
+            self.role_duration_seconds,
+            self.sts_endpoint.as_deref(),
+        )
+    }
 }
 
 /// Encryption of what a command writes (`create`, `etcd snapshot`).
@@ -153,6 +190,7 @@ impl StoreArgs {
             region: self.region.clone(),
             ca_cert: self.ca_cert.clone(),
             path_style: self.path_style,
+            assume_role: self.role.spec().map(|r| r.to_options()),
             ..Default::default()
         }
     }

@@ -3,7 +3,7 @@
 # Heavy builds are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-backup/ so a second run is fast.
 #
 #   tests/env/install.sh            # everything
-#   tests/env/install.sh k8s s3     # only some parts: apt k8s node s3 azure gcs helm
+#   tests/env/install.sh k8s s3     # only some parts: apt k8s node s3 azure gcs helm moto
 #                                   # (k8s: the control plane; node: kubelet, kube-proxy, pause,
 #                                   # containerd and the rest of the node's apt packages, images)
 #
@@ -18,6 +18,7 @@ AZURITE_VERSION=3.35.0
 AZURE_SDK_VERSION=12.26.0   # only to create containers in Azurite from the harness
 FAKE_GCS_WRAPPER_VERSION=0.1.1
 HELM_SDK_VERSION=0.2.2
+MOTO_VERSION=5.2.1          # S3 + STS (AssumeRole, web identity) for the cloud-identity tests
 mkdir -p "$CACHE"
 
 log() { printf '\033[1m[install]\033[0m %s\n' "$*" >&2; }
@@ -199,8 +200,15 @@ install_helm() {
   "$CACHE/venv/bin/pip" install -q "helm-python-sdk==$HELM_SDK_VERSION"
 }
 
+install_moto() {
+  venv
+  [ -x "$CACHE/venv/bin/moto_server" ] && return
+  log "moto: pip install moto[server]==$MOTO_VERSION (S3 + STS for the cloud-identity tests)"
+  "$CACHE/venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+}
+
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(apt k8s node s3 azure gcs helm)
+[ ${#parts[@]} -eq 0 ] && parts=(apt k8s node s3 azure gcs helm moto)
 for part in "${parts[@]}"; do
   case "$part" in
     apt) install_apt ;;
@@ -210,7 +218,8 @@ for part in "${parts[@]}"; do
     azure) install_azure ;;
     gcs) install_gcs ;;
     helm) install_helm ;;
-    *) log "unknown part '$part' (expected apt k8s node s3 azure gcs helm)"; exit 2 ;;
+    moto) install_moto ;;
+    *) log "unknown part '$part' (expected apt k8s node s3 azure gcs helm moto)"; exit 2 ;;
   esac
 done
 log "ready: $CACHE"

@@ -225,3 +225,135 @@ impl FakeGcs {
         Ok(FakeGcs { info, upstream, _proxy: proxy, _process: process })
     }
 }
+
+/// moto's server: S3 and STS (AssumeRole, AssumeRoleWithWebIdentity) behind one endpoint, recording
+/// every request it receives (its recorder), for the cloud-identity tests. moto does not evaluate
+/// trust policies, so the tests read what was sent from the recording. s3s-fs stays the main S3
+/// server; moto is the STS peer.
+pub struct Moto {
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with a certificate.
+    pub endpoint: String,
+    client: reqwest::blocking::Client,
+    _process: Process,
+}
+
+/// One request moto received.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Recorded {
+    pub method: String,
+    pub url: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The form body of STS calls (decoded), empty for others.
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub body_encoded: bool,
+}
+
+impl Recorded {
+    /// The access key id the request was signed with (from its SigV4 Authorization header).
+    pub fn access_key(&self) -> Option<&str> {
+        let auth = self.headers.get("Authorization")?;
+        auth.split("Credential=").nth(1)?.split('/').next()
+    }
+
+    /// The AWS service the request was signed for (`s3`, `sts`).
+    pub fn service(&self) -> Option<&str> {
+        let auth = self.headers.get("Authorization")?;
+        auth.split("Credential=").nth(1)?.split(',').next()?.split('/').nth(3)
+    }
+
+    /// A form parameter of an STS call (`Action`, `RoleArn`, `ExternalId`...).
+    pub fn param(&self, name: &str) -> Option<String> {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(&self.body)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// `X-Amz-Date`, when the request was signed.
+    pub fn signed_at(&self) -> Option<jiff::Timestamp> {
+        let d = self.headers.get("X-Amz-Date")?;
+        jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", d)
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
+    }
+}
+
+impl Moto {
+    /// Starts moto on a free port; `tls` = (certificate, key) PEM files serves HTTPS with them and
+    /// `ca` is what the harness trusts for its own calls. `env` goes to moto (e.g.
+    /// `INITIAL_NO_AUTH_ACTION_COUNT=0` to make it check credentials).
+    pub fn start(dir: &Path, tls: Option<(&Path, &Path, &Path)>, env: &[(&str, String)]) -> Result<Moto> {
+        std::fs::create_dir_all(dir)?;
+        let bin = cached_tool("venv/bin/moto_server")?;
+        let port = free_port();
+        let mut args = vec!["-H".to_string(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+        let mut client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        let endpoint = match tls {
+            Some((cert, key, ca)) => {
+                args.extend(["-c".into(), cert.display().to_string(), "-k".into(), key.display().to_string()]);
+                let ca = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
+                client = client.tls_certs_only([ca]);
+                format!("https://localhost:{port}")
+            }
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let log = dir.join(format!("moto-{port}.log"));
+        // The recorder writes to a file, by default in the working directory, which every moto
+        // started from it would share.
+        let mut env = env.to_vec();
+        env.push(("MOTO_RECORDER_FILEPATH", dir.join(format!("moto-{port}.recording")).display().to_string()));
+        let mut process = Process::spawn("moto_server", bin, &args, &log, &env)?;
+        wait_for("moto_server", &mut process, Duration::from_secs(60), || port_open(port))?;
+        let moto = Moto { endpoint, client: client.build()?, _process: process };
+        moto.post("/moto-api/recorder/start-recording")?;
+        Ok(moto)
+    }
+
+    fn post(&self, path: &str) -> Result<String> {
+        let r = self.client.post(format!("{}{path}", self.endpoint)).send()?;
+        let status = r.status();
+        let text = r.text()?;
+        if !status.is_success() {
+            bail!("moto {path}: {status}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// Creates a bucket (moto accepts the unsigned request).
+    pub fn create_bucket(&self, name: &str) -> Result<()> {
+        let r = self.client.put(format!("{}/{name}", self.endpoint)).send()?;
+        if !r.status().is_success() {
+            bail!("creating bucket {name} in moto: {}: {}", r.status(), r.text()?);
+        }
+        Ok(())
+    }
+
+    /// Every request received since the recording started, in order (the recorder's own calls
+    /// left out).
+    pub fn recording(&self) -> Result<Vec<Recorded>> {
+        use base64::Engine;
+        let text = self
+            .client
+            .get(format!("{}/moto-api/recorder/download-recording", self.endpoint))
+            .send()?
+            .error_for_status()?
+            .text()?;
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut r: Recorded = serde_json::from_str(line).with_context(|| format!("moto recording line {line}"))?;
+            if r.body_encoded {
+                let raw = base64::engine::general_purpose::STANDARD.decode(r.body.as_bytes()).unwrap_or_default();
+                r.body = String::from_utf8(raw).unwrap_or_default();
+            }
+            if !r.url.contains("/moto-api/") {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}

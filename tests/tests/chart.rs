@@ -130,6 +130,25 @@ fn install_flags(values: &Value, ns: &str) -> Vec<String> {
     if values["certManager"]["enabled"].as_bool() == Some(true) {
         flags.push("--cert-manager".into());
     }
+    let role = &values["location"]["assumeRole"];
+    for (key, flag) in [
+        ("roleArn", "--role-arn"),
+        ("externalId", "--external-id"),
+        ("sessionName", "--session-name"),
+        ("stsEndpoint", "--sts-endpoint"),
+    ] {
+        if let Some(v) = role[key].as_str().filter(|v| !v.is_empty()) {
+            flags.push(format!("{flag}={v}"));
+        }
+    }
+    if let Some(d) = role["durationSeconds"].as_u64() {
+        flags.push(format!("--role-duration-seconds={d}"));
+    }
+    if let Some(annotations) = values["serviceAccount"]["annotations"].as_object() {
+        for (k, v) in annotations {
+            flags.push(format!("--sa-annotation={k}={}", s(v)));
+        }
+    }
     flags
 }
 
@@ -456,6 +475,29 @@ fn the_cert_manager_variant_renders_schedules_credentials_and_no_generated_ca() 
     assert!(args.contains(&format!("--continuous={}", values["continuous"])), "{args:?}");
     assert!(args.contains(&format!("--workspace-selector={}", values["workspaceSelector"].as_str().unwrap())));
 
+    assert_same_objects_as_install(&objs, &values, &ns);
+}
+
+#[test]
+fn the_assumed_role_and_irsa_variant_renders_what_install_renders() {
+    let dir = scratch("chart-role");
+    let ns = unique("kb");
+    let out = dir.join("rendered");
+    render(&out, &ns);
+    let values = ci_values("assume-role");
+    let objs = read_stream(&out.join("assume-role.yaml"));
+    let role = &values["location"]["assumeRole"];
+    let flags = args(&objs);
+    for (flag, value) in [
+        ("--default-location-role-arn", role["roleArn"].as_str().unwrap().to_string()),
+        ("--default-location-external-id", role["externalId"].as_str().unwrap().to_string()),
+        ("--default-location-session-name", role["sessionName"].as_str().unwrap().to_string()),
+        ("--default-location-role-duration-seconds", role["durationSeconds"].to_string()),
+    ] {
+        assert!(flags.contains(&format!("{flag}={value}")), "{flag} missing: {flags:?}");
+    }
+    let sa = find(&objs, "ServiceAccount", kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
+    assert_eq!(sa["metadata"]["annotations"], values["serviceAccount"]["annotations"], "{sa}");
     assert_same_objects_as_install(&objs, &values, &ns);
 }
 

@@ -544,4 +544,18 @@ fn a_location_turns_unavailable_when_its_storage_goes_and_available_when_it_retu
     );
     // A ReadOnly location is checked by listing only: nothing was ever written to it.
     assert_eq!(std::fs::read_dir(&ro_dir).unwrap().count(), 0, "the check wrote to a ReadOnly location");
+    // The ReadWrite one holds the marker its check wrote; a marker of a newer layout is refused.
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("kubectl-backup.json")).unwrap()).unwrap();
+    assert_eq!(marker, serde_json::json!({"tool": "kubectl-backup", "layoutVersion": 1}));
+    let newer = s.dir.join("health-newer");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(newer.join("kubectl-backup.json"), r#"{"tool": "kubectl-backup", "layoutVersion": 99}"#).unwrap();
+    let refused = s.t.backup(&["location", "add", "newer", "--url", &format!("file://{}", newer.display())]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("layout version 99, newer than this kubectl-backup understands (1)"),
+        "{}",
+        refused.stderr
+    );
 }

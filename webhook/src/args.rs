@@ -182,6 +182,46 @@ pub struct DefaultLocationArgs {
         value_name = "NAME"
     )]
     pub identity_secret: Option<String>,
+    /// S3: the IAM role it assumes through STS (its assumeRole).
+    #[arg(
+        id = "default_location_role_arn",
+        long = "default-location-role-arn",
+        env = "WEBHOOK_DEFAULT_LOCATION_ROLE_ARN",
+        value_name = "ARN"
+    )]
+    pub role_arn: Option<String>,
+    /// The External ID the role requires.
+    #[arg(
+        id = "default_location_external_id",
+        long = "default-location-external-id",
+        env = "WEBHOOK_DEFAULT_LOCATION_EXTERNAL_ID",
+        value_name = "ID"
+    )]
+    pub external_id: Option<String>,
+    /// The role session name.
+    #[arg(
+        id = "default_location_session_name",
+        long = "default-location-session-name",
+        env = "WEBHOOK_DEFAULT_LOCATION_SESSION_NAME",
+        value_name = "NAME"
+    )]
+    pub session_name: Option<String>,
+    /// Lifetime of the role's credentials, in seconds.
+    #[arg(
+        id = "default_location_role_duration_seconds",
+        long = "default-location-role-duration-seconds",
+        env = "WEBHOOK_DEFAULT_LOCATION_ROLE_DURATION_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub role_duration_seconds: Option<u32>,
+    /// The STS endpoint.
+    #[arg(
+        id = "default_location_sts_endpoint",
+        long = "default-location-sts-endpoint",
+        env = "WEBHOOK_DEFAULT_LOCATION_STS_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub sts_endpoint: Option<String>,
 }
 
 impl DefaultLocationArgs {
@@ -199,6 +239,13 @@ impl DefaultLocationArgs {
             encryption: kubectl_backup_core::crd::LocationEncryption::of(
                 &self.encrypt_to,
                 self.identity_secret.as_deref(),
+            ),
+            assume_role: kubectl_backup_core::crd::AssumeRoleSpec::of(
+                self.role_arn.as_deref(),
+                self.external_id.as_deref(),
+                self.session_name.as_deref(),
+                self.role_duration_seconds,
+                self.sts_endpoint.as_deref(),
             ),
         })
     }
@@ -286,8 +333,17 @@ mod tests {
             "--default-location-region=eu-1",
             "--default-location-credentials-secret=creds",
             "--default-location-access-mode=ReadOnly",
+            "--default-location-role-arn=arn:aws:iam::123456789012:role/b",
+            "--default-location-external-id=ext",
+            "--default-location-role-duration-seconds=900",
         ]);
         let spec = Args::try_parse_from(&argv).unwrap().default_location.spec().unwrap();
+        let role = spec.assume_role.clone().unwrap();
+        assert_eq!(role.role_arn, "arn:aws:iam::123456789012:role/b");
+        assert_eq!(
+            (role.external_id.as_deref(), role.duration_seconds, role.session_name),
+            (Some("ext"), Some(900), None)
+        );
         assert_eq!(spec.url, "s3://b/p");
         assert_eq!(spec.region.as_deref(), Some("eu-1"));
         assert_eq!(spec.credentials_secret.as_deref(), Some("creds"));

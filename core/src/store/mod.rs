@@ -1,7 +1,7 @@
 //! Locations: a URL (`s3://`, `gs://`, `az://`, `file://`) -> an [`ObjectStore`] rooted at its prefix.
 //!
 //! Credentials come from each provider's standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and,
-//! for S3, from the shared credentials/config files of `AWS_PROFILE`. Nothing else in the environment
+//! for S3, from the AWS SDK's providers (profiles, web identity, a role assumed through STS). Nothing else in the environment
 //! is read, and no secret ever appears in an error or a log line: the display form of a location is
 //! its URL, which is refused if it carries credentials.
 
@@ -17,7 +17,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use tokio::sync::mpsc;
 use url::Url;
 
+mod aws_identity;
 mod providers;
+
+pub use aws_identity::AssumeRole;
 
 use crate::{Error, Result};
 
@@ -171,6 +174,8 @@ pub struct StoreOptions {
     /// Provider settings from a credentials Secret, as environment-variable names
     /// (`AWS_SECRET_ACCESS_KEY`, ...). They override the process environment.
     pub credentials: Vec<(String, String)>,
+    /// S3: a role to assume through STS on top of the base credentials.
+    pub assume_role: Option<AssumeRole>,
 }
 
 /// What [`Store::upload_sealed`] stored.
@@ -207,6 +212,15 @@ impl Store {
     }
 
     pub fn open(location: &Location, options: &StoreOptions) -> Result<Store> {
+        if let Some(role) = &options.assume_role
+            && location.provider != Provider::S3
+        {
+            return Err(Error::invalid(
+                "--role-arn (assumeRole)",
+                &role.role_arn,
+                format!("an IAM role is assumed for S3 locations only, and {} is not one", location.url()),
+            ));
+        }
         let store = match location.provider {
             // A local directory: no prefix store, the directory is the location.
             Provider::File => {

@@ -12,7 +12,7 @@ use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, Certificate, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
-use super::{Location, StoreOptions, store_message};
+use super::{Location, StoreOptions, aws_identity, store_message};
 use crate::{Error, Result};
 
 fn fail(location: &Location, reason: String) -> Error {
@@ -63,27 +63,28 @@ pub fn s3(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectS
             b = b.with_config(k, value);
         }
     }
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-        && std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
-        && let Some(profile) = aws_profile()?
+    let static_keys = static_keys(&options.credentials);
+    if static_keys.is_none()
+        && std::env::var_os("AWS_REGION").is_none()
+        && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        && let Some(r) = profile_region()
     {
-        b = b.with_access_key_id(profile.access_key_id).with_secret_access_key(profile.secret_access_key);
-        if let Some(t) = profile.session_token {
-            b = b.with_token(t);
-        }
-        if let Some(r) = profile.region
-            && std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            b = b.with_region(r);
-        }
+        b = b.with_region(r);
+    }
+    let have_keys = static_keys.is_some() || std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+    if aws_identity::wanted(options.assume_role.as_ref(), have_keys) {
+        let settings = aws_identity::Settings {
+            role: options.assume_role.clone(),
+            region: options.region.clone().or_else(|| from_env_or(&options.credentials, "AWS_REGION")),
+            static_keys,
+            ca_pems: ca_pems(options)?,
+        };
+        b = b.with_credentials(Arc::new(aws_identity::SdkCredentials::new(settings)));
     }
     if let Some(region) = &options.region {
         b = b.with_region(region);
     }
-    let from_settings = |k: &str| {
-        options.credentials.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone()).or_else(|| std::env::var(k).ok())
-    };
+    let from_settings = |k: &str| from_env_or(&options.credentials, k);
     let endpoint = options
         .s3_endpoint
         .clone()
@@ -139,32 +140,34 @@ fn client_options(options: &StoreOptions) -> Result<ClientOptions> {
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(options.request_timeout.unwrap_or(Duration::from_secs(300)))
         .with_pool_idle_timeout(Duration::from_secs(30));
-    if let Some(pem) = &options.ca_pem {
-        let certs = Certificate::from_pem_bundle(pem).map_err(|e| {
-            Error::invalid("caBundle", "(inline)", format!("not a PEM certificate bundle: {}", store_message(&e)))
-        })?;
-        for c in certs {
-            client = client.with_root_certificate(c);
-        }
-    }
-    if let Some(path) = &options.ca_cert {
-        let pem =
-            std::fs::read(path).map_err(|e| Error::invalid("--ca-cert", path.display().to_string(), e.to_string()))?;
-        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::invalid(
-                "--ca-cert",
-                path.display().to_string(),
-                format!("not a PEM certificate bundle: {}", store_message(&e)),
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(Error::invalid("--ca-cert", path.display().to_string(), "no certificate in the file"));
-        }
-        for c in certs {
+    for pem in ca_pems(options)? {
+        for c in Certificate::from_pem_bundle(&pem).map_err(|e| Error::Other(store_message(&e)))? {
             client = client.with_root_certificate(c);
         }
     }
     Ok(client)
+}
+
+/// The extra CAs a store's certificate may chain to: a BackupLocation's inline `caBundle` and the
+/// `--ca-cert` file, each checked to hold at least one PEM certificate.
+fn ca_pems(options: &StoreOptions) -> Result<Vec<Vec<u8>>> {
+    let check = |what: &'static str, value: String, pem: &[u8]| match Certificate::from_pem_bundle(pem) {
+        Ok(certs) if certs.is_empty() => Err(Error::invalid(what, value, "no certificate in the file")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::invalid(what, value, format!("not a PEM certificate bundle: {}", store_message(&e)))),
+    };
+    let mut pems = Vec::new();
+    if let Some(pem) = &options.ca_pem {
+        check("caBundle", "(inline)".to_string(), pem)?;
+        pems.push(pem.clone());
+    }
+    if let Some(path) = &options.ca_cert {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| Error::invalid("--ca-cert", shown.clone(), e.to_string()))?;
+        check("--ca-cert", shown, &pem)?;
+        pems.push(pem);
+    }
+    Ok(pems)
 }
 
 /// The provider's own settings: environment variables starting with `prefix`, then the same names
@@ -180,54 +183,28 @@ fn provider_env<'a>(
     env.chain(credentials.iter().filter(move |(k, _)| k.starts_with(prefix)).cloned())
 }
 
-struct AwsProfile {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-    region: Option<String>,
+/// A Secret's (or `None`) base keys: id, secret and session token.
+fn static_keys(credentials: &[(String, String)]) -> Option<(String, String, Option<String>)> {
+    let get = |k: &str| credentials.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone());
+    Some((get("AWS_ACCESS_KEY_ID")?, get("AWS_SECRET_ACCESS_KEY")?, get("AWS_SESSION_TOKEN")))
 }
 
-/// Static keys of `AWS_PROFILE` (or `default`) from `~/.aws/credentials` and its region from
-/// `~/.aws/config` — the profile chain users of the AWS CLI expect. `None` when there is no such profile.
-fn aws_profile() -> Result<Option<AwsProfile>> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let creds_file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+/// `name` from a credentials Secret, else from the environment.
+fn from_env_or(credentials: &[(String, String)], name: &str) -> Option<String> {
+    credentials.iter().find(|(c, _)| c == name).map(|(_, v)| v.clone()).or_else(|| std::env::var(name).ok())
+}
+
+/// The region of `AWS_PROFILE` (or `default`) in `~/.aws/config` (`AWS_CONFIG_FILE`): S3 requests
+/// are signed for a region before any credential is fetched, so it is read here, at open time.
+/// Credentials from profiles are the AWS SDK's business (aws_identity.rs).
+fn profile_region() -> Option<String> {
+    let config_file = std::env::var_os("AWS_CONFIG_FILE")
         .map(PathBuf::from)
-        .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
-    let config_file =
-        std::env::var_os("AWS_CONFIG_FILE").map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/config")))?;
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
-    let explicit = std::env::var_os("AWS_PROFILE").is_some();
-    let Some(creds_file) = creds_file.filter(|p| p.exists()) else {
-        return if explicit {
-            Err(Error::Other(format!(
-                "AWS_PROFILE={profile} is set but there is no shared credentials file (~/.aws/credentials)"
-            )))
-        } else {
-            Ok(None)
-        };
-    };
-    let ini = load_ini(&creds_file)?;
-    let Some(section) = ini.section(Some(profile.as_str())) else {
-        return if explicit {
-            Err(Error::Other(format!("AWS_PROFILE={profile}: no such profile in {}", creds_file.display())))
-        } else {
-            Ok(None)
-        };
-    };
-    let (Some(id), Some(secret)) = (section.get("aws_access_key_id"), section.get("aws_secret_access_key")) else {
-        return Ok(None);
-    };
-    let region = config_file.filter(|p| p.exists()).and_then(|p| load_ini(&p).ok()).and_then(|cfg| {
-        let name = if profile == "default" { "default".to_string() } else { format!("profile {profile}") };
-        cfg.section(Some(name.as_str())).and_then(|s| s.get("region")).map(str::to_string)
-    });
-    Ok(Some(AwsProfile {
-        access_key_id: id.to_string(),
-        secret_access_key: secret.to_string(),
-        session_token: section.get("aws_session_token").map(str::to_string),
-        region,
-    }))
+    let cfg = load_ini(&config_file).ok()?;
+    let name = if profile == "default" { "default".to_string() } else { format!("profile {profile}") };
+    cfg.section(Some(name.as_str())).and_then(|s| s.get("region")).map(str::to_string)
 }
 
 fn load_ini(path: &FsPath) -> Result<ini::Ini> {

@@ -109,6 +109,7 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
             Some(f) => Some(std::fs::read_to_string(f).map_err(|e| anyhow!("--ca-cert {}: {e}", f.display()))?),
             None => None,
         },
+        assume_role: cli.location.role.spec(),
     };
     if !opts.encrypt_to.is_empty() {
         kubectl_backup_core::crypto::Seal::recipients(&opts.encrypt_to)?;
@@ -233,6 +234,7 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
         sa_annotations: Default::default(),
         path_style: None,
         ca_bundle: None,
+        assume_role: None,
     };
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");

@@ -9,7 +9,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use kubectl_backup_core::crd::{AccessMode, BackupLocation, BackupLocationSpec, LocationEncryption};
+use kubectl_backup_core::crd::{AccessMode, AssumeRoleSpec, BackupLocation, BackupLocationSpec, LocationEncryption};
 use kubectl_backup_core::error::kube_message;
 use kubectl_backup_core::input::validate_name;
 use kubectl_backup_core::kube_client::Cluster;
@@ -108,13 +108,19 @@ pub async fn run(cli: &Globals, args: &LocationArgs) -> Result<ExitCode> {
     let ns = cli.location.install_namespace.as_str();
     let api: Api<BackupLocation> = Api::namespaced(cluster.client.clone(), ns);
     match &args.command {
-        LocationCommand::Add(a) => add(&cluster, ns, &api, a).await,
+        LocationCommand::Add(a) => add(&cluster, ns, &api, a, cli.location.role.spec()).await,
         LocationCommand::List(o) => list(&api, o.output).await,
         LocationCommand::Remove(r) => remove(&api, ns, r).await,
     }
 }
 
-async fn add(cluster: &Cluster, ns: &str, api: &Api<BackupLocation>, a: &AddArgs) -> Result<ExitCode> {
+async fn add(
+    cluster: &Cluster,
+    ns: &str,
+    api: &Api<BackupLocation>,
+    a: &AddArgs,
+    role: Option<AssumeRoleSpec>,
+) -> Result<ExitCode> {
     validate_name("location name", &a.name)?;
     let parsed = Location::parse(&a.url)?;
     let ca_bundle = match &a.ca_bundle {
@@ -163,6 +169,7 @@ async fn add(cluster: &Cluster, ns: &str, api: &Api<BackupLocation>, a: &AddArgs
         default: a.default,
         access_mode: if a.read_only { AccessMode::ReadOnly } else { AccessMode::ReadWrite },
         encryption: LocationEncryption::of(&a.encrypt_to, identity_secret.as_deref()),
+        assume_role: role,
     };
     if a.default {
         // One default: clear it elsewhere.
