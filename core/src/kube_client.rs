@@ -20,31 +20,120 @@ pub struct KubeOptions {
     pub context: Option<String>,
     pub cluster: Option<String>,
     pub user: Option<String>,
+    /// kubectl's overrides, applied on top of what the kubeconfig says.
+    pub overrides: Overrides,
+}
+
+/// kubectl's connection overrides (`--server`, `--token`, `--as`, ...).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// The API server's address; with it no kubeconfig is needed.
+    pub server: Option<String>,
+    /// A bearer token used instead of the kubeconfig user's credentials.
+    pub token: Option<String>,
+    /// Impersonation: user, groups and UID.
+    pub as_user: Option<String>,
+    pub as_groups: Vec<String>,
+    pub as_uid: Option<String>,
+    /// PEM file of the CA the server's certificate chains to.
+    pub certificate_authority: Option<PathBuf>,
+    pub insecure_skip_tls_verify: bool,
+    /// How long one request may wait for an answer (None: the default, 2 minutes).
+    pub request_timeout: Option<Duration>,
 }
 
 /// Resolves a config like kubectl: `--kubeconfig`, else `KUBECONFIG` (a list, merged), else
 /// `~/.kube/config`, else in-cluster. `--context/--cluster/--user` pick within it.
 pub async fn config(opts: &KubeOptions) -> Result<Config> {
-    let pick =
-        KubeConfigOptions { context: opts.context.clone(), cluster: opts.cluster.clone(), user: opts.user.clone() };
-    let mut config = if let Some(path) = &opts.kubeconfig {
-        let kc = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
-        Config::from_custom_kubeconfig(kc, &pick)
-            .await
-            .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?
-    } else if opts.context.is_some() || opts.cluster.is_some() || opts.user.is_some() {
-        Config::from_kubeconfig(&pick).await.map_err(|e| Error::Kubeconfig(e.to_string()))?
-    } else {
-        Config::infer().await.map_err(|e| {
-            Error::Kubeconfig(format!("{e}; set KUBECONFIG, pass --kubeconfig, or run inside a cluster"))
-        })?
+    let mut config = match (kubeconfig(opts).await, &opts.overrides.server) {
+        (Ok(config), _) => config,
+        // `--server` alone is enough, as with kubectl.
+        (Err(_), Some(server)) => Config::new(parse_server(server)?),
+        (Err(e), None) => return Err(e),
     };
     config.connect_timeout = Some(Duration::from_secs(10));
     config.read_timeout = Some(Duration::from_secs(120));
     config.reset_reader_on_write = true;
     // Retries are ours (bounded, see `with_retry`); kube's default retries up to 15 times.
     config.default_retry = false;
+    opts.overrides.apply(&mut config)?;
     Ok(config)
+}
+
+async fn kubeconfig(opts: &KubeOptions) -> Result<Config> {
+    let pick =
+        KubeConfigOptions { context: opts.context.clone(), cluster: opts.cluster.clone(), user: opts.user.clone() };
+    if let Some(path) = &opts.kubeconfig {
+        let kc = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
+        Config::from_custom_kubeconfig(kc, &pick)
+            .await
+            .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))
+    } else if opts.context.is_some() || opts.cluster.is_some() || opts.user.is_some() {
+        Config::from_kubeconfig(&pick).await.map_err(|e| Error::Kubeconfig(e.to_string()))
+    } else {
+        Config::infer().await.map_err(|e| {
+            Error::Kubeconfig(format!("{e}; set KUBECONFIG, pass --kubeconfig or --server, or run inside a cluster"))
+        })
+    }
+}
+
+fn parse_server(server: &str) -> Result<http::Uri> {
+    let uri: http::Uri = server.parse().map_err(|e| Error::invalid("--server", server, format!("not a URL: {e}")))?;
+    if uri.scheme().is_none() || uri.host().is_none() {
+        return Err(Error::invalid("--server", server, "not a URL like https://host:6443"));
+    }
+    Ok(uri)
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) -> Result<()> {
+        if let Some(server) = &self.server {
+            config.cluster_url = parse_server(server)?;
+        }
+        if let Some(token) = &self.token {
+            // The token replaces the kubeconfig user's credentials (a client certificate would
+            // otherwise authenticate first).
+            config.auth_info = kube::config::AuthInfo { token: Some(token.clone().into()), ..Default::default() };
+        }
+        if let Some(user) = &self.as_user {
+            config.auth_info.impersonate = Some(user.clone());
+        }
+        if !self.as_groups.is_empty() {
+            if self.as_user.is_none() {
+                return Err(Error::invalid("--as-group", self.as_groups.join(","), "needs --as (as kubectl)"));
+            }
+            config.auth_info.impersonate_groups = Some(self.as_groups.clone());
+        }
+        if let Some(uid) = &self.as_uid {
+            config.auth_info.impersonate_uid = Some(uid.clone());
+        }
+        if let Some(path) = &self.certificate_authority {
+            config.root_cert = Some(read_certificates(path)?);
+        }
+        if self.insecure_skip_tls_verify {
+            config.accept_invalid_certs = true;
+        }
+        if let Some(t) = self.request_timeout {
+            config.read_timeout = (!t.is_zero()).then_some(t);
+        }
+        Ok(())
+    }
+}
+
+/// The DER certificates of a PEM file.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display().to_string();
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| Error::invalid("--certificate-authority", shown.clone(), e.to_string()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::invalid("--certificate-authority", shown.clone(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(Error::invalid("--certificate-authority", shown, "no PEM certificate in the file"));
+    }
+    Ok(certs)
 }
 
 pub async fn client(opts: &KubeOptions) -> Result<Client> {

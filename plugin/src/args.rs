@@ -52,6 +52,39 @@ pub struct KubeArgs {
     /// of the backup or restore goes on.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
     pub discovery_timeout: std::time::Duration,
+    /// The address and port of the Kubernetes API server (no kubeconfig is needed with it).
+    #[arg(short = 's', long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token for authentication to the API server, instead of the kubeconfig user's credentials.
+    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Username to impersonate for the operation (a user or a service account).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+    /// Group to impersonate (repeatable, with --as).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_groups: Vec<String>,
+    /// UID to impersonate (with --as).
+    #[arg(long = "as-uid", global = true, value_name = "UID")]
+    pub as_uid: Option<String>,
+    /// Path to a PEM file of the CA the API server's certificate chains to.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub certificate_authority: Option<PathBuf>,
+    /// Do not check the API server's certificate (insecure: anyone on the path can read the
+    /// Secrets a backup transfers).
+    #[arg(long, global = true, conflicts_with = "certificate_authority")]
+    pub insecure_skip_tls_verify: bool,
+    /// How long one API request may wait for an answer, e.g. 30s or 1m ("0": no limit). Default 2m.
+    #[arg(long, global = true, value_parser = parse_request_timeout, value_name = "DURATION")]
+    pub request_timeout: Option<std::time::Duration>,
+}
+
+/// `--request-timeout`: a duration, or kubectl's bare number of seconds ("0" for none).
+fn parse_request_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
+        Err(_) => parse_timeout(text),
+    }
 }
 
 /// A duration flag like `5s` or `1m30s`.
@@ -68,6 +101,16 @@ impl KubeArgs {
             context: self.context.clone(),
             cluster: self.cluster.clone(),
             user: self.user.clone(),
+            overrides: kubectl_backup_core::kube_client::Overrides {
+                server: self.server.clone(),
+                token: self.token.clone(),
+                as_user: self.as_user.clone(),
+                as_groups: self.as_groups.clone(),
+                as_uid: self.as_uid.clone(),
+                certificate_authority: self.certificate_authority.clone(),
+                insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+                request_timeout: self.request_timeout,
+            },
         }
     }
 }

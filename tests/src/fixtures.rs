@@ -173,6 +173,16 @@ impl Tools {
 /// A kubeconfig (written in `dir`) with the token of ServiceAccount `ns/name`, from its token
 /// Secret, which kube-controller-manager creates on 1.20.
 pub fn service_account_kubeconfig(t: &Tools, cluster: &ClusterInfo, dir: &Path, ns: &str, name: &str) -> PathBuf {
+    let token = service_account_token(t, ns, name);
+    std::fs::create_dir_all(dir).expect("test dir");
+    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
+    crate::control_plane::write_kubeconfig(&path, &cluster.server, &cluster.ca_file, name, &token)
+        .expect("writing the ServiceAccount kubeconfig");
+    path
+}
+
+/// The token of ServiceAccount `ns/name` (from the Secret the token controller makes for it).
+pub fn service_account_token(t: &Tools, ns: &str, name: &str) -> String {
     let mut token = None;
     for _ in 0..100 {
         let sa = t.kubectl(&["get", "serviceaccount", name, "-n", ns, "-o", "json"]);
@@ -189,12 +199,7 @@ pub fn service_account_kubeconfig(t: &Tools, cluster: &ClusterInfo, dir: &Path, 
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let token = token.unwrap_or_else(|| panic!("ServiceAccount {ns}/{name} got no token Secret"));
-    std::fs::create_dir_all(dir).expect("test dir");
-    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
-    crate::control_plane::write_kubeconfig(&path, &cluster.server, &cluster.ca_file, name, &token)
-        .expect("writing the ServiceAccount kubeconfig");
-    path
+    token.unwrap_or_else(|| panic!("ServiceAccount {ns}/{name} got no token Secret"))
 }
 
 /// An annotation of an object, as kubectl printed it.
