@@ -255,21 +255,79 @@ pub struct OutputArg {
     pub output: Output,
 }
 
-/// The filters shared by create and restore.
+/// `-o` and `--no-headers` of the list commands, like `kubectl get`'s.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ListOutputArg {
+    /// Output format: a table (default), name (KIND/NAME lines, for scripts), json or yaml.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+    pub output: ListOutput,
+    /// Print the table without its header line.
+    #[arg(long)]
+    pub no_headers: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ListOutput {
+    /// A readable table.
+    #[default]
+    Table,
+    /// One KIND/NAME per line.
+    Name,
+    Json,
+    Yaml,
+}
+
+impl ListOutputArg {
+    /// The document format, for json and yaml.
+    pub fn document(&self) -> Option<Output> {
+        match self.output {
+            ListOutput::Json => Some(Output::Json),
+            ListOutput::Yaml => Some(Output::Yaml),
+            ListOutput::Table | ListOutput::Name => None,
+        }
+    }
+
+    /// Prints `rows` as this format asks: a table with `headers`, or `kind/NAME` lines (NAME from
+    /// the column headed NAME).
+    pub fn print_rows(&self, kind: &str, headers: &[&str], rows: Vec<Vec<String>>) {
+        if self.output == ListOutput::Name {
+            let at = headers.iter().position(|h| *h == "NAME").unwrap_or(0);
+            for r in rows {
+                println!("{kind}/{}", r[at]);
+            }
+            return;
+        }
+        let mut t = crate::output::table(headers);
+        for r in rows {
+            t.add_row(r);
+        }
+        crate::output::print_table_headers(&t, !self.no_headers);
+    }
+}
+
+/// The filters of create and restore: `-n`/`-A` and the selection.
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
-    /// Namespaces to include (comma list, globs allowed). Default: all.
-    #[arg(long, value_delimiter = ',', value_name = "NS[,NS...]")]
-    pub include_namespaces: Vec<String>,
-    /// Namespaces to exclude (comma list, globs allowed).
-    #[arg(long, value_delimiter = ',', value_name = "NS[,NS...]")]
-    pub exclude_namespaces: Vec<String>,
     /// Only this namespace (same as --include-namespaces NS).
     #[arg(short = 'n', long, value_name = "NS", conflicts_with_all = ["include_namespaces", "all_namespaces"])]
     pub namespace: Option<String>,
     /// All namespaces (the default; explicit form).
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+}
+
+/// What to back up or restore, without `-n` (which names a schedule's own namespace in
+/// `schedule create`, as everywhere in kubectl).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SelectionArgs {
+    /// Namespaces to include (comma list, globs allowed). Default: all.
+    #[arg(long, value_delimiter = ',', value_name = "NS[,NS...]")]
+    pub include_namespaces: Vec<String>,
+    /// Namespaces to exclude (comma list, globs allowed).
+    #[arg(long, value_delimiter = ',', value_name = "NS[,NS...]")]
+    pub exclude_namespaces: Vec<String>,
     /// Resources to include: configmaps, deployments.apps, widgets.example.org, short names, globs.
     #[arg(long, value_delimiter = ',', value_name = "RES[,RES...]")]
     pub include_resources: Vec<String>,
@@ -285,19 +343,25 @@ pub struct FilterArgs {
     pub include_cluster_resources: ClusterResources,
 }
 
-impl FilterArgs {
+impl SelectionArgs {
     pub fn filters(&self) -> Filters {
-        let mut included = self.include_namespaces.clone();
-        if let Some(ns) = &self.namespace {
-            included = vec![ns.clone()];
-        }
         Filters {
-            included_namespaces: included,
+            included_namespaces: self.include_namespaces.clone(),
             excluded_namespaces: self.exclude_namespaces.clone(),
             included_resources: self.include_resources.clone(),
             excluded_resources: self.exclude_resources.clone(),
             label_selector: self.selector.clone(),
             include_cluster_resources: self.include_cluster_resources,
         }
+    }
+}
+
+impl FilterArgs {
+    pub fn filters(&self) -> Filters {
+        let mut filters = self.selection.filters();
+        if let Some(ns) = &self.namespace {
+            filters.included_namespaces = vec![ns.clone()];
+        }
+        filters
     }
 }

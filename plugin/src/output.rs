@@ -40,9 +40,14 @@ pub fn table(headers: &[&str]) -> Table {
 }
 
 pub fn print_table(t: &Table) {
+    print_table_headers(t, true);
+}
+
+/// A table, with or without its header line (`--no-headers`).
+pub fn print_table_headers(t: &Table, headers: bool) {
     let text = t.to_string();
     let mut out = std::io::stdout().lock();
-    for line in text.lines() {
+    for line in text.lines().skip(usize::from(!headers)) {
         let _ = writeln!(out, "{}", line.trim_end());
     }
 }

@@ -48,6 +48,10 @@ fn impersonation_applies_the_impersonated_users_rbac() {
         .ok()
         .json();
     assert_eq!(done["status"]["phase"], "Completed", "{done}");
+    // Listed like `kubectl get`: -o name, and --no-headers.
+    assert_eq!(t.backup(&["list", "-o", "name"]).ok().stdout, format!("backup/{name}\n"));
+    let bare = t.backup(&["list", "--no-headers"]).ok().stdout;
+    assert!(bare.starts_with(&name) && bare.lines().count() == 1, "{bare}");
     // A group without a user, as kubectl refuses it.
     let bad = t.backup(&["create", &unique("b"), "-n", &ns, "--as-group", "system:masters"]);
     assert_eq!(bad.code, 1, "{}", bad.stderr);

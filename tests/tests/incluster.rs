@@ -74,7 +74,18 @@ fn a_schedule_fires_and_produces_a_completed_backup() {
     let app = unique("app");
     s.t.apply(&sample_app(&app)).ok();
     let webhook = s.webhook(&["--continuous=false"]);
-    s.t.backup(&["schedule", "create", "every-3s", "--schedule", "*/3 * * * * *", "-n", &app, "--ttl", "1h"]).ok();
+    s.t.backup(&[
+        "schedule",
+        "create",
+        "every-3s",
+        "--schedule",
+        "*/3 * * * * *",
+        "--include-namespaces",
+        &app,
+        "--ttl",
+        "1h",
+    ])
+    .ok();
     eventually("a scheduled backup", Duration::from_secs(60), || {
         s.schedule(NS, "every-3s")["status"]["lastResult"].as_str() == Some("Completed")
     });
@@ -114,7 +125,7 @@ fn a_run_missed_while_down_runs_once_on_start() {
     let s = setup("missed");
     let app = unique("app");
     s.t.apply(&sample_app(&app)).ok();
-    s.t.backup(&["schedule", "create", "hourly", "--schedule", "@hourly", "-n", &app]).ok();
+    s.t.backup(&["schedule", "create", "hourly", "--schedule", "@hourly", "--include-namespaces", &app]).ok();
     // The controller was down for three hours: the last run is long ago, and it stopped in the
     // middle of a run (claimed, never finished).
     let three_hours_ago = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(3)).unwrap().to_string();
@@ -325,10 +336,19 @@ fn the_operator_role_cannot_reach_another_namespace() {
     );
     assert!(!s.backups().iter().any(|b| b["spec"]["schedule"] == format!("{mine}/reach")));
     // A schedule for her own namespace runs, with the controller's permissions, on her namespace only.
-    alice.backup(&["schedule", "create", "own", "--schedule", "*/2 * * * * *", "--schedule-namespace", &mine]).ok();
+    // (`-n` is the schedule's namespace, as in kubectl; --schedule-namespace is its alias.)
+    alice.backup(&["schedule", "create", "own", "--schedule", "*/2 * * * * *", "-n", &mine]).ok();
     eventually("her schedule runs", Duration::from_secs(40), || {
         s.schedule(&mine, "own")["status"]["lastResult"].as_str() == Some("Completed")
     });
+    // Listed like `kubectl get`: -o name, and a table without its header line.
+    let names = alice.backup(&["schedule", "list", "-n", &mine, "-o", "name"]).ok().stdout;
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(names, ["backupschedule.kubectl-backup.dev/own", "backupschedule.kubectl-backup.dev/reach"]);
+    let bare = alice.backup(&["schedule", "list", "-n", &mine, "--no-headers"]).ok().stdout;
+    assert_eq!(bare.lines().count(), 2, "{bare}");
+    assert!(bare.lines().all(|l| l.starts_with(&mine) && !l.contains("SCHEDULE")), "{bare}");
     let made = s.schedule(&mine, "own")["status"]["lastBackup"].as_str().unwrap().to_string();
     let d = s.t.backup(&["describe", &made, "-o", "json"]).ok().json();
     assert_eq!(d["status"]["namespaces"], serde_json::json!([mine]));

@@ -344,7 +344,18 @@ fn assert_auto_restore(c: &NodeCluster, ns: &str, backup: &str) {
 /// A BackupSchedule made with the CLI runs in the webhook Pod (its ServiceAccount and RBAC, the S3
 /// server through the node's link) and commits a backup the CLI on the host lists.
 fn assert_scheduled_backup(c: &NodeCluster, ns: &str) {
-    c.t.backup(&["schedule", "create", "every-3s", "--schedule", "*/3 * * * * *", "-n", ns, "--ttl", "1h"]).ok();
+    c.t.backup(&[
+        "schedule",
+        "create",
+        "every-3s",
+        "--schedule",
+        "*/3 * * * * *",
+        "--include-namespaces",
+        ns,
+        "--ttl",
+        "1h",
+    ])
+    .ok();
     let schedule = || c.t.get_json(&["backupschedules.kubectl-backup.dev", "every-3s", "-n", OWN_NS]);
     eventually("a scheduled backup by the webhook Pod", Duration::from_secs(90), || {
         schedule()["status"]["lastResult"].as_str() == Some("Completed")

@@ -14,9 +14,9 @@ use kubectl_backup_core::model::{self, List, Timing};
 use kubectl_backup_core::store::Store;
 use serde::Serialize;
 
-use crate::args::{Globals, Output, OutputArg};
+use crate::args::{Globals, ListOutputArg, Output, OutputArg};
 use crate::open_location;
-use crate::output::{print_document, print_table, size, table, time, until};
+use crate::output::{print_document, size, time, until};
 
 /// What the catalog commands print of one kind of backup.
 pub(crate) trait Shown: Kind<Spec: model::Spec + Serialize, Status: Serialize> {
@@ -64,7 +64,7 @@ pub(crate) async fn run<K: Shown>(cli: &Globals, command: &CatalogCommand) -> Re
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    pub output: OutputArg,
+    pub output: ListOutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -99,18 +99,15 @@ pub struct DownloadArgs {
 async fn list<K: Shown>(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
     let store = open_location::open(cli, None).await?.store;
     let listing = K::list(&store).await?;
-    match args.output.output {
-        Output::Table if listing.backups.is_empty() && listing.in_progress.is_empty() => {
+    match args.output.document() {
+        Some(format) => print_document(&List::new(listing.backups), format)?,
+        None if listing.backups.is_empty() && listing.in_progress.is_empty() => {
             eprintln!("No {}s in {}.", K::NOUN, store.url());
         }
-        Output::Table => {
-            let mut t = table(K::COLUMNS);
-            for b in listing.in_progress.iter().chain(&listing.backups) {
-                t.add_row(K::row(b));
-            }
-            print_table(&t);
+        None => {
+            let rows = listing.in_progress.iter().chain(&listing.backups).map(K::row).collect();
+            args.output.print_rows(&<K::Spec as model::Spec>::KIND.to_ascii_lowercase(), K::COLUMNS, rows);
         }
-        format => print_document(&List::new(listing.backups), format)?,
     }
     if !listing.incomplete.is_empty() {
         eprintln!(

@@ -17,8 +17,8 @@ use kubectl_backup_core::locations;
 use kubectl_backup_core::store::{Location, Provider};
 
 use super::throttle;
-use crate::args::{Globals, Output, OutputArg};
-use crate::output::{age, print_document, print_table, table};
+use crate::args::{Globals, ListOutputArg};
+use crate::output::{age, print_document};
 
 #[derive(Debug, Args)]
 pub struct LocationArgs {
@@ -32,7 +32,7 @@ pub enum LocationCommand {
     Add(AddArgs),
     /// List registered locations.
     #[command(alias = "ls", alias = "get")]
-    List(OutputArg),
+    List(ListOutputArg),
     /// Remove a registered location (its backups stay in storage).
     #[command(alias = "rm", alias = "delete")]
     Remove(RemoveArgs),
@@ -109,7 +109,7 @@ pub async fn run(cli: &Globals, args: &LocationArgs) -> Result<ExitCode> {
     let api: Api<BackupLocation> = Api::namespaced(cluster.client.clone(), ns);
     match &args.command {
         LocationCommand::Add(a) => add(&cluster, ns, &api, a, cli.location.role.spec()).await,
-        LocationCommand::List(o) => list(&api, o.output).await,
+        LocationCommand::List(o) => list(&api, o).await,
         LocationCommand::Remove(r) => remove(&api, ns, r).await,
     }
 }
@@ -214,29 +214,34 @@ async fn check_before_saving(cluster: &Cluster, ns: &str, bl: &BackupLocation) -
     }
 }
 
-async fn list(api: &Api<BackupLocation>, output: Output) -> Result<ExitCode> {
+async fn list(api: &Api<BackupLocation>, output: &ListOutputArg) -> Result<ExitCode> {
     let list =
         api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing BackupLocations: {}", kube_message(&e)))?;
-    match output {
-        Output::Table => {
-            let mut t = table(&["NAME", "URL", "DEFAULT", "ACCESS", "PHASE", "LAST CHECKED", "CREDENTIALS", "AGE"]);
-            for b in &list.items {
-                let status = b.status.clone().unwrap_or_default();
-                let checked = status.last_validation_time.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                t.add_row(vec![
-                    b.name_any(),
-                    b.spec.url.clone(),
-                    b.spec.default.to_string(),
-                    format!("{:?}", b.spec.access_mode),
-                    status.phase.unwrap_or_else(|| "-".into()),
-                    checked.map(|c| format!("{} ago", age(Some(c)))).unwrap_or_else(|| "-".into()),
-                    b.spec.credentials_secret.clone().unwrap_or_else(|| "-".into()),
-                    age(b.metadata.creation_timestamp.as_ref().map(|t| t.0)),
-                ]);
-            }
-            print_table(&t);
+    match output.document() {
+        None => {
+            let rows = list
+                .items
+                .iter()
+                .map(|b| {
+                    let status = b.status.clone().unwrap_or_default();
+                    let checked =
+                        status.last_validation_time.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                    vec![
+                        b.name_any(),
+                        b.spec.url.clone(),
+                        b.spec.default.to_string(),
+                        format!("{:?}", b.spec.access_mode),
+                        status.phase.unwrap_or_else(|| "-".into()),
+                        checked.map(|c| format!("{} ago", age(Some(c)))).unwrap_or_else(|| "-".into()),
+                        b.spec.credentials_secret.clone().unwrap_or_else(|| "-".into()),
+                        age(b.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+                    ]
+                })
+                .collect();
+            let headers = ["NAME", "URL", "DEFAULT", "ACCESS", "PHASE", "LAST CHECKED", "CREDENTIALS", "AGE"];
+            output.print_rows("backuplocation.kubectl-backup.dev", &headers, rows);
         }
-        f => print_document(
+        Some(f) => print_document(
             &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupLocationList", "items": list.items}),
             f,
         )?,

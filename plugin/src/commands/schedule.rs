@@ -15,8 +15,8 @@ use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::schedule::Schedule;
 
 use super::throttle;
-use crate::args::{FilterArgs, Globals, Output, OutputArg};
-use crate::output::{print_document, print_table, table};
+use crate::args::{Globals, ListOutputArg, Output, OutputArg, SelectionArgs};
+use crate::output::print_document;
 
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {
@@ -42,9 +42,10 @@ pub enum ScheduleCommand {
 
 #[derive(Debug, Args)]
 pub struct Where {
-    /// Namespace of the schedule (default: the install namespace). A schedule outside the install
-    /// namespace backs up only its own namespace.
-    #[arg(long = "schedule-namespace", value_name = "NS")]
+    /// Namespace of the schedule (default: the install namespace), as -n is everywhere in kubectl.
+    /// A schedule outside the install namespace backs up only its own namespace; what an
+    /// install-namespace schedule backs up is --include-namespaces.
+    #[arg(short = 'n', long = "namespace", visible_alias = "schedule-namespace", value_name = "NS")]
     pub schedule_namespace: Option<String>,
 }
 
@@ -61,7 +62,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "PREFIX")]
     pub name_prefix: Option<String>,
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub filters: SelectionArgs,
     /// How long each backup is kept.
     #[arg(long, default_value = "720h", value_name = "DURATION")]
     pub ttl: String,
@@ -92,7 +93,7 @@ pub struct ListArgs {
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
     #[command(flatten)]
-    pub output: OutputArg,
+    pub output: ListOutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +115,7 @@ pub async fn run(cli: &Globals, args: &ScheduleArgs) -> Result<ExitCode> {
         }
         ScheduleCommand::List(l) => {
             let api = if l.all_namespaces { Api::all(cluster.client.clone()) } else { api(&ns_of(&l.at)) };
-            list(&api, l.output.output).await
+            list(&api, &l.output).await
         }
         ScheduleCommand::Describe(n) => describe(&api(&ns_of(&n.at)), n).await,
         ScheduleCommand::Pause(n) => set_paused(&api(&ns_of(&n.at)), &n.name, true).await,
@@ -167,27 +168,31 @@ async fn create(api: &Api<BackupSchedule>, ns: &str, install_ns: &str, a: &Creat
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(api: &Api<BackupSchedule>, output: Output) -> Result<ExitCode> {
+async fn list(api: &Api<BackupSchedule>, output: &ListOutputArg) -> Result<ExitCode> {
     let list =
         api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing schedules: {}", kube_message(&e)))?;
-    match output {
-        Output::Table => {
-            let mut t = table(&["NAMESPACE", "NAME", "SCHEDULE", "PAUSED", "LAST BACKUP", "LAST RESULT", "NEXT RUN"]);
-            for s in &list.items {
-                let st = s.status.clone().unwrap_or_default();
-                t.add_row(vec![
-                    s.namespace().unwrap_or_default(),
-                    s.name_any(),
-                    s.spec.schedule.clone(),
-                    s.spec.paused.to_string(),
-                    st.last_backup.unwrap_or_else(|| "-".into()),
-                    st.last_result.unwrap_or_else(|| "-".into()),
-                    if s.spec.paused { "-".into() } else { st.next_run_time.unwrap_or_else(|| "-".into()) },
-                ]);
-            }
-            print_table(&t);
+    match output.document() {
+        None => {
+            let rows = list
+                .items
+                .iter()
+                .map(|s| {
+                    let st = s.status.clone().unwrap_or_default();
+                    vec![
+                        s.namespace().unwrap_or_default(),
+                        s.name_any(),
+                        s.spec.schedule.clone(),
+                        s.spec.paused.to_string(),
+                        st.last_backup.unwrap_or_else(|| "-".into()),
+                        st.last_result.unwrap_or_else(|| "-".into()),
+                        if s.spec.paused { "-".into() } else { st.next_run_time.unwrap_or_else(|| "-".into()) },
+                    ]
+                })
+                .collect();
+            let headers = ["NAMESPACE", "NAME", "SCHEDULE", "PAUSED", "LAST BACKUP", "LAST RESULT", "NEXT RUN"];
+            output.print_rows("backupschedule.kubectl-backup.dev", &headers, rows);
         }
-        f => print_document(
+        Some(f) => print_document(
             &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupScheduleList", "items": list.items}),
             f,
         )?,

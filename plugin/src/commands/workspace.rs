@@ -16,9 +16,9 @@ use kubectl_backup_core::{
 use serde::Serialize;
 
 use super::throttle;
-use crate::args::{Globals, Output, OutputArg};
+use crate::args::{Globals, ListOutputArg};
 use crate::open_location;
-use crate::output::{age, print_document, print_table, table};
+use crate::output::{age, print_document};
 
 #[derive(Debug, Args)]
 pub struct WorkspaceArgs {
@@ -32,7 +32,7 @@ pub enum WorkspaceCommand {
     New(NewArgs),
     /// List workspaces: ephemeral or not, newest backup, restore status.
     #[command(alias = "ls", alias = "get")]
-    List(OutputArg),
+    List(ListOutputArg),
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ const SYSTEM: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 pub async fn run(cli: &Globals, args: &WorkspaceArgs) -> Result<ExitCode> {
     match &args.command {
         WorkspaceCommand::New(a) => new(cli, a).await,
-        WorkspaceCommand::List(o) => list(cli, o.output).await,
+        WorkspaceCommand::List(o) => list(cli, o).await,
     }
 }
 
@@ -102,7 +102,7 @@ struct WorkspaceRow {
     restore_status: Option<String>,
 }
 
-async fn list(cli: &Globals, output: Output) -> Result<ExitCode> {
+async fn list(cli: &Globals, output: &ListOutputArg) -> Result<ExitCode> {
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let api: Api<Namespace> = Api::all(cluster.client.clone());
     let namespaces = api
@@ -124,22 +124,26 @@ async fn list(cli: &Globals, output: Output) -> Result<ExitCode> {
             name,
         });
     }
-    match output {
-        Output::Table => {
-            let mut t = table(&["NAME", "EPHEMERAL", "NEWEST BACKUP", "RESTORED FROM", "RESTORE STATUS", "AGE"]);
-            for (r, a) in rows.iter().zip(ages) {
-                t.add_row(vec![
-                    r.name.clone(),
-                    r.ephemeral.to_string(),
-                    r.newest_backup.clone().unwrap_or_else(|| "-".into()),
-                    r.restore_from.clone().unwrap_or_else(|| "-".into()),
-                    r.restore_status.clone().unwrap_or_else(|| "-".into()),
-                    a,
-                ]);
-            }
-            print_table(&t);
+    match output.document() {
+        None => {
+            let table_rows = rows
+                .iter()
+                .zip(ages)
+                .map(|(r, a)| {
+                    vec![
+                        r.name.clone(),
+                        r.ephemeral.to_string(),
+                        r.newest_backup.clone().unwrap_or_else(|| "-".into()),
+                        r.restore_from.clone().unwrap_or_else(|| "-".into()),
+                        r.restore_status.clone().unwrap_or_else(|| "-".into()),
+                        a,
+                    ]
+                })
+                .collect();
+            let headers = ["NAME", "EPHEMERAL", "NEWEST BACKUP", "RESTORED FROM", "RESTORE STATUS", "AGE"];
+            output.print_rows("namespace", &headers, table_rows);
         }
-        f => print_document(
+        Some(f) => print_document(
             &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "WorkspaceList", "items": rows}),
             f,
         )?,
