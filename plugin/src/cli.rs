@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::args::{Globals, Output, OutputArg};
+use crate::args::{Globals, OutputArg};
 use kubectl_backup_core::catalog::Objects;
 
 use crate::commands::{backup, catalog, certs, etcd, install, location, restore, schedule, workspace};
-use crate::output::print_document;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,13 +78,7 @@ impl Cli {
                 clap_complete::generate(a.shell, &mut Cli::command(), "kubectl-backup", &mut std::io::stdout());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Version(o) => {
-                match o.output {
-                    Output::Table => println!("kubectl-backup {}", env!("CARGO_PKG_VERSION")),
-                    f => print_document(&crate::commands::version_info(), f)?,
-                }
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Version(o) => crate::commands::version(g, o.output).await,
         }
     }
 }

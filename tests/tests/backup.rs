@@ -479,8 +479,15 @@ fn the_real_kubectl_finds_the_plugin() {
     let (_, tools) = env();
     let plugins = tools.kubectl(&["plugin", "list"]);
     assert!(plugins.stdout.contains("kubectl-backup"), "{} {}", plugins.stdout, plugins.stderr);
-    let v = tools.kubectl(&["backup", "version", "-o", "json"]).ok().json();
+    let nowhere = unique("none");
+    let v = tools.kubectl(&["backup", "version", "-o", "json", "--install-namespace", &nowhere]).ok().json();
     assert_eq!(v["clientVersion"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["inCluster"], serde_json::json!({"namespace": nowhere, "installed": false}), "{v}");
+    let text = tools.kubectl(&["backup", "version", "--install-namespace", &nowhere]).ok().stdout;
+    assert_eq!(
+        text,
+        format!("kubectl-backup {}\nbackup-webhook: not installed in namespace {nowhere}\n", env!("CARGO_PKG_VERSION"))
+    );
     let help = tools.kubectl(&["backup", "--help"]).ok().stdout;
     for cmd in ["create", "list", "describe", "delete", "download", "completion"] {
         assert!(help.contains(cmd), "{cmd} missing from help");

@@ -387,6 +387,13 @@ fn the_chart_renders_what_install_renders_and_the_api_server_accepts_it() {
         .expect("backup-webhook with the chart's flags");
     let listed = t.backup(&["location", "list", "-o", "json", "--install-namespace", &ns]).ok().json();
     assert_eq!(listed["items"][0]["spec"]["url"], values["location"]["url"], "{listed}");
+    // `version` finds the installed component: the chart's image, not ready (no node here).
+    let v = t.backup(&["version", "-o", "json", "--install-namespace", &ns]).ok().json();
+    let image = container(&objs)["image"].as_str().unwrap().to_string();
+    assert_eq!(v["inCluster"]["installed"], true, "{v}");
+    assert_eq!(v["inCluster"]["image"], image.as_str(), "{v}");
+    assert_eq!(v["inCluster"]["version"], image.rsplit_once(':').unwrap().1, "{v}");
+    assert_eq!(v["inCluster"]["ready"], "0/1", "{v}");
 
     // An upgrade (lookup sees the live Secret) keeps the certificate; a fresh install would not.
     let live = t.get_json(&["secret", "backup-webhook-tls", "-n", &ns]);

@@ -111,6 +111,70 @@ pub fn exit_for(phase: Phase) -> ExitCode {
 #[serde(rename_all = "camelCase")]
 pub struct VersionInfo {
     pub client_version: ClientVersion,
+    /// The in-cluster component, when a cluster could be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<InCluster>,
+}
+
+/// What `version` finds of the in-cluster component (the Deployment `install` and the chart make).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InCluster {
+    pub namespace: String,
+    pub installed: bool,
+    /// The image's tag (the chart's appVersion, or what `install --image` named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Ready replicas / desired replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Why it could not be read (no cluster, no permission).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The in-cluster component in `namespace`: its Deployment's image and readiness. Never fails:
+/// what could not be read is said in `error`.
+pub async fn in_cluster(g: &Globals) -> InCluster {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let namespace = g.location.install_namespace.clone();
+    let mut found = InCluster { namespace, installed: false, version: None, image: None, ready: None, error: None };
+    let options = g.kube.options();
+    let ns = found.namespace.clone();
+    let deployment = async {
+        let cluster = kubectl_backup_core::kube_client::Cluster::connect(&options, throttle(g))
+            .await
+            .map_err(|e| e.to_string())?;
+        let api: kube::Api<Deployment> = kube::Api::namespaced(cluster.client.clone(), &ns);
+        api.get_opt(kubectl_backup_core::install::APP).await.map_err(|e| kubectl_backup_core::error::kube_message(&e))
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), deployment).await;
+    match answer {
+        Err(_) => found.error = Some("the cluster did not answer within 10s".into()),
+        Ok(Err(e)) => found.error = Some(e),
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(d))) => {
+            found.installed = true;
+            let image = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.image.clone());
+            found.version = image
+                .as_deref()
+                .and_then(|i| i.rsplit_once(':'))
+                .map(|(_, tag)| tag.to_string())
+                .filter(|t| !t.contains('/'));
+            found.image = image;
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+            found.ready = Some(format!("{ready}/{want}"));
+        }
+    }
+    found
 }
 
 #[derive(serde::Serialize)]
@@ -120,8 +184,32 @@ pub struct ClientVersion {
     pub format_version: u32,
 }
 
-pub fn version_info() -> VersionInfo {
+pub fn version_info(in_cluster: Option<InCluster>) -> VersionInfo {
     VersionInfo {
         client_version: ClientVersion { version: env!("CARGO_PKG_VERSION"), format_version: model::FORMAT_VERSION },
+        in_cluster,
     }
+}
+
+/// `version`: this plugin's, and the in-cluster component's when a cluster is configured.
+pub async fn version(g: &Globals, output: crate::args::Output) -> Result<ExitCode> {
+    let found = in_cluster(g).await;
+    match output {
+        crate::args::Output::Table => {
+            println!("kubectl-backup {}", env!("CARGO_PKG_VERSION"));
+            let ns = &found.namespace;
+            match (&found.error, found.installed) {
+                (Some(e), _) => println!("backup-webhook: unknown ({e})"),
+                (None, false) => println!("backup-webhook: not installed in namespace {ns}"),
+                (None, true) => println!(
+                    "backup-webhook {} in namespace {ns} (image {}, {} ready)",
+                    found.version.as_deref().unwrap_or("(untagged)"),
+                    found.image.as_deref().unwrap_or("-"),
+                    found.ready.as_deref().unwrap_or("-")
+                ),
+            }
+        }
+        f => crate::output::print_document(&version_info(Some(found)), f)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
