@@ -19,6 +19,12 @@ tests/env/install.sh
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# One TLS crypto provider in the build (aws-lc-rs): ring must not come back with a dependency.
+if [ -n "$(cargo tree --workspace --locked -e normal -i ring 2>/dev/null)" ]; then
+  cargo tree --workspace --locked -e normal -i ring >&2
+  echo "ring is in the build: pick the dependency's aws-lc-rs feature instead" >&2
+  exit 1
+fi
 
 step "build"
 cargo build --workspace --bins --locked
