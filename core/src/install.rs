@@ -48,6 +48,8 @@ pub struct InstallOptions {
     pub ca_bundle: Option<String>,
     /// S3: the role the default location assumes through STS.
     pub assume_role: Option<crate::crd::AssumeRoleSpec>,
+    /// The webhook's `--log-level` (None: its default).
+    pub log_level: Option<String>,
 }
 
 /// TLS material for the webhook when cert-manager is not used.
@@ -322,8 +324,11 @@ fn deployment(opts: &InstallOptions) -> Value {
         "--tls-key=/tls/tls.key".to_string(),
         "--location=default".to_string(),
         "--log-format=json".to_string(),
-        format!("--continuous={}", opts.continuous),
     ];
+    if let Some(level) = &opts.log_level {
+        args.push(format!("--log-level={level}"));
+    }
+    args.push(format!("--continuous={}", opts.continuous));
     args.extend(default_location_args(opts));
     args.extend(opts.ephemeral_patterns.iter().map(|p| format!("--ephemeral-pattern={p}")));
     if let Some(s) = &opts.workspace_selector {
@@ -433,6 +438,7 @@ mod tests {
             path_style: None,
             ca_bundle: None,
             assume_role: None,
+            log_level: None,
             s3_endpoint: None,
             region: None,
             cert_manager: false,

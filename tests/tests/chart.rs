@@ -144,6 +144,9 @@ fn install_flags(values: &Value, ns: &str) -> Vec<String> {
     if let Some(d) = role["durationSeconds"].as_u64() {
         flags.push(format!("--role-duration-seconds={d}"));
     }
+    if let Some(level) = values["logLevel"].as_str().filter(|v| !v.is_empty()) {
+        flags.push(format!("--log-level={level}"));
+    }
     if let Some(annotations) = values["serviceAccount"]["annotations"].as_object() {
         for (k, v) in annotations {
             flags.push(format!("--sa-annotation={k}={}", s(v)));
@@ -194,6 +197,9 @@ fn chart_only(values: &Value) -> BTreeSet<(String, String)> {
     }
     for s in values["schedules"].as_array().into_iter().flatten() {
         extra.insert(("BackupSchedule".to_string(), s["name"].as_str().unwrap_or_default().to_string()));
+    }
+    if values["serviceMonitor"]["enabled"].as_bool() == Some(true) {
+        extra.insert(("ServiceMonitor".to_string(), "backup-webhook".to_string()));
     }
     extra
 }
@@ -505,6 +511,18 @@ fn the_assumed_role_and_irsa_variant_renders_what_install_renders() {
     }
     let sa = find(&objs, "ServiceAccount", kubectl_backup_e2e::webhook::SERVICE_ACCOUNT);
     assert_eq!(sa["metadata"]["annotations"], values["serviceAccount"]["annotations"], "{sa}");
+    assert!(flags.contains(&format!("--log-level={}", values["logLevel"].as_str().unwrap())), "{flags:?}");
+    // The ServiceMonitor selects the Service (by labels it has) and scrapes its metrics port.
+    // (No Prometheus Operator CRDs here: checked against the rendered Service, not an API server.)
+    let sm = find(&objs, "ServiceMonitor", "backup-webhook");
+    let svc = find(&objs, "Service", "backup-webhook");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "the Service lacks label {k}");
+    }
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == port), "{svc}");
+    assert!(sm["spec"]["endpoints"][0].get("scheme").is_none(), "plain HTTP unless metricsTls: {sm}");
+    assert_eq!(sm["metadata"]["labels"]["release"], values["serviceMonitor"]["labels"]["release"]);
     assert_same_objects_as_install(&objs, &values, &ns);
 }
 

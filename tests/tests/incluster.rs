@@ -73,7 +73,8 @@ fn a_schedule_fires_and_produces_a_completed_backup() {
     let s = setup("sched");
     let app = unique("app");
     s.t.apply(&sample_app(&app)).ok();
-    let webhook = s.webhook(&["--continuous=false"]);
+    // Locations checked, and metric series of deleted schedules dropped, every second.
+    let webhook = s.webhook(&["--continuous=false", "--location-check-interval=1s"]);
     s.t.backup(&[
         "schedule",
         "create",
@@ -108,16 +109,24 @@ fn a_schedule_fires_and_produces_a_completed_backup() {
         describe.contains("Last result:       Completed") && describe.contains("Paused:            true"),
         "{describe}"
     );
-    let metrics = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{}/metrics", webhook.metrics_port)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{}/metrics", webhook.metrics_port)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = metrics();
     assert!(text.contains("kubectl_backup_backups_total{trigger=\"schedule\",result=\"Completed\"}"), "{text}");
-    assert!(
-        text.contains(&format!("kubectl_backup_last_success_timestamp_seconds{{source=\"schedule/{NS}/every-3s\"}}")),
-        "{text}"
+    let series = format!(
+        "kubectl_backup_last_success_timestamp_seconds{{kind=\"schedule\",namespace=\"{NS}\",name=\"every-3s\"}}"
     );
+    assert!(text.contains(&series), "{text}");
+    let build = format!("kubectl_backup_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&build), "{text}");
+    // A deleted schedule's series goes with it.
+    s.t.backup(&["schedule", "delete", "every-3s"]).ok();
+    eventually("the deleted schedule's series dropped", Duration::from_secs(20), || !metrics().contains(&series));
 }
 
 #[test]

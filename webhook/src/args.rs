@@ -80,6 +80,14 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// What to log: a level (error, warn, info, debug, trace) or tracing's directives, e.g.
+    /// `info,backup_webhook=debug`. RUST_LOG, when set, wins.
+    #[arg(long, env = "WEBHOOK_LOG_LEVEL", default_value = "info,kube=warn", value_parser = parse_log_level)]
+    pub log_level: String,
+}
+
+fn parse_log_level(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_string()).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -320,6 +328,19 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn log_level_takes_tracing_directives_and_refuses_others() {
+        let base = ["backup-webhook", "--tls-cert", "c", "--tls-key", "k", "--location", "default"];
+        assert_eq!(Args::try_parse_from(base).unwrap().log_level, "info,kube=warn");
+        let mut argv = base.to_vec();
+        argv.push("--log-level=info,backup_webhook=debug");
+        assert_eq!(Args::try_parse_from(&argv).unwrap().log_level, "info,backup_webhook=debug");
+        argv.pop();
+        argv.push("--log-level=loud[");
+        let e = Args::try_parse_from(&argv).unwrap_err().to_string();
+        assert!(e.contains("--log-level") && e.contains("loud["), "{e}");
     }
 
     #[test]

@@ -138,6 +138,11 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
         let (ctx, every) = (ctx.clone(), args.location_check_interval);
         supervisor.spawn("location-health", move || controllers::health::run(ctx.clone(), every));
     }
+    {
+        // As often as locations are checked: the default minute.
+        let (ctx, every) = (ctx.clone(), args.location_check_interval);
+        supervisor.spawn("metric-series", move || controllers::forget_deleted_sources(ctx.clone(), every));
+    }
     if args.continuous {
         let c = Arc::new(controllers::continuous::Continuous {
             ctx: ctx.clone(),

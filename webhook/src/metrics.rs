@@ -29,10 +29,30 @@ pub struct TriggerLabel {
     pub trigger: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// What a backup was of: a schedule, or a workspace's continuous backups. One series per live
+/// schedule or workspace: the series of deleted ones are dropped ([`Metrics::forget_sources`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct SourceLabel {
-    /// `schedule/<namespace>/<name>` or `workspace/<namespace>`
-    pub source: String,
+    /// `schedule` or `workspace`.
+    pub kind: String,
+    pub namespace: String,
+    /// The schedule's name, or the workspace's (its namespace).
+    pub name: String,
+}
+
+impl SourceLabel {
+    pub fn schedule(namespace: &str, name: &str) -> SourceLabel {
+        SourceLabel { kind: "schedule".into(), namespace: namespace.into(), name: name.into() }
+    }
+
+    pub fn workspace(namespace: &str) -> SourceLabel {
+        SourceLabel { kind: "workspace".into(), namespace: namespace.into(), name: namespace.into() }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
 }
 
 pub struct Metrics {
@@ -46,7 +66,9 @@ pub struct Metrics {
     pub backup_seconds: Family<TriggerLabel, Histogram>,
     pub backup_bytes: Family<TriggerLabel, Counter>,
     pub backup_objects: Family<TriggerLabel, Counter>,
-    pub last_success: Family<SourceLabel, Gauge>,
+    last_success: Family<SourceLabel, Gauge>,
+    /// The label sets of `last_success`, to drop those of deleted schedules and workspaces.
+    sources: std::sync::Mutex<std::collections::BTreeSet<SourceLabel>>,
     pub expired_deleted: Counter,
 }
 
@@ -83,6 +105,9 @@ impl Default for Metrics {
             "When the last successful backup of a schedule or workspace finished (Unix time)",
             last_success.clone(),
         );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        registry.register("build_info", "The running version (always 1)", build_info.clone());
+        build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         let expired_deleted = Counter::default();
         registry.register("expired_backups_deleted", "Backups deleted because they expired", expired_deleted.clone());
         Metrics {
@@ -97,12 +122,31 @@ impl Default for Metrics {
             backup_bytes,
             backup_objects,
             last_success,
+            sources: Default::default(),
             expired_deleted,
         }
     }
 }
 
 impl Metrics {
+    /// A backup of `source` succeeded now.
+    pub fn succeeded(&self, source: &SourceLabel) {
+        self.last_success.get_or_create(source).set(jiff::Timestamp::now().as_second());
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).insert(source.clone());
+    }
+
+    /// Drops the series of sources `live` says are gone (deleted schedules and namespaces), so the
+    /// number of series follows what exists.
+    pub fn forget_sources(&self, live: impl Fn(&SourceLabel) -> bool) -> usize {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<SourceLabel> = sources.iter().filter(|s| !live(s)).cloned().collect();
+        for s in &gone {
+            self.last_success.remove(s);
+            sources.remove(s);
+        }
+        gone.len()
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -60,6 +60,10 @@ pub struct InstallArgs {
     /// Back up workspaces continuously, on change.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub continuous: bool,
+    /// What the webhook logs: a level (error, warn, info, debug, trace) or tracing directives
+    /// such as info,backup_webhook=debug. Default: info.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     /// Print the manifests instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
@@ -110,6 +114,7 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
             None => None,
         },
         assume_role: cli.location.role.spec(),
+        log_level: a.log_level.clone(),
     };
     if !opts.encrypt_to.is_empty() {
         kubectl_backup_core::crypto::Seal::recipients(&opts.encrypt_to)?;
@@ -235,6 +240,7 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
         path_style: None,
         ca_bundle: None,
         assume_role: None,
+        log_level: None,
     };
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");

@@ -18,6 +18,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::WatchStreamExt;
+
+use crate::metrics::SourceLabel;
 use kube::runtime::watcher::{self, Event};
 use kubectl_backup_core::collect::{self, Resource};
 use kubectl_backup_core::filter::is_ephemeral;
@@ -133,7 +135,10 @@ impl Continuous {
             schedule: Some(CONTINUOUS.into()),
         };
         let reference = Context::namespace_reference(ns);
-        match self.ctx.backup(&self.ctx.location, &name, spec, CONTINUOUS, &format!("workspace/{ns}"), &reference).await
+        match self
+            .ctx
+            .backup(&self.ctx.location, &name, spec, CONTINUOUS, &SourceLabel::workspace(ns), &reference)
+            .await
         {
             Ok(_) => self.prune(ns).await,
             Err(e) => tracing::warn!(namespace = %ns, backup = %name, error = %e, "continuous backup failed"),

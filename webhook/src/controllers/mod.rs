@@ -17,7 +17,6 @@ pub mod schedules;
 use std::sync::Arc;
 use std::time::Instant;
 
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kubectl_backup_core::backup;
@@ -92,7 +91,7 @@ impl Context {
         name: &str,
         spec: BackupSpec,
         trigger: &str,
-        source: &str,
+        source: &SourceLabel,
         reference: &ObjectReference,
     ) -> kubectl_backup_core::Result<Backup> {
         let start = Instant::now();
@@ -131,10 +130,7 @@ impl Context {
                     .inc_by(b.status.archive.as_ref().map(|a| a.size).unwrap_or(0));
                 self.metrics.backup_objects.get_or_create(&t).inc_by(b.status.progress.items_backed_up);
                 if b.status.phase == kubectl_backup_core::model::Phase::Completed {
-                    self.metrics
-                        .last_success
-                        .get_or_create(&SourceLabel { source: source.into() })
-                        .set(Timestamp::now().as_second());
+                    self.metrics.succeeded(source);
                 }
                 let (kind, reason) = if b.status.errors.is_empty() {
                     (EventType::Normal, "BackupCompleted")
@@ -230,4 +226,36 @@ pub fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// Every `every`: drops the metric series of schedules and workspaces that no longer exist, so the
+/// number of series follows the cluster, not its history.
+pub async fn forget_deleted_sources(ctx: Arc<Context>, every: std::time::Duration) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ListParams};
+    use kubectl_backup_core::crd::BackupSchedule;
+    loop {
+        tokio::time::sleep(every).await;
+        let lp = ListParams::default();
+        let schedules = Api::<BackupSchedule>::all(ctx.cluster.client.clone()).list_metadata(&lp).await;
+        let namespaces = Api::<Namespace>::all(ctx.cluster.client.clone()).list_metadata(&lp).await;
+        let (Ok(schedules), Ok(namespaces)) = (schedules, namespaces) else {
+            tracing::debug!("cannot list schedules or namespaces; metric series kept until the next try");
+            continue;
+        };
+        let live_schedules: std::collections::HashSet<(String, String)> = schedules
+            .items
+            .iter()
+            .map(|s| (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()))
+            .collect();
+        let live_namespaces: std::collections::HashSet<String> =
+            namespaces.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
+        let dropped = ctx.metrics.forget_sources(|s| match s.kind.as_str() {
+            "schedule" => live_schedules.contains(&(s.namespace.clone(), s.name.clone())),
+            _ => live_namespaces.contains(&s.namespace),
+        });
+        if dropped > 0 {
+            tracing::debug!(dropped, "metric series of deleted schedules and workspaces dropped");
+        }
+    }
 }

@@ -306,7 +306,7 @@ impl Reconciling {
             let message = format!("{interrupted} was interrupted (the controller stopped during it); running again");
             self.ctx.event(&self.reference, EventType::Warning, "BackupInterrupted", message).await;
         }
-        let run = Run { reconciling: self, backup_name: &backup_name, source: format!("schedule/{ns}/{name}") };
+        let run = Run { reconciling: self, backup_name: &backup_name, source: SourceLabel::schedule(ns, name) };
         let outcome = run.once(&s.spec, filters).await;
         let mut st = after_run(status, now, &backup_name, outcome);
         let next = schedule.next_after(now, Some(now));
@@ -361,7 +361,7 @@ fn after_run(
 struct Run<'a> {
     reconciling: &'a Reconciling,
     backup_name: &'a str,
-    source: String,
+    source: SourceLabel,
 }
 
 impl Run<'_> {
@@ -425,10 +425,7 @@ impl Run<'_> {
                     .backups
                     .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Completed".into() })
                     .inc();
-                ctx.metrics
-                    .last_success
-                    .get_or_create(&SourceLabel { source: self.source.clone() })
-                    .set(Timestamp::now().as_second());
+                ctx.metrics.succeeded(&self.source);
                 ctx.event(
                     reference,
                     EventType::Normal,
