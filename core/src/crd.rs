@@ -26,6 +26,7 @@ pub enum AccessMode {
     namespaced,
     status = "BackupLocationStatus",
     shortname = "bl",
+    category = "backup-all",
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
     printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
     printcolumn = r#"{"name":"Access","type":"string","jsonPath":".spec.accessMode"}"#,
@@ -184,11 +185,14 @@ pub struct EtcdScheduleSource {
     namespaced,
     status = "BackupScheduleStatus",
     shortname = "bs",
+    category = "backup-all",
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
     printcolumn = r#"{"name":"Last Backup","type":"string","jsonPath":".status.lastBackup"}"#,
     printcolumn = r#"{"name":"Last Result","type":"string","jsonPath":".status.lastResult"}"#,
-    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextRunTime"}"#
+    printcolumn = r#"{"name":"Last Run","type":"date","jsonPath":".status.lastRunTime"}"#,
+    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextRunTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleSpec {

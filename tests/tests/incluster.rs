@@ -124,6 +124,11 @@ fn a_schedule_fires_and_produces_a_completed_backup() {
     assert!(text.contains(&series), "{text}");
     let build = format!("kubectl_backup_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     assert!(text.contains(&build), "{text}");
+    // Both kinds in kubectl's category, with the schedule's columns.
+    let all = s.t.kubectl(&["get", "backup-all", "-n", NS]).ok().stdout;
+    assert!(all.contains("backupschedule.kubectl-backup.dev/every-3s"), "{all}");
+    assert!(all.contains("backuplocation.kubectl-backup.dev/default"), "{all}");
+    assert!(all.contains("LAST RUN") && all.contains("NEXT RUN") && all.contains("AGE"), "{all}");
     // A deleted schedule's series goes with it.
     s.t.backup(&["schedule", "delete", "every-3s"]).ok();
     eventually("the deleted schedule's series dropped", Duration::from_secs(20), || !metrics().contains(&series));
