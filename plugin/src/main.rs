@@ -3,6 +3,7 @@
 mod args;
 mod cli;
 mod commands;
+mod complete;
 mod open_location;
 mod output;
 mod progress;
@@ -18,6 +19,10 @@ pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).is_some_and(|a| a == "__complete") {
+        return complete::run(&argv[2..]);
+    }
     let cli = Cli::parse();
     init_tracing(cli.globals.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, sample_app, tar_entries, unique, wait_crd, widget, widget_crd};
+use kubectl_backup_e2e::fixtures::{Tools, namespace, sample_app, tar_entries, unique, wait_crd, widget, widget_crd};
 use serde_json::Value;
 
 fn env() -> (SharedEnv, Tools) {
@@ -494,6 +494,55 @@ fn the_real_kubectl_finds_the_plugin() {
     }
     let completion = tools.kubectl(&["backup", "completion", "bash"]).ok().stdout;
     assert!(completion.contains("complete"), "not a bash completion script");
+}
+
+/// `kubectl __complete backup WORDS...`: what kubectl's shell completion asks, answered through the
+/// repository's `kubectl_complete-backup` on PATH. Returns the candidates and the directive line.
+fn complete(t: &Tools, words: &[&str]) -> (Vec<String>, String) {
+    let script_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let mut t = t.clone();
+    let path = format!(
+        "{}:{}:{}",
+        script_dir.display(),
+        kubectl_backup_e2e::fixtures::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    t.env.push(("PATH".into(), path));
+    let mut args = vec!["__complete", "backup"];
+    args.extend(words);
+    let out = t.kubectl(&args).ok().stdout;
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    let directive = lines.pop().unwrap_or_default();
+    (lines, directive)
+}
+
+#[test]
+fn kubectl_completes_subcommands_flags_and_backup_names() {
+    let (env, tools) = env();
+    let (subs, directive) = complete(&tools, &["sch"]);
+    assert_eq!((subs, directive.as_str()), (vec!["schedule".to_string()], ":4"));
+    let (subs, _) = complete(&tools, &["schedule", ""]);
+    for s in ["create", "list", "describe", "pause", "resume", "delete"] {
+        assert!(subs.contains(&s.to_string()), "{s} missing: {subs:?}");
+    }
+    let (flags, _) = complete(&tools, &["create", "--include-n"]);
+    assert_eq!(flags, ["--include-namespaces"]);
+    let (values, _) = complete(&tools, &["list", "-o", ""]);
+    assert_eq!(values, ["table", "name", "json", "yaml"]);
+    // Backup names, from the location the words name.
+    let ns = unique("compl");
+    tools.apply(&namespace(&ns)).ok();
+    let store = format!("file://{}", scratch(&env, &unique("compl-store")).display());
+    let mut t = tools.clone();
+    t.location = Some(store.clone());
+    for name in ["nightly-1", "nightly-2", "weekly-1"] {
+        t.backup(&["create", name, "-n", &ns]).ok();
+    }
+    let (names, directive) = complete(&tools, &["describe", "--location", &store, "night"]);
+    assert_eq!((names, directive.as_str()), (vec!["nightly-1".to_string(), "nightly-2".to_string()], ":4"));
+    let (names, _) = complete(&tools, &["restore", "--location", &store, ""]);
+    assert_eq!(names.len(), 3, "{names:?}");
+    tools.delete_namespace(&ns);
 }
 
 #[test]
