@@ -192,6 +192,72 @@ fn print_description(b: &Backup, location: &str) {
     print_messages("Errors", &s.errors);
 }
 
+/// `kubectl backup create --help`.
+pub(crate) const CREATE_EXAMPLES: &str = "\
+Examples:
+  # Back up the whole cluster (every namespace and the cluster-scoped objects)
+  kubectl backup create cluster-1 -A
+
+  # Back up namespace shop to an S3 bucket and keep it for a week
+  kubectl backup create shop-1 -n shop --ttl 168h --location s3://backups/prod
+
+  # Back up the web app of every team-* namespace, without its Secrets
+  kubectl backup create web-1 --include-namespaces 'team-*' -l app=web --exclude-resources secrets
+
+  # Encrypt the backup to an SSH public key; only its private key can restore it
+  kubectl backup create shop-2 -n shop --encrypt-to \"$(cat ~/.ssh/id_ed25519.pub)\"
+
+  # Start a large backup in the background and follow it with describe
+  kubectl backup create cluster-2 -A --wait=false";
+
+/// `kubectl backup list --help` (set in `cli.rs`: the catalog commands are shared with `etcd`).
+pub(crate) const LIST_EXAMPLES: &str = "\
+Examples:
+  # List the backups in the default location
+  kubectl backup list
+
+  # List the backups in the registered location archive
+  kubectl backup list --location archive
+
+  # List the backups in a MinIO bucket, as JSON
+  kubectl backup list --location s3://backups/dev --s3-endpoint http://minio:9000 -o json
+
+  # List the backups in another AWS account's bucket, through an IAM role
+  kubectl backup list --location s3://prod --role-arn arn:aws:iam::123456789012:role/backup";
+
+/// `kubectl backup describe --help`.
+pub(crate) const DESCRIBE_EXAMPLES: &str = "\
+Examples:
+  # Show what backup shop-1 holds: filters, objects per resource, warnings
+  kubectl backup describe shop-1
+
+  # Print the whole backup document as YAML
+  kubectl backup describe shop-1 -o yaml
+
+  # Describe a backup in the registered location archive
+  kubectl backup describe shop-1 --location archive";
+
+/// `kubectl backup delete --help`.
+pub(crate) const DELETE_EXAMPLES: &str = "\
+Examples:
+  # Delete backup shop-1 (asks for confirmation)
+  kubectl backup delete shop-1
+
+  # Delete several backups without asking, e.g. in a script
+  kubectl backup delete shop-1 shop-2 --yes";
+
+/// `kubectl backup download --help`.
+pub(crate) const DOWNLOAD_EXAMPLES: &str = "\
+Examples:
+  # Download backup shop-1 to shop-1.tar.zst (SHA-256 verified)
+  kubectl backup download shop-1
+
+  # Download it to a file of your choice, replacing that file if it exists
+  kubectl backup download shop-1 -f /tmp/shop.tar.zst --overwrite
+
+  # Unpack an unencrypted backup here without keeping the archive
+  kubectl backup download shop-1 -f - | tar --zstd -xf -";
+
 #[derive(Debug, Args, Clone)]
 pub struct CreateArgs {
     /// Name of the backup (a DNS-1123 label, e.g. nightly-2024-06-01).

@@ -14,9 +14,30 @@ pub struct CertsArgs {
     pub command: CertsCommand,
 }
 
+/// `kubectl backup certs --help`.
+pub(crate) const CERTS_EXAMPLES: &str = "\
+Examples:
+  # Write ca.crt, tls.crt and tls.key for a webhook run as a local process
+  kubectl backup certs generate --dir ./certs --host 127.0.0.1
+
+  # Write them for a webhook installed in namespace backup-system
+  kubectl backup certs generate --dir ./certs --namespace backup-system";
+
+const GENERATE_EXAMPLES: &str = "\
+Examples:
+  # Write ca.crt, tls.crt and tls.key for a webhook run as a local process
+  kubectl backup certs generate --dir ./certs --host 127.0.0.1
+
+  # Write them for a webhook installed in namespace backup-system
+  kubectl backup certs generate --dir ./certs --namespace backup-system
+
+  # Add the names the webhook is reached by from outside the cluster
+  kubectl backup certs generate --dir ./certs --host webhook.example.com,10.0.0.5";
+
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Write a new CA and a serving certificate signed by it: ca.crt, tls.crt, tls.key.
+    #[command(after_help = GENERATE_EXAMPLES)]
     Generate(GenerateArgs),
 }
 

@@ -19,9 +19,93 @@ use crate::args::{Globals, Output, OutputArg};
 use crate::output::{age, print_document, size, time, until};
 use crate::{open_location, progress};
 
+/// `kubectl backup etcd --help`.
+pub(crate) const ETCD_EXAMPLES: &str = "\
+Examples:
+  # Snapshot etcd, with a client certificate, to the default location
+  kubectl backup etcd snapshot etcd-1 --endpoints https://10.0.0.1:2379 --cacert ca.crt --cert client.crt --key client.key
+
+  # List the etcd backups
+  kubectl backup etcd list
+
+  # Fetch snapshot etcd-1 into /var/tmp/etcd-restore/snapshot.db, for etcdutl snapshot restore
+  kubectl backup etcd restore etcd-1 --data-dir /var/tmp/etcd-restore";
+
+const SNAPSHOT_EXAMPLES: &str = "\
+Examples:
+  # Snapshot etcd, with a client certificate, to the default location
+  kubectl backup etcd snapshot etcd-1 --endpoints https://10.0.0.1:2379 --cacert ca.crt --cert client.crt --key client.key
+
+  # With etcdctl's ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT and ETCDCTL_KEY set:
+  # snapshot etcd to S3 and keep it two weeks
+  kubectl backup etcd snapshot etcd-2 --location s3://backups/etcd --ttl 336h
+
+  # Encrypt the snapshot; only the holder of team.key can restore it (ETCDCTL_* set)
+  kubectl backup etcd snapshot etcd-3 --encrypt-to \"$(age-keygen -y team.key)\"
+
+  # Save the keys under /registry/configmaps/ as one JSON document (ETCDCTL_* set)
+  kubectl backup etcd snapshot configmaps-1 --type keys-json --prefix /registry/configmaps/";
+
+/// `kubectl backup etcd list --help`; the other catalog commands follow.
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # List the etcd backups in the default location: type, revision, keys, size
+  kubectl backup etcd list
+
+  # List the etcd backups in an S3 bucket, as JSON
+  kubectl backup etcd list --location s3://backups/etcd -o json";
+
+const DESCRIBE_EXAMPLES: &str = "\
+Examples:
+  # Show etcd backup etcd-1: member, revision, size, SHA-256, encryption
+  kubectl backup etcd describe etcd-1
+
+  # Print it as YAML
+  kubectl backup etcd describe etcd-1 -o yaml";
+
+const DELETE_EXAMPLES: &str = "\
+Examples:
+  # Delete etcd backup etcd-1 (asks for confirmation)
+  kubectl backup etcd delete etcd-1
+
+  # Delete several etcd backups without asking, e.g. in a script
+  kubectl backup etcd delete etcd-1 etcd-2 --yes";
+
+const DOWNLOAD_EXAMPLES: &str = "\
+Examples:
+  # Download snapshot etcd-1 to etcd-1-snapshot.db (SHA-256 verified)
+  kubectl backup etcd download etcd-1
+
+  # Download it to a file of your choice, replacing that file if it exists
+  kubectl backup etcd download etcd-1 -f /var/tmp/etcd.db --overwrite
+
+  # Pretty-print a keys-json backup
+  kubectl backup etcd download configmaps-1 -f - | jq .";
+
+const RESTORE_EXAMPLES: &str = "\
+Examples:
+  # Write snapshot etcd-1 to /var/tmp/etcd-restore/snapshot.db, then run etcdutl snapshot restore
+  kubectl backup etcd restore etcd-1 --data-dir /var/tmp/etcd-restore
+
+  # The same for an encrypted snapshot
+  kubectl backup etcd restore etcd-2 --data-dir /var/tmp/etcd-restore --identity team.key
+
+  # Write the keys of a keys or keys-json backup into a running etcd, with a client certificate
+  kubectl backup etcd restore configmaps-1 --endpoints https://10.0.0.9:2379 --cacert ca.crt --cert client.crt --key client.key
+
+  # With ETCDCTL_CACERT, ETCDCTL_CERT and ETCDCTL_KEY set: first list the keys it would add or
+  # change (writing nothing), then write them
+  kubectl backup etcd restore configmaps-1 --endpoints https://10.0.0.9:2379 --dry-run
+  kubectl backup etcd restore configmaps-1 --endpoints https://10.0.0.9:2379";
+
 #[derive(Debug, Args)]
 #[command(
-    long_about = "Back up etcd to the location and restore it.\n\nThree types: `snapshot` (the member's snapshot stream, restored with `etcdutl snapshot restore`), `keys` (a zip with one file per key) and `keys-json` (one JSON document of all keys and values). Backups are stored under <location>/etcd/<name>/ with a metadata document written last."
+    long_about = "Back up etcd to the location and restore it.\n\nThree types: `snapshot` (the member's snapshot stream, restored with `etcdutl snapshot restore`), `keys` (a zip with one file per key) and `keys-json` (one JSON document of all keys and values). Backups are stored under <location>/etcd/<name>/ with a metadata document written last.",
+    // The catalog commands are shared with `kubectl backup`: their examples are set per parent.
+    mut_subcommand("list", |c| c.after_help(LIST_EXAMPLES)),
+    mut_subcommand("describe", |c| c.after_help(DESCRIBE_EXAMPLES)),
+    mut_subcommand("delete", |c| c.after_help(DELETE_EXAMPLES)),
+    mut_subcommand("download", |c| c.after_help(DOWNLOAD_EXAMPLES))
 )]
 pub struct EtcdArgs {
     #[command(subcommand)]
@@ -31,10 +115,12 @@ pub struct EtcdArgs {
 #[derive(Debug, Subcommand)]
 pub enum EtcdCommand {
     /// Take an etcd backup: a snapshot (default), the keys as a zip, or the keys as JSON.
+    #[command(after_help = SNAPSHOT_EXAMPLES)]
     Snapshot(SnapshotArgs),
     #[command(flatten)]
     Catalog(catalog::CatalogCommand),
     /// Restore: a snapshot into DIR/snapshot.db (--data-dir), or keys into a running etcd (--endpoints).
+    #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
 }
 

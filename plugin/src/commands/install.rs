@@ -19,6 +19,36 @@ use super::throttle;
 use crate::args::{Globals, Output};
 use crate::output::print_document;
 
+/// `kubectl backup install --help`.
+pub(crate) const INSTALL_EXAMPLES: &str = "\
+Examples:
+  # Install, storing backups in S3 with the keys in the Secret backup-credentials
+  kubectl backup install --location s3://backups/prod --credentials-secret backup-credentials
+
+  # Store backups in a MinIO bucket, with its keys (AWS_* variables) in the Secret minio
+  kubectl backup install --location s3://backups --s3-endpoint http://minio:9000 --credentials-secret minio
+
+  # Encrypt every backup to the public key of the age identity team.key
+  kubectl backup install --location s3://backups/prod --encrypt-to \"$(age-keygen -y team.key)\"
+
+  # Let cert-manager issue the webhook's certificate; namespaces pr-* are ephemeral workspaces
+  kubectl backup install --location s3://backups/prod --cert-manager --ephemeral-pattern 'pr-*'
+
+  # Print the manifests instead of applying them
+  kubectl backup install --location s3://backups/prod --dry-run -o yaml > kubectl-backup.yaml";
+
+/// `kubectl backup uninstall --help`.
+pub(crate) const UNINSTALL_EXAMPLES: &str = "\
+Examples:
+  # Remove the in-cluster component (asks for confirmation; backups in storage are kept)
+  kubectl backup uninstall
+
+  # Remove it without asking, but keep the CRDs and so every BackupSchedule and BackupLocation
+  kubectl backup uninstall --keep-crds --yes
+
+  # Remove a component installed in namespace backup-system
+  kubectl backup uninstall --namespace backup-system";
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// Namespace of the component (default: --install-namespace, i.e. kubectl-backup).

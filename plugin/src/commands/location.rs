@@ -26,15 +26,61 @@ pub struct LocationArgs {
     pub command: LocationCommand,
 }
 
+/// `kubectl backup location --help`.
+pub(crate) const LOCATION_EXAMPLES: &str = "\
+Examples:
+  # Register an S3 bucket as the default location, with this shell's AWS_* credentials
+  kubectl backup location add prod --url s3://backups/prod --default --credentials-from-env
+
+  # List the registered locations and whether their last check passed
+  kubectl backup location list
+
+  # Remove a location; its backups stay in storage
+  kubectl backup location remove archive --yes";
+
+const ADD_EXAMPLES: &str = "\
+Examples:
+  # Register an S3 bucket as the default location, with this shell's AWS_* credentials
+  kubectl backup location add prod --url s3://backups/prod --default --credentials-from-env
+
+  # Register a MinIO bucket, with its keys (AWS_* variables) in the Secret minio
+  kubectl backup location add lab --url s3://lab --endpoint http://minio:9000 --credentials-secret minio
+
+  # Register an old GCS bucket read-only: restore from it, never write to it
+  kubectl backup location add archive --url gs://old-backups --credentials-secret gcs-key --read-only
+
+  # Encrypt every backup written there to the public key of the age identity team.key
+  kubectl backup location add safe --url s3://safe --encrypt-to \"$(age-keygen -y team.key)\"";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # List the registered locations and whether their last check passed
+  kubectl backup location list
+
+  # Print them as BackupLocation documents in YAML
+  kubectl backup location list -o yaml
+
+  # List the locations of a component installed in namespace backup-system
+  kubectl backup location list --install-namespace backup-system";
+
+const REMOVE_EXAMPLES: &str = "\
+Examples:
+  # Remove the location archive (asks for confirmation; its backups stay in storage)
+  kubectl backup location remove archive
+
+  # Remove it without asking, e.g. in a script
+  kubectl backup location remove archive --yes";
+
 #[derive(Debug, Subcommand)]
 pub enum LocationCommand {
     /// Register a location by name (a BackupLocation in the install namespace).
+    #[command(after_help = ADD_EXAMPLES)]
     Add(AddArgs),
     /// List registered locations.
-    #[command(alias = "ls", alias = "get")]
+    #[command(alias = "ls", alias = "get", after_help = LIST_EXAMPLES)]
     List(ListOutputArg),
     /// Remove a registered location (its backups stay in storage).
-    #[command(alias = "rm", alias = "delete")]
+    #[command(alias = "rm", alias = "delete", after_help = REMOVE_EXAMPLES)]
     Remove(RemoveArgs),
 }
 

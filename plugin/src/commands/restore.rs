@@ -114,6 +114,24 @@ fn print_items<'a>(items: impl Iterator<Item = &'a RestoreItem>) {
     }
 }
 
+/// `kubectl backup restore --help`.
+pub(crate) const RESTORE_EXAMPLES: &str = "\
+Examples:
+  # Preview what restoring backup shop-1 would create or change, with diffs
+  kubectl backup restore shop-1 --dry-run
+
+  # Restore namespace shop into a new namespace shop-copy
+  kubectl backup restore shop-1 --namespace-mapping shop:shop-copy
+
+  # Bring objects that exist but have drifted back to their backed-up state
+  kubectl backup restore shop-1 --existing update
+
+  # Restore only the ConfigMaps and Secrets of namespace shop from an encrypted backup
+  kubectl backup restore shop-2 -n shop --include-resources configmaps,secrets --identity team.key
+
+  # Restore a production backup into the staging cluster
+  kubectl backup restore cluster-1 --location s3://backups/prod --context staging";
+
 #[derive(Debug, Args, Clone)]
 pub struct RestoreArgs {
     /// The backup to restore.

@@ -24,19 +24,99 @@ pub struct ScheduleArgs {
     pub command: ScheduleCommand,
 }
 
+/// `kubectl backup schedule --help`.
+pub(crate) const SCHEDULE_EXAMPLES: &str = "\
+Examples:
+  # Back up the whole cluster every night at 02:00 UTC and keep each backup 30 days
+  kubectl backup schedule create nightly --schedule \"0 2 * * *\" --ttl 720h
+
+  # See when each schedule last ran, its last result and its next run
+  kubectl backup schedule list
+
+  # Stop a schedule for a maintenance window, then start it again
+  kubectl backup schedule pause nightly
+  kubectl backup schedule resume nightly";
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  # Back up the whole cluster every night at 02:00 UTC and keep each backup 30 days
+  kubectl backup schedule create nightly --schedule \"0 2 * * *\" --ttl 720h
+
+  # Back up namespace shop every hour to the location archive, keeping each backup a week
+  kubectl backup schedule create shop-hourly --schedule @hourly --include-namespaces shop --ttl 168h --backup-location archive
+
+  # Back up the whole cluster at 01:30 Paris time, summer time or not
+  kubectl backup schedule create nightly-eu --schedule \"30 1 * * *\" --time-zone Europe/Paris
+
+  # A team's own schedule in its namespace (it backs up only that namespace)
+  kubectl backup schedule create daily --schedule @daily -n shop
+
+  # Snapshot etcd every 6 hours, with the client certificate in the Secret etcd-client
+  kubectl backup schedule create etcd --schedule \"0 */6 * * *\" --etcd-endpoints https://10.0.0.1:2379 --etcd-tls-secret etcd-client";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # List the schedules of the install namespace: last backup, last result, next run
+  kubectl backup schedule list
+
+  # List the schedules of every namespace
+  kubectl backup schedule list -A
+
+  # List the schedules of namespace shop as JSON
+  kubectl backup schedule list -n shop -o name";
+
+const DESCRIBE_EXAMPLES: &str = "\
+Examples:
+  # Show schedule nightly: what it backs up, its last and next run, the last result
+  kubectl backup schedule describe nightly
+
+  # Print the BackupSchedule with its status as YAML
+  kubectl backup schedule describe nightly -o yaml
+
+  # Describe a schedule of namespace shop
+  kubectl backup schedule describe daily -n shop";
+
+const PAUSE_EXAMPLES: &str = "\
+Examples:
+  # Pause schedule nightly for a maintenance window
+  kubectl backup schedule pause nightly
+
+  # Pause a schedule of namespace shop
+  kubectl backup schedule pause daily -n shop";
+
+const RESUME_EXAMPLES: &str = "\
+Examples:
+  # Resume schedule nightly; it runs again at its next time
+  kubectl backup schedule resume nightly
+
+  # Resume a schedule of namespace shop
+  kubectl backup schedule resume daily -n shop";
+
+const DELETE_EXAMPLES: &str = "\
+Examples:
+  # Delete schedule nightly (the backups it made are kept)
+  kubectl backup schedule delete nightly
+
+  # Delete a schedule of namespace shop
+  kubectl backup schedule delete daily -n shop";
+
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Create a schedule.
+    #[command(after_help = CREATE_EXAMPLES)]
     Create(Box<CreateArgs>),
     /// List schedules.
-    #[command(alias = "ls", alias = "get")]
+    #[command(alias = "ls", alias = "get", after_help = LIST_EXAMPLES)]
     List(ListArgs),
     /// Show a schedule, its last and next run and last result.
+    #[command(after_help = DESCRIBE_EXAMPLES)]
     Describe(NameArgs),
     /// Stop running a schedule until resumed.
+    #[command(after_help = PAUSE_EXAMPLES)]
     Pause(NameArgs),
+    #[command(after_help = RESUME_EXAMPLES)]
     Resume(NameArgs),
-    #[command(alias = "rm")]
+    #[command(alias = "rm", after_help = DELETE_EXAMPLES)]
     Delete(NameArgs),
 }
 

@@ -26,12 +26,41 @@ pub struct WorkspaceArgs {
     pub command: WorkspaceCommand,
 }
 
+/// `kubectl backup workspace --help`.
+pub(crate) const WORKSPACE_EXAMPLES: &str = "\
+Examples:
+  # Create workspace shop; if a backup of namespace shop exists, the webhook restores it
+  kubectl backup workspace new shop
+
+  # Create an ephemeral workspace for a pull request (never backed up or restored)
+  kubectl backup workspace new pr-42 --ephemeral
+
+  # List the workspaces with their newest backup and restore status
+  kubectl backup workspace list";
+
+const NEW_EXAMPLES: &str = "\
+Examples:
+  # Create workspace shop; if a backup of namespace shop exists, the webhook restores it
+  kubectl backup workspace new shop
+
+  # Create an ephemeral workspace for a pull request (never backed up or restored)
+  kubectl backup workspace new pr-42 --ephemeral";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # List the workspaces: ephemeral or not, newest backup, restore status
+  kubectl backup workspace list
+
+  # Compare them with the backups in another location, as JSON
+  kubectl backup workspace list --location s3://backups/prod -o json";
+
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
     /// Create a workspace (a namespace). If a backup of it exists, the webhook restores it.
+    #[command(after_help = NEW_EXAMPLES)]
     New(NewArgs),
     /// List workspaces: ephemeral or not, newest backup, restore status.
-    #[command(alias = "ls", alias = "get")]
+    #[command(alias = "ls", alias = "get", after_help = LIST_EXAMPLES)]
     List(ListOutputArg),
 }
 
