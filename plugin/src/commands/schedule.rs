@@ -62,7 +62,7 @@ Examples:
   # List the schedules of every namespace
   kubectl backup schedule list -A
 
-  # List the schedules of namespace shop as JSON
+  # The names of the schedules of namespace shop, one per line, for scripts
   kubectl backup schedule list -n shop -o name";
 
 const DESCRIBE_EXAMPLES: &str = "\
