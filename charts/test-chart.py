@@ -114,6 +114,8 @@ def main() -> int:
                 continue
             out = a.out_dir / f"{label}.yaml"
             out.write_text(to_stream(manifests))
+            notes = next((body for path, body in manifests.items() if path.endswith("NOTES.txt")), "")
+            (a.out_dir / f"{label}.NOTES.txt").write_text(notes)
             print(f"[{label}] lint ok, rendered {out}", file=sys.stderr)
     if config is not None:
         config.close()

@@ -393,6 +393,19 @@ fn the_chart_renders_what_install_renders_and_the_api_server_accepts_it() {
         .expect("backup-webhook with the chart's flags");
     let listed = t.backup(&["location", "list", "-o", "json", "--install-namespace", &ns]).ok().json();
     assert_eq!(listed["items"][0]["spec"]["url"], values["location"]["url"], "{listed}");
+    // Every `kubectl backup` command NOTES.txt tells the user to run works, as NOTES.txt says to
+    // run it (with KUBECTL_BACKUP_NAMESPACE exported when the release is not in kubectl-backup).
+    let notes = std::fs::read_to_string(out.join("default.NOTES.txt")).expect("NOTES.txt rendered");
+    let commands: Vec<&str> = notes.lines().map(str::trim).filter(|l| l.starts_with("kubectl backup ")).collect();
+    assert!(commands.len() >= 2, "{notes}");
+    assert!(notes.contains(&format!("export KUBECTL_BACKUP_NAMESPACE={ns}")), "{notes}");
+    let mut as_told = t.clone();
+    as_told.env.push(("KUBECTL_BACKUP_NAMESPACE".into(), ns.clone()));
+    for command in commands {
+        let words: Vec<&str> = command.split_whitespace().skip(2).collect();
+        let run = as_told.backup(&words);
+        assert_eq!(run.code, 0, "NOTES.txt's `{command}` failed: {}", run.stderr);
+    }
     // `version` finds the installed component: the chart's image, not ready (no node here).
     let v = t.backup(&["version", "-o", "json", "--install-namespace", &ns]).ok().json();
     let image = container(&objs)["image"].as_str().unwrap().to_string();
