@@ -82,65 +82,27 @@ fn server_token_and_certificate_authority_need_no_kubeconfig() {
     // No kubeconfig anywhere.
     let mut bare = t.clone();
     bare.kubeconfig = env.scratch.join("no-such-kubeconfig");
-    let name = unique("b");
-    let done = bare
-        .backup(&[
-            "create",
-            &name,
-            "-n",
-            &ns,
-            "--include-resources",
-            "configmaps",
-            "--server",
-            &server,
-            "--token",
-            &token,
-            "--certificate-authority",
-            &ca,
-            "-o",
-            "json",
-        ])
-        .ok()
-        .json();
-    assert_eq!(done["status"]["phase"], "Completed", "{done}");
+    // `create` of this namespace's ConfigMaps as the ServiceAccount, from flags alone.
+    let create = |namespace: &str, trust: &[&str]| {
+        let name = unique("b");
+        let mut args = vec!["create", name.as_str(), "-n", namespace, "--include-resources", "configmaps"];
+        args.extend(["--server", server.as_str(), "--token", token.as_str()]);
+        args.extend(trust);
+        bare.backup(&args)
+    };
+    let done = create(&ns, &["--certificate-authority", &ca]);
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    assert!(done.stdout.contains("Completed"), "{}", done.stdout);
     // It was the ServiceAccount that asked: another namespace is refused in its name.
-    let refused = bare.backup(&[
-        "create",
-        &unique("b"),
-        "-n",
-        "default",
-        "--include-resources",
-        "configmaps",
-        "--server",
-        &server,
-        "--token",
-        &token,
-        "--certificate-authority",
-        &ca,
-    ]);
+    let refused = create("default", &["--certificate-authority", &ca]);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(refused.stderr.contains(&format!("system:serviceaccount:{ns}:reader")), "{}", refused.stderr);
     // Without the CA the server's certificate is not trusted, unless told to skip the check.
-    let untrusted = bare.backup(&["create", &unique("b"), "-n", &ns, "--server", &server, "--token", &token]);
+    let untrusted = create(&ns, &[]);
     assert_eq!(untrusted.code, 1, "{}", untrusted.stderr);
     assert!(untrusted.stderr.to_lowercase().contains("certificate"), "{}", untrusted.stderr);
-    let name = unique("b");
-    bare.backup(&[
-        "create",
-        &name,
-        "-n",
-        &ns,
-        "--include-resources",
-        "configmaps",
-        "--server",
-        &server,
-        "--token",
-        &token,
-        "--insecure-skip-tls-verify",
-        "--request-timeout",
-        "30s",
-    ])
-    .ok();
+    let skipped = create(&ns, &["--insecure-skip-tls-verify", "--request-timeout", "30s"]);
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
     // Misuse is named.
     let bad = bare.backup(&["create", &unique("b"), "-n", &ns, "--server", "not a url"]);
     assert_eq!(bad.code, 1, "{}", bad.stderr);
