@@ -151,9 +151,12 @@ pub struct BackupLocationStatus {
     /// Available or Unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Why the last check failed (redacted), or what it found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the location was last checked (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_validation_time: Option<String>,
     /// `Ready`: True when the last check could list the location (and, for ReadWrite, write to it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -224,18 +227,26 @@ pub struct BackupScheduleSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleStatus {
+    /// When the last run started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_run_time: Option<String>,
+    /// When the next run is due (RFC 3339); empty while paused or refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub next_run_time: Option<String>,
+    /// The name of the last backup taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,
     /// Completed, PartiallyFailed or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<String>,
+    /// Why the last run failed or the schedule was refused; cleared once fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the last successful run finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_success_time: Option<String>,
     /// The backup a run under way is taking (set when the run is claimed, cleared when it ends).
     /// Found set when a run is due, it means the controller stopped during that run.
