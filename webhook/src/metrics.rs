@@ -135,6 +135,11 @@ impl Metrics {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).insert(source.clone());
     }
 
+    /// True when some schedule or workspace has a series (so there may be some to drop).
+    pub fn has_sources(&self) -> bool {
+        !self.sources.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     /// Drops the series of sources `live` says are gone (deleted schedules and namespaces), so the
     /// number of series follows what exists.
     pub fn forget_sources(&self, live: impl Fn(&SourceLabel) -> bool) -> usize {

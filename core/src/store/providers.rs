@@ -56,7 +56,9 @@ pub fn local(location: &Location) -> Result<Arc<dyn ObjectStore>> {
 /// S3 and S3-compatible stores (MinIO, Ceph...): endpoint, path style, region, profile.
 pub fn s3(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
     let fail = |reason: String| fail(location, reason);
-    let (client, retry) = (client_options(options)?, retry(options));
+    // The CA files are read once: the S3 client and the STS client both trust them.
+    let ca = ca_pems(options)?;
+    let (client, retry) = (client_options(options, &ca)?, retry(options));
     let mut b = AmazonS3Builder::new().with_client_options(client).with_retry(retry);
     for (key, value) in provider_env("AWS_", &options.credentials) {
         if let Ok(k) = key.to_ascii_lowercase().parse() {
@@ -77,7 +79,7 @@ pub fn s3(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectS
             role: options.assume_role.clone(),
             region: options.region.clone().or_else(|| from_env_or(&options.credentials, "AWS_REGION")),
             static_keys,
-            ca_pems: ca_pems(options)?,
+            ca_pems: ca,
         };
         b = b.with_credentials(Arc::new(aws_identity::SdkCredentials::new(settings)));
     }
@@ -105,7 +107,7 @@ pub fn s3(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectS
 /// Google Cloud Storage.
 pub fn gcs(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
     let fail = |reason: String| fail(location, reason);
-    let (client, retry) = (client_options(options)?, retry(options));
+    let (client, retry) = (client_options(options, &ca_pems(options)?)?, retry(options));
     let mut b = GoogleCloudStorageBuilder::new().with_client_options(client).with_retry(retry);
     for (key, value) in provider_env("GOOGLE_", &options.credentials) {
         if let Ok(k) = key.to_ascii_lowercase().parse() {
@@ -119,7 +121,7 @@ pub fn gcs(location: &Location, options: &StoreOptions) -> Result<Arc<dyn Object
 /// Azure Blob Storage.
 pub fn azure(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
     let fail = |reason: String| fail(location, reason);
-    let (client, retry) = (client_options(options)?, retry(options));
+    let (client, retry) = (client_options(options, &ca_pems(options)?)?, retry(options));
     let mut b = MicrosoftAzureBuilder::new().with_client_options(client).with_retry(retry);
     for (key, value) in provider_env("AZURE_", &options.credentials) {
         if let Ok(k) = key.to_ascii_lowercase().parse() {
@@ -135,13 +137,13 @@ pub fn azure(location: &Location, options: &StoreOptions) -> Result<Arc<dyn Obje
     Ok(Arc::new(b.build().map_err(|e| fail(format!("Azure configuration: {}", store_message(&e))))?))
 }
 
-fn client_options(options: &StoreOptions) -> Result<ClientOptions> {
+fn client_options(options: &StoreOptions, ca_pems: &[Vec<u8>]) -> Result<ClientOptions> {
     let mut client = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(options.request_timeout.unwrap_or(Duration::from_secs(300)))
         .with_pool_idle_timeout(Duration::from_secs(30));
-    for pem in ca_pems(options)? {
-        for c in Certificate::from_pem_bundle(&pem).map_err(|e| Error::Other(store_message(&e)))? {
+    for pem in ca_pems {
+        for c in Certificate::from_pem_bundle(pem).map_err(|e| Error::Other(store_message(&e)))? {
             client = client.with_root_certificate(c);
         }
     }

@@ -236,6 +236,10 @@ pub async fn forget_deleted_sources(ctx: Arc<Context>, every: std::time::Duratio
     use kubectl_backup_core::crd::BackupSchedule;
     loop {
         tokio::time::sleep(every).await;
+        if !ctx.metrics.has_sources() {
+            // Nothing backed up yet: no series to drop, no need to list the cluster.
+            continue;
+        }
         let lp = ListParams::default();
         let schedules = Api::<BackupSchedule>::all(ctx.cluster.client.clone()).list_metadata(&lp).await;
         let namespaces = Api::<Namespace>::all(ctx.cluster.client.clone()).list_metadata(&lp).await;
