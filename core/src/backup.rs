@@ -59,6 +59,9 @@ pub async fn run(
     crate::committed::ensure_absent::<Objects>(store, name).await?;
 
     let start = Timestamp::now();
+    let log = crate::runlog::RunLog::new(observer);
+    log.line(format_args!("backup {name} started to {}", store.url()));
+    let observer: Arc<dyn Observer> = log.clone();
     let throttle = &cluster.throttle;
     let discovered = collect::discover(&cluster.client, throttle).await?;
     let plan = collect::plan(&cluster.client, throttle, &discovered, &selection).await?;
@@ -77,7 +80,32 @@ pub async fn run(
     let _ = heartbeat.await;
     // The heartbeat may have refreshed the marker after the commit removed it: remove it again.
     store.remove_quietly(&in_progress_path(name)).await;
+    if let Ok(b) = &result {
+        save_log(&log, store, b).await;
+    }
     result
+}
+
+/// Ends the run's log with its outcome and stores it beside the committed backup. A log that
+/// cannot be stored costs the backup nothing: it is committed already.
+async fn save_log(log: &crate::runlog::RunLog, store: &Store, b: &Backup) {
+    let s = &b.status;
+    for w in &s.warnings {
+        log.line(format_args!("warning: {w}"));
+    }
+    for e in &s.errors {
+        log.line(format_args!("error: {e}"));
+    }
+    log.line(format_args!(
+        "backup {} {}: {} objects, {} bytes",
+        b.metadata.name,
+        s.phase,
+        s.progress.items_backed_up,
+        s.archive.as_ref().map_or(0, |a| a.size)
+    ));
+    if let Err(e) = log.save(store, &crate::committed::dir::<Objects>(&b.metadata.name)).await {
+        tracing::warn!(backup = %b.metadata.name, error = %e, "could not store the backup's log");
+    }
 }
 
 /// What the pipeline of one run reads from and reports to.

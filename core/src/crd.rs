@@ -301,7 +301,12 @@ pub async fn wait_established(
 pub fn definitions() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![BackupLocation::crd(), BackupSchedule::crd()]
+    vec![
+        BackupLocation::crd(),
+        BackupSchedule::crd(),
+        crate::requests::BackupRequest::crd(),
+        crate::requests::RestoreRequest::crd(),
+    ]
 }
 
 #[cfg(test)]

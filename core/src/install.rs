@@ -235,9 +235,10 @@ pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
     let group = crate::GROUP;
     let mut controller = read_for_backups();
     controller.extend([
-        // Its own resources: schedules, locations, and the status it writes on them.
-        json!({"apiGroups": [group], "resources": ["backupschedules", "backuplocations"], "verbs": ["get", "list", "watch"]}),
-        json!({"apiGroups": [group], "resources": ["backupschedules/status", "backuplocations/status"], "verbs": ["get", "patch", "update"]}),
+        // Its own resources: schedules, locations, Backup and Restore requests, and the status it
+        // writes on them.
+        json!({"apiGroups": [group], "resources": ["backupschedules", "backuplocations", "backups", "restores"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": [group], "resources": ["backupschedules/status", "backuplocations/status", "backups/status", "restores/status"], "verbs": ["get", "patch", "update"]}),
         // The restore-status annotation on workspaces (and the marks of catch-up).
         json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch"]}),
         // Restores act as the workspace's creator, whom the webhook recorded (never anyone else).
@@ -255,8 +256,8 @@ pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
     let mut admin = vec![json!({"apiGroups": [group], "resources": ["*"], "verbs": ["*"]})];
     admin.extend(read_for_backups());
     let mut operator = vec![
-        json!({"apiGroups": [group], "resources": ["backupschedules"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
-        json!({"apiGroups": [group], "resources": ["backupschedules/status", "backuplocations"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": [group], "resources": ["backupschedules", "backups", "restores"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+        json!({"apiGroups": [group], "resources": ["backupschedules/status", "backups/status", "restores/status", "backuplocations"], "verbs": ["get", "list", "watch"]}),
     ];
     operator.extend(read_for_backups());
     let rb = |kind: &str, name: &str, namespace: Option<&str>| {
@@ -271,7 +272,7 @@ pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
     let mut view = cluster_role(
         VIEW_ROLE,
         vec![
-            json!({"apiGroups": [group], "resources": ["backupschedules", "backupschedules/status", "backuplocations", "backuplocations/status"], "verbs": ["get", "list", "watch"]}),
+            json!({"apiGroups": [group], "resources": ["backupschedules", "backupschedules/status", "backuplocations", "backuplocations/status", "backups", "backups/status", "restores", "restores/status"], "verbs": ["get", "list", "watch"]}),
         ],
     );
     for r in ["view", "edit", "admin"] {
@@ -413,6 +414,17 @@ fn webhook_configuration(opts: &InstallOptions, ca_pem: Option<&str>) -> Value {
                 {"key": ADMISSION_SKIP_LABEL, "operator": "NotIn", "values": [ADMISSION_SKIP_VALUE]}
             ]},
             "rules": rules
+        }, {
+            // Backup and Restore requests, in every namespace (the install namespace's too): the
+            // controller runs only those the webhook marked with their creator, so when the
+            // webhook does not answer they are refused rather than admitted unmarked.
+            "name": "requests.kubectl-backup.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [crate::GROUP], "apiVersions": ["*"], "operations": ["CREATE"], "resources": ["backups", "restores"], "scope": "Namespaced"}]
         }]
     })
 }

@@ -279,7 +279,7 @@ pub struct BackupMetadataHead {
 // Restore
 
 /// What to do with an object that already exists in the target cluster.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExistingPolicy {
     /// Leave the live object untouched and report it.

@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::args::{Globals, OutputArg};
 use kubectl_backup_core::catalog::Objects;
 
-use crate::commands::{backup, catalog, certs, etcd, install, location, restore, schedule, workspace};
+use crate::commands::{backup, catalog, certs, etcd, install, location, requests, restore, schedule, workspace};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +42,10 @@ pub enum Command {
     Catalog(catalog::CatalogCommand),
     /// Restore a backup into the cluster (the same one or another).
     #[command(after_help = restore::RESTORE_EXAMPLES)]
-    Restore(restore::RestoreArgs),
+    Restore(restore::RestoreCommand),
+    /// Print the log of a backup or a restore, stored next to it in the location.
+    #[command(after_help = requests::LOGS_EXAMPLES)]
+    Logs(requests::LogsArgs),
     /// Named storage locations (BackupLocations) the cluster knows.
     #[command(after_help = location::LOCATION_EXAMPLES)]
     Location(location::LocationArgs),
@@ -102,7 +105,11 @@ impl Cli {
         match &self.command {
             Command::Create(a) => backup::create(g, a).await,
             Command::Catalog(c) => catalog::run::<Objects>(g, c).await,
-            Command::Restore(a) => restore::restore(g, a).await,
+            Command::Restore(a) => match &a.history {
+                Some(h) => requests::history(g, h).await,
+                None => restore::restore(g, &a.run).await,
+            },
+            Command::Logs(a) => requests::logs(g, a).await,
             Command::Etcd(a) => etcd::run(g, a).await,
             Command::Workspace(a) => workspace::run(g, a).await,
             Command::Location(a) => location::run(g, a).await,
@@ -321,12 +328,12 @@ mod tests {
             "update",
             "--dry-run",
         ]);
-        let Command::Restore(r) = cli.command else { panic!("not restore") };
+        let Command::Restore(restore::RestoreCommand { run: r, .. }) = cli.command else { panic!("not restore") };
         assert_eq!(r.mapping().unwrap().get("a").map(String::as_str), Some("b"));
         assert_eq!(r.existing, kubectl_backup_core::model::ExistingPolicy::Update);
         assert!(r.dry_run);
         let cli = Cli::parse_from(["kubectl-backup", "restore", "b", "--namespace-mapping", "nocolon"]);
-        let Command::Restore(r) = cli.command else { panic!("not restore") };
+        let Command::Restore(restore::RestoreCommand { run: r, .. }) = cli.command else { panic!("not restore") };
         assert!(r.mapping().unwrap_err().contains("SRC:DST"));
         assert!(Cli::try_parse_from(["kubectl-backup", "restore", "b", "--existing", "merge"]).is_err());
     }

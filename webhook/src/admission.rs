@@ -82,6 +82,8 @@ pub enum Decision {
     Restore(String),
     /// A workspace with no backup.
     Nothing,
+    /// A Backup or Restore request: marked with its creator and spec.
+    Request,
 }
 
 /// Decides for a workspace named `name` with these labels and annotations.
@@ -129,6 +131,9 @@ pub fn mutate(
     now: Timestamp,
 ) -> (AdmissionResponse, Decision) {
     let resp = AdmissionResponse::from(req);
+    if req.operation == Operation::Create && request_kind(&req.resource.group, &req.resource.resource).is_some() {
+        return (mark_request(req, key, now), Decision::Request);
+    }
     if req.operation != Operation::Create || !policy.is_workspace_kind(&req.resource.group, &req.resource.resource) {
         return (resp, Decision::NotAWorkspace);
     }
@@ -183,6 +188,7 @@ pub fn mutate(
                 },
                 at: now,
                 ignored,
+                spec: None,
             };
             let missing = obj.metadata.annotations.is_none();
             ops.extend(add_key(missing, "annotations", MARK_ANNOTATION, &key.sign(&mark)).0);
@@ -200,6 +206,68 @@ pub fn mutate(
         Err(_) => resp,
     };
     (resp, decision)
+}
+
+/// The mark's kind of a Backup or Restore request resource, or `None` for any other resource.
+pub fn request_kind(group: &str, plural: &str) -> Option<&'static str> {
+    use kubectl_backup_core::requests::{BACKUP_RESOURCE, RESTORE_RESOURCE};
+    match (group, plural) {
+        (kubectl_backup_core::GROUP, "backups") => Some(BACKUP_RESOURCE),
+        (kubectl_backup_core::GROUP, "restores") => Some(RESTORE_RESOURCE),
+        _ => None,
+    }
+}
+
+/// Marks a new Backup or Restore request with who created it and the digest of its spec, signed:
+/// the controller acts on a request only with a valid mark, as the person it names (a restore),
+/// and only on the spec it names. A mark the creator set themselves is removed. Denied: a request
+/// without a name yet (`generateName`: the mark is bound to the name) or whose spec does not parse.
+fn mark_request(req: &AdmissionRequest<DynamicObject>, key: &Key, now: Timestamp) -> AdmissionResponse {
+    use kubectl_backup_core::requests::{BackupRequestSpec, RestoreRequestSpec};
+    let resp = AdmissionResponse::from(req);
+    let Some(obj) = &req.object else { return resp };
+    let kind = request_kind(&req.resource.group, &req.resource.resource).unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_else(|| req.name.clone());
+    if name.is_empty() {
+        return resp.deny(format!(
+            "{kind}: give the request a name (metadata.name); generateName is not supported, as the controller binds the request to its name"
+        ));
+    }
+    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    let digest = if kind == kubectl_backup_core::requests::BACKUP_RESOURCE {
+        serde_json::from_value::<BackupRequestSpec>(spec).map(|s| crate::mark::spec_digest(&s))
+    } else {
+        serde_json::from_value::<RestoreRequestSpec>(spec).map(|s| crate::mark::spec_digest(&s))
+    };
+    let digest = match digest {
+        Ok(d) => d,
+        Err(e) => return resp.deny(format!("{kind} {name}: spec: {e}")),
+    };
+    let mut ops = Vec::new();
+    let mut ignored = Vec::new();
+    if obj.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(MARK_ANNOTATION)) {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::from_tokens(["metadata", "annotations", MARK_ANNOTATION]),
+        }));
+        ignored.push(MARK_ANNOTATION.to_string());
+    }
+    let u = &req.user_info;
+    let mark = Mark {
+        kind: kind.to_string(),
+        namespace: obj.metadata.namespace.clone().or_else(|| req.namespace.clone()),
+        name,
+        requester: Requester {
+            user: u.username.clone().unwrap_or_default(),
+            groups: u.groups.clone().unwrap_or_default(),
+            extra: u.extra.clone().unwrap_or_default().into_iter().collect(),
+        },
+        at: now,
+        ignored,
+        spec: Some(digest),
+    };
+    // A forged mark removed above leaves its map, which the add fills again.
+    ops.extend(add_key(obj.metadata.annotations.is_none(), "annotations", MARK_ANNOTATION, &key.sign(&mark)).0);
+    resp.clone().with_patch(Patch(ops)).unwrap_or(resp)
 }
 
 /// A patch adding `metadata.<map>.<key> = value`, creating the map first when the object has none.
@@ -368,6 +436,7 @@ mod tests {
             requester: Requester { user: "admin".into(), groups: vec!["system:masters".into()], ..Default::default() },
             at: at(),
             ignored: vec![],
+            spec: None,
         });
         let req = review(
             "shop",

@@ -131,6 +131,14 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
         supervisor.spawn("schedules", move || controllers::schedules::run(ctx.clone()));
     }
     {
+        let ctx = ctx.clone();
+        supervisor.spawn("backup-requests", move || controllers::requests::run_backups(ctx.clone()));
+    }
+    {
+        let ctx = ctx.clone();
+        supervisor.spawn("restore-requests", move || controllers::requests::run_restores(ctx.clone()));
+    }
+    {
         let (ctx, every) = (ctx.clone(), args.gc_interval);
         supervisor.spawn("expiry", move || controllers::expiry::run(ctx.clone(), every));
     }

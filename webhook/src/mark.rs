@@ -55,6 +55,19 @@ pub struct Mark {
     /// Our annotations the creator set themselves, which the webhook removed and ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
+    /// Backup and Restore requests: the SHA-256 of the spec as created ([`spec_digest`]). The
+    /// controller acts only on that spec, so nobody can edit a request afterwards and have it run
+    /// as its creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+}
+
+/// The SHA-256 (hex) of a request's spec in its canonical form (the typed spec serialized again,
+/// so the key order the client sent does not matter).
+pub fn spec_digest<T: Serialize>(spec: &T) -> String {
+    let bytes = serde_json::to_vec(spec).expect("a spec serializes");
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a mark is not accepted.
@@ -179,6 +192,7 @@ mod tests {
             requester: Requester { user: "alice".into(), groups: vec!["developers".into()], extra: BTreeMap::new() },
             at,
             ignored: vec![],
+            spec: None,
         }
     }
 

@@ -84,6 +84,7 @@ fn decision_label(d: &Option<Decision>) -> &'static str {
         Some(Decision::Ephemeral) => "ephemeral",
         Some(Decision::Restore(_)) => "restore",
         Some(Decision::Nothing) => "no-backup",
+        Some(Decision::Request) => "request",
     }
 }
 

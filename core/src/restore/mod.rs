@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod plan;
+pub mod record;
 pub mod report;
 pub mod transform;
 

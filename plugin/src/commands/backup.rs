@@ -27,6 +27,10 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
     parse_duration("--ttl", &args.ttl)?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
+    if args.in_cluster {
+        return super::requests::create_backup(cli, &args.name, filters, &args.ttl, args.wait, args.output.output)
+            .await;
+    }
     let seal = args.encrypt.seal()?;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let location = open_location::open(cli, Some(&cluster.client)).await?;
@@ -269,6 +273,11 @@ pub struct CreateArgs {
     /// How long to keep the backup (e.g. 720h, 30m; 0 keeps it forever).
     #[arg(long, default_value = "720h", value_name = "DURATION")]
     pub ttl: String,
+    /// Have the in-cluster controller take it: creates a Backup resource (in the one namespace
+    /// backed up, else the install namespace) and follows its status. Needs the in-cluster
+    /// component; --location names a BackupLocation (or, in the install namespace, a URL).
+    #[arg(long, conflicts_with_all = ["encrypt_to", "encrypt_passphrase_file"])]
+    pub in_cluster: bool,
     /// Wait for the backup to finish. With --wait=false it runs in the background; follow it with
     /// `kubectl backup describe NAME`.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]

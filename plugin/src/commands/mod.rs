@@ -6,6 +6,7 @@ pub mod certs;
 pub mod etcd;
 pub mod install;
 pub mod location;
+pub mod requests;
 pub mod restore;
 pub mod schedule;
 pub mod workspace;

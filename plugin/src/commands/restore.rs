@@ -8,7 +8,8 @@ use kubectl_backup_core::filter::Selection;
 use kubectl_backup_core::input::{timestamped_name, validate_name};
 use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::model::{ItemAction, Restore, RestoreItem, RestoreSpec};
-use kubectl_backup_core::restore;
+use kubectl_backup_core::restore::{self, record};
+use kubectl_backup_core::runlog::RunLog;
 
 use super::{exit_for, throttle};
 use clap::Args;
@@ -19,29 +20,48 @@ use crate::output::{print_document, print_table, table};
 use crate::{open_location, progress};
 
 pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
-    validate_name("backup name", &args.backup)?;
+    validate_name("backup name", args.backup())?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
     let namespace_mapping = args.mapping().map_err(|e| anyhow!(e))?;
+    let name = timestamped_name(args.backup(), Timestamp::now());
+    if args.in_cluster {
+        let spec = kubectl_backup_core::requests::RestoreRequestSpec {
+            backup_name: args.backup().to_string(),
+            filters,
+            namespace_mapping,
+            existing_resource_policy: Some(args.existing),
+            location: None,
+        };
+        return super::requests::create_restore(cli, &name, spec, args.wait, args.output.output).await;
+    }
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
-    let store = open_location::open(cli, Some(&cluster.client)).await?.store;
+    let location = open_location::open(cli, Some(&cluster.client)).await?;
+    let store = location.store.clone();
     let spec = RestoreSpec {
-        backup_name: args.backup.clone(),
+        backup_name: args.backup().to_string(),
         filters,
         namespace_mapping,
         existing_resource_policy: args.existing,
         preserve_node_ports: args.preserve_nodeports,
         dry_run: args.dry_run,
     };
-    let name = timestamped_name(&args.backup, Timestamp::now());
     let detached = super::detached();
     if !args.wait && !detached {
         return super::detach("restore", &name);
     }
     let observer = progress::observer(if detached { Output::Json } else { args.output.output }, "objects");
-    let result = restore::run(&cluster, &store, &name, spec, observer.clone()).await;
+    let log = RunLog::new(observer.clone());
+    let result = restore::run(&cluster, &store, &name, spec, log.clone()).await;
     drop(observer);
     let restore = result?;
+    // The history (`restore list`, `logs restore/NAME`), in a location this may write to.
+    if !restore.spec.dry_run
+        && location.ensure_writable().is_ok()
+        && let Err(e) = record::save(&store, &restore, &log).await
+    {
+        eprintln!("warning: the restore was not recorded in {}: {e}", location.display());
+    }
     match args.output.output {
         Output::Table => print_summary(&restore),
         format => print_document(&restore, format)?,
@@ -49,7 +69,7 @@ pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
     Ok(exit_for(restore.status.phase))
 }
 
-fn print_summary(r: &Restore) {
+pub(crate) fn print_summary(r: &Restore) {
     let s = &r.status;
     let c = &s.counts;
     let took = super::catalog::took(&s.timing);
@@ -132,10 +152,21 @@ Examples:
   # Restore a production backup into the staging cluster
   kubectl backup restore cluster-1 --location s3://backups/prod --context staging";
 
+/// `restore BACKUP`, or `restore list|describe`.
+#[derive(Debug, Args, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RestoreCommand {
+    #[command(subcommand)]
+    pub history: Option<super::requests::RestoreHistory>,
+    #[command(flatten)]
+    pub run: RestoreArgs,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct RestoreArgs {
     /// The backup to restore.
-    pub backup: String,
+    #[arg(required = true)]
+    pub backup: Option<String>,
     #[command(flatten)]
     pub filters: FilterArgs,
     /// Restore namespace SRC into DST: src:dst[,src2:dst2]. Rewrites object namespaces, binding
@@ -153,6 +184,11 @@ pub struct RestoreArgs {
     /// created, updated or skipped, with a diff for existing objects that differ.
     #[arg(long)]
     pub dry_run: bool,
+    /// Have the in-cluster controller run it: creates a Restore resource (in the one namespace
+    /// restored, else the install namespace), which restores with your rights, not the
+    /// controller's. Needs the in-cluster component.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub in_cluster: bool,
     /// Wait for the restore to finish. With --wait=false it runs in the background.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wait: bool,
@@ -161,6 +197,11 @@ pub struct RestoreArgs {
 }
 
 impl RestoreArgs {
+    /// The backup to restore (clap requires it unless `list` or `describe` is given).
+    pub fn backup(&self) -> &str {
+        self.backup.as_deref().unwrap_or_default()
+    }
+
     pub fn mapping(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
         let mut map = std::collections::BTreeMap::new();
         for pair in self.namespace_mapping.iter().filter(|p| !p.trim().is_empty()) {

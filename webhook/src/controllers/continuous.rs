@@ -27,7 +27,7 @@ use kubectl_backup_core::input::timestamped_name;
 use kubectl_backup_core::model::{BackupSpec, Filters};
 use kubectl_backup_core::{EPHEMERAL_LABEL, catalog};
 
-use super::Context;
+use super::{Context, ObjectRun};
 
 /// Marks continuous backups (in `spec.schedule`), so pruning never touches other backups.
 pub const CONTINUOUS: &str = "continuous";
@@ -137,7 +137,15 @@ impl Continuous {
         let reference = Context::namespace_reference(ns);
         match self
             .ctx
-            .backup(&self.ctx.location, &name, spec, CONTINUOUS, &SourceLabel::workspace(ns), &reference)
+            .backup(ObjectRun {
+                location: &self.ctx.location,
+                name: &name,
+                spec,
+                trigger: CONTINUOUS,
+                source: Some(&SourceLabel::workspace(ns)),
+                reference: &reference,
+                observer: None,
+            })
             .await
         {
             Ok(_) => self.prune(ns).await,

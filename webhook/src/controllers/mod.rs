@@ -7,23 +7,28 @@
 //! - [`expiry`] — deletes expired backups
 //! - [`health`] — checks each BackupLocation and writes its status
 //! - [`continuous`] — a backup of a workspace after its objects change
+//! - [`requests`] — Backup and Restore resources, each run once
 
 pub mod continuous;
 pub mod expiry;
 pub mod health;
+pub mod requests;
 pub mod restore;
 pub mod schedules;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kubectl_backup_core::backup;
+use kubectl_backup_core::crd::EtcdScheduleSource;
+use kubectl_backup_core::etcd::{self, EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdSource};
 use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::locations::Resolved;
 use kubectl_backup_core::model::{Backup, BackupSpec};
-use kubectl_backup_core::progress::{Event as Progress, Observer};
+use kubectl_backup_core::progress::{Event as Progress, Observer, Quiet};
 
 use crate::admission::Policy;
 use crate::index::Index;
@@ -83,17 +88,10 @@ impl Context {
         self.clone_for_events().publish(reference, type_, reason, note).await;
     }
 
-    /// Runs one object backup for a controller: progress events on `reference`, metrics, and an
-    /// index refresh so the webhook sees the new backup at once.
-    pub async fn backup(
-        &self,
-        location: &Resolved,
-        name: &str,
-        spec: BackupSpec,
-        trigger: &str,
-        source: &SourceLabel,
-        reference: &ObjectReference,
-    ) -> kubectl_backup_core::Result<Backup> {
+    /// Runs one object backup for a controller: progress events on `run.reference`, metrics, and
+    /// an index refresh so the webhook sees the new backup at once.
+    pub async fn backup(&self, run: ObjectRun<'_>) -> kubectl_backup_core::Result<Backup> {
+        let ObjectRun { location, name, spec, trigger, source, reference, observer } = run;
         let start = Instant::now();
         self.event(
             reference,
@@ -107,6 +105,7 @@ impl Context {
             reference: reference.clone(),
             name: name.to_string(),
             task: Default::default(),
+            inner: observer,
         });
         let observer: Arc<dyn Observer> = uploading.clone();
         let result = backup::run(&self.cluster, &location.store, name, spec, observer).await;
@@ -129,7 +128,9 @@ impl Context {
                     .get_or_create(&t)
                     .inc_by(b.status.archive.as_ref().map(|a| a.size).unwrap_or(0));
                 self.metrics.backup_objects.get_or_create(&t).inc_by(b.status.progress.items_backed_up);
-                if b.status.phase == kubectl_backup_core::model::Phase::Completed {
+                if let Some(source) = source
+                    && b.status.phase == kubectl_backup_core::model::Phase::Completed
+                {
                     self.metrics.succeeded(source);
                 }
                 let (kind, reason) = if b.status.errors.is_empty() {
@@ -156,6 +157,109 @@ impl Context {
         }
         result
     }
+
+    /// Runs one etcd backup for a controller, with Events on `run.reference` and metrics. The
+    /// client TLS material comes from a Secret in `run.namespace`, written to files only this
+    /// process reads.
+    pub async fn etcd_backup(&self, run: EtcdRun<'_>) -> kubectl_backup_core::Result<EtcdBackup> {
+        let EtcdRun { namespace, etcd, location, name, ttl, schedule, trigger, source, reference } = run;
+        let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
+        let dir = tempfile::tempdir().map_err(|e| kubectl_backup_core::Error::io(std::env::temp_dir(), e))?;
+        let from = self.etcd_source(namespace, etcd, dir.path()).await?;
+        self.event(
+            reference,
+            EventType::Normal,
+            "BackupStarted",
+            format!("etcd {} backup {name} started to {}", kind.as_str(), location.display()),
+        )
+        .await;
+        let spec = EtcdBackupSpec {
+            kind,
+            endpoints: from.endpoints.clone(),
+            prefix: from.prefix.clone(),
+            ttl: Some(ttl.to_string()),
+            location: Some(location.display()),
+            schedule,
+        };
+        let result = etcd::run_with(&from, &location.store, name, spec, Arc::new(Quiet)).await;
+        let phase = if result.is_ok() { "Completed" } else { "Failed" };
+        self.metrics.backups.get_or_create(&BackupLabel { trigger: trigger.into(), result: phase.into() }).inc();
+        match &result {
+            Ok(b) => {
+                if let Some(source) = source {
+                    self.metrics.succeeded(source);
+                }
+                let bytes = b.status.archive.as_ref().map_or(0, |a| a.size);
+                let note = format!("etcd backup {name} Completed: {bytes} bytes");
+                self.event(reference, EventType::Normal, "BackupCompleted", note).await;
+            }
+            Err(e) => {
+                let note = format!("etcd backup {name} failed: {e}");
+                self.event(reference, EventType::Warning, "BackupFailed", note).await;
+            }
+        }
+        result
+    }
+
+    /// The etcd to back up, with the client TLS files of its Secret (in `namespace`) written into
+    /// `dir`.
+    async fn etcd_source(
+        &self,
+        namespace: &str,
+        etcd: &EtcdScheduleSource,
+        dir: &std::path::Path,
+    ) -> kubectl_backup_core::Result<EtcdSource> {
+        let mut source =
+            EtcdSource { endpoints: etcd.endpoints.clone(), prefix: etcd.prefix.clone(), ..Default::default() };
+        if let Some(secret) = &etcd.tls_secret {
+            let api: Api<Secret> = Api::namespaced(self.cluster.client.clone(), namespace);
+            let sec = api
+                .get(secret)
+                .await
+                .map_err(|e| kubectl_backup_core::Error::kube(format!("reading etcd TLS Secret {secret:?}"), e))?;
+            let data = sec.data.unwrap_or_default();
+            for (key, slot) in
+                [("ca.crt", &mut source.ca_file), ("tls.crt", &mut source.cert_file), ("tls.key", &mut source.key_file)]
+            {
+                if let Some(v) = data.get(key) {
+                    let path = dir.join(key);
+                    std::fs::write(&path, &v.0).map_err(|e| kubectl_backup_core::Error::io(&path, e))?;
+                    *slot = Some(path);
+                }
+            }
+        }
+        Ok(source)
+    }
+}
+
+/// One object backup a controller takes.
+pub struct ObjectRun<'a> {
+    pub location: &'a Resolved,
+    pub name: &'a str,
+    pub spec: BackupSpec,
+    /// The `trigger` label of its metrics: schedule, continuous, request.
+    pub trigger: &'a str,
+    /// What a completed run counts as the last success of (none for one-off requests).
+    pub source: Option<&'a SourceLabel>,
+    /// The object its Events are about.
+    pub reference: &'a ObjectReference,
+    /// Also told of the run's progress.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// One etcd backup a controller takes.
+pub struct EtcdRun<'a> {
+    /// The namespace of the object asking for it (its TLS Secret lives there).
+    pub namespace: &'a str,
+    pub etcd: &'a EtcdScheduleSource,
+    pub location: &'a Resolved,
+    pub name: &'a str,
+    pub ttl: &'a str,
+    /// `namespace/name` of the schedule that takes it, if one does.
+    pub schedule: Option<String>,
+    pub trigger: &'a str,
+    pub source: Option<&'a SourceLabel>,
+    pub reference: &'a ObjectReference,
 }
 
 /// What publishing an event needs, detached from the Context (for a spawned task).
@@ -195,10 +299,15 @@ struct UploadingOnce {
     reference: ObjectReference,
     name: String,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Told of every event too.
+    inner: Option<Arc<dyn Observer>>,
 }
 
 impl Observer for UploadingOnce {
     fn event(&self, event: Progress) {
+        if let Some(inner) = &self.inner {
+            inner.event(event.clone());
+        }
         if matches!(event, Progress::Uploading { .. }) {
             let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
             if task.is_none() {

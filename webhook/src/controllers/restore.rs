@@ -195,7 +195,7 @@ impl RestoreWorker {
                     }
                 }
             }
-            Decision::Nothing | Decision::NotAWorkspace => {}
+            Decision::Nothing | Decision::NotAWorkspace | Decision::Request => {}
         }
     }
 
@@ -535,6 +535,7 @@ mod tests {
             requester: Requester { user: user.into(), ..Default::default() },
             at: t(at),
             ignored: vec![],
+            spec: None,
         })
     }
 

@@ -10,24 +10,22 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleSpec, BackupScheduleStatus, EtcdScheduleSource};
-use kubectl_backup_core::etcd::{self, EtcdBackup, EtcdBackupSpec, EtcdBackupType, EtcdSource};
+use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleSpec, BackupScheduleStatus};
 use kubectl_backup_core::input::timestamped_name;
-use kubectl_backup_core::locations::{self, Resolved};
+use kubectl_backup_core::locations;
 use kubectl_backup_core::model::{BackupSpec, ClusterResources, Filters, Phase};
-use kubectl_backup_core::progress::Quiet;
 use kubectl_backup_core::schedule::Schedule;
 use kubectl_backup_core::{Error, Result};
 use serde_json::json;
 
-use super::Context;
-use crate::metrics::{BackupLabel, SourceLabel};
+use super::{Context, EtcdRun, ObjectRun};
+use crate::metrics::SourceLabel;
 
 /// Longest wait between reconciles of a schedule (a safety net against missed watch events).
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -52,6 +50,7 @@ fn error_policy(_: Arc<BackupSchedule>, e: &Error, _: Arc<Context>) -> Action {
 
 /// The filters a schedule may use, or why it is refused.
 pub fn confine(
+    kind: &str,
     namespace: &str,
     install_namespace: &str,
     filters: &Filters,
@@ -61,7 +60,7 @@ pub fn confine(
         return Ok(filters.clone());
     }
     if etcd {
-        return Err(format!("etcd schedules are allowed only in the install namespace {install_namespace:?}"));
+        return Err(format!("etcd backups are allowed only in the install namespace {install_namespace:?}"));
     }
     let mut f = filters.clone();
     match f.included_namespaces.as_slice() {
@@ -69,16 +68,34 @@ pub fn confine(
         [only] if only == namespace => {}
         other => {
             return Err(format!(
-                "a BackupSchedule in namespace {namespace:?} may back up only {namespace:?}, not {other:?}; schedules for other namespaces belong in {install_namespace:?}"
+                "a {kind} in namespace {namespace:?} may back up only {namespace:?}, not {other:?}; those for other namespaces belong in {install_namespace:?}"
             ));
         }
     }
     if f.include_cluster_resources == ClusterResources::True {
         return Err(format!(
-            "a BackupSchedule in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: true)"
+            "a {kind} in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: true)"
         ));
     }
     Ok(f)
+}
+
+/// Outside the install namespace, a `kind` (BackupSchedule, Backup, Restore) may name only a
+/// BackupLocation, which an admin made: a URL would be opened with the controller's own
+/// credentials (any bucket, any prefix).
+pub fn tenant_location(
+    kind: &str,
+    namespace: &str,
+    install_namespace: &str,
+    location: Option<&str>,
+) -> std::result::Result<(), String> {
+    match location {
+        Some(l) if namespace != install_namespace && !locations::is_name(l) => Err(format!(
+            "a {kind} in namespace {namespace:?} may name only a BackupLocation, not the URL {:?}; ask an admin to add one (kubectl backup location add)",
+            kubectl_backup_core::error::redact(l)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// What a schedule outside the install namespace may not do, beyond [`confine`]: name a location
@@ -94,14 +111,7 @@ pub fn tenant_rules(
     if namespace == install_namespace {
         return Ok(());
     }
-    if let Some(l) = &spec.location
-        && !locations::is_name(l)
-    {
-        return Err(format!(
-            "a BackupSchedule in namespace {namespace:?} may name only a BackupLocation, not the URL {:?}; ask an admin to add one (kubectl backup location add)",
-            kubectl_backup_core::error::redact(l)
-        ));
-    }
+    tenant_location("BackupSchedule", namespace, install_namespace, spec.location.as_deref())?;
     // The shortest gap between the next runs (a cron such as "0,1 2 * * *" is short only once a day).
     let mut at = Timestamp::now();
     let mut prev: Option<Timestamp> = None;
@@ -128,19 +138,19 @@ pub fn tenant_rules(
 }
 
 /// Why the BackupLocation a schedule names may not be written to, if it may not: schedules write.
-async fn read_only_location(ctx: &Context, location: Option<&str>) -> Option<String> {
+pub(crate) async fn read_only_location(ctx: &Context, location: Option<&str>) -> Option<String> {
     let name = location.filter(|l| locations::is_name(l))?;
     let api: Api<kubectl_backup_core::crd::BackupLocation> =
         Api::namespaced(ctx.cluster.client.clone(), &ctx.namespace);
     match api.get_opt(name).await {
         Ok(Some(bl)) if bl.spec.access_mode == kubectl_backup_core::crd::AccessMode::ReadOnly => {
-            Some(format!("BackupLocation {name:?} is ReadOnly: a schedule writes backups, so it may not name it"))
+            Some(format!("BackupLocation {name:?} is ReadOnly: backups are never written to it"))
         }
         _ => None,
     }
 }
 
-fn ready_condition(
+pub(crate) fn ready_condition(
     ready: bool,
     reason: &str,
     message: &str,
@@ -242,7 +252,7 @@ impl Reconciling {
     async fn accept(&self, s: &BackupSchedule) -> std::result::Result<(Schedule, Filters), String> {
         let ctx = &self.ctx;
         let schedule = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()).map_err(|e| e.to_string())?;
-        let filters = confine(&self.ns, &ctx.namespace, &s.spec.filters, s.spec.etcd.is_some())?;
+        let filters = confine("BackupSchedule", &self.ns, &ctx.namespace, &s.spec.filters, s.spec.etcd.is_some())?;
         tenant_rules(&self.ns, &ctx.namespace, &s.spec, &schedule, ctx.min_schedule_interval)?;
         if let Some(reason) = read_only_location(ctx, s.spec.location.as_deref()).await {
             return Err(reason);
@@ -377,7 +387,19 @@ impl Run<'_> {
         location.ensure_writable()?;
         let ttl = spec.ttl.clone().unwrap_or_else(|| DEFAULT_TTL.to_string());
         if let Some(etcd) = &spec.etcd {
-            return self.etcd(etcd, &location, &ttl).await;
+            let run = EtcdRun {
+                namespace: ns,
+                etcd,
+                location: &location,
+                name: self.backup_name,
+                ttl: &ttl,
+                schedule: Some(format!("{ns}/{name}")),
+                trigger: "schedule",
+                source: Some(&self.source),
+                reference,
+            };
+            ctx.etcd_backup(run).await?;
+            return Ok((Phase::Completed, None));
         }
         let spec = BackupSpec {
             filters,
@@ -385,96 +407,18 @@ impl Run<'_> {
             storage_location: Some(location.display()),
             schedule: Some(format!("{ns}/{name}")),
         };
-        let b = ctx.backup(&location, self.backup_name, spec, "schedule", &self.source, reference).await?;
+        let run = ObjectRun {
+            location: &location,
+            name: self.backup_name,
+            spec,
+            trigger: "schedule",
+            source: Some(&self.source),
+            reference,
+            observer: None,
+        };
+        let b = ctx.backup(run).await?;
         Ok((b.status.phase, b.status.errors.first().cloned()))
     }
-
-    /// Takes an etcd backup, with Events and metrics. Returns its phase (no first error).
-    async fn etcd(&self, etcd: &EtcdScheduleSource, location: &Resolved, ttl: &str) -> Result<(Phase, Option<String>)> {
-        let Reconciling { ctx, ns, name, reference, .. } = self.reconciling;
-        let backup_name = self.backup_name;
-        let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
-        // Client TLS material from the Secret, in files only this process reads.
-        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-        let source = etcd_source(ctx, ns, etcd, dir.path()).await?;
-        ctx.event(
-            reference,
-            EventType::Normal,
-            "BackupStarted",
-            format!("etcd {} backup {backup_name} started to {}", kind.as_str(), location.display()),
-        )
-        .await;
-        let spec = EtcdBackupSpec {
-            kind,
-            endpoints: source.endpoints.clone(),
-            prefix: source.prefix.clone(),
-            ttl: Some(ttl.to_string()),
-            location: Some(location.display()),
-            schedule: Some(format!("{ns}/{name}")),
-        };
-        let result = etcd::run_with(&source, &location.store, backup_name, spec, Arc::new(Quiet)).await;
-        self.record_etcd(result).await
-    }
-
-    /// Counts an etcd backup's result in the metrics and marks it with an Event.
-    async fn record_etcd(&self, result: Result<EtcdBackup>) -> Result<(Phase, Option<String>)> {
-        let (ctx, reference, backup_name) = (&self.reconciling.ctx, &self.reconciling.reference, self.backup_name);
-        match result {
-            Ok(b) => {
-                ctx.metrics
-                    .backups
-                    .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Completed".into() })
-                    .inc();
-                ctx.metrics.succeeded(&self.source);
-                ctx.event(
-                    reference,
-                    EventType::Normal,
-                    "BackupCompleted",
-                    format!(
-                        "etcd backup {backup_name} Completed: {} bytes",
-                        b.status.archive.as_ref().map_or(0, |a| a.size)
-                    ),
-                )
-                .await;
-                Ok((Phase::Completed, None))
-            }
-            Err(e) => {
-                ctx.metrics
-                    .backups
-                    .get_or_create(&BackupLabel { trigger: "schedule".into(), result: "Failed".into() })
-                    .inc();
-                ctx.event(
-                    reference,
-                    EventType::Warning,
-                    "BackupFailed",
-                    format!("etcd backup {backup_name} failed: {e}"),
-                )
-                .await;
-                Err(e)
-            }
-        }
-    }
-}
-
-/// The etcd to back up, with the client TLS files of the schedule's Secret written into `dir`.
-async fn etcd_source(ctx: &Context, ns: &str, etcd: &EtcdScheduleSource, dir: &std::path::Path) -> Result<EtcdSource> {
-    let mut source =
-        EtcdSource { endpoints: etcd.endpoints.clone(), prefix: etcd.prefix.clone(), ..Default::default() };
-    if let Some(secret) = &etcd.tls_secret {
-        let api: Api<Secret> = Api::namespaced(ctx.cluster.client.clone(), ns);
-        let sec = api.get(secret).await.map_err(|e| Error::kube(format!("reading etcd TLS Secret {secret:?}"), e))?;
-        let data = sec.data.unwrap_or_default();
-        for (key, slot) in
-            [("ca.crt", &mut source.ca_file), ("tls.crt", &mut source.cert_file), ("tls.key", &mut source.key_file)]
-        {
-            if let Some(v) = data.get(key) {
-                let path = dir.join(key);
-                std::fs::write(&path, &v.0).map_err(|e| Error::io(&path, e))?;
-                *slot = Some(path);
-            }
-        }
-    }
-    Ok(source)
 }
 
 #[cfg(test)]
@@ -484,19 +428,22 @@ mod tests {
     #[test]
     fn schedules_outside_the_install_namespace_are_confined() {
         let none = Filters::default();
-        assert_eq!(confine("team-a", "kubectl-backup", &none, false).unwrap().included_namespaces, vec!["team-a"]);
+        assert_eq!(
+            confine("BackupSchedule", "team-a", "kubectl-backup", &none, false).unwrap().included_namespaces,
+            vec!["team-a"]
+        );
         let own = Filters { included_namespaces: vec!["team-a".into()], ..Default::default() };
-        assert!(confine("team-a", "kubectl-backup", &own, false).is_ok());
+        assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &own, false).is_ok());
         let other = Filters { included_namespaces: vec!["team-b".into()], ..Default::default() };
-        let err = confine("team-a", "kubectl-backup", &other, false).unwrap_err();
+        let err = confine("BackupSchedule", "team-a", "kubectl-backup", &other, false).unwrap_err();
         assert!(err.contains("may back up only") && err.contains("team-b"), "{err}");
         let glob = Filters { included_namespaces: vec!["*".into()], ..Default::default() };
-        assert!(confine("team-a", "kubectl-backup", &glob, false).is_err());
+        assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &glob, false).is_err());
         let cluster = Filters { include_cluster_resources: ClusterResources::True, ..Default::default() };
-        assert!(confine("team-a", "kubectl-backup", &cluster, false).is_err());
-        assert!(confine("team-a", "kubectl-backup", &none, true).unwrap_err().contains("etcd"));
+        assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &cluster, false).is_err());
+        assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &none, true).unwrap_err().contains("etcd"));
         // The install namespace is not confined.
-        assert_eq!(confine("kubectl-backup", "kubectl-backup", &other, true).unwrap(), other);
+        assert_eq!(confine("BackupSchedule", "kubectl-backup", "kubectl-backup", &other, true).unwrap(), other);
     }
 
     #[test]

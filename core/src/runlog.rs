@@ -1,0 +1,119 @@
+//! The log of one run (a backup or a restore), stored next to what it describes as `log.txt`:
+//! `backups/<name>/log.txt` once the backup is committed, `restores/<name>/log.txt` beside the
+//! restore's record. `kubectl backup logs` prints it. It holds what the run did step by step and
+//! its outcome: resource names, counts and (redacted) messages, never object data.
+
+use std::fmt::Display;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use crate::progress::{Event, Observer};
+use crate::store::Store;
+use crate::{Error, Result};
+
+pub const LOG_FILE: &str = "log.txt";
+/// Lines kept; later ones are counted, not kept (a 100k-object run lists thousands of resources).
+const MAX_LINES: usize = 20_000;
+
+/// Collects a run's log while passing every progress event on to `inner`.
+pub struct RunLog {
+    inner: Arc<dyn Observer>,
+    lines: Mutex<Lines>,
+}
+
+#[derive(Default)]
+struct Lines {
+    kept: Vec<String>,
+    dropped: u64,
+}
+
+impl RunLog {
+    pub fn new(inner: Arc<dyn Observer>) -> Arc<RunLog> {
+        Arc::new(RunLog { inner, lines: Mutex::default() })
+    }
+
+    /// Adds a line, stamped with the time, secrets redacted.
+    pub fn line(&self, text: impl Display) {
+        let line = format!("{} {}", Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(Timestamp::now()), text);
+        let line = crate::error::redact(&line);
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.kept.len() < MAX_LINES {
+            lines.kept.push(line);
+        } else {
+            lines.dropped += 1;
+        }
+    }
+
+    /// The whole log.
+    pub fn text(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut text = lines.kept.join("\n");
+        if lines.dropped > 0 {
+            text.push_str(&format!("\n... {} more lines not kept", lines.dropped));
+        }
+        text.push('\n');
+        text
+    }
+
+    /// Stores the log as `<dir>/log.txt`.
+    pub async fn save(&self, store: &Store, dir: &Path) -> Result<()> {
+        let path = dir.clone().join(LOG_FILE);
+        store.objects().put(&path, Bytes::from(self.text()).into()).await.map_err(|e| store.error(e))?;
+        Ok(())
+    }
+}
+
+impl Observer for RunLog {
+    fn event(&self, event: Event) {
+        match &event {
+            Event::Planned { resources } => self.line(format_args!("discovered {resources} resource types to list")),
+            Event::Listed { resource, namespace: Some(ns), items } => {
+                self.line(format_args!("listed {resource} in namespace {ns}: {items}"))
+            }
+            Event::Listed { resource, namespace: None, items } => self.line(format_args!("listed {resource}: {items}")),
+            Event::Uploading { bytes } => self.line(format_args!("uploading the archive ({bytes} bytes)")),
+            Event::Verified { items } => self.line(format_args!("verified {items} objects against their SHA-256")),
+            Event::RestorePlanned { total } => self.line(format_args!("restoring {total} objects")),
+            Event::Waiting { what } => self.line(format_args!("waiting for {what}")),
+            Event::Archived { .. } | Event::Restored { .. } => {}
+        }
+        self.inner.event(event);
+    }
+}
+
+/// The log stored in `dir`, if any.
+pub async fn read(store: &Store, dir: &Path) -> Result<Option<String>> {
+    let path = dir.clone().join(LOG_FILE);
+    match store.objects().get(&path).await {
+        Ok(r) => {
+            let bytes = r.bytes().await.map_err(|e| store.error(e))?;
+            String::from_utf8(bytes.to_vec())
+                .map(Some)
+                .map_err(|_| Error::Other(format!("{path} in {} is not text", store.url())))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(store.error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Quiet;
+
+    #[test]
+    fn events_become_lines_and_secrets_do_not() {
+        let log = RunLog::new(Arc::new(Quiet));
+        log.event(Event::Listed { resource: "configmaps".into(), namespace: Some("shop".into()), items: 3 });
+        log.event(Event::Archived { items: 3, bytes: 10 });
+        log.line("failed: https://acct.blob.core.windows.net/c?sig=SECRET");
+        let text = log.text();
+        assert!(text.contains("listed configmaps in namespace shop: 3"), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+}
