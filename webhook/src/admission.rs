@@ -480,4 +480,74 @@ mod tests {
         assert!(!p.is_workspace_kind("tenancy.example.org", "widgets"));
         assert!(Policy::new(&[], None, "x", &["noplural".into()]).is_err());
     }
+
+    fn request_review(name: &str, spec: Value, annotations: Value) -> AdmissionRequest<DynamicObject> {
+        let mut meta = json!({"namespace": "team-a"});
+        if !name.is_empty() {
+            meta["name"] = json!(name);
+        }
+        if !annotations.is_null() {
+            meta["annotations"] = annotations;
+        }
+        let r: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-2", "kind": {"group": "kubectl-backup.dev", "version": "v1alpha1", "kind": "Restore"},
+                "resource": {"group": "kubectl-backup.dev", "version": "v1alpha1", "resource": "restores"},
+                "name": name, "namespace": "team-a", "operation": "CREATE",
+                "userInfo": {"username": "alice", "groups": ["devs"]},
+                "object": {"apiVersion": "kubectl-backup.dev/v1alpha1", "kind": "Restore", "metadata": meta, "spec": spec}
+            }
+        }))
+        .unwrap();
+        r.try_into().unwrap()
+    }
+
+    #[test]
+    fn requests_are_marked_with_their_creator_and_the_digest_of_their_spec() {
+        use kubectl_backup_core::requests::RestoreRequestSpec;
+        let spec = json!({"backupName": "b", "includedNamespaces": ["team-a"]});
+        let forged = Key::new(&[9; 32]).sign(&mark_of_user("admin"));
+        let req = request_review("r1", spec.clone(), json!({MARK_ANNOTATION: forged}));
+        let (resp, decision) = mutate(&req, &policy(), &Index::default());
+        assert_eq!(decision, Decision::Request);
+        let mark = mark_of(&patched(&req, &resp));
+        assert_eq!(mark.kind, "restores.kubectl-backup.dev");
+        assert_eq!(mark.namespace.as_deref(), Some("team-a"));
+        assert_eq!(mark.requester.user, "alice");
+        assert_eq!(mark.ignored, vec![MARK_ANNOTATION.to_string()]);
+        let typed: RestoreRequestSpec = serde_json::from_value(spec).unwrap();
+        assert_eq!(mark.spec, Some(crate::mark::spec_digest(&typed)));
+        // Another spec has another digest; key order does not matter.
+        let reordered: RestoreRequestSpec =
+            serde_json::from_value(json!({"includedNamespaces": ["team-a"], "backupName": "b"})).unwrap();
+        assert_eq!(crate::mark::spec_digest(&reordered), crate::mark::spec_digest(&typed));
+        let other: RestoreRequestSpec = serde_json::from_value(json!({"backupName": "c"})).unwrap();
+        assert_ne!(crate::mark::spec_digest(&other), crate::mark::spec_digest(&typed));
+        // generateName cannot be marked (the mark is bound to the name): denied, saying why.
+        let (resp, _) =
+            mutate(&request_review("", json!({"backupName": "b"}), Value::Null), &policy(), &Index::default());
+        assert!(!resp.allowed);
+        assert!(resp.result.message.contains("generateName is not supported"), "{}", resp.result.message);
+        // A spec that does not parse is denied with the reason.
+        let (resp, _) =
+            mutate(&request_review("r2", json!({"backupName": 7}), Value::Null), &policy(), &Index::default());
+        assert!(
+            !resp.allowed && resp.result.message.contains("restores.kubectl-backup.dev r2: spec:"),
+            "{}",
+            resp.result.message
+        );
+    }
+
+    fn mark_of_user(user: &str) -> Mark {
+        Mark {
+            kind: "restores.kubectl-backup.dev".into(),
+            namespace: Some("team-a".into()),
+            name: "r1".into(),
+            requester: Requester { user: user.into(), ..Default::default() },
+            at: at(),
+            ignored: vec![],
+            spec: None,
+        }
+    }
 }

@@ -202,6 +202,9 @@ Examples:
   # Back up the whole cluster (every namespace and the cluster-scoped objects)
   kubectl backup create cluster-1 -A
 
+  # Have the in-cluster controller take it (a Backup resource in namespace shop)
+  kubectl backup create shop-1 -n shop --in-cluster
+
   # Back up namespace shop to an S3 bucket and keep it for a week
   kubectl backup create shop-1 -n shop --ttl 168h --location s3://backups/prod
 
@@ -210,9 +213,7 @@ Examples:
 
   # Encrypt the backup to an SSH public key; only its private key can restore it
   kubectl backup create shop-2 -n shop --encrypt-to \"$(cat ~/.ssh/id_ed25519.pub)\"
-
-  # Start a large backup in the background and follow it with describe
-  kubectl backup create cluster-2 -A --wait=false";
+";
 
 /// `kubectl backup list --help` (set in `cli.rs`: the catalog commands are shared with `etcd`).
 pub(crate) const LIST_EXAMPLES: &str = "\

@@ -194,10 +194,28 @@ impl HasStatus for RestoreRequest {
 #[derive(Debug, Subcommand, Clone)]
 pub enum RestoreHistory {
     /// Past and running restores: Restore resources in the cluster and the records in the location.
+    #[command(after_help = RESTORE_LIST_EXAMPLES)]
     List(RestoreListArgs),
     /// One restore: its Restore resource, or its record in the location.
+    #[command(after_help = RESTORE_DESCRIBE_EXAMPLES)]
     Describe(RestoreDescribeArgs),
 }
+
+const RESTORE_LIST_EXAMPLES: &str = "\
+Examples:
+  # Every restore: Restore resources in namespaces you may list, and those recorded in the location
+  kubectl backup restore list
+
+  # Restore resources of namespace shop only, as JSON
+  kubectl backup restore list -n shop -o json";
+
+const RESTORE_DESCRIBE_EXAMPLES: &str = "\
+Examples:
+  # A Restore resource's progress and outcome
+  kubectl backup restore describe shop-1-20261202150000 -n shop
+
+  # A restore recorded in the location, as YAML
+  kubectl backup restore describe shop-1-20261202150000 -o yaml";
 
 #[derive(Debug, Args, Clone)]
 pub struct RestoreListArgs {

@@ -143,11 +143,11 @@ Examples:
   # Restore namespace shop into a new namespace shop-copy
   kubectl backup restore shop-1 --namespace-mapping shop:shop-copy
 
-  # Bring objects that exist but have drifted back to their backed-up state
-  kubectl backup restore shop-1 --existing update
-
   # Restore only the ConfigMaps and Secrets of namespace shop from an encrypted backup
   kubectl backup restore shop-2 -n shop --include-resources configmaps,secrets --identity team.key
+
+  # Have the in-cluster controller restore namespace shop, with your rights (a Restore resource)
+  kubectl backup restore shop-1 -n shop --in-cluster
 
   # Restore a production backup into the staging cluster
   kubectl backup restore cluster-1 --location s3://backups/prod --context staging";
