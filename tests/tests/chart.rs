@@ -239,7 +239,14 @@ fn assert_same_objects_as_install(rendered: &[Value], values: &Value, ns: &str) 
 /// The webhook settings the issue requires, and the namespaces it must never touch.
 fn assert_webhook_settings(mwc: &Value, ns: &str) {
     let w = &mwc["webhooks"][0];
-    assert_eq!(mwc["webhooks"].as_array().map(Vec::len), Some(1));
+    assert_eq!(mwc["webhooks"].as_array().map(Vec::len), Some(2));
+    // Backup and Restore requests: every namespace, and refused when the webhook does not answer.
+    let r = &mwc["webhooks"][1];
+    assert_eq!(r["name"], "requests.kubectl-backup.dev");
+    assert_eq!(r["failurePolicy"], "Fail");
+    assert_eq!(r["namespaceSelector"], Value::Null);
+    assert_eq!(r["rules"][0]["resources"], json!(["backups", "restores"]));
+    assert_eq!(r["clientConfig"]["service"], w["clientConfig"]["service"]);
     assert_eq!(w["sideEffects"], "None");
     assert_eq!(w["failurePolicy"], "Ignore");
     assert_eq!(w["timeoutSeconds"], 5);

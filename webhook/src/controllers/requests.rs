@@ -106,6 +106,34 @@ pub fn confine_restore(
     Ok(f)
 }
 
+/// The person who created a request, from the webhook's mark, if the mark is valid for this
+/// object and names the spec whose digest is `digest`; otherwise why not.
+pub fn requester(
+    key: &crate::mark::Key,
+    meta: &kube::api::ObjectMeta,
+    kind: &str,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    digest: &str,
+) -> std::result::Result<Requester, String> {
+    let mark = match key.verify(meta, resource, Some(ns), name) {
+        Ok(Some(mark)) => mark,
+        Ok(None) => {
+            return Err(format!(
+                "the {kind} carries no mark of the admission webhook (was it created while the webhook was not answering?); delete it and create it again"
+            ));
+        }
+        Err(e) => return Err(format!("the webhook's mark on the {kind} is not valid: {e}")),
+    };
+    if mark.spec.as_deref() != Some(digest) {
+        return Err(format!(
+            "the {kind}'s spec was changed after it was created; a request runs only as created: create a new one"
+        ));
+    }
+    Ok(mark.requester)
+}
+
 /// One request being decided: where its status goes, and its status as this reconcile found it.
 struct Handling<K: Resource<DynamicType = ()>> {
     ctx: Arc<Context>,
@@ -164,26 +192,9 @@ where
         }
     }
 
-    /// The person who created the request, from the webhook's mark, if the mark is valid and
-    /// names this spec.
+    /// The person who created the request ([`requester`]).
     fn requester(&self, obj: &K, resource: &str, digest: &str) -> std::result::Result<Requester, String> {
-        let mark = match self.ctx.key.verify(obj.meta(), resource, Some(&self.ns), &self.name) {
-            Ok(Some(mark)) => mark,
-            Ok(None) => {
-                return Err(format!(
-                    "the {} carries no mark of the admission webhook (was it created while the webhook was not answering?); delete it and create it again",
-                    self.kind
-                ));
-            }
-            Err(e) => return Err(format!("the webhook's mark on the {} is not valid: {e}", self.kind)),
-        };
-        if mark.spec.as_deref() != Some(digest) {
-            return Err(format!(
-                "the {}'s spec was changed after it was created; a request runs only as created: create a new one",
-                self.kind
-            ));
-        }
-        Ok(mark.requester)
+        requester(&self.ctx.key, obj.meta(), self.kind, resource, &self.ns, &self.name, digest)
     }
 
     /// Marks the request Failed (refused before it ran, or failed), with an Event.
@@ -505,6 +516,45 @@ async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_runs_only_as_created_with_its_own_mark() {
+        use crate::mark::{Key, MARK_ANNOTATION, Mark};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let key = Key::new(&[5; 32]);
+        let at: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let spec = RestoreRequestSpec { backup_name: "b".into(), ..Default::default() };
+        let sign = |name: &str, spec: &RestoreRequestSpec| {
+            key.sign(&Mark {
+                kind: RESTORE_RESOURCE.into(),
+                namespace: Some("team-a".into()),
+                name: name.into(),
+                requester: Requester { user: "alice".into(), ..Default::default() },
+                at,
+                ignored: vec![],
+                spec: Some(spec_digest(spec)),
+            })
+        };
+        let meta = |mark: String| kube::api::ObjectMeta {
+            annotations: Some([(MARK_ANNOTATION.to_string(), mark)].into()),
+            creation_timestamp: Some(Time(at)),
+            ..Default::default()
+        };
+        let check = |m: &kube::api::ObjectMeta, s: &RestoreRequestSpec| {
+            requester(&key, m, "Restore", RESTORE_RESOURCE, "team-a", "r1", &spec_digest(s))
+        };
+        assert_eq!(check(&meta(sign("r1", &spec)), &spec).unwrap().user, "alice");
+        // Edited after admission: refused.
+        let edited = RestoreRequestSpec { backup_name: "someone-elses".into(), ..Default::default() };
+        let err = check(&meta(sign("r1", &spec)), &edited).unwrap_err();
+        assert!(err.contains("spec was changed after it was created"), "{err}");
+        // A mark made for another request: refused.
+        let err = check(&meta(sign("r2", &spec)), &spec).unwrap_err();
+        assert!(err.contains("not valid") && err.contains("made for"), "{err}");
+        // No mark at all.
+        let err = check(&kube::api::ObjectMeta::default(), &spec).unwrap_err();
+        assert!(err.contains("carries no mark"), "{err}");
+    }
 
     #[test]
     fn tenant_restores_stay_in_their_namespace() {
