@@ -108,6 +108,19 @@ fn backups_and_restores_requested_in_the_cluster_run_once_with_status_events_his
     let d = t.backup(&["restore", "describe", &record]).ok().stdout;
     assert!(d.contains(&format!("of backup \"{name}\" Completed")), "{d}");
 
+    // An etcd backup, asked for in the install namespace (the only one where etcd is allowed).
+    let snap = unique("etcd");
+    t.apply(&format!(
+        "apiVersion: kubectl-backup.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {snap}, namespace: {NS}}}\nspec:\n  etcd: {{endpoints: [\"{}\"]}}\n",
+        c.cp.etcd.endpoint
+    ))
+    .ok();
+    let st = finished(t, "backups", NS, &snap, || webhook.log());
+    assert_eq!(st["phase"], "Completed", "{st}");
+    let e = t.backup(&["etcd", "describe", &snap, "-o", "json"]).ok().json();
+    assert_eq!(e["spec"]["type"], "snapshot", "{e}");
+    assert!(e["status"]["archive"]["size"].as_u64().unwrap() > 0, "{e}");
+
     // A name nobody has: which one, and where it was looked for.
     let missing = t.backup(&["logs", "restore/nope"]);
     assert_ne!(missing.code, 0);
@@ -172,6 +185,12 @@ roleRef: {{kind: Role, name: alice-config, apiGroup: rbac.authorization.k8s.io}}
     alice.apply(&backup_of(&mine, &url, "  location: s3://another-bucket/x\n")).ok();
     let st = finished(t, "backups", &mine, &url, || webhook.log());
     assert!(st["message"].as_str().unwrap().contains("may name only a BackupLocation"), "{st}");
+
+    // 2b. ... or an etcd.
+    let etcd = unique("etcd");
+    alice.apply(&backup_of(&mine, &etcd, "  etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\n")).ok();
+    let st = finished(t, "backups", &mine, &etcd, || webhook.log());
+    assert!(st["message"].as_str().unwrap().contains("etcd backups are allowed only in the install namespace"), "{st}");
 
     // An admin's backup of both namespaces, Secrets included.
     let full = unique("full");

@@ -83,6 +83,17 @@ fn a_recreated_namespace_comes_back_by_itself() {
     assert_eq!(row["restoreStatus"], "Completed");
     assert_eq!(row["newestBackup"], backup.as_str());
     assert_eq!(row["ephemeral"], false);
+    // The restore history has it, with its log.
+    let history = s.t.backup(&["restore", "list", "-o", "json"]).ok().json();
+    let rec = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["spec"]["backupName"] == backup.as_str())
+        .unwrap_or_else(|| panic!("the automatic restore is not in the history: {history}"));
+    assert_eq!(rec["status"]["phase"], "Completed", "{rec}");
+    let log = s.t.backup(&["logs", &format!("restore/{}", rec["metadata"]["name"].as_str().unwrap())]).ok().stdout;
+    assert!(log.contains(&format!("automatic restore of workspace {ns} from backup {backup}")), "{log}");
 }
 
 #[test]

@@ -33,7 +33,8 @@ use kubectl_backup_core::EPHEMERAL_LABEL;
 use kubectl_backup_core::input::timestamped_name;
 use kubectl_backup_core::model::{ExistingPolicy, Filters, ItemAction, Phase, Restore, RestoreSpec};
 use kubectl_backup_core::progress::Quiet;
-use kubectl_backup_core::restore;
+use kubectl_backup_core::restore::{self, record};
+use kubectl_backup_core::runlog::RunLog;
 
 use super::Context;
 use crate::admission::{
@@ -249,10 +250,20 @@ impl RestoreWorker {
             ..Default::default()
         };
         let restore_name = timestamped_name(&backup, Timestamp::now());
+        let log = RunLog::new(Arc::new(Quiet));
+        log.line(format_args!("automatic restore of workspace {name} from backup {backup} as {user}"));
+        let store = &self.ctx.location.store;
         let result = match self.ctx.acting_as(requester) {
-            Ok(cluster) => restore::run(&cluster, &self.ctx.location.store, &restore_name, spec, Arc::new(Quiet)).await,
+            Ok(cluster) => restore::run(&cluster, store, &restore_name, spec, log.clone()).await,
             Err(e) => Err(e),
         };
+        // The history (`kubectl backup restore list`), in a location the controller may write.
+        if let Ok(r) = &result
+            && self.ctx.location.ensure_writable().is_ok()
+            && let Err(e) = record::save(store, r, &log).await
+        {
+            tracing::warn!(workspace = %name, error = %e, "could not record the restore in the location");
+        }
         let (phase, note) = match &result {
             Ok(r) => (r.status.phase, summary(r, user)),
             Err(e) => (
