@@ -375,6 +375,13 @@ pub struct RestoreItem {
     pub diff: Option<serde_json::Value>,
 }
 
+impl RestoreItem {
+    /// "secrets credentials: <why>", for the reports of what was not restored.
+    pub fn failure(&self) -> String {
+        format!("{} {}: {}", self.resource, self.name, self.reason.as_deref().unwrap_or("failed"))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreProgress {
@@ -403,6 +410,14 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl RestoreCounts {
+    /// One line for Events, statuses and logs: "created 3, updated 0, ...".
+    pub fn summary(&self) -> String {
+        format!(
+            "created {}, updated {}, unchanged {}, skipped (exists) {}, skipped (policy) {}, failed {}",
+            self.created, self.updated, self.unchanged, self.skipped_exists, self.skipped_policy, self.failed
+        )
+    }
+
     pub fn add(&mut self, action: ItemAction) {
         let slot = match action {
             ItemAction::Created => &mut self.created,

@@ -32,17 +32,12 @@ pub async fn save(store: &Store, restore: &Restore, log: &RunLog) -> Result<()> 
     for e in &s.errors {
         log.line(format_args!("error: {e}"));
     }
-    let c = &s.counts;
     log.line(format_args!(
-        "restore {} of backup {} {}: created {}, updated {}, unchanged {}, skipped {}, failed {}",
+        "restore {} of backup {} {}: {}",
         restore.metadata.name,
         restore.spec.backup_name,
         s.phase,
-        c.created,
-        c.updated,
-        c.unchanged,
-        c.skipped_exists + c.skipped_policy,
-        c.failed
+        s.counts.summary()
     ));
     let name = &restore.metadata.name;
     validate_name("restore name", name)?;

@@ -478,18 +478,9 @@ async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<
         }
     };
     let s = &done.status;
-    let c = &s.counts;
     let progress = RequestProgress { total_items: s.progress.total_items, items_done: s.progress.items_restored };
     let _ = h.patch(json!({"progress": progress, "record": record_name})).await;
-    let mut message = format!(
-        "restore of backup {backup} {}: created {}, updated {}, unchanged {}, skipped {}, failed {}",
-        s.phase,
-        c.created,
-        c.updated,
-        c.unchanged,
-        c.skipped_exists + c.skipped_policy,
-        c.failed
-    );
+    let mut message = format!("restore of backup {backup} {}: {}", s.phase, s.counts.summary());
     if location.ensure_writable().is_ok() {
         match record::save(&location.store, &done, &log).await {
             Ok(()) => message.push_str(&format!("; log: kubectl backup logs restore/{record_name}")),
@@ -504,10 +495,7 @@ async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<
         .items
         .iter()
         .filter(|i| i.action == kubectl_backup_core::model::ItemAction::Failed)
-        .map(|i| {
-            let at = i.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
-            format!("{} {at}{}: {}", i.resource, i.name, i.reason.as_deref().unwrap_or("failed"))
-        })
+        .map(|i| i.failure())
         .chain(s.errors.iter().cloned())
         .collect();
     h.finish(s.phase, message, &errors, &s.warnings).await

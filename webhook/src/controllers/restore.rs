@@ -490,21 +490,17 @@ impl Target {
 }
 
 fn summary(r: &Restore, user: &str) -> String {
-    let c = &r.status.counts;
     let mut s = format!(
-        "restore {} of backup {} as {user}: {}; created {}, skipped (exists) {}, skipped (policy) {}, failed {}",
-        r.metadata.name, r.spec.backup_name, r.status.phase, c.created, c.skipped_exists, c.skipped_policy, c.failed
+        "restore {} of backup {} as {user}: {}; {}",
+        r.metadata.name,
+        r.spec.backup_name,
+        r.status.phase,
+        r.status.counts.summary()
     );
     // Name what was not restored (typically what the creator may not create): never done with
     // the controller's rights instead.
-    let failed: Vec<String> = r
-        .status
-        .items
-        .iter()
-        .filter(|i| i.action == ItemAction::Failed)
-        .take(5)
-        .map(|i| format!("{} {}: {}", i.resource, i.name, i.reason.as_deref().unwrap_or("failed")))
-        .collect();
+    let failed: Vec<String> =
+        r.status.items.iter().filter(|i| i.action == ItemAction::Failed).take(5).map(|i| i.failure()).collect();
     if !failed.is_empty() {
         s.push_str(&format!("; not restored: {}", failed.join("; ")));
     } else if let Some(first) = r.status.errors.first() {
