@@ -19,7 +19,7 @@ const NO_FILES: u8 = 4;
 const DEFAULT: u8 = 0;
 
 /// Commands whose first positional argument is a backup's name (after the path's last word).
-const BACKUP_NAME: &[&str] = &["describe", "get", "delete", "rm", "download", "restore"];
+const BACKUP_NAME: &[&str] = &["describe", "get", "delete", "rm", "download", "restore", "logs"];
 const SCHEDULE_NAME: &[&str] = &["describe", "pause", "resume", "delete"];
 
 pub fn run(args: &[String]) -> ExitCode {
@@ -104,17 +104,26 @@ fn complete(words: &[String], partial: &str) -> (Vec<String>, u8) {
         .filter(|s| !s.is_hide_set() && s.get_name() != "help")
         .map(|s| s.get_name().to_string())
         .collect();
-    if !subcommands.is_empty() {
+    // `restore` takes a backup's name or one of its subcommands (list, describe).
+    let takes_both = p.path.len() == 1 && p.path[0] == "restore" && p.positionals == 0;
+    if !subcommands.is_empty() && !takes_both {
         return (subcommands, NO_FILES);
+    }
+    if takes_both {
+        let mut all = subcommands;
+        all.extend(names(words, Names::Backups));
+        return (all, NO_FILES);
     }
     if p.positionals == 0 {
         let last = p.path.last().map(String::as_str).unwrap_or_default();
         let in_schedule = p.path.first().is_some_and(|f| f == "schedule");
         let in_etcd = p.path.first().is_some_and(|f| f == "etcd");
+        // `restore describe` takes a restore's name, not a backup's.
+        let in_restore = p.path.first().is_some_and(|f| f == "restore") && p.path.len() > 1;
         if in_schedule && SCHEDULE_NAME.contains(&last) {
             return (names(words, Names::Schedules), NO_FILES);
         }
-        if !in_schedule && BACKUP_NAME.contains(&last) {
+        if !in_schedule && !in_restore && BACKUP_NAME.contains(&last) {
             return (names(words, if in_etcd { Names::Etcd } else { Names::Backups }), NO_FILES);
         }
     }

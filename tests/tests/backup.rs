@@ -540,8 +540,12 @@ fn kubectl_completes_subcommands_flags_and_backup_names() {
     }
     let (names, directive) = complete(&tools, &["describe", "--location", &store, "night"]);
     assert_eq!((names, directive.as_str()), (vec!["nightly-1".to_string(), "nightly-2".to_string()], ":4"));
+    // restore: its subcommands and the backups.
     let (names, _) = complete(&tools, &["restore", "--location", &store, ""]);
-    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names.contains(&"list".to_string()) && names.contains(&"describe".to_string()), "{names:?}");
+    let (names, _) = complete(&tools, &["logs", "--location", &store, "night"]);
+    assert_eq!(names, ["nightly-1", "nightly-2"]);
     tools.delete_namespace(&ns);
 }
 
