@@ -11,9 +11,9 @@
 //!   no cluster-scoped objects, no etcd) and only a BackupLocation, never a URL.
 //!
 //! A request's run is claimed with a status patch conditional on the resourceVersion it was
-//! decided from (as schedules' runs are), so a stale cache or a second replica never runs it
-//! twice. One found InProgress when the controller decides again was interrupted (the controller
-//! stopped during it): it is marked Failed, not run again.
+//! decided from (as schedules' runs are), so a reconcile deciding from a stale cache never runs it
+//! twice. One found InProgress when the controller decides again was interrupted (the controller,
+//! one replica as installed, stopped during it): it is marked Failed, not run again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
