@@ -73,9 +73,9 @@ pub fn confine(
             ));
         }
     }
-    if f.include_cluster_resources == ClusterResources::True {
+    if f.include_cluster_resources == ClusterResources::Always {
         return Err(format!(
-            "a BackupSchedule in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: true)"
+            "a BackupSchedule in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: Always)"
         ));
     }
     Ok(f)
@@ -393,7 +393,7 @@ impl Run<'_> {
     async fn etcd(&self, etcd: &EtcdScheduleSource, location: &Resolved, ttl: &str) -> Result<(Phase, Option<String>)> {
         let Reconciling { ctx, ns, name, reference, .. } = self.reconciling;
         let backup_name = self.backup_name;
-        let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
+        let kind: EtcdBackupType = etcd.r#type.unwrap_or_default().into();
         // Client TLS material from the Secret, in files only this process reads.
         let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let source = etcd_source(ctx, ns, etcd, dir.path()).await?;
@@ -492,7 +492,7 @@ mod tests {
         assert!(err.contains("may back up only") && err.contains("team-b"), "{err}");
         let glob = Filters { included_namespaces: vec!["*".into()], ..Default::default() };
         assert!(confine("team-a", "kubectl-backup", &glob, false).is_err());
-        let cluster = Filters { include_cluster_resources: ClusterResources::True, ..Default::default() };
+        let cluster = Filters { include_cluster_resources: ClusterResources::Always, ..Default::default() };
         assert!(confine("team-a", "kubectl-backup", &cluster, false).is_err());
         assert!(confine("team-a", "kubectl-backup", &none, true).unwrap_err().contains("etcd"));
         // The install namespace is not confined.
