@@ -241,8 +241,8 @@ pub struct EtcdScheduleSource {
     /// The etcd members' client URLs, e.g. https://10.0.0.1:2379; the first that answers is used.
     pub endpoints: Vec<String>,
     /// Snapshot (default), Keys or KeysJson.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<EtcdScheduleType>,
+    #[serde(default)]
+    pub r#type: EtcdScheduleType,
     /// Only keys under this prefix (Keys and KeysJson).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
@@ -501,7 +501,7 @@ mod tests {
         });
         let s: BackupScheduleSpec = serde_json::from_value(stored.clone()).unwrap();
         assert_eq!(s.filters.include_cluster_resources, crate::model::ClusterResources::Always);
-        assert_eq!(s.etcd.as_ref().unwrap().r#type, Some(EtcdScheduleType::KeysJson));
+        assert_eq!(s.etcd.as_ref().unwrap().r#type, EtcdScheduleType::KeysJson);
         assert_eq!(
             legacy_spellings_patch(&stored).unwrap(),
             serde_json::json!({"spec": {"includeClusterResources": "Always", "etcd": {"type": "KeysJson"}}})

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, unique};
+use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, unique, wait_until};
 
 const NS: &str = "kubectl-backup";
 const OLD_SCHEDULE_CRD: &str = include_str!("../fixtures/backupschedules-before-camelcase.yaml");
@@ -19,11 +19,12 @@ fn schedule(name: &str, spec: &str) -> String {
 /// `kubectl explain WHAT`, once the API server publishes the CRD's schema.
 fn explain(t: &Tools, what: &str, wanted: &str) -> String {
     let mut last = String::new();
-    eventually(&format!("kubectl explain {what} to show {wanted:?}"), Duration::from_secs(60), || {
+    let shown = wait_until(Duration::from_secs(60), || {
         let run = t.kubectl(&["explain", what]);
         last = format!("{}{}", run.stdout, run.stderr);
         run.code == 0 && last.contains(wanted)
     });
+    assert!(shown, "kubectl explain {what} does not show {wanted:?}:\n{last}");
     last
 }
 
@@ -61,10 +62,12 @@ fn the_api_server_refuses_other_values_and_explain_describes_every_field() {
     let root = explain(t, "backupschedules", "Backups taken on a schedule");
     assert!(!root.contains("Auto-generated"), "{root}");
     explain(t, "backupschedules.spec.paused", "No runs while true");
-    explain(t, "backupschedules.spec.etcd.type", "KeysJson");
     explain(t, "backuplocations.spec.region", "The bucket's region");
     explain(t, "backuplocations.spec.pathStyle", "path-style");
-    explain(t, "backuplocations.status.phase", "Unavailable");
+    explain(t, "backuplocations.spec.accessMode", "a ReadOnly location is listed and restored");
+    // Kubernetes 1.20 publishes CRDs in OpenAPI v2, which drops the fields of optional
+    // (nullable) objects such as spec.etcd and status: their descriptions are checked in
+    // core/src/crd.rs (every_property_has_a_description).
 }
 
 #[test]

@@ -232,7 +232,7 @@ async fn create(api: &Api<BackupSchedule>, ns: &str, install_ns: &str, a: &Creat
     }
     let etcd = (!a.etcd_endpoints.is_empty()).then(|| EtcdScheduleSource {
         endpoints: a.etcd_endpoints.clone(),
-        r#type: a.etcd_type,
+        r#type: a.etcd_type.unwrap_or_default(),
         prefix: None,
         tls_secret: a.etcd_tls_secret.clone(),
     });
@@ -319,7 +319,7 @@ async fn describe(api: &Api<BackupSchedule>, n: &NameArgs) -> Result<ExitCode> {
         if f.included_namespaces.is_empty() { "*".to_string() } else { f.included_namespaces.join(", ") }
     );
     if let Some(e) = &s.spec.etcd {
-        println!("etcd:              {} ({})", e.endpoints.join(", "), e.r#type.unwrap_or_default());
+        println!("etcd:              {} ({})", e.endpoints.join(", "), e.r#type);
     }
     println!("Last run:          {}", or(&st.last_run_time));
     println!("Last backup:       {}", or(&st.last_backup));

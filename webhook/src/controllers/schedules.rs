@@ -393,7 +393,7 @@ impl Run<'_> {
     async fn etcd(&self, etcd: &EtcdScheduleSource, location: &Resolved, ttl: &str) -> Result<(Phase, Option<String>)> {
         let Reconciling { ctx, ns, name, reference, .. } = self.reconciling;
         let backup_name = self.backup_name;
-        let kind: EtcdBackupType = etcd.r#type.unwrap_or_default().into();
+        let kind: EtcdBackupType = etcd.r#type.into();
         // Client TLS material from the Secret, in files only this process reads.
         let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let source = etcd_source(ctx, ns, etcd, dir.path()).await?;
