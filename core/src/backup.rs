@@ -229,7 +229,9 @@ async fn heartbeat(store: Store, name: String, mut marker: Backup, tracker: Arc<
     loop {
         let items = tracker.items.load(Ordering::Relaxed);
         marker.status.progress = BackupProgress { total_items: items, items_backed_up: items };
-        if let Ok(body) = serde_json::to_vec_pretty(&marker)
+        let mut document = serde_json::to_value(&marker).unwrap_or_default();
+        crate::model::to_stored_spellings(document.get_mut("spec"));
+        if let Ok(body) = serde_json::to_vec_pretty(&document)
             && let Err(e) = store.objects().put(&path, PutPayload::from(body)).await
         {
             tracing::debug!(error = %crate::store::store_message(&e), "could not refresh the in-progress marker");

@@ -95,7 +95,10 @@ pub fn data_file(file: Option<&StoredFile>) -> std::result::Result<DataFile<'_>,
 /// Commits `metadata` as backup `name` of kind `K` (the protocol in [`crate::commit`]): its data
 /// file must already be uploaded.
 pub async fn commit<K: Kind>(store: &Store, name: &str, metadata: &K::Metadata) -> Result<()> {
-    let body = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(format!("encoding metadata: {e}")))?;
+    let encoding = |e: serde_json::Error| Error::Other(format!("encoding metadata: {e}"));
+    let mut document = serde_json::to_value(metadata).map_err(encoding)?;
+    crate::model::to_stored_spellings(document.pointer_mut("/backup/spec"));
+    let body = serde_json::to_vec_pretty(&document).map_err(encoding)?;
     let key = metadata.data().map_err(|reason| corrupt(store, name, reason))?.key;
     crate::commit::commit(store, &dir::<K>(name), name, Bytes::from(body), &data_path::<K>(name, key)).await
 }

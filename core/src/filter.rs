@@ -151,8 +151,8 @@ impl Selection {
     /// Whether cluster-scoped objects are included wholesale.
     pub fn all_cluster_resources(&self) -> bool {
         match self.cluster_resources {
-            ClusterResources::True => true,
-            ClusterResources::False => false,
+            ClusterResources::Always => true,
+            ClusterResources::Never => false,
             ClusterResources::Auto => self.all_namespaces(),
         }
     }

@@ -70,37 +70,71 @@ pub struct Timing {
     pub completion_timestamp: Option<Timestamp>,
 }
 
-/// Which cluster-scoped objects a backup or restore includes.
+/// Which cluster-scoped objects are included: Auto (all of them when all namespaces are
+/// included, else only those the included namespaces need: the CRDs of their custom resources, the
+/// PersistentVolumes bound to their claims), Always (every cluster-scoped object the resource
+/// filters allow) or Never (none).
+///
+/// Read in the spellings of earlier versions too (`auto`, `true`, `false`): BackupSchedules stored
+/// before v1alpha1 took these values, and backup documents in storage keep them
+/// ([`ClusterResources::STORED_SPELLINGS`], docs/backup-format.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
 pub enum ClusterResources {
-    /// Everything cluster-scoped when all namespaces are included; otherwise only what the included
-    /// namespaces need (the CRDs of their custom resources, the PVs bound to their PVCs).
     #[default]
+    #[serde(alias = "auto")]
     Auto,
-    True,
-    False,
+    #[serde(alias = "true")]
+    Always,
+    #[serde(alias = "false")]
+    Never,
+}
+
+impl ClusterResources {
+    /// The old spelling of each value (`auto`, `true`, `false`): what backup documents in storage
+    /// hold, so that every version of kubectl-backup reads them.
+    pub const STORED_SPELLINGS: [(ClusterResources, &'static str); 3] =
+        [(Self::Auto, "auto"), (Self::Always, "true"), (Self::Never, "false")];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "Auto",
+            Self::Always => "Always",
+            Self::Never => "Never",
+        }
+    }
+
+    /// The spelling stored in backup documents.
+    pub fn stored_spelling(self) -> &'static str {
+        Self::STORED_SPELLINGS.iter().find(|(v, _)| *v == self).map_or("auto", |(_, s)| s)
+    }
 }
 
 impl std::str::FromStr for ClusterResources {
     type Err = String;
+    /// Auto, Always or Never in any case, or the old auto, true and false.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
-            "true" => Ok(Self::True),
-            "false" => Ok(Self::False),
-            other => Err(format!("expected auto, true or false, got {other:?}")),
+            "always" | "true" => Ok(Self::Always),
+            "never" | "false" => Ok(Self::Never),
+            _ => Err(format!("expected Auto, Always or Never, got {s:?}")),
         }
     }
 }
 
 impl std::fmt::Display for ClusterResources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::True => "true",
-            Self::False => "false",
-        })
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rewrites `includeClusterResources` of a Backup document's `spec` in the spelling stored in
+/// backup documents (`auto`, `true`, `false`), which every version of kubectl-backup reads: a
+/// backup written by this version stays readable by older ones (docs/backup-format.md).
+pub fn to_stored_spellings(spec: Option<&mut serde_json::Value>) {
+    let Some(field) = spec.and_then(|s| s.get_mut("includeClusterResources")) else { return };
+    if let Ok(v) = serde_json::from_value::<ClusterResources>(field.clone()) {
+        *field = v.stored_spelling().into();
     }
 }
 
@@ -108,16 +142,25 @@ impl std::fmt::Display for ClusterResources {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Filters {
+    /// Namespaces to include (globs allowed, e.g. team-*); empty or "*": all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub included_namespaces: Vec<String>,
+    /// Namespaces to leave out (globs allowed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_namespaces: Vec<String>,
+    /// Resources to include: plural names with their group (deployments.apps), short names,
+    /// kinds or globs; empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub included_resources: Vec<String>,
+    /// Resources to leave out, named as in includedResources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_resources: Vec<String>,
+    /// Only objects with these labels, a Kubernetes label selector such as app=web,tier!=db.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
+    /// Which cluster-scoped objects are included: Auto (default; all of them when all
+    /// namespaces are included, else only those the included namespaces need: the CRDs of their
+    /// custom resources, the PersistentVolumes bound to their claims), Always or Never.
     #[serde(default)]
     pub include_cluster_resources: ClusterResources,
 }
@@ -279,13 +322,16 @@ pub struct BackupMetadataHead {
 // Restore
 
 /// What to do with an object that already exists in the target cluster.
+/// Written CamelCase (`Skip`, `Update`) as every enum of the CRDs; the lower-case spellings of
+/// the first restore records are read too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
 pub enum ExistingPolicy {
     /// Leave the live object untouched and report it.
     #[default]
+    #[serde(alias = "skip")]
     Skip,
     /// Bring the live object back to the backed-up state (server-side apply, forced).
+    #[serde(alias = "update")]
     Update,
 }
 
@@ -477,7 +523,7 @@ mod tests {
         assert_eq!(v["kind"], "Backup");
         assert_eq!(v["metadata"]["name"], "nightly");
         assert_eq!(v["spec"]["includedNamespaces"][0], "shop");
-        assert_eq!(v["spec"]["includeClusterResources"], "auto");
+        assert_eq!(v["spec"]["includeClusterResources"], "Auto");
         assert_eq!(v["spec"]["ttl"], "720h");
         assert_eq!(v["status"]["phase"], "PartiallyFailed");
         assert_eq!(v["status"]["progress"]["totalItems"], 3);
@@ -500,8 +546,53 @@ mod tests {
     }
 
     #[test]
-    fn cluster_resources_parse_rejects_unknown() {
-        assert_eq!("auto".parse::<ClusterResources>().unwrap(), ClusterResources::Auto);
-        assert!("yes".parse::<ClusterResources>().unwrap_err().contains("auto, true or false"));
+    fn cluster_resources_parse_old_and_new_spellings_and_reject_unknown() {
+        for (text, want) in [
+            ("auto", ClusterResources::Auto),
+            ("Auto", ClusterResources::Auto),
+            ("Always", ClusterResources::Always),
+            ("always", ClusterResources::Always),
+            ("true", ClusterResources::Always),
+            ("Never", ClusterResources::Never),
+            ("false", ClusterResources::Never),
+        ] {
+            assert_eq!(text.parse::<ClusterResources>().unwrap(), want, "{text}");
+        }
+        assert!("yes".parse::<ClusterResources>().unwrap_err().contains("Auto, Always or Never"));
+    }
+
+    #[test]
+    fn cluster_resources_serialize_camel_case_and_read_the_old_spellings() {
+        assert_eq!(serde_json::to_value(ClusterResources::Always).unwrap(), "Always");
+        for (old, new) in [("auto", "Auto"), ("true", "Always"), ("false", "Never")] {
+            let a: ClusterResources = serde_json::from_value(old.into()).unwrap();
+            let b: ClusterResources = serde_json::from_value(new.into()).unwrap();
+            assert_eq!(a, b);
+            assert_eq!(a.stored_spelling(), old);
+        }
+        assert!(serde_json::from_value::<ClusterResources>("Sometimes".into()).is_err());
+    }
+
+    /// A backup document written by an earlier version (includeClusterResources: "true") is read,
+    /// and one written now stores the old spelling, which those versions read.
+    #[test]
+    fn backup_documents_keep_the_spelling_every_version_reads() {
+        let old = serde_json::json!({
+            "formatVersion": 1,
+            "backup": {
+                "apiVersion": "kubectl-backup.dev/v1alpha1", "kind": "Backup",
+                "metadata": {"name": "old", "creationTimestamp": "2025-01-02T03:04:05Z"},
+                "spec": {"includedNamespaces": ["shop"], "includeClusterResources": "true", "ttl": "720h"},
+                "status": {"phase": "Completed", "progress": {"totalItems": 2, "itemsBackedUp": 2}}
+            },
+            "objects": {}
+        });
+        let read: BackupMetadata = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(read.backup.spec.filters.include_cluster_resources, ClusterResources::Always);
+        let mut written = serde_json::to_value(&read).unwrap();
+        assert_eq!(written["backup"]["spec"]["includeClusterResources"], "Always");
+        to_stored_spellings(written.pointer_mut("/backup/spec"));
+        assert_eq!(written, old, "stored as it was read");
+        to_stored_spellings(None);
     }
 }

@@ -85,7 +85,8 @@ pub struct RestoreRequestSpec {
     /// Restore namespace A into namespace B (install namespace only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespace_mapping: BTreeMap<String, String>,
-    /// What to do with objects that already exist: skip (default) or update.
+    /// What to do with objects that already exist: Skip (the default: leave them and report them)
+    /// or Update (bring them back to the backed-up state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_resource_policy: Option<ExistingPolicy>,
     /// The BackupLocation to read from (default: the default location). In the install namespace

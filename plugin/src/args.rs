@@ -258,50 +258,148 @@ pub struct OutputArg {
 /// `-o` and `--no-headers` of the list commands, like `kubectl get`'s.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ListOutputArg {
-    /// Output format: a table (default), name (KIND/NAME lines, for scripts), json or yaml.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+    /// Output format: a table (default); wide (the table with more columns); name (KIND/NAME
+    /// lines, for scripts); json or yaml (the list document); jsonpath=TEMPLATE (kubectl's
+    /// JSONPath template over the json document, e.g. '{.items[*].metadata.name}' or
+    /// '{range .items[*]}{.metadata.name}{"\n"}{end}'); jsonpath-as-json=TEMPLATE (its results
+    /// as a JSON array).
+    #[arg(short = 'o', long = "output", value_parser = ListOutputParser, default_value = "table", value_name = "FORMAT")]
     pub output: ListOutput,
     /// Print the table without its header line.
     #[arg(long)]
     pub no_headers: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum ListOutput {
     /// A readable table.
     #[default]
     Table,
+    /// The table with its wide columns too.
+    Wide,
     /// One KIND/NAME per line.
     Name,
     Json,
     Yaml,
+    /// `jsonpath=TEMPLATE`.
+    JsonPath(crate::jsonpath::Template),
+    /// `jsonpath-as-json=TEMPLATE`.
+    JsonPathAsJson(crate::jsonpath::Template),
+}
+
+/// Parses `-o` of the lists: a format name, or `jsonpath=TEMPLATE` (the template is checked here,
+/// so a bad one is a usage error, exit code 2, like any bad flag value).
+#[derive(Clone)]
+struct ListOutputParser;
+
+impl clap::builder::TypedValueParser for ListOutputParser {
+    type Value = ListOutput;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ListOutput, clap::Error> {
+        let invalid = |why: String| {
+            let flag = arg.map(|a| a.to_string()).unwrap_or_else(|| "--output".into());
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("invalid value for '{flag}': {why}\n"))
+                .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| invalid("not UTF-8".into()))?;
+        let template = |t: &str| crate::jsonpath::Template::parse(t).map_err(invalid);
+        Ok(match text {
+            "table" => ListOutput::Table,
+            "wide" => ListOutput::Wide,
+            "name" => ListOutput::Name,
+            "json" => ListOutput::Json,
+            "yaml" => ListOutput::Yaml,
+            _ if text.starts_with("jsonpath-as-json=") => ListOutput::JsonPathAsJson(template(&text[17..])?),
+            _ if text.starts_with("jsonpath=") => ListOutput::JsonPath(template(&text[9..])?),
+            "jsonpath" | "jsonpath-as-json" => {
+                return Err(invalid(format!("{text} needs a template, e.g. -o {text}='{{.items[*].metadata.name}}'")));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "{other:?} is not a format: table, wide, name, json, yaml, jsonpath=TEMPLATE or jsonpath-as-json=TEMPLATE"
+                )));
+            }
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let names = ["table", "wide", "name", "json", "yaml", "jsonpath=", "jsonpath-as-json="];
+        Some(Box::new(names.into_iter().map(clap::builder::PossibleValue::new)))
+    }
+}
+
+/// One column of a list: its header, whether only `-o wide` shows it, and its cell for an item.
+/// Each list declares its columns once; every table format is made from them.
+pub struct Column<T> {
+    pub header: &'static str,
+    pub wide: bool,
+    pub cell: fn(&T) -> String,
+}
+
+impl<T> Column<T> {
+    /// A column of the table.
+    pub const fn new(header: &'static str, cell: fn(&T) -> String) -> Self {
+        Column { header, wide: false, cell }
+    }
+
+    /// A column only `-o wide` shows.
+    pub const fn wide(header: &'static str, cell: fn(&T) -> String) -> Self {
+        Column { header, wide: true, cell }
+    }
 }
 
 impl ListOutputArg {
-    /// The document format, for json and yaml.
-    pub fn document(&self) -> Option<Output> {
-        match self.output {
-            ListOutput::Json => Some(Output::Json),
-            ListOutput::Yaml => Some(Output::Yaml),
-            ListOutput::Table | ListOutput::Name => None,
-        }
+    /// True for the formats that print a table (table and wide), which say so when it is empty.
+    pub fn is_table(&self) -> bool {
+        matches!(self.output, ListOutput::Table | ListOutput::Wide)
     }
 
-    /// Prints `rows` as this format asks: a table with `headers`, or `kind/NAME` lines (NAME from
-    /// the column headed NAME).
-    pub fn print_rows(&self, kind: &str, headers: &[&str], rows: Vec<Vec<String>>) {
-        if self.output == ListOutput::Name {
-            let at = headers.iter().position(|h| *h == "NAME").unwrap_or(0);
-            for r in rows {
-                println!("{kind}/{}", r[at]);
+    /// Prints a list as this format asks: `document` (the list as `-o json` prints it) for json,
+    /// yaml and the jsonpath formats; for table, wide and name, a row of `columns` per item of
+    /// `rows`, or `kind/NAME` lines (NAME from the column headed NAME).
+    pub fn print<'a, T: 'a>(
+        &self,
+        kind: &str,
+        columns: &[Column<T>],
+        rows: impl IntoIterator<Item = &'a T>,
+        document: &impl serde::Serialize,
+    ) -> anyhow::Result<()> {
+        match &self.output {
+            ListOutput::Json => crate::output::print_document(document, Output::Json),
+            ListOutput::Yaml => crate::output::print_document(document, Output::Yaml),
+            ListOutput::JsonPath(t) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(t.render(&serde_json::to_value(document)?).as_bytes())?;
+                Ok(out.flush()?)
             }
-            return;
+            ListOutput::JsonPathAsJson(t) => {
+                crate::output::print_document(&t.values(&serde_json::to_value(document)?), Output::Json)
+            }
+            ListOutput::Name => {
+                let at = columns.iter().position(|c| c.header == "NAME").unwrap_or(0);
+                for r in rows {
+                    println!("{kind}/{}", (columns[at].cell)(r));
+                }
+                Ok(())
+            }
+            ListOutput::Table | ListOutput::Wide => {
+                let wide = self.output == ListOutput::Wide;
+                let shown: Vec<&Column<T>> = columns.iter().filter(|c| wide || !c.wide).collect();
+                let headers: Vec<&str> = shown.iter().map(|c| c.header).collect();
+                let mut t = crate::output::table(&headers);
+                for r in rows {
+                    t.add_row(shown.iter().map(|c| (c.cell)(r)).collect::<Vec<_>>());
+                }
+                crate::output::print_table_headers(&t, !self.no_headers);
+                Ok(())
+            }
         }
-        let mut t = crate::output::table(headers);
-        for r in rows {
-            t.add_row(r);
-        }
-        crate::output::print_table_headers(&t, !self.no_headers);
     }
 }
 
@@ -337,9 +435,9 @@ pub struct SelectionArgs {
     /// Label selector, e.g. app=web,tier!=db.
     #[arg(short = 'l', long, value_name = "SELECTOR")]
     pub selector: Option<String>,
-    /// Cluster-scoped objects: auto (all of them when all namespaces are included, else those the
-    /// included namespaces need), true, or false.
-    #[arg(long, default_value = "auto", value_name = "auto|true|false")]
+    /// Cluster-scoped objects: Auto (all of them when all namespaces are included, else those the
+    /// included namespaces need), Always, or Never (any case; the old true and false still work).
+    #[arg(long, default_value = "Auto", value_name = "Auto|Always|Never")]
     pub include_cluster_resources: ClusterResources,
 }
 

@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(f.included_namespaces, vec!["a", "b"]);
         assert_eq!(f.excluded_resources, vec!["secrets", "events"]);
         assert_eq!(f.label_selector.as_deref(), Some("app=web"));
-        assert_eq!(f.include_cluster_resources, kubectl_backup_core::model::ClusterResources::False);
+        assert_eq!(f.include_cluster_resources, kubectl_backup_core::model::ClusterResources::Never);
         assert!(!c.wait);
         assert_eq!(cli.globals.location.location.as_deref(), Some("s3://bucket/p"));
     }
@@ -350,10 +350,20 @@ mod tests {
 
     #[test]
     fn namespace_flag_conflicts_with_include() {
+        use kubectl_backup_core::model::ClusterResources;
         let r = Cli::try_parse_from(["kubectl-backup", "create", "b", "-n", "x", "--include-namespaces", "y"]);
         assert!(r.is_err());
         let r = Cli::try_parse_from(["kubectl-backup", "create", "b", "--include-cluster-resources", "maybe"]);
         let err = r.unwrap_err().to_string();
-        assert!(err.contains("auto, true or false"), "{err}");
+        assert!(err.contains("Auto, Always or Never"), "{err}");
+        for (given, want) in [
+            ("always", ClusterResources::Always),
+            ("Never", ClusterResources::Never),
+            ("true", ClusterResources::Always),
+        ] {
+            let cli = Cli::parse_from(["kubectl-backup", "create", "b", "--include-cluster-resources", given]);
+            let Command::Create(c) = cli.command else { panic!("not create") };
+            assert_eq!(c.filters.filters().include_cluster_resources, want, "{given}");
+        }
     }
 }

@@ -211,3 +211,22 @@ async fn list_names(g: &crate::args::Globals, what: Names) -> Vec<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_values_of_the_lists_are_completed() {
+        for words in [&["list", "-o"][..], &["schedule", "list", "--output"], &["location", "list", "-o"]] {
+            let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            let (values, directive) = complete(&words, "");
+            assert_eq!(
+                values,
+                ["table", "wide", "name", "json", "yaml", "jsonpath=", "jsonpath-as-json="],
+                "{words:?}"
+            );
+            assert_eq!(directive, NO_FILES);
+        }
+    }
+}

@@ -4,6 +4,7 @@ mod args;
 mod cli;
 mod commands;
 mod complete;
+mod jsonpath;
 mod open_location;
 mod output;
 mod progress;

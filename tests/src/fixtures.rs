@@ -502,6 +502,24 @@ impl OwnCluster {
         w
     }
 
+    /// The CRDs `install --dry-run -o json` renders, applied and Established (no controller).
+    pub fn install_crds(&self) {
+        let rendered = self.t.backup(&["install", "--dry-run", "-o", "json"]).ok().json();
+        let crds: Vec<Value> = rendered["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .cloned()
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": crds});
+        self.t.pipe(&["apply", "-f", "-"], &list.to_string()).ok();
+        for crd in &crds {
+            let name = format!("crd/{}", crd["metadata"]["name"].as_str().unwrap_or_default());
+            self.t.kubectl(&["wait", "--for=condition=Established", &name, "--timeout=60s"]).ok();
+        }
+    }
+
     /// A kubeconfig with the token of ServiceAccount `ns/name` (see [`service_account_kubeconfig`]).
     pub fn service_account_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
         service_account_kubeconfig(&self.t, &self.cp.info, &self.dir, ns, name)

@@ -97,7 +97,7 @@ pub async fn plan(
         }
     }
     let dependencies_only =
-        !selection.all_cluster_resources() && selection.cluster_resources != crate::model::ClusterResources::False;
+        !selection.all_cluster_resources() && selection.cluster_resources != crate::model::ClusterResources::Never;
     Ok(Plan {
         scope,
         namespaced,

@@ -238,8 +238,8 @@ fn includes_cluster_scoped(
                 || selection.names_namespace_explicitly(&i.name))
     } else {
         match selection.cluster_resources {
-            ClusterResources::False => false,
-            ClusterResources::True => selection.includes_resource(&names),
+            ClusterResources::Never => false,
+            ClusterResources::Always => selection.includes_resource(&names),
             ClusterResources::Auto if selection.all_namespaces() => selection.includes_resource(&names),
             ClusterResources::Auto => match i.resource.as_str() {
                 "customresourcedefinitions.apiextensions.k8s.io" => needed.crds.contains(&i.name),

@@ -15,9 +15,9 @@ use kubectl_backup_core::store::Store;
 
 use clap::Args;
 
-use super::catalog::{Shown, encryption, print_expiry, took};
+use super::catalog::{Shown, encryption, encryption_short, print_expiry, took};
 use super::{exit_for, throttle};
-use crate::args::{EncryptArgs, FilterArgs, Globals, Output, OutputArg};
+use crate::args::{Column, EncryptArgs, FilterArgs, Globals, Output, OutputArg};
 use crate::output::{age, print_document, size, time, until};
 use crate::{open_location, progress};
 
@@ -86,19 +86,25 @@ fn print_messages(title: &str, items: &[String]) {
 
 impl Shown for Objects {
     const NOUN: &'static str = "backup";
-    const COLUMNS: &'static [&'static str] = &["NAME", "PHASE", "OBJECTS", "SIZE", "CREATED", "EXPIRES"];
-
-    fn row(b: &Backup) -> Vec<String> {
-        let s = &b.status;
-        vec![
-            b.metadata.name.clone(),
-            s.phase.to_string(),
-            s.progress.items_backed_up.to_string(),
-            s.archive.as_ref().map(|a| size(a.size)).unwrap_or_else(|| "-".into()),
-            age(b.metadata.creation_timestamp),
-            if s.phase == Phase::InProgress { "-".into() } else { until(s.expiration) },
-        ]
-    }
+    const COLUMNS: &'static [Column<Backup>] = &[
+        Column::new("NAME", |b| b.metadata.name.clone()),
+        Column::new("PHASE", |b| b.status.phase.to_string()),
+        Column::new("OBJECTS", |b| b.status.progress.items_backed_up.to_string()),
+        Column::new("SIZE", |b| b.status.archive.as_ref().map(|a| size(a.size)).unwrap_or_else(|| "-".into())),
+        Column::new("CREATED", |b| age(b.metadata.creation_timestamp)),
+        Column::new("EXPIRES", |b| {
+            if b.status.phase == Phase::InProgress { "-".into() } else { until(b.status.expiration) }
+        }),
+        Column::wide("NAMESPACES", |b| {
+            let f = &b.spec.filters;
+            if f.included_namespaces.is_empty() { "*".into() } else { f.included_namespaces.join(",") }
+        }),
+        Column::wide("ERRORS", |b| b.status.errors.len().to_string()),
+        Column::wide("WARNINGS", |b| b.status.warnings.len().to_string()),
+        Column::wide("ENCRYPTION", |b| encryption_short(b.status.archive.as_ref())),
+        Column::wide("SCHEDULE", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
+        Column::wide("LOCATION", |b| b.spec.storage_location.clone().unwrap_or_else(|| "-".into())),
+    ];
 
     fn print_description(b: &Backup, location: &str) {
         print_description(b, location)
@@ -221,11 +227,11 @@ Examples:
   # List the backups in the default location
   kubectl backup list
 
-  # List the backups in the registered location archive
-  kubectl backup list --location archive
+  # List the backups in the registered location archive, with namespaces, errors, encryption
+  kubectl backup list --location archive -o wide
 
-  # List the backups in a MinIO bucket, as JSON
-  kubectl backup list --location s3://backups/dev --s3-endpoint http://minio:9000 -o json
+  # The names of the backups in a MinIO bucket, one per line (paths as in -o json)
+  kubectl backup list --location s3://backups/dev --s3-endpoint http://minio:9000 -o jsonpath='{range .items[*]}{.metadata.name}{\"\\n\"}{end}'
 
   # List the backups in another AWS account's bucket, through an IAM role
   kubectl backup list --location s3://prod --role-arn arn:aws:iam::123456789012:role/backup";

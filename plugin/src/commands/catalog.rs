@@ -14,17 +14,16 @@ use kubectl_backup_core::model::{self, List, Timing};
 use kubectl_backup_core::store::Store;
 use serde::Serialize;
 
-use crate::args::{Globals, ListOutputArg, Output, OutputArg};
+use crate::args::{Column, Globals, ListOutputArg, Output, OutputArg};
 use crate::open_location;
 use crate::output::{print_document, size, time, until};
 
 /// What the catalog commands print of one kind of backup.
-pub(crate) trait Shown: Kind<Spec: model::Spec + Serialize, Status: Serialize> {
+pub(crate) trait Shown: Kind<Spec: model::Spec + Serialize + 'static, Status: Serialize + 'static> {
     /// What messages call one backup: "backup", "etcd backup".
     const NOUN: &'static str;
-    /// The columns of `list`.
-    const COLUMNS: &'static [&'static str];
-    fn row(b: &BackupOf<Self>) -> Vec<String>;
+    /// The columns of `list` (and `list -o wide`).
+    const COLUMNS: &'static [Column<BackupOf<Self>>];
     /// `describe` for people.
     fn print_description(b: &BackupOf<Self>, location: &str);
     /// The committed backups (and, for kinds that have them, the runs in progress).
@@ -99,15 +98,12 @@ pub struct DownloadArgs {
 async fn list<K: Shown>(cli: &Globals, args: &ListArgs) -> Result<ExitCode> {
     let store = open_location::open(cli, None).await?.store;
     let listing = K::list(&store).await?;
-    match args.output.document() {
-        Some(format) => print_document(&List::new(listing.backups), format)?,
-        None if listing.backups.is_empty() && listing.in_progress.is_empty() => {
-            eprintln!("No {}s in {}.", K::NOUN, store.url());
-        }
-        None => {
-            let rows = listing.in_progress.iter().chain(&listing.backups).map(K::row).collect();
-            args.output.print_rows(&<K::Spec as model::Spec>::KIND.to_ascii_lowercase(), K::COLUMNS, rows);
-        }
+    if args.output.is_table() && listing.backups.is_empty() && listing.in_progress.is_empty() {
+        eprintln!("No {}s in {}.", K::NOUN, store.url());
+    } else {
+        let kind = <K::Spec as model::Spec>::KIND.to_ascii_lowercase();
+        let document = List::new(listing.backups);
+        args.output.print(&kind, K::COLUMNS, listing.in_progress.iter().chain(&document.items), &document)?;
     }
     if !listing.incomplete.is_empty() {
         eprintln!(
@@ -194,6 +190,20 @@ pub(crate) fn encryption(e: Option<&kubectl_backup_core::model::Encryption>) -> 
         None => "none".into(),
         Some(e) if e.passphrase => format!("{}, with a passphrase", e.algorithm),
         Some(e) => format!("{}, to {}", e.algorithm, e.recipients.join(", ")),
+    }
+}
+
+/// The ENCRYPTION column of `list -o wide`: "none", "age (2 recipients)", "age (passphrase)".
+pub(crate) fn encryption_short(file: Option<&model::StoredFile>) -> String {
+    match file.and_then(|f| f.encryption.as_ref()) {
+        None => "none".into(),
+        Some(e) if e.passphrase => format!("{} (passphrase)", e.algorithm),
+        Some(e) => format!(
+            "{} ({} recipient{})",
+            e.algorithm,
+            e.recipients.len(),
+            if e.recipients.len() == 1 { "" } else { "s" }
+        ),
     }
 }
 

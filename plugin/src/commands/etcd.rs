@@ -14,8 +14,8 @@ use kubectl_backup_core::etcd::{
 use kubectl_backup_core::input::{parse_duration, validate_name};
 use kubectl_backup_core::store::Store;
 
-use super::catalog::{self, Shown, encryption, print_expiry, took};
-use crate::args::{Globals, Output, OutputArg};
+use super::catalog::{self, Shown, encryption, encryption_short, print_expiry, took};
+use crate::args::{Column, Globals, Output, OutputArg};
 use crate::output::{age, print_document, size, time, until};
 use crate::{open_location, progress};
 
@@ -53,7 +53,11 @@ Examples:
   kubectl backup etcd list
 
   # List the etcd backups in an S3 bucket, as JSON
-  kubectl backup etcd list --location s3://backups/etcd -o json";
+  kubectl backup etcd list --location s3://backups/etcd -o json
+
+  # Each etcd backup's name and revision, with the endpoint and member it was read from
+  kubectl backup etcd list -o jsonpath='{range .items[*]}{.metadata.name} {.status.revision}{\"\\n\"}{end}'
+  kubectl backup etcd list -o wide";
 
 const DESCRIBE_EXAMPLES: &str = "\
 Examples:
@@ -267,20 +271,22 @@ fn stored_size(b: &EtcdBackup) -> u64 {
 
 impl Shown for Etcd {
     const NOUN: &'static str = "etcd backup";
-    const COLUMNS: &'static [&'static str] = &["NAME", "TYPE", "REVISION", "KEYS", "SIZE", "CREATED", "EXPIRES"];
-
-    fn row(b: &EtcdBackup) -> Vec<String> {
-        let s = &b.status;
-        vec![
-            b.metadata.name.clone(),
-            b.spec.kind.to_string(),
-            s.revision.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            s.keys.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
-            size(stored_size(b)),
-            age(b.metadata.creation_timestamp),
-            until(s.expiration),
-        ]
-    }
+    const COLUMNS: &'static [Column<EtcdBackup>] = &[
+        Column::new("NAME", |b| b.metadata.name.clone()),
+        Column::new("TYPE", |b| b.spec.kind.to_string()),
+        Column::new("REVISION", |b| b.status.revision.map(|r| r.to_string()).unwrap_or_else(|| "-".into())),
+        Column::new("KEYS", |b| b.status.keys.map(|k| k.to_string()).unwrap_or_else(|| "-".into())),
+        Column::new("SIZE", |b| size(stored_size(b))),
+        Column::new("CREATED", |b| age(b.metadata.creation_timestamp)),
+        Column::new("EXPIRES", |b| until(b.status.expiration)),
+        Column::wide("ENDPOINT", |b| b.status.endpoint.clone().unwrap_or_else(|| b.spec.endpoints.join(","))),
+        Column::wide("MEMBER", |b| b.status.member_name.clone().unwrap_or_else(|| "-".into())),
+        Column::wide("PREFIX", |b| b.spec.prefix.clone().unwrap_or_else(|| "-".into())),
+        Column::wide("WARNINGS", |b| b.status.warnings.len().to_string()),
+        Column::wide("ENCRYPTION", |b| encryption_short(b.status.archive.as_ref())),
+        Column::wide("SCHEDULE", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
+        Column::wide("LOCATION", |b| b.spec.location.clone().unwrap_or_else(|| "-".into())),
+    ];
 
     fn print_description(b: &EtcdBackup, location: &str) {
         print_description(b, location)

@@ -179,6 +179,16 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
             }
         }
     }
+    // Schedules stored by an earlier version with the old spellings (includeClusterResources: true,
+    // etcd type keys-json) are rewritten to the values the CRD now validates.
+    let rewritten = crd::upgrade_stored_schedules(&cluster).await?;
+    if !rewritten.is_empty() {
+        println!(
+            "rewrote {} BackupSchedule(s) stored with the spellings of an earlier version (auto/true/false, snapshot/keys/keys-json) to the CamelCase values: {}",
+            rewritten.len(),
+            rewritten.join(", ")
+        );
+    }
     // The webhook would create it from its flags when it starts; applied here too so it exists now
     // and a re-install with another --location updates it.
     apply(&cluster, &install::default_location(&opts)).await?;

@@ -9,7 +9,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use kubectl_backup_core::crd::{AccessMode, AssumeRoleSpec, BackupLocation, BackupLocationSpec, LocationEncryption};
+use kubectl_backup_core::crd::{
+    AccessMode, AssumeRoleSpec, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationEncryption,
+};
 use kubectl_backup_core::error::kube_message;
 use kubectl_backup_core::input::validate_name;
 use kubectl_backup_core::kube_client::Cluster;
@@ -17,8 +19,8 @@ use kubectl_backup_core::locations;
 use kubectl_backup_core::store::{Location, Provider};
 
 use super::throttle;
-use crate::args::{Globals, ListOutputArg};
-use crate::output::{age, print_document};
+use crate::args::{Column, Globals, ListOutputArg};
+use crate::output::age;
 
 #[derive(Debug, Args)]
 pub struct LocationArgs {
@@ -59,6 +61,12 @@ Examples:
 
   # Print them as BackupLocation documents in YAML
   kubectl backup location list -o yaml
+
+  # With region, endpoint, encryption, role and the last check's message
+  kubectl backup location list -o wide
+
+  # The URL of the default location
+  kubectl backup location list -o jsonpath='{.items[?(@.spec.default==true)].spec.url}'
 
   # List the locations of a component installed in namespace backup-system
   kubectl backup location list --install-namespace backup-system";
@@ -260,38 +268,41 @@ async fn check_before_saving(cluster: &Cluster, ns: &str, bl: &BackupLocation) -
     }
 }
 
+/// The columns of `location list` (and `-o wide`).
+const COLUMNS: &[Column<BackupLocation>] = &[
+    Column::new("NAME", |b| b.name_any()),
+    Column::new("URL", |b| b.spec.url.clone()),
+    Column::new("DEFAULT", |b| b.spec.default.to_string()),
+    Column::new("ACCESS", |b| format!("{:?}", b.spec.access_mode)),
+    Column::new("PHASE", |b| status(b).phase.clone().unwrap_or_else(|| "-".into())),
+    Column::new("LAST CHECKED", |b| {
+        let checked = status(b).last_validation_time.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        checked.map(|c| format!("{} ago", age(Some(c)))).unwrap_or_else(|| "-".into())
+    }),
+    Column::new("CREDENTIALS", |b| b.spec.credentials_secret.clone().unwrap_or_else(|| "-".into())),
+    Column::new("AGE", |b| age(b.metadata.creation_timestamp.as_ref().map(|t| t.0))),
+    Column::wide("REGION", |b| b.spec.region.clone().unwrap_or_else(|| "-".into())),
+    Column::wide("ENDPOINT", |b| b.spec.endpoint.clone().unwrap_or_else(|| "-".into())),
+    Column::wide("ENCRYPTED TO", |b| {
+        let n = b.spec.encryption.as_ref().map_or(0, |e| e.recipients.len());
+        if n == 0 { "-".into() } else { format!("{n} recipient(s)") }
+    }),
+    Column::wide("ROLE", |b| b.spec.assume_role.as_ref().map(|r| r.role_arn.clone()).unwrap_or_else(|| "-".into())),
+    Column::wide("MESSAGE", |b| status(b).message.clone().unwrap_or_else(|| "-".into())),
+];
+
+fn status(b: &BackupLocation) -> &BackupLocationStatus {
+    static NONE: std::sync::LazyLock<BackupLocationStatus> = std::sync::LazyLock::new(Default::default);
+    b.status.as_ref().unwrap_or(&NONE)
+}
+
 async fn list(api: &Api<BackupLocation>, output: &ListOutputArg) -> Result<ExitCode> {
     let list =
         api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing BackupLocations: {}", kube_message(&e)))?;
-    match output.document() {
-        None => {
-            let rows = list
-                .items
-                .iter()
-                .map(|b| {
-                    let status = b.status.clone().unwrap_or_default();
-                    let checked =
-                        status.last_validation_time.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                    vec![
-                        b.name_any(),
-                        b.spec.url.clone(),
-                        b.spec.default.to_string(),
-                        format!("{:?}", b.spec.access_mode),
-                        status.phase.unwrap_or_else(|| "-".into()),
-                        checked.map(|c| format!("{} ago", age(Some(c)))).unwrap_or_else(|| "-".into()),
-                        b.spec.credentials_secret.clone().unwrap_or_else(|| "-".into()),
-                        age(b.metadata.creation_timestamp.as_ref().map(|t| t.0)),
-                    ]
-                })
-                .collect();
-            let headers = ["NAME", "URL", "DEFAULT", "ACCESS", "PHASE", "LAST CHECKED", "CREDENTIALS", "AGE"];
-            output.print_rows("backuplocation.kubectl-backup.dev", &headers, rows);
-        }
-        Some(f) => print_document(
-            &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupLocationList", "items": list.items}),
-            f,
-        )?,
-    }
+    let document = serde_json::json!({
+        "apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupLocationList", "items": list.items
+    });
+    output.print("backuplocation.kubectl-backup.dev", COLUMNS, &list.items, &document)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,7 +16,7 @@ use kubectl_backup_core::restore::record;
 use kubectl_backup_core::runlog;
 
 use super::throttle;
-use crate::args::{Globals, ListOutputArg, Output, OutputArg};
+use crate::args::{Column, Globals, ListOutputArg, Output, OutputArg};
 use crate::open_location;
 use crate::output::{age, print_document};
 
@@ -278,45 +278,65 @@ async fn list(cli: &Globals, a: &RestoreListArgs) -> Result<ExitCode> {
     for (name, why) in &unreadable {
         eprintln!("warning: restore record {name} cannot be read: {why}");
     }
-    if let Some(format) = a.output.document() {
-        let doc = serde_json::json!({
-            "apiVersion": "v1", "kind": "List",
-            "items": in_cluster.iter().map(|r| serde_json::to_value(r).unwrap_or_default())
-                .chain(records.iter().map(|r| serde_json::to_value(r).unwrap_or_default())).collect::<Vec<_>>(),
-        });
-        print_document(&doc, format)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let headers = ["NAME", "WHERE", "BACKUP", "PHASE", "OBJECTS", "BY", "AGE"];
-    let mut rows = Vec::new();
-    for r in &in_cluster {
-        let s = r.status.clone().unwrap_or_default();
-        let objects = s.progress.map(|p| format!("{}/{}", p.items_done, p.total_items)).unwrap_or_else(|| "-".into());
-        rows.push(vec![
-            r.metadata.name.clone().unwrap_or_default(),
-            format!("namespace/{}", r.metadata.namespace.as_deref().unwrap_or("")),
-            r.spec.backup_name.clone(),
-            s.phase.unwrap_or_else(|| "Pending".into()),
-            objects,
-            s.requested_by.unwrap_or_else(|| "-".into()),
-            age(r.metadata.creation_timestamp.as_ref().map(|t| t.0)),
-        ]);
-    }
-    for r in &records {
-        let s = &r.status;
-        rows.push(vec![
-            r.metadata.name.clone(),
-            "location".into(),
-            r.spec.backup_name.clone(),
-            s.phase.to_string(),
-            format!("{}/{}", s.progress.items_restored, s.progress.total_items),
-            "-".into(),
-            age(s.timing.start_timestamp),
-        ]);
-    }
-    a.output.print_rows("restore", &headers, rows);
+    let document = serde_json::json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": in_cluster.iter().map(|r| serde_json::to_value(r).unwrap_or_default())
+            .chain(records.iter().map(|r| serde_json::to_value(r).unwrap_or_default())).collect::<Vec<_>>(),
+    });
+    let rows: Vec<Listed> =
+        in_cluster.into_iter().map(Listed::Cluster).chain(records.into_iter().map(Listed::Recorded)).collect();
+    a.output.print("restore", COLUMNS, &rows, &document)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// One row of `restore list`: a Restore resource, or a restore recorded in the location.
+enum Listed {
+    Cluster(RestoreRequest),
+    Recorded(kubectl_backup_core::model::Restore),
+}
+
+impl Listed {
+    fn status(&self) -> RequestStatus {
+        match self {
+            Listed::Cluster(r) => r.status.clone().unwrap_or_default(),
+            Listed::Recorded(_) => RequestStatus::default(),
+        }
+    }
+}
+
+const COLUMNS: &[Column<Listed>] = &[
+    Column::new("NAME", |l| match l {
+        Listed::Cluster(r) => r.metadata.name.clone().unwrap_or_default(),
+        Listed::Recorded(r) => r.metadata.name.clone(),
+    }),
+    Column::new("WHERE", |l| match l {
+        Listed::Cluster(r) => format!("namespace/{}", r.metadata.namespace.as_deref().unwrap_or("")),
+        Listed::Recorded(_) => "location".into(),
+    }),
+    Column::new("BACKUP", |l| match l {
+        Listed::Cluster(r) => r.spec.backup_name.clone(),
+        Listed::Recorded(r) => r.spec.backup_name.clone(),
+    }),
+    Column::new("PHASE", |l| match l {
+        Listed::Cluster(r) => r.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into()),
+        Listed::Recorded(r) => r.status.phase.to_string(),
+    }),
+    Column::new("OBJECTS", |l| match l {
+        Listed::Cluster(_) => {
+            l.status().progress.map(|p| format!("{}/{}", p.items_done, p.total_items)).unwrap_or_else(|| "-".into())
+        }
+        Listed::Recorded(r) => format!("{}/{}", r.status.progress.items_restored, r.status.progress.total_items),
+    }),
+    Column::new("AGE", |l| match l {
+        Listed::Cluster(r) => age(r.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+        Listed::Recorded(r) => age(r.status.timing.start_timestamp),
+    }),
+    Column::wide("BY", |l| l.status().requested_by.unwrap_or_else(|| "-".into())),
+    Column::wide("MESSAGE", |l| match l {
+        Listed::Cluster(_) => l.status().message.unwrap_or_else(|| "-".into()),
+        Listed::Recorded(r) => r.status.counts.summary(),
+    }),
+];
 
 async fn describe(cli: &Globals, a: &RestoreDescribeArgs) -> Result<ExitCode> {
     let in_cluster = cluster_restores(cli, a.namespace.as_deref()).await.unwrap_or_default();

@@ -7,7 +7,9 @@ use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kubectl_backup_core::crd::{BackupSchedule, BackupScheduleSpec, EtcdScheduleSource};
+use kubectl_backup_core::crd::{
+    BackupSchedule, BackupScheduleSpec, BackupScheduleStatus, EtcdScheduleSource, EtcdScheduleType,
+};
 use kubectl_backup_core::error::kube_message;
 use kubectl_backup_core::filter::Selection;
 use kubectl_backup_core::input::{parse_duration, validate_name};
@@ -15,7 +17,7 @@ use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::schedule::Schedule;
 
 use super::throttle;
-use crate::args::{Globals, ListOutputArg, Output, OutputArg, SelectionArgs};
+use crate::args::{Column, Globals, ListOutputArg, Output, OutputArg, SelectionArgs};
 use crate::output::print_document;
 
 #[derive(Debug, Args)]
@@ -59,8 +61,11 @@ Examples:
   # List the schedules of the install namespace: last backup, last result, next run
   kubectl backup schedule list
 
-  # List the schedules of every namespace
-  kubectl backup schedule list -A
+  # List the schedules of every namespace, with location, TTL, last success and last error
+  kubectl backup schedule list -A -o wide
+
+  # Each schedule's name and last error, one per line
+  kubectl backup schedule list -o jsonpath='{range .items[*]}{.metadata.name}: {.status.lastError}{\"\\n\"}{end}'
 
   # The names of the schedules of namespace shop, one per line, for scripts
   kubectl backup schedule list -n shop -o name";
@@ -155,9 +160,10 @@ pub struct CreateArgs {
     /// Back up this etcd instead of Kubernetes objects (comma list of URLs).
     #[arg(long, value_delimiter = ',', value_name = "URL")]
     pub etcd_endpoints: Vec<String>,
-    /// snapshot, keys or keys-json.
-    #[arg(long, value_name = "TYPE")]
-    pub etcd_type: Option<String>,
+    /// What the etcd backups hold: Snapshot (default), Keys or KeysJson (any case; the old
+    /// snapshot, keys and keys-json still work).
+    #[arg(long, value_name = "Snapshot|Keys|KeysJson")]
+    pub etcd_type: Option<EtcdScheduleType>,
     /// A Secret with ca.crt, tls.crt and tls.key for the etcd client.
     #[arg(long, value_name = "NAME")]
     pub etcd_tls_secret: Option<String>,
@@ -226,7 +232,7 @@ async fn create(api: &Api<BackupSchedule>, ns: &str, install_ns: &str, a: &Creat
     }
     let etcd = (!a.etcd_endpoints.is_empty()).then(|| EtcdScheduleSource {
         endpoints: a.etcd_endpoints.clone(),
-        r#type: a.etcd_type.clone(),
+        r#type: a.etcd_type.unwrap_or_default(),
         prefix: None,
         tls_secret: a.etcd_tls_secret.clone(),
     });
@@ -248,35 +254,48 @@ async fn create(api: &Api<BackupSchedule>, ns: &str, install_ns: &str, a: &Creat
     Ok(ExitCode::SUCCESS)
 }
 
+/// The columns of `schedule list` (and `-o wide`).
+const COLUMNS: &[Column<BackupSchedule>] = &[
+    Column::new("NAMESPACE", |s| s.namespace().unwrap_or_default()),
+    Column::new("NAME", |s| s.name_any()),
+    Column::new("SCHEDULE", |s| s.spec.schedule.clone()),
+    Column::new("PAUSED", |s| s.spec.paused.to_string()),
+    Column::new("LAST BACKUP", |s| or_dash(status(s).last_backup.as_ref())),
+    Column::new("LAST RESULT", |s| or_dash(status(s).last_result.as_ref())),
+    Column::new("NEXT RUN", |s| if s.spec.paused { "-".into() } else { or_dash(status(s).next_run_time.as_ref()) }),
+    Column::wide("TIME ZONE", |s| s.spec.time_zone.clone().unwrap_or_else(|| "UTC".into())),
+    Column::wide("LOCATION", |s| s.spec.location.clone().unwrap_or_else(|| "(default)".into())),
+    Column::wide("TTL", |s| s.spec.ttl.clone().unwrap_or_else(|| "720h".into())),
+    Column::wide("NAMESPACES", |s| {
+        let f = &s.spec.filters;
+        if s.spec.etcd.is_some() {
+            "(etcd)".into()
+        } else if f.included_namespaces.is_empty() {
+            "*".into()
+        } else {
+            f.included_namespaces.join(",")
+        }
+    }),
+    Column::wide("LAST SUCCESS", |s| or_dash(status(s).last_success_time.as_ref())),
+    Column::wide("LAST ERROR", |s| or_dash(status(s).last_error.as_ref())),
+];
+
+fn or_dash(v: Option<&String>) -> String {
+    v.cloned().unwrap_or_else(|| "-".into())
+}
+
+fn status(s: &BackupSchedule) -> &BackupScheduleStatus {
+    static NONE: std::sync::LazyLock<BackupScheduleStatus> = std::sync::LazyLock::new(Default::default);
+    s.status.as_ref().unwrap_or(&NONE)
+}
+
 async fn list(api: &Api<BackupSchedule>, output: &ListOutputArg) -> Result<ExitCode> {
     let list =
         api.list(&ListParams::default()).await.map_err(|e| anyhow!("listing schedules: {}", kube_message(&e)))?;
-    match output.document() {
-        None => {
-            let rows = list
-                .items
-                .iter()
-                .map(|s| {
-                    let st = s.status.clone().unwrap_or_default();
-                    vec![
-                        s.namespace().unwrap_or_default(),
-                        s.name_any(),
-                        s.spec.schedule.clone(),
-                        s.spec.paused.to_string(),
-                        st.last_backup.unwrap_or_else(|| "-".into()),
-                        st.last_result.unwrap_or_else(|| "-".into()),
-                        if s.spec.paused { "-".into() } else { st.next_run_time.unwrap_or_else(|| "-".into()) },
-                    ]
-                })
-                .collect();
-            let headers = ["NAMESPACE", "NAME", "SCHEDULE", "PAUSED", "LAST BACKUP", "LAST RESULT", "NEXT RUN"];
-            output.print_rows("backupschedule.kubectl-backup.dev", &headers, rows);
-        }
-        Some(f) => print_document(
-            &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupScheduleList", "items": list.items}),
-            f,
-        )?,
-    }
+    let document = serde_json::json!({
+        "apiVersion": kubectl_backup_core::API_VERSION, "kind": "BackupScheduleList", "items": list.items
+    });
+    output.print("backupschedule.kubectl-backup.dev", COLUMNS, &list.items, &document)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -300,7 +319,7 @@ async fn describe(api: &Api<BackupSchedule>, n: &NameArgs) -> Result<ExitCode> {
         if f.included_namespaces.is_empty() { "*".to_string() } else { f.included_namespaces.join(", ") }
     );
     if let Some(e) = &s.spec.etcd {
-        println!("etcd:              {} ({})", e.endpoints.join(", "), e.r#type.as_deref().unwrap_or("snapshot"));
+        println!("etcd:              {} ({})", e.endpoints.join(", "), e.r#type);
     }
     println!("Last run:          {}", or(&st.last_run_time));
     println!("Last backup:       {}", or(&st.last_backup));

@@ -16,9 +16,9 @@ use kubectl_backup_core::{
 use serde::Serialize;
 
 use super::throttle;
-use crate::args::{Globals, ListOutputArg};
+use crate::args::{Column, Globals, ListOutputArg};
 use crate::open_location;
-use crate::output::{age, print_document};
+use crate::output::age;
 
 #[derive(Debug, Args)]
 pub struct WorkspaceArgs {
@@ -52,7 +52,13 @@ Examples:
   kubectl backup workspace list
 
   # Compare them with the backups in another location, as JSON
-  kubectl backup workspace list --location s3://backups/prod -o json";
+  kubectl backup workspace list --location s3://backups/prod -o json
+
+  # With each newest backup's age and the namespace's status
+  kubectl backup workspace list -o wide
+
+  # The workspaces that have no backup yet (a workspace's items have name, not metadata.name)
+  kubectl backup workspace list -o jsonpath='{.items[?(!@.newestBackup)].name}'";
 
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
@@ -129,7 +135,26 @@ struct WorkspaceRow {
     restore_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restore_status: Option<String>,
+    /// Table only: the namespace's age, phase and newest backup's time.
+    #[serde(skip)]
+    created: Option<jiff::Timestamp>,
+    #[serde(skip)]
+    phase: Option<String>,
+    #[serde(skip)]
+    backed_up: Option<jiff::Timestamp>,
 }
+
+/// The columns of `workspace list` (and `-o wide`).
+const COLUMNS: &[Column<WorkspaceRow>] = &[
+    Column::new("NAME", |r| r.name.clone()),
+    Column::new("EPHEMERAL", |r| r.ephemeral.to_string()),
+    Column::new("NEWEST BACKUP", |r| r.newest_backup.clone().unwrap_or_else(|| "-".into())),
+    Column::new("RESTORED FROM", |r| r.restore_from.clone().unwrap_or_else(|| "-".into())),
+    Column::new("RESTORE STATUS", |r| r.restore_status.clone().unwrap_or_else(|| "-".into())),
+    Column::new("AGE", |r| age(r.created)),
+    Column::wide("BACKED UP", |r| r.backed_up.map(|t| format!("{} ago", age(Some(t)))).unwrap_or_else(|| "-".into())),
+    Column::wide("STATUS", |r| r.phase.clone().unwrap_or_else(|| "-".into())),
+];
 
 async fn list(cli: &Globals, output: &ListOutputArg) -> Result<ExitCode> {
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
@@ -141,41 +166,22 @@ async fn list(cli: &Globals, output: &ListOutputArg) -> Result<ExitCode> {
     let store = open_location::open(cli, Some(&cluster.client)).await?.store;
     let newest = catalog::newest_per_namespace(&catalog::list(&store).await?.backups);
     let mut rows = Vec::new();
-    let mut ages = Vec::new();
     for ns in namespaces.items.iter().filter(|n| !SYSTEM.contains(&n.name_any().as_str())) {
         let name = ns.name_any();
-        ages.push(age(ns.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+        let newest = newest.get(&name);
         rows.push(WorkspaceRow {
             ephemeral: ns.labels().get(EPHEMERAL_LABEL).is_some_and(|v| v == "true"),
-            newest_backup: newest.get(&name).map(|b| b.metadata.name.clone()),
+            newest_backup: newest.map(|b| b.metadata.name.clone()),
             restore_from: ns.annotations().get(RESTORE_FROM_ANNOTATION).cloned(),
             restore_status: ns.annotations().get(RESTORE_STATUS_ANNOTATION).cloned(),
+            created: ns.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            phase: ns.status.as_ref().and_then(|s| s.phase.clone()),
+            backed_up: newest.and_then(|b| b.metadata.creation_timestamp),
             name,
         });
     }
-    match output.document() {
-        None => {
-            let table_rows = rows
-                .iter()
-                .zip(ages)
-                .map(|(r, a)| {
-                    vec![
-                        r.name.clone(),
-                        r.ephemeral.to_string(),
-                        r.newest_backup.clone().unwrap_or_else(|| "-".into()),
-                        r.restore_from.clone().unwrap_or_else(|| "-".into()),
-                        r.restore_status.clone().unwrap_or_else(|| "-".into()),
-                        a,
-                    ]
-                })
-                .collect();
-            let headers = ["NAME", "EPHEMERAL", "NEWEST BACKUP", "RESTORED FROM", "RESTORE STATUS", "AGE"];
-            output.print_rows("namespace", &headers, table_rows);
-        }
-        Some(f) => print_document(
-            &serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "WorkspaceList", "items": rows}),
-            f,
-        )?,
-    }
+    let document =
+        serde_json::json!({"apiVersion": kubectl_backup_core::API_VERSION, "kind": "WorkspaceList", "items": rows});
+    output.print("namespace", COLUMNS, &rows, &document)?;
     Ok(ExitCode::SUCCESS)
 }

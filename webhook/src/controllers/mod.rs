@@ -163,7 +163,7 @@ impl Context {
     /// process reads.
     pub async fn etcd_backup(&self, run: EtcdRun<'_>) -> kubectl_backup_core::Result<EtcdBackup> {
         let EtcdRun { namespace, etcd, location, name, ttl, schedule, trigger, source, reference } = run;
-        let kind: EtcdBackupType = etcd.r#type.as_deref().unwrap_or("snapshot").parse()?;
+        let kind: EtcdBackupType = etcd.r#type.into();
         let dir = tempfile::tempdir().map_err(|e| kubectl_backup_core::Error::io(std::env::temp_dir(), e))?;
         let from = self.etcd_source(namespace, etcd, dir.path()).await?;
         self.event(

@@ -99,7 +99,7 @@ pub fn confine_restore(
     let mut f = confine("Restore", namespace, install_namespace, &spec.filters, false)?;
     // The namespace exists (the request lives in it), and cluster-scoped objects are not a
     // tenant's to create.
-    f.include_cluster_resources = ClusterResources::False;
+    f.include_cluster_resources = ClusterResources::Never;
     if !f.excluded_resources.iter().any(|r| r == "namespaces") {
         f.excluded_resources.push("namespaces".into());
     }
@@ -555,7 +555,7 @@ mod tests {
         };
         let own = confine_restore("team-a", "kubectl-backup", &spec(Filters::default(), &[], None)).unwrap();
         assert_eq!(own.included_namespaces, vec!["team-a"]);
-        assert_eq!(own.include_cluster_resources, ClusterResources::False);
+        assert_eq!(own.include_cluster_resources, ClusterResources::Never);
         assert!(own.excluded_resources.contains(&"namespaces".to_string()));
         let other = Filters { included_namespaces: vec!["team-b".into()], ..Default::default() };
         let err = confine_restore("team-a", "kubectl-backup", &spec(other, &[], None)).unwrap_err();

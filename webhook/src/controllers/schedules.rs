@@ -72,9 +72,9 @@ pub fn confine(
             ));
         }
     }
-    if f.include_cluster_resources == ClusterResources::True {
+    if f.include_cluster_resources == ClusterResources::Always {
         return Err(format!(
-            "a {kind} in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: true)"
+            "a {kind} in namespace {namespace:?} may not include every cluster-scoped resource (includeClusterResources: Always)"
         ));
     }
     Ok(f)
@@ -439,7 +439,7 @@ mod tests {
         assert!(err.contains("may back up only") && err.contains("team-b"), "{err}");
         let glob = Filters { included_namespaces: vec!["*".into()], ..Default::default() };
         assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &glob, false).is_err());
-        let cluster = Filters { include_cluster_resources: ClusterResources::True, ..Default::default() };
+        let cluster = Filters { include_cluster_resources: ClusterResources::Always, ..Default::default() };
         assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &cluster, false).is_err());
         assert!(confine("BackupSchedule", "team-a", "kubectl-backup", &none, true).unwrap_err().contains("etcd"));
         // The install namespace is not confined.
