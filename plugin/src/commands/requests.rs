@@ -283,16 +283,19 @@ async fn list(cli: &Globals, a: &RestoreListArgs) -> Result<ExitCode> {
         "items": in_cluster.iter().map(|r| serde_json::to_value(r).unwrap_or_default())
             .chain(records.iter().map(|r| serde_json::to_value(r).unwrap_or_default())).collect::<Vec<_>>(),
     });
-    let rows: Vec<Listed> =
-        in_cluster.into_iter().map(Listed::Cluster).chain(records.into_iter().map(Listed::Recorded)).collect();
+    let rows: Vec<Listed> = in_cluster
+        .into_iter()
+        .map(|r| Listed::Cluster(Box::new(r)))
+        .chain(records.into_iter().map(|r| Listed::Recorded(Box::new(r))))
+        .collect();
     a.output.print("restore", COLUMNS, &rows, &document)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// One row of `restore list`: a Restore resource, or a restore recorded in the location.
 enum Listed {
-    Cluster(RestoreRequest),
-    Recorded(kubectl_backup_core::model::Restore),
+    Cluster(Box<RestoreRequest>),
+    Recorded(Box<kubectl_backup_core::model::Restore>),
 }
 
 impl Listed {
