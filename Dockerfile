@@ -5,6 +5,9 @@
 #   docker build -t ghcr.io/kubectl-backup/backup-webhook:0.1.0 .
 #
 # It runs as user 65532 (distroless "nonroot"), which the Deployment's securityContext requires.
+# This is the glibc build on distroless/cc, for linux/amd64. The released image is built without
+# Docker by scripts/release.sh: static (musl) binaries, linux/amd64 and linux/arm64 in one OCI
+# image index, the same layout and org.opencontainers.image.* labels (docs/install.md).
 
 FROM rust:1.95-bookworm AS build
 # etcd-client generates its gRPC code with protoc.

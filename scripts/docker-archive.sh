@@ -9,6 +9,7 @@
 # Cmd, Env, User, ExposedPorts, Labels, WorkingDir). The layer is a reproducible tar of ROOTFS: entries
 # sorted by name, owned by root unless a file `ROOTFS.owners` lists `PATH UID:GID` lines, every mtime
 # set to SOURCE_DATE_EPOCH (default 0). The same inputs give the same bytes, so the same image ID.
+# The image is linux/$ARCH (environment; amd64 unless set, e.g. ARCH=arm64).
 # Used by scripts/build-image.sh (the backup-webhook image) and tests/env/install.sh (the test
 # cluster's pause and busybox images).
 set -euo pipefail
@@ -26,6 +27,7 @@ case "$NAME" in
   *) echo "docker-archive.sh: image name '$NAME' needs a tag (NAME:TAG)" >&2; exit 2 ;;
 esac
 EPOCH=${SOURCE_DATE_EPOCH:-0}
+ARCH=${ARCH:-amd64}
 CREATED=$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 
 work=$(mktemp -d)
@@ -61,8 +63,8 @@ layer_sha=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
 mkdir -p "$work/archive/$layer_sha"
 mv "$work/layer.tar" "$work/archive/$layer_sha/layer.tar"
 
-jq -c --arg diff "sha256:$layer_sha" --arg created "$CREATED" '{
-    architecture: "amd64", os: "linux", created: $created,
+jq -c --arg diff "sha256:$layer_sha" --arg created "$CREATED" --arg arch "$ARCH" '{
+    architecture: $arch, os: "linux", created: $created,
     config: .,
     rootfs: {type: "layers", diff_ids: [$diff]},
     history: [{created: $created, created_by: "scripts/docker-archive.sh"}]

@@ -3,9 +3,10 @@
 # Heavy builds are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-backup/ so a second run is fast.
 #
 #   tests/env/install.sh            # everything
-#   tests/env/install.sh k8s s3     # only some parts: apt k8s node s3 azure gcs helm moto
+#   tests/env/install.sh k8s s3     # only some parts: apt k8s node s3 azure gcs helm moto release
 #                                   # (k8s: the control plane; node: kubelet, kube-proxy, pause,
-#                                   # containerd and the rest of the node's apt packages, images)
+#                                   # containerd and the rest of the node's apt packages, images;
+#                                   # release: what scripts/release.sh cross-builds with)
 #
 # Prints the cache directory's layout on success. Safe to run with no standard input (CI).
 set -euo pipefail
@@ -19,6 +20,8 @@ AZURE_SDK_VERSION=12.26.0   # only to create containers in Azurite from the harn
 FAKE_GCS_WRAPPER_VERSION=0.1.1
 HELM_SDK_VERSION=0.2.2
 MOTO_VERSION=5.2.1          # S3 + STS (AssumeRole, web identity) for the cloud-identity tests
+ZIGLANG_VERSION=0.17.1      # zig, the C compiler and linker of the release's cross builds
+CARGO_ZIGBUILD_VERSION=0.24.1
 mkdir -p "$CACHE"
 
 log() { printf '\033[1m[install]\033[0m %s\n' "$*" >&2; }
@@ -207,8 +210,31 @@ install_moto() {
   "$CACHE/venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
 }
 
+# What scripts/release.sh builds the release with: the musl (static linux) and darwin standard
+# libraries from rustup, zig and cargo-zigbuild from PyPI (zig compiles aws-lc-sys's C and links;
+# darwin also needs a macOS SDK, which no registry here has), qemu-user to run the arm64 binary's
+# --version, skopeo to read the multi-arch image (tests/tests/krew.rs), file and binutils to check
+# that the binaries are static. About 500 MB; the musl and darwin standard libraries are ~10 s.
+RELEASE_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl x86_64-apple-darwin aarch64-apple-darwin)
+install_release() {
+  install_apt file binutils qemu-user skopeo jq
+  local installed t missing=()
+  installed=$(rustup target list --installed)
+  for t in "${RELEASE_TARGETS[@]}"; do grep -qx "$t" <<<"$installed" || missing+=("$t"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "release: rustup target add ${missing[*]}"
+    rustup target add "${missing[@]}" >/dev/null
+  fi
+  venv
+  if [ "$("$CACHE/venv/bin/cargo-zigbuild" --version 2>/dev/null)" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ] \
+     || ! "$CACHE/venv/bin/python" -m ziglang version 2>/dev/null | grep -qx "$ZIGLANG_VERSION"; then
+    log "release: pip install ziglang==$ZIGLANG_VERSION cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
+    "$CACHE/venv/bin/pip" install -q "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
+  fi
+}
+
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(apt k8s node s3 azure gcs helm moto)
+[ ${#parts[@]} -eq 0 ] && parts=(apt k8s node s3 azure gcs helm moto release)
 for part in "${parts[@]}"; do
   case "$part" in
     apt) install_apt ;;
@@ -219,7 +245,8 @@ for part in "${parts[@]}"; do
     gcs) install_gcs ;;
     helm) install_helm ;;
     moto) install_moto ;;
-    *) log "unknown part '$part' (expected apt k8s node s3 azure gcs helm moto)"; exit 2 ;;
+    release) install_release ;;
+    *) log "unknown part '$part' (expected apt k8s node s3 azure gcs helm moto release)"; exit 2 ;;
   esac
 done
 log "ready: $CACHE"
