@@ -34,7 +34,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 apt_packages=(golang-go rsync jq etcd-server etcd-client protobuf-compiler libprotobuf-dev
-  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates time age openssh-client)
+  golang-github-modern-go-reflect2-dev wrk hey util-linux curl ca-certificates time age openssh-client
+  skopeo)  # skopeo reads the multi-arch image index in tests/tests/krew.rs
 
 install_apt() {  # [PACKAGE...] (default: apt_packages)
   local missing=() wanted=("$@")
@@ -234,7 +235,8 @@ install_release() {
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(apt k8s node s3 azure gcs helm moto release)
+# `release` (cross-build tools, ~500 MB) is not needed by the tests: scripts/release.sh installs it.
+[ ${#parts[@]} -eq 0 ] && parts=(apt k8s node s3 azure gcs helm moto)
 for part in "${parts[@]}"; do
   case "$part" in
     apt) install_apt ;;

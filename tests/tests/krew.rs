@@ -256,9 +256,12 @@ fn krew_install(manifest: &Plugin, archive: &Path, krew_root: &Path) -> PathBuf 
         assert!(!op.from.contains(['*', '?', '[']), "globs are not re-implemented here: {}", op.from);
         let from = staging.join(&op.from);
         assert!(from.exists(), "krew: `files` names {} but the archive has no such file", op.from);
-        let to = install_dir.join(&op.to);
+        // `to: .` is the install directory itself (create_dir_all stumbles on a trailing `.`).
+        let to = if op.to == "." { install_dir.clone() } else { install_dir.join(&op.to) };
         std::fs::create_dir_all(&to).unwrap();
-        std::fs::rename(&from, to.join(from.file_name().unwrap())).unwrap();
+        let dest = to.join(from.file_name().unwrap());
+        std::fs::rename(&from, &dest)
+            .unwrap_or_else(|e| panic!("krew: moving {} to {}: {e}", from.display(), dest.display()));
     }
     let bin = install_dir.join(&pl.bin);
     assert!(bin.starts_with(&install_dir) && !pl.bin.contains(".."), "krew: bin {} leaves the install dir", pl.bin);
