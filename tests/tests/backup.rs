@@ -528,7 +528,7 @@ fn kubectl_completes_subcommands_flags_and_backup_names() {
     let (flags, _) = complete(&tools, &["create", "--include-n"]);
     assert_eq!(flags, ["--include-namespaces"]);
     let (values, _) = complete(&tools, &["list", "-o", ""]);
-    assert_eq!(values, ["table", "name", "json", "yaml"]);
+    assert_eq!(values, ["table", "wide", "name", "json", "yaml", "jsonpath=", "jsonpath-as-json="]);
     // Backup names, from the location the words name.
     let ns = unique("compl");
     tools.apply(&namespace(&ns)).ok();
