@@ -197,6 +197,22 @@ where
         requester(&self.ctx.key, obj.meta(), self.kind, resource, &self.ns, &self.name, digest)
     }
 
+    /// The start every request shares: a finished one is left alone, one found InProgress was
+    /// interrupted, one without a valid mark for this spec is refused. `Ok(Err(action))` when it
+    /// ends there; otherwise its creator.
+    async fn begin(&self, obj: &K, resource: &str, digest: &str) -> Result<std::result::Result<Requester, Action>> {
+        if self.status.finished() {
+            return Ok(Err(Action::await_change()));
+        }
+        if self.status.phase.as_deref() == Some("InProgress") {
+            return self.interrupted().await.map(Err);
+        }
+        match self.requester(obj, resource, digest) {
+            Ok(r) => Ok(Ok(r)),
+            Err(why) => self.fail("Unverified", why, false).await.map(Err),
+        }
+    }
+
     /// Marks the request Failed (refused before it ran, or failed), with an Event.
     async fn fail(&self, reason: &str, message: String, started: bool) -> Result<Action> {
         let message = kubectl_backup_core::error::redact(&message);
@@ -245,22 +261,33 @@ where
         Ok(Action::await_change())
     }
 
-    /// Writes the outcome of a run.
-    async fn finish(&self, phase: Phase, message: String, errors: &[String], warnings: &[String]) -> Result<Action> {
+    /// Writes the outcome of a run in one status patch, with `extra` fields (final progress, the
+    /// record's name) merged in.
+    async fn finish(
+        &self,
+        phase: Phase,
+        message: String,
+        errors: &[String],
+        warnings: &[String],
+        extra: Value,
+    ) -> Result<Action> {
         let keep = |v: &[String]| -> Vec<String> {
             v.iter().take(MAX_MESSAGES).map(|m| kubectl_backup_core::error::redact(m)).collect()
         };
         let ready = phase == Phase::Completed;
         let message = kubectl_backup_core::error::redact(&message);
-        self.patch(json!({
+        let mut status = json!({
             "phase": phase.to_string(),
             "message": message,
             "completionTime": Timestamp::now().to_string(),
             "errors": keep(errors),
             "warnings": keep(warnings),
             "conditions": [ready_condition(ready, &phase.to_string(), &message, self.generation)],
-        }))
-        .await?;
+        });
+        if let (Some(status), Value::Object(extra)) = (status.as_object_mut(), extra) {
+            status.extend(extra);
+        }
+        self.patch(status).await?;
         Ok(Action::await_change())
     }
 
@@ -339,15 +366,9 @@ impl Observer for Counter {
 
 async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Action> {
     let h = Handling::new(&*b, b.status.as_ref(), "Backup", ctx.clone());
-    if h.status.finished() {
-        return Ok(Action::await_change());
-    }
-    if h.status.phase.as_deref() == Some("InProgress") {
-        return h.interrupted().await;
-    }
-    let requester = match h.requester(&b, BACKUP_RESOURCE, &spec_digest(&b.spec)) {
+    let requester = match h.begin(&b, BACKUP_RESOURCE, &spec_digest(&b.spec)).await? {
         Ok(r) => r,
-        Err(why) => return h.fail("Unverified", why, false).await,
+        Err(action) => return Ok(action),
     };
     let spec = &b.spec;
     let accepted = confine("Backup", &h.ns, &ctx.namespace, &spec.filters, spec.etcd.is_some())
@@ -384,7 +405,8 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
         return match ctx.etcd_backup(run).await {
             Ok(e) => {
                 let bytes = e.status.archive.as_ref().map_or(0, |a| a.size);
-                h.finish(Phase::Completed, format!("etcd backup {} Completed: {bytes} bytes", h.name), &[], &[]).await
+                let message = format!("etcd backup {} Completed: {bytes} bytes", h.name);
+                h.finish(Phase::Completed, message, &[], &[], Value::Null).await
             }
             Err(e) => h.fail("BackupFailed", e.to_string(), true).await,
         };
@@ -407,12 +429,8 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
     match ctx.backup(run).await {
         Ok(done) => {
             let s = &done.status;
-            let _ = h
-                .patch(json!({"progress": RequestProgress {
-                    total_items: s.progress.total_items,
-                    items_done: s.progress.items_backed_up,
-                }}))
-                .await;
+            let progress =
+                RequestProgress { total_items: s.progress.total_items, items_done: s.progress.items_backed_up };
             let message = format!(
                 "backup {} {}: {} objects, {} namespaces",
                 h.name,
@@ -420,7 +438,7 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
                 s.progress.items_backed_up,
                 s.namespaces.len()
             );
-            h.finish(s.phase, message, &s.errors, &s.warnings).await
+            h.finish(s.phase, message, &s.errors, &s.warnings, json!({"progress": progress})).await
         }
         Err(e) => h.fail("BackupFailed", e.to_string(), true).await,
     }
@@ -428,15 +446,9 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
 
 async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<Action> {
     let h = Handling::new(&*r, r.status.as_ref(), "Restore", ctx.clone());
-    if h.status.finished() {
-        return Ok(Action::await_change());
-    }
-    if h.status.phase.as_deref() == Some("InProgress") {
-        return h.interrupted().await;
-    }
-    let requester = match h.requester(&r, RESTORE_RESOURCE, &spec_digest(&r.spec)) {
+    let requester = match h.begin(&r, RESTORE_RESOURCE, &spec_digest(&r.spec)).await? {
         Ok(r) => r,
-        Err(why) => return h.fail("Unverified", why, false).await,
+        Err(action) => return Ok(action),
     };
     let filters = match confine_restore(&h.ns, &ctx.namespace, &r.spec) {
         Ok(f) => f,
@@ -479,7 +491,6 @@ async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<
     };
     let s = &done.status;
     let progress = RequestProgress { total_items: s.progress.total_items, items_done: s.progress.items_restored };
-    let _ = h.patch(json!({"progress": progress, "record": record_name})).await;
     let mut message = format!("restore of backup {backup} {}: {}", s.phase, s.counts.summary());
     if location.ensure_writable().is_ok() {
         match record::save(&location.store, &done, &log).await {
@@ -498,7 +509,7 @@ async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<
         .map(|i| i.failure())
         .chain(s.errors.iter().cloned())
         .collect();
-    h.finish(s.phase, message, &errors, &s.warnings).await
+    h.finish(s.phase, message, &errors, &s.warnings, json!({"progress": progress, "record": record_name})).await
 }
 
 #[cfg(test)]
