@@ -22,7 +22,8 @@ use crate::filter::Selection;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::kube_client::Cluster;
 use crate::model::{
-    Backup, BackupMetadata, BackupProgress, BackupSpec, FORMAT_VERSION, Phase, SourceCluster, StoredFile, Timing,
+    Backup, BackupMetadata, BackupProgress, BackupSpec, ContentsRef, FORMAT_VERSION, Phase, SourceCluster, StoredFile,
+    Timing,
 };
 use crate::progress::{Event, Observer};
 use crate::store::{ChunkSender, Store};
@@ -119,6 +120,19 @@ struct Pipeline<'a> {
     observer: Arc<dyn Observer>,
 }
 
+/// What a run stored, whichever way it stored it.
+struct Outcome {
+    report: collect::Report,
+    entries: u64,
+    duplicates: u64,
+    archive: Option<StoredFile>,
+    contents: ContentsRef,
+    packs: Vec<String>,
+    incremental: Option<crate::model::IncrementalStatus>,
+    /// Bytes uploaded.
+    bytes: u64,
+}
+
 /// Collects, archives and uploads, then commits the metadata of what was written.
 async fn run_pipeline(
     p: Pipeline<'_>,
@@ -128,47 +142,210 @@ async fn run_pipeline(
 ) -> Result<Backup> {
     let (store, name, start) = (p.store, p.name, p.start);
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
-    let archive_key = format!("archive-{run_id}.tar.zst");
-    let archive = crate::committed::data_path::<Objects>(name, &archive_key);
+    if !spec.incremental {
+        let (outcome, files) = store_archive(&p, &run_id).await?;
+        let committed = commit(&p, spec, ttl, version, outcome).await;
+        if committed.is_err() {
+            for f in files {
+                store.remove_quietly(&f).await;
+            }
+        }
+        return committed;
+    }
+    if matches!(store.seal(), Some(crate::crypto::Seal::Passphrase(_))) {
+        return Err(Error::invalid(
+            "--incremental",
+            "",
+            "incremental backups share packs across backups, and with a passphrase this tool cannot tell whether two backups use the same one: encrypt to recipients (--encrypt-to) instead",
+        ));
+    }
+    let lease = crate::packs::Lease::acquire(store, &run_id).await?;
+    let result = async {
+        let outcome = store_incremental(&p, &run_id).await?;
+        lease.check()?;
+        commit(&p, spec, ttl, version, outcome).await
+    }
+    .await;
+    lease.release().await;
+    let _ = name;
+    result
+}
 
-    let (report, written) = archive_and_upload(&p, &archive).await?;
-    // The store must hold exactly what we wrote.
-    crate::commit::check_uploaded(store, &archive, written.size).await?;
-
-    let mut warnings = report.warnings;
-    if written.duplicates > 0 {
-        warnings.push(format!("{} objects were listed twice and archived once", written.duplicates));
+/// Builds the committed document of a run and commits it.
+async fn commit(
+    p: &Pipeline<'_>,
+    spec: BackupSpec,
+    ttl: Option<jiff::SignedDuration>,
+    version: String,
+    o: Outcome,
+) -> Result<Backup> {
+    let (store, name, start) = (p.store, p.name, p.start);
+    let mut warnings = o.report.warnings;
+    if o.duplicates > 0 {
+        warnings.push(format!("{} objects were listed twice and archived once", o.duplicates));
     }
     let mut backup = Backup::new(name, spec);
     backup.metadata.creation_timestamp = Some(start);
     let status = &mut backup.status;
-    status.phase = if report.errors.is_empty() { Phase::Completed } else { Phase::PartiallyFailed };
+    status.phase = if o.report.errors.is_empty() { Phase::Completed } else { Phase::PartiallyFailed };
     status.timing = Timing { start_timestamp: Some(start), completion_timestamp: Some(Timestamp::now()) };
     status.expiration = ttl.and_then(|t| expiration(start, t));
-    let items = written.objects.len() as u64;
-    status.progress = BackupProgress { total_items: items, items_backed_up: items };
-    status.resources = report.counts;
-    status.namespaces = report.namespaces.into_iter().collect();
+    status.progress = BackupProgress { total_items: o.entries, items_backed_up: o.entries };
+    status.resources = o.report.counts;
+    status.namespaces = o.report.namespaces.into_iter().collect();
     status.warnings = warnings;
-    status.errors = report.errors;
+    status.errors = o.report.errors;
     status.source_cluster = Some(SourceCluster { server: p.cluster.server.clone(), version });
-    status.archive = Some(StoredFile {
-        key: archive_key.clone(),
-        size: written.size,
-        sha256: written.sha256.clone(),
-        format: FORMAT.into(),
-        encryption: store.seal().map(|s| s.describe()),
-    });
-
-    let metadata = BackupMetadata { format_version: FORMAT_VERSION, backup: backup.clone(), objects: written.objects };
-    p.observer.event(Event::Uploading { bytes: written.size });
+    status.archive = o.archive;
+    status.incremental = o.incremental;
+    let mut metadata = BackupMetadata {
+        format_version: FORMAT_VERSION,
+        backup,
+        objects: Default::default(),
+        contents: Some(o.contents),
+        packs: o.packs,
+    };
+    // The metadata document counts as uploaded too: it is what an unchanged backup costs.
+    let document = serde_json::to_vec_pretty(&metadata).map_or(0, |b| b.len() as u64);
+    if let Some(inc) = metadata.backup.status.incremental.as_mut() {
+        inc.bytes_uploaded += document;
+    }
+    p.observer.event(Event::Uploading { bytes: o.bytes });
     crate::committed::commit::<Objects>(store, name, &metadata).await?;
-    Ok(backup)
+    Ok(metadata.backup)
+}
+
+/// A plain backup: the archive and its contents file in the backup's directory. Returns what was
+/// stored and the files to remove if the commit fails.
+async fn store_archive(p: &Pipeline<'_>, run_id: &str) -> Result<(Outcome, Vec<Path>)> {
+    let (store, name) = (p.store, p.name);
+    let archive_key = format!("archive-{run_id}.tar.zst");
+    let archive = crate::committed::data_path::<Objects>(name, &archive_key);
+    let (report, archived) = archive_and_upload(p, &archive).await?;
+    let written = archived.archive;
+    // The store must hold exactly what we wrote.
+    crate::commit::check_uploaded(store, &archive, written.size).await?;
+    let contents_key = format!("contents-{run_id}.jsonl.zst");
+    let contents_path = crate::committed::data_path::<Objects>(name, &contents_key);
+    let contents_size = match store.upload_file(&contents_path, archived.contents).await {
+        Ok(n) => n,
+        Err(e) => {
+            store.remove_quietly(&archive).await;
+            return Err(e);
+        }
+    };
+    let c = archived.contents_written;
+    let encryption = store.seal().map(|s| s.describe());
+    let outcome = Outcome {
+        report,
+        entries: written.entries,
+        duplicates: written.duplicates,
+        archive: Some(StoredFile {
+            key: archive_key,
+            size: written.size,
+            sha256: written.sha256,
+            format: FORMAT.into(),
+            encryption: encryption.clone(),
+        }),
+        contents: ContentsRef {
+            entries: c.entries,
+            file: Some(StoredFile {
+                key: contents_key,
+                size: c.size,
+                sha256: c.sha256,
+                format: crate::contents::FORMAT.into(),
+                encryption,
+            }),
+            chunks: Vec::new(),
+        },
+        packs: Vec::new(),
+        incremental: None,
+        bytes: written.size + contents_size,
+    };
+    Ok((outcome, vec![archive, contents_path]))
+}
+
+/// An incremental backup: each object body and contents chunk the location's packs do not hold
+/// yet goes into new packs; the rest is referenced. Runs under the caller's lease.
+async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
+    let store = p.store;
+    let encryption = store.seal().map(|s| s.describe());
+    let known = crate::packs::Known::load(store, encryption.as_ref()).await?;
+    let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
+    let (pack_tx, pack_rx) = mpsc::channel::<crate::packs::FinishedPack>(1);
+    let (seal, mtime, observer) = (store.seal().cloned(), p.start.as_second().max(0) as u64, p.observer.clone());
+    let run = run_id.to_string();
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut stash = crate::packs::Stash::new(known, &run, seal, mtime, pack_tx);
+        let mut chunker = crate::packs::Chunker::default();
+        let mut chunks = Vec::new();
+        let mut seen = crate::contents::Seen::default();
+        let (mut n, mut duplicates) = (0u64, 0u64);
+        let mut store_chunk = |stash: &mut crate::packs::Stash, chunk: Vec<u8>| -> std::io::Result<()> {
+            let sha = crate::archive::sha256_hex(&chunk);
+            stash.put(&sha, &chunk)?;
+            chunks.push(sha);
+            Ok(())
+        };
+        while let Some(item) = item_rx.blocking_recv() {
+            let path = crate::archive::entry_path(&item.resource, item.namespace.as_deref(), &item.name);
+            if !seen.insert(&path) {
+                duplicates += 1;
+                continue;
+            }
+            let line = crate::contents::Line::of(path, &item.json);
+            stash.put(&line.sha256, &item.json)?;
+            if let Some(chunk) = chunker.push(&item.resource, item.namespace.as_deref(), &line) {
+                store_chunk(&mut stash, chunk)?;
+            }
+            n += 1;
+            if n.is_multiple_of(256) {
+                observer.event(Event::Archived { items: n, bytes: 0 });
+            }
+        }
+        let entries = chunker.entries;
+        for chunk in chunker.finish() {
+            store_chunk(&mut stash, chunk)?;
+        }
+        let (packs, stored, reused) = stash.finish()?;
+        observer.event(Event::Archived { items: n, bytes: 0 });
+        Ok((entries, duplicates, chunks, packs, stored, reused))
+    });
+    let selector = p.selection.selector.as_ref().map(|s| s.as_str().to_string());
+    let collecting =
+        collect::collect(&p.cluster.client, &p.cluster.throttle, p.plan, selector.as_deref(), item_tx, p.observer.as_ref());
+    let uploading = crate::packs::upload_packs(store, pack_rx);
+    let (report, uploaded) = tokio::join!(collecting, uploading);
+    let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
+    let (bytes, written_packs) = uploaded?;
+    let (entries, duplicates, chunks, packs, stored, reused) =
+        written.map_err(|e| Error::Other(format!("writing packs: {e}")))?;
+    if report.lists > 0 && report.failed_lists == report.lists {
+        let first = report.errors.first().cloned().unwrap_or_default();
+        return Err(Error::Other(format!("backup {:?} failed: no resource could be listed ({first})", p.name)));
+    }
+    let status = crate::model::IncrementalStatus {
+        bytes_uploaded: bytes,
+        objects_stored: stored,
+        objects_reused: reused,
+        packs_written: written_packs.len() as u64,
+        packs: packs.len() as u64,
+    };
+    Ok(Outcome {
+        report,
+        entries,
+        duplicates,
+        archive: None,
+        contents: ContentsRef { entries, file: None, chunks },
+        packs,
+        incremental: Some(status),
+        bytes,
+    })
 }
 
 /// Streams LIST pages through the archive writer to `archive` in the store. Fails, removing the
 /// upload, if writing or uploading failed or no resource could be listed.
-async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect::Report, Written)> {
+async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect::Report, Archived)> {
     let (store, observer) = (p.store, &p.observer);
     // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
     let (item_tx, item_rx) = mpsc::channel::<Item>(256);
@@ -240,27 +417,40 @@ async fn heartbeat(store: Store, name: String, mut marker: Backup, tracker: Arc<
     }
 }
 
+/// The archive written, and the contents file (in a local temporary file, to upload after it).
+struct Archived {
+    archive: Written,
+    contents: std::fs::File,
+    contents_written: crate::contents::WrittenFile,
+}
+
 fn spawn_writer(
     mut items: mpsc::Receiver<Item>,
     chunks: mpsc::Sender<Bytes>,
     mtime: u64,
     seal: Option<crate::crypto::Seal>,
     observer: Arc<dyn Observer>,
-) -> tokio::task::JoinHandle<std::io::Result<Written>> {
+) -> tokio::task::JoinHandle<std::io::Result<Archived>> {
     tokio::task::spawn_blocking(move || {
         let mut w = ArchiveWriter::new(ChunkSender::new(chunks, CHUNK), mtime, seal.as_ref())?;
+        let file = std::io::BufWriter::new(tempfile::tempfile()?);
+        let mut contents = crate::contents::Writer::new(file, seal.as_ref())?;
         let mut n = 0u64;
         while let Some(item) = items.blocking_recv() {
-            w.append(&item)?;
+            if let Some(line) = w.append(&item)? {
+                contents.push(&line)?;
+            }
             n += 1;
             if n.is_multiple_of(256) {
                 let bytes = w.bytes_out();
                 observer.event(Event::Archived { items: n, bytes });
             }
         }
-        let (mut sender, written) = w.finish()?;
+        let (mut sender, archive) = w.finish()?;
         std::io::Write::flush(&mut sender)?;
-        observer.event(Event::Archived { items: n, bytes: written.size });
-        Ok(written)
+        observer.event(Event::Archived { items: n, bytes: archive.size });
+        let (file, contents_written) = contents.finish()?;
+        let contents = file.into_inner().map_err(|e| e.into_error())?;
+        Ok(Archived { archive, contents, contents_written })
     })
 }

@@ -35,7 +35,56 @@ impl Kind for Objects {
     }
 }
 
-committed::commit_document!(BackupMetadataHead, BackupMetadata);
+impl committed::Document for BackupMetadataHead {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
+    fn name(&self) -> &str {
+        &self.backup.metadata.name
+    }
+    fn files(&self) -> std::result::Result<Vec<committed::DataFile<'_>>, String> {
+        own_files(&self.backup.status, None, self.format_version)
+    }
+    fn shares_packs(&self) -> bool {
+        self.backup.status.incremental.is_some()
+    }
+}
+
+impl committed::Document for BackupMetadata {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
+    fn name(&self) -> &str {
+        &self.backup.metadata.name
+    }
+    fn files(&self) -> std::result::Result<Vec<committed::DataFile<'_>>, String> {
+        let contents = self.contents.as_ref();
+        if self.format_version >= 2 {
+            let c = contents.ok_or("metadata.json has no contents")?;
+            if self.backup.status.archive.is_some() && c.file.is_none() {
+                return Err("metadata.json names an archive but no contents file".into());
+            }
+            if self.backup.status.incremental.is_some() && (self.packs.is_empty() && c.entries > 0) {
+                return Err("metadata.json names no packs for its objects".into());
+            }
+        }
+        own_files(&self.backup.status, contents.and_then(|c| c.file.as_ref()), self.format_version)
+    }
+}
+
+/// A plain backup's own files (archive, then contents file); none for an incremental one.
+fn own_files<'a>(
+    status: &'a BackupStatus,
+    contents: Option<&'a crate::model::StoredFile>,
+    format_version: u32,
+) -> std::result::Result<Vec<committed::DataFile<'a>>, String> {
+    if status.archive.is_none() && status.incremental.is_some() && format_version >= 2 {
+        return Ok(Vec::new());
+    }
+    let mut files = vec![committed::data_file(status.archive.as_ref())?];
+    files.extend(contents.map(|c| committed::data_file(Some(c))).transpose()?);
+    Ok(files)
+}
 
 /// What a location holds of object backups.
 pub type Listing = committed::Listing<Backup>;
@@ -103,8 +152,48 @@ pub async fn delete(store: &Store, name: &str) -> Result<Deleted> {
 }
 
 /// Downloads a backup's archive, verifying its size and SHA-256 (see [`committed::download`]).
+/// An incremental backup has no archive of its own: the same tar+zstd archive is built from its
+/// packs, every object verified by SHA-256, and sealed to the same recipients when the packs are
+/// encrypted — so `download` gives the file a plain backup would have.
 pub async fn download(store: &Store, name: &str, dest: Destination<'_>) -> Result<u64> {
-    committed::download::<Objects>(store, name, dest).await
+    let meta = metadata(store, name).await?;
+    if meta.backup.status.archive.is_some() || meta.backup.status.incremental.is_none() {
+        return committed::download::<Objects>(store, name, dest).await;
+    }
+    let local = crate::packs::Local::fetch(store, &meta).await?;
+    let seal = local.encryption().map(|e| crate::crypto::Seal::Recipients(e.recipients.clone()));
+    let contents = meta.contents.clone().unwrap_or_default();
+    let mtime = meta.backup.metadata.creation_timestamp.map_or(0, |t| t.as_second().max(0) as u64);
+    let file = match dest {
+        Destination::File(f) => Some(f.to_path_buf()),
+        Destination::Stdout => None,
+    };
+    let corrupt = |reason: String| committed::corrupt(store, name, reason);
+    let written = tokio::task::spawn_blocking(move || -> Result<std::result::Result<u64, String>> {
+        let (out, persist): (Box<dyn std::io::Write>, _) = match &file {
+            Some(f) => {
+                let (tmp, path) = committed::temp_beside(f)?;
+                (Box::new(std::io::BufWriter::new(tmp)), Some((path, f.clone())))
+            }
+            None => (Box::new(std::io::stdout().lock()), None),
+        };
+        let io = |e: std::io::Error| crate::Error::Other(format!("writing the archive: {e}"));
+        let mut w = crate::archive::ArchiveWriter::new(out, mtime, seal.as_ref()).map_err(io)?;
+        let read = crate::packs::read_verified(&local, &contents, |e| {
+            w.append_raw(&e.raw_path, &e.json).map(|_| ()).map_err(|e| format!("writing the archive: {e}"))
+        });
+        if let Err(reason) = read {
+            return Ok(Err(reason));
+        }
+        let (_, written) = w.finish().map_err(io)?;
+        if let Some((path, f)) = persist {
+            path.persist(&f).map_err(|e| crate::Error::io(&f, e.error))?;
+        }
+        Ok(Ok(written.size))
+    })
+    .await
+    .map_err(|e| crate::Error::Other(format!("building the archive: {e}")))??;
+    written.map_err(corrupt)
 }
 
 /// Downloads a backup's archive into an anonymous temporary file, verified, and rewinds it.
@@ -129,6 +218,21 @@ pub fn newest_per_namespace(backups: &[Backup]) -> BTreeMap<String, Backup> {
         }
     }
     out
+}
+
+/// The backups holding `namespace` (not Failed), newest first: the workspace's history.
+pub fn history<'a>(backups: &'a [Backup], namespace: &str) -> Vec<&'a Backup> {
+    let mut out: Vec<&Backup> = backups
+        .iter()
+        .filter(|b| b.status.phase != crate::model::Phase::Failed && b.status.namespaces.iter().any(|n| n == namespace))
+        .collect();
+    out.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+    out
+}
+
+/// The newest backup holding `namespace` taken at or before `at`: the workspace as it was then.
+pub fn at<'a>(backups: &'a [Backup], namespace: &str, at: Timestamp) -> Option<&'a Backup> {
+    history(backups, namespace).into_iter().find(|b| b.metadata.creation_timestamp.is_some_and(|t| t <= at))
 }
 
 /// Committed backups whose expiration has passed.
@@ -157,6 +261,26 @@ mod tests {
         assert_eq!(idx["a"].metadata.name, "new");
         assert_eq!(idx["b"].metadata.name, "old");
         assert!(!idx.contains_key("c"));
+    }
+
+    #[test]
+    fn a_point_in_time_picks_the_newest_backup_before_it() {
+        let mut failed = backup("failed", "2026-12-01T09:30:00Z", &["shop"]);
+        failed.status.phase = Phase::Failed;
+        let list = vec![
+            backup("b9", "2026-12-01T09:00:00Z", &["shop"]),
+            failed,
+            backup("b10", "2026-12-01T10:00:00Z", &["shop"]),
+            backup("other", "2026-12-01T09:50:00Z", &["bank"]),
+            backup("b11", "2026-12-01T11:00:00Z", &["shop", "bank"]),
+        ];
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let names = |v: Vec<&Backup>| v.iter().map(|b| b.metadata.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(history(&list, "shop")), ["b11", "b10", "b9"]);
+        assert_eq!(at(&list, "shop", t("2026-12-01T10:00Z")).unwrap().metadata.name, "b10");
+        assert_eq!(at(&list, "shop", t("2026-12-01T09:59:59Z")).unwrap().metadata.name, "b9");
+        assert_eq!(at(&list, "bank", t("2026-12-01T10:30:00Z")).unwrap().metadata.name, "other");
+        assert!(at(&list, "shop", t("2026-12-01T08:00:00Z")).is_none());
     }
 
     #[test]

@@ -33,20 +33,21 @@ pub async fn check_uploaded(store: &Store, data: &Path, size: u64) -> Result<()>
 }
 
 /// Commits: puts `body` at `<dir>/metadata.json` if absent, then removes every other file of `dir`
-/// but `data` (this run's data file). If the name is already committed, removes `data` and
+/// but `keep` (this run's data files). If the name is already committed, removes `keep` and
 /// returns `BackupExists`.
-pub async fn commit(store: &Store, dir: &Path, name: &str, body: Bytes, data: &Path) -> Result<()> {
+pub async fn commit(store: &Store, dir: &Path, name: &str, body: Bytes, keep: &[Path]) -> Result<()> {
     let meta = dir.clone().join(METADATA_FILE);
     if !store.put_if_absent(&meta, body).await? {
-        store.remove_quietly(data).await;
+        for data in keep {
+            store.remove_quietly(data).await;
+        }
         return Err(Error::BackupExists { name: name.into(), location: store.url().into() });
     }
     store.remove_staging_files(dir);
-    let keep = data.filename().unwrap_or_default();
     let Ok(listed) = store.objects().list(Some(dir)).try_collect::<Vec<_>>().await else { return Ok(()) };
     for m in listed {
         let file = m.location.filename().unwrap_or_default();
-        if file != METADATA_FILE && file != keep {
+        if file != METADATA_FILE && !keep.iter().any(|k| k.filename() == Some(file)) {
             store.remove_quietly(&m.location).await;
         }
     }
@@ -59,6 +60,8 @@ pub struct Deleted {
     /// A committed backup was removed (false: only an interrupted run's leftovers).
     pub committed: bool,
     pub files: usize,
+    /// For a backup that shared packs: what garbage collection did next, or why it failed.
+    pub collected: Option<std::result::Result<crate::packs::Collected, String>>,
 }
 
 /// Deletes the backup in `dir`: `metadata.json` first, then every other file (and the staging
@@ -90,5 +93,5 @@ pub async fn delete(store: &Store, dir: &Path) -> Result<Option<Deleted>> {
     if !committed && n + staging == 0 {
         return Ok(None);
     }
-    Ok(Some(Deleted { committed, files: n + staging + usize::from(committed) }))
+    Ok(Some(Deleted { committed, files: n + staging + usize::from(committed), collected: None }))
 }

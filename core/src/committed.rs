@@ -52,12 +52,25 @@ pub trait Document: DeserializeOwned + Send {
     fn format_version(&self) -> u32;
     /// The backup's name (must be the directory's).
     fn name(&self) -> &str;
-    /// The data file, or why this tool cannot use it.
-    fn data(&self) -> std::result::Result<DataFile<'_>, String>;
+    /// The files of the backup's own directory, the data file first, or why this tool cannot use
+    /// them. None at all: the backup's data is in the location's packs (an incremental backup).
+    fn files(&self) -> std::result::Result<Vec<DataFile<'_>>, String>;
+    /// Whether the backup references the location's shared packs (an incremental backup): deleting
+    /// it may leave packs that no backup uses, which garbage collection removes.
+    fn shares_packs(&self) -> bool {
+        false
+    }
+    /// The data file, or why there is none.
+    fn data(&self) -> std::result::Result<DataFile<'_>, String> {
+        self.files()?.into_iter().next().ok_or_else(|| {
+            "it is an incremental backup: its objects are in the location's packs, not in a data file of its own"
+                .to_string()
+        })
+    }
 }
 
 /// Implements [`Document`] for commit documents of the shape `{formatVersion, backup}` whose
-/// `backup.status.archive` describes the data file: every kind's so far.
+/// `backup.status.archive` describes the one data file: etcd backups'.
 macro_rules! commit_document {
     ($($t:ty),+) => {$(
         impl $crate::committed::Document for $t {
@@ -67,8 +80,8 @@ macro_rules! commit_document {
             fn name(&self) -> &str {
                 &self.backup.metadata.name
             }
-            fn data(&self) -> std::result::Result<$crate::committed::DataFile<'_>, String> {
-                $crate::committed::data_file(self.backup.status.archive.as_ref())
+            fn files(&self) -> std::result::Result<Vec<$crate::committed::DataFile<'_>>, String> {
+                Ok(vec![$crate::committed::data_file(self.backup.status.archive.as_ref())?])
             }
         }
     )+};
@@ -99,8 +112,9 @@ pub async fn commit<K: Kind>(store: &Store, name: &str, metadata: &K::Metadata) 
     let mut document = serde_json::to_value(metadata).map_err(encoding)?;
     crate::model::to_stored_spellings(document.pointer_mut("/backup/spec"));
     let body = serde_json::to_vec_pretty(&document).map_err(encoding)?;
-    let key = metadata.data().map_err(|reason| corrupt(store, name, reason))?.key;
-    crate::commit::commit(store, &dir::<K>(name), name, Bytes::from(body), &data_path::<K>(name, key)).await
+    let files = metadata.files().map_err(|reason| corrupt(store, name, reason))?;
+    let keep: Vec<Path> = files.iter().map(|f| data_path::<K>(name, f.key)).collect();
+    crate::commit::commit(store, &dir::<K>(name), name, Bytes::from(body), &keep).await
 }
 
 /// Refuses to start a run under a name already committed: names are never overwritten.
@@ -159,9 +173,10 @@ fn parse<K: Kind, D: Document>(store: &Store, name: &str, bytes: &Bytes) -> Resu
     if doc.name() != name {
         return Err(corrupt(store, name, format!("metadata.json names another backup ({:?})", doc.name())));
     }
-    let data = doc.data().map_err(|reason| corrupt(store, name, reason))?;
-    if data.key.is_empty() || data.key.contains('/') || data.key == METADATA_FILE {
-        return Err(corrupt(store, name, format!("data file {:?} is not a file of this backup", data.key)));
+    for data in doc.files().map_err(|reason| corrupt(store, name, reason))? {
+        if data.key.is_empty() || data.key.contains('/') || data.key == METADATA_FILE {
+            return Err(corrupt(store, name, format!("data file {:?} is not a file of this backup", data.key)));
+        }
     }
     Ok(doc)
 }
@@ -252,12 +267,19 @@ async fn find<K: Kind>(store: &Store) -> Result<Found<K::Head>> {
 
 /// Deletes a backup: the commit document first (an interrupted delete leaves an uncommitted
 /// leftover, never a listed backup without its data), then every other file of it.
+/// Deleting a backup that shared packs then collects the packs no backup uses any more
+/// ([`crate::packs::collect_garbage`]); a collection that fails is reported, the delete stands.
 pub async fn delete<K: Kind>(store: &Store, name: &str) -> Result<Deleted> {
     crate::input::validate_name(K::WHAT, name)?;
-    match crate::commit::delete(store, &dir::<K>(name)).await? {
-        Some(d) => Ok(d),
-        None => Err(not_found::<K>(store, name).await),
+    let shares_packs = matches!(read::<K, K::Head>(store, name).await, Ok(Some(h)) if h.shares_packs());
+    let mut deleted = match crate::commit::delete(store, &dir::<K>(name)).await? {
+        Some(d) => d,
+        None => return Err(not_found::<K>(store, name).await),
+    };
+    if shares_packs {
+        deleted.collected = Some(crate::packs::collect_garbage(store).await.map_err(|e| e.to_string()));
     }
+    Ok(deleted)
 }
 
 /// Where a download goes.
@@ -368,7 +390,7 @@ async fn decrypt_into(
 }
 
 /// A temporary file in `file`'s directory, to be renamed to `file` once its content is verified.
-fn temp_beside(file: &FsPath) -> Result<(std::fs::File, tempfile::TempPath)> {
+pub(crate) fn temp_beside(file: &FsPath) -> Result<(std::fs::File, tempfile::TempPath)> {
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
     let tmp =
         tempfile::Builder::new().prefix(".kubectl-backup-download").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;

@@ -78,6 +78,10 @@ pub struct BackupLocationSpec {
     /// (the credentials Secret, else the controller's environment: IRSA, instance profile...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assume_role: Option<AssumeRoleSpec>,
+    /// Store every backup written here incrementally (as `kubectl backup create --incremental`):
+    /// object bodies once per location, in packs shared by its incremental backups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incremental: bool,
 }
 
 /// An IAM role to assume through STS (`sts:AssumeRole`), as `--role-arn` does.

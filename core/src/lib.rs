@@ -3,7 +3,9 @@
 //! Data flows one way; each module does one step:
 //! - [`store`] — a location URL -> an object store (S3, GCS, Azure, local directory)
 //! - [`collect`] — discovery, filters, parallel paged LIST -> a stream of objects
-//! - [`archive`] — objects -> a zstd-compressed tar with a SHA-256 per entry; a verifying reader
+//! - [`archive`] — objects -> a zstd-compressed tar; a verifying reader
+//! - [`contents`] — the catalog: path, SHA-256 and size of every object, streamed beside the archive
+//! - [`packs`] — content-addressed packs shared by incremental backups, and their garbage collection
 //! - [`backup`] — collect -> archive -> multipart upload -> metadata written last (the commit)
 //! - [`catalog`] — list / describe / delete / download committed backups
 //! - [`restore`] — verify -> plan -> transform -> apply -> report
@@ -15,6 +17,7 @@ pub mod catalog;
 pub mod collect;
 pub mod commit;
 pub mod committed;
+pub mod contents;
 pub mod crd;
 pub mod crypto;
 pub mod error;
@@ -25,10 +28,12 @@ pub mod install;
 pub mod kube_client;
 pub mod locations;
 pub mod model;
+pub mod packs;
 pub mod pki;
 pub mod progress;
 pub mod requests;
 pub mod restore;
+pub mod retention;
 pub mod runlog;
 pub mod schedule;
 pub mod selector;

@@ -27,6 +27,8 @@ pub struct Resolved {
     /// The BackupLocation it came from, if any.
     pub name: Option<String>,
     pub access: AccessMode,
+    /// Backups written here are incremental (the BackupLocation's `incremental`).
+    pub incremental: bool,
 }
 
 impl Resolved {
@@ -65,7 +67,7 @@ pub async fn resolve(
 ) -> Result<Resolved> {
     if let Some(text) = given {
         if !is_name(text) {
-            return Ok(Resolved { store: Store::open_url(text, options)?, name: None, access: AccessMode::ReadWrite });
+            return Ok(Resolved { store: Store::open_url(text, options)?, name: None, access: AccessMode::ReadWrite, incremental: false });
         }
         validate_name("location name", text)?;
         let client = client
@@ -90,6 +92,7 @@ pub async fn resolve(
         store: Store::open_url(&Location::default_url()?, options)?,
         name: None,
         access: AccessMode::ReadWrite,
+        incremental: false,
     })
 }
 
@@ -169,7 +172,7 @@ pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &
         }
         None => store,
     };
-    Ok(Resolved { store, name: Some(name), access: spec.access_mode })
+    Ok(Resolved { store, name: Some(name), access: spec.access_mode, incremental: spec.incremental })
 }
 
 /// The key `identity` of the location's identity Secret. Whoever may not read it (most users:

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::API_VERSION;
 
-/// Version of the on-store layout (`metadata.json` + archive). Readers refuse versions they do not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-store layout. Readers refuse versions newer than theirs and read older ones.
+/// 1: `metadata.json` holds every entry's digest (`objects`) beside the archive.
+/// 2: the digests are in a contents file beside the archive ([`crate::contents`]), or, for an
+///    incremental backup, in contents chunks stored with the object bodies in the location's packs.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -186,6 +189,10 @@ pub struct BackupSpec {
     /// The schedule that made this backup, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Store object bodies once per location, in packs shared by every incremental backup there
+    /// (see [`crate::packs`]): a backup uploads only what no earlier one stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incremental: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +274,9 @@ pub struct BackupStatus {
     pub source_cluster: Option<SourceCluster>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<StoredFile>,
+    /// Set for an incremental backup, which has no archive of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalStatus>,
 }
 
 pub type Backup = Envelope<BackupSpec, BackupStatus>;
@@ -306,8 +316,45 @@ pub type BackupList = List<Backup>;
 pub struct BackupMetadata {
     pub format_version: u32,
     pub backup: Backup,
-    /// SHA-256 (hex) of every archive entry, keyed by entry path.
+    /// Format 1 only: SHA-256 (hex) of every archive entry, keyed by entry path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objects: BTreeMap<String, String>,
+    /// Format 2: where the backup's contents (path, SHA-256 and size of every object) are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<ContentsRef>,
+    /// An incremental backup: the packs of the location holding its object bodies and contents
+    /// chunks. Garbage collection keeps every pack a committed backup names here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<String>,
+}
+
+/// Where a format-2 backup's contents are: a file of its own (plain), or chunks in packs (incremental).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentsRef {
+    /// Objects listed.
+    pub entries: u64,
+    /// A plain backup's contents file, beside its archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<StoredFile>,
+    /// An incremental backup's contents chunks (each a blob named by its SHA-256), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
+}
+
+/// What an incremental backup stored and what it found stored already.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncrementalStatus {
+    /// Bytes this run uploaded: new packs, their indexes and the metadata document.
+    pub bytes_uploaded: u64,
+    /// Object bodies and contents chunks this run stored.
+    pub objects_stored: u64,
+    /// Object bodies and contents chunks already in the location, referenced again.
+    pub objects_reused: u64,
+    pub packs_written: u64,
+    /// Packs the backup references in all.
+    pub packs: u64,
 }
 
 /// The part of [`BackupMetadata`] listing needs; skips the per-object digests without allocating them.
@@ -538,6 +585,8 @@ mod tests {
             format_version: FORMAT_VERSION,
             backup: Backup::new("a", BackupSpec::default()),
             objects: [("resources/configmaps/namespaces/x/y.json".to_string(), "00".repeat(32))].into(),
+            contents: None,
+            packs: Vec::new(),
         };
         let text = serde_json::to_string(&meta).unwrap();
         let head: BackupMetadataHead = serde_json::from_str(&text).unwrap();
@@ -585,7 +634,7 @@ mod tests {
                 "spec": {"includedNamespaces": ["shop"], "includeClusterResources": "true", "ttl": "720h"},
                 "status": {"phase": "Completed", "progress": {"totalItems": 2, "itemsBackedUp": 2}}
             },
-            "objects": {}
+            "objects": {"resources/configmaps/namespaces/shop/a.json": "0".repeat(64)}
         });
         let read: BackupMetadata = serde_json::from_value(old.clone()).unwrap();
         assert_eq!(read.backup.spec.filters.include_cluster_resources, ClusterResources::Always);

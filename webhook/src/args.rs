@@ -58,9 +58,19 @@ pub struct Args {
     /// A continuous backup is taken this long after the last change of a burst.
     #[arg(long, env = "WEBHOOK_DEBOUNCE", default_value = "10s", value_parser = parse_duration)]
     pub debounce: Duration,
-    /// Continuous backups kept per workspace (older ones are deleted).
-    #[arg(long, env = "WEBHOOK_KEEP_WORKSPACE_BACKUPS", default_value_t = 5)]
+    /// Which continuous backups of a workspace are kept, as ALL,HOURLY,DAILY: every one younger
+    /// than ALL, then the newest of each hour up to HOURLY, then of each day up to DAILY (UTC).
+    /// The newest is always kept.
+    #[arg(long, env = "WEBHOOK_RETENTION", default_value = "24h,168h,720h", value_name = "ALL,HOURLY,DAILY")]
+    pub retention: kubectl_backup_core::retention::Retention,
+    /// At most this many continuous backups per workspace, newest first, whatever --retention
+    /// keeps (0: no limit).
+    #[arg(long, env = "WEBHOOK_KEEP_WORKSPACE_BACKUPS", default_value_t = 0)]
     pub keep_workspace_backups: usize,
+    /// Store continuous backups incrementally: object bodies once per location, in packs shared
+    /// by every incremental backup there, so each point in time costs only what changed.
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_INCREMENTAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub continuous_incremental: bool,
     /// How long discovering one API group may take in a backup or restore, retries included (the
     /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
     /// the backup's errors and left out.
@@ -255,6 +265,7 @@ impl DefaultLocationArgs {
                 self.role_duration_seconds,
                 self.sts_endpoint.as_deref(),
             ),
+            incremental: false,
         })
     }
 }

@@ -156,6 +156,8 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
             ctx: ctx.clone(),
             debounce: args.debounce,
             keep: args.keep_workspace_backups,
+            retention: args.retention,
+            incremental: args.continuous_incremental,
         });
         supervisor.spawn("continuous", move || c.clone().run());
     }

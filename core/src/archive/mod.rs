@@ -3,12 +3,12 @@
 //! `resources/<resource>[.<group>]/cluster/<name>.json`, with a SHA-256 per entry kept for the
 //! metadata document. The reader checks every path and every digest.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
 pub use crate::committed::Digesting;
+pub use crate::contents::{Expected, Line, Seen};
 use crate::crypto::{Seal, Sealed};
 
 use crate::collect::Item;
@@ -80,15 +80,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Written {
     pub size: u64,
     pub sha256: String,
-    pub objects: BTreeMap<String, String>,
+    /// Entries written.
+    pub entries: u64,
     /// Entries refused because their path was already written.
     pub duplicates: u64,
 }
 
-/// Writes objects into a tar+zstd stream.
+/// Writes objects into a tar+zstd stream. It keeps 16 bytes per object (to refuse one listed
+/// twice); each object's [`Line`] goes to the caller, which streams the contents elsewhere.
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<zstd::Encoder<'static, Sealed<Digesting<W>>>>,
-    objects: BTreeMap<String, String>,
+    seen: Seen,
+    entries: u64,
     duplicates: u64,
     mtime: u64,
 }
@@ -102,31 +105,38 @@ impl<W: Write> ArchiveWriter<W> {
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
-        Ok(ArchiveWriter { tar, objects: BTreeMap::new(), duplicates: 0, mtime })
+        Ok(ArchiveWriter { tar, seen: Seen::default(), entries: 0, duplicates: 0, mtime })
     }
 
-    pub fn append(&mut self, item: &Item) -> io::Result<()> {
+    /// Appends an object; returns its contents line, or `None` when its path was written already.
+    pub fn append(&mut self, item: &Item) -> io::Result<Option<Line>> {
         let path = entry_path(&item.resource, item.namespace.as_deref(), &item.name);
-        if self.objects.contains_key(&path) {
+        Ok(self.append_raw(&path, &item.json)?.then(|| Line::of(path, &item.json)))
+    }
+
+    /// Appends `body` as the regular file `path`; false (and nothing written) when `path` was
+    /// written already.
+    pub fn append_raw(&mut self, path: &str, body: &[u8]) -> io::Result<bool> {
+        if !self.seen.insert(path) {
             self.duplicates += 1;
-            return Ok(());
+            return Ok(false);
         }
         let mut header = tar::Header::new_gnu();
-        header.set_size(item.json.len() as u64);
+        header.set_size(body.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(self.mtime);
         header.set_entry_type(tar::EntryType::Regular);
-        self.tar.append_data(&mut header, &path, item.json.as_slice())?;
-        self.objects.insert(path, sha256_hex(&item.json));
-        Ok(())
+        self.tar.append_data(&mut header, path, body)?;
+        self.entries += 1;
+        Ok(true)
     }
 
-    pub fn len(&self) -> usize {
-        self.objects.len()
+    pub fn len(&self) -> u64 {
+        self.entries
     }
 
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.entries == 0
     }
 
     /// Compressed bytes produced so far (before encryption, which adds 16 bytes per 64 KiB).
@@ -139,7 +149,7 @@ impl<W: Write> ArchiveWriter<W> {
         let digesting = encoder.finish()?.finish()?;
         let (mut out, size, sha256) = digesting.finish();
         out.flush()?;
-        Ok((out, Written { size, sha256, objects: self.objects, duplicates: self.duplicates }))
+        Ok((out, Written { size, sha256, entries: self.entries, duplicates: self.duplicates }))
     }
 }
 
@@ -149,6 +159,8 @@ pub struct Entry {
     pub path: EntryPath,
     pub raw_path: String,
     pub json: Vec<u8>,
+    /// SHA-256 of `json`, hex: checked against the contents.
+    pub sha256: String,
 }
 
 /// The tar entries of an archive read through the bounds every reader needs: a capped zstd window,
@@ -200,18 +212,18 @@ pub fn check_identity(path: &EntryPath, raw_path: &str, obj: &serde_json::Value)
     Ok(())
 }
 
-/// Reads an archive, checking each entry's path and digest against `expected`. Calls `f` for each
-/// verified entry. At the end checks that every expected entry was seen exactly once.
+/// Reads an archive, checking each entry's path and digest against `expected` (the contents, or
+/// a format-1 digest map). Calls `f` for each verified entry. At the end checks that every
+/// expected entry was seen exactly once.
 ///
 /// Any failure names the entry and what was wrong.
 pub fn read_verified<R: Read>(
     input: R,
-    expected: &BTreeMap<String, String>,
+    mut expected: Expected<'_>,
     mut f: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<u64, String> {
-    let mut archive = open(input, expected.len())?;
+    let mut archive = open(input, expected.len() as usize)?;
     let mut seen = 0u64;
-    let mut seen_paths = std::collections::HashSet::new();
     let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("archive truncated or corrupt: {e}"))?;
@@ -222,11 +234,6 @@ pub fn read_verified<R: Read>(
             return Err(format!("entry {raw_path:?} is not a regular file ({kind:?})"));
         }
         let path = parse_entry_path(&raw_path)?;
-        let want =
-            expected.get(&raw_path).ok_or_else(|| format!("entry {raw_path:?} is not listed in the metadata"))?;
-        if !seen_paths.insert(raw_path.clone()) {
-            return Err(format!("entry {raw_path:?} appears twice"));
-        }
         if entry.size() > MAX_OBJECT_BYTES {
             return Err(format!(
                 "entry {raw_path:?} is {} bytes, larger than any object the API server accepts",
@@ -235,27 +242,19 @@ pub fn read_verified<R: Read>(
         }
         let mut json = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut json).map_err(|e| format!("archive truncated or corrupt in {raw_path:?}: {e}"))?;
-        let got = sha256_hex(&json);
-        if &got != want {
-            return Err(format!("entry {raw_path:?} is corrupt: SHA-256 {got} does not match {want} in the metadata"));
-        }
+        let sha256 = sha256_hex(&json);
+        expected.check(&raw_path, &sha256)?;
         seen += 1;
-        f(Entry { path, raw_path, json })?;
+        f(Entry { path, raw_path, json, sha256 })?;
     }
-    if seen_paths.len() != expected.len() {
-        let missing = expected.keys().find(|k| !seen_paths.contains(*k)).cloned().unwrap_or_default();
-        return Err(format!(
-            "archive truncated: {} of {} entries present (first missing: {missing:?})",
-            seen_paths.len(),
-            expected.len()
-        ));
-    }
+    expected.finish()?;
     Ok(seen)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn item(resource: &str, ns: Option<&str>, name: &str, body: &str) -> Item {
         Item {
@@ -266,12 +265,23 @@ mod tests {
         }
     }
 
-    fn build(items: &[Item]) -> (Vec<u8>, Written) {
+    fn build(items: &[Item]) -> (Vec<u8>, Written, Vec<Line>) {
         let mut w = ArchiveWriter::new(Vec::new(), 1_700_000_000, None).unwrap();
+        let mut lines = Vec::new();
         for i in items {
-            w.append(i).unwrap();
+            lines.extend(w.append(i).unwrap());
         }
-        w.finish().unwrap()
+        let (bytes, written) = w.finish().unwrap();
+        (bytes, written, lines)
+    }
+
+    /// Format 1's digest map of the same lines.
+    fn digests(lines: &[Line]) -> BTreeMap<String, String> {
+        lines.iter().map(|l| (l.path.clone(), l.sha256.clone())).collect()
+    }
+
+    fn in_order(lines: &[Line]) -> Expected<'static> {
+        Expected::in_order(lines.to_vec().into_iter().map(Ok), lines.len() as u64)
     }
 
     #[test]
@@ -282,17 +292,20 @@ mod tests {
             item("deployments.apps", Some("shop"), &long, r#"{"kind":"Deployment"}"#),
             item("customresourcedefinitions.apiextensions.k8s.io", None, "widgets.example.org", "{}"),
         ];
-        let (bytes, written) = build(&items);
-        assert_eq!(written.objects.len(), 3);
+        let (bytes, written, lines) = build(&items);
+        assert_eq!((written.entries, lines.len()), (3, 3));
         assert_eq!(written.size, bytes.len() as u64);
         assert_eq!(written.sha256, sha256_hex(&bytes));
         let mut got = Vec::new();
-        let n = read_verified(bytes.as_slice(), &written.objects, |e| {
+        let n = read_verified(bytes.as_slice(), in_order(&lines), |e| {
+            assert_eq!(e.sha256, sha256_hex(&e.json));
             got.push((e.path, String::from_utf8(e.json).unwrap()));
             Ok(())
         })
         .unwrap();
         assert_eq!(n, 3);
+        // Format 1's digest map reads the same archive.
+        assert_eq!(read_verified(bytes.as_slice(), Expected::map(&digests(&lines)), |_| Ok(())).unwrap(), 3);
         assert_eq!(got[1].0.name, long);
         assert_eq!(
             got[2].0,
@@ -307,32 +320,44 @@ mod tests {
 
     #[test]
     fn duplicates_are_written_once() {
-        let (_, written) = build(&[item("configmaps", Some("a"), "b", "1"), item("configmaps", Some("a"), "b", "2")]);
-        assert_eq!((written.objects.len(), written.duplicates), (1, 1));
+        let (_, written, lines) =
+            build(&[item("configmaps", Some("a"), "b", "1"), item("configmaps", Some("a"), "b", "2")]);
+        assert_eq!((written.entries, written.duplicates, lines.len()), (1, 1, 1));
     }
 
     #[test]
     fn refuses_corrupted_truncated_and_unlisted() {
-        let (bytes, written) =
+        let (bytes, _, lines) =
             build(&[item("configmaps", Some("a"), "b", "hello"), item("secrets", Some("a"), "c", "world")]);
+        let objects = digests(&lines);
         // a digest that does not match
-        let mut wrong = written.objects.clone();
+        let mut wrong = objects.clone();
         wrong.insert("resources/secrets/namespaces/a/c.json".into(), sha256_hex(b"other"));
-        let err = read_verified(bytes.as_slice(), &wrong, |_| Ok(())).unwrap_err();
+        let err = read_verified(bytes.as_slice(), Expected::map(&wrong), |_| Ok(())).unwrap_err();
         assert!(err.contains("is corrupt"), "{err}");
+        let mut wrong = lines.clone();
+        wrong[1].sha256 = sha256_hex(b"other");
+        let err = read_verified(bytes.as_slice(), in_order(&wrong), |_| Ok(())).unwrap_err();
+        assert!(err.contains("\"resources/secrets/namespaces/a/c.json\" is corrupt"), "{err}");
         // truncated stream
-        let err = read_verified(&bytes[..bytes.len() / 2], &written.objects, |_| Ok(())).unwrap_err();
+        let err = read_verified(&bytes[..bytes.len() / 2], in_order(&lines), |_| Ok(())).unwrap_err();
         assert!(err.contains("truncated") || err.contains("corrupt"), "{err}");
         // an entry the metadata does not list
-        let mut fewer = written.objects.clone();
+        let mut fewer = objects.clone();
         fewer.remove("resources/secrets/namespaces/a/c.json");
-        let err = read_verified(bytes.as_slice(), &fewer, |_| Ok(())).unwrap_err();
+        let err = read_verified(bytes.as_slice(), Expected::map(&fewer), |_| Ok(())).unwrap_err();
         assert!(err.contains("not listed"), "{err}");
+        let err = read_verified(bytes.as_slice(), in_order(&lines[..1]), |_| Ok(())).unwrap_err();
+        assert!(err.contains("\"resources/secrets/namespaces/a/c.json\" is not listed in the contents"), "{err}");
         // metadata lists more than the archive has
-        let mut more = written.objects.clone();
+        let mut more = objects.clone();
         more.insert("resources/secrets/namespaces/a/z.json".into(), sha256_hex(b""));
-        let err = read_verified(bytes.as_slice(), &more, |_| Ok(())).unwrap_err();
+        let err = read_verified(bytes.as_slice(), Expected::map(&more), |_| Ok(())).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
+        let mut more = lines.clone();
+        more.push(Line::of("resources/secrets/namespaces/a/z.json".into(), b""));
+        let err = read_verified(bytes.as_slice(), in_order(&more), |_| Ok(())).unwrap_err();
+        assert!(err.contains("2 of 3 entries present"), "{err}");
     }
 
     #[test]
@@ -371,7 +396,7 @@ mod tests {
             tar.finish().unwrap();
         }
         let expected: BTreeMap<String, String> = [("resources/../evil.json".to_string(), sha256_hex(b"{}"))].into();
-        let err = read_verified(raw.as_slice(), &expected, |_| Ok(())).unwrap_err();
+        let err = read_verified(raw.as_slice(), Expected::map(&expected), |_| Ok(())).unwrap_err();
         assert!(err.contains("'..'"), "{err}");
     }
 

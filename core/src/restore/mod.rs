@@ -25,7 +25,7 @@ use self::apply::WritePolicy;
 use self::plan::{Decision, Indexed, Priority};
 use self::report::Report;
 use self::transform::{TransformOptions, transform};
-use crate::archive::read_verified;
+use crate::archive::{Expected, read_verified};
 use crate::collect::{self, Discovered};
 use crate::crypto::Opener;
 use crate::error::kube_message;
@@ -35,7 +35,7 @@ use crate::kube_client::Cluster;
 use crate::model::{BackupMetadata, ItemAction, Restore, RestoreItem, RestoreSpec};
 use crate::progress::{Event, Observer};
 use crate::store::Store;
-use crate::{Error, FIELD_MANAGER, RESTORED_FROM_LABEL, Result, catalog};
+use crate::{Error, FIELD_MANAGER, RESTORED_FROM_LABEL, Result, catalog, committed};
 
 /// How long to wait for a restored CRD to be Established and served.
 const CRD_WAIT: Duration = Duration::from_secs(60);
@@ -59,7 +59,7 @@ pub async fn run(
         |reason: String| Error::Corrupt { name: spec.backup_name.clone(), location: store.url().into(), reason };
 
     // 1. Verify everything before the first write.
-    let (meta, archive, index) = verify(store, &spec.backup_name).await?;
+    let (_meta, source, index) = verify(store, &spec.backup_name).await?;
     observer.event(Event::Verified { items: index.len() as u64 });
 
     // 2. Plan against what the target cluster serves.
@@ -98,9 +98,8 @@ pub async fn run(
     let mut applying = Applying {
         cluster,
         discovered,
-        archive: Arc::new(archive),
+        source: Arc::new(source),
         index: Arc::new(index),
-        digests: &meta.objects,
         opts,
         policy: WritePolicy { existing: spec.existing_resource_policy, dry_run: spec.dry_run },
         pending: Pending::default(),
@@ -112,43 +111,133 @@ pub async fn run(
     Ok(report.finish())
 }
 
-/// Downloads the archive, checks its size and SHA-256 and every entry's path, digest and identity,
-/// and indexes it. Nothing is written before this has passed.
-async fn verify(store: &Store, backup: &str) -> Result<(BackupMetadata, Archive, Vec<Indexed>)> {
+/// Downloads the backup's data, checks its size and SHA-256 and every entry's path, digest and
+/// identity, and indexes it. Nothing is written before this has passed.
+async fn verify(store: &Store, backup: &str) -> Result<(BackupMetadata, Source, Vec<Indexed>)> {
     let meta = catalog::metadata(store, backup).await?;
     let corrupt = |reason: String| Error::Corrupt { name: backup.to_string(), location: store.url().into(), reason };
-    let file = catalog::fetch(store, &meta).await?;
-    let encryption = meta.backup.status.archive.as_ref().and_then(|a| a.encryption.clone());
-    let opener = Opener::new(encryption, store.unseal().clone(), backup);
-    let objects = meta.objects.clone();
-    let (archive, index) = tokio::task::spawn_blocking(move || -> Result<std::result::Result<_, String>> {
-        let mut index = Vec::with_capacity(objects.len());
-        let plain = opener.open(std::io::BufReader::new(&file))?;
-        let verified = read_verified(plain, &objects, |e| {
+    let source = Source::fetch(store, &meta).await?;
+    let (source, index) = tokio::task::spawn_blocking(move || {
+        let mut index = Vec::new();
+        let verified = source.read_verified(|e| {
             let v: Value =
                 serde_json::from_slice(&e.json).map_err(|err| format!("entry {:?} is not JSON: {err}", e.raw_path))?;
             crate::archive::check_identity(&e.path, &e.raw_path, &v)?;
-            index.push(Indexed::from_json(
-                &e.raw_path,
-                &e.path.resource,
-                e.path.namespace.as_deref(),
-                &e.path.name,
-                &v,
-            ));
+            let mut item =
+                Indexed::from_json(&e.raw_path, &e.path.resource, e.path.namespace.as_deref(), &e.path.name, &v);
+            item.sha256 = e.sha256;
+            index.push(item);
             Ok(())
         });
-        Ok(verified.map(|_| (Archive { file, opener }, index)))
+        verified.map(|_| (source, index))
     })
     .await
-    .map_err(|e| Error::Other(format!("verifying the archive: {e}")))??
+    .map_err(|e| Error::Other(format!("verifying the backup: {e}")))?
     .map_err(corrupt)?;
-    Ok((meta, archive, index))
+    Ok((meta, source, index))
 }
 
-/// The verified archive on local disk, and how to read its plaintext.
-struct Archive {
-    file: std::fs::File,
-    opener: Opener,
+/// A backup's verified data on local disk, read once to verify and once per priority group.
+enum Source {
+    /// A plain backup: its archive (the stored bytes, decrypted as read) and its contents (a
+    /// file, or format 1's digests).
+    Archive { file: std::fs::File, opener: Opener, contents: Contents },
+    /// An incremental backup: its packs and where its contents are in them.
+    Packs { local: crate::packs::Local, contents: crate::model::ContentsRef },
+}
+
+enum Contents {
+    File { file: std::fs::File, opener: Opener, entries: u64 },
+    Digests(BTreeMap<String, String>),
+}
+
+impl Source {
+    async fn fetch(store: &Store, meta: &BackupMetadata) -> Result<Source> {
+        let name = meta.backup.metadata.name.as_str();
+        if meta.backup.status.incremental.is_some() && meta.backup.status.archive.is_none() {
+            let contents = meta.contents.clone().unwrap_or_default();
+            return Ok(Source::Packs { local: crate::packs::Local::fetch(store, meta).await?, contents });
+        }
+        let file = catalog::fetch(store, meta).await?;
+        let encryption = meta.backup.status.archive.as_ref().and_then(|a| a.encryption.clone());
+        let opener = Opener::new(encryption, store.unseal().clone(), name);
+        let contents = match meta.contents.as_ref().and_then(|c| c.file.as_ref().map(|f| (f, c.entries))) {
+            Some((f, entries)) => {
+                let data = crate::committed::data_file(Some(f)).map_err(|r| committed::corrupt(store, name, r))?;
+                let path = committed::data_path::<catalog::Objects>(name, &f.key);
+                let file = committed::fetch(store, name, &path, data).await?;
+                let opener = Opener::new(f.encryption.clone(), store.unseal().clone(), name);
+                Contents::File { file, opener, entries }
+            }
+            None => Contents::Digests(meta.objects.clone()),
+        };
+        Ok(Source::Archive { file, opener, contents })
+    }
+
+    /// Every object, verified against the contents (blocking).
+    fn read_verified(&self, f: impl FnMut(crate::archive::Entry) -> std::result::Result<(), String>) -> std::result::Result<u64, String> {
+        match self {
+            Source::Archive { file, opener, contents } => {
+                let mut file = file;
+                std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+                let plain = opener.open(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+                match contents {
+                    Contents::Digests(digests) => read_verified(plain, Expected::map(digests), f),
+                    Contents::File { file, opener, entries } => {
+                        let mut file = file;
+                        std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+                        let lines = opener.open(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+                        let lines = crate::contents::Reader::new(lines)?;
+                        read_verified(plain, Expected::in_order(lines, *entries), f)
+                    }
+                }
+            }
+            Source::Packs { local, contents } => crate::packs::read_verified(local, contents, f),
+        }
+    }
+
+    /// Calls `f(key, bytes)` for each stored object whose key (entry path in an archive, SHA-256
+    /// in packs) `wanted` holds; stops when `f` returns false (blocking).
+    fn scan(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&str, Vec<u8>) -> std::result::Result<bool, String>,
+    ) -> std::result::Result<(), String> {
+        match self {
+            Source::Archive { file, opener, contents } => {
+                let mut file = file;
+                std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+                let plain = opener.open(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+                let entries = match contents {
+                    Contents::Digests(d) => d.len() as u64,
+                    Contents::File { entries, .. } => *entries,
+                };
+                let mut archive = crate::archive::open(plain, entries as usize)?;
+                for entry in archive.entries().map_err(|e| e.to_string())? {
+                    let mut entry = entry.map_err(|e| e.to_string())?;
+                    let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                    if !wanted(&path) {
+                        continue;
+                    }
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| e.to_string())?;
+                    if !f(&path, bytes)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Source::Packs { local, .. } => local.scan(wanted, f),
+        }
+    }
+
+    /// The key [`Source::scan`] finds an object under.
+    fn key<'a>(&self, item: &'a Indexed) -> &'a str {
+        match self {
+            Source::Archive { .. } => &item.path,
+            Source::Packs { .. } => &item.sha256,
+        }
+    }
 }
 
 /// An entry filed under a namespace must be of a namespaced resource, and the reverse: else a
@@ -172,10 +261,9 @@ struct Applying<'a> {
     cluster: &'a Cluster,
     /// What the cluster serves; discovered again after CRDs are restored.
     discovered: Discovered,
-    /// The verified archive, read once per group.
-    archive: Arc<Archive>,
+    /// The verified data, read once per group.
+    source: Arc<Source>,
     index: Arc<Vec<Indexed>>,
-    digests: &'a BTreeMap<String, String>,
     opts: TransformOptions,
     policy: WritePolicy,
     pending: Pending,
@@ -239,34 +327,27 @@ impl Applying<'_> {
     /// and writes them with bounded concurrency. Returns `(index, result)` per object.
     async fn group(&mut self, members: &[usize]) -> Result<Vec<(usize, RestoreItem)>> {
         let index = &self.index;
-        let wanted: HashMap<String, (usize, String)> = members
-            .iter()
-            .filter_map(|&i| self.digests.get(&index[i].path).map(|d| (index[i].path.clone(), (i, d.clone()))))
-            .collect();
+        let source = self.source.clone();
+        let mut wanted: HashMap<String, Vec<usize>> = HashMap::new();
+        for &i in members {
+            wanted.entry(source.key(&index[i]).to_string()).or_default().push(i);
+        }
         let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
-        let source = self.archive.clone();
-        let digests_len = self.digests.len();
+        let all = index.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut f = &source.file;
-            std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
-            let plain = source.opener.open(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
-            let mut archive = crate::archive::open(plain, digests_len)?;
-            for entry in archive.entries().map_err(|e| e.to_string())? {
-                let mut entry = entry.map_err(|e| e.to_string())?;
-                let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-                let Some((i, digest)) = wanted.get(&path) else { continue };
-                let i = *i;
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| e.to_string())?;
-                if &crate::archive::sha256_hex(&bytes) != digest {
-                    return Err(format!("entry {path:?} changed on local disk since it was verified"));
+            source.scan(&|key| wanted.contains_key(key), &mut |key, bytes| {
+                let digest = crate::archive::sha256_hex(&bytes);
+                for &i in &wanted[key] {
+                    if all[i].sha256 != digest {
+                        return Err(format!("entry {:?} changed on local disk since it was verified", all[i].path));
+                    }
+                    let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                    if tx.blocking_send((i, v)).is_err() {
+                        return Ok(false);
+                    }
                 }
-                let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-                if tx.blocking_send((i, v)).is_err() {
-                    break;
-                }
-            }
-            Ok(())
+                Ok(true)
+            })
         });
         let (cluster, discovered, opts, policy, pending) =
             (self.cluster, &self.discovered, &self.opts, &self.policy, &self.pending);

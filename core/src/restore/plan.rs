@@ -91,6 +91,8 @@ pub struct Indexed {
     /// Secrets: the type; PVCs: the bound volume.
     pub secret_type: Option<String>,
     pub volume_name: Option<String>,
+    /// SHA-256 of the object's bytes as verified, checked again each time they are read.
+    pub sha256: String,
 }
 
 impl Indexed {
@@ -116,6 +118,7 @@ impl Indexed {
             has_selector: v["spec"]["selector"].as_object().is_some_and(|s| !s.is_empty()),
             secret_type: v["type"].as_str().map(str::to_string),
             volume_name: v["spec"]["volumeName"].as_str().map(str::to_string),
+            sha256: String::new(),
         }
     }
 

@@ -383,6 +383,39 @@ impl Store {
         Ok(sent)
     }
 
+    /// Uploads a local file as one object (multipart, streamed 1 MiB at a time), then checks the
+    /// store holds exactly its size. Returns the bytes sent.
+    pub async fn upload_file(&self, path: &Path, file: std::fs::File) -> Result<u64> {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let reader = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let mut file = io::BufReader::new(file);
+            io::Seek::rewind(&mut file)?;
+            let mut sent = 0u64;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    return Ok(sent);
+                }
+                buf.truncate(n);
+                sent += n as u64;
+                if tx.blocking_send(Bytes::from(buf)).is_err() {
+                    return Ok(sent);
+                }
+            }
+        });
+        let uploaded = self.upload(path, rx, |_| {}).await;
+        let read = reader.await.map_err(|e| Error::Other(format!("reading {path} for upload: {e}")))?;
+        let read = read.map_err(|e| Error::Other(format!("reading {path} for upload: {e}")))?;
+        let sent = uploaded?;
+        if sent != read {
+            self.remove_quietly(path).await;
+            return Err(Error::Other(format!("upload of {path} is incomplete: {sent} of {read} bytes were sent")));
+        }
+        crate::commit::check_uploaded(self, path, sent).await?;
+        Ok(sent)
+    }
+
     /// Deletes an object, logging (not failing) when that is impossible: for cleanup paths.
     pub async fn remove_quietly(&self, path: &Path) {
         if let Err(e) = self.objects.delete(path).await

@@ -39,8 +39,13 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
         Some(seal) => location.store.clone().with_seal(Some(seal)),
         None => location.store.clone(),
     };
-    let spec =
-        BackupSpec { filters, ttl: Some(args.ttl.clone()), storage_location: Some(location.display()), schedule: None };
+    let spec = BackupSpec {
+        filters,
+        ttl: Some(args.ttl.clone()),
+        storage_location: Some(location.display()),
+        schedule: None,
+        incremental: args.incremental || location.incremental,
+    };
 
     let detached = super::detached();
     if !args.wait && !detached {
@@ -116,6 +121,14 @@ impl Shown for Objects {
 
     async fn describe(store: &Store, name: &str) -> kubectl_backup_core::Result<Backup> {
         catalog::describe(store, name).await
+    }
+
+    async fn download(
+        store: &Store,
+        name: &str,
+        dest: kubectl_backup_core::catalog::Destination<'_>,
+    ) -> kubectl_backup_core::Result<u64> {
+        catalog::download(store, name, dest).await
     }
 
     async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String> {
@@ -280,6 +293,11 @@ pub struct CreateArgs {
     /// How long to keep the backup (e.g. 720h, 30m; 0 keeps it forever).
     #[arg(long, default_value = "720h", value_name = "DURATION")]
     pub ttl: String,
+    /// Store object bodies once per location, in packs shared by every incremental backup there:
+    /// uploads only what no earlier incremental backup stored. The default when the BackupLocation
+    /// says `incremental: true`.
+    #[arg(long, conflicts_with = "in_cluster")]
+    pub incremental: bool,
     /// Have the in-cluster controller take it: creates a Backup resource (in the one namespace
     /// backed up, else the install namespace) and follows its status. Needs the in-cluster
     /// component; --location names a BackupLocation (or, in the install namespace, a URL).

@@ -33,6 +33,13 @@ pub(crate) trait Shown: Kind<Spec: model::Spec + Serialize + 'static, Status: Se
     async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String>;
     /// Said after a download: how to open the file, if anything needs saying.
     fn open_hint(file: &Path) -> String;
+    /// Downloads a backup's data, verified.
+    async fn download(store: &Store, name: &str, dest: Destination<'_>) -> kubectl_backup_core::Result<u64>
+    where
+        Self: Sized,
+    {
+        committed::download::<Self>(store, name, dest).await
+    }
 }
 
 /// The catalog subcommands, flattened into `kubectl backup` and `kubectl backup etcd`.
@@ -144,7 +151,22 @@ async fn delete<K: Shown>(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> 
     let mut failed = false;
     for name in &args.names {
         match committed::delete::<K>(&store, name).await {
-            Ok(d) if d.committed => println!("{} \"{name}\" deleted", K::NOUN),
+            Ok(d) if d.committed => {
+                println!("{} \"{name}\" deleted", K::NOUN);
+                match &d.collected {
+                    Some(Ok(c)) if !c.deleted.is_empty() => println!(
+                        "removed {} pack(s) no backup uses any more ({} bytes)",
+                        c.deleted.len(),
+                        c.bytes_freed
+                    ),
+                    Some(Ok(c)) if !c.held.is_empty() => println!(
+                        "{} unused pack(s) are kept until the incremental backups running now have finished",
+                        c.held.len()
+                    ),
+                    Some(Err(e)) => eprintln!("warning: unused packs were not collected: {e}"),
+                    _ => {}
+                }
+            }
             Ok(d) => println!("removed {} leftover file(s) of interrupted {} \"{name}\"", d.files, K::NOUN),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -166,13 +188,13 @@ async fn download<K: Shown>(cli: &Globals, args: &DownloadArgs) -> Result<ExitCo
         if std::io::stdout().is_terminal() {
             bail!("refusing to write binary data to a terminal; redirect standard output or use -f FILE");
         }
-        committed::download::<K>(&store, &args.name, Destination::Stdout).await?;
+        K::download(&store, &args.name, Destination::Stdout).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if file.exists() && !args.overwrite {
         bail!("{} already exists; pass --overwrite or choose another file with -f", file.display());
     }
-    let n = committed::download::<K>(&store, &args.name, Destination::File(&file)).await?;
+    let n = K::download(&store, &args.name, Destination::File(&file)).await?;
     eprintln!(
         "Downloaded {} \"{}\" to {} ({}, SHA-256 verified).{}",
         K::NOUN,

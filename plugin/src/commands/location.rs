@@ -120,6 +120,10 @@ pub struct AddArgs {
     /// Never write or delete in it (not even expired backups).
     #[arg(long)]
     pub read_only: bool,
+    /// Store every backup written here incrementally (as `create --incremental`): object bodies
+    /// once per location, in packs shared by its incremental backups.
+    #[arg(long)]
+    pub incremental: bool,
     /// Encrypt every backup written here to these public keys (age1..., SSH); repeatable or
     /// comma-separated. Commands that name their own recipients override it.
     #[arg(long, value_delimiter = ',', value_name = "RECIPIENT")]
@@ -224,6 +228,7 @@ async fn add(
         access_mode: if a.read_only { AccessMode::ReadOnly } else { AccessMode::ReadWrite },
         encryption: LocationEncryption::of(&a.encrypt_to, identity_secret.as_deref()),
         assume_role: role,
+        incremental: a.incremental,
     };
     if a.default {
         // One default: clear it elsewhere.

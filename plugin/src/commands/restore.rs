@@ -20,14 +20,49 @@ use crate::output::{print_document, print_table, table};
 use crate::{open_location, progress};
 
 pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
-    validate_name("backup name", args.backup())?;
+    if let Some(at) = &args.at {
+        return restore_at(cli, args, at).await;
+    }
+    restore_backup(cli, args, args.backup()).await
+}
+
+/// `restore WORKSPACE --at TIME`: finds the backup, then restores that namespace from it.
+async fn restore_at(cli: &Globals, args: &RestoreArgs, at: &str) -> Result<ExitCode> {
+    let workspace = args.backup();
+    validate_name("workspace name", workspace)?;
+    let when: Timestamp = at.trim().parse().map_err(|e| {
+        anyhow!("invalid --at {at:?}: expected an RFC 3339 time such as 2026-12-01T10:00Z or 2026-12-01T10:00:00+01:00 ({e})")
+    })?;
+    let store = open_location::open(cli, None).await?.store;
+    let listing = kubectl_backup_core::catalog::list(&store).await?;
+    let Some(backup) = kubectl_backup_core::catalog::at(&listing.backups, workspace, when) else {
+        let first = kubectl_backup_core::catalog::history(&listing.backups, workspace).last().map(|b| {
+            format!("; its oldest backup is {} ({})", b.metadata.name, b.metadata.creation_timestamp.map(|t| t.to_string()).unwrap_or_default())
+        });
+        anyhow::bail!(
+            "no backup of workspace {workspace:?} was taken at or before {when} in {}{} (see `kubectl backup workspace history {workspace}`)",
+            store.url(),
+            first.unwrap_or_default()
+        );
+    };
+    let taken = backup.metadata.creation_timestamp.map(|t| t.to_string()).unwrap_or_default();
+    eprintln!("restoring workspace \"{workspace}\" as of {when} from backup \"{}\" (taken {taken})", backup.metadata.name);
+    let mut args = args.clone();
+    if args.filters.namespace.is_none() && args.filters.selection.include_namespaces.is_empty() {
+        args.filters.selection.include_namespaces = vec![workspace.to_string()];
+    }
+    restore_backup(cli, &args, &backup.metadata.name.clone()).await
+}
+
+async fn restore_backup(cli: &Globals, args: &RestoreArgs, backup: &str) -> Result<ExitCode> {
+    validate_name("backup name", backup)?;
     let filters = args.filters.filters();
     Selection::new(&filters)?;
     let namespace_mapping = args.mapping().map_err(|e| anyhow!(e))?;
-    let name = timestamped_name(args.backup(), Timestamp::now());
+    let name = timestamped_name(backup, Timestamp::now());
     if args.in_cluster {
         let spec = kubectl_backup_core::requests::RestoreRequestSpec {
-            backup_name: args.backup().to_string(),
+            backup_name: backup.to_string(),
             filters,
             namespace_mapping,
             existing_resource_policy: Some(args.existing),
@@ -39,7 +74,7 @@ pub async fn restore(cli: &Globals, args: &RestoreArgs) -> Result<ExitCode> {
     let location = open_location::open(cli, Some(&cluster.client)).await?;
     let store = location.store.clone();
     let spec = RestoreSpec {
-        backup_name: args.backup().to_string(),
+        backup_name: backup.to_string(),
         filters,
         namespace_mapping,
         existing_resource_policy: args.existing,
@@ -164,9 +199,13 @@ pub struct RestoreCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct RestoreArgs {
-    /// The backup to restore.
+    /// The backup to restore (with --at: the workspace, i.e. namespace, to bring back).
     #[arg(required = true)]
     pub backup: Option<String>,
+    /// Restore workspace BACKUP as it was at this time (RFC 3339, e.g. 2026-12-01T10:00Z): from the
+    /// newest backup holding it taken at or before then, limited to that namespace.
+    #[arg(long, value_name = "TIME", conflicts_with = "in_cluster")]
+    pub at: Option<String>,
     #[command(flatten)]
     pub filters: FilterArgs,
     /// Restore namespace SRC into DST: src:dst[,src2:dst2]. Rewrites object namespaces, binding

@@ -36,7 +36,21 @@ Examples:
   kubectl backup workspace new pr-42 --ephemeral
 
   # List the workspaces with their newest backup and restore status
-  kubectl backup workspace list";
+  kubectl backup workspace list
+
+  # Every point in time workspace shop can be restored to
+  kubectl backup workspace history shop";
+
+const HISTORY_EXAMPLES: &str = "\
+Examples:
+  # Every backup holding workspace shop, newest first, with what each stored
+  kubectl backup workspace history shop
+
+  # Then bring shop back as it was at 10:00 UTC yesterday
+  kubectl backup restore shop --at 2026-12-01T10:00Z
+
+  # As JSON: the backups' full documents
+  kubectl backup workspace history shop -o json";
 
 const NEW_EXAMPLES: &str = "\
 Examples:
@@ -68,6 +82,17 @@ pub enum WorkspaceCommand {
     /// List workspaces: ephemeral or not, newest backup, restore status.
     #[command(alias = "ls", alias = "get", after_help = LIST_EXAMPLES)]
     List(ListOutputArg),
+    /// The points in time a workspace can be restored to: every backup holding it, newest first.
+    #[command(after_help = HISTORY_EXAMPLES)]
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The workspace (namespace).
+    pub name: String,
+    #[command(flatten)]
+    pub output: ListOutputArg,
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +111,40 @@ pub async fn run(cli: &Globals, args: &WorkspaceArgs) -> Result<ExitCode> {
     match &args.command {
         WorkspaceCommand::New(a) => new(cli, a).await,
         WorkspaceCommand::List(o) => list(cli, o).await,
+        WorkspaceCommand::History(a) => history(cli, a).await,
     }
+}
+
+/// The columns of `workspace history`.
+const HISTORY_COLUMNS: &[Column<kubectl_backup_core::model::Backup>] = &[
+    Column::new("BACKUP", |b| b.metadata.name.clone()),
+    Column::new("TAKEN", |b| b.metadata.creation_timestamp.map(|t| t.to_string()).unwrap_or_else(|| "-".into())),
+    Column::new("AGE", |b| age(b.metadata.creation_timestamp)),
+    Column::new("PHASE", |b| b.status.phase.to_string()),
+    Column::new("ITEMS", |b| b.status.progress.items_backed_up.to_string()),
+    Column::new("STORED", |b| match &b.status.incremental {
+        Some(i) => format!("{} new, {} reused", i.objects_stored, i.objects_reused),
+        None => "full archive".into(),
+    }),
+    Column::wide("BY", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
+    Column::wide("UPLOADED", |b| {
+        b.status.incremental.as_ref().map(|i| i.bytes_uploaded).or(b.status.archive.as_ref().map(|a| a.size)).unwrap_or(0).to_string()
+    }),
+];
+
+async fn history(cli: &Globals, a: &HistoryArgs) -> Result<ExitCode> {
+    validate_name("workspace name", &a.name)?;
+    let store = open_location::open(cli, None).await?.store;
+    let listing = catalog::list(&store).await?;
+    let rows: Vec<kubectl_backup_core::model::Backup> =
+        catalog::history(&listing.backups, &a.name).into_iter().cloned().collect();
+    if rows.is_empty() && a.output.is_table() {
+        eprintln!("no backup of workspace {:?} in {}", a.name, store.url());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let document = kubectl_backup_core::model::BackupList::new(rows.clone());
+    a.output.print("backup", HISTORY_COLUMNS, &rows, &document)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn new(cli: &Globals, a: &NewArgs) -> Result<ExitCode> {

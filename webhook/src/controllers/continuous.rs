@@ -1,7 +1,9 @@
 //! Continuous backup: every change to the state of a non-ephemeral workspace is backed up. One
 //! watch per resource type (cluster-wide) notes which namespaces changed; when a namespace has been
-//! quiet for `--debounce`, it is backed up as `<namespace>-<YYYYMMDDhhmmss>`, and only the newest
-//! `--keep-workspace-backups` continuous backups of it are kept.
+//! quiet for `--debounce`, it is backed up as `<namespace>-<YYYYMMDDhhmmss>` (incrementally by
+//! default: only what changed is stored), and its continuous backups are pruned to a time series
+//! (`--retention`: every change for 24 h, hourly for 7 days, daily for 30 days), at most
+//! `--keep-workspace-backups` of them when that is set.
 //!
 //! Status-only updates are not changes (a fingerprint of each object without status and
 //! server-owned metadata is compared), and objects controllers recreate on restore (Pods,
@@ -47,7 +49,10 @@ const IGNORED: &[&str] = &[
 pub struct Continuous {
     pub ctx: Arc<Context>,
     pub debounce: Duration,
+    /// At most this many per workspace (0: no limit).
     pub keep: usize,
+    pub retention: kubectl_backup_core::retention::Retention,
+    pub incremental: bool,
 }
 
 #[derive(Default)]
@@ -77,7 +82,7 @@ impl Continuous {
             watched += 1;
             tokio::spawn(watch(self.ctx.clone(), r, state.clone()));
         }
-        tracing::info!(resource_types = watched, debounce = ?self.debounce, keep = self.keep, "continuous backup watching workspaces");
+        tracing::info!(resource_types = watched, debounce = ?self.debounce, retention = %self.retention, keep = self.keep, incremental = self.incremental, "continuous backup watching workspaces");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -133,6 +138,7 @@ impl Continuous {
             ttl: None,
             storage_location: Some(self.ctx.location.display()),
             schedule: Some(CONTINUOUS.into()),
+            incremental: self.incremental,
         };
         let reference = Context::namespace_reference(ns);
         match self
@@ -153,16 +159,22 @@ impl Continuous {
         }
     }
 
-    /// Keeps the newest `keep` continuous backups of `ns`.
+    /// Prunes the continuous backups of `ns` to the retention's time series (and to `keep`).
     async fn prune(&self, ns: &str) {
         let store = &self.ctx.location.store;
         let Ok(listing) = catalog::list(store).await else { return };
+        // Newest first, as listed.
         let mine: Vec<_> = listing
             .backups
             .iter()
             .filter(|b| b.spec.schedule.as_deref() == Some(CONTINUOUS) && b.spec.filters.included_namespaces == [ns])
             .collect();
-        for old in mine.iter().skip(self.keep) {
+        let times: Vec<Timestamp> =
+            mine.iter().map(|b| b.metadata.creation_timestamp.unwrap_or(Timestamp::UNIX_EPOCH)).collect();
+        let kept = self.retention.keep(&times, Timestamp::now());
+        let limit = if self.keep == 0 { usize::MAX } else { self.keep };
+        let surplus = mine.iter().enumerate().filter(|(i, _)| !kept.contains(i) || *i >= limit).map(|(_, b)| b);
+        for old in surplus {
             match catalog::delete(store, &old.metadata.name).await {
                 Ok(_) => {
                     tracing::info!(namespace = %ns, backup = %old.metadata.name, "pruned an old continuous backup")

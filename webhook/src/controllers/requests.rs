@@ -416,6 +416,7 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
         ttl: Some(ttl),
         storage_location: Some(location.display()),
         schedule: Some(format!("request {}/{}", h.ns, h.name)),
+        incremental: location.incremental,
     };
     let run = ObjectRun {
         location: &location,

@@ -406,6 +406,7 @@ impl Run<'_> {
             ttl: Some(ttl),
             storage_location: Some(location.display()),
             schedule: Some(format!("{ns}/{name}")),
+            incremental: location.incremental,
         };
         let run = ObjectRun {
             location: &location,

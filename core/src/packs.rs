@@ -1,0 +1,685 @@
+//! Content-addressed storage for incremental backups: every object body (and every chunk of a
+//! backup's contents) is stored once per location, under its SHA-256, in packs shared by all the
+//! incremental backups there. A backup is then its `metadata.json`: the contents chunks and the
+//! packs it references. A second backup of an unchanged workspace uploads its metadata only.
+//!
+//! # Layout (under the location)
+//! - `packs/<id>.tar.zst` — a pack: a tar+zstd archive (sealed like any data file when the
+//!   location encrypts) of blobs named `blobs/<sha256>`; about 8 MiB of plaintext each.
+//! - `packs/<id>.json` — its index ([`PackIndex`]): size and SHA-256 of the stored bytes, the
+//!   encryption, and each blob's SHA-256 and size. Written after the pack: a pack without an
+//!   index is an interrupted upload, which no backup references.
+//! - `packs/<id>.gone` — a tombstone: garbage collection found no committed backup using the
+//!   pack. A backup never reuses a tombstoned pack.
+//! - `leases/<run>.start`, `leases/<run>.beat` — a running incremental backup's lease: the
+//!   first written once before it reads the pack indexes, the second refreshed every 10 s.
+//!
+//! # Garbage collection never removes what a running backup is about to reference
+//! A backup takes its lease *before* listing the packs, and references only packs it saw without a
+//! tombstone, or wrote itself. Collection ([`collect_garbage`]):
+//! 1. lists the committed backups' packs (R1) and tombstones every other pack with an index
+//!    (none written after the oldest live lease began: those may be a running backup's own);
+//! 2. then lists the leases (L), and *after that* the committed backups' packs again (R2);
+//! 3. removes a tombstone whose pack is in R2 (a backup committed meanwhile uses it), and deletes
+//!    a tombstoned pack only when every live lease in L began after its tombstone was written.
+//!
+//! Why that is safe: a backup B that references pack P saw P without a tombstone, so its lease
+//! began before P's tombstone. If B's lease was still there when L was listed, P is kept. If not,
+//! B had committed before L was listed (a lease is removed only after the commit), so B's
+//! metadata was there when R2 was listed, and P is kept. Every time compared is the store's own
+//! (`last_modified`), never a client clock. A lease without a heartbeat for a minute is stale:
+//! collection ignores it, and its backup, if it ever resumes, refuses to commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::archive::{ArchiveWriter, Entry};
+use crate::contents::Line;
+use crate::crypto::{Encryption, Opener, Seal};
+use crate::model::{BackupMetadata, ContentsRef, IncrementalStatus};
+use crate::store::Store;
+use crate::{Error, Result};
+
+pub const ROOT: &str = "packs";
+pub const LEASES: &str = "leases";
+/// Plaintext bytes after which a pack is closed and a new one begun.
+const PACK_TARGET: u64 = 8 << 20;
+/// How often a lease is refreshed, and after how long without a refresh it is stale.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const STALE: Duration = Duration::from_secs(60);
+/// A contents chunk ends after an entry whose path hashes to 0 mod this (about this many
+/// entries each, the same boundaries whatever else changed), or at `CHUNK_MAX` entries.
+const CHUNK_SPREAD: u8 = 16;
+const CHUNK_MAX: usize = 256;
+
+fn pack_path(id: &str) -> Path {
+    Path::from(format!("{ROOT}/{id}.tar.zst"))
+}
+fn index_path(id: &str) -> Path {
+    Path::from(format!("{ROOT}/{id}.json"))
+}
+fn tombstone_path(id: &str) -> Path {
+    Path::from(format!("{ROOT}/{id}.gone"))
+}
+fn blob_name(sha256: &str) -> String {
+    format!("blobs/{sha256}")
+}
+
+/// A pack's index, `packs/<id>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackIndex {
+    /// `tar+zstd`.
+    pub format: String,
+    pub size: u64,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    pub blobs: Vec<Blob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub sha256: String,
+    pub size: u64,
+}
+
+fn digest_key(hex_sha: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_sha, &mut out).ok()?;
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases
+
+/// A running incremental backup's hold on the packs (see the module's protocol).
+pub struct Lease {
+    store: Store,
+    run: String,
+    beat: tokio::task::JoinHandle<()>,
+    /// When the heartbeat last succeeded.
+    alive: Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl Lease {
+    /// Writes the lease (before anything is read of the packs) and starts its heartbeat.
+    pub async fn acquire(store: &Store, run: &str) -> Result<Lease> {
+        let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "run": run })).unwrap_or_default());
+        for suffix in ["start", "beat"] {
+            let path = Path::from(format!("{LEASES}/{run}.{suffix}"));
+            store.objects().put(&path, PutPayload::from_bytes(body.clone())).await.map_err(|e| store.error(e))?;
+        }
+        let alive = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let (s, path, a) = (store.clone(), Path::from(format!("{LEASES}/{run}.beat")), alive.clone());
+        let beat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if s.objects().put(&path, PutPayload::from_bytes(body.clone())).await.is_ok() {
+                    *a.lock().expect("lease clock") = std::time::Instant::now();
+                }
+            }
+        });
+        Ok(Lease { store: store.clone(), run: run.to_string(), beat, alive })
+    }
+
+    /// Fails when the heartbeat has not succeeded for [`STALE`]: collection may have ignored
+    /// this lease, so committing could reference a pack it removed.
+    pub fn check(&self) -> Result<()> {
+        let quiet = self.alive.lock().expect("lease clock").elapsed();
+        if quiet > STALE - HEARTBEAT {
+            return Err(Error::Other(format!(
+                "the run's lease on the packs was not refreshed for {}s; not committing (run it again)",
+                quiet.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn release(self) {
+        self.beat.abort();
+        let _ = self.beat.await;
+        for suffix in ["beat", "start"] {
+            self.store.remove_quietly(&Path::from(format!("{LEASES}/{}.{suffix}", self.run))).await;
+        }
+    }
+}
+
+/// Live leases (heartbeat within [`STALE`]), with when each began (the store's time).
+async fn live_leases(store: &Store) -> Result<Vec<DateTime<Utc>>> {
+    let listed: Vec<_> = store
+        .objects()
+        .list(Some(&Path::from(LEASES)))
+        .try_collect()
+        .await
+        .map_err(|e| store.error(e))?;
+    let mut start: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut beat: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for m in listed {
+        let file = m.location.filename().unwrap_or_default().to_string();
+        if let Some(run) = file.strip_suffix(".start") {
+            start.insert(run.to_string(), m.last_modified);
+        } else if let Some(run) = file.strip_suffix(".beat") {
+            beat.insert(run.to_string(), m.last_modified);
+        }
+    }
+    let now = Utc::now();
+    Ok(start
+        .into_iter()
+        .filter(|(run, began)| {
+            let last = beat.get(run).copied().unwrap_or(*began).max(*began);
+            (now - last).to_std().unwrap_or_default() < STALE
+        })
+        .map(|(_, began)| began)
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the location holds
+
+/// What `packs/` holds: per pack id, which of its files exist (with their times).
+#[derive(Default, Debug)]
+struct Listed {
+    packs: BTreeMap<String, PackFiles>,
+}
+
+#[derive(Default, Debug, Clone)]
+struct PackFiles {
+    data: bool,
+    index: Option<DateTime<Utc>>,
+    tombstone: Option<DateTime<Utc>>,
+}
+
+async fn list_packs(store: &Store) -> Result<Listed> {
+    let listed: Vec<_> =
+        store.objects().list(Some(&Path::from(ROOT))).try_collect().await.map_err(|e| store.error(e))?;
+    let mut out = Listed::default();
+    for m in listed {
+        let file = m.location.filename().unwrap_or_default().to_string();
+        let (id, kind) = match file.split_once('.') {
+            Some((id, kind)) if !id.is_empty() => (id.to_string(), kind.to_string()),
+            _ => continue,
+        };
+        let entry = out.packs.entry(id).or_default();
+        match kind.as_str() {
+            "tar.zst" => entry.data = true,
+            "json" => entry.index = Some(m.last_modified),
+            "gone" => entry.tombstone = Some(m.last_modified),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn read_index(store: &Store, id: &str) -> Result<PackIndex> {
+    let bytes = store.get_optional(&index_path(id)).await?.ok_or_else(|| missing_pack(store, id))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Location { location: store.url().into(), reason: format!("pack index {id}.json: {e}") })
+}
+
+fn missing_pack(store: &Store, id: &str) -> Error {
+    Error::Location { location: store.url().into(), reason: format!("pack {id} is missing from {ROOT}/") }
+}
+
+/// The blobs of the packs a new backup may reference: every pack with an index, no tombstone
+/// and the same encryption as this run's.
+pub struct Known {
+    blobs: HashMap<[u8; 32], u32>,
+    packs: Vec<String>,
+}
+
+impl Known {
+    pub async fn load(store: &Store, encryption: Option<&Encryption>) -> Result<Known> {
+        let listed = list_packs(store).await?;
+        let ids: Vec<String> = listed
+            .packs
+            .into_iter()
+            .filter(|(_, f)| f.data && f.index.is_some() && f.tombstone.is_none())
+            .map(|(id, _)| id)
+            .collect();
+        let indexes: Vec<(String, Result<PackIndex>)> = futures::stream::iter(ids.into_iter().map(|id| {
+            let store = store.clone();
+            async move {
+                let r = read_index(&store, &id).await;
+                (id, r)
+            }
+        }))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+        let mut known = Known { blobs: HashMap::new(), packs: Vec::new() };
+        for (id, index) in indexes {
+            let Ok(index) = index else {
+                // Unreadable: not reused (the pack may be being removed); a new copy is stored.
+                continue;
+            };
+            if index.encryption.as_ref() != encryption {
+                continue;
+            }
+            let n = known.packs.len() as u32;
+            known.packs.push(id);
+            for b in &index.blobs {
+                if let Some(k) = digest_key(&b.sha256) {
+                    known.blobs.insert(k, n);
+                }
+            }
+        }
+        Ok(known)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// A pack written to a local file, ready to upload.
+pub struct FinishedPack {
+    id: String,
+    file: std::fs::File,
+    index: PackIndex,
+}
+
+struct OpenPack {
+    id: String,
+    writer: ArchiveWriter<io::BufWriter<std::fs::File>>,
+    blobs: Vec<Blob>,
+    plain: u64,
+}
+
+/// Puts blobs into packs (on a blocking thread): each blob once, reusing what the location has.
+pub struct Stash {
+    known: Known,
+    /// Blobs this run stored, by digest: the pack id they went to.
+    new: HashMap<[u8; 32], u32>,
+    new_ids: Vec<String>,
+    current: Option<OpenPack>,
+    finished: mpsc::Sender<FinishedPack>,
+    referenced: BTreeSet<u32>,
+    reused_packs: BTreeSet<u32>,
+    seal: Option<Seal>,
+    run: String,
+    mtime: u64,
+    pub stored: u64,
+    pub reused: u64,
+}
+
+impl Stash {
+    pub fn new(known: Known, run: &str, seal: Option<Seal>, mtime: u64, finished: mpsc::Sender<FinishedPack>) -> Self {
+        Stash {
+            known,
+            new: HashMap::new(),
+            new_ids: Vec::new(),
+            current: None,
+            finished,
+            referenced: BTreeSet::new(),
+            reused_packs: BTreeSet::new(),
+            seal,
+            run: run.to_string(),
+            mtime,
+            stored: 0,
+            reused: 0,
+        }
+    }
+
+    /// Stores `body` under `sha256` unless the location or this run has it already.
+    pub fn put(&mut self, sha256: &str, body: &[u8]) -> io::Result<()> {
+        let key = digest_key(sha256).ok_or_else(|| io::Error::other(format!("{sha256:?} is not a SHA-256")))?;
+        if let Some(&n) = self.known.blobs.get(&key) {
+            self.reused += 1;
+            self.reused_packs.insert(n);
+            return Ok(());
+        }
+        if let Some(&n) = self.new.get(&key) {
+            self.reused += 1;
+            self.referenced.insert(n);
+            return Ok(());
+        }
+        if self.current.is_none() {
+            let n = self.new_ids.len();
+            let id = format!("{}-{n:04}", self.run);
+            let file = io::BufWriter::new(tempfile::tempfile()?);
+            let writer = ArchiveWriter::new(file, self.mtime, self.seal.as_ref())?;
+            self.new_ids.push(id.clone());
+            self.current = Some(OpenPack { id, writer, blobs: Vec::new(), plain: 0 });
+        }
+        let n = (self.new_ids.len() - 1) as u32;
+        let pack = self.current.as_mut().expect("an open pack");
+        pack.writer.append_raw(&blob_name(sha256), body)?;
+        pack.blobs.push(Blob { sha256: sha256.to_string(), size: body.len() as u64 });
+        pack.plain += body.len() as u64;
+        self.new.insert(key, n);
+        self.referenced.insert(n);
+        self.stored += 1;
+        if pack.plain >= PACK_TARGET {
+            self.close()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open pack and hands it to the uploader.
+    fn close(&mut self) -> io::Result<()> {
+        let Some(pack) = self.current.take() else { return Ok(()) };
+        let (file, written) = pack.writer.finish()?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        let index = PackIndex {
+            format: crate::archive::FORMAT.into(),
+            size: written.size,
+            sha256: written.sha256,
+            encryption: self.seal.as_ref().map(|s| s.describe()),
+            blobs: pack.blobs,
+        };
+        self.finished
+            .blocking_send(FinishedPack { id: pack.id, file, index })
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the pack uploader stopped"))
+    }
+
+    /// Closes the last pack; returns the ids of every pack the stored blobs are in.
+    pub fn finish(mut self) -> io::Result<(Vec<String>, u64, u64)> {
+        self.close()?;
+        let mut packs: BTreeSet<String> = self.referenced.iter().map(|&n| self.new_ids[n as usize].clone()).collect();
+        packs.extend(self.reused_packs.iter().map(|&n| self.known.packs[n as usize].clone()));
+        Ok((packs.into_iter().collect(), self.stored, self.reused))
+    }
+}
+
+/// Cuts the contents into chunks with boundaries that depend only on the paths, per resource and
+/// namespace (the order a LIST returns them in), so an unchanged part of a workspace gives the
+/// same chunk as last time and is stored once.
+#[derive(Default)]
+pub struct Chunker {
+    open: HashMap<(String, Option<String>), (Vec<u8>, usize)>,
+    pub entries: u64,
+}
+
+impl Chunker {
+    /// Adds a line; returns a finished chunk when this line ends one.
+    pub fn push(&mut self, resource: &str, namespace: Option<&str>, line: &Line) -> Option<Vec<u8>> {
+        self.entries += 1;
+        let key = (resource.to_string(), namespace.map(str::to_string));
+        let (buf, n) = self.open.entry(key.clone()).or_default();
+        line.encode(buf);
+        *n += 1;
+        let boundary = Sha256::digest(line.path.as_bytes())[0] % CHUNK_SPREAD == 0;
+        if boundary || *n >= CHUNK_MAX { self.open.remove(&key).map(|(b, _)| b) } else { None }
+    }
+
+    /// The chunks still open, in a stable order.
+    pub fn finish(self) -> Vec<Vec<u8>> {
+        let mut rest: Vec<_> = self.open.into_iter().collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest.into_iter().map(|(_, (b, _))| b).collect()
+    }
+}
+
+/// Uploads finished packs, each followed by its index. Returns the bytes uploaded and the packs.
+pub async fn upload_packs(store: &Store, mut finished: mpsc::Receiver<FinishedPack>) -> Result<(u64, Vec<String>)> {
+    let mut bytes = 0u64;
+    let mut written = Vec::new();
+    while let Some(p) = finished.recv().await {
+        let path = pack_path(&p.id);
+        let sent = store.upload_file(&path, p.file).await?;
+        if sent != p.index.size {
+            store.remove_quietly(&path).await;
+            return Err(Error::Other(format!("pack {} is {sent} bytes, {} were written", p.id, p.index.size)));
+        }
+        let index = serde_json::to_vec(&p.index).map_err(|e| Error::Other(format!("encoding a pack index: {e}")))?;
+        bytes += sent + index.len() as u64;
+        store
+            .objects()
+            .put(&index_path(&p.id), PutPayload::from(index))
+            .await
+            .map_err(|e| store.error(e))?;
+        written.push(p.id);
+    }
+    Ok((bytes, written))
+}
+
+/// What an incremental run stored, for its metadata.
+pub struct Stored {
+    pub contents: ContentsRef,
+    pub packs: Vec<String>,
+    pub status: IncrementalStatus,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// The packs of one backup, fetched to local temporary files and verified (size and SHA-256 of
+/// each against its index), then read as many times as a restore needs.
+pub struct Local {
+    packs: Vec<(String, std::fs::File, Opener, usize)>,
+    encryption: Option<Encryption>,
+}
+
+impl Local {
+    /// How the packs are encrypted (every pack a backup references is encrypted alike).
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.as_ref()
+    }
+
+    pub async fn fetch(store: &Store, meta: &BackupMetadata) -> Result<Local> {
+        let name = meta.backup.metadata.name.clone();
+        let corrupt = |reason: String| crate::committed::corrupt(store, &name, reason);
+        let mut packs = Vec::new();
+        let mut encryption = None;
+        for id in &meta.packs {
+            if id.is_empty() || id.contains('/') || id.contains('.') {
+                return Err(corrupt(format!("it names pack {id:?}, which is not a pack id")));
+            }
+            let index = read_index(store, id).await.map_err(|e| match e {
+                Error::Location { reason, .. } => corrupt(reason),
+                e => e,
+            })?;
+            let data = crate::committed::DataFile {
+                key: id,
+                size: index.size,
+                sha256: &index.sha256,
+                encryption: index.encryption.as_ref(),
+            };
+            let file = crate::committed::fetch(store, &name, &pack_path(id), data).await?;
+            let opener = Opener::new(index.encryption.clone(), store.unseal().clone(), &name);
+            packs.push((id.clone(), file, opener, index.blobs.len()));
+            encryption = encryption.or(index.encryption);
+        }
+        Ok(Local { packs, encryption })
+    }
+
+    /// Calls `f(sha256, body)` for every blob of every pack whose digest is in `wanted`, after
+    /// checking the body has that digest. Blocking.
+    pub fn scan(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&str, Vec<u8>) -> std::result::Result<bool, String>,
+    ) -> std::result::Result<(), String> {
+        for (id, file, opener, entries) in &self.packs {
+            let mut file = file;
+            io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+            let plain = opener.open(io::BufReader::new(file)).map_err(|e| e.to_string())?;
+            let mut archive = crate::archive::open(plain, *entries)?;
+            for entry in archive.entries().map_err(|e| format!("pack {id}: not a tar archive: {e}"))? {
+                let mut entry = entry.map_err(|e| format!("pack {id} is truncated or corrupt: {e}"))?;
+                let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                let Some(sha) = path.strip_prefix("blobs/") else {
+                    return Err(format!("pack {id} holds {path:?}, which is not a blob"));
+                };
+                if !wanted(sha) {
+                    continue;
+                }
+                if entry.size() > crate::archive::MAX_OBJECT_BYTES {
+                    return Err(format!("pack {id}: blob {sha} is larger than any object"));
+                }
+                let mut body = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut body).map_err(|e| format!("pack {id} is truncated in {sha}: {e}"))?;
+                let got = crate::archive::sha256_hex(&body);
+                if got != sha {
+                    return Err(format!("pack {id}: blob {sha} is corrupt (its SHA-256 is {got})"));
+                }
+                let sha = sha.to_string();
+                if !f(&sha, body)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an incremental backup's contents from its chunks and every object it lists from the
+/// packs, each verified by SHA-256; calls `f` with each object as an archive entry. Blocking.
+pub fn read_verified(
+    local: &Local,
+    contents: &ContentsRef,
+    mut f: impl FnMut(Entry) -> std::result::Result<(), String>,
+) -> std::result::Result<u64, String> {
+    // 1. The contents chunks.
+    let mut chunks: HashMap<String, Vec<u8>> = HashMap::new();
+    let wanted_chunks: HashSet<&str> = contents.chunks.iter().map(String::as_str).collect();
+    local.scan(&|sha| wanted_chunks.contains(sha), &mut |sha, body| {
+        chunks.insert(sha.to_string(), body);
+        Ok(chunks.len() < wanted_chunks.len())
+    })?;
+    let mut by_sha: HashMap<String, Vec<Line>> = HashMap::new();
+    let mut seen_paths = HashSet::new();
+    let mut entries = 0u64;
+    for sha in &contents.chunks {
+        let chunk = chunks.get(sha).ok_or_else(|| format!("contents chunk {sha} is in none of its packs"))?;
+        for raw in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let line = crate::contents::parse_line(raw)?;
+            if !seen_paths.insert(line.path.clone()) {
+                return Err(format!("entry {:?} is listed twice in the contents", line.path));
+            }
+            entries += 1;
+            by_sha.entry(line.sha256.clone()).or_default().push(line);
+        }
+    }
+    drop(chunks);
+    if entries != contents.entries {
+        return Err(format!("the contents list {entries} entries, the metadata says {}", contents.entries));
+    }
+    // 2. The objects.
+    let mut seen = 0u64;
+    let mut found: HashSet<String> = HashSet::new();
+    local.scan(&|sha| by_sha.contains_key(sha), &mut |sha, body| {
+        if !found.insert(sha.to_string()) {
+            // The same blob in a second pack (stored again after a tombstone): read once.
+            return Ok(true);
+        }
+        for line in &by_sha[sha] {
+            let path = crate::archive::parse_entry_path(&line.path)?;
+            seen += 1;
+            f(Entry { path, raw_path: line.path.clone(), json: body.clone(), sha256: sha.to_string() })?;
+        }
+        Ok(true)
+    })?;
+    if let Some(missing) = by_sha.iter().find(|(sha, _)| !found.contains(*sha)) {
+        return Err(format!("entry {:?}: its body {} is in none of its packs", missing.1[0].path, missing.0));
+    }
+    Ok(seen)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage collection
+
+/// What a collection did.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collected {
+    /// Packs found unused and tombstoned now.
+    pub marked: Vec<String>,
+    /// Packs deleted (tombstoned, unused, and older than every live lease).
+    pub deleted: Vec<String>,
+    /// Tombstones removed because a committed backup uses the pack.
+    pub revived: Vec<String>,
+    /// Tombstoned packs kept because a backup that may use them is running.
+    pub held: Vec<String>,
+    pub bytes_freed: u64,
+}
+
+/// The packs committed object backups reference. Fails when any commit document cannot be read:
+/// a pack is never deleted on a guess.
+async fn referenced(store: &Store) -> Result<HashSet<String>> {
+    #[derive(Deserialize)]
+    struct Packs {
+        #[serde(default)]
+        packs: Vec<String>,
+    }
+    let root = crate::committed::root::<crate::catalog::Objects>();
+    let listed = store.objects().list_with_delimiter(Some(&root)).await.map_err(|e| store.error(e))?;
+    let names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+    let docs: Vec<(String, Result<Option<Bytes>>)> = futures::stream::iter(names.into_iter().map(|name| {
+        let store = store.clone();
+        async move {
+            let doc = store.get_optional(&crate::committed::metadata_path::<crate::catalog::Objects>(&name)).await;
+            (name, doc)
+        }
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    let mut out = HashSet::new();
+    for (name, doc) in docs {
+        let Some(bytes) = doc? else { continue };
+        let p: Packs = serde_json::from_slice(&bytes).map_err(|e| Error::Location {
+            location: store.url().into(),
+            reason: format!("not collecting packs: the metadata of backup {name:?} cannot be read ({e})"),
+        })?;
+        out.extend(p.packs);
+    }
+    Ok(out)
+}
+
+/// Removes the packs no committed backup uses, never one a running backup may reference (the
+/// protocol in the module's documentation).
+pub async fn collect_garbage(store: &Store) -> Result<Collected> {
+    let mut done = Collected::default();
+    // 1. Tombstone what no committed backup uses (but what a running backup may have written).
+    let leases = live_leases(store).await?;
+    let oldest_lease = leases.iter().min().copied();
+    let used = referenced(store).await?;
+    let listed = list_packs(store).await?;
+    for (id, files) in &listed.packs {
+        let Some(indexed) = files.index else { continue };
+        if used.contains(id) || files.tombstone.is_some() || oldest_lease.is_some_and(|l| indexed >= l) {
+            continue;
+        }
+        store.objects().put(&tombstone_path(id), PutPayload::from_static(b"{}")).await.map_err(|e| store.error(e))?;
+        done.marked.push(id.clone());
+    }
+    // 2. The leases, then (after them) what committed backups use.
+    let leases = live_leases(store).await?;
+    let used = referenced(store).await?;
+    let listed = list_packs(store).await?;
+    // 3. Revive or delete.
+    for (id, files) in &listed.packs {
+        let Some(tombstoned) = files.tombstone else { continue };
+        if used.contains(id) {
+            store.remove_quietly(&tombstone_path(id)).await;
+            done.revived.push(id.clone());
+        } else if leases.iter().all(|began| *began > tombstoned) {
+            if let Ok(m) = store.objects().head(&pack_path(id)).await {
+                done.bytes_freed += m.size;
+            }
+            // The index first: a pack without an index is never reused; the tombstone last.
+            for path in [index_path(id), pack_path(id), tombstone_path(id)] {
+                match store.objects().delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store.error(e)),
+                }
+            }
+            done.deleted.push(id.clone());
+        } else {
+            done.held.push(id.clone());
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,154 @@
+//! The garbage-collection protocol of incremental storage (core/src/packs.rs), run step by step
+//! against a real object store (a local directory through object_store, as `file://` locations
+//! are): a collection racing a backup that is about to reference a pack never removes that pack.
+
+use std::collections::BTreeSet;
+
+use kubectl_backup_core::catalog::{self, Objects};
+use kubectl_backup_core::committed;
+use kubectl_backup_core::model::{
+    Backup, BackupMetadata, BackupSpec, ContentsRef, FORMAT_VERSION, IncrementalStatus, Phase,
+};
+use kubectl_backup_core::packs::{self, Known, Lease, Stash};
+use kubectl_backup_core::store::{Store, StoreOptions};
+use tokio::sync::mpsc;
+
+fn store(dir: &std::path::Path) -> Store {
+    Store::open_url(&format!("file://{}", dir.display()), &StoreOptions::default()).unwrap()
+}
+
+/// Stores `bodies` as a backup run would (under `lease`, which must have been taken before the
+/// packs were loaded into `known`), returning the packs the bodies are in.
+async fn stash(store: &Store, known: Known, run: &str, bodies: &[&[u8]]) -> Vec<String> {
+    let (tx, rx) = mpsc::channel(1);
+    let owned: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+    let run = run.to_string();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut s = Stash::new(known, &run, None, 0, tx);
+        for b in &owned {
+            s.put(&kubectl_backup_core::archive::sha256_hex(b), b).unwrap();
+        }
+        s.finish().unwrap().0
+    });
+    packs::upload_packs(store, rx).await.unwrap();
+    writer.await.unwrap()
+}
+
+/// Commits a backup document that references `packs` (what `backup::run` commits).
+async fn commit(store: &Store, name: &str, packs: Vec<String>) {
+    let mut backup = Backup::new(name, BackupSpec { incremental: true, ..Default::default() });
+    backup.metadata.creation_timestamp = Some(jiff::Timestamp::now());
+    backup.status.phase = Phase::Completed;
+    backup.status.incremental = Some(IncrementalStatus::default());
+    let meta = BackupMetadata {
+        format_version: FORMAT_VERSION,
+        backup,
+        objects: Default::default(),
+        contents: Some(ContentsRef { entries: 1, file: None, chunks: vec![] }),
+        packs,
+    };
+    committed::commit::<Objects>(store, name, &meta).await.unwrap();
+}
+
+fn pack_files(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir.join("packs"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn collection_never_removes_a_pack_a_running_backup_will_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let body: &[u8] = br#"{"kind":"ConfigMap","metadata":{"name":"a"}}"#;
+
+    // Backup A stores the body in pack X and commits.
+    let lease_a = Lease::acquire(&s, "run-a").await.unwrap();
+    let known = Known::load(&s, None).await.unwrap();
+    let x = stash(&s, known, "run-a", &[body]).await;
+    assert_eq!(x.len(), 1);
+    commit(&s, "a", x.clone()).await;
+    lease_a.release().await;
+
+    // Backup B starts: takes its lease, loads the packs (sees X), and is about to reference X.
+    let lease_b = Lease::acquire(&s, "run-b").await.unwrap();
+    let known_b = Known::load(&s, None).await.unwrap();
+
+    // Meanwhile A is deleted and garbage is collected: X is unused now, so it is tombstoned,
+    // but B's lease began before the tombstone, so X is held, not deleted.
+    let deleted = catalog::delete(&s, "a").await.unwrap();
+    let collected = deleted.collected.unwrap().unwrap();
+    assert_eq!(collected.marked, x);
+    assert_eq!(collected.held, x);
+    assert!(collected.deleted.is_empty(), "{collected:?}");
+    assert!(pack_files(dir.path()).contains(&format!("{}.tar.zst", x[0])));
+
+    // A backup starting now no longer sees X (tombstoned): it stores its own copy.
+    let lease_c = Lease::acquire(&s, "run-c").await.unwrap();
+    let known_c = Known::load(&s, None).await.unwrap();
+    let y = stash(&s, known_c, "run-c", &[body]).await;
+    assert_ne!(y, x, "a tombstoned pack was reused");
+    lease_c.release().await;
+
+    // B references X (reused: nothing new stored) and commits; the next collection revives X.
+    let b_packs = stash(&s, known_b, "run-b", &[body]).await;
+    assert_eq!(b_packs, x);
+    commit(&s, "b", b_packs).await;
+    lease_b.release().await;
+    let collected = packs::collect_garbage(&s).await.unwrap();
+    assert_eq!(collected.revived, x, "{collected:?}");
+    // Y was never committed by anyone: no lease holds it, so it goes at once.
+    assert_eq!(collected.marked, y);
+    assert_eq!(collected.deleted, y);
+
+    // B's data is all there and reads back verified.
+    let meta = catalog::metadata(&s, "b").await.unwrap();
+    let local = packs::Local::fetch(&s, &meta).await.unwrap();
+    let mut found = Vec::new();
+    let want = kubectl_backup_core::archive::sha256_hex(body);
+    local
+        .scan(&|sha| sha == want, &mut |_, b| {
+            found.push(b);
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(found, vec![body.to_vec()]);
+
+    // Once B is deleted with no backup running, X goes in the same collection.
+    let collected = catalog::delete(&s, "b").await.unwrap().collected.unwrap().unwrap();
+    assert_eq!((collected.marked.clone(), collected.deleted.clone()), (x.clone(), x.clone()), "{collected:?}");
+    assert!(collected.bytes_freed > 0);
+    assert!(pack_files(dir.path()).is_empty(), "{:?}", pack_files(dir.path()));
+}
+
+#[tokio::test]
+async fn a_pack_written_by_a_running_backup_is_not_tombstoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // A run writes a pack but has not committed yet.
+    let lease = Lease::acquire(&s, "run-1").await.unwrap();
+    let known = Known::load(&s, None).await.unwrap();
+    let p = stash(&s, known, "run-1", &[b"one", b"two"]).await;
+    let collected = packs::collect_garbage(&s).await.unwrap();
+    assert!(collected.marked.is_empty() && collected.deleted.is_empty(), "{collected:?}");
+    commit(&s, "one", p.clone()).await;
+    lease.release().await;
+    let collected = packs::collect_garbage(&s).await.unwrap();
+    assert_eq!(collected, packs::Collected::default());
+    assert!(pack_files(dir.path()).contains(&format!("{}.json", p[0])));
+}
+
+#[tokio::test]
+async fn collection_refuses_to_guess_when_a_backup_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let lease = Lease::acquire(&s, "run-1").await.unwrap();
+    let known = Known::load(&s, None).await.unwrap();
+    let p = stash(&s, known, "run-1", &[b"one"]).await;
+    commit(&s, "one", p.clone()).await;
+    lease.release().await;
+    std::fs::write(dir.path().join("backups/one/metadata.json"), b"{not json").unwrap();
+    let err = packs::collect_garbage(&s).await.unwrap_err().to_string();
+    assert!(err.contains("not collecting packs: the metadata of backup \"one\" cannot be read"), "{err}");
+    assert!(pack_files(dir.path()).contains(&format!("{}.tar.zst", p[0])));
+}

@@ -1,0 +1,184 @@
+//! Scale and incremental storage (issue 16) on the real control plane: the contents file beside
+//! a plain backup (format 2), a format-1 backup still restoring, incremental backups that store only
+//! what changed, a workspace's history and `restore --at`, damaged packs refused before any write,
+//! and packs reclaimed when the last backup using them is deleted.
+
+use std::path::{Path, PathBuf};
+
+use kubectl_backup_e2e::env::SharedEnv;
+use kubectl_backup_e2e::fixtures::{Tools, namespace, small_configmaps, unique};
+use serde_json::Value;
+
+fn setup(name: &str) -> (Tools, PathBuf) {
+    let env = SharedEnv::load().expect("shared environment");
+    let mut t = Tools::new(&env.cluster);
+    let dir = env.scratch.join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    t.location = Some(format!("file://{}", dir.display()));
+    (t, dir)
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn value(t: &Tools, ns: &str, cm: &str) -> String {
+    t.get_json(&["configmap", cm, "-n", ns])["data"]["i"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_plain_backup_streams_its_contents_beside_the_archive_and_format_1_still_restores() {
+    let (t, dir) = setup("contents");
+    let ns = unique("plain");
+    t.apply(&namespace(&ns)).ok();
+    t.create(&small_configmaps(&ns, 40)).ok();
+    let b = t.backup(&["create", &format!("{ns}-b"), "--include-namespaces", &ns, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "Completed");
+    let bdir = dir.join(format!("backups/{ns}-b"));
+    let meta: Value = serde_json::from_slice(&std::fs::read(bdir.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["formatVersion"], 2);
+    assert!(meta.get("objects").is_none(), "format 2 keeps the digests out of metadata.json");
+    let contents = meta["contents"]["file"]["key"].as_str().unwrap().to_string();
+    assert!(contents.starts_with("contents-") && contents.ends_with(".jsonl.zst"), "{contents}");
+    let entries = meta["contents"]["entries"].as_u64().unwrap();
+    assert_eq!(entries, b["status"]["progress"]["itemsBackedUp"].as_u64().unwrap());
+    assert!(files(&bdir).contains(&contents), "{:?}", files(&bdir));
+    // The contents file is zstd JSON lines, one per archive entry, in archive order.
+    let out = std::process::Command::new("zstd").args(["-dc"]).arg(bdir.join(&contents)).output().unwrap();
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len() as u64, entries);
+    assert!(lines.iter().all(|l| l["sha256"].as_str().unwrap().len() == 64));
+
+    // A damaged contents file is refused before anything is written.
+    let good = std::fs::read(bdir.join(&contents)).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(bdir.join(&contents), &bad).unwrap();
+    t.delete_namespace(&ns);
+    let r = t.backup(&["restore", &format!("{ns}-b")]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains(&format!("{contents} has SHA-256")) && r.stderr.contains("the metadata says"), "{}", r.stderr);
+    assert_eq!(t.kubectl(&["get", "namespace", &ns]).code, 1, "a refused restore created the namespace");
+    std::fs::write(bdir.join(&contents), &good).unwrap();
+
+    // Format 1 (the digests in metadata.json, no contents file) still restores: the same backup
+    // rewritten the way the previous format stored it.
+    let old = format!("{ns}-v1");
+    let odir = dir.join(format!("backups/{old}"));
+    std::fs::create_dir_all(&odir).unwrap();
+    let archive = meta["backup"]["status"]["archive"]["key"].as_str().unwrap();
+    std::fs::copy(bdir.join(archive), odir.join(archive)).unwrap();
+    let mut v1 = meta.clone();
+    v1["formatVersion"] = 1.into();
+    v1.as_object_mut().unwrap().remove("contents");
+    v1["backup"]["metadata"]["name"] = old.clone().into();
+    v1["objects"] = lines.iter().map(|l| (l["path"].as_str().unwrap().to_string(), l["sha256"].clone())).collect();
+    std::fs::write(odir.join("metadata.json"), serde_json::to_vec_pretty(&v1).unwrap()).unwrap();
+    let listed = t.backup(&["list", "-o", "json"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().iter().any(|b| b["metadata"]["name"] == old.as_str()));
+    let r = t.backup(&["restore", &old, "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!(value(&t, &ns, "cm-00007"), "7");
+    // Its digests are checked as before: one wrong digest and it is refused by name.
+    t.delete_namespace(&ns);
+    let first = lines[0]["path"].as_str().unwrap();
+    v1["objects"][first] = "0".repeat(64).into();
+    std::fs::write(odir.join("metadata.json"), serde_json::to_vec_pretty(&v1).unwrap()).unwrap();
+    let r = t.backup(&["restore", &old]);
+    assert!(r.stderr.contains(&format!("entry {first:?} is corrupt")), "{}", r.stderr);
+    assert_eq!(t.kubectl(&["get", "namespace", &ns]).code, 1);
+}
+
+#[test]
+fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
+    let (t, dir) = setup("incr");
+    let ns = unique("ws");
+    t.apply(&namespace(&ns)).ok();
+    t.create(&small_configmaps(&ns, 60)).ok();
+    let create = |name: &str| {
+        t.backup(&["create", name, "--incremental", "--include-namespaces", &ns, "-o", "json"]).ok().json()
+    };
+    let first = create(&format!("{ns}-1"));
+    let inc = &first["status"]["incremental"];
+    assert_eq!(first["status"]["phase"], "Completed", "{first}");
+    assert!(first["status"].get("archive").is_none());
+    let items = first["status"]["progress"]["itemsBackedUp"].as_u64().unwrap();
+    assert!(items >= 61, "{first}");
+    assert!(inc["objectsStored"].as_u64().unwrap() > items, "bodies and contents chunks: {inc}");
+    assert!(inc["packsWritten"].as_u64().unwrap() >= 1, "{inc}");
+    let first_bytes = inc["bytesUploaded"].as_u64().unwrap();
+
+    // Nothing changed: nothing stored, only the metadata document uploaded.
+    let second = create(&format!("{ns}-2"));
+    let inc = &second["status"]["incremental"];
+    assert_eq!((inc["objectsStored"].as_u64(), inc["packsWritten"].as_u64()), (Some(0), Some(0)), "{inc}");
+    assert_eq!(inc["objectsReused"].as_u64().unwrap(), first["status"]["incremental"]["objectsStored"].as_u64().unwrap());
+    let second_bytes = inc["bytesUploaded"].as_u64().unwrap();
+    assert!(second_bytes * 4 < first_bytes, "an unchanged backup uploaded {second_bytes} of {first_bytes} bytes");
+    let at_second = second["metadata"]["creationTimestamp"].as_str().unwrap().to_string();
+
+    // One object changed: its body and the one contents chunk holding it are stored.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    t.kubectl(&["patch", "configmap", "cm-00005", "-n", &ns, "--type=merge", "-p", r#"{"data":{"i":"changed"}}"#]).ok();
+    let third = create(&format!("{ns}-3"));
+    let stored = third["status"]["incremental"]["objectsStored"].as_u64().unwrap();
+    assert!((1..=3).contains(&stored), "one change stored {stored} blobs: {}", third["status"]["incremental"]);
+
+    // The history, newest first.
+    let h = t.backup(&["workspace", "history", &ns, "-o", "json"]).ok().json();
+    let names: Vec<&str> = h["items"].as_array().unwrap().iter().map(|b| b["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [format!("{ns}-3"), format!("{ns}-2"), format!("{ns}-1")]);
+    let table = t.backup(&["workspace", "history", &ns]).ok().stdout;
+    assert!(table.contains("0 new,"), "{table}");
+
+    // Download gives the archive a plain backup would have, built from the packs.
+    let archive = dir.join("third.tar.zst");
+    t.backup(&["download", &format!("{ns}-3"), "-f", archive.to_str().unwrap()]).ok();
+    let entries = kubectl_backup_e2e::fixtures::tar_entries(&archive);
+    assert_eq!(entries.len() as u64, third["status"]["progress"]["itemsBackedUp"].as_u64().unwrap());
+    assert!(entries.contains(&format!("resources/configmaps/namespaces/{ns}/cm-00005.json")), "{entries:?}");
+
+    // Restore the newest, then the workspace as it was at the second backup.
+    t.delete_namespace(&ns);
+    let r = t.backup(&["restore", &format!("{ns}-3"), "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!(value(&t, &ns, "cm-00005"), "changed");
+    assert_eq!(value(&t, &ns, "cm-00059"), "59");
+    let r = t.backup(&["restore", &ns, "--at", &at_second, "--existing", "update", "-o", "json"]).ok();
+    assert!(r.stderr.contains(&format!("from backup \"{ns}-2\"")), "{}", r.stderr);
+    assert_eq!(value(&t, &ns, "cm-00005"), "5");
+    let err = t.backup(&["restore", &ns, "--at", "2001-01-01T00:00Z"]);
+    assert!(err.stderr.contains(&format!("no backup of workspace \"{ns}\" was taken at or before 2001-01-01T00:00:00Z")), "{}", err.stderr);
+    let err = t.backup(&["restore", &ns, "--at", "yesterday"]);
+    assert!(err.stderr.contains("invalid --at \"yesterday\""), "{}", err.stderr);
+
+    // A damaged pack: refused before the first write, naming the pack.
+    let packs = dir.join("packs");
+    let pack = files(&packs).into_iter().find(|f| f.ends_with(".tar.zst")).unwrap();
+    let good = std::fs::read(packs.join(&pack)).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 10;
+    bad[last] ^= 1;
+    std::fs::write(packs.join(&pack), &bad).unwrap();
+    t.delete_namespace(&ns);
+    let r = t.backup(&["restore", &format!("{ns}-3")]);
+    let id = pack.trim_end_matches(".tar.zst");
+    assert!(r.stderr.contains(&format!("{id} has SHA-256")), "{}", r.stderr);
+    assert_eq!(t.kubectl(&["get", "namespace", &ns]).code, 1, "a refused restore created the namespace");
+    std::fs::write(packs.join(&pack), &good).unwrap();
+
+    // Deleting backups keeps every pack another backup uses; the last delete reclaims them all.
+    t.backup(&["delete", &format!("{ns}-1"), "--yes"]).ok();
+    assert!(files(&packs).contains(&pack), "a pack still in use was removed");
+    t.backup(&["delete", &format!("{ns}-2"), "--yes"]).ok();
+    let out = t.backup(&["delete", &format!("{ns}-3"), "--yes"]).ok().stdout;
+    assert!(out.contains("pack(s) no backup uses any more"), "{out}");
+    assert!(files(&packs).is_empty(), "{:?}", files(&packs));
+    assert!(files(&dir.join("leases")).is_empty(), "{:?}", files(&dir.join("leases")));
+}
