@@ -162,7 +162,7 @@ load_objects() {
   t1=$(date +%s%N)
   LOADED[$prefix]=$total
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
-  rate=$(awk -v n=$((total - from)) -v s="$secs" 'BEGIN { printf "%.0f", s > 0 ? n / s : 0 }')
+  rate=$(awk -v n=$((total - from)) -v s="$secs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
   log "loaded $((total - from)) objects in $secs s ($rate objects/s)"
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$prefix" "$namespaces" "$from" "$total" "$secs" "$rate" >>"${OUT:?}/load.tsv"
 }
