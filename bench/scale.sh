@@ -11,7 +11,7 @@
 # the summary. Loading is the slow part: bench-load creates one object per request, 32 in flight, and
 # is bound by kube-apiserver + etcd on the same machine (on the 2-CPU VM, 2026-12-02: 5k in 13 s, the
 # next 95k in 173 s at 549 objects/s, kube-apiserver ~1.2 CPUs, etcd ~0.4, bench-load ~0.2; about
-# 3.5 minutes to load 100k, 9 minutes for the whole script with 3 runs).
+# 3 minutes to load 100k, 4 minutes for the whole script with 3 runs once built).
 #
 #   bench/scale.sh                               # 5k and 100k, 3 runs each
 #   BENCH_SIZES="5000 20000" BENCH_RUNS=1 bench/scale.sh   # a quick check
