@@ -85,7 +85,7 @@ printf '%s\tarchive_objects=%s\trendered=%s\n' "$SIZE" "$(jq '.status.progress.i
   >"$OUT/sizes.tsv"
 delete_namespaces
 # The restore's default --concurrency, from its help (16 when this was written: plugin/src/args.rs).
-CONCURRENCY=$(kubectl backup restore --help | awk '/--concurrency/ { f = 1 } f && /\[default: / { sub(/.*\[default: /, ""); sub(/\].*/, ""); print; exit }')
+CONCURRENCY=$(kubectl backup restore --help | awk '/^ *--concurrency / { f = 1 } f && /\[default: / { sub(/.*\[default: /, ""); sub(/\].*/, ""); print; exit }')
 [ -n "$CONCURRENCY" ] || { log "no default --concurrency in kubectl backup restore --help"; exit 1; }
 log "the floor POSTs with $CONCURRENCY requests in flight (the restore's default --concurrency)"
 
