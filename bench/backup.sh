@@ -5,11 +5,13 @@
 #   (b) the loop users script: `kubectl get <resource> -A -o json` for every listable resource type.
 # Wall time and peak RSS, median of BENCH_RUNS runs (default 5) at 5k, 10k and 20k objects (ConfigMaps
 # and Secrets over 50 namespaces), all in one run against one private harness (real kube-apiserver,
-# etcd, s3s-fs). Results (per run and summary) go to target/bench/backup-<time>/.
+# etcd, s3s-fs). Results (per run and summary) go to target/bench/backup-<time>/. bench/scale.sh
+# measures 100k objects over 200 namespaces with the same loader and floor.
 #
 #   bench/backup.sh                      # everything: install, build, load, measure, summarize
 #   BENCH_RUNS=5 bench/backup.sh         # more runs per variant
-#   BENCH_SIZES="20000" bench/backup.sh  # only some sizes (total ConfigMaps + Secrets, multiples of 100)
+#   BENCH_SIZES="20000" bench/backup.sh  # only some sizes (total ConfigMaps + Secrets, even numbers)
+#   BENCH_NAMESPACES=200 bench/backup.sh # spread the objects over more namespaces (default 50)
 #   BENCH_KEEP=1 bench/backup.sh         # keep the servers' data and logs
 #   BENCH_NICE=-10 bench/backup.sh       # servers and measured commands at nice -10 (root), to be
 #                                        # less disturbed by other work on a shared machine
@@ -19,7 +21,7 @@ source "$(dirname "$0")/lib.sh"
 
 RUNS=${BENCH_RUNS:-5}
 SIZES=${BENCH_SIZES:-"5000 10000 20000"}
-NAMESPACES=50
+NAMESPACES=${BENCH_NAMESPACES:-50}
 BYTES=${BENCH_BYTES:-1024}
 LOOP='kubectl api-resources --verbs=list -o name | while read -r r; do kubectl get "$r" -A -o json >/dev/null; done'
 
@@ -41,26 +43,11 @@ last_size=${SIZES##* }
 age-keygen -o "$RUN/bench.key" 2>/dev/null
 RECIPIENT=$(sed -n 's/^# public key: //p' "$RUN/bench.key")
 
-check_backup() { # check_backup FILE: the `-o json` output of a completed backup; prints its item count
-  jq -e '.status.phase == "Completed"' "$1" >/dev/null || { log "backup not completed: $1"; exit 1; }
-  jq -r '.status.progress.itemsBackedUp' "$1"
-}
-
-loaded=0
 first=1
 for size in $SIZES; do
-  per_ns=$((size / 2 / NAMESPACES))
-  if [ "$per_ns" -gt "$loaded" ]; then
-    log "loading ConfigMaps and Secrets $loaded..$per_ns in each of $NAMESPACES namespaces (total $size; not measured)"
-    "$RELEASE/bench-load" --prefix bench --namespaces "$NAMESPACES" --from "$loaded" --to "$per_ns" --bytes "$BYTES" >&2
-    loaded=$per_ns
-  fi
+  load_objects bench "$NAMESPACES" "$size" "$BYTES"
   # What the floor lists = what the backup holds, plus the cluster's own objects (RBAC, token Secrets, ...).
-  listed=$("$RELEASE/raw-list" | sed -n 's/.*items=\([0-9]*\).*/\1/p')
-  kubectl backup create "warmup-$size" --location "$LOCATION" -o json >"$RUN/warmup.json"
-  items=$(check_backup "$RUN/warmup.json")
-  log "size $size: raw LIST sees $listed objects, the backup holds $items (warm-up runs done)"
-  printf '%s\tlisted=%s\tbackup_items=%s\n' "$size" "$listed" "$items" >>"$OUT/sizes.tsv"
+  warm_up "$size" "$LOCATION"
   if [ $first = 1 ]; then
     bash -c "$LOOP" >/dev/null 2>&1 # fills kubectl's discovery cache, as a user's would be
     first=0
@@ -98,7 +85,7 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
   echo
   sed 's/^/    /' "$OUT/machine.txt"
   echo
-  echo "Objects per size (raw LIST / in the backup):"
+  echo "Objects per size (raw LIST / in the backup), over $NAMESPACES namespaces:"
   sed 's/^/    /' "$OUT/sizes.tsv"
   echo
   python3 "$ROOT/bench/summarize.py" "$RESULTS" \

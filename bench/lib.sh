@@ -1,16 +1,19 @@
-# Shared by bench/backup.sh and bench/restore.sh: install, build, start a private harness, measure.
+# shellcheck shell=bash
+# Shared by the bench/*.sh scripts: install, build, start a private harness, load objects, measure.
 # Sourced, not run. Expects `set -euo pipefail` in the caller.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 HARNESS_PIDS=()
 RUN=""
+declare -A LOADED=() # objects loaded per bench-load prefix in this run
 
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 
-# Installs the servers (tests/env/install.sh) and the measuring tools, then builds in release mode.
+# Installs the servers the benchmarks run (tests/env/install.sh: the control plane and s3s-fs) and the
+# measuring tools, then builds in release mode.
 bench_prepare() {
-  "$ROOT/tests/env/install.sh"
+  "$ROOT/tests/env/install.sh" apt k8s s3
   local need=()
   [ -x /usr/bin/time ] || need+=(time)
   command -v zstd >/dev/null || need+=(zstd)
@@ -66,12 +69,13 @@ EOF
   export PATH="$RUN/bin:$RELEASE:$PATH"
 }
 
-# start_harness DIR: starts `harness up` in DIR, waits for it, and sources DIR/env.sh (KUBECONFIG and
-# the S3 settings). Sets HARNESS_PID.
+# start_harness DIR: starts `harness up` in DIR (the control plane and s3s-fs, which stores the bucket
+# `backups` under DIR/s3/backups), waits for it, and sources DIR/env.sh (KUBECONFIG and the S3
+# settings). Sets HARNESS_PID and S3_ROOT (the bucket's directory: s3://backups/P is S3_ROOT/P).
 start_harness() {
   local dir=$1
   mkdir -p "$dir"
-  "$RELEASE/harness" up --dir "$dir" --env-file "$dir/env.json" >"$dir/harness.log" 2>&1 &
+  "$RELEASE/harness" up --dir "$dir" --env-file "$dir/env.json" --stores s3 >"$dir/harness.log" 2>&1 &
   HARNESS_PID=$!
   HARNESS_PIDS+=("$HARNESS_PID")
   for _ in $(seq 1 240); do
@@ -86,6 +90,8 @@ start_harness() {
   unset KUBECTL_BACKUP_LOCATION KUBECTL_BACKUP_KUBECONFIG
   APISERVER_PID=$(child_pid "$HARNESS_PID" kube-apiserver)
   ETCD_PID=$(child_pid "$HARNESS_PID" etcd)
+  S3_ROOT="$dir/s3/backups"
+  [ -d "$S3_ROOT" ] || { log "no bucket directory $S3_ROOT"; exit 1; }
   log "harness up in $dir (kube-apiserver pid $APISERVER_PID, etcd pid $ETCD_PID)"
 }
 
@@ -138,6 +144,44 @@ measure() {
       printf "  %-24s run %s: %7.2f s  peak RSS %6.1f MiB  (client CPU %.2f s, apiserver %.2f s, etcd %.2f s, load %s)\n", \
         variant, run, wall, rss / 1024, user + sys, a1 - a0, e1 - e0, load > "/dev/stderr"
     }' >>"$results"
+}
+
+# load_objects PREFIX NAMESPACES TOTAL BYTES: grows the set of benchmark objects named PREFIX
+# (ConfigMaps of about BYTES bytes and Secrets of about BYTES/4, spread evenly over NAMESPACES
+# namespaces, target/release/bench-load) to TOTAL objects (even), creating only what is missing, and
+# logs how long it took (not measured; one row in $OUT/load.tsv: prefix namespaces from to seconds
+# objects_per_second).
+load_objects() {
+  local prefix=$1 namespaces=$2 total=$3 bytes=$4 from t0 t1 secs rate
+  from=${LOADED[$prefix]:-0}
+  [ "$total" -gt "$from" ] || return 0
+  log "loading ConfigMaps and Secrets $from..$total over $namespaces namespaces (prefix $prefix; not measured)"
+  t0=$(date +%s%N)
+  "$RELEASE/bench-load" --prefix "$prefix" --namespaces "$namespaces" --total-from "$from" --total-to "$total" \
+    --bytes "$bytes" >&2
+  t1=$(date +%s%N)
+  LOADED[$prefix]=$total
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+  rate=$(awk -v n=$((total - from)) -v s="$secs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
+  log "loaded $((total - from)) objects in $secs s ($rate objects/s)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$prefix" "$namespaces" "$from" "$total" "$secs" "$rate" >>"${OUT:?}/load.tsv"
+}
+
+# check_backup FILE: FILE is the `-o json` output of a completed backup; prints its item count.
+check_backup() {
+  jq -e '.status.phase == "Completed"' "$1" >/dev/null || { log "backup not completed: $1"; exit 1; }
+  jq -r '.status.progress.itemsBackedUp' "$1"
+}
+
+# warm_up SIZE LOCATION: one raw LIST and one backup before the measured runs (not measured); logs and
+# records in $OUT/sizes.tsv how many objects each sees (the raw LIST also counts the cluster's own).
+warm_up() {
+  local size=$1 location=$2 listed items
+  listed=$("$RELEASE/raw-list" | sed -n 's/.*items=\([0-9]*\).*/\1/p')
+  kubectl backup create "warmup-$size" --location "$location" -o json >"$RUN/warmup.json"
+  items=$(check_backup "$RUN/warmup.json")
+  log "size $size: raw LIST sees $listed objects, the backup holds $items (warm-up runs done)"
+  printf '%s\tlisted=%s\tbackup_items=%s\n' "$size" "$listed" "$items" >>"${OUT:?}/sizes.tsv"
 }
 
 # Prints the machine the figures come from.

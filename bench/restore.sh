@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Restore benchmark (issue 3): `kubectl backup restore` of 5k objects (ConfigMaps and Secrets over 10
-# namespaces) into an empty cluster, against `kubectl create -f` of exactly the same objects rendered
-# from the backup's archive into one file, in the same run. Wall time and peak RSS, median of
-# BENCH_RUNS runs (default 3) each. Results go to target/bench/restore-<time>/.
+# Restore benchmark (issues 3 and 16): `kubectl backup restore` of 5k objects (ConfigMaps and Secrets
+# over 10 namespaces) into an empty cluster, against (a) the floor, target/release/raw-create: the
+# same objects rendered from the backup's archive, POSTed as they are with the restore's default
+# concurrency (Namespaces first, no rate limit, no checks), and (b) `kubectl create -f` of the same
+# file, in the same run. Wall time and peak RSS, median of BENCH_RUNS runs (default 3) each. Results
+# go to target/bench/restore-<time>/.
 #
 # One private harness is both source and target: the objects are loaded, backed up to S3 (s3s-fs),
 # rendered, and their namespaces deleted; then each run restores them (kubectl backup restore with
-# the default flags, kubectl create -f, kubectl backup restore --qps 100 --burst 200, and
+# the default flags, raw-create, kubectl create -f, kubectl backup restore --qps 100 --burst 200, and
 # kubectl backup restore --qps 100000 --burst 100000 --concurrency 64), deleting the namespaces after
 # each variant (waiting until they are gone), so every variant starts from the same empty cluster.
 #
@@ -55,8 +57,7 @@ delete_namespaces() {
   sleep 5 # let the controllers settle before the next measurement
 }
 
-log "loading $SIZE ConfigMaps and Secrets over $NAMESPACES namespaces (not measured)"
-"$RELEASE/bench-load" --prefix rbench --namespaces "$NAMESPACES" --from 0 --to "$PER_NS" --bytes "$BYTES" >&2
+load_objects rbench "$NAMESPACES" "$SIZE" "$BYTES"
 kubectl backup create "$BACKUP" --location "$LOCATION" --include-namespaces 'rbench-*' \
   --include-resources configmaps,secrets -o json >"$OUT/backup.json"
 jq -e '.status.phase == "Completed"' "$OUT/backup.json" >/dev/null
@@ -83,6 +84,10 @@ log "rendered $N objects ($(jq '[.items[] | select(.kind == "Namespace")] | leng
 printf '%s\tarchive_objects=%s\trendered=%s\n' "$SIZE" "$(jq '.status.progress.itemsBackedUp' "$OUT/backup.json")" "$N" \
   >"$OUT/sizes.tsv"
 delete_namespaces
+# The restore's default --concurrency, from its help (16 when this was written: plugin/src/args.rs).
+CONCURRENCY=$(kubectl backup restore --help | awk '/^ *--concurrency / { f = 1 } f && /\[default: / { sub(/.*\[default: /, ""); sub(/\].*/, ""); print; exit }')
+[ -n "$CONCURRENCY" ] || { log "no default --concurrency in kubectl backup restore --help"; exit 1; }
+log "the floor POSTs with $CONCURRENCY requests in flight (the restore's default --concurrency)"
 
 restore_run() { # restore_run VARIANT RUN [FLAGS...]
   local variant=$1 run=$2
@@ -98,6 +103,12 @@ for run in $(seq 1 "$RUNS"); do
   log "run $run/$RUNS"
   restore_run kubectl-backup-restore "$run"
   [ "$(count_objects)" = "$SIZE" ] || { log "expected $SIZE objects after the restore"; exit 1; }
+  delete_namespaces
+
+  measure "$RESULTS" "$SIZE" raw-create "$run" "$OUT/logs/raw-create-$run.log" -- \
+    "$RELEASE/raw-create" --concurrency "$CONCURRENCY" "$RUN/objects.json"
+  grep -q " created=$N " "$OUT/logs/raw-create-$run.log" || { log "raw-create did not create exactly $N objects"; exit 1; }
+  [ "$(count_objects)" = "$SIZE" ] || { log "expected $SIZE objects after raw-create"; exit 1; }
   delete_namespaces
 
   measure "$RESULTS" "$SIZE" kubectl-create-f "$run" "$OUT/logs/kubectl-create-$run.log" -- \
@@ -127,6 +138,8 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
   sed 's/^/    /' "$OUT/sizes.tsv"
   echo
   python3 "$ROOT/bench/summarize.py" "$RESULTS" \
+    "kubectl backup restore / raw POST, $CONCURRENCY parallel (target <= 1.2)=kubectl-backup-restore/raw-create@$SIZE" \
+    "kubectl create -f / raw POST=kubectl-create-f/raw-create@$SIZE" \
     "kubectl create -f / kubectl backup restore (target >= 3)=kubectl-create-f/kubectl-backup-restore@$SIZE" \
     "kubectl create -f / kubectl backup restore --qps 100=kubectl-create-f/kubectl-backup-restore-qps100@$SIZE" \
     "kubectl create -f / kubectl backup restore --qps 100000 --concurrency 64=kubectl-create-f/kubectl-backup-restore-unlimited-c64@$SIZE"
