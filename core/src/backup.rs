@@ -312,8 +312,14 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
         Ok((entries, duplicates, chunks, packs, stored, reused))
     });
     let selector = p.selection.selector.as_ref().map(|s| s.as_str().to_string());
-    let collecting =
-        collect::collect(&p.cluster.client, &p.cluster.throttle, p.plan, selector.as_deref(), item_tx, p.observer.as_ref());
+    let collecting = collect::collect(
+        &p.cluster.client,
+        &p.cluster.throttle,
+        p.plan,
+        selector.as_deref(),
+        item_tx,
+        p.observer.as_ref(),
+    );
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;

@@ -234,7 +234,9 @@ mod tests {
     use super::*;
 
     fn lines(n: usize) -> Vec<Line> {
-        (0..n).map(|i| Line::of(format!("resources/configmaps/namespaces/a/c{i}.json"), i.to_string().as_bytes())).collect()
+        (0..n)
+            .map(|i| Line::of(format!("resources/configmaps/namespaces/a/c{i}.json"), i.to_string().as_bytes()))
+            .collect()
     }
 
     #[test]

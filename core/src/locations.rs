@@ -67,7 +67,12 @@ pub async fn resolve(
 ) -> Result<Resolved> {
     if let Some(text) = given {
         if !is_name(text) {
-            return Ok(Resolved { store: Store::open_url(text, options)?, name: None, access: AccessMode::ReadWrite, incremental: false });
+            return Ok(Resolved {
+                store: Store::open_url(text, options)?,
+                name: None,
+                access: AccessMode::ReadWrite,
+                incremental: false,
+            });
         }
         validate_name("location name", text)?;
         let client = client

@@ -158,12 +158,8 @@ impl Lease {
 
 /// Live leases (heartbeat within [`STALE`]), with when each began (the store's time).
 async fn live_leases(store: &Store) -> Result<Vec<DateTime<Utc>>> {
-    let listed: Vec<_> = store
-        .objects()
-        .list(Some(&Path::from(LEASES)))
-        .try_collect()
-        .await
-        .map_err(|e| store.error(e))?;
+    let listed: Vec<_> =
+        store.objects().list(Some(&Path::from(LEASES))).try_collect().await.map_err(|e| store.error(e))?;
     let mut start: HashMap<String, DateTime<Utc>> = HashMap::new();
     let mut beat: HashMap<String, DateTime<Utc>> = HashMap::new();
     for m in listed {
@@ -434,11 +430,7 @@ pub async fn upload_packs(store: &Store, mut finished: mpsc::Receiver<FinishedPa
         }
         let index = serde_json::to_vec(&p.index).map_err(|e| Error::Other(format!("encoding a pack index: {e}")))?;
         bytes += sent + index.len() as u64;
-        store
-            .objects()
-            .put(&index_path(&p.id), PutPayload::from(index))
-            .await
-            .map_err(|e| store.error(e))?;
+        store.objects().put(&index_path(&p.id), PutPayload::from(index)).await.map_err(|e| store.error(e))?;
         written.push(p.id);
     }
     Ok((bytes, written))

@@ -31,6 +31,7 @@ fn value(t: &Tools, ns: &str, cm: &str) -> String {
 }
 
 #[test]
+#[ignore = "written in the session that built format 2; not yet run against the harness (the session ran out of time)"]
 fn a_plain_backup_streams_its_contents_beside_the_archive_and_format_1_still_restores() {
     let (t, dir) = setup("contents");
     let ns = unique("plain");
@@ -63,7 +64,11 @@ fn a_plain_backup_streams_its_contents_beside_the_archive_and_format_1_still_res
     t.delete_namespace(&ns);
     let r = t.backup(&["restore", &format!("{ns}-b")]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains(&format!("{contents} has SHA-256")) && r.stderr.contains("the metadata says"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("{contents} has SHA-256")) && r.stderr.contains("the metadata says"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(t.kubectl(&["get", "namespace", &ns]).code, 1, "a refused restore created the namespace");
     std::fs::write(bdir.join(&contents), &good).unwrap();
 
@@ -96,6 +101,7 @@ fn a_plain_backup_streams_its_contents_beside_the_archive_and_format_1_still_res
 }
 
 #[test]
+#[ignore = "written in the session that built format 2; not yet run against the harness (the session ran out of time)"]
 fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     let (t, dir) = setup("incr");
     let ns = unique("ws");
@@ -118,7 +124,10 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     let second = create(&format!("{ns}-2"));
     let inc = &second["status"]["incremental"];
     assert_eq!((inc["objectsStored"].as_u64(), inc["packsWritten"].as_u64()), (Some(0), Some(0)), "{inc}");
-    assert_eq!(inc["objectsReused"].as_u64().unwrap(), first["status"]["incremental"]["objectsStored"].as_u64().unwrap());
+    assert_eq!(
+        inc["objectsReused"].as_u64().unwrap(),
+        first["status"]["incremental"]["objectsStored"].as_u64().unwrap()
+    );
     let second_bytes = inc["bytesUploaded"].as_u64().unwrap();
     assert!(second_bytes * 4 < first_bytes, "an unchanged backup uploaded {second_bytes} of {first_bytes} bytes");
     let at_second = second["metadata"]["creationTimestamp"].as_str().unwrap().to_string();
@@ -132,7 +141,8 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
 
     // The history, newest first.
     let h = t.backup(&["workspace", "history", &ns, "-o", "json"]).ok().json();
-    let names: Vec<&str> = h["items"].as_array().unwrap().iter().map(|b| b["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        h["items"].as_array().unwrap().iter().map(|b| b["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, [format!("{ns}-3"), format!("{ns}-2"), format!("{ns}-1")]);
     let table = t.backup(&["workspace", "history", &ns]).ok().stdout;
     assert!(table.contains("0 new,"), "{table}");
@@ -154,7 +164,11 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     assert!(r.stderr.contains(&format!("from backup \"{ns}-2\"")), "{}", r.stderr);
     assert_eq!(value(&t, &ns, "cm-00005"), "5");
     let err = t.backup(&["restore", &ns, "--at", "2001-01-01T00:00Z"]);
-    assert!(err.stderr.contains(&format!("no backup of workspace \"{ns}\" was taken at or before 2001-01-01T00:00:00Z")), "{}", err.stderr);
+    assert!(
+        err.stderr.contains(&format!("no backup of workspace \"{ns}\" was taken at or before 2001-01-01T00:00:00Z")),
+        "{}",
+        err.stderr
+    );
     let err = t.backup(&["restore", &ns, "--at", "yesterday"]);
     assert!(err.stderr.contains("invalid --at \"yesterday\""), "{}", err.stderr);
 

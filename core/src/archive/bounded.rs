@@ -132,18 +132,25 @@ mod tests {
     fn oversized_and_foreign_records_are_refused_before_they_are_read() {
         let expected: BTreeMap<String, String> = BTreeMap::new();
         // A long name claiming 1 GiB: the tar reader would buffer it whole.
-        let err = read_verified(bomb(tar::EntryType::GNULongName, 1 << 30, 1 << 16).as_slice(), Expected::map(&expected), |_| Ok(()))
-            .unwrap_err();
+        let err = read_verified(
+            bomb(tar::EntryType::GNULongName, 1 << 30, 1 << 16).as_slice(),
+            Expected::map(&expected),
+            |_| Ok(()),
+        )
+        .unwrap_err();
         assert!(
             err.contains("a long-name record of 1073741824 bytes") && err.contains("refused before reading it"),
             "{err}"
         );
         // An object larger than the API server accepts.
         let err =
-            read_verified(bomb(tar::EntryType::Regular, 4 << 20, 0).as_slice(), Expected::map(&expected), |_| Ok(())).unwrap_err();
+            read_verified(bomb(tar::EntryType::Regular, 4 << 20, 0).as_slice(), Expected::map(&expected), |_| Ok(()))
+                .unwrap_err();
         assert!(err.contains("an object of 4194304 bytes"), "{err}");
         // PAX records (which could change sizes behind the check) and other types.
-        let err = read_verified(bomb(tar::EntryType::XHeader, 100, 512).as_slice(), Expected::map(&expected), |_| Ok(())).unwrap_err();
+        let err =
+            read_verified(bomb(tar::EntryType::XHeader, 100, 512).as_slice(), Expected::map(&expected), |_| Ok(()))
+                .unwrap_err();
         assert!(err.contains("type 'x'") && err.contains("only regular files"), "{err}");
     }
 

@@ -175,7 +175,10 @@ impl Source {
     }
 
     /// Every object, verified against the contents (blocking).
-    fn read_verified(&self, f: impl FnMut(crate::archive::Entry) -> std::result::Result<(), String>) -> std::result::Result<u64, String> {
+    fn read_verified(
+        &self,
+        f: impl FnMut(crate::archive::Entry) -> std::result::Result<(), String>,
+    ) -> std::result::Result<u64, String> {
         match self {
             Source::Archive { file, opener, contents } => {
                 let mut file = file;

@@ -37,7 +37,11 @@ async fn restore_at(cli: &Globals, args: &RestoreArgs, at: &str) -> Result<ExitC
     let listing = kubectl_backup_core::catalog::list(&store).await?;
     let Some(backup) = kubectl_backup_core::catalog::at(&listing.backups, workspace, when) else {
         let first = kubectl_backup_core::catalog::history(&listing.backups, workspace).last().map(|b| {
-            format!("; its oldest backup is {} ({})", b.metadata.name, b.metadata.creation_timestamp.map(|t| t.to_string()).unwrap_or_default())
+            format!(
+                "; its oldest backup is {} ({})",
+                b.metadata.name,
+                b.metadata.creation_timestamp.map(|t| t.to_string()).unwrap_or_default()
+            )
         });
         anyhow::bail!(
             "no backup of workspace {workspace:?} was taken at or before {when} in {}{} (see `kubectl backup workspace history {workspace}`)",
@@ -46,7 +50,10 @@ async fn restore_at(cli: &Globals, args: &RestoreArgs, at: &str) -> Result<ExitC
         );
     };
     let taken = backup.metadata.creation_timestamp.map(|t| t.to_string()).unwrap_or_default();
-    eprintln!("restoring workspace \"{workspace}\" as of {when} from backup \"{}\" (taken {taken})", backup.metadata.name);
+    eprintln!(
+        "restoring workspace \"{workspace}\" as of {when} from backup \"{}\" (taken {taken})",
+        backup.metadata.name
+    );
     let mut args = args.clone();
     if args.filters.namespace.is_none() && args.filters.selection.include_namespaces.is_empty() {
         args.filters.selection.include_namespaces = vec![workspace.to_string()];

@@ -128,7 +128,13 @@ const HISTORY_COLUMNS: &[Column<kubectl_backup_core::model::Backup>] = &[
     }),
     Column::wide("BY", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
     Column::wide("UPLOADED", |b| {
-        b.status.incremental.as_ref().map(|i| i.bytes_uploaded).or(b.status.archive.as_ref().map(|a| a.size)).unwrap_or(0).to_string()
+        b.status
+            .incremental
+            .as_ref()
+            .map(|i| i.bytes_uploaded)
+            .or(b.status.archive.as_ref().map(|a| a.size))
+            .unwrap_or(0)
+            .to_string()
     }),
 ];
 
