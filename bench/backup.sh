@@ -29,14 +29,7 @@ trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 bench_prepare
-bench_nice
-bench_run_dir backup
-OUT=${BENCH_OUT:-$ROOT/target/bench}/backup-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$OUT/logs"
-RESULTS="$OUT/results.tsv"
-: >"$RESULTS"
-start_harness "$RUN/env"
-machine | tee "$OUT/machine.txt" >&2
+bench_begin backup
 LOCATION="s3://backups/bench-$(date +%s)"
 last_size=${SIZES##* }
 # The encrypted variant's recipient: a key made by the real age-keygen (tests/env/install.sh).

@@ -48,14 +48,7 @@ if ! "$RELEASE/kubectl-backup" create --help | grep -q -- '--incremental'; then
   log "run this benchmark on an engine that has it (issue 16)"
   exit 2
 fi
-bench_nice
-bench_run_dir incremental
-OUT=${BENCH_OUT:-$ROOT/target/bench}/incremental-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$OUT/logs"
-RESULTS="$OUT/results.tsv"
-: >"$RESULTS"
-start_harness "$RUN/env"
-machine | tee "$OUT/machine.txt" >&2
+bench_begin incremental
 STAMP=$(date +%s)
 
 # stored_bytes PREFIX: bytes under s3://backups/PREFIX as s3s-fs stores them (0 when nothing is).

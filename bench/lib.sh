@@ -69,6 +69,20 @@ EOF
   export PATH="$RUN/bin:$RELEASE:$PATH"
 }
 
+# bench_begin NAME: the common start of a measuring script, after bench_prepare: nice, a run
+# directory, OUT (target/bench/NAME-<time>, with logs/), an empty RESULTS file, the harness, and
+# the machine's description in OUT/machine.txt.
+bench_begin() {
+  bench_nice
+  bench_run_dir "$1"
+  OUT=${BENCH_OUT:-$ROOT/target/bench}/$1-$(date +%Y%m%d-%H%M%S)
+  mkdir -p "$OUT/logs"
+  RESULTS="$OUT/results.tsv"
+  : >"$RESULTS"
+  start_harness "$RUN/env"
+  machine | tee "$OUT/machine.txt" >&2
+}
+
 # start_harness DIR: starts `harness up` in DIR (the control plane and s3s-fs, which stores the bucket
 # `backups` under DIR/s3/backups), waits for it, and sources DIR/env.sh (KUBECONFIG and the S3
 # settings). Sets HARNESS_PID and S3_ROOT (the bucket's directory: s3://backups/P is S3_ROOT/P).

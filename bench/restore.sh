@@ -32,14 +32,7 @@ trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 bench_prepare
-bench_nice
-bench_run_dir restore
-OUT=${BENCH_OUT:-$ROOT/target/bench}/restore-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$OUT/logs"
-RESULTS="$OUT/results.tsv"
-: >"$RESULTS"
-start_harness "$RUN/env"
-machine | tee "$OUT/machine.txt" >&2
+bench_begin restore
 LOCATION="s3://backups/restore-bench-$(date +%s)"
 SIZE=$((NAMESPACES * PER_NS * 2))
 

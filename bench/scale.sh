@@ -30,14 +30,7 @@ trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 bench_prepare
-bench_nice
-bench_run_dir scale
-OUT=${BENCH_OUT:-$ROOT/target/bench}/scale-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$OUT/logs"
-RESULTS="$OUT/results.tsv"
-: >"$RESULTS"
-start_harness "$RUN/env"
-machine | tee "$OUT/machine.txt" >&2
+bench_begin scale
 LOCATION="s3://backups/scale-$(date +%s)"
 first_size=${SIZES%% *}
 last_size=${SIZES##* }

@@ -326,9 +326,8 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
     let (bytes, written_packs) = uploaded?;
     let (entries, duplicates, chunks, packs, stored, reused) =
         written.map_err(|e| Error::Other(format!("writing packs: {e}")))?;
-    if report.lists > 0 && report.failed_lists == report.lists {
-        let first = report.errors.first().cloned().unwrap_or_default();
-        return Err(Error::Other(format!("backup {:?} failed: no resource could be listed ({first})", p.name)));
+    if let Some(e) = nothing_listed(&report, p.name) {
+        return Err(e);
     }
     let status = crate::model::IncrementalStatus {
         bytes_uploaded: bytes,
@@ -336,6 +335,7 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
         objects_reused: reused,
         packs_written: written_packs.len() as u64,
         packs: packs.len() as u64,
+        encryption,
     };
     Ok(Outcome {
         report,
@@ -383,13 +383,19 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
             return Err(Error::Other(format!("writing the archive: {e}")));
         }
     };
-    if report.lists > 0 && report.failed_lists == report.lists {
+    if let Some(e) = nothing_listed(&report, p.name) {
         store.remove_quietly(archive).await;
-        let first = report.errors.first().cloned().unwrap_or_default();
-        let name = p.name;
-        return Err(Error::Other(format!("backup {name:?} failed: no resource could be listed ({first})")));
+        return Err(e);
     }
     Ok((report, written))
+}
+
+/// The error of a run in which every LIST failed: nothing was backed up.
+fn nothing_listed(report: &collect::Report, name: &str) -> Option<Error> {
+    (report.lists > 0 && report.failed_lists == report.lists).then(|| {
+        let first = report.errors.first().cloned().unwrap_or_default();
+        Error::Other(format!("backup {name:?} failed: no resource could be listed ({first})"))
+    })
 }
 
 /// Counts archived objects for the in-progress marker, forwarding every event.

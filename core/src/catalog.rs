@@ -226,7 +226,7 @@ pub fn history<'a>(backups: &'a [Backup], namespace: &str) -> Vec<&'a Backup> {
         .iter()
         .filter(|b| b.status.phase != crate::model::Phase::Failed && b.status.namespaces.iter().any(|n| n == namespace))
         .collect();
-    out.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+    out.sort_by_key(|b| std::cmp::Reverse(b.metadata.creation_timestamp));
     out
 }
 

@@ -290,6 +290,24 @@ impl Backup {
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.status.expiration.is_some_and(|e| e <= now)
     }
+
+    /// How the stored data is encrypted: the archive's, or an incremental backup's packs'.
+    pub fn encryption(&self) -> Option<&Encryption> {
+        match (&self.status.archive, &self.status.incremental) {
+            (Some(a), _) => a.encryption.as_ref(),
+            (None, Some(i)) => i.encryption.as_ref(),
+            (None, None) => None,
+        }
+    }
+
+    /// Bytes this backup's run stored: its archive, or what an incremental run uploaded.
+    pub fn bytes_stored(&self) -> u64 {
+        match (&self.status.archive, &self.status.incremental) {
+            (Some(a), _) => a.size,
+            (None, Some(i)) => i.bytes_uploaded,
+            (None, None) => 0,
+        }
+    }
 }
 
 /// The `-o json|yaml` form of a `list` command, for every kind of document.
@@ -355,6 +373,9 @@ pub struct IncrementalStatus {
     pub packs_written: u64,
     /// Packs the backup references in all.
     pub packs: u64,
+    /// How the packs this backup references are encrypted (the run's recipients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 /// The part of [`BackupMetadata`] listing needs; skips the per-object digests without allocating them.

@@ -485,14 +485,15 @@ impl Local {
         }
         Ok(Local { packs, encryption })
     }
+}
 
+/// A visitor over stored bodies: `f(key, body)` returns whether to go on.
+pub type Visit<'a> = dyn FnMut(&str, Vec<u8>) -> std::result::Result<bool, String> + 'a;
+
+impl Local {
     /// Calls `f(sha256, body)` for every blob of every pack whose digest is in `wanted`, after
     /// checking the body has that digest. Blocking.
-    pub fn scan(
-        &self,
-        wanted: &dyn Fn(&str) -> bool,
-        f: &mut dyn FnMut(&str, Vec<u8>) -> std::result::Result<bool, String>,
-    ) -> std::result::Result<(), String> {
+    pub fn scan(&self, wanted: &dyn Fn(&str) -> bool, f: &mut Visit<'_>) -> std::result::Result<(), String> {
         for (id, file, opener, entries) in &self.packs {
             let mut file = file;
             io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;

@@ -400,6 +400,31 @@ pub fn tar_entries(archive: &Path) -> Vec<String> {
     v
 }
 
+/// Rewrites the contents file of the plain (format 2) backup `name` in the `file://` location `dir`
+/// with `edit`, and records the new file's size and SHA-256 in `metadata.json`, as a writer with
+/// the location's credentials could: only the per-object checks can then tell.
+pub fn rewrite_contents(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<Value>)) {
+    let bdir = dir.join("backups").join(name);
+    let meta_path = bdir.join("metadata.json");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let key = meta["contents"]["file"]["key"].as_str().expect("a format-2 backup with a contents file").to_string();
+    let plain = zstd::decode_all(std::fs::File::open(bdir.join(&key)).unwrap()).unwrap();
+    let mut lines: Vec<Value> =
+        plain.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    edit(&mut lines);
+    let mut out = Vec::new();
+    for l in &lines {
+        serde_json::to_writer(&mut out, l).unwrap();
+        out.push(b'\n');
+    }
+    let packed = zstd::encode_all(out.as_slice(), 3).unwrap();
+    std::fs::write(bdir.join(&key), &packed).unwrap();
+    meta["contents"]["entries"] = lines.len().into();
+    meta["contents"]["file"]["size"] = packed.len().into();
+    meta["contents"]["file"]["sha256"] = kubectl_backup_core::archive::sha256_hex(&packed).into();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
 /// `count` ConfigMaps of `bytes` random bytes each in `ns` (as binaryData: incompressible).
 pub fn random_configmaps(ns: &str, count: usize, bytes: usize) -> String {
     use base64::Engine;

@@ -432,8 +432,8 @@ fn the_controller_restores_a_workspace_from_an_encrypted_backup_with_its_locatio
             == Some("Completed")
     });
     assert_eq!(secret_value(&c.t, &ns), secret, "{}", webhook.log());
-    // The restore changed the workspace: the controller's continuous backup of it is encrypted to
-    // the location's recipients with no flag anywhere.
+    // The restore changed the workspace: the controller's continuous backup of it (incremental by
+    // default) is encrypted to the location's recipients with no flag anywhere.
     let continuous = || -> Option<Value> {
         let list = c.t.backup(&["list", "-o", "json"]).ok().json();
         list["items"]
@@ -445,7 +445,8 @@ fn the_controller_restores_a_workspace_from_an_encrypted_backup_with_its_locatio
     };
     eventually("a continuous backup of the restored workspace", Duration::from_secs(40), || continuous().is_some());
     let cont = continuous().unwrap();
-    assert_eq!(cont["status"]["archive"]["encryption"]["recipients"], json!([public]), "{cont}");
+    assert!(cont["status"]["archive"].is_null(), "a continuous backup is incremental by default: {cont}");
+    assert_eq!(cont["status"]["incremental"]["encryption"]["recipients"], json!([public]), "{cont}");
     // Expiry needs no key: an expired encrypted backup goes, the others stay.
     let short = unique("short");
     c.t.backup(&["create", &short, "-n", &ns, "--encrypt-to", &public, "--ttl", "1s"]).ok();

@@ -245,7 +245,12 @@ fn a_change_in_a_workspace_yields_a_continuous_backup() {
         continuous(&s).last().map(|b| b["metadata"]["name"].as_str().unwrap().to_string()) != Some(before.clone())
     });
     assert!(changed_at.elapsed() < Duration::from_secs(20), "took {:?}", changed_at.elapsed());
-    let newest = continuous(&s).last().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    let newest = continuous(&s).last().unwrap().clone();
+    // Continuous backups are incremental by default: a later one references what the first stored.
+    let inc = &newest["status"]["incremental"];
+    assert!(newest["status"]["archive"].is_null(), "{newest}");
+    assert!(inc["objectsReused"].as_u64().unwrap() > 0, "{newest}");
+    let newest = newest["metadata"]["name"].as_str().unwrap().to_string();
     let file = s.dir.join("newest.tar.zst");
     s.t.backup(&["download", &newest, "-f", file.to_str().unwrap()]).ok();
     let out = std::process::Command::new("tar")

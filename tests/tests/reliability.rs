@@ -77,13 +77,14 @@ fn sigkill_mid_backup_leaves_nothing_listed_and_a_rerun_succeeds() {
     let b = t.backup(&["create", &name, "-n", &ns, "-o", "json"]).ok().json();
     assert_eq!(b["status"]["phase"], "Completed");
     assert_eq!(b["status"]["resources"]["configmaps"], 301);
-    // The commit, its archive, and the run's log (written after the commit).
+    // The commit, its archive and contents file, and the run's log (written after the commit).
     let files = files_of(&backup_dir);
-    assert_eq!(files.len(), 3, "leftovers remain: {files:?}");
+    assert_eq!(files.len(), 4, "leftovers remain: {files:?}");
     assert!(
         files.contains(&"metadata.json".to_string())
             && files.contains(&"log.txt".to_string())
-            && files.iter().any(|f| f.starts_with("archive-")),
+            && files.iter().any(|f| f.starts_with("archive-") && f.ends_with(".tar.zst"))
+            && files.iter().any(|f| f.starts_with("contents-") && f.ends_with(".jsonl.zst")),
         "{files:?}"
     );
     t.backup(&["download", &name, "-f", dir.join("ok.tar.zst").to_str().unwrap()]).ok();

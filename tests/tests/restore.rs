@@ -5,7 +5,9 @@ use std::path::Path;
 
 use kubectl_backup_e2e::control_plane::ControlPlane;
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, namespace, sample_app, unique, wait_crd, widget, widget_crd};
+use kubectl_backup_e2e::fixtures::{
+    Tools, namespace, rewrite_contents, sample_app, unique, wait_crd, widget, widget_crd,
+};
 use serde_json::{Value, json};
 
 fn env() -> (SharedEnv, Tools) {
@@ -299,12 +301,13 @@ fn damaged_backups_are_refused_before_any_write() {
     let a = archive_of(&dir, &names[1]);
     let bytes = std::fs::read(&a).unwrap();
     std::fs::write(&a, &bytes[..bytes.len() / 2]).unwrap();
-    // 3. An entry whose digest in the metadata does not match (archive intact).
-    let meta_path = dir.join("backups").join(&names[2]).join("metadata.json");
-    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    // 3. An entry whose digest in the contents file does not match (archive intact, contents file
+    // consistent with the metadata).
     let key = format!("resources/configmaps/namespaces/{ns}/settings.json");
-    meta["objects"][&key] = json!("0".repeat(64));
-    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    rewrite_contents(&dir, &names[2], |lines| {
+        let line = lines.iter_mut().find(|l| l["path"] == key.as_str()).expect("settings.json is listed");
+        line["sha256"] = json!("0".repeat(64));
+    });
     // 4. No metadata (uncommitted).
     std::fs::remove_file(dir.join("backups").join(&names[3]).join("metadata.json")).unwrap();
 
@@ -351,9 +354,11 @@ fn an_archive_with_an_escaping_entry_is_refused() {
     }
     let archive = archive_of(&dir, &name);
     std::fs::write(&archive, &raw).unwrap();
+    rewrite_contents(&dir, &name, |lines| {
+        *lines = vec![json!({ "path": "resources/../../evil.json", "sha256": sha256_hex(&body), "size": body.len() })];
+    });
     let meta_path = dir.join("backups").join(&name).join("metadata.json");
     let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-    meta["objects"] = json!({ "resources/../../evil.json": sha256_hex(&body) });
     meta["backup"]["status"]["archive"]["size"] = json!(raw.len());
     meta["backup"]["status"]["archive"]["sha256"] = json!(sha256_hex(&raw));
     std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();

@@ -281,7 +281,8 @@ mod tests {
     }
 
     fn in_order(lines: &[Line]) -> Expected<'static> {
-        Expected::in_order(lines.to_vec().into_iter().map(Ok), lines.len() as u64)
+        let owned: Vec<Line> = lines.to_owned();
+        Expected::in_order(owned.into_iter().map(Ok), lines.len() as u64)
     }
 
     #[test]

@@ -201,11 +201,7 @@ impl Source {
 
     /// Calls `f(key, bytes)` for each stored object whose key (entry path in an archive, SHA-256
     /// in packs) `wanted` holds; stops when `f` returns false (blocking).
-    fn scan(
-        &self,
-        wanted: &dyn Fn(&str) -> bool,
-        f: &mut dyn FnMut(&str, Vec<u8>) -> std::result::Result<bool, String>,
-    ) -> std::result::Result<(), String> {
+    fn scan(&self, wanted: &dyn Fn(&str) -> bool, f: &mut crate::packs::Visit<'_>) -> std::result::Result<(), String> {
         match self {
             Source::Archive { file, opener, contents } => {
                 let mut file = file;
@@ -431,27 +427,44 @@ async fn ensure_namespaces(
         .collect();
     let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
     let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
+    // One GET (and, when missing, one POST) per namespace, with the restore's concurrency.
+    let mut outcomes: Vec<(String, std::result::Result<bool, String>)> = futures::stream::iter(targets)
+        .map(|ns| {
+            let api = &api;
+            async move {
+                let outcome = match cluster.throttle.call(|| api.get_opt(&ns)).await {
+                    Ok(Some(_)) => Ok(true),
+                    Ok(None) if dry_run => Ok(false),
+                    Ok(None) => {
+                        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                            "apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": ns, "labels": {RESTORED_FROM_LABEL: opts.backup_name}}
+                        }))
+                        .expect("a valid namespace object");
+                        let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
+                        match cluster.throttle.call(|| api.create(&pp, &obj)).await {
+                            Ok(_) => Ok(true),
+                            Err(kube::Error::Api(s)) if s.code == 409 => Ok(true),
+                            Err(e) => Err(format!("cannot create namespace {ns:?}: {}", kube_message(&e))),
+                        }
+                    }
+                    Err(e) => Err(format!("cannot read namespace {ns:?}: {}", kube_message(&e))),
+                };
+                (ns, outcome)
+            }
+        })
+        .buffer_unordered(cluster.throttle.concurrency)
+        .collect()
+        .await;
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     let mut pending = BTreeSet::new();
-    for ns in targets {
-        match cluster.throttle.call(|| api.get_opt(&ns)).await {
-            Ok(Some(_)) => {}
-            Ok(None) if dry_run => {
+    for (ns, outcome) in outcomes {
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => {
                 pending.insert(ns);
             }
-            Ok(None) => {
-                let obj: DynamicObject = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": ns, "labels": {RESTORED_FROM_LABEL: opts.backup_name}}
-                }))
-                .expect("a valid namespace object");
-                let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
-                match cluster.throttle.call(|| api.create(&pp, &obj)).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => report.warn(format!("cannot create namespace {ns:?}: {}", kube_message(&e))),
-                }
-            }
-            Err(e) => report.warn(format!("cannot read namespace {ns:?}: {}", kube_message(&e))),
+            Err(warning) => report.warn(warning),
         }
     }
     pending

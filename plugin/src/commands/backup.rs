@@ -65,14 +65,16 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
 fn print_summary(b: &Backup, location: &str) {
     let s = &b.status;
     let took = took(&s.timing);
-    let bytes = s.archive.as_ref().map(|a| a.size).unwrap_or(0);
+    let stored = match &s.incremental {
+        Some(i) => format!("{} new (incremental: {} objects reused)", size(i.bytes_uploaded), i.objects_reused),
+        None => size(b.bytes_stored()),
+    };
     println!(
-        "Backup \"{}\" {}{took}: {} objects, {} namespaces, {} in {location}",
+        "Backup \"{}\" {}{took}: {} objects, {} namespaces, {stored} in {location}",
         b.metadata.name,
         s.phase,
         s.progress.items_backed_up,
         s.namespaces.len(),
-        size(bytes)
     );
     print_expiry(s.expiration);
     print_messages("Warnings", &s.warnings);
@@ -95,7 +97,12 @@ impl Shown for Objects {
         Column::new("NAME", |b| b.metadata.name.clone()),
         Column::new("PHASE", |b| b.status.phase.to_string()),
         Column::new("OBJECTS", |b| b.status.progress.items_backed_up.to_string()),
-        Column::new("SIZE", |b| b.status.archive.as_ref().map(|a| size(a.size)).unwrap_or_else(|| "-".into())),
+        Column::new("SIZE", |b| match (&b.status.archive, &b.status.incremental) {
+            (Some(a), _) => size(a.size),
+            // An incremental backup's size is what its run added to the location's packs.
+            (None, Some(i)) => format!("+{}", size(i.bytes_uploaded)),
+            (None, None) => "-".into(),
+        }),
         Column::new("CREATED", |b| age(b.metadata.creation_timestamp)),
         Column::new("EXPIRES", |b| {
             if b.status.phase == Phase::InProgress { "-".into() } else { until(b.status.expiration) }
@@ -106,7 +113,7 @@ impl Shown for Objects {
         }),
         Column::wide("ERRORS", |b| b.status.errors.len().to_string()),
         Column::wide("WARNINGS", |b| b.status.warnings.len().to_string()),
-        Column::wide("ENCRYPTION", |b| encryption_short(b.status.archive.as_ref())),
+        Column::wide("ENCRYPTION", |b| encryption_short(b.encryption())),
         Column::wide("SCHEDULE", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
         Column::wide("LOCATION", |b| b.spec.storage_location.clone().unwrap_or_else(|| "-".into())),
     ];
@@ -133,7 +140,7 @@ impl Shown for Objects {
 
     async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String> {
         let b = catalog::describe(store, name).await?;
-        let encrypted = b.status.archive.is_some_and(|a| a.encryption.is_some());
+        let encrypted = b.encryption().is_some();
         Ok(if encrypted { format!("{name}.tar.zst.age") } else { format!("{name}.tar.zst") })
     }
 
@@ -197,7 +204,20 @@ fn print_description(b: &Backup, location: &str) {
     let _ = writeln!(out, "Cluster-scoped:     {}", f.include_cluster_resources);
     if let Some(a) = &s.archive {
         let _ = writeln!(out, "Archive:            {} ({}, {}, sha256 {})", a.key, a.format, size(a.size), a.sha256);
-        let _ = writeln!(out, "Encryption:         {}", encryption(a.encryption.as_ref()));
+    }
+    if let Some(i) = &s.incremental {
+        let _ = writeln!(
+            out,
+            "Incremental:        {} packs ({} new), {} objects stored, {} reused, {} uploaded",
+            i.packs,
+            i.packs_written,
+            i.objects_stored,
+            i.objects_reused,
+            size(i.bytes_uploaded)
+        );
+    }
+    if s.archive.is_some() || s.incremental.is_some() {
+        let _ = writeln!(out, "Encryption:         {}", encryption(b.encryption()));
     }
     let _ = writeln!(out, "Objects:            {}", s.progress.items_backed_up);
     if !s.namespaces.is_empty() {

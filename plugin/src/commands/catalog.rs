@@ -216,8 +216,8 @@ pub(crate) fn encryption(e: Option<&kubectl_backup_core::model::Encryption>) -> 
 }
 
 /// The ENCRYPTION column of `list -o wide`: "none", "age (2 recipients)", "age (passphrase)".
-pub(crate) fn encryption_short(file: Option<&model::StoredFile>) -> String {
-    match file.and_then(|f| f.encryption.as_ref()) {
+pub(crate) fn encryption_short(e: Option<&model::Encryption>) -> String {
+    match e {
         None => "none".into(),
         Some(e) if e.passphrase => format!("{} (passphrase)", e.algorithm),
         Some(e) => format!(

@@ -283,7 +283,7 @@ impl Shown for Etcd {
         Column::wide("MEMBER", |b| b.status.member_name.clone().unwrap_or_else(|| "-".into())),
         Column::wide("PREFIX", |b| b.spec.prefix.clone().unwrap_or_else(|| "-".into())),
         Column::wide("WARNINGS", |b| b.status.warnings.len().to_string()),
-        Column::wide("ENCRYPTION", |b| encryption_short(b.status.archive.as_ref())),
+        Column::wide("ENCRYPTION", |b| encryption_short(b.status.archive.as_ref().and_then(|a| a.encryption.as_ref()))),
         Column::wide("SCHEDULE", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
         Column::wide("LOCATION", |b| b.spec.location.clone().unwrap_or_else(|| "-".into())),
     ];

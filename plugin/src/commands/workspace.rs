@@ -127,15 +127,7 @@ const HISTORY_COLUMNS: &[Column<kubectl_backup_core::model::Backup>] = &[
         None => "full archive".into(),
     }),
     Column::wide("BY", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
-    Column::wide("UPLOADED", |b| {
-        b.status
-            .incremental
-            .as_ref()
-            .map(|i| i.bytes_uploaded)
-            .or(b.status.archive.as_ref().map(|a| a.size))
-            .unwrap_or(0)
-            .to_string()
-    }),
+    Column::wide("UPLOADED", |b| b.bytes_stored().to_string()),
 ];
 
 async fn history(cli: &Globals, a: &HistoryArgs) -> Result<ExitCode> {
