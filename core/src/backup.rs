@@ -98,11 +98,11 @@ async fn save_log(log: &crate::runlog::RunLog, store: &Store, b: &Backup) {
         log.line(format_args!("error: {e}"));
     }
     log.line(format_args!(
-        "backup {} {}: {} objects, {} bytes",
+        "backup {} {}: {} objects, {} bytes stored",
         b.metadata.name,
         s.phase,
         s.progress.items_backed_up,
-        s.archive.as_ref().map_or(0, |a| a.size)
+        b.bytes_stored()
     ));
     if let Err(e) = log.save(store, &crate::committed::dir::<Objects>(&b.metadata.name)).await {
         tracing::warn!(backup = %b.metadata.name, error = %e, "could not store the backup's log");
@@ -162,12 +162,14 @@ async fn run_pipeline(
     let lease = crate::packs::Lease::acquire(store, &run_id).await?;
     let result = async {
         let outcome = store_incremental(&p, &run_id).await?;
+        let packs = outcome.packs.clone();
         lease.check()?;
-        commit(&p, spec, ttl, version, outcome).await
+        let backup = commit(&p, spec, ttl, version, outcome).await?;
+        crate::packs::confirm(store, name, &packs).await?;
+        Ok(backup)
     }
     .await;
     lease.release().await;
-    let _ = name;
     result
 }
 

@@ -143,7 +143,8 @@ pub enum Expected<'a> {
     /// Format 1: digests by path (any order); every one must be seen exactly once.
     Map { digests: &'a BTreeMap<String, String>, seen: HashSet<String> },
     /// Format 2: the contents lines, in archive order; the archive and the lines end together.
-    InOrder { lines: Box<dyn Iterator<Item = Result<Line, String>> + Send + 'a>, entries: u64, seen: u64 },
+    /// `paths` refuses a path listed twice (16 bytes per entry).
+    InOrder { lines: Box<dyn Iterator<Item = Result<Line, String>> + Send + 'a>, entries: u64, seen: u64, paths: Seen },
 }
 
 impl<'a> Expected<'a> {
@@ -152,7 +153,7 @@ impl<'a> Expected<'a> {
     }
 
     pub fn in_order(lines: impl Iterator<Item = Result<Line, String>> + Send + 'a, entries: u64) -> Self {
-        Expected::InOrder { lines: Box::new(lines), entries, seen: 0 }
+        Expected::InOrder { lines: Box::new(lines), entries, seen: 0, paths: Seen::default() }
     }
 
     /// How many entries the archive must hold.
@@ -179,7 +180,7 @@ impl<'a> Expected<'a> {
                 }
                 want
             }
-            Expected::InOrder { lines, seen, .. } => {
+            Expected::InOrder { lines, seen, paths, .. } => {
                 *seen += 1;
                 let line = match lines.next() {
                     Some(line) => line?,
@@ -190,6 +191,9 @@ impl<'a> Expected<'a> {
                         "entry {path:?} is not listed in the contents (entry {} there is {:?})",
                         *seen, line.path
                     ));
+                }
+                if !paths.insert(path) {
+                    return Err(format!("entry {path:?} appears twice"));
                 }
                 line.sha256
             }
@@ -213,7 +217,7 @@ impl<'a> Expected<'a> {
                     ));
                 }
             }
-            Expected::InOrder { mut lines, entries, seen } => {
+            Expected::InOrder { mut lines, entries, seen, .. } => {
                 if let Some(next) = lines.next() {
                     let missing = next.map(|l| l.path).unwrap_or_default();
                     return Err(format!(
@@ -237,6 +241,16 @@ mod tests {
         (0..n)
             .map(|i| Line::of(format!("resources/configmaps/namespaces/a/c{i}.json"), i.to_string().as_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn a_path_listed_twice_is_refused_even_in_order() {
+        let l = lines(1).remove(0);
+        let twice = vec![Ok(l.clone()), Ok(l.clone())];
+        let mut e = Expected::in_order(twice.into_iter(), 2);
+        e.check(&l.path, &l.sha256).unwrap();
+        let err = e.check(&l.path, &l.sha256).unwrap_err();
+        assert_eq!(err, format!("entry {:?} appears twice", l.path));
     }
 
     #[test]

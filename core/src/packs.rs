@@ -19,16 +19,26 @@
 //! tombstone, or wrote itself. Collection ([`collect_garbage`]):
 //! 1. lists the committed backups' packs (R1) and tombstones every other pack with an index
 //!    (none written after the oldest live lease began: those may be a running backup's own);
-//! 2. then lists the leases (L), and *after that* the committed backups' packs again (R2);
+//! 2. then lists the packs (T: the tombstones that exist now), then the leases (L), and *after
+//!    that* the committed backups' packs again (R2);
 //! 3. removes a tombstone whose pack is in R2 (a backup committed meanwhile uses it), and deletes
-//!    a tombstoned pack only when every live lease in L began after its tombstone was written.
+//!    a tombstoned pack only when its tombstone was already in T and every live lease in L began
+//!    after that tombstone was written.
 //!
 //! Why that is safe: a backup B that references pack P saw P without a tombstone, so its lease
-//! began before P's tombstone. If B's lease was still there when L was listed, P is kept. If not,
-//! B had committed before L was listed (a lease is removed only after the commit), so B's
-//! metadata was there when R2 was listed, and P is kept. Every time compared is the store's own
-//! (`last_modified`), never a client clock. A lease without a heartbeat for a minute is stale:
-//! collection ignores it, and its backup, if it ever resumes, refuses to commit.
+//! began before P's tombstone. That tombstone was in T, so it was written before L was listed. If
+//! B's lease was still there when L was listed, P is kept. If not, B had committed before L was
+//! listed (a lease is removed only after the commit), so B's metadata was there when R2 was
+//! listed, and P is kept. A tombstone another collection writes after L was listed is not in T:
+//! this collection leaves it to a later one. Every time compared is the store's own
+//! (`last_modified`; "now" is the time the store gives a probe object), never a client clock.
+//! A lease without a heartbeat for a minute is stale: collection ignores it, and its backup
+//! refuses to commit if its heartbeat ever missed that long (checked by wall and monotonic clock),
+//! and checks after committing that every pack it references is still there.
+//!
+//! Collection also removes what interrupted runs left: a pack without an index (its upload
+//! finished, its index was never written) or an index without a pack, once older than every live
+//! lease and than [`STALE`]; and lease files without a heartbeat for ten times [`STALE`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{self, Read};
@@ -53,8 +63,17 @@ use crate::{Error, Result};
 
 pub const ROOT: &str = "packs";
 pub const LEASES: &str = "leases";
-/// Plaintext bytes after which a pack is closed and a new one begun.
+/// Plaintext bytes (tar records included) after which a pack is closed and a new one begun.
 const PACK_TARGET: u64 = 8 << 20;
+/// What one blob adds to a pack's tar stream besides its body: a header and at most a block of
+/// padding (blob names are short: no long-name records).
+const ENTRY_OVERHEAD: u64 = 1024;
+/// The most plaintext a pack of this writer can hold: the target, the blob that crossed it, and
+/// the end-of-archive blocks. A reader refuses to decompress more (a small zstd bomb stays small),
+/// whatever the pack's unauthenticated index says.
+const MAX_PACK_PLAIN: u64 = PACK_TARGET + crate::archive::MAX_OBJECT_BYTES + 4 * ENTRY_OVERHEAD;
+/// A pack holds at most PACK_TARGET / ENTRY_OVERHEAD blobs, so its index is well under this.
+const MAX_INDEX_BYTES: u64 = 4 << 20;
 /// How often a lease is refreshed, and after how long without a refresh it is stale.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 pub const STALE: Duration = Duration::from_secs(60);
@@ -109,8 +128,21 @@ pub struct Lease {
     store: Store,
     run: String,
     beat: tokio::task::JoinHandle<()>,
-    /// When the heartbeat last succeeded.
-    alive: Arc<std::sync::Mutex<std::time::Instant>>,
+    health: Arc<std::sync::Mutex<Health>>,
+}
+
+/// When the lease's heartbeat last succeeded, by both clocks (the monotonic one does not count a
+/// suspended machine), and whether a gap ever made it stale.
+struct Health {
+    at: std::time::Instant,
+    wall: std::time::SystemTime,
+    lapsed: bool,
+}
+
+impl Health {
+    fn quiet(&self) -> Duration {
+        self.at.elapsed().max(self.wall.elapsed().unwrap_or_default())
+    }
 }
 
 impl Lease {
@@ -121,26 +153,39 @@ impl Lease {
             let path = Path::from(format!("{LEASES}/{run}.{suffix}"));
             store.objects().put(&path, PutPayload::from_bytes(body.clone())).await.map_err(|e| store.error(e))?;
         }
-        let alive = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-        let (s, path, a) = (store.clone(), Path::from(format!("{LEASES}/{run}.beat")), alive.clone());
+        let health = Arc::new(std::sync::Mutex::new(Health {
+            at: std::time::Instant::now(),
+            wall: std::time::SystemTime::now(),
+            lapsed: false,
+        }));
+        let (s, path, h) = (store.clone(), Path::from(format!("{LEASES}/{run}.beat")), health.clone());
         let beat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
                 if s.objects().put(&path, PutPayload::from_bytes(body.clone())).await.is_ok() {
-                    *a.lock().expect("lease clock") = std::time::Instant::now();
+                    let mut h = h.lock().expect("lease health");
+                    // A gap a collection may have seen as stale poisons the lease for good: a
+                    // collection in that gap may have removed a pack this run will reference.
+                    if h.quiet() > STALE - HEARTBEAT {
+                        h.lapsed = true;
+                    }
+                    h.at = std::time::Instant::now();
+                    h.wall = std::time::SystemTime::now();
                 }
             }
         });
-        Ok(Lease { store: store.clone(), run: run.to_string(), beat, alive })
+        Ok(Lease { store: store.clone(), run: run.to_string(), beat, health })
     }
 
-    /// Fails when the heartbeat has not succeeded for [`STALE`]: collection may have ignored
-    /// this lease, so committing could reference a pack it removed.
+    /// Fails when the heartbeat ever went (or now is) close to [`STALE`]: a collection may have
+    /// ignored this lease, so committing could reference a pack it removed. Leaves two heartbeats'
+    /// margin for the commit itself.
     pub fn check(&self) -> Result<()> {
-        let quiet = self.alive.lock().expect("lease clock").elapsed();
-        if quiet > STALE - HEARTBEAT {
+        let h = self.health.lock().expect("lease health");
+        let quiet = h.quiet();
+        if h.lapsed || quiet > STALE - 2 * HEARTBEAT {
             return Err(Error::Other(format!(
-                "the run's lease on the packs was not refreshed for {}s; not committing (run it again)",
+                "the run's lease on the packs went unrefreshed for too long ({}s now); not committing (run it again)",
                 quiet.as_secs()
             )));
         }
@@ -156,8 +201,60 @@ impl Lease {
     }
 }
 
-/// Live leases (heartbeat within [`STALE`]), with when each began (the store's time).
-async fn live_leases(store: &Store) -> Result<Vec<DateTime<Utc>>> {
+/// Checks, after an incremental backup committed, that every pack it references is still there
+/// (with its index); if one is not (the run's lease lapsed unnoticed), the commit is undone.
+pub async fn confirm(store: &Store, name: &str, packs: &[String]) -> Result<()> {
+    let checked: Vec<Option<String>> = futures::stream::iter(packs.iter().cloned().map(|id| {
+        let store = store.clone();
+        async move {
+            for path in [index_path(&id), pack_path(&id)] {
+                match store.objects().head(&path).await {
+                    Ok(_) => {}
+                    Err(object_store::Error::NotFound { .. }) => return Some(id),
+                    Err(_) => {} // unknown: not proof of a loss
+                }
+            }
+            None
+        }
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    if let Some(id) = checked.into_iter().flatten().next() {
+        store.remove_quietly(&crate::committed::metadata_path::<crate::catalog::Objects>(name)).await;
+        return Err(Error::Other(format!(
+            "pack {id}, which backup {name:?} references, was removed while it ran; the backup is not kept (run it again)"
+        )));
+    }
+    Ok(())
+}
+
+/// The store's clock: the time it gives a probe object (written and removed).
+async fn store_now(store: &Store) -> Result<DateTime<Utc>> {
+    let path = Path::from(format!("{LEASES}/.clock-{:016x}", rand::random::<u64>()));
+    store.objects().put(&path, PutPayload::from_static(b"{}")).await.map_err(|e| store.error(e))?;
+    let meta = store.objects().head(&path).await.map_err(|e| store.error(e));
+    store.remove_quietly(&path).await;
+    Ok(meta?.last_modified)
+}
+
+/// The leases in the location: per run, when it began and when it last beat (the store's times).
+struct Leases {
+    runs: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Leases {
+    /// When each lease with a heartbeat within [`STALE`] of `now` began.
+    fn live(&self, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        self.runs
+            .iter()
+            .filter(|(_, _, last)| (now - *last).to_std().unwrap_or_default() < STALE)
+            .map(|r| r.1)
+            .collect()
+    }
+}
+
+async fn list_leases(store: &Store) -> Result<Leases> {
     let listed: Vec<_> =
         store.objects().list(Some(&Path::from(LEASES))).try_collect().await.map_err(|e| store.error(e))?;
     let mut start: HashMap<String, DateTime<Utc>> = HashMap::new();
@@ -170,15 +267,15 @@ async fn live_leases(store: &Store) -> Result<Vec<DateTime<Utc>>> {
             beat.insert(run.to_string(), m.last_modified);
         }
     }
-    let now = Utc::now();
-    Ok(start
-        .into_iter()
-        .filter(|(run, began)| {
-            let last = beat.get(run).copied().unwrap_or(*began).max(*began);
-            (now - last).to_std().unwrap_or_default() < STALE
-        })
-        .map(|(_, began)| began)
-        .collect())
+    Ok(Leases {
+        runs: start
+            .into_iter()
+            .map(|(run, began)| {
+                let last = beat.get(&run).copied().unwrap_or(began).max(began);
+                (run, began, last)
+            })
+            .collect(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +289,7 @@ struct Listed {
 
 #[derive(Default, Debug, Clone)]
 struct PackFiles {
-    data: bool,
+    data: Option<DateTime<Utc>>,
     index: Option<DateTime<Utc>>,
     tombstone: Option<DateTime<Utc>>,
 }
@@ -209,7 +306,7 @@ async fn list_packs(store: &Store) -> Result<Listed> {
         };
         let entry = out.packs.entry(id).or_default();
         match kind.as_str() {
-            "tar.zst" => entry.data = true,
+            "tar.zst" => entry.data = Some(m.last_modified),
             "json" => entry.index = Some(m.last_modified),
             "gone" => entry.tombstone = Some(m.last_modified),
             _ => {}
@@ -219,7 +316,8 @@ async fn list_packs(store: &Store) -> Result<Listed> {
 }
 
 async fn read_index(store: &Store, id: &str) -> Result<PackIndex> {
-    let bytes = store.get_optional(&index_path(id)).await?.ok_or_else(|| missing_pack(store, id))?;
+    let bytes =
+        store.get_optional_within(&index_path(id), MAX_INDEX_BYTES).await?.ok_or_else(|| missing_pack(store, id))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Location { location: store.url().into(), reason: format!("pack index {id}.json: {e}") })
 }
@@ -241,7 +339,7 @@ impl Known {
         let ids: Vec<String> = listed
             .packs
             .into_iter()
-            .filter(|(_, f)| f.data && f.index.is_some() && f.tombstone.is_none())
+            .filter(|(_, f)| f.data.is_some() && f.index.is_some() && f.tombstone.is_none())
             .map(|(id, _)| id)
             .collect();
         let indexes: Vec<(String, Result<PackIndex>)> = futures::stream::iter(ids.into_iter().map(|id| {
@@ -352,7 +450,7 @@ impl Stash {
         let pack = self.current.as_mut().expect("an open pack");
         pack.writer.append_raw(&blob_name(sha256), body)?;
         pack.blobs.push(Blob { sha256: sha256.to_string(), size: body.len() as u64 });
-        pack.plain += body.len() as u64;
+        pack.plain += body.len() as u64 + ENTRY_OVERHEAD;
         self.new.insert(key, n);
         self.referenced.insert(n);
         self.stored += 1;
@@ -449,7 +547,7 @@ pub struct Stored {
 /// The packs of one backup, fetched to local temporary files and verified (size and SHA-256 of
 /// each against its index), then read as many times as a restore needs.
 pub struct Local {
-    packs: Vec<(String, std::fs::File, Opener, usize)>,
+    packs: Vec<(String, std::fs::File, Opener)>,
     encryption: Option<Encryption>,
 }
 
@@ -480,7 +578,7 @@ impl Local {
             };
             let file = crate::committed::fetch(store, &name, &pack_path(id), data).await?;
             let opener = Opener::new(index.encryption.clone(), store.unseal().clone(), &name);
-            packs.push((id.clone(), file, opener, index.blobs.len()));
+            packs.push((id.clone(), file, opener));
             encryption = encryption.or(index.encryption);
         }
         Ok(Local { packs, encryption })
@@ -494,11 +592,11 @@ impl Local {
     /// Calls `f(sha256, body)` for every blob of every pack whose digest is in `wanted`, after
     /// checking the body has that digest. Blocking.
     pub fn scan(&self, wanted: &dyn Fn(&str) -> bool, f: &mut Visit<'_>) -> std::result::Result<(), String> {
-        for (id, file, opener, entries) in &self.packs {
+        for (id, file, opener) in &self.packs {
             let mut file = file;
             io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
             let plain = opener.open(io::BufReader::new(file)).map_err(|e| e.to_string())?;
-            let mut archive = crate::archive::open(plain, *entries)?;
+            let mut archive = crate::archive::open_within(plain, MAX_PACK_PLAIN)?;
             for entry in archive.entries().map_err(|e| format!("pack {id}: not a tar archive: {e}"))? {
                 let mut entry = entry.map_err(|e| format!("pack {id} is truncated or corrupt: {e}"))?;
                 let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -636,43 +734,74 @@ async fn referenced(store: &Store) -> Result<HashSet<String>> {
 pub async fn collect_garbage(store: &Store) -> Result<Collected> {
     let mut done = Collected::default();
     // 1. Tombstone what no committed backup uses (but what a running backup may have written).
-    let leases = live_leases(store).await?;
-    let oldest_lease = leases.iter().min().copied();
+    let now = store_now(store).await?;
+    let leases = list_leases(store).await?;
+    let live = leases.live(now);
+    let oldest_lease = live.iter().min().copied();
     let used = referenced(store).await?;
     let listed = list_packs(store).await?;
     for (id, files) in &listed.packs {
-        let Some(indexed) = files.index else { continue };
+        // Half-written packs (data or index only) are step 4's.
+        let (Some(_), Some(indexed)) = (files.data, files.index) else { continue };
         if used.contains(id) || files.tombstone.is_some() || oldest_lease.is_some_and(|l| indexed >= l) {
             continue;
         }
         store.objects().put(&tombstone_path(id), PutPayload::from_static(b"{}")).await.map_err(|e| store.error(e))?;
         done.marked.push(id.clone());
     }
-    // 2. The leases, then (after them) what committed backups use.
-    let leases = live_leases(store).await?;
+    // 2. The tombstones (T), then the leases (L), then (after them) what committed backups use.
+    let before = list_packs(store).await?;
+    let now = store_now(store).await?;
+    let leases = list_leases(store).await?;
+    let live = leases.live(now);
     let used = referenced(store).await?;
     let listed = list_packs(store).await?;
     // 3. Revive or delete.
     for (id, files) in &listed.packs {
         let Some(tombstoned) = files.tombstone else { continue };
+        let in_t = before.packs.get(id).and_then(|f| f.tombstone) == Some(tombstoned);
         if used.contains(id) {
             store.remove_quietly(&tombstone_path(id)).await;
             done.revived.push(id.clone());
-        } else if leases.iter().all(|began| *began > tombstoned) {
-            if let Ok(m) = store.objects().head(&pack_path(id)).await {
-                done.bytes_freed += m.size;
-            }
-            // The index first: a pack without an index is never reused; the tombstone last.
-            for path in [index_path(id), pack_path(id), tombstone_path(id)] {
-                match store.objects().delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(store.error(e)),
-                }
-            }
+        } else if in_t && live.iter().all(|began| *began > tombstoned) {
+            done.bytes_freed += remove_pack(store, id).await?;
             done.deleted.push(id.clone());
         } else {
             done.held.push(id.clone());
         }
     }
+    // 4. What interrupted runs left: half-written packs and dead leases.
+    let settled =
+        |t: DateTime<Utc>| (now - t).to_std().unwrap_or_default() > STALE && live.iter().all(|began| *began > t);
+    for (id, files) in &before.packs {
+        let half = match (files.data, files.index, files.tombstone) {
+            (Some(t), None, None) | (None, Some(t), None) => t,
+            _ => continue,
+        };
+        if settled(half) && !used.contains(id) {
+            done.bytes_freed += remove_pack(store, id).await?;
+            done.deleted.push(id.clone());
+        }
+    }
+    for (run, _, last) in &leases.runs {
+        if (now - *last).to_std().unwrap_or_default() > 10 * STALE {
+            for suffix in ["beat", "start"] {
+                store.remove_quietly(&Path::from(format!("{LEASES}/{run}.{suffix}"))).await;
+            }
+        }
+    }
     Ok(done)
+}
+
+/// Deletes a pack: the index first (a pack without an index is never reused), the tombstone last.
+/// Returns the bytes freed.
+async fn remove_pack(store: &Store, id: &str) -> Result<u64> {
+    let size = store.objects().head(&pack_path(id)).await.map(|m| m.size).unwrap_or(0);
+    for path in [index_path(id), pack_path(id), tombstone_path(id)] {
+        match store.objects().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store.error(e)),
+        }
+    }
+    Ok(size)
 }

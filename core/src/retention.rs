@@ -70,17 +70,16 @@ impl Retention {
             let t = times[i];
             let age = now.duration_since(t);
             let secs = t.as_second();
-            let kept = if rank == 0 || age <= self.all {
-                true
-            } else if age <= self.hourly {
-                hours.insert(secs.div_euclid(3600))
-            } else if age <= self.daily {
-                days.insert(secs.div_euclid(86_400))
-            } else {
-                false
-            };
+            let (hour, day) = (secs.div_euclid(3600), secs.div_euclid(86_400));
+            // An hour (or day) is represented by the newest backup kept in it, by whichever tier.
+            let kept = rank == 0
+                || age <= self.all
+                || (age <= self.hourly && !hours.contains(&hour))
+                || (age > self.hourly && age <= self.daily && !days.contains(&day));
             if kept {
                 keep.insert(i);
+                hours.insert(hour);
+                days.insert(day);
             }
         }
         keep
@@ -110,6 +109,19 @@ mod tests {
         ];
         let keep = Retention::default().keep(&times, now);
         assert_eq!(keep.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn an_hour_or_day_across_a_tier_boundary_keeps_one_backup() {
+        let now = at("2026-12-02T12:30:00Z");
+        let times = vec![
+            at("2026-12-01T12:40:00Z"), // 0: 23 h 50 min: every change
+            at("2026-12-01T12:10:00Z"), // 1: 24 h 20 min, same hour as 0: dropped
+            at("2026-11-25T23:00:00Z"), // 2: 6 d 13.5 h: hourly
+            at("2026-11-25T01:00:00Z"), // 3: 7 d 11.5 h, same day as 2: dropped
+        ];
+        let keep = Retention::default().keep(&times, now);
+        assert_eq!(keep.into_iter().collect::<Vec<_>>(), vec![0, 2]);
     }
 
     #[test]

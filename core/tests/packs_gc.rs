@@ -152,3 +152,65 @@ async fn collection_refuses_to_guess_when_a_backup_cannot_be_read() {
     assert!(err.contains("not collecting packs: the metadata of backup \"one\" cannot be read"), "{err}");
     assert!(pack_files(dir.path()).contains(&format!("{}.tar.zst", p[0])));
 }
+
+/// Sets a file's modification time `ago` in the past: the local store's `last_modified`.
+fn age(path: &std::path::Path, ago: std::time::Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(std::time::SystemTime::now() - ago)).unwrap();
+}
+
+#[tokio::test]
+async fn collection_removes_what_interrupted_runs_left_and_nothing_a_live_run_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
+    // A run that died after uploading a pack, before its index: data only, two minutes old.
+    let lease = Lease::acquire(&s, "run-dead").await.unwrap();
+    let dead = stash(&s, Known::load(&s, None).await.unwrap(), "run-dead", &[b"dead"]).await;
+    lease.release().await;
+    std::fs::remove_file(dir.path().join(format!("packs/{}.json", dead[0]))).unwrap();
+    age(&dir.path().join(format!("packs/{}.tar.zst", dead[0])), minutes(2));
+    // An index left without its pack (a zombie run wrote it after its pack was removed).
+    std::fs::write(dir.path().join("packs/run-zombie-0000.json"), b"{}").unwrap();
+    age(&dir.path().join("packs/run-zombie-0000.json"), minutes(2));
+    // A lease nobody refreshed for 15 minutes.
+    std::fs::create_dir_all(dir.path().join("leases")).unwrap();
+    for suffix in ["start", "beat"] {
+        let p = dir.path().join(format!("leases/run-gone.{suffix}"));
+        std::fs::write(&p, b"{}").unwrap();
+        age(&p, minutes(15));
+    }
+    // A live run whose pack is uploaded and whose index is not written yet: kept.
+    let live = Lease::acquire(&s, "run-live").await.unwrap();
+    let fresh = stash(&s, Known::load(&s, None).await.unwrap(), "run-live", &[b"fresh"]).await;
+    std::fs::remove_file(dir.path().join(format!("packs/{}.json", fresh[0]))).unwrap();
+
+    let collected = packs::collect_garbage(&s).await.unwrap();
+    let mut deleted = collected.deleted.clone();
+    deleted.sort();
+    assert_eq!(deleted, vec![dead[0].clone(), "run-zombie-0000".to_string()], "{collected:?}");
+    assert_eq!(pack_files(dir.path()), BTreeSet::from([format!("{}.tar.zst", fresh[0])]));
+    let leases: BTreeSet<String> = std::fs::read_dir(dir.path().join("leases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leases, BTreeSet::from(["run-live.beat".to_string(), "run-live.start".to_string()]));
+    live.release().await;
+}
+
+#[tokio::test]
+async fn a_commit_whose_pack_vanished_while_it_ran_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let lease = Lease::acquire(&s, "run-1").await.unwrap();
+    let p = stash(&s, Known::load(&s, None).await.unwrap(), "run-1", &[b"one"]).await;
+    commit(&s, "one", p.clone()).await;
+    packs::confirm(&s, "one", &p).await.unwrap();
+    // The pack goes (as a collection that missed this run's lease would remove it).
+    std::fs::remove_file(dir.path().join(format!("packs/{}.tar.zst", p[0]))).unwrap();
+    let err = packs::confirm(&s, "one", &p).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("pack {}, which backup \"one\" references, was removed", p[0])), "{err}");
+    assert!(!dir.path().join("backups/one/metadata.json").exists(), "the commit was not undone");
+    lease.release().await;
+}

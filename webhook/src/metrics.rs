@@ -96,7 +96,11 @@ impl Default for Metrics {
         });
         registry.register("backup_duration_seconds", "Time to take a backup", backup_seconds.clone());
         let backup_bytes = Family::<TriggerLabel, Counter>::default();
-        registry.register("backup_bytes", "Bytes of backup archives written", backup_bytes.clone());
+        registry.register(
+            "backup_bytes",
+            "Bytes backups stored: archives, or what incremental backups uploaded",
+            backup_bytes.clone(),
+        );
         let backup_objects = Family::<TriggerLabel, Counter>::default();
         registry.register("backup_objects", "Objects backed up", backup_objects.clone());
         let last_success = Family::<SourceLabel, Gauge>::default();

@@ -27,9 +27,8 @@ impl<R> Bounded<R> {
         self.total += data.len() as u64;
         if self.total > self.max_total {
             return Err(invalid(format!(
-                "the archive decompresses to more than {} bytes, more than its {} objects can take",
-                self.max_total,
-                self.max_total / (MAX_OBJECT_BYTES + MAX_LONG_NAME + 3 * BLOCK)
+                "the archive decompresses to more than {} bytes, more than its writer puts in it (a zstd bomb?)",
+                self.max_total
             )));
         }
         while !data.is_empty() {

@@ -169,11 +169,19 @@ pub fn open<R: Read>(
     input: R,
     entries: usize,
 ) -> Result<tar::Archive<Bounded<zstd::Decoder<'static, io::BufReader<R>>>>, String> {
-    let mut decoder = zstd::Decoder::new(input).map_err(|e| format!("not a zstd stream: {e}"))?;
-    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| format!("zstd decoder: {e}"))?;
     // Per object: a header, a long-name record and its header, the body padded to a block.
     let per_entry = MAX_OBJECT_BYTES + MAX_LONG_NAME + 3 * BLOCK;
     let max_total = (entries as u64).saturating_add(1).saturating_mul(per_entry).saturating_add(4 * BLOCK);
+    open_within(input, max_total)
+}
+
+/// [`open`] for a stream whose writer never puts more than `max_total` plaintext bytes in it.
+pub fn open_within<R: Read>(
+    input: R,
+    max_total: u64,
+) -> Result<tar::Archive<Bounded<zstd::Decoder<'static, io::BufReader<R>>>>, String> {
+    let mut decoder = zstd::Decoder::new(input).map_err(|e| format!("not a zstd stream: {e}"))?;
+    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| format!("zstd decoder: {e}"))?;
     Ok(tar::Archive::new(Bounded::new(decoder, max_total)))
 }
 

@@ -11,7 +11,7 @@ pub mod record;
 pub mod report;
 pub mod transform;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -334,7 +334,12 @@ impl Applying<'_> {
         let (tx, rx) = mpsc::channel::<(usize, Value)>(64);
         let all = index.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            // A body stored twice (in two packs) is read twice: its objects are sent once.
+            let mut sent: HashSet<String> = HashSet::new();
             source.scan(&|key| wanted.contains_key(key), &mut |key, bytes| {
+                if !sent.insert(key.to_string()) {
+                    return Ok(true);
+                }
                 let digest = crate::archive::sha256_hex(&bytes);
                 for &i in &wanted[key] {
                     if all[i].sha256 != digest {

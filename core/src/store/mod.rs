@@ -430,11 +430,16 @@ impl Store {
     /// [`MAX_DOCUMENT_BYTES`] is refused before it is read: whoever can write to the bucket must
     /// not be able to make a reader allocate without bound.
     pub async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>> {
+        self.get_optional_within(path, MAX_DOCUMENT_BYTES).await
+    }
+
+    /// [`Store::get_optional`] for a document that is never larger than `limit` bytes.
+    pub async fn get_optional_within(&self, path: &Path, limit: u64) -> Result<Option<Bytes>> {
         match self.objects.get(path).await {
-            Ok(r) if r.meta.size > MAX_DOCUMENT_BYTES => Err(Error::Location {
+            Ok(r) if r.meta.size > limit => Err(Error::Location {
                 location: self.url().into(),
                 reason: format!(
-                    "{path} is {} bytes, more than a metadata document may be ({MAX_DOCUMENT_BYTES} bytes): refused without reading it",
+                    "{path} is {} bytes, more than such a document may be ({limit} bytes): refused without reading it",
                     r.meta.size
                 ),
             }),

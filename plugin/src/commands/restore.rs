@@ -179,8 +179,8 @@ fn print_items<'a>(items: impl Iterator<Item = &'a RestoreItem>) {
 /// `kubectl backup restore --help`.
 pub(crate) const RESTORE_EXAMPLES: &str = "\
 Examples:
-  # Preview what restoring backup shop-1 would create or change, with diffs
-  kubectl backup restore shop-1 --dry-run
+  # Preview bringing workspace shop back as it was at 10:00 UTC yesterday, with diffs
+  kubectl backup restore shop --at 2026-12-01T10:00Z --dry-run
 
   # Restore namespace shop into a new namespace shop-copy
   kubectl backup restore shop-1 --namespace-mapping shop:shop-copy

@@ -46,8 +46,8 @@ Examples:
   # Every backup holding workspace shop, newest first, with what each stored
   kubectl backup workspace history shop
 
-  # Then bring shop back as it was at 10:00 UTC yesterday
-  kubectl backup restore shop --at 2026-12-01T10:00Z
+  # With who took each backup and the bytes each one uploaded
+  kubectl backup workspace history shop -o wide
 
   # As JSON: the backups' full documents
   kubectl backup workspace history shop -o json";

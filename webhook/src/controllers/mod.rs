@@ -123,10 +123,7 @@ impl Context {
                     .backups
                     .get_or_create(&BackupLabel { trigger: trigger.into(), result: phase.clone() })
                     .inc();
-                self.metrics
-                    .backup_bytes
-                    .get_or_create(&t)
-                    .inc_by(b.status.archive.as_ref().map(|a| a.size).unwrap_or(0));
+                self.metrics.backup_bytes.get_or_create(&t).inc_by(b.bytes_stored());
                 self.metrics.backup_objects.get_or_create(&t).inc_by(b.status.progress.items_backed_up);
                 if let Some(source) = source
                     && b.status.phase == kubectl_backup_core::model::Phase::Completed
