@@ -35,8 +35,19 @@ impl Etcd {
         Self::start_on(dir, &dir.join("data"), tls)
     }
 
-    /// Starts etcd on an existing (or new) data directory.
+    /// Starts etcd on an existing (or new) data directory. A port that another process took
+    /// between `free_port` and etcd's bind (tests run in parallel) means another try on new ports.
     pub fn start_on(dir: &Path, data_dir: &Path, tls: bool) -> Result<Etcd> {
+        let mut tries = 0;
+        loop {
+            match Self::start_once(dir, data_dir, tls) {
+                Err(e) if tries < 3 && format!("{e:#}").contains("address already in use") => tries += 1,
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, data_dir: &Path, tls: bool) -> Result<Etcd> {
         std::fs::create_dir_all(dir)?;
         let (client, peer) = (free_port(), free_port());
         let scheme = if tls { "https" } else { "http" };

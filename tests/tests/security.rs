@@ -394,11 +394,15 @@ fn rewrite_backup(dir: &std::path::Path, name: &str, entries: &[(String, Vec<u8>
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("archive-"))
         .expect("an archive file");
     std::fs::write(&archive, &raw).unwrap();
+    // The contents file lists the forged entries with their true digests, in archive order.
+    kubectl_backup_e2e::fixtures::rewrite_contents(dir, name, |lines| {
+        *lines = entries
+            .iter()
+            .map(|(p, b)| json!({"path": p, "sha256": kubectl_backup_core::archive::sha256_hex(b), "size": b.len()}))
+            .collect();
+    });
     let meta_path = dir.join("backups").join(name).join("metadata.json");
     let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-    let digests: serde_json::Map<String, Value> =
-        entries.iter().map(|(p, b)| (p.clone(), json!(kubectl_backup_core::archive::sha256_hex(b)))).collect();
-    meta["objects"] = Value::Object(digests);
     meta["backup"]["status"]["archive"]["size"] = json!(raw.len());
     meta["backup"]["status"]["archive"]["sha256"] = json!(kubectl_backup_core::archive::sha256_hex(&raw));
     std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
