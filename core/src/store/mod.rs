@@ -28,11 +28,10 @@ use crate::{Error, Result};
 pub const MAX_DOCUMENT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
-/// 5 MiB, S3's minimum, keeps the memory an upload holds small (bench/scale.sh: the parts in
-/// flight were most of what peak RSS still grew by from 5k to 100k objects with 8 MiB x 3).
-const PART: usize = 5 << 20;
+/// (5 MiB x 2 in flight was tried: peak RSS at 100k objects fell by only 2.8 MiB; bench/scale.sh.)
+const PART: usize = 8 << 20;
 /// Parts uploading at once. Bounds memory: about PART x (this + 1).
-const PARTS_IN_FLIGHT: usize = 2;
+const PARTS_IN_FLIGHT: usize = 3;
 
 /// Environment variable naming the default location.
 pub const LOCATION_ENV: &str = "KUBECTL_BACKUP_LOCATION";
@@ -364,7 +363,7 @@ impl Store {
         removed
     }
 
-    /// Uploads the chunks received on `chunks` as one object (multipart: parts of 5 MiB, two in
+    /// Uploads the chunks received on `chunks` as one object (multipart: parts of 8 MiB, three in
     /// flight), calling `progress` with the bytes sent so far. On failure the multipart upload is
     /// aborted and `chunks` closed, so the producer stops. The object exists only if this succeeds.
     pub async fn upload(&self, path: &Path, mut chunks: mpsc::Receiver<Bytes>, progress: impl Fn(u64)) -> Result<u64> {
