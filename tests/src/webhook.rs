@@ -65,7 +65,31 @@ impl Webhook {
         Self::start_with(dir, kubeconfig, store_env, flags)
     }
 
+    /// A port another process took between `free_port` and the webhook's bind (tests run in
+    /// parallel) means another try on new ports.
     fn start_with(
+        dir: &Path,
+        kubeconfig: &Path,
+        store_env: &[(String, String)],
+        flags: Vec<String>,
+    ) -> Result<Webhook> {
+        let mut tries = 0;
+        loop {
+            match Self::start_once(dir, kubeconfig, store_env, flags.clone()) {
+                // The error shows the log's tail, a backtrace; the cause is above it.
+                Err(_)
+                    if tries < 3
+                        && std::fs::read_to_string(dir.join("backup-webhook.log"))
+                            .is_ok_and(|l| l.contains("Address already in use")) =>
+                {
+                    tries += 1
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(
         dir: &Path,
         kubeconfig: &Path,
         store_env: &[(String, String)],
