@@ -313,15 +313,7 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
         observer.event(Event::Archived { items: n, bytes: 0 });
         Ok((entries, duplicates, chunks, packs, stored, reused))
     });
-    let selector = p.selection.selector.as_ref().map(|s| s.as_str().to_string());
-    let collecting = collect::collect(
-        &p.cluster.client,
-        &p.cluster.throttle,
-        p.plan,
-        selector.as_deref(),
-        item_tx,
-        p.observer.as_ref(),
-    );
+    let collecting = p.collect(item_tx);
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
@@ -362,15 +354,7 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
     let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, seal, observer.clone());
     let progress = observer.clone();
     let upload = store.upload(archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
-    let selector = p.selection.selector.as_ref().map(|s| s.as_str().to_string());
-    let collecting = collect::collect(
-        &p.cluster.client,
-        &p.cluster.throttle,
-        p.plan,
-        selector.as_deref(),
-        item_tx,
-        observer.as_ref(),
-    );
+    let collecting = p.collect(item_tx);
     let (report, uploaded) = tokio::join!(collecting, upload);
     let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
 
@@ -390,6 +374,22 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
         return Err(e);
     }
     Ok((report, written))
+}
+
+impl Pipeline<'_> {
+    /// Lists what the plan selects into `items` (concurrent paged LISTs).
+    async fn collect(&self, items: mpsc::Sender<Item>) -> collect::Report {
+        let selector = self.selection.selector.as_ref().map(|s| s.as_str().to_string());
+        collect::collect(
+            &self.cluster.client,
+            &self.cluster.throttle,
+            self.plan,
+            selector.as_deref(),
+            items,
+            self.observer.as_ref(),
+        )
+        .await
+    }
 }
 
 /// The error of a run in which every LIST failed: nothing was backed up.
