@@ -6,6 +6,7 @@
 //! directory without a metadata document is an interrupted run's leftover: never listed, removed by
 //! `delete` or by the next successful run of that name.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -161,11 +162,13 @@ async fn run_pipeline(
     }
     let lease = crate::packs::Lease::acquire(store, &run_id).await?;
     let result = async {
-        let outcome = store_incremental(&p, &run_id).await?;
+        let scope = scope(&spec, &p.cluster.server);
+        let outcome = store_incremental(&p, &run_id, &scope).await?;
         let packs = outcome.packs.clone();
         lease.check()?;
         let backup = commit(&p, spec, ttl, version, outcome).await?;
         crate::packs::confirm(store, name, &packs).await?;
+        crate::packs::set_head(store, &scope, name).await;
         Ok(backup)
     }
     .await;
@@ -208,7 +211,7 @@ async fn commit(
         packs: o.packs,
     };
     // The metadata document counts as uploaded too: it is what an unchanged backup costs.
-    let document = serde_json::to_vec_pretty(&metadata).map_or(0, |b| b.len() as u64);
+    let document = serde_json::to_vec(&metadata).map_or(0, |b| b.len() as u64);
     if let Some(inc) = metadata.backup.status.incremental.as_mut() {
         inc.bytes_uploaded += document;
     }
@@ -258,7 +261,7 @@ async fn store_archive(p: &Pipeline<'_>, run_id: &str) -> Result<(Outcome, Vec<P
                 format: crate::contents::FORMAT.into(),
                 encryption,
             }),
-            chunks: Vec::new(),
+            ..Default::default()
         },
         packs: Vec::new(),
         incremental: None,
@@ -267,27 +270,71 @@ async fn store_archive(p: &Pipeline<'_>, run_id: &str) -> Result<(Outcome, Vec<P
     Ok((outcome, vec![archive, contents_path]))
 }
 
-/// An incremental backup: each object body and contents chunk the location's packs do not hold
+/// The scope a backup covers: what it selects, from which cluster. An incremental backup stores
+/// its contents as changes since the previous backup of the same scope.
+pub fn scope(spec: &BackupSpec, server: &str) -> String {
+    let key = serde_json::to_vec(&(&spec.filters, server)).expect("filters serialize");
+    crate::archive::sha256_hex(&key)
+}
+
+fn scope_of(meta: &BackupMetadata) -> String {
+    let server = meta.backup.status.source_cluster.as_ref().map_or("", |c| c.server.as_str());
+    scope(&meta.backup.spec, server)
+}
+
+/// How an incremental run stores its contents.
+enum ContentsMode {
+    /// Every object's line, in chunks cut where the paths say (most of them stored already).
+    Full { chunker: crate::packs::Chunker, chunks: Vec<String> },
+    /// Only what changed since `previous`: lines of new and changed objects, then removals.
+    Delta { previous: HashMap<String, (String, u64)>, delta: Vec<u8> },
+}
+
+/// The largest delta blob; a longer delta is split.
+const DELTA_BLOB: usize = 1 << 20;
+
+/// An incremental backup: each object body and contents blob the location's packs do not hold
 /// yet goes into new packs; the rest is referenced. Runs under the caller's lease.
-async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
+async fn store_incremental(p: &Pipeline<'_>, run_id: &str, scope: &str) -> Result<Outcome> {
     let store = p.store;
     let encryption = store.seal().map(|s| s.describe());
     let known = crate::packs::Known::load(store, encryption.as_ref()).await?;
+    let previous = crate::packs::previous(store, &known, scope, scope_of).await.filter(|prev| prev.continuable());
+    if let Some(prev) = &previous {
+        p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
+    }
     let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
     let (pack_tx, pack_rx) = mpsc::channel::<crate::packs::FinishedPack>(1);
     let (seal, mtime, observer) = (store.seal().cloned(), p.start.as_second().max(0) as u64, p.observer.clone());
     let run = run_id.to_string();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         let mut stash = crate::packs::Stash::new(known, &run, seal, mtime, pack_tx);
-        let mut chunker = crate::packs::Chunker::default();
-        let mut chunks = Vec::new();
+        let (mut mode, mut contents) = match previous {
+            Some(prev) => {
+                for sha in prev.blobs() {
+                    if !stash.reference(sha) {
+                        return Err(std::io::Error::other(format!(
+                            "contents blob {sha} of backup {} vanished",
+                            prev.name
+                        )));
+                    }
+                }
+                let contents = ContentsRef {
+                    deltas: prev.contents.deltas.clone(),
+                    list: prev.contents.list.clone(),
+                    chunks: prev.contents.chunks.clone(),
+                    ..Default::default()
+                };
+                (ContentsMode::Delta { previous: prev.assembled.lines, delta: Vec::new() }, contents)
+            }
+            None => (ContentsMode::Full { chunker: Default::default(), chunks: Vec::new() }, ContentsRef::default()),
+        };
         let mut seen = crate::contents::Seen::default();
         let (mut n, mut duplicates) = (0u64, 0u64);
-        let mut store_chunk = |stash: &mut crate::packs::Stash, chunk: Vec<u8>| -> std::io::Result<()> {
-            let sha = crate::archive::sha256_hex(&chunk);
-            stash.put(&sha, &chunk)?;
-            chunks.push(sha);
-            Ok(())
+        let store_blob = |stash: &mut crate::packs::Stash, blob: &[u8]| -> std::io::Result<String> {
+            let sha = crate::archive::sha256_hex(blob);
+            stash.put_contents(&sha, blob)?;
+            Ok(sha)
         };
         while let Some(item) = item_rx.blocking_recv() {
             let path = crate::archive::entry_path(&item.resource, item.namespace.as_deref(), &item.name);
@@ -297,28 +344,66 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
             }
             let line = crate::contents::Line::of(path, &item.json);
             stash.put(&line.sha256, &item.json)?;
-            if let Some(chunk) = chunker.push(&item.resource, item.namespace.as_deref(), &line) {
-                store_chunk(&mut stash, chunk)?;
+            match &mut mode {
+                ContentsMode::Full { chunker, chunks } => {
+                    if let Some(chunk) = chunker.push(&item.resource, item.namespace.as_deref(), &line) {
+                        chunks.push(store_blob(&mut stash, &chunk)?);
+                    }
+                }
+                ContentsMode::Delta { previous, delta } => {
+                    let same =
+                        previous.remove(&line.path).is_some_and(|(sha, size)| sha == line.sha256 && size == line.size);
+                    if !same {
+                        line.encode(delta);
+                    }
+                }
             }
             n += 1;
             if n.is_multiple_of(256) {
                 observer.event(Event::Archived { items: n, bytes: 0 });
             }
         }
-        let entries = chunker.entries;
-        for chunk in chunker.finish() {
-            store_chunk(&mut stash, chunk)?;
+        match mode {
+            ContentsMode::Full { chunker, mut chunks } => {
+                for chunk in chunker.finish() {
+                    chunks.push(store_blob(&mut stash, &chunk)?);
+                }
+                let mut list = Vec::with_capacity(chunks.len() * 65);
+                for c in &chunks {
+                    list.extend_from_slice(c.as_bytes());
+                    list.push(b'\n');
+                }
+                contents.list = Some(store_blob(&mut stash, &list)?);
+            }
+            ContentsMode::Delta { previous, mut delta } => {
+                let mut removed: Vec<&String> = previous.keys().collect();
+                removed.sort();
+                for path in removed {
+                    crate::packs::encode_removed(path, &mut delta);
+                }
+                let mut rest = &delta[..];
+                while !rest.is_empty() {
+                    let cut = if rest.len() <= DELTA_BLOB {
+                        rest.len()
+                    } else {
+                        rest[..DELTA_BLOB].iter().rposition(|b| *b == b'\n').map_or(rest.len(), |i| i + 1)
+                    };
+                    contents.deltas.push(store_blob(&mut stash, &rest[..cut])?);
+                    rest = &rest[cut..];
+                }
+            }
         }
+        contents.entries = n;
         let (packs, stored, reused) = stash.finish()?;
         observer.event(Event::Archived { items: n, bytes: 0 });
-        Ok((entries, duplicates, chunks, packs, stored, reused))
+        Ok((contents, duplicates, packs, stored, reused))
     });
     let collecting = p.collect(item_tx);
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
     let (bytes, written_packs) = uploaded?;
-    let (entries, duplicates, chunks, packs, stored, reused) =
+    let (contents, duplicates, packs, stored, reused) =
         written.map_err(|e| Error::Other(format!("writing packs: {e}")))?;
     if let Some(e) = nothing_listed(&report, p.name) {
         return Err(e);
@@ -333,10 +418,10 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str) -> Result<Outcome> {
     };
     Ok(Outcome {
         report,
-        entries,
+        entries: contents.entries,
         duplicates,
         archive: None,
-        contents: ContentsRef { entries, file: None, chunks },
+        contents,
         packs,
         incremental: Some(status),
         bytes,

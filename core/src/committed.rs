@@ -111,7 +111,7 @@ pub async fn commit<K: Kind>(store: &Store, name: &str, metadata: &K::Metadata) 
     let encoding = |e: serde_json::Error| Error::Other(format!("encoding metadata: {e}"));
     let mut document = serde_json::to_value(metadata).map_err(encoding)?;
     crate::model::to_stored_spellings(document.pointer_mut("/backup/spec"));
-    let body = serde_json::to_vec_pretty(&document).map_err(encoding)?;
+    let body = serde_json::to_vec(&document).map_err(encoding)?;
     let files = metadata.files().map_err(|reason| corrupt(store, name, reason))?;
     let keep: Vec<Path> = files.iter().map(|f| data_path::<K>(name, f.key)).collect();
     crate::commit::commit(store, &dir::<K>(name), name, Bytes::from(body), &keep).await

@@ -355,9 +355,19 @@ pub struct ContentsRef {
     /// A plain backup's contents file, beside its archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<StoredFile>,
-    /// An incremental backup's contents chunks (each a blob named by its SHA-256), in order.
+    /// An incremental backup's contents chunks (each a blob named by its SHA-256), in order,
+    /// listed here (the first incremental backups) or in the blob `list` names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<String>,
+    /// An incremental backup: the blob listing its contents chunks' SHA-256, one per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// An incremental backup: blobs of changes to apply, in order, to the contents the chunks
+    /// hold (each line a contents line, or `{"path": ..., "removed": true}`). A backup of a
+    /// workspace that changed little stores its changes since the previous backup of the same
+    /// scope, not a new list of every object ([`crate::packs`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<String>,
 }
 
 /// What an incremental backup stored and what it found stored already.

@@ -85,8 +85,18 @@ const CHUNK_MAX: usize = 256;
 fn pack_path(id: &str) -> Path {
     Path::from(format!("{ROOT}/{id}.tar.zst"))
 }
+/// A pack's index as this version writes it (JSON, zstd-compressed).
 fn index_path(id: &str) -> Path {
+    Path::from(format!("{ROOT}/{id}.json.zst"))
+}
+/// A pack's index as the first incremental backups wrote it (plain JSON); still read.
+fn plain_index_path(id: &str) -> Path {
     Path::from(format!("{ROOT}/{id}.json"))
+}
+/// Whether a pack holds contents blobs (chunks, chunk lists and deltas), which a backup reads to
+/// find what changed, apart from object bodies: `<run>-c<n>` rather than `<run>-<n>`.
+fn is_contents_pack(id: &str) -> bool {
+    id.rsplit('-').next().is_some_and(|n| n.starts_with('c'))
 }
 fn tombstone_path(id: &str) -> Path {
     Path::from(format!("{ROOT}/{id}.gone"))
@@ -207,14 +217,17 @@ pub async fn confirm(store: &Store, name: &str, packs: &[String]) -> Result<()> 
     let checked: Vec<Option<String>> = futures::stream::iter(packs.iter().cloned().map(|id| {
         let store = store.clone();
         async move {
-            for path in [index_path(&id), pack_path(&id)] {
-                match store.objects().head(&path).await {
-                    Ok(_) => {}
-                    Err(object_store::Error::NotFound { .. }) => return Some(id),
-                    Err(_) => {} // unknown: not proof of a loss
+            let head = |path: Path| {
+                let store = store.clone();
+                async move {
+                    match store.objects().head(&path).await {
+                        Err(object_store::Error::NotFound { .. }) => false,
+                        _ => true, // there, or unknown: not proof of a loss
+                    }
                 }
-            }
-            None
+            };
+            let indexed = head(index_path(&id)).await || head(plain_index_path(&id)).await;
+            (!indexed || !head(pack_path(&id)).await).then_some(id)
         }
     }))
     .buffer_unordered(16)
@@ -307,7 +320,7 @@ async fn list_packs(store: &Store) -> Result<Listed> {
         let entry = out.packs.entry(id).or_default();
         match kind.as_str() {
             "tar.zst" => entry.data = Some(m.last_modified),
-            "json" => entry.index = Some(m.last_modified),
+            "json" | "json.zst" => entry.index = Some(m.last_modified),
             "gone" => entry.tombstone = Some(m.last_modified),
             _ => {}
         }
@@ -316,10 +329,27 @@ async fn list_packs(store: &Store) -> Result<Listed> {
 }
 
 async fn read_index(store: &Store, id: &str) -> Result<PackIndex> {
-    let bytes =
-        store.get_optional_within(&index_path(id), MAX_INDEX_BYTES).await?.ok_or_else(|| missing_pack(store, id))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Location { location: store.url().into(), reason: format!("pack index {id}.json: {e}") })
+    let bad = |reason: String| Error::Location {
+        location: store.url().into(),
+        reason: format!("pack index of {id}: {reason}"),
+    };
+    let bytes = match store.get_optional_within(&index_path(id), MAX_INDEX_BYTES).await? {
+        Some(compressed) => {
+            let mut plain = Vec::new();
+            zstd::Decoder::new(&compressed[..])
+                .and_then(|d| d.take(MAX_INDEX_BYTES + 1).read_to_end(&mut plain))
+                .map_err(|e| bad(format!("not zstd: {e}")))?;
+            if plain.len() as u64 > MAX_INDEX_BYTES {
+                return Err(bad(format!("larger than {MAX_INDEX_BYTES} bytes")));
+            }
+            Bytes::from(plain)
+        }
+        None => store
+            .get_optional_within(&plain_index_path(id), MAX_INDEX_BYTES)
+            .await?
+            .ok_or_else(|| missing_pack(store, id))?,
+    };
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 fn missing_pack(store: &Store, id: &str) -> Error {
@@ -373,6 +403,14 @@ impl Known {
     }
 }
 
+impl Known {
+    /// The pack holding a blob, if the location has it.
+    pub fn pack_of(&self, sha256: &str) -> Option<&str> {
+        let n = *self.blobs.get(&digest_key(sha256)?)?;
+        Some(&self.packs[n as usize])
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writing
 
@@ -383,8 +421,13 @@ pub struct FinishedPack {
     index: PackIndex,
 }
 
+const DATA: usize = 0;
+const CONTENTS: usize = 1;
+
 struct OpenPack {
     id: String,
+    /// Its number in the run's `new_ids`.
+    n: u32,
     writer: ArchiveWriter<io::BufWriter<std::fs::File>>,
     blobs: Vec<Blob>,
     plain: u64,
@@ -396,7 +439,8 @@ pub struct Stash {
     /// Blobs this run stored, by digest: the pack id they went to.
     new: HashMap<[u8; 32], u32>,
     new_ids: Vec<String>,
-    current: Option<OpenPack>,
+    /// The open pack of object bodies, and the open pack of contents blobs.
+    current: [Option<OpenPack>; 2],
     finished: mpsc::Sender<FinishedPack>,
     referenced: BTreeSet<u32>,
     reused_packs: BTreeSet<u32>,
@@ -413,7 +457,7 @@ impl Stash {
             known,
             new: HashMap::new(),
             new_ids: Vec::new(),
-            current: None,
+            current: [None, None],
             finished,
             referenced: BTreeSet::new(),
             reused_packs: BTreeSet::new(),
@@ -425,29 +469,56 @@ impl Stash {
         }
     }
 
-    /// Stores `body` under `sha256` unless the location or this run has it already.
+    /// Stores an object's `body` under `sha256` unless the location or this run has it already.
     pub fn put(&mut self, sha256: &str, body: &[u8]) -> io::Result<()> {
+        self.put_kind(DATA, sha256, body)
+    }
+
+    /// Stores a contents blob (a chunk, a chunk list or a delta) in a contents pack, unless a
+    /// contents pack of the location or this run has it already.
+    pub fn put_contents(&mut self, sha256: &str, body: &[u8]) -> io::Result<()> {
+        self.put_kind(CONTENTS, sha256, body)
+    }
+
+    /// Records that the backup references a blob the location holds (a contents blob of the
+    /// previous backup it continues); false if the location has no such blob.
+    pub fn reference(&mut self, sha256: &str) -> bool {
+        match digest_key(sha256).and_then(|k| self.known.blobs.get(&k)) {
+            Some(&n) => {
+                self.reused += 1;
+                self.reused_packs.insert(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn put_kind(&mut self, kind: usize, sha256: &str, body: &[u8]) -> io::Result<()> {
         let key = digest_key(sha256).ok_or_else(|| io::Error::other(format!("{sha256:?} is not a SHA-256")))?;
-        if let Some(&n) = self.known.blobs.get(&key) {
+        if let Some(&n) = self.known.blobs.get(&key)
+            && (kind == DATA || is_contents_pack(&self.known.packs[n as usize]))
+        {
             self.reused += 1;
             self.reused_packs.insert(n);
             return Ok(());
         }
-        if let Some(&n) = self.new.get(&key) {
+        if let Some(&n) = self.new.get(&key)
+            && (kind == DATA || is_contents_pack(&self.new_ids[n as usize]))
+        {
             self.reused += 1;
             self.referenced.insert(n);
             return Ok(());
         }
-        if self.current.is_none() {
+        if self.current[kind].is_none() {
             let n = self.new_ids.len();
-            let id = format!("{}-{n:04}", self.run);
+            let id = if kind == CONTENTS { format!("{}-c{n:04}", self.run) } else { format!("{}-{n:04}", self.run) };
             let file = io::BufWriter::new(tempfile::tempfile()?);
             let writer = ArchiveWriter::new(file, self.mtime, self.seal.as_ref())?;
             self.new_ids.push(id.clone());
-            self.current = Some(OpenPack { id, writer, blobs: Vec::new(), plain: 0 });
+            self.current[kind] = Some(OpenPack { id, n: n as u32, writer, blobs: Vec::new(), plain: 0 });
         }
-        let n = (self.new_ids.len() - 1) as u32;
-        let pack = self.current.as_mut().expect("an open pack");
+        let pack = self.current[kind].as_mut().expect("an open pack");
+        let n = pack.n;
         pack.writer.append_raw(&blob_name(sha256), body)?;
         pack.blobs.push(Blob { sha256: sha256.to_string(), size: body.len() as u64 });
         pack.plain += body.len() as u64 + ENTRY_OVERHEAD;
@@ -455,14 +526,14 @@ impl Stash {
         self.referenced.insert(n);
         self.stored += 1;
         if pack.plain >= PACK_TARGET {
-            self.close()?;
+            self.close(kind)?;
         }
         Ok(())
     }
 
-    /// Closes the open pack and hands it to the uploader.
-    fn close(&mut self) -> io::Result<()> {
-        let Some(pack) = self.current.take() else { return Ok(()) };
+    /// Closes an open pack and hands it to the uploader.
+    fn close(&mut self, kind: usize) -> io::Result<()> {
+        let Some(pack) = self.current[kind].take() else { return Ok(()) };
         let (file, written) = pack.writer.finish()?;
         let file = file.into_inner().map_err(|e| e.into_error())?;
         let index = PackIndex {
@@ -479,7 +550,8 @@ impl Stash {
 
     /// Closes the last pack; returns the ids of every pack the stored blobs are in.
     pub fn finish(mut self) -> io::Result<(Vec<String>, u64, u64)> {
-        self.close()?;
+        self.close(DATA)?;
+        self.close(CONTENTS)?;
         let mut packs: BTreeSet<String> = self.referenced.iter().map(|&n| self.new_ids[n as usize].clone()).collect();
         packs.extend(self.reused_packs.iter().map(|&n| self.known.packs[n as usize].clone()));
         Ok((packs.into_iter().collect(), self.stored, self.reused))
@@ -526,7 +598,10 @@ pub async fn upload_packs(store: &Store, mut finished: mpsc::Receiver<FinishedPa
             store.remove_quietly(&path).await;
             return Err(Error::Other(format!("pack {} is {sent} bytes, {} were written", p.id, p.index.size)));
         }
-        let index = serde_json::to_vec(&p.index).map_err(|e| Error::Other(format!("encoding a pack index: {e}")))?;
+        let index = serde_json::to_vec(&p.index)
+            .map_err(io::Error::other)
+            .and_then(|json| zstd::encode_all(&json[..], crate::archive::ZSTD_LEVEL))
+            .map_err(|e| Error::Other(format!("encoding a pack index: {e}")))?;
         bytes += sent + index.len() as u64;
         store.objects().put(&index_path(&p.id), PutPayload::from(index)).await.map_err(|e| store.error(e))?;
         written.push(p.id);
@@ -558,11 +633,16 @@ impl Local {
     }
 
     pub async fn fetch(store: &Store, meta: &BackupMetadata) -> Result<Local> {
-        let name = meta.backup.metadata.name.clone();
+        Local::fetch_packs(store, &meta.backup.metadata.name, &meta.packs).await
+    }
+
+    /// Fetches some of backup `name`'s packs.
+    pub async fn fetch_packs(store: &Store, name: &str, ids: &[String]) -> Result<Local> {
+        let name = name.to_string();
         let corrupt = |reason: String| crate::committed::corrupt(store, &name, reason);
         let mut packs = Vec::new();
         let mut encryption = None;
-        for id in &meta.packs {
+        for id in ids {
             if id.is_empty() || id.contains('/') || id.contains('.') {
                 return Err(corrupt(format!("it names pack {id:?}, which is not a pack id")));
             }
@@ -625,37 +705,123 @@ impl Local {
     }
 }
 
-/// Reads an incremental backup's contents from its chunks and every object it lists from the
-/// packs, each verified by SHA-256; calls `f` with each object as an archive entry. Blocking.
+/// An incremental backup's contents, assembled from its chunks and deltas.
+pub struct Assembled {
+    /// Every object: path -> (SHA-256, size).
+    pub lines: HashMap<String, (String, u64)>,
+    /// The chunks, in order (from the metadata or the chunk list).
+    pub chunks: Vec<String>,
+    /// Lines in the deltas applied to the chunks.
+    pub delta_lines: u64,
+}
+
+/// One line of a delta: an object added or changed, or one removed.
+#[derive(Serialize, Deserialize)]
+struct Removed {
+    path: String,
+    removed: bool,
+}
+
+/// Appends a delta line saying `path` was removed.
+pub fn encode_removed(path: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, &Removed { path: path.to_string(), removed: true }).expect("serializes");
+    out.push(b'\n');
+}
+
+fn lines_of(blob: &[u8]) -> impl Iterator<Item = &[u8]> {
+    blob.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// Reads the blobs `wanted` from `local`'s packs (each verified by SHA-256) into `into`.
+fn fetch_blobs(
+    local: &Local,
+    wanted: &HashSet<String>,
+    into: &mut HashMap<String, Vec<u8>>,
+) -> std::result::Result<(), String> {
+    let wanted: HashSet<&str> = wanted.iter().map(String::as_str).filter(|s| !into.contains_key(*s)).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut found = 0;
+    local.scan(&|sha| wanted.contains(sha), &mut |sha, body| {
+        if into.insert(sha.to_string(), body).is_none() {
+            found += 1;
+        }
+        Ok(found < wanted.len())
+    })
+}
+
+/// Reads an incremental backup's contents: its chunk list, its chunks (every object once) and
+/// its deltas applied in order. Blocking.
+pub fn read_contents(local: &Local, contents: &ContentsRef) -> std::result::Result<Assembled, String> {
+    let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut wanted: HashSet<String> = contents.chunks.iter().chain(&contents.deltas).cloned().collect();
+    wanted.extend(contents.list.clone());
+    fetch_blobs(local, &wanted, &mut blobs)?;
+    let chunks: Vec<String> = match &contents.list {
+        None => contents.chunks.clone(),
+        Some(list) => {
+            let body = blobs.get(list).ok_or_else(|| format!("the chunk list {list} is in none of its packs"))?;
+            let chunks: Vec<String> = lines_of(body).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+            if let Some(bad) = chunks.iter().find(|c| digest_key(c).is_none()) {
+                return Err(format!("the chunk list {list} names {bad:?}, which is not a SHA-256"));
+            }
+            fetch_blobs(local, &chunks.iter().cloned().collect(), &mut blobs)?;
+            chunks
+        }
+    };
+    let mut lines: HashMap<String, (String, u64)> = HashMap::new();
+    for sha in &chunks {
+        let chunk = blobs.get(sha).ok_or_else(|| format!("contents chunk {sha} is in none of its packs"))?;
+        for raw in lines_of(chunk) {
+            let line = crate::contents::parse_line(raw)?;
+            if lines.insert(line.path.clone(), (line.sha256, line.size)).is_some() {
+                return Err(format!("entry {:?} is listed twice in the contents", line.path));
+            }
+        }
+    }
+    let mut delta_lines = 0;
+    for sha in &contents.deltas {
+        let delta = blobs.get(sha).ok_or_else(|| format!("contents delta {sha} is in none of its packs"))?;
+        for raw in lines_of(delta) {
+            delta_lines += 1;
+            match crate::contents::parse_line(raw) {
+                Ok(line) => {
+                    lines.insert(line.path, (line.sha256, line.size));
+                }
+                Err(not_a_line) => {
+                    let r: Removed =
+                        serde_json::from_slice(raw).map_err(|_| format!("contents delta {sha}: {not_a_line}"))?;
+                    if !r.removed || lines.remove(&r.path).is_none() {
+                        return Err(format!(
+                            "contents delta {sha} removes {:?}, which the contents do not hold",
+                            r.path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Assembled { lines, chunks, delta_lines })
+}
+
+/// Reads an incremental backup's contents from its chunks and deltas and every object it lists
+/// from the packs, each verified by SHA-256; calls `f` with each object as an archive entry.
+/// Blocking.
 pub fn read_verified(
     local: &Local,
     contents: &ContentsRef,
     mut f: impl FnMut(Entry) -> std::result::Result<(), String>,
 ) -> std::result::Result<u64, String> {
-    // 1. The contents chunks.
-    let mut chunks: HashMap<String, Vec<u8>> = HashMap::new();
-    let wanted_chunks: HashSet<&str> = contents.chunks.iter().map(String::as_str).collect();
-    local.scan(&|sha| wanted_chunks.contains(sha), &mut |sha, body| {
-        chunks.insert(sha.to_string(), body);
-        Ok(chunks.len() < wanted_chunks.len())
-    })?;
-    let mut by_sha: HashMap<String, Vec<Line>> = HashMap::new();
-    let mut seen_paths = HashSet::new();
-    let mut entries = 0u64;
-    for sha in &contents.chunks {
-        let chunk = chunks.get(sha).ok_or_else(|| format!("contents chunk {sha} is in none of its packs"))?;
-        for raw in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let line = crate::contents::parse_line(raw)?;
-            if !seen_paths.insert(line.path.clone()) {
-                return Err(format!("entry {:?} is listed twice in the contents", line.path));
-            }
-            entries += 1;
-            by_sha.entry(line.sha256.clone()).or_default().push(line);
-        }
-    }
-    drop(chunks);
+    // 1. The contents.
+    let assembled = read_contents(local, contents)?;
+    let entries = assembled.lines.len() as u64;
     if entries != contents.entries {
         return Err(format!("the contents list {entries} entries, the metadata says {}", contents.entries));
+    }
+    let mut by_sha: HashMap<String, Vec<String>> = HashMap::new();
+    for (path, (sha, _)) in assembled.lines {
+        by_sha.entry(sha).or_default().push(path);
     }
     // 2. The objects.
     let mut seen = 0u64;
@@ -665,17 +831,98 @@ pub fn read_verified(
             // The same blob in a second pack (stored again after a tombstone): read once.
             return Ok(true);
         }
-        for line in &by_sha[sha] {
-            let path = crate::archive::parse_entry_path(&line.path)?;
+        for raw_path in &by_sha[sha] {
+            let path = crate::archive::parse_entry_path(raw_path)?;
             seen += 1;
-            f(Entry { path, raw_path: line.path.clone(), json: body.clone(), sha256: sha.to_string() })?;
+            f(Entry { path, raw_path: raw_path.clone(), json: body.clone(), sha256: sha.to_string() })?;
         }
         Ok(true)
     })?;
     if let Some(missing) = by_sha.iter().find(|(sha, _)| !found.contains(*sha)) {
-        return Err(format!("entry {:?}: its body {} is in none of its packs", missing.1[0].path, missing.0));
+        return Err(format!("entry {:?}: its body {} is in none of its packs", missing.1[0], missing.0));
     }
     Ok(seen)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The previous backup of a scope
+
+const HEADS: &str = "heads";
+/// A backup continues its predecessor's chunks with at most this many deltas...
+pub const MAX_DELTAS: usize = 32;
+
+fn head_path(scope: &str) -> Path {
+    Path::from(format!("{HEADS}/{scope}.json"))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    backup: String,
+}
+
+/// Records `name` as the latest incremental backup of `scope` (the next one of that scope stores
+/// its changes since this one). Best effort: without it the next backup lists every object.
+pub async fn set_head(store: &Store, scope: &str, name: &str) {
+    let body = serde_json::to_vec(&Head { backup: name.to_string() }).expect("serializes");
+    if let Err(e) = store.objects().put(&head_path(scope), PutPayload::from(body)).await {
+        tracing::warn!(scope, backup = name, error = %e, "could not record the latest incremental backup");
+    }
+}
+
+/// The previous incremental backup of a scope, which a new backup continues.
+pub struct Previous {
+    pub name: String,
+    pub contents: ContentsRef,
+    pub assembled: Assembled,
+}
+
+impl Previous {
+    /// Whether a new backup should add one more delta (else it lists every object again, in
+    /// chunks, most of them stored already): a short chain, and changes under a quarter of it.
+    pub fn continuable(&self) -> bool {
+        self.contents.deltas.len() < MAX_DELTAS && self.assembled.delta_lines * 4 < self.contents.entries.max(1)
+    }
+
+    /// Every contents blob it uses (chunk list, chunks and deltas).
+    pub fn blobs(&self) -> impl Iterator<Item = &String> {
+        self.contents.list.iter().chain(&self.assembled.chunks).chain(&self.contents.deltas)
+    }
+}
+
+/// The latest committed incremental backup of `scope`, if it can be continued: its metadata is
+/// there, it was made for the same scope, and every contents pack it uses is one `known` may
+/// reuse. `None` otherwise (the new backup then lists every object); never an error.
+pub async fn previous(
+    store: &Store,
+    known: &Known,
+    scope: &str,
+    scope_of: impl Fn(&BackupMetadata) -> String,
+) -> Option<Previous> {
+    let doc = store.get_optional_within(&head_path(scope), 4096).await.ok()??;
+    let head: Head = serde_json::from_slice(&doc).ok()?;
+    let meta: BackupMetadata =
+        crate::committed::read::<crate::catalog::Objects, BackupMetadata>(store, &head.backup).await.ok()??;
+    let contents = meta.contents.clone()?;
+    if !meta.backup.spec.incremental || contents.file.is_some() || scope_of(&meta) != scope {
+        return None;
+    }
+    let ids: Vec<String> = meta.packs.iter().filter(|id| is_contents_pack(id)).cloned().collect();
+    if ids.is_empty() || ids.iter().any(|id| !known.packs.contains(id)) {
+        return None;
+    }
+    let local = Local::fetch_packs(store, &head.backup, &ids).await.ok()?;
+    let c = contents.clone();
+    let assembled = tokio::task::spawn_blocking(move || read_contents(&local, &c)).await.ok()?;
+    match assembled {
+        Ok(a) if a.lines.len() as u64 == contents.entries => {
+            Some(Previous { name: head.backup, contents, assembled: a })
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(backup = %head.backup, error = %e, "not continuing the previous backup");
+            None
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -797,7 +1044,7 @@ pub async fn collect_garbage(store: &Store) -> Result<Collected> {
 /// Returns the bytes freed.
 async fn remove_pack(store: &Store, id: &str) -> Result<u64> {
     let size = store.objects().head(&pack_path(id)).await.map(|m| m.size).unwrap_or(0);
-    for path in [index_path(id), pack_path(id), tombstone_path(id)] {
+    for path in [index_path(id), plain_index_path(id), pack_path(id), tombstone_path(id)] {
         match store.objects().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store.error(e)),

@@ -20,6 +20,8 @@ pub enum Event {
     Restored { done: u64, total: u64 },
     /// Restore: waiting for something (CRD established, ...).
     Waiting { what: String },
+    /// An incremental backup stores its contents as changes since `backup`, which had `deltas`.
+    Continuing { backup: String, deltas: usize },
 }
 
 /// Receives events. Must be cheap: it is called on the hot path.

@@ -29,6 +29,30 @@ pub struct RunLog {
 struct Lines {
     kept: Vec<String>,
     dropped: u64,
+    /// Resources listed with no objects since the last line: one line for all of them.
+    empty: Vec<String>,
+}
+
+impl Lines {
+    fn push(&mut self, line: String) {
+        if self.kept.len() < MAX_LINES {
+            self.kept.push(line);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn flush_empty(&mut self) {
+        if !self.empty.is_empty() {
+            let empty = std::mem::take(&mut self.empty);
+            self.push(stamp(format_args!("listed, no objects: {}", empty.join(", "))));
+        }
+    }
+}
+
+fn stamp(text: impl Display) -> String {
+    let line = format!("{} {}", Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(Timestamp::now()), text);
+    crate::error::redact(&line)
 }
 
 impl RunLog {
@@ -38,19 +62,21 @@ impl RunLog {
 
     /// Adds a line, stamped with the time, secrets redacted.
     pub fn line(&self, text: impl Display) {
-        let line = format!("{} {}", Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(Timestamp::now()), text);
-        let line = crate::error::redact(&line);
+        let line = stamp(text);
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.kept.len() < MAX_LINES {
-            lines.kept.push(line);
-        } else {
-            lines.dropped += 1;
-        }
+        lines.flush_empty();
+        lines.push(line);
+    }
+
+    /// Notes a resource listed with no objects (folded into one line with the others).
+    fn empty(&self, what: String) {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).empty.push(what);
     }
 
     /// The whole log.
     pub fn text(&self) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.flush_empty();
         let mut text = lines.kept.join("\n");
         if lines.dropped > 0 {
             text.push_str(&format!("\n... {} more lines not kept", lines.dropped));
@@ -71,6 +97,9 @@ impl Observer for RunLog {
     fn event(&self, event: Event) {
         match &event {
             Event::Planned { resources } => self.line(format_args!("discovered {resources} resource types to list")),
+            Event::Listed { resource, namespace, items: 0 } => {
+                self.empty(namespace.as_ref().map_or_else(|| resource.clone(), |ns| format!("{resource} in {ns}")))
+            }
             Event::Listed { resource, namespace: Some(ns), items } => {
                 self.line(format_args!("listed {resource} in namespace {ns}: {items}"))
             }
@@ -79,6 +108,9 @@ impl Observer for RunLog {
             Event::Verified { items } => self.line(format_args!("verified {items} objects against their SHA-256")),
             Event::RestorePlanned { total } => self.line(format_args!("restoring {total} objects")),
             Event::Waiting { what } => self.line(format_args!("waiting for {what}")),
+            Event::Continuing { backup, deltas } => self.line(format_args!(
+                "storing the contents as changes since backup {backup} (which has {deltas} sets of changes)"
+            )),
             Event::Archived { .. } | Event::Restored { .. } => {}
         }
         self.inner.event(event);
@@ -115,5 +147,20 @@ mod tests {
         assert!(text.contains("listed configmaps in namespace shop: 3"), "{text}");
         assert!(!text.contains("SECRET"), "{text}");
         assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn resources_with_no_objects_share_one_line() {
+        let log = RunLog::new(Arc::new(Quiet));
+        log.event(Event::Listed { resource: "pods".into(), namespace: Some("shop".into()), items: 0 });
+        log.event(Event::Listed { resource: "nodes".into(), namespace: None, items: 0 });
+        log.event(Event::Listed { resource: "secrets".into(), namespace: Some("shop".into()), items: 2 });
+        log.event(Event::Listed { resource: "jobs.batch".into(), namespace: Some("shop".into()), items: 0 });
+        let text = log.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].ends_with(" listed, no objects: pods in shop, nodes"), "{text}");
+        assert!(lines[1].ends_with(" listed secrets in namespace shop: 2"), "{text}");
+        assert!(lines[2].ends_with(" listed, no objects: jobs.batch in shop"), "{text}");
     }
 }

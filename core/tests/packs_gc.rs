@@ -44,7 +44,7 @@ async fn commit(store: &Store, name: &str, packs: Vec<String>) {
         format_version: FORMAT_VERSION,
         backup,
         objects: Default::default(),
-        contents: Some(ContentsRef { entries: 1, file: None, chunks: vec![] }),
+        contents: Some(ContentsRef { entries: 1, ..Default::default() }),
         packs,
     };
     committed::commit::<Objects>(store, name, &meta).await.unwrap();

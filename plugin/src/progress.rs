@@ -86,6 +86,7 @@ impl Observer for Bar {
                 self.bytes.store(bytes, Ordering::Relaxed);
             }
             Event::Uploading { bytes } => self.uploaded.store(bytes, Ordering::Relaxed),
+            Event::Continuing { .. } => {}
             Event::Verified { items } => {
                 self.bar.set_message(format!("verified {items} {}", self.unit));
                 return;

@@ -137,6 +137,17 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     let stored = third["status"]["incremental"]["objectsStored"].as_u64().unwrap();
     assert!((1..=3).contains(&stored), "one change stored {stored} blobs: {}", third["status"]["incremental"]);
 
+    // It stored the change, not a new list of every object: one delta after the second's chunks.
+    let meta = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join(format!("backups/{name}/metadata.json"))).unwrap()).unwrap()
+    };
+    let (m2, m3) = (meta(&format!("{ns}-2")), meta(&format!("{ns}-3")));
+    assert!(m2["contents"]["list"].is_string(), "{}", m2["contents"]);
+    assert_eq!(m3["contents"]["list"], m2["contents"]["list"]);
+    assert_eq!(m3["contents"]["deltas"].as_array().map(Vec::len), Some(1), "{}", m3["contents"]);
+    let log = t.backup(&["logs", &format!("{ns}-3")]).ok().stdout;
+    assert!(log.contains(&format!("storing the contents as changes since backup {ns}-2")), "{log}");
+
     // The history, newest first.
     let h = t.backup(&["workspace", "history", &ns, "-o", "json"]).ok().json();
     let names: Vec<&str> =
@@ -170,6 +181,53 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     let err = t.backup(&["restore", &ns, "--at", "yesterday"]);
     assert!(err.stderr.contains("invalid --at \"yesterday\""), "{}", err.stderr);
 
+    // An object removed and one added (and every other one changed: the restores above made
+    // them anew): a second delta. Backups continue the chain while it is short and small.
+    t.kubectl(&["delete", "configmap", "cm-00010", "-n", &ns]).ok();
+    t.create(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: added\n  namespace: {ns}\ndata:\n  i: new\n"
+    ))
+    .ok();
+    let fourth = create(&format!("{ns}-4"));
+    assert_eq!(fourth["status"]["progress"]["itemsBackedUp"], third["status"]["progress"]["itemsBackedUp"]);
+    assert_eq!(meta(&format!("{ns}-4"))["contents"]["deltas"].as_array().map(Vec::len), Some(2));
+    // Its changes were more than a quarter of the objects: the next backup lists every object
+    // again, in chunks (the unchanged ones stored already).
+    for i in 20..40 {
+        let patch = format!(r#"{{"data":{{"i":"v2-{i}"}}}}"#);
+        t.kubectl(&["patch", "configmap", &format!("cm-{i:05}"), "-n", &ns, "--type=merge", "-p", &patch]).ok();
+    }
+    let fifth = create(&format!("{ns}-5"));
+    let m5 = meta(&format!("{ns}-5"));
+    assert!(m5["contents"].get("deltas").is_none(), "a chain of many changes is not continued: {}", m5["contents"]);
+    assert!(m5["contents"]["list"].is_string() && m5["contents"]["list"] != m2["contents"]["list"]);
+    assert!(fifth["status"]["incremental"]["objectsReused"].as_u64().unwrap() >= items - 20, "{}", fifth["status"]);
+    t.kubectl(&["delete", "configmap", "cm-00011", "-n", &ns]).ok();
+    create(&format!("{ns}-6"));
+    let m6 = meta(&format!("{ns}-6"));
+    assert_eq!(m6["contents"]["list"], m5["contents"]["list"]);
+    assert_eq!(m6["contents"]["deltas"].as_array().map(Vec::len), Some(1), "{}", m6["contents"]);
+    // The first backups, whose chunks the later ones continue, can go: what they use stays.
+    t.backup(&["delete", &format!("{ns}-1"), "--yes"]).ok();
+    for (backup, cm11, cm25) in [("4", Some("11"), "25"), ("5", Some("11"), "v2-25"), ("6", None, "v2-25")] {
+        t.delete_namespace(&ns);
+        let r = t.backup(&["restore", &format!("{ns}-{backup}"), "-o", "json"]).ok().json();
+        assert_eq!(r["status"]["phase"], "Completed", "{r}");
+        let get = |cm: &str| {
+            let out = t.kubectl(&["get", "configmap", cm, "-n", &ns, "-o", "jsonpath={.data.i}"]);
+            (out.code == 0).then(|| out.stdout.trim().to_string())
+        };
+        assert_eq!(get("cm-00010"), None, "backup {backup}");
+        assert_eq!(get("cm-00011").as_deref(), cm11, "backup {backup}");
+        assert_eq!(get("added").as_deref(), Some("new"), "backup {backup}");
+        assert_eq!(value(&t, &ns, "cm-00025"), cm25, "backup {backup}");
+        assert_eq!(value(&t, &ns, "cm-00005"), "5", "backup {backup}: as restored --at the second");
+    }
+    t.delete_namespace(&ns);
+    let r = t.backup(&["restore", &format!("{ns}-3"), "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!((value(&t, &ns, "cm-00010"), value(&t, &ns, "cm-00005")), ("10".into(), "changed".into()));
+
     // A damaged pack: refused before the first write, naming the pack.
     let packs = dir.join("packs");
     let pack = files(&packs).into_iter().find(|f| f.ends_with(".tar.zst")).unwrap();
@@ -186,10 +244,17 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     std::fs::write(packs.join(&pack), &good).unwrap();
 
     // Deleting backups keeps every pack another backup uses; the last delete reclaims them all.
-    t.backup(&["delete", &format!("{ns}-1"), "--yes"]).ok();
-    assert!(files(&packs).contains(&pack), "a pack still in use was removed");
-    t.backup(&["delete", &format!("{ns}-2"), "--yes"]).ok();
-    let out = t.backup(&["delete", &format!("{ns}-3"), "--yes"]).ok().stdout;
+    for n in 2..=5 {
+        t.backup(&["delete", &format!("{ns}-{n}"), "--yes"]).ok();
+        let left = files(&packs);
+        for m in n + 1..=6 {
+            for id in meta(&format!("{ns}-{m}"))["packs"].as_array().unwrap() {
+                let file = format!("{}.tar.zst", id.as_str().unwrap());
+                assert!(left.contains(&file), "deleting backup {n} removed pack {file}, which backup {m} uses");
+            }
+        }
+    }
+    let out = t.backup(&["delete", &format!("{ns}-6"), "--yes"]).ok().stdout;
     assert!(out.contains("pack(s) no backup uses any more"), "{out}");
     assert!(files(&packs).is_empty(), "{:?}", files(&packs));
     assert!(files(&dir.join("leases")).is_empty(), "{:?}", files(&dir.join("leases")));
