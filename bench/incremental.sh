@@ -11,14 +11,14 @@
 #     100 Secrets; each run changes others), then `kubectl backup create full-2 --incremental ...`.
 #     Prints bytes uploaded by the second / by the first (target <= 0.03) and wall time of the second /
 #     of the first (target <= 0.5). Bytes uploaded are the engine's own `.status.incremental.
-#     bytesUploaded`, cross-checked with the growth of L's directory in s3s-fs's bucket (du -sb: files
-#     as stored, s3s-fs's own metadata files included). A plain (non-incremental) `create` of the same
+#     bytesUploaded`, cross-checked with the growth of L in s3s-fs's bucket (the sum of its
+#     files' sizes, as stored). A plain (non-incremental) `create` of the same
 #     objects is measured too, for reference.
 # (b) One workspace namespace (bench-load's `ws-00`) of 1k objects: one plain full backup
 #     (`kubectl backup create ws-plain --include-namespaces ws-00`) into its own location, then
 #     BENCH_WS_BACKUPS (default 100) backups `kubectl backup create ws-N --incremental
 #     --include-namespaces ws-00` into another, each after changing 1% (10 objects). Prints the
-#     incremental location's total storage / the plain backup's storage (du -sb; target <= 5).
+#     incremental location's total storage / the plain backup's storage (sum of file sizes; target <= 5).
 # Results go to target/bench/incremental-<time>/ (results.tsv: times; incremental.tsv and
 # workspace.tsv: bytes).
 #
@@ -51,9 +51,11 @@ fi
 bench_begin incremental
 STAMP=$(date +%s)
 
-# stored_bytes PREFIX: bytes under s3://backups/PREFIX as s3s-fs stores them (0 when nothing is).
+# stored_bytes PREFIX: bytes of the objects under s3://backups/PREFIX, as s3s-fs stores them (the
+# sum of its files' sizes; 0 when nothing is). Not `du -sb`, which also counts the 4 KiB of every
+# directory s3s-fs makes for a key prefix: an object store bills objects, not directories.
 stored_bytes() {
-  if [ -d "$S3_ROOT/$1" ]; then du -sb "$S3_ROOT/$1" | cut -f1; else echo 0; fi
+  if [ -d "$S3_ROOT/$1" ]; then find "$S3_ROOT/$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; else echo 0; fi
 }
 
 # incremental FILE FIELD: a field of the `-o json` output's status.incremental; fails if it is missing.
@@ -145,7 +147,7 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
   echo
   python3 "$ROOT/bench/summarize.py" --columns "$OUT/incremental.tsv" \
     "(a) bytes uploaded by the second / by the first, as the engine reports them (target <= 0.03)=second_bytes_uploaded/first_bytes_uploaded" \
-    "(a) the same from the bucket directory's growth (du -sb)=second_dir_growth/first_dir_growth" \
+    "(a) the same from the bucket directory's growth (sum of file sizes)=second_dir_growth/first_dir_growth" \
     "(a) first incremental backup's stored bytes / a plain backup's=first_dir_growth/plain_dir_bytes"
   echo
   echo "(b) $WS_BACKUPS incremental backups of namespace $WS ($WS_SIZE objects, 1% changed before each):"

@@ -163,7 +163,7 @@ async fn run_pipeline(
     let lease = crate::packs::Lease::acquire(store, &run_id).await?;
     let result = async {
         let scope = scope(&spec, &p.cluster.server);
-        let outcome = store_incremental(&p, &run_id, &scope).await?;
+        let outcome = store_incremental(&p, &scope).await?;
         let packs = outcome.packs.clone();
         lease.check()?;
         let backup = commit(&p, spec, ttl, version, outcome).await?;
@@ -295,7 +295,7 @@ const DELTA_BLOB: usize = 1 << 20;
 
 /// An incremental backup: each object body and contents blob the location's packs do not hold
 /// yet goes into new packs; the rest is referenced. Runs under the caller's lease.
-async fn store_incremental(p: &Pipeline<'_>, run_id: &str, scope: &str) -> Result<Outcome> {
+async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
     let store = p.store;
     let encryption = store.seal().map(|s| s.describe());
     let known = crate::packs::Known::load(store, encryption.as_ref()).await?;
@@ -306,9 +306,10 @@ async fn store_incremental(p: &Pipeline<'_>, run_id: &str, scope: &str) -> Resul
     let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
     let (pack_tx, pack_rx) = mpsc::channel::<crate::packs::FinishedPack>(1);
     let (seal, mtime, observer) = (store.seal().cloned(), p.start.as_second().max(0) as u64, p.observer.clone());
-    let run = run_id.to_string();
+    // Pack ids are short (every backup's metadata lists the packs it uses): 48 random bits.
+    let prefix = format!("{:012x}", rand::random::<u64>() >> 16);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let mut stash = crate::packs::Stash::new(known, &run, seal, mtime, pack_tx);
+        let mut stash = crate::packs::Stash::new(known, &prefix, seal, mtime, pack_tx);
         let (mut mode, mut contents) = match previous {
             Some(prev) => {
                 for sha in prev.blobs() {

@@ -5,10 +5,15 @@
 //!
 //! # Layout (under the location)
 //! - `packs/<id>.tar.zst` — a pack: a tar+zstd archive (sealed like any data file when the
-//!   location encrypts) of blobs named `blobs/<sha256>`; about 8 MiB of plaintext each.
-//! - `packs/<id>.json` — its index ([`PackIndex`]): size and SHA-256 of the stored bytes, the
-//!   encryption, and each blob's SHA-256 and size. Written after the pack: a pack without an
-//!   index is an interrupted upload, which no backup references.
+//!   location encrypts) of blobs named `blobs/<sha256>`; about 8 MiB of plaintext each. Object
+//!   bodies go to data packs (`<run>-<n>`), contents blobs (chunks, chunk lists, deltas) to
+//!   contents packs (`<run>-c<n>`).
+//! - `packs/<id>.json.zst` — its index ([`PackIndex`], zstd JSON; `<id>.json` uncompressed from
+//!   the first versions): size and SHA-256 of the stored bytes, the encryption, and each blob's
+//!   SHA-256 and size. Written after the pack: a pack without an index is an interrupted
+//!   upload, which no backup references.
+//! - `heads/<scope>.json` — the latest incremental backup of a scope, whose contents the next
+//!   backup of that scope continues with a delta ([`previous`]).
 //! - `packs/<id>.gone` — a tombstone: garbage collection found no committed backup using the
 //!   pack. A backup never reuses a tombstoned pack.
 //! - `leases/<run>.start`, `leases/<run>.beat` — a running incremental backup's lease: the
@@ -511,7 +516,7 @@ impl Stash {
         }
         if self.current[kind].is_none() {
             let n = self.new_ids.len();
-            let id = if kind == CONTENTS { format!("{}-c{n:04}", self.run) } else { format!("{}-{n:04}", self.run) };
+            let id = if kind == CONTENTS { format!("{}-c{n}", self.run) } else { format!("{}-{n}", self.run) };
             let file = io::BufWriter::new(tempfile::tempfile()?);
             let writer = ArchiveWriter::new(file, self.mtime, self.seal.as_ref())?;
             self.new_ids.push(id.clone());
@@ -848,7 +853,7 @@ pub fn read_verified(
 // The previous backup of a scope
 
 const HEADS: &str = "heads";
-/// A backup continues its predecessor's chunks with at most this many deltas...
+/// A backup continues its predecessor's chunks with at most this many deltas.
 pub const MAX_DELTAS: usize = 32;
 
 fn head_path(scope: &str) -> Path {

@@ -29,8 +29,9 @@ pub struct RunLog {
 struct Lines {
     kept: Vec<String>,
     dropped: u64,
-    /// Resources listed with no objects since the last line: one line for all of them.
-    empty: Vec<String>,
+    /// Resources listed with no objects since the last line (namespace, resource): one line for
+    /// all of them per namespace.
+    empty: Vec<(Option<String>, String)>,
 }
 
 impl Lines {
@@ -43,9 +44,17 @@ impl Lines {
     }
 
     fn flush_empty(&mut self) {
-        if !self.empty.is_empty() {
-            let empty = std::mem::take(&mut self.empty);
-            self.push(stamp(format_args!("listed, no objects: {}", empty.join(", "))));
+        let mut empty = std::mem::take(&mut self.empty);
+        // One line per namespace (and one for cluster-wide resources), in the order first listed.
+        while let Some((ns, _)) = empty.first().cloned() {
+            let (these, rest): (Vec<_>, Vec<_>) = empty.into_iter().partition(|(n, _)| *n == ns);
+            let names: Vec<String> = these.into_iter().map(|(_, r)| r).collect();
+            let line = match ns {
+                Some(ns) => stamp(format_args!("listed in namespace {ns}, no objects: {}", names.join(", "))),
+                None => stamp(format_args!("listed, no objects: {}", names.join(", "))),
+            };
+            self.push(line);
+            empty = rest;
         }
     }
 }
@@ -69,8 +78,8 @@ impl RunLog {
     }
 
     /// Notes a resource listed with no objects (folded into one line with the others).
-    fn empty(&self, what: String) {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).empty.push(what);
+    fn empty(&self, namespace: Option<String>, resource: String) {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).empty.push((namespace, resource));
     }
 
     /// The whole log.
@@ -97,9 +106,7 @@ impl Observer for RunLog {
     fn event(&self, event: Event) {
         match &event {
             Event::Planned { resources } => self.line(format_args!("discovered {resources} resource types to list")),
-            Event::Listed { resource, namespace, items: 0 } => {
-                self.empty(namespace.as_ref().map_or_else(|| resource.clone(), |ns| format!("{resource} in {ns}")))
-            }
+            Event::Listed { resource, namespace, items: 0 } => self.empty(namespace.clone(), resource.clone()),
             Event::Listed { resource, namespace: Some(ns), items } => {
                 self.line(format_args!("listed {resource} in namespace {ns}: {items}"))
             }
@@ -154,13 +161,15 @@ mod tests {
         let log = RunLog::new(Arc::new(Quiet));
         log.event(Event::Listed { resource: "pods".into(), namespace: Some("shop".into()), items: 0 });
         log.event(Event::Listed { resource: "nodes".into(), namespace: None, items: 0 });
+        log.event(Event::Listed { resource: "services".into(), namespace: Some("shop".into()), items: 0 });
         log.event(Event::Listed { resource: "secrets".into(), namespace: Some("shop".into()), items: 2 });
         log.event(Event::Listed { resource: "jobs.batch".into(), namespace: Some("shop".into()), items: 0 });
         let text = log.text();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].ends_with(" listed, no objects: pods in shop, nodes"), "{text}");
-        assert!(lines[1].ends_with(" listed secrets in namespace shop: 2"), "{text}");
-        assert!(lines[2].ends_with(" listed, no objects: jobs.batch in shop"), "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with(" listed in namespace shop, no objects: pods, services"), "{text}");
+        assert!(lines[1].ends_with(" listed, no objects: nodes"), "{text}");
+        assert!(lines[2].ends_with(" listed secrets in namespace shop: 2"), "{text}");
+        assert!(lines[3].ends_with(" listed in namespace shop, no objects: jobs.batch"), "{text}");
     }
 }

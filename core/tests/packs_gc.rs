@@ -135,7 +135,7 @@ async fn a_pack_written_by_a_running_backup_is_not_tombstoned() {
     lease.release().await;
     let collected = packs::collect_garbage(&s).await.unwrap();
     assert_eq!(collected, packs::Collected::default());
-    assert!(pack_files(dir.path()).contains(&format!("{}.json", p[0])));
+    assert!(pack_files(dir.path()).contains(&format!("{}.json.zst", p[0])));
 }
 
 #[tokio::test]
@@ -168,9 +168,10 @@ async fn collection_removes_what_interrupted_runs_left_and_nothing_a_live_run_wr
     let lease = Lease::acquire(&s, "run-dead").await.unwrap();
     let dead = stash(&s, Known::load(&s, None).await.unwrap(), "run-dead", &[b"dead"]).await;
     lease.release().await;
-    std::fs::remove_file(dir.path().join(format!("packs/{}.json", dead[0]))).unwrap();
+    std::fs::remove_file(dir.path().join(format!("packs/{}.json.zst", dead[0]))).unwrap();
     age(&dir.path().join(format!("packs/{}.tar.zst", dead[0])), minutes(2));
-    // An index left without its pack (a zombie run wrote it after its pack was removed).
+    // An index left without its pack (a zombie run wrote it after its pack was removed; in the
+    // uncompressed form of the first versions, which collection cleans up too).
     std::fs::write(dir.path().join("packs/run-zombie-0000.json"), b"{}").unwrap();
     age(&dir.path().join("packs/run-zombie-0000.json"), minutes(2));
     // A lease nobody refreshed for 15 minutes.
@@ -213,4 +214,80 @@ async fn a_commit_whose_pack_vanished_while_it_ran_is_undone() {
     assert!(err.contains(&format!("pack {}, which backup \"one\" references, was removed", p[0])), "{err}");
     assert!(!dir.path().join("backups/one/metadata.json").exists(), "the commit was not undone");
     lease.release().await;
+}
+
+/// Stores contents blobs as a run would, returning their SHA-256 and the packs they are in.
+async fn stash_contents(store: &Store, run: &str, blobs: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+    let (tx, rx) = mpsc::channel(1);
+    let owned = blobs.to_vec();
+    let (run, known) = (run.to_string(), Known::load(store, None).await.unwrap());
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut s = Stash::new(known, &run, None, 0, tx);
+        let shas: Vec<String> = owned
+            .iter()
+            .map(|b| {
+                let sha = kubectl_backup_core::archive::sha256_hex(b);
+                s.put_contents(&sha, b).unwrap();
+                sha
+            })
+            .collect();
+        (shas, s.finish().unwrap().0)
+    });
+    packs::upload_packs(store, rx).await.unwrap();
+    writer.await.unwrap()
+}
+
+fn line(path: &str, body: &str) -> String {
+    let sha = kubectl_backup_core::archive::sha256_hex(body.as_bytes());
+    format!("{{\"path\":\"{path}\",\"sha256\":\"{sha}\",\"size\":{}}}\n", body.len())
+}
+
+#[tokio::test]
+async fn contents_are_chunks_then_deltas_in_order_and_a_bad_delta_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let chunk = format!("{}{}", line("r/a", "1"), line("r/b", "2")).into_bytes();
+    let delta1 = format!("{}{}", line("r/b", "22"), line("r/c", "3")).into_bytes();
+    let delta2 = b"{\"path\":\"r/a\",\"removed\":true}\n".to_vec();
+    let bad_delta = b"{\"path\":\"r/z\",\"removed\":true}\n".to_vec();
+    let twice = format!("{}{}", line("r/a", "1"), line("r/a", "1")).into_bytes();
+    let list = |shas: &[&String]| shas.iter().map(|s| format!("{s}\n")).collect::<String>().into_bytes();
+    let (shas, _) = stash_contents(&s, "run-c", &[chunk, delta1, delta2, bad_delta, twice]).await;
+    let (list_good, list_twice) = (list(&[&shas[0]]), list(&[&shas[4]]));
+    let (lists, packs) = stash_contents(&s, "run-l", &[list_good, list_twice, b"not-a-sha\n".to_vec()]).await;
+    let mut all = pack_files(dir.path())
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(".tar.zst").map(str::to_string))
+        .collect::<Vec<_>>();
+    all.sort();
+    assert!(packs.iter().all(|p| p.contains("-c")), "contents go to contents packs: {packs:?}");
+    let local = packs::Local::fetch_packs(&s, "t", &all).await.unwrap();
+    let read = |list: &String, deltas: &[&String]| {
+        let c = ContentsRef {
+            entries: 0,
+            list: Some(list.clone()),
+            deltas: deltas.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        packs::read_contents(&local, &c)
+    };
+
+    let a = read(&lists[0], &[&shas[1], &shas[2]]).unwrap();
+    let mut got: Vec<(&str, u64)> = a.lines.iter().map(|(p, (_, size))| (p.as_str(), *size)).collect();
+    got.sort();
+    assert_eq!(got, [("r/b", 2), ("r/c", 1)], "b changed, c added, a removed");
+    assert_eq!(a.delta_lines, 3);
+    assert_eq!(a.chunks, [shas[0].clone()]);
+    // The deltas apply in order: removing a first, then the same again, fails on the second.
+    let err = read(&lists[0], &[&shas[2], &shas[2]]).err().unwrap();
+    assert!(err.contains("removes \"r/a\", which the contents do not hold"), "{err}");
+    let err = read(&lists[0], &[&shas[3]]).err().unwrap();
+    assert!(err.contains("removes \"r/z\", which the contents do not hold"), "{err}");
+    let err = read(&lists[1], &[]).err().unwrap();
+    assert!(err.contains("entry \"r/a\" is listed twice"), "{err}");
+    let err = read(&lists[2], &[]).err().unwrap();
+    assert!(err.contains("names \"not-a-sha\", which is not a SHA-256"), "{err}");
+    let missing = "0".repeat(64);
+    let err = read(&lists[0], &[&missing]).err().unwrap();
+    assert!(err.contains(&format!("contents delta {missing} is in none of its packs")), "{err}");
 }

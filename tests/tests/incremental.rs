@@ -230,7 +230,9 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
 
     // A damaged pack: refused before the first write, naming the pack.
     let packs = dir.join("packs");
-    let pack = files(&packs).into_iter().find(|f| f.ends_with(".tar.zst")).unwrap();
+    let third_packs = meta(&format!("{ns}-3"))["packs"].as_array().unwrap().clone();
+    let data_pack = third_packs.iter().map(|p| p.as_str().unwrap()).find(|p| !p.contains("-c")).unwrap();
+    let pack = format!("{data_pack}.tar.zst");
     let good = std::fs::read(packs.join(&pack)).unwrap();
     let mut bad = good.clone();
     let last = bad.len() - 10;
