@@ -184,7 +184,7 @@ async fn collection_removes_what_interrupted_runs_left_and_nothing_a_live_run_wr
     // A live run whose pack is uploaded and whose index is not written yet: kept.
     let live = Lease::acquire(&s, "run-live").await.unwrap();
     let fresh = stash(&s, Known::load(&s, None).await.unwrap(), "run-live", &[b"fresh"]).await;
-    std::fs::remove_file(dir.path().join(format!("packs/{}.json", fresh[0]))).unwrap();
+    std::fs::remove_file(dir.path().join(format!("packs/{}.json.zst", fresh[0]))).unwrap();
 
     let collected = packs::collect_garbage(&s).await.unwrap();
     let mut deleted = collected.deleted.clone();
