@@ -643,31 +643,42 @@ impl Local {
 
     /// Fetches some of backup `name`'s packs.
     pub async fn fetch_packs(store: &Store, name: &str, ids: &[String]) -> Result<Local> {
-        let name = name.to_string();
-        let corrupt = |reason: String| crate::committed::corrupt(store, &name, reason);
+        let corrupt = |reason: String| crate::committed::corrupt(store, name, reason);
+        if let Some(id) = ids.iter().find(|id| id.is_empty() || id.contains('/') || id.contains('.')) {
+            return Err(corrupt(format!("it names pack {id:?}, which is not a pack id")));
+        }
+        // Sixteen at a time: a backup may use many small packs (one per earlier run).
+        let fetched: Vec<Result<(String, std::fs::File, Option<Encryption>)>> =
+            futures::stream::iter(ids.iter().cloned().map(|id| fetch_pack(store.clone(), name.to_string(), id)))
+                .buffered(16)
+                .collect()
+                .await;
         let mut packs = Vec::new();
         let mut encryption = None;
-        for id in ids {
-            if id.is_empty() || id.contains('/') || id.contains('.') {
-                return Err(corrupt(format!("it names pack {id:?}, which is not a pack id")));
-            }
-            let index = read_index(store, id).await.map_err(|e| match e {
-                Error::Location { reason, .. } => corrupt(reason),
-                e => e,
-            })?;
-            let data = crate::committed::DataFile {
-                key: id,
-                size: index.size,
-                sha256: &index.sha256,
-                encryption: index.encryption.as_ref(),
-            };
-            let file = crate::committed::fetch(store, &name, &pack_path(id), data).await?;
-            let opener = Opener::new(index.encryption.clone(), store.unseal().clone(), &name);
-            packs.push((id.clone(), file, opener));
-            encryption = encryption.or(index.encryption);
+        for f in fetched {
+            let (id, file, enc) = f?;
+            let opener = Opener::new(enc.clone(), store.unseal().clone(), name);
+            packs.push((id, file, opener));
+            encryption = encryption.or(enc);
         }
         Ok(Local { packs, encryption })
     }
+}
+
+/// Fetches one pack of backup `name` to a local file, checked against its index.
+async fn fetch_pack(store: Store, name: String, id: String) -> Result<(String, std::fs::File, Option<Encryption>)> {
+    let index = read_index(&store, &id).await.map_err(|e| match e {
+        Error::Location { reason, .. } => crate::committed::corrupt(&store, &name, reason),
+        e => e,
+    })?;
+    let data = crate::committed::DataFile {
+        key: &id,
+        size: index.size,
+        sha256: &index.sha256,
+        encryption: index.encryption.as_ref(),
+    };
+    let file = crate::committed::fetch(&store, &name, &pack_path(&id), data).await?;
+    Ok((id, file, index.encryption))
 }
 
 /// A visitor over stored bodies: `f(key, body)` returns whether to go on.
