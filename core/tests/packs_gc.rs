@@ -291,3 +291,52 @@ async fn contents_are_chunks_then_deltas_in_order_and_a_bad_delta_is_refused() {
     let err = read(&lists[0], &[&missing]).err().unwrap();
     assert!(err.contains(&format!("contents delta {missing} is in none of its packs")), "{err}");
 }
+
+/// Two collections at once (two `delete`s, or a delete and expiry) racing a backup that is about
+/// to reference a pack only a deleted backup used: neither removes the pack, whatever the
+/// interleaving (ten rounds on a multi-threaded runtime, the backup committing while they run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_collections_at_once_never_remove_a_pack_a_running_backup_will_reference() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let body = format!("{{\"kind\":\"ConfigMap\",\"round\":{round}}}").into_bytes();
+        let lease_a = Lease::acquire(&s, "run-a").await.unwrap();
+        let x = stash(&s, Known::load(&s, None).await.unwrap(), "run-a", &[&body]).await;
+        commit(&s, "a", x.clone()).await;
+        lease_a.release().await;
+        // B starts (lease, then the packs: it sees X), then A's commit document goes.
+        let lease_b = Lease::acquire(&s, "run-b").await.unwrap();
+        let known_b = Known::load(&s, None).await.unwrap();
+        std::fs::remove_file(dir.path().join("backups/a/metadata.json")).unwrap();
+        let backup_b = async {
+            let packs = stash(&s, known_b, "run-b", &[&body]).await;
+            assert_eq!(packs, x, "round {round}: B reuses X");
+            lease_b.check().unwrap();
+            commit(&s, "b", packs.clone()).await;
+            packs::confirm(&s, "b", &packs).await.unwrap();
+            lease_b.release().await;
+        };
+        let (one, two, ()) = tokio::join!(packs::collect_garbage(&s), packs::collect_garbage(&s), backup_b);
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert!(one.deleted.is_empty() && two.deleted.is_empty(), "round {round}: {one:?} {two:?}");
+        // Afterwards, with nothing running: X is B's, so it is kept (revived if tombstoned).
+        packs::collect_garbage(&s).await.unwrap();
+        let files = pack_files(dir.path());
+        assert!(
+            files.contains(&format!("{}.tar.zst", x[0])) && !files.contains(&format!("{}.gone", x[0])),
+            "round {round}: {files:?}"
+        );
+        let meta = catalog::metadata(&s, "b").await.unwrap();
+        let local = packs::Local::fetch(&s, &meta).await.unwrap();
+        let want = kubectl_backup_core::archive::sha256_hex(&body);
+        let mut found = 0;
+        local
+            .scan(&|sha| sha == want, &mut |_, _| {
+                found += 1;
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(found, 1, "round {round}");
+    }
+}
