@@ -340,3 +340,50 @@ async fn two_collections_at_once_never_remove_a_pack_a_running_backup_will_refer
         assert_eq!(found, 1, "round {round}");
     }
 }
+
+/// What a reader takes from a pack and its index is bounded by what the writer puts in them,
+/// whatever the (unauthenticated) index says: a zstd bomb in either is refused, not inflated.
+#[tokio::test]
+async fn a_pack_or_an_index_larger_than_a_writer_makes_is_refused() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    std::fs::create_dir_all(dir.path().join("packs")).unwrap();
+    // A pack of 6 blobs of 2 MiB of zeros: 12 MiB of plaintext, more than the 8 MiB (plus one
+    // object) a writer closes a pack at; a few kilobytes compressed.
+    let blob = vec![0u8; 2 << 20];
+    let sha = kubectl_backup_core::archive::sha256_hex(&blob);
+    let mut tar = tar::Builder::new(Vec::new());
+    for _ in 0..6 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(blob.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("blobs/{sha}"), &blob[..]).unwrap();
+    }
+    let pack = zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap();
+    assert!(pack.len() < 64 << 10, "{}", pack.len());
+    std::fs::write(dir.path().join("packs/bomb-0.tar.zst"), &pack).unwrap();
+    let index = serde_json::json!({
+        "format": "tar+zstd", "size": pack.len(), "sha256": hex::encode(sha2::Sha256::digest(&pack)),
+        "blobs": [{"sha256": sha, "size": blob.len()}],
+    });
+    let index = zstd::encode_all(&serde_json::to_vec(&index).unwrap()[..], 3).unwrap();
+    std::fs::write(dir.path().join("packs/bomb-0.json.zst"), index).unwrap();
+    let local = packs::Local::fetch_packs(&s, "t", &["bomb-0".to_string()]).await.unwrap();
+    let err = local.scan(&|_| true, &mut |_, _| Ok(true)).unwrap_err();
+    assert!(err.contains("decompresses to more than") && err.contains("a zstd bomb"), "{err}");
+
+    // An index that decompresses to more than 4 MiB (a writer's is under 1 MiB).
+    let padding = " ".repeat(5 << 20);
+    let big = format!("{{\"format\":\"tar+zstd\",\"size\":1,\"sha256\":\"{}\",\"blobs\":[]{padding}}}", "0".repeat(64));
+    std::fs::write(dir.path().join("packs/huge-0.json.zst"), zstd::encode_all(big.as_bytes(), 3).unwrap()).unwrap();
+    std::fs::write(dir.path().join("packs/huge-0.tar.zst"), b"x").unwrap();
+    let err = packs::Local::fetch_packs(&s, "t", &["huge-0".to_string()]).await.err().unwrap().to_string();
+    assert!(err.contains("pack index of huge-0: larger than 4194304 bytes"), "{err}");
+    // The same uncompressed (the first versions' name) is refused before it is read.
+    std::fs::remove_file(dir.path().join("packs/huge-0.json.zst")).unwrap();
+    std::fs::write(dir.path().join("packs/huge-0.json"), big.as_bytes()).unwrap();
+    let err = packs::Local::fetch_packs(&s, "t", &["huge-0".to_string()]).await.err().unwrap().to_string();
+    assert!(err.contains("more than such a document may be (4194304 bytes)"), "{err}");
+}
