@@ -76,7 +76,7 @@ pub struct Writer<W: Write> {
 impl<W: Write> Writer<W> {
     pub fn new(out: W, seal: Option<&Seal>) -> io::Result<Self> {
         let sealed = Sealed::new(Digesting::new(out), seal).map_err(|e| io::Error::other(e.to_string()))?;
-        let mut encoder = zstd::Encoder::new(sealed, crate::archive::ZSTD_LEVEL)?;
+        let mut encoder = zstd::Encoder::new(sealed, crate::archive::CONTENTS_ZSTD_LEVEL)?;
         encoder.include_checksum(true)?;
         Ok(Writer { encoder, line: Vec::with_capacity(256), entries: 0 })
     }

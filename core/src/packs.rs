@@ -605,7 +605,7 @@ pub async fn upload_packs(store: &Store, mut finished: mpsc::Receiver<FinishedPa
         }
         let index = serde_json::to_vec(&p.index)
             .map_err(io::Error::other)
-            .and_then(|json| zstd::encode_all(&json[..], crate::archive::ZSTD_LEVEL))
+            .and_then(|json| zstd::encode_all(&json[..], crate::archive::CONTENTS_ZSTD_LEVEL))
             .map_err(|e| Error::Other(format!("encoding a pack index: {e}")))?;
         bytes += sent + index.len() as u64;
         store.objects().put(&index_path(&p.id), PutPayload::from(index)).await.map_err(|e| store.error(e))?;
