@@ -10,6 +10,7 @@ pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> TaskOutcome {
     let scope = if r.namespaced { namespace } else { None };
     let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
     let outcome = |result| TaskOutcome { key: r.key.clone(), namespace: namespace.map(str::to_string), result };
+    let head = TypeHead::of(&r.ar);
     let mut listed = Listed::default();
     let mut token: Option<String> = None;
     let mut relists = 0;
@@ -24,7 +25,7 @@ pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> TaskOutcome {
             }
             Err(e) => return outcome(Err(TaskError::Kube(e))),
         };
-        if let Err(e) = send_page(l, r, filter, &page, &mut listed).await {
+        if let Err(e) = send_page(l, r, &head, filter, &page, &mut listed).await {
             return outcome(Err(e));
         }
         token = page.metadata.continue_.filter(|t| !t.is_empty());
@@ -64,6 +65,7 @@ async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>) -> k
 async fn send_page(
     l: &Lister<'_>,
     r: &Resource,
+    head: &TypeHead,
     filter: Option<&Scope>,
     page: &RawPage,
     listed: &mut Listed,
@@ -100,7 +102,7 @@ async fn send_page(
             resource: r.key.clone(),
             namespace: ns.clone(),
             name: name.to_string(),
-            json: with_type_meta(raw, &obj, &r.ar),
+            json: with_type_meta(raw, &obj, head),
         };
         if let Some(ns) = ns {
             listed.namespaces.insert(ns);
@@ -206,15 +208,26 @@ fn never_backed_up_object(key: &str, obj: &RawItem<'_>) -> bool {
     }
 }
 
+/// `{"apiVersion":…,"kind":…` of a resource's objects, without the closing brace: made once per
+/// LIST, not once per object.
+struct TypeHead(String);
+
+impl TypeHead {
+    fn of(ar: &ApiResource) -> Self {
+        let mut head = serde_json::json!({"apiVersion": ar.api_version, "kind": ar.kind}).to_string();
+        head.pop(); // the closing brace
+        TypeHead(head)
+    }
+}
+
 /// The item's JSON with `apiVersion` and `kind` first: typed LISTs leave them out of their items.
-fn with_type_meta(raw: &str, obj: &RawItem<'_>, ar: &ApiResource) -> Vec<u8> {
+fn with_type_meta(raw: &str, obj: &RawItem<'_>, head: &TypeHead) -> Vec<u8> {
     if obj.api_version.is_some() && obj.kind.is_some() {
         return raw.as_bytes().to_vec();
     }
-    let head = serde_json::json!({"apiVersion": ar.api_version, "kind": ar.kind}).to_string();
     let rest = raw.trim_start().strip_prefix('{').unwrap_or(raw).trim_start();
-    let mut out = Vec::with_capacity(head.len() + raw.len() + 1);
-    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]); // without the closing brace
+    let mut out = Vec::with_capacity(head.0.len() + raw.len() + 1);
+    out.extend_from_slice(head.0.as_bytes());
     if !rest.starts_with('}') {
         out.push(b',');
     }
@@ -269,7 +282,7 @@ mod tests {
     fn typed_items_get_their_type_and_stay_valid_json() {
         let raw = r#"{"metadata":{"name":"a","namespace":"n"},"data":{"k":"v"}}"#;
         let item: RawItem<'_> = serde_json::from_str(raw).unwrap();
-        let json = with_type_meta(raw, &item, &ar("v1", "ConfigMap"));
+        let json = with_type_meta(raw, &item, &TypeHead::of(&ar("v1", "ConfigMap")));
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["kind"], "ConfigMap");
@@ -277,10 +290,10 @@ mod tests {
         // Custom resources' items carry their type already: left exactly as sent.
         let cr = r#"{"apiVersion":"example.org/v1","kind":"Widget","metadata":{"name":"w"},"spec":"odd"}"#;
         let item: RawItem<'_> = serde_json::from_str(cr).unwrap();
-        assert_eq!(with_type_meta(cr, &item, &ar("example.org/v1", "Widget")), cr.as_bytes());
+        assert_eq!(with_type_meta(cr, &item, &TypeHead::of(&ar("example.org/v1", "Widget"))), cr.as_bytes());
         // An object with no fields at all still becomes valid JSON.
         let item: RawItem<'_> = serde_json::from_str("{}").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&with_type_meta("{}", &item, &ar("v1", "X"))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&with_type_meta("{}", &item, &TypeHead::of(&ar("v1", "X")))).unwrap();
         assert_eq!(v, serde_json::json!({"apiVersion": "v1", "kind": "X"}));
     }
 
