@@ -27,8 +27,8 @@ use crate::{Error, Result};
 /// The largest metadata document read (one of 1M objects is about 150 MB).
 pub const MAX_DOCUMENT_BYTES: u64 = 512 * 1024 * 1024;
 
-/// Multipart part size. Parts other than the last must be at least 5 MiB on S3.
-/// (5 MiB x 2 in flight was tried: peak RSS at 100k objects fell by only 2.8 MiB; bench/scale.sh.)
+/// Multipart part size. Parts other than the last must be at least 5 MiB on S3. (5 MiB parts were
+/// tried twice: peak RSS at 100k objects did not fall beyond run-to-run noise; bench/scale.sh.)
 const PART: usize = 8 << 20;
 /// Parts uploading at once. Bounds memory: about PART x (this + 1).
 const PARTS_IN_FLIGHT: usize = 3;
@@ -377,7 +377,8 @@ impl Store {
                 return Err(self.error(e));
             }
             sent += chunk.len() as u64;
-            w.write(&chunk);
+            // The chunk joins the part as it is (no copy into a part buffer).
+            w.put(chunk);
             progress(sent);
         }
         w.finish().await.map_err(|e| self.error(e))?;
@@ -469,6 +470,8 @@ impl ChunkSender {
             return Ok(());
         }
         let chunk = self.buf.split().freeze();
+        // One allocation of the chunk size for the next chunk, not a series of reallocations.
+        self.buf.reserve(self.chunk);
         self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 }
