@@ -293,7 +293,8 @@ mod tests {
         assert_eq!(with_type_meta(cr, &item, &TypeHead::of(&ar("example.org/v1", "Widget"))), cr.as_bytes());
         // An object with no fields at all still becomes valid JSON.
         let item: RawItem<'_> = serde_json::from_str("{}").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&with_type_meta("{}", &item, &TypeHead::of(&ar("v1", "X")))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_type_meta("{}", &item, &TypeHead::of(&ar("v1", "X")))).unwrap();
         assert_eq!(v, serde_json::json!({"apiVersion": "v1", "kind": "X"}));
     }
 
