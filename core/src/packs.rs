@@ -922,6 +922,10 @@ pub async fn previous(
     if !meta.backup.spec.incremental || contents.file.is_some() || scope_of(&meta) != scope {
         return None;
     }
+    // A chain at its length limit is not continued: decided before its contents are downloaded.
+    if contents.deltas.len() >= MAX_DELTAS {
+        return None;
+    }
     let ids: Vec<String> = meta.packs.iter().filter(|id| is_contents_pack(id)).cloned().collect();
     if ids.is_empty() || ids.iter().any(|id| !known.packs.contains(id)) {
         return None;

@@ -1,7 +1,7 @@
 //! Scale and incremental storage (issue 16) on the real control plane: the contents file beside
 //! a plain backup (format 2), a format-1 backup still restoring, incremental backups that store only
 //! what changed, a workspace's history and `restore --at`, damaged packs refused before any write,
-//! and packs reclaimed when the last backup using them is deleted.
+//! packs reclaimed when the last backup using them is deleted, and a chain of deltas ending at 32.
 
 use std::path::{Path, PathBuf};
 
@@ -260,4 +260,57 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     assert!(out.contains("pack(s) no backup uses any more"), "{out}");
     assert!(files(&packs).is_empty(), "{:?}", files(&packs));
     assert!(files(&dir.join("leases")).is_empty(), "{:?}", files(&dir.join("leases")));
+}
+
+#[test]
+fn a_chain_ends_at_32_deltas_and_the_next_backup_lists_every_object_again() {
+    let (t, dir) = setup("chain");
+    let ns = unique("ws");
+    t.apply(&namespace(&ns)).ok();
+    // Enough objects that 32 one-line deltas stay under a quarter of them.
+    t.create(&small_configmaps(&ns, 150)).ok();
+    let create = |name: &str| {
+        t.backup(&["create", name, "--incremental", "--include-namespaces", &ns, "-o", "json"]).ok().json()
+    };
+    let meta = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join(format!("backups/{name}/metadata.json"))).unwrap()).unwrap()
+    };
+    let change = |cm: usize, value: &str| {
+        let patch = format!(r#"{{"data":{{"i":"{value}"}}}}"#);
+        t.kubectl(&["patch", "configmap", &format!("cm-{cm:05}"), "-n", &ns, "--type=merge", "-p", &patch]).ok();
+    };
+    create(&format!("{ns}-0"));
+    let list = meta(&format!("{ns}-0"))["contents"]["list"].clone();
+    assert!(list.is_string(), "{list}");
+    for n in 1..=32 {
+        change(n, &format!("c{n}"));
+        create(&format!("{ns}-{n}"));
+        let m = meta(&format!("{ns}-{n}"));
+        assert_eq!(m["contents"]["list"], list, "backup {n} continues the chain");
+        assert_eq!(m["contents"]["deltas"].as_array().map(Vec::len), Some(n), "{}", m["contents"]);
+    }
+    // The chain is full: the next backup lists every object again, in chunks, and says so by
+    // not continuing.
+    change(100, "c100");
+    create(&format!("{ns}-33"));
+    let m33 = meta(&format!("{ns}-33"));
+    assert!(m33["contents"].get("deltas").is_none(), "a chain of 32 deltas was continued: {}", m33["contents"]);
+    assert!(m33["contents"]["list"].is_string() && m33["contents"]["list"] != list, "{}", m33["contents"]);
+    let log = t.backup(&["logs", &format!("{ns}-33")]).ok().stdout;
+    assert!(!log.contains("storing the contents as changes"), "{log}");
+    // A new chain starts from it.
+    change(101, "c101");
+    create(&format!("{ns}-34"));
+    let m34 = meta(&format!("{ns}-34"));
+    assert_eq!(m34["contents"]["list"], m33["contents"]["list"]);
+    assert_eq!(m34["contents"]["deltas"].as_array().map(Vec::len), Some(1), "{}", m34["contents"]);
+    let log = t.backup(&["logs", &format!("{ns}-34")]).ok().stdout;
+    assert!(log.contains(&format!("storing the contents as changes since backup {ns}-33")), "{log}");
+    // The last backup of the full chain restores exactly what it saw: all 32 deltas applied.
+    t.delete_namespace(&ns);
+    let r = t.backup(&["restore", &format!("{ns}-32"), "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    for (cm, want) in [(1, "c1"), (17, "c17"), (32, "c32"), (33, "33"), (100, "100"), (149, "149")] {
+        assert_eq!(value(&t, &ns, &format!("cm-{cm:05}")), want, "cm-{cm:05}");
+    }
 }
