@@ -26,6 +26,25 @@ fn files(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A namespace of `objects` ConfigMaps and a location of its own.
+fn workspace(name: &str, objects: usize) -> (Tools, PathBuf, String) {
+    let (t, dir) = setup(name);
+    let ns = unique("ws");
+    t.apply(&namespace(&ns)).ok();
+    t.create(&small_configmaps(&ns, objects)).ok();
+    (t, dir, ns)
+}
+
+/// `kubectl backup create NAME --incremental` of the namespace `ns`, as JSON.
+fn create_incremental(t: &Tools, ns: &str, name: &str) -> Value {
+    t.backup(&["create", name, "--incremental", "--include-namespaces", ns, "-o", "json"]).ok().json()
+}
+
+/// A committed backup's `metadata.json` in a `file://` location.
+fn metadata(dir: &Path, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join(format!("backups/{name}/metadata.json"))).unwrap()).unwrap()
+}
+
 fn value(t: &Tools, ns: &str, cm: &str) -> String {
     t.get_json(&["configmap", cm, "-n", ns])["data"]["i"].as_str().unwrap_or_default().to_string()
 }
@@ -101,13 +120,8 @@ fn a_plain_backup_streams_its_contents_beside_the_archive_and_format_1_still_res
 
 #[test]
 fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
-    let (t, dir) = setup("incr");
-    let ns = unique("ws");
-    t.apply(&namespace(&ns)).ok();
-    t.create(&small_configmaps(&ns, 60)).ok();
-    let create = |name: &str| {
-        t.backup(&["create", name, "--incremental", "--include-namespaces", &ns, "-o", "json"]).ok().json()
-    };
+    let (t, dir, ns) = workspace("incr", 60);
+    let create = |name: &str| create_incremental(&t, &ns, name);
     let first = create(&format!("{ns}-1"));
     let inc = &first["status"]["incremental"];
     assert_eq!(first["status"]["phase"], "Completed", "{first}");
@@ -138,9 +152,7 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
     assert!((1..=3).contains(&stored), "one change stored {stored} blobs: {}", third["status"]["incremental"]);
 
     // It stored the change, not a new list of every object: one delta after the second's chunks.
-    let meta = |name: &str| -> Value {
-        serde_json::from_slice(&std::fs::read(dir.join(format!("backups/{name}/metadata.json"))).unwrap()).unwrap()
-    };
+    let meta = |name: &str| metadata(&dir, name);
     let (m2, m3) = (meta(&format!("{ns}-2")), meta(&format!("{ns}-3")));
     assert!(m2["contents"]["list"].is_string(), "{}", m2["contents"]);
     assert_eq!(m3["contents"]["list"], m2["contents"]["list"]);
@@ -264,17 +276,10 @@ fn incremental_backups_store_only_what_changed_and_restore_any_point_in_time() {
 
 #[test]
 fn a_chain_ends_at_32_deltas_and_the_next_backup_lists_every_object_again() {
-    let (t, dir) = setup("chain");
-    let ns = unique("ws");
-    t.apply(&namespace(&ns)).ok();
     // Enough objects that 32 one-line deltas stay under a quarter of them.
-    t.create(&small_configmaps(&ns, 150)).ok();
-    let create = |name: &str| {
-        t.backup(&["create", name, "--incremental", "--include-namespaces", &ns, "-o", "json"]).ok().json()
-    };
-    let meta = |name: &str| -> Value {
-        serde_json::from_slice(&std::fs::read(dir.join(format!("backups/{name}/metadata.json"))).unwrap()).unwrap()
-    };
+    let (t, dir, ns) = workspace("chain", 150);
+    let create = |name: &str| create_incremental(&t, &ns, name);
+    let meta = |name: &str| metadata(&dir, name);
     let change = |cm: usize, value: &str| {
         let patch = format!(r#"{{"data":{{"i":"{value}"}}}}"#);
         t.kubectl(&["patch", "configmap", &format!("cm-{cm:05}"), "-n", &ns, "--type=merge", "-p", &patch]).ok();
