@@ -299,7 +299,7 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
     let store = p.store;
     let encryption = store.seal().map(|s| s.describe());
     let known = crate::packs::Known::load(store, encryption.as_ref()).await?;
-    let previous = crate::packs::previous(store, &known, scope, scope_of).await.filter(|prev| prev.continuable());
+    let previous = crate::packs::previous(store, &known, scope, scope_of).await;
     if let Some(prev) = &previous {
         p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
     }

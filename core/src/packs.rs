@@ -893,12 +893,6 @@ pub struct Previous {
 }
 
 impl Previous {
-    /// Whether a new backup should add one more delta (else it lists every object again, in
-    /// chunks, most of them stored already): a short chain, and changes under a quarter of it.
-    pub fn continuable(&self) -> bool {
-        self.contents.deltas.len() < MAX_DELTAS && self.assembled.delta_lines * 4 < self.contents.entries.max(1)
-    }
-
     /// Every contents blob it uses (chunk list, chunks and deltas).
     pub fn blobs(&self) -> impl Iterator<Item = &String> {
         self.contents.list.iter().chain(&self.assembled.chunks).chain(&self.contents.deltas)
@@ -906,8 +900,8 @@ impl Previous {
 }
 
 /// The latest committed incremental backup of `scope`, if it can be continued: its metadata is
-/// there, it was made for the same scope, and every contents pack it uses is one `known` may
-/// reuse. `None` otherwise (the new backup then lists every object); never an error.
+/// there, it was made for the same scope, every contents pack it uses is one `known` may reuse,
+/// and its chain of deltas is short and small (see below). `None` otherwise (the new backup then lists every object); never an error.
 pub async fn previous(
     store: &Store,
     known: &Known,
@@ -922,7 +916,9 @@ pub async fn previous(
     if !meta.backup.spec.incremental || contents.file.is_some() || scope_of(&meta) != scope {
         return None;
     }
-    // A chain at its length limit is not continued: decided before its contents are downloaded.
+    // A new backup adds one more delta only to a short chain whose changes are under a quarter of
+    // its objects; else it lists every object again, in chunks (most of them stored already). The
+    // chain's length is known before its contents are downloaded.
     if contents.deltas.len() >= MAX_DELTAS {
         return None;
     }
@@ -934,7 +930,7 @@ pub async fn previous(
     let c = contents.clone();
     let assembled = tokio::task::spawn_blocking(move || read_contents(&local, &c)).await.ok()?;
     match assembled {
-        Ok(a) if a.lines.len() as u64 == contents.entries => {
+        Ok(a) if a.lines.len() as u64 == contents.entries && a.delta_lines * 4 < contents.entries.max(1) => {
             Some(Previous { name: head.backup, contents, assembled: a })
         }
         Ok(_) => None,

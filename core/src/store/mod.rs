@@ -470,14 +470,16 @@ impl ChunkSender {
             return Ok(());
         }
         let chunk = self.buf.split().freeze();
-        // One allocation of the chunk size for the next chunk, not a series of reallocations.
-        self.buf.reserve(self.chunk);
         self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 }
 
 impl Write for ChunkSender {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() {
+            // One allocation of the chunk size for a new chunk, not a series of reallocations.
+            self.buf.reserve(self.chunk);
+        }
         self.buf.extend_from_slice(buf);
         if self.buf.len() >= self.chunk {
             self.send()?;
