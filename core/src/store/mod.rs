@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use tokio::sync::mpsc;
 use url::Url;
@@ -194,10 +195,23 @@ pub struct Uploaded {
 pub struct Store {
     location: Location,
     objects: Arc<dyn ObjectStore>,
+    /// Signs URLs that reach one object of the location without credentials (none for a local directory).
+    signer: Option<Arc<dyn Signer>>,
     /// Who can read the data files written here (none: written in the clear).
     seal: Option<crate::crypto::Seal>,
     /// What opens encrypted data files read from here.
     unseal: crate::crypto::Unseal,
+}
+
+/// A cloud store under the location's prefix, as an object store and as a URL signer.
+fn with_prefix<T: ObjectStore + Signer>(store: T, prefix: &str) -> (Arc<dyn ObjectStore>, Arc<dyn Signer>) {
+    if prefix.is_empty() {
+        let s = Arc::new(store);
+        (s.clone(), s)
+    } else {
+        let s = Arc::new(PrefixStore::new(store, prefix));
+        (s.clone(), s)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -226,18 +240,15 @@ impl Store {
             // A local directory: no prefix store, the directory is the location.
             Provider::File => {
                 let objects = providers::local(location)?;
-                return Ok(Store { location: location.clone(), objects, seal: None, unseal: Default::default() });
+                let (seal, unseal, signer) = (None, Default::default(), None);
+                return Ok(Store { location: location.clone(), objects, signer, seal, unseal });
             }
-            Provider::S3 => providers::s3(location, options)?,
-            Provider::Gcs => providers::gcs(location, options)?,
-            Provider::Azure => providers::azure(location, options)?,
+            Provider::S3 => with_prefix(providers::s3(location, options)?, &location.prefix),
+            Provider::Gcs => with_prefix(providers::gcs(location, options)?, &location.prefix),
+            Provider::Azure => with_prefix(providers::azure(location, options)?, &location.prefix),
         };
-        let objects: Arc<dyn ObjectStore> = if location.prefix.is_empty() {
-            store
-        } else {
-            Arc::new(PrefixStore::new(store, location.prefix.as_str()))
-        };
-        Ok(Store { location: location.clone(), objects, seal: None, unseal: Default::default() })
+        let (objects, signer) = (store.0, Some(store.1));
+        Ok(Store { location: location.clone(), objects, signer, seal: None, unseal: Default::default() })
     }
 
     /// The same location, writing data files encrypted to `seal` (or in the clear when `None`).
@@ -270,6 +281,23 @@ impl Store {
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects
+    }
+
+    /// Whether [`Store::signed_url`] works here (an object store, not a local directory).
+    pub fn signs_urls(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A URL that reaches `path` without credentials until `expires` has passed: how a mover Pod
+    /// reads or writes one volume part, holding no credentials of the location.
+    pub async fn signed_url(&self, method: http::Method, path: &Path, expires: Duration) -> Result<Url> {
+        let Some(signer) = &self.signer else {
+            return Err(Error::Location {
+                location: self.url().into(),
+                reason: "volume data is moved by Pods in the cluster, which cannot reach a local directory: use an S3, GCS or Azure location".into(),
+            });
+        };
+        signer.signed_url(method, path, expires).await.map_err(|e| self.error(e))
     }
 
     /// Wraps an object_store error with this location (and never with credentials).

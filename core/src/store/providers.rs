@@ -54,7 +54,7 @@ pub fn local(location: &Location) -> Result<Arc<dyn ObjectStore>> {
 }
 
 /// S3 and S3-compatible stores (MinIO, Ceph...): endpoint, path style, region, profile.
-pub fn s3(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+pub fn s3(location: &Location, options: &StoreOptions) -> Result<object_store::aws::AmazonS3> {
     let fail = |reason: String| fail(location, reason);
     // The CA files are read once: the S3 client and the STS client both trust them.
     let ca = ca_pems(options)?;
@@ -101,11 +101,11 @@ pub fn s3(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectS
     }
     let path_style = options.path_style.unwrap_or(endpoint.is_some());
     b = b.with_virtual_hosted_style_request(!path_style).with_bucket_name(&location.bucket);
-    Ok(Arc::new(b.build().map_err(|e| fail(format!("S3 configuration: {}", store_message(&e))))?))
+    b.build().map_err(|e| fail(format!("S3 configuration: {}", store_message(&e))))
 }
 
 /// Google Cloud Storage.
-pub fn gcs(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+pub fn gcs(location: &Location, options: &StoreOptions) -> Result<object_store::gcp::GoogleCloudStorage> {
     let fail = |reason: String| fail(location, reason);
     let (client, retry) = (client_options(options, &ca_pems(options)?)?, retry(options));
     let mut b = GoogleCloudStorageBuilder::new().with_client_options(client).with_retry(retry);
@@ -115,11 +115,11 @@ pub fn gcs(location: &Location, options: &StoreOptions) -> Result<Arc<dyn Object
         }
     }
     b = b.with_bucket_name(&location.bucket);
-    Ok(Arc::new(b.build().map_err(|e| fail(format!("GCS configuration: {}", store_message(&e))))?))
+    b.build().map_err(|e| fail(format!("GCS configuration: {}", store_message(&e))))
 }
 
 /// Azure Blob Storage.
-pub fn azure(location: &Location, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+pub fn azure(location: &Location, options: &StoreOptions) -> Result<object_store::azure::MicrosoftAzure> {
     let fail = |reason: String| fail(location, reason);
     let (client, retry) = (client_options(options, &ca_pems(options)?)?, retry(options));
     let mut b = MicrosoftAzureBuilder::new().with_client_options(client).with_retry(retry);
@@ -134,7 +134,7 @@ pub fn azure(location: &Location, options: &StoreOptions) -> Result<Arc<dyn Obje
         b = b.with_allow_http(true);
     }
     b = b.with_container_name(&location.bucket);
-    Ok(Arc::new(b.build().map_err(|e| fail(format!("Azure configuration: {}", store_message(&e))))?))
+    b.build().map_err(|e| fail(format!("Azure configuration: {}", store_message(&e))))
 }
 
 fn client_options(options: &StoreOptions, ca_pems: &[Vec<u8>]) -> Result<ClientOptions> {
