@@ -58,6 +58,9 @@ pub async fn run(
     validate_name("backup name", name)?;
     let ttl = spec.ttl.as_deref().map(|t| parse_duration("--ttl", t)).transpose()?;
     let selection = Selection::new(&spec.filters)?;
+    if spec.include_volumes {
+        crate::volume::check_location(store)?;
+    }
     crate::committed::ensure_absent::<Objects>(store, name).await?;
 
     let start = Timestamp::now();
@@ -132,6 +135,7 @@ struct Outcome {
     incremental: Option<crate::model::IncrementalStatus>,
     /// Bytes uploaded.
     bytes: u64,
+    volumes: Vec<crate::model::VolumeData>,
 }
 
 /// Collects, archives and uploads, then commits the metadata of what was written.
@@ -144,7 +148,8 @@ async fn run_pipeline(
     let (store, name, start) = (p.store, p.name, p.start);
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
     if !spec.incremental {
-        let (outcome, files) = store_archive(&p, &run_id).await?;
+        let (mut outcome, mut files) = store_archive(&p, &run_id).await?;
+        files.extend(back_up_volumes(&p, &spec, &run_id, &mut outcome).await);
         let committed = commit(&p, spec, ttl, version, outcome).await;
         if committed.is_err() {
             for f in files {
@@ -163,10 +168,20 @@ async fn run_pipeline(
     let lease = crate::packs::Lease::acquire(store, &run_id).await?;
     let result = async {
         let scope = scope(&spec, &p.cluster.server);
-        let outcome = store_incremental(&p, &scope).await?;
+        let mut outcome = store_incremental(&p, &scope).await?;
+        let volume_files = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
         let packs = outcome.packs.clone();
-        lease.check()?;
-        let backup = commit(&p, spec, ttl, version, outcome).await?;
+        let committed = async {
+            lease.check()?;
+            commit(&p, spec, ttl, version, outcome).await
+        }
+        .await;
+        if committed.is_err() {
+            for f in volume_files {
+                store.remove_quietly(&f).await;
+            }
+        }
+        let backup = committed?;
         crate::packs::confirm(store, name, &packs).await?;
         crate::packs::set_head(store, &scope, name).await;
         Ok(backup)
@@ -203,6 +218,7 @@ async fn commit(
     status.source_cluster = Some(SourceCluster { server: p.cluster.server.clone(), version });
     status.archive = o.archive;
     status.incremental = o.incremental;
+    status.volumes = o.volumes;
     let mut metadata = BackupMetadata {
         format_version: FORMAT_VERSION,
         backup,
@@ -218,6 +234,28 @@ async fn commit(
     p.observer.event(Event::Uploading { bytes: o.bytes });
     crate::committed::commit::<Objects>(store, name, &metadata).await?;
     Ok(metadata.backup)
+}
+
+/// With `--include-volumes`, the data of the claims the backup holds, by mover Pods; a claim that
+/// could not be read is an error of the backup (PartiallyFailed). Returns the files written.
+async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &mut Outcome) -> Vec<Path> {
+    if !spec.include_volumes || o.report.claims.is_empty() {
+        return Vec::new();
+    }
+    let movers = crate::volume::Movers {
+        cluster: p.cluster,
+        store: p.store,
+        backup: p.name,
+        image: spec.mover_image.clone().unwrap_or_else(|| crate::volume::DEFAULT_IMAGE.into()),
+        timeout: crate::volume::TIMEOUT,
+        observer: p.observer.clone(),
+    };
+    let backed = crate::volume::back_up(&movers, run_id, &o.report.claims).await;
+    o.report.warnings.extend(backed.warnings);
+    o.report.errors.extend(backed.errors);
+    o.bytes += backed.volumes.iter().map(|v| v.size).sum::<u64>();
+    o.volumes = backed.volumes;
+    backed.files
 }
 
 /// A plain backup: the archive and its contents file in the backup's directory. Returns what was
@@ -266,6 +304,7 @@ async fn store_archive(p: &Pipeline<'_>, run_id: &str) -> Result<(Outcome, Vec<P
         packs: Vec::new(),
         incremental: None,
         bytes: written.size + contents_size,
+        volumes: Vec::new(),
     };
     Ok((outcome, vec![archive, contents_path]))
 }
@@ -426,6 +465,7 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
         packs,
         incremental: Some(status),
         bytes,
+        volumes: Vec::new(),
     })
 }
 

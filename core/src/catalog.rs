@@ -45,6 +45,9 @@ impl committed::Document for BackupMetadataHead {
     fn files(&self) -> std::result::Result<Vec<committed::DataFile<'_>>, String> {
         own_files(&self.backup.status, None, self.format_version)
     }
+    fn data(&self) -> std::result::Result<committed::DataFile<'_>, String> {
+        archive(&self.backup.status)
+    }
     fn shares_packs(&self) -> bool {
         self.backup.status.incremental.is_some()
     }
@@ -70,19 +73,39 @@ impl committed::Document for BackupMetadata {
         }
         own_files(&self.backup.status, contents.and_then(|c| c.file.as_ref()), self.format_version)
     }
+    fn data(&self) -> std::result::Result<committed::DataFile<'_>, String> {
+        archive(&self.backup.status)
+    }
 }
 
-/// A plain backup's own files (archive, then contents file); none for an incremental one.
+/// The archive: an incremental backup has none (its volume parts are not its data file).
+fn archive(status: &BackupStatus) -> std::result::Result<committed::DataFile<'_>, String> {
+    match (&status.archive, &status.incremental) {
+        (None, Some(_)) => {
+            Err("it is an incremental backup: its objects are in the location's packs, not in a data file of its own"
+                .into())
+        }
+        (archive, _) => committed::data_file(archive.as_ref()),
+    }
+}
+
+/// A backup's own files: a plain backup's archive, then its contents file (none for an
+/// incremental one), then the parts of the volume data it holds.
 fn own_files<'a>(
     status: &'a BackupStatus,
     contents: Option<&'a crate::model::StoredFile>,
     format_version: u32,
 ) -> std::result::Result<Vec<committed::DataFile<'a>>, String> {
-    if status.archive.is_none() && status.incremental.is_some() && format_version >= 2 {
-        return Ok(Vec::new());
+    let mut files = Vec::new();
+    if !(status.archive.is_none() && status.incremental.is_some() && format_version >= 2) {
+        files.push(committed::data_file(status.archive.as_ref())?);
+        files.extend(contents.map(|c| committed::data_file(Some(c))).transpose()?);
     }
-    let mut files = vec![committed::data_file(status.archive.as_ref())?];
-    files.extend(contents.map(|c| committed::data_file(Some(c))).transpose()?);
+    for v in &status.volumes {
+        for p in &v.parts {
+            files.push(committed::data_file(Some(p))?);
+        }
+    }
     Ok(files)
 }
 

@@ -38,6 +38,7 @@ pub mod runlog;
 pub mod schedule;
 pub mod selector;
 pub mod store;
+pub mod volume;
 
 pub use error::{Error, Result};
 

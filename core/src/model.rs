@@ -193,6 +193,13 @@ pub struct BackupSpec {
     /// (see [`crate::packs`]): a backup uploads only what no earlier one stored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incremental: bool,
+    /// Back up the data of the PersistentVolumeClaims in scope too (`--include-volumes`): a mover
+    /// Pod per claim streams its files to the location ([`crate::volume`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_volumes: bool,
+    /// The image of the mover Pods (not stored: how this run reads volumes, not what it backs up).
+    #[serde(skip)]
+    pub mover_image: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +284,40 @@ pub struct BackupStatus {
     /// Set for an incremental backup, which has no archive of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalStatus>,
+    /// The PersistentVolumeClaims whose data the backup holds (`--include-volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeData>,
+}
+
+/// One PersistentVolumeClaim's data in a backup: a tar+zstd stream of its files, stored in parts
+/// beside the archive, each part's SHA-256 checked before its bytes are written back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeData {
+    pub namespace: String,
+    pub claim: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// The PersistentVolume the claim was bound to: a restore with the data leaves it out and
+    /// lets the claim bind (or be provisioned) anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_name: Option<String>,
+    /// The claim's capacity when backed up (`status.capacity.storage`), e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// `tar+zstd`.
+    pub format: String,
+    /// Bytes stored (all parts).
+    pub size: u64,
+    /// SHA-256 of the whole stored stream, hex.
+    pub sha256: String,
+    /// The stream's parts in order; keys relative to the backup's directory.
+    pub parts: Vec<StoredFile>,
+    /// What the mover found in the volume.
+    pub tree: crate::volume::tree::TreeStats,
+    /// How long the mover Pod ran, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 pub type Backup = Envelope<BackupSpec, BackupStatus>;
@@ -447,6 +488,15 @@ pub struct RestoreSpec {
     pub preserve_node_ports: bool,
     #[serde(default)]
     pub dry_run: bool,
+    /// Restore the objects only, not the data of the volumes the backup holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_volume_data: bool,
+    /// `--storage-class-mapping old:new`: the StorageClass of restored claims and volumes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_class_mapping: BTreeMap<String, String>,
+    /// The image of the mover Pods (not stored).
+    #[serde(skip)]
+    pub mover_image: Option<String>,
 }
 
 /// What happened (or, in a dry run, would happen) to one object.

@@ -822,6 +822,47 @@ impl NodeCluster {
         Ok(NodeCluster { node, s3, cp, t, location, dir, startup: started.elapsed(), _remove_dir })
     }
 
+    /// `scripts/build-image.sh` of the debug `backup-webhook` (the image users install, which is
+    /// also the volume mover's), imported into the node's containerd. Returns its name.
+    pub fn build_and_import_image(&self) -> Result<String> {
+        let t0 = Instant::now();
+        let tar = self.dir.join("backup-webhook.tar");
+        let image = format!("localhost/kubectl-backup/backup-webhook:{}", crate::fixtures::unique("e2e"));
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("the workspace root")?;
+        let out = Command::new(repo.join("scripts/build-image.sh"))
+            .arg(&tar)
+            .arg(crate::fixtures::bin_dir().join("backup-webhook"))
+            .env("IMAGE", &image)
+            .output()
+            .context("running scripts/build-image.sh")?;
+        if !out.status.success() {
+            bail!("build-image.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if printed != image {
+            bail!("build-image.sh printed {printed:?}, not {image:?}");
+        }
+        self.node.import_image(&tar).context("importing the image")?;
+        note(&format!("image {image} built and imported in {:.1?}", t0.elapsed()));
+        Ok(image)
+    }
+
+    /// Waits for a Deployment's rollout; on failure, panics saying why: its Pods, their events,
+    /// kubelet's log.
+    pub fn wait_rollout(&self, ns: &str, deployment: &str) {
+        let r = self.t.kubectl(&["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"]);
+        if r.code != 0 {
+            panic!("deployment {ns}/{deployment} did not roll out:\n{}{}\n{}", r.stdout, r.stderr, self.why(ns));
+        }
+    }
+
+    /// A namespace's Pods, their events and kubelet's log: why a Pod did not do what it should.
+    pub fn why(&self, ns: &str) -> String {
+        let pods = self.t.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
+        let describe = self.t.kubectl(&["describe", "pods", "-n", ns]);
+        format!("{}\n{}\nkubelet:\n{}", pods.stdout, describe.stdout, self.node.kubelet_log())
+    }
+
     /// The S3 endpoint as the Pods (and the host) reach it.
     pub fn s3_endpoint(&self) -> String {
         format!("http://{}:{}", self.node.network.host_ip, self.s3.info.port)

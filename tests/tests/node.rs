@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use kubectl_backup_e2e::fixtures::{Run, Tools, annotation, bin_dir, eventually, unique, wait_crd, wait_until};
+use kubectl_backup_e2e::fixtures::{Run, Tools, annotation, eventually, unique, wait_crd, wait_until};
 use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
 use kubectl_backup_e2e::process::cached_tool;
 use kubectl_backup_e2e::stores::{S3_ACCESS_KEY, S3_SECRET_KEY};
@@ -121,21 +121,8 @@ spec:
     )
 }
 
-/// Waits for a Deployment's rollout; on failure, says why: its Pods, their events, kubelet's log.
 fn wait_rollout(c: &NodeCluster, ns: &str, deployment: &str) {
-    let r = c.t.kubectl(&["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"]);
-    if r.code != 0 {
-        let pods = c.t.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]);
-        let describe = c.t.kubectl(&["describe", "pods", "-n", ns]);
-        panic!(
-            "deployment {ns}/{deployment} did not roll out:\n{}{}\n{}\n{}\nkubelet:\n{}",
-            r.stdout,
-            r.stderr,
-            pods.stdout,
-            describe.stdout,
-            c.node.kubelet_log()
-        );
-    }
+    c.wait_rollout(ns, deployment);
 }
 
 #[test]
@@ -194,22 +181,9 @@ fn a_pod_runs_and_a_service_routes_to_it() {
     eprintln!("[pod] test body took {:.1?}", t0.elapsed());
 }
 
-/// `scripts/build-image.sh` of the debug `backup-webhook`, imported into the node's containerd.
+/// The project's image, built and imported into the node.
 fn build_and_import(c: &NodeCluster) -> String {
-    let t0 = Instant::now();
-    let tar = c.dir.join("backup-webhook.tar");
-    let image = format!("localhost/kubectl-backup/backup-webhook:{}", unique("e2e"));
-    let out = Command::new(repo().join("scripts/build-image.sh"))
-        .arg(&tar)
-        .arg(bin_dir().join("backup-webhook"))
-        .env("IMAGE", &image)
-        .output()
-        .expect("running scripts/build-image.sh");
-    assert!(out.status.success(), "build-image.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), image);
-    c.node.import_image(&tar).expect("importing the image");
-    eprintln!("image {image} built and imported in {:.1?}", t0.elapsed());
-    image
+    c.build_and_import_image().expect("building and importing the backup-webhook image")
 }
 
 /// Objects that need no image pull: the backup's subject.

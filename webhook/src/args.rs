@@ -9,6 +9,25 @@ use kubectl_backup_core::crd::{AccessMode, BackupLocationSpec};
 use kubectl_backup_core::kube_client::KubeOptions;
 use kubectl_backup_core::store::StoreOptions;
 
+/// `backup-webhook mover`: what a mover Pod runs (created by `kubectl backup create
+/// --include-volumes` and by restores of volume data), never started by hand.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "backup-webhook mover",
+    about = "Moves one volume's files to or from presigned URLs (a mover Pod's command)"
+)]
+pub struct MoverArgs {
+    /// The plan: the presigned URLs of the parts (a Secret's file).
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// Where the claim is mounted.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Where the report goes (the Pod's termination message).
+    #[arg(long, value_name = "FILE", default_value = kubectl_backup_core::volume::mover::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "backup-webhook",
@@ -339,6 +358,7 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         Args::command().debug_assert();
+        MoverArgs::command().debug_assert();
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! `backup-webhook`: install the crypto provider, parse flags, run.
+//! `backup-webhook`: install the crypto provider, parse flags, run. `backup-webhook mover ...` is
+//! what a mover Pod runs instead.
 
 use clap::Parser;
 
-use backup_webhook::args::{Args, LogFormat};
+use backup_webhook::args::{Args, LogFormat, MoverArgs};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "mover") {
+        let args = MoverArgs::parse_from(std::env::args_os().skip(1));
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
+        kubectl_backup_core::volume::mover::run(&args.plan, &args.dir, &args.termination_log).await?;
+        return Ok(());
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));

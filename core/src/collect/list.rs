@@ -72,6 +72,7 @@ async fn send_page(
 ) -> Result<(), TaskError> {
     let mut had_objects = false;
     let mut volumes = Vec::new();
+    let mut claims = Vec::new();
     for raw in page.items() {
         let obj: RawItem<'_> = serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
         let ns = obj.metadata.namespace.as_deref().map(str::to_string);
@@ -92,10 +93,11 @@ async fn send_page(
         if never_backed_up_object(&r.key, &obj) {
             continue;
         }
-        if r.key == "persistentvolumeclaims"
-            && let Some(v) = obj.spec().volume_name
-        {
-            volumes.push(v.to_string());
+        if r.key == "persistentvolumeclaims" {
+            if let Some(v) = obj.spec().volume_name {
+                volumes.push(v.to_string());
+            }
+            claims.push((ns.clone().unwrap_or_default(), name.to_string()));
         }
         had_objects = true;
         let item = Item {
@@ -118,6 +120,7 @@ async fn send_page(
             f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
         }
         f.volumes.extend(volumes);
+        f.claims.extend(claims);
     }
     Ok(())
 }

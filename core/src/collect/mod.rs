@@ -79,6 +79,8 @@ pub struct Report {
     /// LISTs attempted and how many failed; all failing means the backup failed.
     pub lists: u64,
     pub failed_lists: u64,
+    /// `(namespace, name)` of the PersistentVolumeClaims backed up: whose data `--include-volumes` reads.
+    pub claims: BTreeSet<(String, String)>,
 }
 
 /// What a listing task found that the dependency pass needs.
@@ -88,6 +90,8 @@ struct Found {
     custom: BTreeSet<(String, String)>,
     /// `spec.volumeName` of PVCs.
     volumes: BTreeSet<String>,
+    /// `(namespace, name)` of PVCs.
+    claims: BTreeSet<(String, String)>,
 }
 
 /// Lists everything the plan names and sends each object to `tx`. Stops early if `tx` is closed.
@@ -133,8 +137,9 @@ pub async fn collect(
         }
     }
 
+    let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
+    report.claims = found.claims.clone();
     if plan.dependencies_only {
-        let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
         collect_dependencies(client, throttle, found, &tx, &mut report).await;
     }
     report

@@ -37,6 +37,8 @@ use crate::progress::{Event, Observer};
 use crate::store::Store;
 use crate::{Error, FIELD_MANAGER, RESTORED_FROM_LABEL, Result, catalog, committed};
 
+/// The resource name restore reports give a claim's data under.
+pub const VOLUME_DATA: &str = "volume-data";
 /// How long to wait for a restored CRD to be Established and served.
 const CRD_WAIT: Duration = Duration::from_secs(60);
 
@@ -59,22 +61,32 @@ pub async fn run(
         |reason: String| Error::Corrupt { name: spec.backup_name.clone(), location: store.url().into(), reason };
 
     // 1. Verify everything before the first write.
-    let (_meta, source, index) = verify(store, &spec.backup_name).await?;
+    let (meta, source, index) = verify(store, &spec.backup_name).await?;
     observer.event(Event::Verified { items: index.len() as u64 });
 
     // 2. Plan against what the target cluster serves.
     let discovered = collect::discover(&cluster.client, &cluster.throttle).await?;
-    let decisions = {
+    let mut decisions = {
         let d = &discovered;
         let shorts =
             |plural: &str, group: &str| d.find(plural, group).map(|r| r.short_names.clone()).unwrap_or_default();
         plan::decide(&index, &selection, &shorts)
     };
     check_scopes(&index, &decisions, &discovered).map_err(corrupt)?;
+    let volumes = volumes_to_restore(&meta, &spec, &index, &mut decisions);
+    if !volumes.is_empty() && !spec.dry_run && !store.signs_urls() {
+        return Err(Error::invalid(
+            "location",
+            store.url(),
+            "the backup holds volume data, which mover Pods read through presigned URLs, and this location cannot give any: restore with --include-volumes=false for the objects only",
+        ));
+    }
     let opts = TransformOptions {
         backup_name: spec.backup_name.clone(),
         namespace_mapping: spec.namespace_mapping.clone(),
         preserve_node_ports: spec.preserve_node_ports,
+        storage_class_mapping: spec.storage_class_mapping.clone(),
+        fresh_claims: volumes.iter().map(|v| (v.namespace.clone(), v.claim.clone())).collect(),
     };
     let mut report = Report::new(name, spec.clone(), start);
     let mut groups: BTreeMap<Priority, Vec<usize>> = BTreeMap::new();
@@ -85,7 +97,7 @@ pub async fn run(
             Decision::Filtered => {}
         }
     }
-    let total = groups.values().map(Vec::len).sum::<usize>() as u64;
+    let total = (groups.values().map(Vec::len).sum::<usize>() + volumes.len()) as u64;
     report.set_total(total + report.counted());
     observer.event(Event::RestorePlanned { total });
     if let Some(mapped) =
@@ -106,9 +118,46 @@ pub async fn run(
         observer,
         done: 0,
         total,
+        volumes: Volumes {
+            store,
+            data: volumes,
+            image: spec.mover_image.clone().unwrap_or_else(|| crate::volume::DEFAULT_IMAGE.into()),
+            created_claims: BTreeSet::new(),
+        },
     };
     applying.all(groups, &decisions, &mut report).await?;
     Ok(report.finish())
+}
+
+/// The volume data this restore writes: that of each claim the restore creates (unless
+/// `--include-volumes=false`). The PersistentVolumes those claims were bound to are left out: the
+/// claims are bound or provisioned anew and the data written into them.
+fn volumes_to_restore(
+    meta: &BackupMetadata,
+    spec: &RestoreSpec,
+    index: &[Indexed],
+    decisions: &mut [Decision],
+) -> Vec<crate::model::VolumeData> {
+    if spec.skip_volume_data {
+        return Vec::new();
+    }
+    let restored = |v: &crate::model::VolumeData| {
+        index.iter().zip(decisions.iter()).any(|(i, d)| {
+            i.resource == "persistentvolumeclaims"
+                && i.namespace.as_deref() == Some(v.namespace.as_str())
+                && i.name == v.claim
+                && matches!(d, Decision::Restore(_))
+        })
+    };
+    let volumes: Vec<_> = meta.backup.status.volumes.iter().filter(|v| restored(v)).cloned().collect();
+    for (i, d) in index.iter().zip(decisions.iter_mut()) {
+        if i.resource == "persistentvolumes"
+            && volumes.iter().any(|v| v.volume_name.as_deref() == Some(i.name.as_str()))
+        {
+            *d = Decision::Skip("its claim's data is restored into a new volume".into());
+        }
+    }
+    volumes
 }
 
 /// Downloads the backup's data, checks its size and SHA-256 and every entry's path, digest and
@@ -269,6 +318,16 @@ struct Applying<'a> {
     observer: Arc<dyn Observer>,
     done: u64,
     total: u64,
+    volumes: Volumes<'a>,
+}
+
+/// The volume data a restore writes once the claims exist, before the workloads that use them.
+struct Volumes<'a> {
+    store: &'a Store,
+    data: Vec<crate::model::VolumeData>,
+    image: String,
+    /// Claims (target namespace, name) this restore created: only those get the data.
+    created_claims: BTreeSet<(String, String)>,
 }
 
 impl Applying<'_> {
@@ -282,7 +341,12 @@ impl Applying<'_> {
     ) -> Result<()> {
         let dry_run = self.policy.dry_run;
         let mut namespaces_ready = false;
+        let mut volumes_written = false;
         for (priority, members) in groups {
+            if priority >= Priority::Workloads && !volumes_written {
+                self.write_volumes(report).await;
+                volumes_written = true;
+            }
             if priority > Priority::Namespaces && !namespaces_ready {
                 let missing =
                     ensure_namespaces(self.cluster, &self.index, decisions, &self.opts, dry_run, report).await;
@@ -307,6 +371,9 @@ impl Applying<'_> {
                         _ => false,
                     };
                 }
+                if r.resource == "persistentvolumeclaims" && r.action == ItemAction::Created {
+                    self.volumes.created_claims.insert((r.namespace.clone().unwrap_or_default(), r.name.clone()));
+                }
                 report.add(r);
             }
             if priority == Priority::CustomResourceDefinitions && !crds.is_empty() && !dry_run {
@@ -319,7 +386,65 @@ impl Applying<'_> {
                 self.discovered = collect::discover(&self.cluster.client, &self.cluster.throttle).await?;
             }
         }
+        if !volumes_written {
+            self.write_volumes(report).await;
+        }
         Ok(())
+    }
+
+    /// Writes the data of the claims this restore created, one mover Pod each; reports each as a
+    /// `volume-data` item (a failed one makes the restore PartiallyFailed).
+    async fn write_volumes(&mut self, report: &mut Report) {
+        let v = &self.volumes;
+        let mut todo = Vec::new();
+        for data in &v.data {
+            let ns = self.opts.map_namespace(&data.namespace).to_string();
+            let item = |action, reason: String| RestoreItem {
+                resource: VOLUME_DATA.into(),
+                namespace: Some(ns.clone()),
+                name: data.claim.clone(),
+                action,
+                reason: Some(reason),
+                diff: None,
+            };
+            if self.policy.dry_run {
+                let what = format!("{} files, {} bytes stored", data.tree.files, data.size);
+                report.add(item(ItemAction::WouldCreate, what));
+            } else if !v.created_claims.contains(&(ns.clone(), data.claim.clone())) {
+                let why = "the claim was not created by this restore (it exists, or failed): its data is left as it is";
+                report.add(item(ItemAction::SkippedExists, why.into()));
+            } else {
+                todo.push(crate::volume::ToRestore { data, namespace: ns });
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let movers = crate::volume::Movers {
+            cluster: self.cluster,
+            store: v.store,
+            backup: &self.opts.backup_name,
+            image: v.image.clone(),
+            timeout: crate::volume::TIMEOUT,
+            observer: self.observer.clone(),
+        };
+        let results = crate::volume::restore(&movers, &todo).await;
+        for (t, r) in todo.iter().zip(results) {
+            let (action, reason) = match r {
+                Ok(tree) => (ItemAction::Created, format!("{} files, {} bytes written", tree.files, tree.bytes)),
+                Err(e) => (ItemAction::Failed, e),
+            };
+            report.add(RestoreItem {
+                resource: VOLUME_DATA.into(),
+                namespace: Some(t.namespace.clone()),
+                name: t.data.claim.clone(),
+                action,
+                reason: Some(reason),
+                diff: None,
+            });
+            self.done += 1;
+            self.observer.event(Event::Restored { done: self.done, total: self.total });
+        }
     }
 
     /// Reads the group's entries from the archive (verifying digests again) on a blocking thread

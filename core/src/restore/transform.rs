@@ -14,6 +14,11 @@ pub struct TransformOptions {
     pub backup_name: String,
     pub namespace_mapping: BTreeMap<String, String>,
     pub preserve_node_ports: bool,
+    /// `--storage-class-mapping`: the StorageClass of restored claims and volumes.
+    pub storage_class_mapping: BTreeMap<String, String>,
+    /// Claims (source namespace, name) whose data this restore writes into a new volume: they
+    /// are created unbound, to be bound or provisioned anew.
+    pub fresh_claims: std::collections::BTreeSet<(String, String)>,
 }
 
 impl TransformOptions {
@@ -88,7 +93,21 @@ pub fn transform(resource: &str, mut obj: Value, opts: &TransformOptions) -> Val
             }
         }
         "jobs.batch" => transform_job(o),
+        "persistentvolumeclaims" => {
+            map_storage_class(o, opts);
+            let ns = meta_str(o, "namespace").map(|n| n.to_string());
+            let name = meta_str(o, "name").unwrap_or_default().to_string();
+            // `metadata.namespace` is the target's already: find the source's.
+            let fresh = opts
+                .fresh_claims
+                .iter()
+                .any(|(src, claim)| claim == &name && ns.as_deref() == Some(opts.map_namespace(src)));
+            if fresh {
+                unbind_claim(o);
+            }
+        }
         "persistentvolumes" => {
+            map_storage_class(o, opts);
             if let Some(claim) = o.get_mut("spec").and_then(|s| s.get_mut("claimRef")).and_then(Value::as_object_mut) {
                 claim.remove("uid");
                 claim.remove("resourceVersion");
@@ -111,6 +130,39 @@ pub fn transform(resource: &str, mut obj: Value, opts: &TransformOptions) -> Val
         _ => {}
     }
     obj
+}
+
+/// Annotations the PersistentVolume controller and provisioners set on a bound claim.
+const BINDING_ANNOTATIONS: &[&str] = &[
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+];
+
+/// A claim without its binding: bound or provisioned anew in the target cluster.
+fn unbind_claim(o: &mut Map<String, Value>) {
+    if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("volumeName");
+    }
+    if let Some(a) = o.get_mut("metadata").and_then(|m| m.get_mut("annotations")).and_then(Value::as_object_mut) {
+        for k in BINDING_ANNOTATIONS {
+            a.remove(*k);
+        }
+    }
+}
+
+fn map_storage_class(o: &mut Map<String, Value>, opts: &TransformOptions) {
+    let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let Some(class) = spec.get("storageClassName").and_then(Value::as_str) else { return };
+    if let Some(to) = opts.storage_class_mapping.get(class) {
+        spec.insert("storageClassName".into(), Value::String(to.clone()));
+    }
+}
+
+fn meta_str<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    o.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str)
 }
 
 fn set(o: &mut Map<String, Value>, path: &[&str], v: Value) {
@@ -244,7 +296,40 @@ mod tests {
             backup_name: "nightly".into(),
             namespace_mapping: [("shop".to_string(), "shop-copy".to_string())].into(),
             preserve_node_ports: false,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn claims_whose_data_is_restored_are_unbound_and_storage_classes_mapped() {
+        let pvc = |ns: &str| {
+            json!({"metadata": {"name": "data", "namespace": ns,
+                "annotations": {"pv.kubernetes.io/bind-completed": "yes", "team": "a"}},
+                "spec": {"volumeName": "pv-1", "storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}}})
+        };
+        let o = TransformOptions {
+            storage_class_mapping: [("fast".to_string(), "standard".to_string())].into(),
+            fresh_claims: [("shop".to_string(), "data".to_string())].into(),
+            ..opts()
+        };
+        // shop -> shop-copy: the claim is the one whose data is restored.
+        let out = transform("persistentvolumeclaims", pvc("shop"), &o);
+        assert_eq!(out["metadata"]["namespace"], "shop-copy");
+        assert_eq!(out["spec"].get("volumeName"), None, "{out}");
+        assert_eq!(out["spec"]["storageClassName"], "standard");
+        assert_eq!(out["metadata"]["annotations"], json!({"team": "a"}));
+        // Another namespace's claim of the same name keeps its binding; its class is mapped too.
+        let other = transform("persistentvolumeclaims", pvc("web"), &o);
+        assert_eq!(other["spec"]["volumeName"], "pv-1");
+        assert_eq!(other["spec"]["storageClassName"], "standard");
+        // Without data to restore, a claim keeps its volume.
+        let plain = transform("persistentvolumeclaims", pvc("shop"), &opts());
+        assert_eq!(
+            (plain["spec"]["volumeName"].as_str(), plain["spec"]["storageClassName"].as_str()),
+            (Some("pv-1"), Some("fast"))
+        );
+        let pv = json!({"metadata": {"name": "pv-1"}, "spec": {"storageClassName": "fast"}});
+        assert_eq!(transform("persistentvolumes", pv, &o)["spec"]["storageClassName"], "standard");
     }
 
     #[test]

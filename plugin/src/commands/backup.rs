@@ -45,6 +45,8 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
         storage_location: Some(location.display()),
         schedule: None,
         incremental: args.incremental || location.incremental,
+        include_volumes: args.include_volumes,
+        mover_image: Some(args.mover.mover_image.clone()),
     };
 
     let detached = super::detached();
@@ -77,8 +79,32 @@ fn print_summary(b: &Backup, location: &str) {
         s.namespaces.len(),
     );
     print_expiry(s.expiration);
+    if !s.volumes.is_empty() {
+        println!("Volume data:");
+        for v in &s.volumes {
+            println!("  - {}", volume_line(v));
+        }
+    }
     print_messages("Warnings", &s.warnings);
     print_messages("Errors", &s.errors);
+}
+
+/// One claim's data: `shop/data: 53 files, 1.2 GiB read, 210 MiB stored in 4 parts (12.3s)`.
+fn volume_line(v: &kubectl_backup_core::model::VolumeData) -> String {
+    let mut line = format!(
+        "{}/{}: {} files, {} read, {} stored in {} part(s) ({:.1}s)",
+        v.namespace,
+        v.claim,
+        v.tree.files,
+        size(v.tree.bytes),
+        size(v.size),
+        v.parts.len(),
+        v.duration_ms as f64 / 1000.0
+    );
+    if !v.tree.skipped.is_empty() {
+        line.push_str(&format!("; not stored: {}", v.tree.skipped.join(", ")));
+    }
+    line
 }
 
 fn print_messages(title: &str, items: &[String]) {
@@ -230,6 +256,12 @@ fn print_description(b: &Backup, location: &str) {
             let _ = writeln!(out, "  {k:<width$}  {n}");
         }
     }
+    if !s.volumes.is_empty() {
+        let _ = writeln!(out, "Volume data:");
+        for v in &s.volumes {
+            let _ = writeln!(out, "  {}", volume_line(v));
+        }
+    }
     drop(out);
     print_messages("Warnings", &s.warnings);
     print_messages("Errors", &s.errors);
@@ -302,6 +334,14 @@ Examples:
   # Unpack an unencrypted backup here without keeping the archive
   kubectl backup download shop-1 -f - | tar --zstd -xf -";
 
+/// How volume data is moved.
+#[derive(Debug, Args, Clone)]
+pub struct MoverArgs {
+    /// The image of the mover Pods that read and write volume data (the backup-webhook image).
+    #[arg(long, env = "KUBECTL_BACKUP_MOVER_IMAGE", default_value = kubectl_backup_core::volume::DEFAULT_IMAGE, value_name = "IMAGE")]
+    pub mover_image: String,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct CreateArgs {
     /// Name of the backup (a DNS-1123 label, e.g. nightly-2024-06-01).
@@ -318,6 +358,13 @@ pub struct CreateArgs {
     /// says `incremental: true`.
     #[arg(long, conflicts_with = "in_cluster")]
     pub incremental: bool,
+    /// Back up the data of the PersistentVolumeClaims in scope too: a mover Pod per claim (in the
+    /// claim's namespace, created with your credentials) streams its files to the location through
+    /// presigned URLs. Needs an S3, GCS or Azure location that Pods can reach.
+    #[arg(long, conflicts_with = "in_cluster", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL", default_value_t = false)]
+    pub include_volumes: bool,
+    #[command(flatten)]
+    pub mover: MoverArgs,
     /// Have the in-cluster controller take it: creates a Backup resource (in the one namespace
     /// backed up, else the install namespace) and follows its status. Needs the in-cluster
     /// component; --location names a BackupLocation (or, in the install namespace, a URL).

@@ -87,6 +87,9 @@ async fn restore_backup(cli: &Globals, args: &RestoreArgs, backup: &str) -> Resu
         existing_resource_policy: args.existing,
         preserve_node_ports: args.preserve_nodeports,
         dry_run: args.dry_run,
+        skip_volume_data: !args.include_volumes,
+        storage_class_mapping: args.storage_class_mapping().map_err(|e| anyhow!(e))?,
+        mover_image: Some(args.mover.mover_image.clone()),
     };
     let detached = super::detached();
     if !args.wait && !detached {
@@ -226,6 +229,17 @@ pub struct RestoreArgs {
     /// Keep Service node ports as backed up (by default ports the server assigned are dropped).
     #[arg(long)]
     pub preserve_nodeports: bool,
+    /// Give restored PersistentVolumeClaims and PersistentVolumes of StorageClass SRC the class DST
+    /// (e.g. a class the target cluster has), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "SRC:DST")]
+    pub storage_class_mapping: Vec<String>,
+    /// Restore the data of the volumes the backup holds (the default): each claim the restore
+    /// creates gets its data from a mover Pod before the workloads that use it are created.
+    /// --include-volumes=false restores the objects only.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub include_volumes: bool,
+    #[command(flatten)]
+    pub mover: super::backup::MoverArgs,
     /// Write nothing: have the API server validate each object (dryRun=All) and show what would be
     /// created, updated or skipped, with a diff for existing objects that differ.
     #[arg(long)]
@@ -249,19 +263,26 @@ impl RestoreArgs {
     }
 
     pub fn mapping(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
-        let mut map = std::collections::BTreeMap::new();
-        for pair in self.namespace_mapping.iter().filter(|p| !p.trim().is_empty()) {
-            let (src, dst) = pair
-                .split_once(':')
-                .map(|(a, b)| (a.trim(), b.trim()))
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| {
-                    format!("invalid --namespace-mapping {pair:?}: expected SRC:DST, e.g. shop:shop-copy")
-                })?;
-            if map.insert(src.to_string(), dst.to_string()).is_some() {
-                return Err(format!("invalid --namespace-mapping: {src:?} is mapped twice"));
-            }
-        }
-        Ok(map)
+        pairs("--namespace-mapping", &self.namespace_mapping, "shop:shop-copy")
     }
+
+    pub fn storage_class_mapping(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        pairs("--storage-class-mapping", &self.storage_class_mapping, "gp2:standard")
+    }
+}
+
+/// `SRC:DST` pairs of a mapping flag, each source once.
+fn pairs(flag: &str, given: &[String], example: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut map = std::collections::BTreeMap::new();
+    for pair in given.iter().filter(|p| !p.trim().is_empty()) {
+        let (src, dst) = pair
+            .split_once(':')
+            .map(|(a, b)| (a.trim(), b.trim()))
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+            .ok_or_else(|| format!("invalid {flag} {pair:?}: expected SRC:DST, e.g. {example}"))?;
+        if map.insert(src.to_string(), dst.to_string()).is_some() {
+            return Err(format!("invalid {flag}: {src:?} is mapped twice"));
+        }
+    }
+    Ok(map)
 }

@@ -139,6 +139,7 @@ impl Continuous {
             storage_location: Some(self.ctx.location.display()),
             schedule: Some(CONTINUOUS.into()),
             incremental: self.incremental,
+            ..Default::default()
         };
         let reference = Context::namespace_reference(ns);
         match self

@@ -417,6 +417,7 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
         storage_location: Some(location.display()),
         schedule: Some(format!("request {}/{}", h.ns, h.name)),
         incremental: location.incremental,
+        ..Default::default()
     };
     let run = ObjectRun {
         location: &location,

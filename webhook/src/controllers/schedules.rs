@@ -407,6 +407,7 @@ impl Run<'_> {
             storage_location: Some(location.display()),
             schedule: Some(format!("{ns}/{name}")),
             incremental: location.incremental,
+            ..Default::default()
         };
         let run = ObjectRun {
             location: &location,

@@ -1,0 +1,323 @@
+//! What runs inside a mover Pod (`backup-webhook mover`): one volume's files to numbered parts at
+//! presigned URLs, or back.
+//!
+//! The Pod holds no credentials of the location: its plan (a Secret the client creates beside it)
+//! lists one presigned URL per part, valid for this run only. Backing up, the tree is written as a
+//! tar ([`super::tree`]), compressed with zstd and cut into parts of `partSize` bytes; each part's
+//! SHA-256 goes into a manifest uploaded last, and the manifest's own SHA-256 is the Pod's
+//! termination message, which the client checks before it records the parts in the backup.
+//! Restoring, each part is downloaded and its size and SHA-256 checked against the backup's
+//! metadata before any of its bytes reach the decompressor, so nothing unverified is written.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::tree::{TreeStats, extract_tree, write_tree};
+use crate::{Error, Result};
+
+/// The stored stream's format.
+pub const FORMAT: &str = "tar+zstd";
+/// Where the kubelet reads the termination message from (the Pod's default path).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// The termination message is cut at 4096 bytes by the kubelet: keep it well below.
+const SKIPPED_SHOWN: usize = 20;
+/// Attempts per part transfer (the part is in memory, so a failed one is simply sent again).
+const ATTEMPTS: u32 = 4;
+
+/// What a mover Pod does, from its plan file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "mode")]
+pub enum Plan {
+    /// Read the volume: parts of `part_size` bytes PUT to `parts` in order, then the manifest.
+    #[serde(rename_all = "camelCase")]
+    Backup { part_size: u64, parts: Vec<String>, manifest: String },
+    /// Write the volume from the parts, each checked before use.
+    #[serde(rename_all = "camelCase")]
+    Restore { parts: Vec<PartSource> },
+}
+
+/// A part to download and what it must be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartSource {
+    pub url: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A stored part, as the manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartDigest {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What a backup mover stored, uploaded after the last part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub format: String,
+    pub parts: Vec<PartDigest>,
+    pub size: u64,
+    pub sha256: String,
+    pub tree: TreeStats,
+}
+
+/// A backup mover's termination message: which manifest it uploaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finished {
+    pub manifest_sha256: String,
+    pub manifest_size: u64,
+    /// A restore mover's: what it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeStats>,
+}
+
+/// Runs the plan at `plan` against the volume mounted at `dir`; writes the outcome to
+/// `termination` (the Pod's termination message).
+pub async fn run(plan: &Path, dir: &Path, termination: &Path) -> Result<()> {
+    let text = std::fs::read(plan).map_err(|e| Error::Io { path: plan.into(), source: e })?;
+    let plan: Plan = serde_json::from_slice(&text)
+        .map_err(|e| Error::invalid("mover plan", plan.display().to_string(), e.to_string()))?;
+    let http = client()?;
+    let finished = match plan {
+        Plan::Backup { part_size, parts, manifest } => back_up(&http, dir, part_size, &parts, &manifest).await?,
+        Plan::Restore { parts } => restore(&http, dir, parts).await?,
+    };
+    let message = serde_json::to_vec(&finished).map_err(|e| Error::Other(e.to_string()))?;
+    std::fs::write(termination, message).map_err(|e| Error::Io { path: termination.into(), source: e })
+}
+
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Other(format!("HTTP client: {e}")))
+}
+
+/// Tar, compress, cut and upload; the manifest last.
+async fn back_up(
+    http: &reqwest::Client,
+    dir: &Path,
+    part_size: u64,
+    urls: &[String],
+    manifest_url: &str,
+) -> Result<Finished> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let (dir, max_parts) = (dir.to_path_buf(), urls.len());
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(TreeStats, u64, String)> {
+        let sink = Parts {
+            tx,
+            part_size: part_size as usize,
+            buf: Vec::new(),
+            sent: 0,
+            max_parts,
+            hash: Sha256::new(),
+            total: 0,
+        };
+        let encoder = zstd::Encoder::new(sink, crate::archive::ZSTD_LEVEL)?;
+        let (encoder, stats) = write_tree(&dir, encoder)?;
+        let (size, sha256) = encoder.finish()?.finish()?;
+        Ok((stats, size, sha256))
+    });
+    let mut parts = Vec::new();
+    while let Some(part) = rx.recv().await {
+        let url = &urls[parts.len()];
+        let digest = PartDigest { size: part.len() as u64, sha256: crate::archive::sha256_hex(&part) };
+        put(http, url, part).await.map_err(|e| Error::Other(format!("uploading part {}: {e}", parts.len())))?;
+        parts.push(digest);
+    }
+    let (tree, size, sha256) = writer
+        .await
+        .map_err(|e| Error::Other(format!("reading the volume: {e}")))?
+        .map_err(|e| Error::Other(format!("reading the volume: {e}")))?;
+    let manifest = Manifest { format: FORMAT.into(), parts, size, sha256, tree: shown(tree) };
+    let body = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| Error::Other(e.to_string()))?);
+    let finished =
+        Finished { manifest_sha256: crate::archive::sha256_hex(&body), manifest_size: body.len() as u64, tree: None };
+    put(http, manifest_url, body).await.map_err(|e| Error::Other(format!("uploading the manifest: {e}")))?;
+    Ok(finished)
+}
+
+/// The stats with at most [`SKIPPED_SHOWN`] skipped entries named (and how many more there were).
+fn shown(mut tree: TreeStats) -> TreeStats {
+    if tree.skipped.len() > SKIPPED_SHOWN {
+        let more = tree.skipped.len() - SKIPPED_SHOWN;
+        tree.skipped.truncate(SKIPPED_SHOWN);
+        tree.skipped.push(format!("... and {more} more"));
+    }
+    tree
+}
+
+/// The compressed stream cut into parts, each sent to the uploader when full.
+struct Parts {
+    tx: mpsc::Sender<Bytes>,
+    part_size: usize,
+    buf: Vec<u8>,
+    sent: usize,
+    max_parts: usize,
+    hash: Sha256,
+    total: u64,
+}
+
+impl Parts {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.sent == self.max_parts {
+            return Err(std::io::Error::other(format!(
+                "the volume's data is larger than the {} parts planned from the claim's capacity",
+                self.max_parts
+            )));
+        }
+        let part = std::mem::take(&mut self.buf);
+        self.tx.blocking_send(Bytes::from(part)).map_err(|_| std::io::Error::other("the upload stopped"))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Sends the last part; returns the stream's size and SHA-256.
+    fn finish(mut self) -> std::io::Result<(u64, String)> {
+        if !self.buf.is_empty() || self.sent == 0 {
+            self.send()?;
+        }
+        Ok((self.total, hex::encode(self.hash.finalize())))
+    }
+}
+
+impl Write for Parts {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.part_size);
+        }
+        let n = data.len().min(self.part_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hash.update(&data[..n]);
+        self.total += n as u64;
+        if self.buf.len() == self.part_size {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Download, check and extract, part after part.
+async fn restore(http: &reqwest::Client, dir: &Path, parts: Vec<PartSource>) -> Result<Finished> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(1);
+    let dir = dir.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<TreeStats> {
+        let decoder = zstd::Decoder::new(Received { rx, current: Bytes::new() })?;
+        extract_tree(decoder, &dir)
+    });
+    let mut failed = None;
+    for (i, part) in parts.iter().enumerate() {
+        let bytes = match get(http, &part.url).await {
+            Ok(b) => b,
+            Err(e) => {
+                failed = Some(format!("downloading part {i}: {e}"));
+                break;
+            }
+        };
+        let digest = crate::archive::sha256_hex(&bytes);
+        if bytes.len() as u64 != part.size || digest != part.sha256 {
+            failed = Some(format!(
+                "part {i} is not what the backup recorded ({} bytes, SHA-256 {digest}; expected {} bytes, {}): nothing of it was written",
+                bytes.len(),
+                part.size,
+                part.sha256
+            ));
+            break;
+        }
+        if tx.send(bytes).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let extracted = reader.await.map_err(|e| Error::Other(format!("writing the volume: {e}")))?;
+    if let Some(f) = failed {
+        return Err(Error::Other(f));
+    }
+    let tree = extracted.map_err(|e| Error::Other(format!("writing the volume: {e}")))?;
+    Ok(Finished { manifest_sha256: String::new(), manifest_size: 0, tree: Some(shown(tree)) })
+}
+
+/// The verified parts as one stream, for the decompressor.
+struct Received {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for Received {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(b) => self.current = b,
+                // The sender is gone: the end, or a failed part (reported by the caller).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+async fn put(http: &reqwest::Client, url: &str, body: Bytes) -> std::result::Result<(), String> {
+    transfer(|| async {
+        let r = http.put(url).body(body.clone()).send().await.map_err(|e| (true, e.to_string()))?;
+        check(r).await.map(|_| ())
+    })
+    .await
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> std::result::Result<Bytes, String> {
+    transfer(|| async {
+        let r = http.get(url).send().await.map_err(|e| (true, e.to_string()))?;
+        check(r).await?.bytes().await.map_err(|e| (true, e.to_string()))
+    })
+    .await
+}
+
+/// A response's failure, and whether another attempt may help (5xx, 429, transport).
+async fn check(r: reqwest::Response) -> std::result::Result<reqwest::Response, (bool, String)> {
+    let status = r.status();
+    if status.is_success() {
+        return Ok(r);
+    }
+    let retry = status.is_server_error() || status.as_u16() == 429;
+    let body = r.text().await.unwrap_or_default();
+    let body: String = body.chars().take(300).collect();
+    Err((retry, format!("HTTP {status}: {body}")))
+}
+
+/// Up to [`ATTEMPTS`] tries with a growing pause, while the failure may be passing.
+async fn transfer<T, F, Fut>(f: F) -> std::result::Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, (bool, String)>>,
+{
+    let mut pause = Duration::from_millis(500);
+    for attempt in 1.. {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err((true, e)) if attempt < ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "transfer failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}

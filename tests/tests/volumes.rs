@@ -1,0 +1,322 @@
+//! Volume data (`--include-volumes`) on a real node: the project's image runs as mover Pods that
+//! read a PersistentVolumeClaim's files to the S3 store through presigned URLs and write them back
+//! into a new claim before the workloads that use it start. The claim is a hostPath
+//! PersistentVolume (static provisioning; the node has no CSI driver). The checks compare what a
+//! Pod sees in the volume, before and after: paths, types, modes, owners, mtimes, link counts,
+//! SHA-256 of every file, symlink targets, and the holes of a sparse file.
+//!
+//! `./tests/run.sh --test volumes` runs just these.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use kubectl_backup_e2e::env::SharedEnv;
+use kubectl_backup_e2e::fixtures::{Tools, eventually, service_account_kubeconfig, unique, wait_until};
+use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
+
+static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn start(name: &str) -> (MutexGuard<'static, ()>, NodeCluster) {
+    let guard = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = NodeCluster::start(name).unwrap_or_else(|e| panic!("starting a control plane and a node: {e:#}"));
+    eprintln!("[{name}] control plane + node Ready in {:.1?} (logs in {})", c.startup, c.dir.display());
+    (guard, c)
+}
+
+/// A hostPath PersistentVolume of class `manual`, kept when released (what static provisioning
+/// looks like). Its data lives in `dir` on the host.
+fn persistent_volume(name: &str, dir: &std::path::Path) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {name}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: "{dir}", type: DirectoryOrCreate}}
+"#,
+        dir = dir.display()
+    )
+}
+
+/// A namespace with claim `data` bound to `pv`, and a Deployment that says at start whether the
+/// data is there (what a restore must guarantee: data first, then workloads).
+fn workspace(ns: &str, pv: &str, image: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: {ns}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: {pv}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+  namespace: {ns}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: app}}}}
+  template:
+    metadata: {{labels: {{app: app}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: app
+        image: {image}
+        imagePullPolicy: Never
+        command: [sh, -c, 'if [ -f /data/c/numbers.txt ]; then echo DATA-PRESENT; else echo DATA-MISSING; fi; exec sleep 100000']
+        volumeMounts: [{{name: data, mountPath: /data}}]
+      volumes:
+      - name: data
+        persistentVolumeClaim: {{claimName: data}}
+"#
+    )
+}
+
+/// 200 MiB of random files in nested directories, a compressible file with a set mtime, a
+/// symlink, a dangling symlink, a hard link, a 64 MiB sparse file with one 4 KiB block of data,
+/// a 0600 file owned by uid 1000 and a 0750 directory.
+const WRITE: &str = r#"set -e
+cd /data
+mkdir -p a/b c
+i=0
+while [ $i -lt 50 ]; do head -c 4194304 /dev/urandom > a/f$i; i=$((i+1)); done
+seq 1 200000 > c/numbers.txt
+touch -t 202001020304.05 c/numbers.txt
+ln -s a/f1 link
+ln -s missing dangling
+ln a/f2 c/hard
+dd if=/dev/urandom of=sparse bs=4096 count=1 seek=16383 2>/dev/null
+echo secret > private
+chown 1000:1000 private
+chmod 0600 private
+chmod 0750 a/b
+echo written"#;
+
+/// One line per path: type, mode, owner, and for files size, link count, mtime and SHA-256; for
+/// symlinks the target. Then the sparse file's allocated blocks.
+const INVENTORY: &str = r#"cd /data
+find . | sort | while read f; do
+  case "$(stat -c %F "$f")" in
+    "regular file"|"regular empty file") echo "$f|$(stat -c '%F|%a|%u|%g|%s|%h|%Y' "$f")|$(sha256sum < "$f" | cut -d' ' -f1)";;
+    "symbolic link") echo "$f|$(stat -c '%F|%u|%g' "$f")|$(readlink "$f")";;
+    *) echo "$f|$(stat -c '%F|%a|%u|%g' "$f")";;
+  esac
+done
+echo "SPARSE-BLOCKS $(stat -c %b sparse)""#;
+
+/// Runs `script` in a busybox Pod with claim `data` mounted at /data and returns its output.
+fn in_pod(c: &NodeCluster, ns: &str, busybox: &str, script: &str) -> String {
+    let name = unique("sh");
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "sh", "image": busybox, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        }
+    });
+    c.t.pipe(&["create", "-f", "-"], &pod.to_string()).ok();
+    let phase = || c.t.get_json(&["pod", &name, "-n", ns])["status"]["phase"].as_str().unwrap_or("").to_string();
+    let ended = wait_until(Duration::from_secs(180), || matches!(phase().as_str(), "Succeeded" | "Failed"));
+    let logs = c.t.kubectl(&["logs", "-n", ns, &name]).stdout;
+    assert!(ended && phase() == "Succeeded", "pod {ns}/{name} ({}): {logs}\n{}", phase(), c.why(ns));
+    c.t.kubectl(&["delete", "pod", "-n", ns, &name, "--wait=true"]).ok();
+    logs
+}
+
+fn bound(t: &Tools, ns: &str) -> bool {
+    t.get_json(&["pvc", "data", "-n", ns])["status"]["phase"] == "Bound"
+}
+
+/// The restored app's first words: whether the data was there when it started.
+fn app_saw(c: &NodeCluster, ns: &str) -> String {
+    c.wait_rollout(ns, "app");
+    let mut out = String::new();
+    eventually("the app's log", Duration::from_secs(30), || {
+        out = c.t.kubectl(&["logs", "-n", ns, "deployment/app"]).stdout;
+        !out.is_empty()
+    });
+    out
+}
+
+/// What is left of mover Pods and plan Secrets in `ns`.
+fn movers_left(t: &Tools, ns: &str) -> Vec<String> {
+    let mut left = t.names(&["pods", "-n", ns, "-l", "kubectl-backup.dev/mover"]);
+    left.extend(t.names(&["secrets", "-n", ns, "-l", "kubectl-backup.dev/mover"]));
+    left
+}
+
+#[test]
+fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_owners_links_and_holes() {
+    let (_one, c) = start("volumes");
+    let t0 = Instant::now();
+    let image = c.build_and_import_image().expect("the backup-webhook image");
+    let busybox = busybox_image().expect("the busybox image");
+    let ns = unique("vol");
+    let pv = format!("{ns}-a");
+    let pv_dir = c.dir.join(&pv);
+    c.t.apply(&persistent_volume(&pv, &pv_dir)).ok();
+    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
+    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    assert_eq!(in_pod(&c, &ns, &busybox, WRITE).trim(), "written");
+    let before = in_pod(&c, &ns, &busybox, INVENTORY);
+    for line in
+        ["./private|regular file|600|1000|1000|7|1|", "./link|symbolic link|0|0|a/f1", "./a/b|directory|750|0|0"]
+    {
+        assert!(before.contains(line), "{line:?} not in the inventory:\n{before}");
+    }
+    assert!(
+        before.contains("|2|") && before.contains("./c/numbers.txt|regular file|644|0|0|1288895|1|1577934245|"),
+        "{before}"
+    );
+    let sparse_blocks = |inv: &str| -> u64 {
+        inv.lines().find_map(|l| l.strip_prefix("SPARSE-BLOCKS ")).expect("sparse blocks").trim().parse().unwrap()
+    };
+    assert!(sparse_blocks(&before) <= 16, "the source's sparse file is not sparse: {before}");
+    // The app runs while the volume is backed up (the mover is placed on its node).
+    c.wait_rollout(&ns, "app");
+    eprintln!("[volumes] 200 MiB written {:.1?} after the start", t0.elapsed());
+
+    // Back up: one mover Pod reads the claim, mounted read-only, while the app runs.
+    let backup = unique("b");
+    let mover = format!("--mover-image={image}");
+    c.t.backup(&["create", &backup, "-n", &ns, "--include-volumes", &mover]).ok();
+    eprintln!("[volumes] backed up {:.1?} after the start", t0.elapsed());
+    let b = c.t.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "Completed", "{b}");
+    let volumes = b["status"]["volumes"].as_array().expect("status.volumes");
+    assert_eq!(volumes.len(), 1, "{b}");
+    let v = &volumes[0];
+    assert_eq!((v["namespace"].as_str(), v["claim"].as_str()), (Some(ns.as_str()), Some("data")));
+    assert_eq!((v["volumeName"].as_str(), v["storageClass"].as_str()), (Some(pv.as_str()), Some("manual")));
+    let tree = &v["tree"];
+    // 50 random files, numbers.txt, sparse, private (the hard link is a link entry).
+    assert_eq!(
+        (tree["files"].as_u64(), tree["hardlinks"].as_u64(), tree["symlinks"].as_u64()),
+        (Some(53), Some(1), Some(2)),
+        "{v}"
+    );
+    let size = v["size"].as_u64().unwrap();
+    assert!(size > 200 << 20 && size < 210 << 20, "random data does not compress: {size} bytes stored");
+    let parts: u64 = v["parts"].as_array().unwrap().iter().map(|p| p["size"].as_u64().unwrap()).sum();
+    assert_eq!(parts, size, "{v}");
+    eventually("the mover Pod and its plan Secret gone", Duration::from_secs(60), || movers_left(&c.t, &ns).is_empty());
+
+    // Lose everything: the namespace, the volume and its data. A new empty volume is available.
+    c.t.delete_namespace(&ns);
+    c.t.kubectl(&["delete", "pv", &pv, "--wait=true"]).ok();
+    std::fs::remove_dir_all(&pv_dir).expect("removing the volume's data");
+    let fresh = format!("{ns}-b");
+    c.t.apply(&persistent_volume(&fresh, &c.dir.join(&fresh))).ok();
+
+    let restored = c.t.backup(&["restore", &backup, &mover, "-o", "json"]).ok().json();
+    eprintln!("[volumes] restored {:.1?} after the start", t0.elapsed());
+    assert_eq!(restored["status"]["phase"], "Completed", "{restored}");
+    let items = restored["status"]["items"].as_array().unwrap();
+    let item = |resource: &str| {
+        items.iter().find(|i| i["resource"] == resource).unwrap_or_else(|| panic!("no {resource} item: {restored}"))
+    };
+    assert_eq!(item("volume-data")["action"], "created", "{restored}");
+    assert!(item("volume-data")["reason"].as_str().unwrap().starts_with("53 files"), "{restored}");
+    // The old volume is not re-created: the claim binds to what the cluster has now.
+    assert_eq!(item("persistentvolumes")["action"], "skippedPolicy", "{restored}");
+    assert!(c.t.kubectl(&["get", "pv", &pv]).code != 0, "the backed-up PersistentVolume was re-created");
+    assert_eq!(c.t.get_json(&["pvc", "data", "-n", &ns])["spec"]["volumeName"], fresh.as_str());
+    assert_eq!(app_saw(&c, &ns).trim(), "DATA-PRESENT", "the app started before its data was restored");
+    let after = in_pod(&c, &ns, &busybox, INVENTORY);
+    assert_eq!(after, before, "the restored volume differs");
+    assert!(movers_left(&c.t, &ns).is_empty(), "{:?}", movers_left(&c.t, &ns));
+
+    // The same into a second namespace.
+    let copy = unique("copy");
+    let third = format!("{ns}-c");
+    c.t.apply(&persistent_volume(&third, &c.dir.join(&third))).ok();
+    let mapping = format!("--namespace-mapping={ns}:{copy}");
+    let r = c.t.backup(&["restore", &backup, &mover, &mapping, "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!(c.t.get_json(&["pvc", "data", "-n", &copy])["spec"]["volumeName"], third.as_str());
+    assert_eq!(in_pod(&c, &copy, &busybox, INVENTORY), before, "the copy differs");
+    assert_eq!(app_saw(&c, &copy).trim(), "DATA-PRESENT");
+    eprintln!("[volumes] test body took {:.1?}", t0.elapsed());
+}
+
+/// The shared control plane (no node): a claim bound to a volume, and a user who may read
+/// everything in the namespace but not create Pods.
+#[test]
+fn a_user_who_may_not_create_pods_gets_the_volume_reported_not_skipped() {
+    let env = SharedEnv::load().expect("shared environment");
+    let admin = Tools::new(&env.cluster).with_store(&env.s3, &unique("vol-rbac"));
+    let ns = unique("vol-rbac");
+    let pv = format!("{ns}-pv");
+    let dir = env.scratch.join(&pv);
+    admin.apply(&persistent_volume(&pv, &dir)).ok();
+    admin.apply(&workspace(&ns, &pv, "busybox")).ok();
+    eventually("the claim bound", Duration::from_secs(60), || bound(&admin, &ns));
+    admin
+        .apply(&format!(
+            r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: reader, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {ns}-reader}}
+rules:
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {ns}-reader}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-reader}}
+subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
+"#
+        ))
+        .ok();
+    let kubeconfig = service_account_kubeconfig(&admin, &env.cluster, &env.scratch, &ns, "reader");
+    let reader = admin.as_user(&kubeconfig);
+    let backup = unique("b");
+    let r = reader.backup(&["create", &backup, "-n", &ns, "--include-volumes", "--mover-image=unused:1"]);
+    let b = admin.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "PartiallyFailed", "{b}\n{}", r.stderr);
+    let errors: Vec<&str> = b["status"]["errors"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let want = format!(
+        "the data of PersistentVolumeClaim {ns}/data was not backed up: cannot create the mover Pod in namespace {ns:?}"
+    );
+    assert!(errors.iter().any(|e| e.starts_with(&want) && e.contains("forbidden")), "{errors:?}");
+    assert!(b["status"].get("volumes").is_none(), "{b}");
+    assert!(admin.names(&["pods", "-n", &ns, "-l", "kubectl-backup.dev/mover"]).is_empty());
+    assert!(r.code != 0, "a partly failed backup exits 0: {}", r.stderr);
+
+    // A local directory cannot be reached by Pods: refused before anything is written.
+    let local = env.scratch.join(unique("local"));
+    let plain = Tools::new(&env.cluster);
+    let to_local = format!("file://{}", local.display());
+    let r = plain.backup(&["create", &unique("b"), "-n", &ns, "--include-volumes", "--location", &to_local]);
+    assert!(r.code != 0 && r.stderr.contains("cannot reach a local directory"), "{}", r.stderr);
+    assert!(!local.join("backups").exists(), "something was written to {}", local.display());
+    admin.delete_namespace(&ns);
+    admin.kubectl(&["delete", "pv", &pv]).ok();
+    admin.kubectl(&["delete", "clusterrole,clusterrolebinding", &format!("{ns}-reader")]).ok();
+}
