@@ -149,8 +149,12 @@ async fn run_pipeline(
     let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
     if !spec.incremental {
         let (mut outcome, mut files) = store_archive(&p, &run_id).await?;
-        files.extend(back_up_volumes(&p, &spec, &run_id, &mut outcome).await);
-        let committed = commit(&p, spec, ttl, version, outcome).await;
+        let volumes = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
+        files.extend(volumes.files);
+        let committed = match volumes.fatal {
+            Some(e) => Err(e),
+            None => commit(&p, spec, ttl, version, outcome).await,
+        };
         if committed.is_err() {
             for f in files {
                 store.remove_quietly(&f).await;
@@ -169,15 +173,18 @@ async fn run_pipeline(
     let result = async {
         let scope = scope(&spec, &p.cluster.server);
         let mut outcome = store_incremental(&p, &scope).await?;
-        let volume_files = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
+        let volumes = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
         let packs = outcome.packs.clone();
         let committed = async {
+            if let Some(e) = volumes.fatal {
+                return Err(e);
+            }
             lease.check()?;
             commit(&p, spec, ttl, version, outcome).await
         }
         .await;
         if committed.is_err() {
-            for f in volume_files {
+            for f in volumes.files {
                 store.remove_quietly(&f).await;
             }
         }
@@ -237,10 +244,11 @@ async fn commit(
 }
 
 /// With `--include-volumes`, the data of the claims the backup holds, by mover Pods; a claim that
-/// could not be read is an error of the backup (PartiallyFailed). Returns the files written.
-async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &mut Outcome) -> Vec<Path> {
+/// could not be read is an error of the backup (PartiallyFailed); a hook that fails with
+/// `on-error: Fail` fails the whole backup.
+async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &mut Outcome) -> VolumeOutcome {
     if !spec.include_volumes || o.report.claims.is_empty() {
-        return Vec::new();
+        return VolumeOutcome { files: Vec::new(), fatal: None };
     }
     let movers = crate::volume::Movers {
         cluster: p.cluster,
@@ -255,7 +263,13 @@ async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &
     o.report.errors.extend(backed.errors);
     o.bytes += backed.volumes.iter().map(|v| v.size).sum::<u64>();
     o.volumes = backed.volumes;
-    backed.files
+    VolumeOutcome { files: backed.files, fatal: backed.fatal.map(Error::Other) }
+}
+
+/// The volume parts a run wrote, and whether the backup must fail.
+struct VolumeOutcome {
+    files: Vec<Path>,
+    fatal: Option<Error>,
 }
 
 /// A plain backup: the archive and its contents file in the backup's directory. Returns what was

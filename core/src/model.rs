@@ -318,6 +318,9 @@ pub struct VolumeData {
     /// How long the mover Pod ran, in milliseconds.
     #[serde(default)]
     pub duration_ms: u64,
+    /// The hooks run in the Pods using the claim, before and after it was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::volume::hooks::HookRun>,
 }
 
 pub type Backup = Envelope<BackupSpec, BackupStatus>;

@@ -320,3 +320,89 @@ subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
     admin.kubectl(&["delete", "pv", &pv]).ok();
     admin.kubectl(&["delete", "clusterrole,clusterrolebinding", &format!("{ns}-reader")]).ok();
 }
+
+/// Sets annotations on the app's running Pod; returns its name.
+fn annotate_app(c: &NodeCluster, ns: &str, annotations: &[(String, &str)]) -> String {
+    let pod = c.t.names(&["pods", "-n", ns, "-l", "app=app"]).pop().expect("the app's Pod");
+    let mut args = vec!["annotate".to_string(), "--overwrite".into(), "-n".into(), ns.into(), format!("pod/{pod}")];
+    args.extend(annotations.iter().map(|(k, v)| format!("{k}={v}")));
+    c.t.kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    pod
+}
+
+const PRE: &str = "pre.hook.backup.kubectl-backup.dev";
+const POST: &str = "post.hook.backup.kubectl-backup.dev";
+
+#[test]
+fn hooks_run_in_the_workload_around_the_read_and_a_failing_one_fails_or_partly_fails_the_backup() {
+    let (_one, c) = start("hooks");
+    let image = c.build_and_import_image().expect("the backup-webhook image");
+    let busybox = busybox_image().expect("the busybox image");
+    let ns = unique("hooks");
+    let pv = format!("{ns}-a");
+    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
+    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
+    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    c.wait_rollout(&ns, "app");
+    let mover = format!("--mover-image={image}");
+
+    // The pre hook writes a marker the mover must see; the post hook removes it again.
+    let pod = annotate_app(
+        &c,
+        &ns,
+        &[
+            (format!("{PRE}/command"), r#"["sh","-c","echo frozen > /data/hook-marker; echo pre ran"]"#),
+            (format!("{POST}/command"), r#"["sh","-c","rm -f /data/hook-marker; echo post ran"]"#),
+        ],
+    );
+    let backup = unique("b");
+    c.t.backup(&["create", &backup, "-n", &ns, "--include-volumes", &mover]).ok();
+    let b = c.t.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "Completed", "{b}");
+    let hooks = b["status"]["volumes"][0]["hooks"].as_array().expect("hooks recorded");
+    let seen: Vec<(&str, i64, &str)> = hooks
+        .iter()
+        .map(|h| (h["when"].as_str().unwrap(), h["exitCode"].as_i64().unwrap(), h["output"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("pre", 0, "pre ran"), ("post", 0, "post ran")], "{b}");
+    let text = c.t.backup(&["describe", &backup]).ok().stdout;
+    assert!(
+        text.contains(&format!(
+            "pre hook [\"sh\", \"-c\", \"echo frozen > /data/hook-marker; echo pre ran\"] in {pod}/app: exit code 0"
+        )) && text.contains("| post ran"),
+        "{text}"
+    );
+    assert_eq!(in_pod(&c, &ns, &busybox, "ls /data"), "", "the post hook did not run after the read");
+    // The backup holds what the volume was between the hooks.
+    let copy = unique("copy");
+    let other = format!("{ns}-b");
+    c.t.apply(&persistent_volume(&other, &c.dir.join(&other))).ok();
+    c.t.backup(&["restore", &backup, &mover, &format!("--namespace-mapping={ns}:{copy}")]).ok();
+    assert_eq!(in_pod(&c, &copy, &busybox, "cat /data/hook-marker").trim(), "frozen");
+
+    // A pre hook that fails, on-error Fail (the default): no backup, and why; the post hook ran.
+    let failing = r#"["sh","-c","echo cannot freeze >&2; exit 3"]"#;
+    annotate_app(&c, &ns, &[(format!("{PRE}/command"), failing)]);
+    in_pod(&c, &ns, &busybox, "echo x > /data/hook-marker");
+    let failed = unique("b");
+    let r = c.t.backup(&["create", &failed, "-n", &ns, "--include-volumes", &mover]);
+    let want = format!(
+        "Pre hook [\"sh\", \"-c\", \"echo cannot freeze >&2; exit 3\"] in Pod {ns}/{pod} (container app) exited with code 3: cannot freeze (on-error: Fail)"
+    );
+    assert!(r.code != 0 && r.stderr.contains(&want), "{}\n{}", r.stdout, r.stderr);
+    let d = c.t.backup(&["describe", &failed]);
+    assert!(d.code != 0 && d.stderr.contains("not found") && !d.stderr.contains("left files"), "{}", d.stderr);
+    assert_eq!(in_pod(&c, &ns, &busybox, "ls /data"), "", "the post hook did not run after the failed pre hook");
+
+    // The same with on-error Continue: the data is backed up, the backup is PartiallyFailed and says why.
+    annotate_app(&c, &ns, &[(format!("{PRE}/on-error"), "Continue")]);
+    let partial = unique("b");
+    let r = c.t.backup(&["create", &partial, "-n", &ns, "--include-volumes", &mover]);
+    assert!(r.code != 0, "a partly failed backup exits 0");
+    let b = c.t.backup(&["describe", &partial, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "PartiallyFailed", "{b}");
+    let errors = b["status"]["errors"].to_string();
+    assert!(errors.contains("exited with code 3: cannot freeze (on-error: Continue)"), "{errors}");
+    assert_eq!(b["status"]["volumes"][0]["hooks"][0]["exitCode"], 3, "{b}");
+    assert_eq!(b["status"]["volumes"][0]["tree"]["files"], 0, "{b}");
+}

@@ -10,6 +10,7 @@
 //! Parts are data files of the backup like its archive: listed with size and SHA-256 in
 //! `status.volumes`, kept by the commit, removed with the backup.
 
+pub mod hooks;
 pub mod mover;
 pub mod tree;
 
@@ -77,6 +78,22 @@ pub struct Backed {
     pub errors: Vec<String>,
     /// Every part written (to remove if the backup is not committed).
     pub files: Vec<Path>,
+    /// A hook with `on-error: Fail` failed (or a hook annotation is not valid): the backup fails.
+    pub fatal: Option<String>,
+}
+
+/// Why a claim's data was not backed up.
+enum ClaimError {
+    /// This claim only: reported, the backup goes on (PartiallyFailed).
+    Claim(String),
+    /// The whole backup fails.
+    Fatal(String),
+}
+
+impl From<String> for ClaimError {
+    fn from(e: String) -> Self {
+        ClaimError::Claim(e)
+    }
 }
 
 /// Backs up the data of `claims` (namespace, name), one mover at a time.
@@ -84,13 +101,72 @@ pub async fn back_up(m: &Movers<'_>, run_id: &str, claims: &BTreeSet<(String, St
     let mut out = Backed::default();
     for (ns, claim) in claims {
         m.observer.event(Event::Waiting { what: format!("the data of PersistentVolumeClaim {ns}/{claim}") });
-        match back_up_claim(m, run_id, ns, claim, &mut out.files).await {
+        let mut hook_errors = Vec::new();
+        match back_up_claim(m, run_id, ns, claim, &mut out.files, &mut hook_errors).await {
             Ok(Some(v)) => out.volumes.push(v),
             Ok(None) => out.warnings.push(format!("PersistentVolumeClaim {ns}/{claim} is not bound: it has no data")),
-            Err(e) => out.errors.push(format!("the data of PersistentVolumeClaim {ns}/{claim} was not backed up: {e}")),
+            Err(ClaimError::Claim(e)) => {
+                out.errors.push(format!("the data of PersistentVolumeClaim {ns}/{claim} was not backed up: {e}"))
+            }
+            Err(ClaimError::Fatal(e)) => {
+                out.fatal = Some(format!("backing up the data of PersistentVolumeClaim {ns}/{claim}: {e}"));
+                return out;
+            }
         }
+        out.errors.extend(hook_errors);
     }
     out
+}
+
+/// The Pods running with the claim mounted: where its hooks run, and the node it is attached to.
+async fn users(m: &Movers<'_>, ns: &str, claim: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(m.cluster.client.clone(), ns);
+    let Ok(list) = pods.list(&ListParams::default()).await else { return Vec::new() };
+    list.items
+        .into_iter()
+        .filter(|p| {
+            let mounts = p.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|vs| {
+                vs.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim))
+            });
+            mounts && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .collect()
+}
+
+/// Runs the `when` hooks of `users`. A failure with `Continue` is added to `errors`; with `Fail`
+/// (or an annotation that is not valid) it is returned.
+async fn run_hooks(
+    m: &Movers<'_>,
+    ns: &str,
+    users: &[Pod],
+    when: hooks::When,
+    runs: &mut Vec<hooks::HookRun>,
+    errors: &mut Vec<String>,
+) -> Result<(), String> {
+    let pods: Api<Pod> = Api::namespaced(m.cluster.client.clone(), ns);
+    for pod in users {
+        let Some(hook) = hooks::from_pod(pod, when)? else { continue };
+        m.observer.event(Event::Waiting { what: format!("the {when:?} hook of Pod {ns}/{}", hook.pod) });
+        let run = hooks::run(&pods, &hook).await;
+        if let Some(e) = &run.error {
+            let what = format!(
+                "{when:?} hook {:?} in Pod {ns}/{} (container {}) {e}{}",
+                hook.command,
+                hook.pod,
+                hook.container,
+                if run.output.is_empty() { String::new() } else { format!(": {}", run.output) }
+            );
+            match hook.on_error {
+                hooks::OnError::Fail => {
+                    runs.push(run);
+                    return Err(format!("{what} (on-error: Fail)"));
+                }
+                hooks::OnError::Continue => errors.push(format!("{what} (on-error: Continue)")),
+            }
+        }
+        runs.push(run);
+    }
+    Ok(())
 }
 
 /// One claim: plan, mover Pod, manifest checked against the Pod's report, parts checked in the store.
@@ -100,7 +176,8 @@ async fn back_up_claim(
     ns: &str,
     claim: &str,
     files: &mut Vec<Path>,
-) -> Result<Option<VolumeData>, String> {
+    errors: &mut Vec<String>,
+) -> Result<Option<VolumeData>, ClaimError> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(m.cluster.client.clone(), ns);
     let pvc = claims.get(claim).await.map_err(|e| format!("cannot read the claim: {}", kube_message(&e)))?;
     let status = pvc.status.clone().unwrap_or_default();
@@ -120,9 +197,20 @@ async fn back_up_claim(
     }
     let manifest_url = sign(m, http::Method::PUT, &manifest_key, expires).await?;
     let plan = Plan::Backup { part_size, parts: urls, manifest: manifest_url };
-    let node = attached_node(m, ns, claim).await;
+    let users = users(m, ns, claim).await;
+    let node = users.iter().find_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
+    let mut hook_runs = Vec::new();
+    if let Err(e) = run_hooks(m, ns, &users, hooks::When::Pre, &mut hook_runs, errors).await {
+        // What the pre hooks did (a freeze) is undone all the same.
+        let _ = run_hooks(m, ns, &users, hooks::When::Post, &mut hook_runs, &mut Vec::new()).await;
+        return Err(ClaimError::Fatal(e));
+    }
     let started = Instant::now();
-    let finished = run_pod(m, ns, claim, &plan, Role::Read { node, part_size }).await?;
+    let moved = run_pod(m, ns, claim, &plan, Role::Read { node, part_size }).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    // After the read, whether it worked or not: the workload is let go.
+    run_hooks(m, ns, &users, hooks::When::Post, &mut hook_runs, errors).await.map_err(ClaimError::Fatal)?;
+    let finished = moved?;
     let manifest_path = data_path(m, &manifest_key);
     files.push(manifest_path.clone());
     let manifest = read_manifest(m, &manifest_path, &finished).await?;
@@ -150,7 +238,8 @@ async fn back_up_claim(
         sha256: manifest.sha256,
         parts,
         tree: manifest.tree,
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms,
+        hooks: hook_runs,
     }))
 }
 
@@ -229,23 +318,6 @@ pub fn quantity_bytes(q: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok((n * factor).ceil() as u64)
-}
-
-/// The node of a running Pod that mounts the claim: a ReadWriteOnce volume can be mounted there
-/// only. `None` when no Pod uses it (or Pods cannot be listed): the scheduler picks.
-async fn attached_node(m: &Movers<'_>, ns: &str, claim: &str) -> Option<String> {
-    let pods: Api<Pod> = Api::namespaced(m.cluster.client.clone(), ns);
-    let list = pods.list(&ListParams::default()).await.ok()?;
-    list.items.into_iter().find_map(|p| {
-        let spec = p.spec?;
-        let mounts = spec
-            .volumes
-            .unwrap_or_default()
-            .iter()
-            .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim));
-        let running = p.status.and_then(|s| s.phase).as_deref() == Some("Running");
-        (mounts && running).then_some(spec.node_name).flatten()
-    })
 }
 
 /// What a mover Pod does with its claim.

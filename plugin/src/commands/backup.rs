@@ -260,6 +260,15 @@ fn print_description(b: &Backup, location: &str) {
         let _ = writeln!(out, "Volume data:");
         for v in &s.volumes {
             let _ = writeln!(out, "  {}", volume_line(v));
+            for h in &v.hooks {
+                let when = h.when.map(|w| format!("{w:?}").to_lowercase()).unwrap_or_default();
+                let code = h.exit_code.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
+                let error = h.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+                let _ = writeln!(out, "    {when} hook {:?} in {}/{}: {code}{error}", h.command, h.pod, h.container);
+                for line in h.output.lines() {
+                    let _ = writeln!(out, "      | {line}");
+                }
+            }
         }
     }
     drop(out);
