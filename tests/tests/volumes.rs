@@ -229,6 +229,18 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
     let fresh = format!("{ns}-b");
     c.t.apply(&persistent_volume(&fresh, &c.dir.join(&fresh))).ok();
 
+    // The preflight: a dry run says what would be written and which StorageClass is missing.
+    let preview =
+        c.t.backup(&["restore", &backup, "--dry-run", "--storage-class-mapping=manual:fast", "-o", "json"]).ok().json();
+    let warnings = preview["status"]["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("StorageClass \\\"fast\\\" (of PersistentVolumeClaim {ns}/data) does not exist")),
+        "{warnings}"
+    );
+    let would = preview["status"]["items"].as_array().unwrap().iter().find(|i| i["resource"] == "volume-data").cloned();
+    assert_eq!(would.as_ref().map(|i| i["action"].clone()), Some("wouldCreate".into()), "{preview}");
+    assert!(c.t.kubectl(&["get", "namespace", &ns]).code != 0, "the dry run created the namespace");
+
     let restored = c.t.backup(&["restore", &backup, &mover, "-o", "json"]).ok().json();
     eprintln!("[volumes] restored {:.1?} after the start", t0.elapsed());
     assert_eq!(restored["status"]["phase"], "Completed", "{restored}");

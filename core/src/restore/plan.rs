@@ -91,6 +91,8 @@ pub struct Indexed {
     /// Secrets: the type; PVCs: the bound volume.
     pub secret_type: Option<String>,
     pub volume_name: Option<String>,
+    /// PVCs and PVs: `spec.storageClassName`.
+    pub storage_class: Option<String>,
     /// SHA-256 of the object's bytes as verified, checked again each time they are read.
     pub sha256: String,
 }
@@ -118,6 +120,7 @@ impl Indexed {
             has_selector: v["spec"]["selector"].as_object().is_some_and(|s| !s.is_empty()),
             secret_type: v["type"].as_str().map(str::to_string),
             volume_name: v["spec"]["volumeName"].as_str().map(str::to_string),
+            storage_class: v["spec"]["storageClassName"].as_str().filter(|c| !c.is_empty()).map(str::to_string),
             sha256: String::new(),
         }
     }
