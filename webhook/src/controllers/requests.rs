@@ -476,6 +476,9 @@ async fn reconcile_restore(r: Arc<RestoreRequest>, ctx: Arc<Context>) -> Result<
         filters,
         namespace_mapping: r.spec.namespace_mapping.clone(),
         existing_resource_policy: r.spec.existing_resource_policy.unwrap_or_default(),
+        // Volume data is restored by the plugin only, for now (docs/volumes.md): the controller
+        // restores the objects.
+        skip_volume_data: true,
         ..Default::default()
     };
     let counter = Arc::new(Counter::default());

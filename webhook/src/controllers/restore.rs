@@ -247,6 +247,9 @@ impl RestoreWorker {
             backup_name: backup.clone(),
             filters: Filters { included_namespaces: vec![name.clone()], ..Default::default() },
             existing_resource_policy: ExistingPolicy::Skip,
+            // Volume data is restored by the plugin only, for now (docs/volumes.md): the controller
+            // restores the objects.
+            skip_volume_data: true,
             ..Default::default()
         };
         let restore_name = timestamped_name(&backup, Timestamp::now());
