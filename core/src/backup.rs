@@ -58,7 +58,7 @@ pub async fn run(
     validate_name("backup name", name)?;
     let ttl = spec.ttl.as_deref().map(|t| parse_duration("--ttl", t)).transpose()?;
     let selection = Selection::new(&spec.filters)?;
-    if spec.include_volumes {
+    if spec.include_volumes && spec.volume_method == crate::model::VolumeMethod::Fs {
         crate::volume::check_location(store)?;
     }
     crate::committed::ensure_absent::<Objects>(store, name).await?;
@@ -256,6 +256,7 @@ async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &
         backup: p.name,
         image: spec.mover_image.clone().unwrap_or_else(|| crate::volume::DEFAULT_IMAGE.into()),
         timeout: crate::volume::TIMEOUT,
+        method: spec.volume_method,
         observer: p.observer.clone(),
     };
     let backed = crate::volume::back_up(&movers, run_id, &o.report.claims).await;

@@ -197,6 +197,9 @@ pub struct BackupSpec {
     /// Pod per claim streams its files to the location ([`crate::volume`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_volumes: bool,
+    /// How volume data is backed up: files copied by mover Pods (the default) or CSI snapshots.
+    #[serde(default, skip_serializing_if = "VolumeMethod::is_default")]
+    pub volume_method: VolumeMethod,
     /// The image of the mover Pods (not stored: how this run reads volumes, not what it backs up).
     #[serde(skip)]
     pub mover_image: Option<String>,
@@ -289,6 +292,34 @@ pub struct BackupStatus {
     pub volumes: Vec<VolumeData>,
 }
 
+/// How a backup holds volume data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeMethod {
+    /// The files, copied to the location by mover Pods.
+    #[default]
+    Fs,
+    /// A CSI VolumeSnapshot, kept by the storage system.
+    Snapshot,
+}
+
+impl VolumeMethod {
+    pub fn is_default(&self) -> bool {
+        *self == VolumeMethod::Fs
+    }
+}
+
+impl std::str::FromStr for VolumeMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fs" => Ok(Self::Fs),
+            "snapshot" => Ok(Self::Snapshot),
+            _ => Err(format!("{s:?} is neither fs nor snapshot")),
+        }
+    }
+}
+
 /// One PersistentVolumeClaim's data in a backup: a tar+zstd stream of its files, stored in parts
 /// beside the archive, each part's SHA-256 checked before its bytes are written back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +349,9 @@ pub struct VolumeData {
     /// How long the mover Pod ran, in milliseconds.
     #[serde(default)]
     pub duration_ms: u64,
+    /// A CSI snapshot's (`--volume-method snapshot`, format `csi-snapshot`, no parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::volume::snapshot::SnapshotRef>,
     /// The hooks run in the Pods using the claim, before and after it was read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::volume::hooks::HookRun>,

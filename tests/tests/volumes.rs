@@ -418,3 +418,224 @@ fn hooks_run_in_the_workload_around_the_read_and_a_failing_one_fails_or_partly_f
     assert_eq!(b["status"]["volumes"][0]["hooks"][0]["exitCode"], 3, "{b}");
     assert_eq!(b["status"]["volumes"][0]["tree"]["files"], 0, "{b}");
 }
+
+/// The CSI snapshotter's part, played by the test (a test double: no CSI driver runs here). For
+/// each VolumeSnapshot not ready: a dynamic one gets a VolumeSnapshotContent with a new handle; a
+/// pre-provisioned one gets its content's handle; both are marked ready and bound.
+fn snapshot_controller(t: Tools, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let status = |what: &str, ns: Option<&str>, body: Value| {
+        let mut args = vec!["patch", what, "--subresource=status", "--type=merge", "-p"];
+        let body = body.to_string();
+        args.push(&body);
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        t.kubectl(&args).ok();
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let list = t.get_json(&["volumesnapshots.snapshot.storage.k8s.io", "-A"]);
+        for s in list["items"].as_array().into_iter().flatten() {
+            if s["status"]["readyToUse"] == true {
+                continue;
+            }
+            let (ns, name, uid) = (
+                s["metadata"]["namespace"].as_str().unwrap(),
+                s["metadata"]["name"].as_str().unwrap(),
+                s["metadata"]["uid"].as_str().unwrap(),
+            );
+            let class = s["spec"]["volumeSnapshotClassName"].as_str().unwrap_or_default();
+            let (content, handle) = match s["spec"]["source"]["volumeSnapshotContentName"].as_str() {
+                Some(content) => {
+                    let c = t.get_json(&["volumesnapshotcontents.snapshot.storage.k8s.io", content]);
+                    (content.to_string(), c["spec"]["source"]["snapshotHandle"].as_str().unwrap().to_string())
+                }
+                None => {
+                    let content = format!("snapcontent-{uid}");
+                    let claim = s["spec"]["source"]["persistentVolumeClaimName"].as_str().unwrap();
+                    t.pipe(
+                        &["create", "-f", "-"],
+                        &serde_json::json!({
+                        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                        "metadata": {"name": content},
+                        "spec": {"deletionPolicy": "Delete", "driver": CSI_DRIVER, "volumeSnapshotClassName": class,
+                                 "source": {"volumeHandle": format!("vol-{ns}-{claim}")},
+                                 "volumeSnapshotRef": {"namespace": ns, "name": name, "uid": uid}}})
+                        .to_string(),
+                    )
+                    .ok();
+                    (content, format!("snap-{uid}"))
+                }
+            };
+            status(
+                &format!("volumesnapshotcontent.snapshot.storage.k8s.io/{content}"),
+                None,
+                serde_json::json!({"status": {"snapshotHandle": handle, "readyToUse": true, "restoreSize": 1073741824}}),
+            );
+            status(
+                &format!("volumesnapshot.snapshot.storage.k8s.io/{name}"),
+                Some(ns),
+                serde_json::json!({"status": {"boundVolumeSnapshotContentName": content, "readyToUse": true, "restoreSize": "1Gi"}}),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+const CSI_DRIVER: &str = "test.csi.kubectl-backup.dev";
+
+/// A StorageClass of the test driver and a default VolumeSnapshotClass for it; a PersistentVolume
+/// of that class; a StorageClass of another driver with no VolumeSnapshotClass.
+fn csi_classes(suffix: &str, pv_dir: &std::path::Path) -> String {
+    format!(
+        r#"apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: csi-{suffix}}}
+provisioner: {CSI_DRIVER}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: plain-{suffix}}}
+provisioner: other.example.org
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata:
+  name: csi-snap-{suffix}
+  annotations: {{snapshot.storage.kubernetes.io/is-default-class: "true"}}
+driver: {CSI_DRIVER}
+deletionPolicy: Delete
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: csi-{suffix}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: csi-{suffix}
+  hostPath: {{path: "{dir}", type: DirectoryOrCreate}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: plain-{suffix}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: plain-{suffix}
+  hostPath: {{path: "{dir}-plain", type: DirectoryOrCreate}}
+"#,
+        dir = pv_dir.display()
+    )
+}
+
+/// `--volume-method snapshot` at the API level, with the real external-snapshotter CRDs (1.20
+/// ignores their CEL `x-kubernetes-validations`, a 1.25 feature: they are not enforced here) and
+/// the test's snapshot controller. Its own control plane: the CRDs would change what other tests'
+/// cluster-wide backups find.
+#[test]
+fn csi_snapshots_are_taken_recorded_and_restored_as_the_claims_data_source() {
+    let c = kubectl_backup_e2e::fixtures::OwnCluster::start("csi");
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crds/snapshot.storage.k8s.io");
+    // kubectl's client-side validation knows the 1.20 schema, which lacks the field; the server drops it.
+    c.t.kubectl(&["apply", "--validate=false", "-f", crds]).ok();
+    for crd in ["volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"] {
+        kubectl_backup_e2e::fixtures::wait_crd(&c.t, &format!("{crd}.snapshot.storage.k8s.io"));
+    }
+    let suffix = unique("t");
+    c.t.apply(&csi_classes(&suffix, &c.dir.join("pv"))).ok();
+    let ns = unique("csi");
+    c.t.apply(&format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {ns}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: csi-{suffix}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: other, namespace: {ns}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: plain-{suffix}
+  resources: {{requests: {{storage: 1Gi}}}}
+"#
+    ))
+    .ok();
+    eventually("the claims bound", Duration::from_secs(60), || {
+        bound(&c.t, &ns) && c.t.get_json(&["pvc", "other", "-n", &ns])["status"]["phase"] == "Bound"
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let controller = {
+        let (t, stop) = (c.t.clone(), stop.clone());
+        std::thread::spawn(move || snapshot_controller(t, stop))
+    };
+
+    // "other" is of a driver with no VolumeSnapshotClass: the error names it, and the backup holds
+    // the rest (PartiallyFailed).
+    let backup = unique("b");
+    let r = c.t.backup(&["create", &backup, "-n", &ns, "--volume-method", "snapshot"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let b = c.t.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["phase"], "PartiallyFailed", "{b}");
+    let want = format!(
+        "the data of PersistentVolumeClaim {ns}/other was not backed up: no VolumeSnapshotClass has driver \"other.example.org\" (the provisioner of StorageClass \"plain-{suffix}\")"
+    );
+    assert_eq!(b["status"]["errors"], serde_json::json!([want]), "{b}");
+    let volumes = b["status"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 1, "{b}");
+    let v = &volumes[0];
+    assert_eq!((v["claim"].as_str(), v["format"].as_str()), (Some("data"), Some("csi-snapshot")), "{b}");
+    let handle = v["snapshot"]["handle"].as_str().expect("a snapshot handle").to_string();
+    assert!(handle.starts_with("snap-"), "{v}");
+    let class = format!("csi-snap-{suffix}");
+    assert_eq!(
+        (v["snapshot"]["driver"].as_str(), v["snapshot"]["class"].as_str()),
+        (Some(CSI_DRIVER), Some(class.as_str()))
+    );
+    assert!(v.get("parts").is_none_or(|p| p.as_array().unwrap().is_empty()), "{v}");
+    // The snapshot outlives the objects: none are left behind.
+    assert!(c.t.names(&["volumesnapshots.snapshot.storage.k8s.io", "-n", &ns]).is_empty());
+    assert!(c.t.names(&["volumesnapshotcontents.snapshot.storage.k8s.io"]).is_empty());
+    let text = c.t.backup(&["describe", &backup]).ok().stdout;
+    assert!(
+        text.contains(&format!("{ns}/data: CSI snapshot {handle} (driver {CSI_DRIVER}, VolumeSnapshotClass {class})")),
+        "{text}"
+    );
+
+    // Restore into a new namespace: snapshot re-created from the handle, claim provisioned from it.
+    let copy = unique("copy");
+    let restored =
+        c.t.backup(&["restore", &backup, &format!("--namespace-mapping={ns}:{copy}"), "-o", "json"]).ok().json();
+    assert_eq!(restored["status"]["phase"], "Completed", "{restored}");
+    let pvc = c.t.get_json(&["pvc", "data", "-n", &copy]);
+    let source = &pvc["spec"]["dataSource"];
+    assert_eq!(
+        (source["apiGroup"].as_str(), source["kind"].as_str()),
+        (Some("snapshot.storage.k8s.io"), Some("VolumeSnapshot")),
+        "{pvc}"
+    );
+    assert!(pvc["spec"].get("volumeName").is_none(), "{pvc}");
+    let snapshot =
+        c.t.get_json(&["volumesnapshot.snapshot.storage.k8s.io", source["name"].as_str().unwrap(), "-n", &copy]);
+    let content =
+        snapshot["spec"]["source"]["volumeSnapshotContentName"].as_str().expect("pre-provisioned").to_string();
+    let content = c.t.get_json(&["volumesnapshotcontent.snapshot.storage.k8s.io", &content]);
+    assert_eq!(content["spec"]["source"]["snapshotHandle"], handle.as_str(), "{content}");
+    assert_eq!(
+        (content["spec"]["deletionPolicy"].as_str(), content["spec"]["driver"].as_str()),
+        (Some("Retain"), Some(CSI_DRIVER))
+    );
+    eventually("the re-created snapshot ready", Duration::from_secs(30), || {
+        c.t.get_json(&["volumesnapshot.snapshot.storage.k8s.io", source["name"].as_str().unwrap(), "-n", &copy])["status"]
+            ["readyToUse"]
+            == true
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    controller.join().unwrap();
+}

@@ -74,7 +74,7 @@ pub async fn run(
     };
     check_scopes(&index, &decisions, &discovered).map_err(corrupt)?;
     let volumes = volumes_to_restore(&meta, &spec, &index, &mut decisions);
-    if !volumes.is_empty() && !spec.dry_run && !store.signs_urls() {
+    if volumes.iter().any(|v| v.snapshot.is_none()) && !spec.dry_run && !store.signs_urls() {
         return Err(Error::invalid(
             "location",
             store.url(),
@@ -87,6 +87,14 @@ pub async fn run(
         preserve_node_ports: spec.preserve_node_ports,
         storage_class_mapping: spec.storage_class_mapping.clone(),
         fresh_claims: volumes.iter().map(|v| (v.namespace.clone(), v.claim.clone())).collect(),
+        snapshot_sources: volumes
+            .iter()
+            .filter(|v| v.snapshot.is_some())
+            .map(|v| {
+                let name = crate::volume::snapshot::restored_name(&v.claim, &spec.backup_name);
+                ((v.namespace.clone(), v.claim.clone()), name)
+            })
+            .collect(),
     };
     let mut report = Report::new(name, spec.clone(), start);
     let mut groups: BTreeMap<Priority, Vec<usize>> = BTreeMap::new();
@@ -386,7 +394,7 @@ impl Applying<'_> {
     ) -> Result<()> {
         let dry_run = self.policy.dry_run;
         let mut namespaces_ready = false;
-        let mut volumes_written = false;
+        let (mut volumes_written, mut snapshots_made) = (false, false);
         for (priority, members) in groups {
             if priority >= Priority::Workloads && !volumes_written {
                 self.write_volumes(report).await;
@@ -397,6 +405,10 @@ impl Applying<'_> {
                     ensure_namespaces(self.cluster, &self.index, decisions, &self.opts, dry_run, report).await;
                 self.pending.namespaces.extend(missing);
                 namespaces_ready = true;
+            }
+            if priority >= Priority::Volumes && !snapshots_made {
+                self.recreate_snapshots(report).await;
+                snapshots_made = true;
             }
             let results = self.group(&members).await?;
             let mut crds = Vec::new();
@@ -437,12 +449,41 @@ impl Applying<'_> {
         Ok(())
     }
 
+    /// Re-creates the CSI snapshots of the claims restored from one (before the claims, whose
+    /// `dataSource` names them); each is a `volume-data` item of the report.
+    async fn recreate_snapshots(&mut self, report: &mut Report) {
+        for data in &self.volumes.data {
+            let Some(s) = &data.snapshot else { continue };
+            let ns = self.opts.map_namespace(&data.namespace).to_string();
+            let name = crate::volume::snapshot::restored_name(&data.claim, &self.opts.backup_name);
+            let (action, reason) = if self.policy.dry_run {
+                (ItemAction::WouldCreate, format!("VolumeSnapshot {name} of snapshot {} ({})", s.handle, s.driver))
+            } else {
+                match crate::volume::snapshot::recreate(self.cluster, &ns, &data.claim, &self.opts.backup_name, s).await
+                {
+                    Ok(()) => {
+                        (ItemAction::Created, format!("VolumeSnapshot {name} of snapshot {} ({})", s.handle, s.driver))
+                    }
+                    Err(e) => (ItemAction::Failed, e),
+                }
+            };
+            report.add(RestoreItem {
+                resource: VOLUME_DATA.into(),
+                namespace: Some(ns),
+                name: data.claim.clone(),
+                action,
+                reason: Some(reason),
+                diff: None,
+            });
+        }
+    }
+
     /// Writes the data of the claims this restore created, one mover Pod each; reports each as a
     /// `volume-data` item (a failed one makes the restore PartiallyFailed).
     async fn write_volumes(&mut self, report: &mut Report) {
         let v = &self.volumes;
         let mut todo = Vec::new();
-        for data in &v.data {
+        for data in v.data.iter().filter(|d| d.snapshot.is_none()) {
             let ns = self.opts.map_namespace(&data.namespace).to_string();
             let item = |action, reason: String| RestoreItem {
                 resource: VOLUME_DATA.into(),
@@ -471,6 +512,7 @@ impl Applying<'_> {
             backup: &self.opts.backup_name,
             image: v.image.clone(),
             timeout: crate::volume::TIMEOUT,
+            method: crate::model::VolumeMethod::Fs,
             observer: self.observer.clone(),
         };
         let results = crate::volume::restore(&movers, &todo).await;

@@ -19,6 +19,9 @@ pub struct TransformOptions {
     /// Claims (source namespace, name) whose data this restore writes into a new volume: they
     /// are created unbound, to be bound or provisioned anew.
     pub fresh_claims: std::collections::BTreeSet<(String, String)>,
+    /// Claims (source namespace, name) restored from a CSI snapshot: the VolumeSnapshot their
+    /// `dataSource` names.
+    pub snapshot_sources: BTreeMap<(String, String), String>,
 }
 
 impl TransformOptions {
@@ -98,12 +101,18 @@ pub fn transform(resource: &str, mut obj: Value, opts: &TransformOptions) -> Val
             let ns = meta_str(o, "namespace").map(|n| n.to_string());
             let name = meta_str(o, "name").unwrap_or_default().to_string();
             // `metadata.namespace` is the target's already: find the source's.
-            let fresh = opts
-                .fresh_claims
-                .iter()
-                .any(|(src, claim)| claim == &name && ns.as_deref() == Some(opts.map_namespace(src)));
-            if fresh {
+            let ours =
+                |(src, claim): &&(String, String)| claim == &name && ns.as_deref() == Some(opts.map_namespace(src));
+            if opts.fresh_claims.iter().any(|k| ours(&k)) {
                 unbind_claim(o);
+            }
+            let snapshot = opts.snapshot_sources.iter().find(|(k, _)| ours(k)).map(|(_, v)| v.clone());
+            if let Some(snapshot) = snapshot
+                && let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut)
+            {
+                let from = serde_json::json!({"apiGroup": crate::volume::snapshot::GROUP, "kind": "VolumeSnapshot", "name": snapshot});
+                spec.remove("dataSourceRef");
+                spec.insert("dataSource".into(), from);
             }
         }
         "persistentvolumes" => {
@@ -328,6 +337,16 @@ mod tests {
             (plain["spec"]["volumeName"].as_str(), plain["spec"]["storageClassName"].as_str()),
             (Some("pv-1"), Some("fast"))
         );
+        let from_snapshot = TransformOptions {
+            snapshot_sources: [(("shop".to_string(), "data".to_string()), "data-from-nightly".to_string())].into(),
+            ..o.clone()
+        };
+        let out = transform("persistentvolumeclaims", pvc("shop"), &from_snapshot);
+        assert_eq!(
+            out["spec"]["dataSource"],
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "data-from-nightly"})
+        );
+        assert_eq!(out["spec"].get("volumeName"), None, "{out}");
         let pv = json!({"metadata": {"name": "pv-1"}, "spec": {"storageClassName": "fast"}});
         assert_eq!(transform("persistentvolumes", pv, &o)["spec"]["storageClassName"], "standard");
     }

@@ -12,6 +12,7 @@
 
 pub mod hooks;
 pub mod mover;
+pub mod snapshot;
 pub mod tree;
 
 use std::collections::BTreeSet;
@@ -27,7 +28,7 @@ use self::mover::{Finished, Manifest, PartSource, Plan};
 use crate::catalog::Objects;
 use crate::error::kube_message;
 use crate::kube_client::Cluster;
-use crate::model::{StoredFile, VolumeData};
+use crate::model::{StoredFile, VolumeData, VolumeMethod};
 use crate::progress::{Event, Observer};
 use crate::store::Store;
 
@@ -65,8 +66,10 @@ pub struct Movers<'a> {
     /// The backup whose directory holds the parts.
     pub backup: &'a str,
     pub image: String,
-    /// How long one mover Pod may take, start to end.
+    /// How long one mover Pod (or snapshot) may take, start to end.
     pub timeout: Duration,
+    /// Files or snapshots (backups).
+    pub method: VolumeMethod,
     pub observer: Arc<dyn Observer>,
 }
 
@@ -185,62 +188,126 @@ async fn back_up_claim(
         return Ok(None);
     }
     let capacity = status.capacity.as_ref().and_then(|c| c.get("storage")).map(|q| q.0.clone());
-    let bytes = capacity.as_deref().map(quantity_bytes).transpose()?.unwrap_or(PART_MIN);
-    let (part_size, count) = parts_for(bytes)?;
-    let stem = format!("volume-{run_id}-{ns}.{claim}");
-    let key = |i: usize| format!("{stem}-{i:05}.tar.zst");
-    let manifest_key = format!("{stem}-manifest.json");
-    let expires = m.timeout + Duration::from_secs(600);
-    let mut urls = Vec::with_capacity(count);
-    for i in 0..count {
-        urls.push(sign(m, http::Method::PUT, &key(i), expires).await?);
-    }
-    let manifest_url = sign(m, http::Method::PUT, &manifest_key, expires).await?;
-    let plan = Plan::Backup { part_size, parts: urls, manifest: manifest_url };
+    let storage_class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone());
+    // Everything that can fail is prepared before the hooks: a workload is held (frozen) for the
+    // read alone.
+    let method = match m.method {
+        VolumeMethod::Fs => {
+            let bytes = capacity.as_deref().map(quantity_bytes).transpose()?.unwrap_or(PART_MIN);
+            Method::Files(plan_files(m, run_id, ns, claim, bytes).await?)
+        }
+        VolumeMethod::Snapshot => Method::Snapshot(snapshot::class_for(m.cluster, storage_class.as_deref()).await?.0),
+    };
     let users = users(m, ns, claim).await;
     let node = users.iter().find_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
     let mut hook_runs = Vec::new();
+    let mut snapshot_taken = None;
     if let Err(e) = run_hooks(m, ns, &users, hooks::When::Pre, &mut hook_runs, errors).await {
         // What the pre hooks did (a freeze) is undone all the same.
         let _ = run_hooks(m, ns, &users, hooks::When::Post, &mut hook_runs, &mut Vec::new()).await;
         return Err(ClaimError::Fatal(e));
     }
     let started = Instant::now();
-    let moved = run_pod(m, ns, claim, &plan, Role::Read { node, part_size }).await;
+    let taken = match &method {
+        Method::Files(f) => run_pod(m, ns, claim, &f.plan, Role::Read { node, part_size: f.part_size }).await.map(Some),
+        Method::Snapshot(class) => snapshot::take(m.cluster, ns, claim, m.backup, class, m.timeout).await.map(|s| {
+            snapshot_taken = Some(s);
+            None
+        }),
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     // After the read, whether it worked or not: the workload is let go.
     run_hooks(m, ns, &users, hooks::When::Post, &mut hook_runs, errors).await.map_err(ClaimError::Fatal)?;
-    let finished = moved?;
-    let manifest_path = data_path(m, &manifest_key);
+    let taken = taken?;
+    let mut v = VolumeData {
+        namespace: ns.into(),
+        claim: claim.into(),
+        storage_class,
+        volume_name: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
+        capacity,
+        duration_ms,
+        hooks: hook_runs,
+        ..Default::default()
+    };
+    match (&method, taken) {
+        (Method::Files(f), Some(finished)) => stored_files(m, f, &finished, files, &mut v).await?,
+        _ => {
+            v.format = snapshot::FORMAT.into();
+            v.snapshot = snapshot_taken;
+        }
+    }
+    Ok(Some(v))
+}
+
+/// How a claim is read.
+enum Method {
+    Files(FilesPlan),
+    /// A CSI snapshot with this VolumeSnapshotClass.
+    Snapshot(String),
+}
+
+/// A mover's plan and the keys of what it writes.
+struct FilesPlan {
+    plan: Plan,
+    part_size: u64,
+    stem: String,
+}
+
+impl FilesPlan {
+    fn part_key(&self, i: usize) -> String {
+        format!("{}-{i:05}.tar.zst", self.stem)
+    }
+    fn manifest_key(&self) -> String {
+        format!("{}-manifest.json", self.stem)
+    }
+}
+
+/// Presigned URLs for parts enough for a claim of `capacity` bytes, and the manifest.
+async fn plan_files(m: &Movers<'_>, run_id: &str, ns: &str, claim: &str, capacity: u64) -> Result<FilesPlan, String> {
+    let (part_size, count) = parts_for(capacity)?;
+    let mut f = FilesPlan {
+        plan: Plan::Backup { part_size, parts: Vec::new(), manifest: String::new() },
+        part_size,
+        stem: format!("volume-{run_id}-{ns}.{claim}"),
+    };
+    let expires = m.timeout + Duration::from_secs(600);
+    let mut urls = Vec::with_capacity(count);
+    for i in 0..count {
+        urls.push(sign(m, http::Method::PUT, &f.part_key(i), expires).await?);
+    }
+    let manifest_url = sign(m, http::Method::PUT, &f.manifest_key(), expires).await?;
+    f.plan = Plan::Backup { part_size, parts: urls, manifest: manifest_url };
+    Ok(f)
+}
+
+/// What the mover stored, checked: its manifest against its report, each part's size in the store.
+async fn stored_files(
+    m: &Movers<'_>,
+    f: &FilesPlan,
+    finished: &Finished,
+    files: &mut Vec<Path>,
+    v: &mut VolumeData,
+) -> Result<(), String> {
+    let manifest_path = data_path(m, &f.manifest_key());
     files.push(manifest_path.clone());
-    let manifest = read_manifest(m, &manifest_path, &finished).await?;
-    let mut parts = Vec::with_capacity(manifest.parts.len());
+    let manifest = read_manifest(m, &manifest_path, finished).await?;
     for (i, p) in manifest.parts.iter().enumerate() {
-        let path = data_path(m, &key(i));
+        let path = data_path(m, &f.part_key(i));
         files.push(path.clone());
         crate::commit::check_uploaded(m.store, &path, p.size).await.map_err(|e| e.to_string())?;
-        parts.push(StoredFile {
-            key: key(i),
+        v.parts.push(StoredFile {
+            key: f.part_key(i),
             size: p.size,
             sha256: p.sha256.clone(),
             format: mover::FORMAT.into(),
             encryption: None,
         });
     }
-    Ok(Some(VolumeData {
-        namespace: ns.into(),
-        claim: claim.into(),
-        storage_class: pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()),
-        volume_name: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
-        capacity,
-        format: mover::FORMAT.into(),
-        size: manifest.size,
-        sha256: manifest.sha256,
-        parts,
-        tree: manifest.tree,
-        duration_ms,
-        hooks: hook_runs,
-    }))
+    v.format = mover::FORMAT.into();
+    v.size = manifest.size;
+    v.sha256 = manifest.sha256;
+    v.tree = manifest.tree;
+    Ok(())
 }
 
 fn data_path(m: &Movers<'_>, key: &str) -> Path {
