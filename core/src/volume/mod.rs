@@ -392,7 +392,7 @@ enum Role {
     /// Reads it, mounted read-only, on the node it is attached to.
     Read { node: Option<String>, part_size: u64 },
     /// Writes it, keeping owners and modes.
-    Write,
+    Write { part_size: u64 },
 }
 
 /// Runs one mover Pod to its end and returns its report; the Pod and its plan Secret are deleted
@@ -437,7 +437,7 @@ async fn run_pod(m: &Movers<'_>, ns: &str, claim: &str, plan: &Plan, role: Role)
 fn pod_spec(m: &Movers<'_>, name: &str, claim: &str, role: &Role) -> serde_json::Value {
     let (read_only, caps, node, part) = match role {
         Role::Read { node, part_size } => (true, vec!["DAC_READ_SEARCH"], node.clone(), *part_size),
-        Role::Write => (false, vec!["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"], None, PART_MIN),
+        Role::Write { part_size } => (false, vec!["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"], None, *part_size),
     };
     // Two parts in flight (one being filled, one being sent) and the compressor's own memory.
     let memory = format!("{}Mi", (3 * part) / MIB + 128);
@@ -543,7 +543,10 @@ async fn restore_claim(m: &Movers<'_>, c: &ToRestore<'_>) -> Result<tree::TreeSt
         let url = sign(m, http::Method::GET, &p.key, expires).await?;
         parts.push(PartSource { url, size: p.size, sha256: p.sha256.clone() });
     }
-    let finished = run_pod(m, &c.namespace, &c.data.claim, &Plan::Restore { parts }, Role::Write).await?;
+    // The largest part is held in memory, checked, then handed on: the same bound as a backup's.
+    let part_size = c.data.parts.iter().map(|p| p.size).max().unwrap_or(0).max(PART_MIN);
+    let role = Role::Write { part_size };
+    let finished = run_pod(m, &c.namespace, &c.data.claim, &Plan::Restore { parts }, role).await?;
     finished.tree.ok_or_else(|| "the mover reported nothing written".to_string())
 }
 
