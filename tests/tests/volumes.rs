@@ -136,7 +136,8 @@ fn in_pod(c: &NodeCluster, ns: &str, busybox: &str, script: &str) -> String {
         }
     });
     c.t.pipe(&["create", "-f", "-"], &pod.to_string()).ok();
-    let phase = || c.t.get_json(&["pod", &name, "-n", ns])["status"]["phase"].as_str().unwrap_or("").to_string();
+    // A failed read (an API server slow under load) is "not yet": the wait has its own limit.
+    let phase = || c.t.kubectl(&["get", "pod", &name, "-n", ns, "-o", "jsonpath={.status.phase}"]).stdout;
     let ended = wait_until(Duration::from_secs(180), || matches!(phase().as_str(), "Succeeded" | "Failed"));
     let logs = c.t.kubectl(&["logs", "-n", ns, &name]).stdout;
     assert!(ended && phase() == "Succeeded", "pod {ns}/{name} ({}): {logs}\n{}", phase(), c.why(ns));
@@ -145,7 +146,7 @@ fn in_pod(c: &NodeCluster, ns: &str, busybox: &str, script: &str) -> String {
 }
 
 fn bound(t: &Tools, ns: &str) -> bool {
-    t.get_json(&["pvc", "data", "-n", ns])["status"]["phase"] == "Bound"
+    t.kubectl(&["get", "pvc", "data", "-n", ns, "-o", "jsonpath={.status.phase}"]).stdout == "Bound"
 }
 
 /// The restored app's first words: whether the data was there when it started.
@@ -431,10 +432,17 @@ fn snapshot_controller(t: Tools, stop: std::sync::Arc<std::sync::atomic::AtomicB
         if let Some(ns) = ns {
             args.extend(["-n", ns]);
         }
-        t.kubectl(&args).ok();
+        // Failures are retried on the next round, as a controller would.
+        t.kubectl(&args);
+    };
+    let get = |args: &[&str]| -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&t.kubectl(&a).stdout).unwrap_or(Value::Null)
     };
     while !stop.load(Ordering::Relaxed) {
-        let list = t.get_json(&["volumesnapshots.snapshot.storage.k8s.io", "-A"]);
+        let list = get(&["volumesnapshots.snapshot.storage.k8s.io", "-A"]);
         for s in list["items"].as_array().into_iter().flatten() {
             if s["status"]["readyToUse"] == true {
                 continue;
@@ -447,12 +455,14 @@ fn snapshot_controller(t: Tools, stop: std::sync::Arc<std::sync::atomic::AtomicB
             let class = s["spec"]["volumeSnapshotClassName"].as_str().unwrap_or_default();
             let (content, handle) = match s["spec"]["source"]["volumeSnapshotContentName"].as_str() {
                 Some(content) => {
-                    let c = t.get_json(&["volumesnapshotcontents.snapshot.storage.k8s.io", content]);
-                    (content.to_string(), c["spec"]["source"]["snapshotHandle"].as_str().unwrap().to_string())
+                    let c = get(&["volumesnapshotcontents.snapshot.storage.k8s.io", content]);
+                    let Some(handle) = c["spec"]["source"]["snapshotHandle"].as_str() else { continue };
+                    (content.to_string(), handle.to_string())
                 }
                 None => {
                     let content = format!("snapcontent-{uid}");
                     let claim = s["spec"]["source"]["persistentVolumeClaimName"].as_str().unwrap();
+                    // Already there after a failed round: fine.
                     t.pipe(
                         &["create", "-f", "-"],
                         &serde_json::json!({
@@ -462,8 +472,7 @@ fn snapshot_controller(t: Tools, stop: std::sync::Arc<std::sync::atomic::AtomicB
                                  "source": {"volumeHandle": format!("vol-{ns}-{claim}")},
                                  "volumeSnapshotRef": {"namespace": ns, "name": name, "uid": uid}}})
                         .to_string(),
-                    )
-                    .ok();
+                    );
                     (content, format!("snap-{uid}"))
                 }
             };
