@@ -802,6 +802,18 @@ impl Drop for RemoveDirOnSuccess {
     }
 }
 
+/// Nodes are started one at a time within a test binary: on 2 CPUs, parallel nodes only make each slower.
+static ONE_NODE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A control plane with a node for one test, and the lock that keeps it the only one; panics
+/// saying why when it cannot start.
+pub fn start_one(name: &str) -> (std::sync::MutexGuard<'static, ()>, NodeCluster) {
+    let guard = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = NodeCluster::start(name).unwrap_or_else(|e| panic!("starting a control plane and a node: {e:#}"));
+    note(&format!("[{name}] control plane + node Ready in {:.1?} (logs in {})", c.startup, c.dir.display()));
+    (guard, c)
+}
+
 impl NodeCluster {
     /// Starts a control plane on a fresh node network, the node, and s3s-fs on the host's end of the
     /// node's veth. `name` names the test's directory.

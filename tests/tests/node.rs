@@ -9,31 +9,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use kubectl_backup_e2e::fixtures::{Run, Tools, annotation, eventually, unique, wait_crd, wait_until};
-use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
+use kubectl_backup_e2e::node::{NodeCluster, busybox_image, start_one as start};
 use kubectl_backup_e2e::process::cached_tool;
 use kubectl_backup_e2e::stores::{S3_ACCESS_KEY, S3_SECRET_KEY};
-
-static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The webhook's namespace (the chart's release namespace and install's default).
 const OWN_NS: &str = "kubectl-backup";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
-}
-
-/// A control plane with a node, started for this test (and the lock that keeps it the only one).
-fn start(name: &str) -> (MutexGuard<'static, ()>, NodeCluster) {
-    let guard = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = NodeCluster::start(name).unwrap_or_else(|e| panic!("starting a control plane and a node: {e:#}"));
-    eprintln!("[{name}] control plane + node Ready in {:.1?} (logs in {})", c.startup, c.dir.display());
-    (guard, c)
 }
 
 /// A small web application: a busybox httpd serving a ConfigMap, probed, behind a Service.

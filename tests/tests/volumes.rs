@@ -7,23 +7,13 @@
 //!
 //! `./tests/run.sh --test volumes` runs just these.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use kubectl_backup_e2e::env::SharedEnv;
 use kubectl_backup_e2e::fixtures::{Tools, eventually, service_account_kubeconfig, unique, wait_until};
-use kubectl_backup_e2e::node::{NodeCluster, busybox_image};
-
-static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn start(name: &str) -> (MutexGuard<'static, ()>, NodeCluster) {
-    let guard = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = NodeCluster::start(name).unwrap_or_else(|e| panic!("starting a control plane and a node: {e:#}"));
-    eprintln!("[{name}] control plane + node Ready in {:.1?} (logs in {})", c.startup, c.dir.display());
-    (guard, c)
-}
+use kubectl_backup_e2e::node::{NodeCluster, busybox_image, start_one as start};
 
 /// A hostPath PersistentVolume of class `manual`, kept when released (what static provisioning
 /// looks like). Its data lives in `dir` on the host.
