@@ -114,32 +114,28 @@ async fn back_up(
 ) -> Result<Finished> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (dir, max_parts) = (dir.to_path_buf(), urls.len());
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(TreeStats, u64, String)> {
-        let sink = Parts {
-            tx,
-            part_size: part_size as usize,
-            buf: Vec::new(),
-            sent: 0,
-            max_parts,
-            hash: Sha256::new(),
-            total: 0,
-        };
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<TreeStats> {
+        let sink = Parts { tx, part_size: part_size as usize, buf: Vec::new(), sent: 0, max_parts };
         let encoder = zstd::Encoder::new(sink, crate::archive::ZSTD_LEVEL)?;
         let (encoder, stats) = write_tree(&dir, encoder)?;
-        let (size, sha256) = encoder.finish()?.finish()?;
-        Ok((stats, size, sha256))
+        encoder.finish()?.finish()?;
+        Ok(stats)
     });
-    let mut parts = Vec::new();
+    // The stream's digest is taken here, beside the upload, not on the compressing thread.
+    let (mut parts, mut whole, mut size) = (Vec::new(), Sha256::new(), 0);
     while let Some(part) = rx.recv().await {
         let url = &urls[parts.len()];
+        whole.update(&part);
+        size += part.len() as u64;
         let digest = PartDigest { size: part.len() as u64, sha256: crate::archive::sha256_hex(&part) };
         put(http, url, part).await.map_err(|e| Error::Other(format!("uploading part {}: {e}", parts.len())))?;
         parts.push(digest);
     }
-    let (tree, size, sha256) = writer
+    let tree = writer
         .await
         .map_err(|e| Error::Other(format!("reading the volume: {e}")))?
         .map_err(|e| Error::Other(format!("reading the volume: {e}")))?;
+    let sha256 = hex::encode(whole.finalize());
     let manifest = Manifest { format: FORMAT.into(), parts, size, sha256, tree: shown(tree) };
     let body = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| Error::Other(e.to_string()))?);
     let finished =
@@ -165,8 +161,6 @@ struct Parts {
     buf: Vec<u8>,
     sent: usize,
     max_parts: usize,
-    hash: Sha256,
-    total: u64,
 }
 
 impl Parts {
@@ -183,12 +177,12 @@ impl Parts {
         Ok(())
     }
 
-    /// Sends the last part; returns the stream's size and SHA-256.
-    fn finish(mut self) -> std::io::Result<(u64, String)> {
+    /// Sends the last part.
+    fn finish(mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() || self.sent == 0 {
             self.send()?;
         }
-        Ok((self.total, hex::encode(self.hash.finalize())))
+        Ok(())
     }
 }
 
@@ -199,8 +193,6 @@ impl Write for Parts {
         }
         let n = data.len().min(self.part_size - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.hash.update(&data[..n]);
-        self.total += n as u64;
         if self.buf.len() == self.part_size {
             self.send()?;
         }
