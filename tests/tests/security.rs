@@ -602,3 +602,126 @@ fn store_errors_reach_events_and_status_without_the_sas_token() {
         assert!(!text.contains(&sig) && !text.contains(&decoded), "the SAS signature leaked: {text}");
     }
 }
+
+/// `presign url METHOD KEY` for a key of `c`'s location, signed with the S3 server's credentials.
+fn presigned(c: &OwnCluster, method: &str, key: &str) -> String {
+    let out = std::process::Command::new(kubectl_backup_e2e::fixtures::bin_dir().join("presign"))
+        .args(["--location", &c.location, "url", method, key])
+        .envs(c.env.s3.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("running presign");
+    assert!(out.status.success(), "presign: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The volume data a backup holds is restored by the plugin only, with the user's own rights:
+/// the controller never creates a mover Pod. The backup here claims to hold a claim's data (its
+/// `status.volumes` written as a writer with the location's credentials could, or as
+/// `kubectl backup create --include-volumes` would), and the workspace's creator may create Pods
+/// and Secrets — so a controller that moved volume data would create a mover Pod as her, which
+/// this test would see (on this node-less cluster it would stay Pending).
+#[test]
+fn the_controller_restores_the_objects_of_a_backup_with_volume_data_and_never_a_mover_pod() {
+    let c = OwnCluster::start("novolume");
+    let t = &c.t;
+    let shop = unique("shop");
+    let pv = unique("pv");
+    t.apply(&format!(
+        r#"{ns}---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {{path: /tmp/{pv}}}
+  claimRef: {{namespace: {shop}, name: data}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {shop}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: {pv}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings, namespace: {shop}}}
+data: {{a: b}}
+"#,
+        ns = namespace(&shop)
+    ))
+    .ok();
+    let bound =
+        wait_until(Duration::from_secs(60), || t.get_json(&["pvc", "data", "-n", &shop])["status"]["phase"] == "Bound");
+    assert!(bound, "the claim is not Bound: {}", t.get_json(&["pvc", "data", "-n", &shop]));
+    let backup = unique("b");
+    t.backup(&["create", &backup, "-n", &shop]).ok();
+
+    // The forged volume entry: its one part is the backup's own archive (a file of the backup, of
+    // the size and SHA-256 the entry names), so every check a restore makes passes.
+    let meta_key = format!("backups/{backup}/metadata.json");
+    let get = t.sh(&format!("curl -sf '{}'", presigned(&c, "get", &meta_key))).ok();
+    let mut meta: Value = serde_json::from_str(&get.stdout).expect("metadata.json");
+    let archive = meta["backup"]["status"]["archive"].clone();
+    let volume = kubectl_backup_core::model::VolumeData {
+        namespace: shop.clone(),
+        claim: "data".into(),
+        storage_class: Some("manual".into()),
+        volume_name: Some(pv.clone()),
+        capacity: Some("1Gi".into()),
+        format: kubectl_backup_core::volume::mover::FORMAT.into(),
+        size: archive["size"].as_u64().expect("archive size"),
+        sha256: archive["sha256"].as_str().expect("archive sha256").into(),
+        parts: vec![serde_json::from_value(
+            json!({"key": archive["key"], "size": archive["size"], "sha256": archive["sha256"], "format": kubectl_backup_core::volume::mover::FORMAT}),
+        )
+        .expect("a part")],
+        ..Default::default()
+    };
+    meta["backup"]["status"]["volumes"] = json!([volume]);
+    let forged = c.dir.join("metadata.json");
+    std::fs::write(&forged, serde_json::to_vec(&meta).unwrap()).unwrap();
+    t.sh(&format!("curl -sf -T '{}' '{}'", forged.display(), presigned(&c, "put", &meta_key))).ok();
+    let described = t.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    assert_eq!(described["status"]["volumes"][0]["claim"], "data", "the forged entry did not land: {described}");
+
+    t.delete_namespace(&shop);
+    t.kubectl(&["delete", "pv", &pv, "--wait=false"]).ok();
+    let webhook = c.webhook(NS, &[]);
+    // Alice may create everything a mover needs in her namespace: Pods and their plan Secrets.
+    namespace_creator(
+        t,
+        "alice",
+        "- {apiGroups: [\"\"], resources: [configmaps, persistentvolumeclaims, pods, secrets], verbs: [create, get, list, delete]}\n",
+    );
+    assert!(can(t, "alice", &["create", "pods", "-n", &shop]) && can(t, "alice", &["create", "secrets", "-n", &shop]));
+    let alice = t.as_user(&c.cp.info.user("alice").kubeconfig);
+    alice.kubectl(&["create", "namespace", &shop]).ok();
+
+    // Until the restore ends, no mover Pod may appear.
+    let mover = kubectl_backup_core::volume::MOVER_LABEL;
+    let mut status = None;
+    let ended = wait_until(Duration::from_secs(90), || {
+        let pods = t.names(&["pods", "-n", &shop, "-l", mover]);
+        assert!(pods.is_empty(), "the controller created mover Pod(s) {pods:?}\nwebhook log:\n{}", webhook.log());
+        status = annotation(&t.get_json(&["namespace", &shop]), "kubectl-backup.dev/restore-status");
+        matches!(status.as_deref(), Some("Completed" | "PartiallyFailed" | "Failed"))
+    });
+    assert!(ended, "the restore did not end within 90s (status {status:?})\nwebhook log:\n{}", webhook.log());
+    assert!(t.names(&["pods", "-n", &shop, "-l", mover]).is_empty());
+    assert_ne!(status.as_deref(), Some("Failed"), "{}", webhook.log());
+    assert!(t.names(&["configmaps", "-n", &shop]).contains(&"settings".to_string()));
+    assert!(t.names(&["pvc", "-n", &shop]).contains(&"data".to_string()), "the claim's object was not restored");
+    let ev = events(t, &shop);
+    let done =
+        ev.iter().find(|(r, _)| r == "RestoreCompleted").unwrap_or_else(|| panic!("no RestoreCompleted: {ev:?}"));
+    assert!(
+        done.1.contains(&format!("PersistentVolumeClaim(s) {shop}/data, which this restore leaves out")),
+        "the Event does not say the data was left out: {}",
+        done.1
+    );
+}

@@ -73,7 +73,7 @@ pub async fn run(
         plan::decide(&index, &selection, &shorts)
     };
     check_scopes(&index, &decisions, &discovered).map_err(corrupt)?;
-    let volumes = volumes_to_restore(&meta, &spec, &index, &mut decisions);
+    let (volumes, left_out) = volumes_to_restore(&meta, &spec, &index, &mut decisions);
     if volumes.iter().any(|v| v.snapshot.is_none()) && !spec.dry_run && !store.signs_urls() {
         return Err(Error::invalid(
             "location",
@@ -104,6 +104,9 @@ pub async fn run(
             Decision::Skip(reason) => report.add(skipped(&index[i], &opts, reason)),
             Decision::Filtered => {}
         }
+    }
+    if let Some(w) = left_out {
+        report.warn(w);
     }
     for w in missing_storage_classes(cluster, &index, &decisions, &spec.storage_class_mapping).await {
         report.warn(w);
@@ -184,16 +187,14 @@ async fn missing_storage_classes(
 
 /// The volume data this restore writes: that of each claim the restore creates (unless
 /// `--include-volumes=false`). The PersistentVolumes those claims were bound to are left out: the
-/// claims are bound or provisioned anew and the data written into them.
+/// claims are bound or provisioned anew and the data written into them. With
+/// `--include-volumes=false`, nothing, and a warning naming the claims whose data stays behind.
 fn volumes_to_restore(
     meta: &BackupMetadata,
     spec: &RestoreSpec,
     index: &[Indexed],
     decisions: &mut [Decision],
-) -> Vec<crate::model::VolumeData> {
-    if spec.skip_volume_data {
-        return Vec::new();
-    }
+) -> (Vec<crate::model::VolumeData>, Option<String>) {
     let restored = |v: &crate::model::VolumeData| {
         index.iter().zip(decisions.iter()).any(|(i, d)| {
             i.resource == "persistentvolumeclaims"
@@ -203,6 +204,9 @@ fn volumes_to_restore(
         })
     };
     let volumes: Vec<_> = meta.backup.status.volumes.iter().filter(|v| restored(v)).cloned().collect();
+    if spec.skip_volume_data {
+        return (Vec::new(), left_out_warning(&volumes, &spec.backup_name));
+    }
     for (i, d) in index.iter().zip(decisions.iter_mut()) {
         if i.resource == "persistentvolumes"
             && volumes.iter().any(|v| v.volume_name.as_deref() == Some(i.name.as_str()))
@@ -210,7 +214,19 @@ fn volumes_to_restore(
             *d = Decision::Skip("its claim's data is restored into a new volume".into());
         }
     }
-    volumes
+    (volumes, None)
+}
+
+/// What a restore of the objects only says about the volume data it leaves in the backup.
+fn left_out_warning(volumes: &[crate::model::VolumeData], backup: &str) -> Option<String> {
+    if volumes.is_empty() {
+        return None;
+    }
+    let claims: Vec<String> = volumes.iter().map(|v| format!("{}/{}", v.namespace, v.claim)).collect();
+    Some(format!(
+        "the backup holds the data of PersistentVolumeClaim(s) {}, which this restore leaves out (objects only); `kubectl backup restore {backup}` restores the data, with your own rights",
+        claims.join(", ")
+    ))
 }
 
 /// Downloads the backup's data, checks its size and SHA-256 and every entry's path, digest and

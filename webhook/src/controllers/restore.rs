@@ -509,6 +509,11 @@ fn summary(r: &Restore, user: &str) -> String {
     } else if let Some(first) = r.status.errors.first() {
         s.push_str(&format!("; first failure: {first}"));
     }
+    // What the restore left out on purpose (volume data) or could not check.
+    if !r.status.warnings.is_empty() {
+        let warnings: Vec<String> = r.status.warnings.iter().take(3).cloned().collect();
+        s.push_str(&format!("; warnings: {}", warnings.join("; ")));
+    }
     kubectl_backup_core::error::redact(&s)
 }
 
