@@ -28,6 +28,7 @@ use crate::model::{
 };
 use crate::progress::{Event, Observer};
 use crate::store::{ChunkSender, Store};
+use crate::volume::MoverAccess;
 use crate::{Error, Result};
 
 use crate::catalog::Objects;
@@ -55,6 +56,20 @@ pub async fn run(
     spec: BackupSpec,
     observer: Arc<dyn Observer>,
 ) -> Result<Backup> {
+    run_with_movers(cluster, store, name, spec, observer, &MoverAccess::Reader).await
+}
+
+/// [`run`], with the mover Pods of `--include-volumes` (and the hooks) created as `movers` says:
+/// the in-cluster controller reads objects with its own rights but moves volume data only as the
+/// requester or the identity the admin named.
+pub async fn run_with_movers(
+    cluster: &Cluster,
+    store: &Store,
+    name: &str,
+    spec: BackupSpec,
+    observer: Arc<dyn Observer>,
+    movers: &MoverAccess,
+) -> Result<Backup> {
     validate_name("backup name", name)?;
     let ttl = spec.ttl.as_deref().map(|t| parse_duration("--ttl", t)).transpose()?;
     let selection = Selection::new(&spec.filters)?;
@@ -79,7 +94,7 @@ pub async fn run(
     let tracker = Arc::new(Tracker { inner: observer.clone(), items: AtomicU64::new(0) });
     let observer: Arc<dyn Observer> = tracker.clone();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
-    let pipeline = Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer };
+    let pipeline = Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers };
     let result = run_pipeline(pipeline, spec, ttl, version).await;
     heartbeat.abort();
     let _ = heartbeat.await;
@@ -122,6 +137,7 @@ struct Pipeline<'a> {
     plan: &'a collect::Plan,
     start: Timestamp,
     observer: Arc<dyn Observer>,
+    movers: &'a MoverAccess,
 }
 
 /// What a run stored, whichever way it stored it.
@@ -250,8 +266,20 @@ async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &
     if !spec.include_volumes || o.report.claims.is_empty() {
         return VolumeOutcome { files: Vec::new(), fatal: None };
     }
+    let cluster = match p.movers {
+        MoverAccess::Reader => p.cluster,
+        MoverAccess::As(cluster) => cluster,
+        MoverAccess::Refused(why) => {
+            for (ns, claim) in &o.report.claims {
+                o.report
+                    .errors
+                    .push(format!("the data of PersistentVolumeClaim {ns}/{claim} was not backed up: {why}"));
+            }
+            return VolumeOutcome { files: Vec::new(), fatal: None };
+        }
+    };
     let movers = crate::volume::Movers {
-        cluster: p.cluster,
+        cluster,
         store: p.store,
         backup: p.name,
         image: spec.mover_image.clone().unwrap_or_else(|| crate::volume::DEFAULT_IMAGE.into()),

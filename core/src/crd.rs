@@ -82,6 +82,11 @@ pub struct BackupLocationSpec {
     /// object bodies once per location, in packs shared by its incremental backups.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incremental: bool,
+    /// Back up the data of the PersistentVolumeClaims in scope in every backup written here, unless
+    /// the backup says otherwise (`kubectl backup create --include-volumes=false`, a schedule's or
+    /// request's `includeVolumes: false`). Mover Pods read the data (docs/volumes.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_volumes: bool,
 }
 
 /// An IAM role to assume through STS (`sts:AssumeRole`), as `--role-arn` does.
@@ -300,6 +305,11 @@ pub struct BackupScheduleSpec {
     /// Back up an etcd instead of Kubernetes objects (install namespace only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdScheduleSource>,
+    /// Back up the data of the PersistentVolumeClaims in scope too (default: the BackupLocation's
+    /// includeVolumes). The controller's mover Pods act as the identity the admin named
+    /// (backup-webhook --volume-identity); without one, the claims are reported, not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_volumes: Option<bool>,
 }
 
 /// What the controller records of the schedule's runs.

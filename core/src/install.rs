@@ -50,6 +50,8 @@ pub struct InstallOptions {
     pub assume_role: Option<crate::crd::AssumeRoleSpec>,
     /// The webhook's `--log-level` (None: its default).
     pub log_level: Option<String>,
+    /// The webhook's `--volume-identity`: whom schedules' and continuous backups' mover Pods act as.
+    pub volume_identity: Option<String>,
 }
 
 /// TLS material for the webhook when cert-manager is not used.
@@ -330,6 +332,11 @@ fn deployment(opts: &InstallOptions) -> Value {
         args.push(format!("--log-level={level}"));
     }
     args.push(format!("--continuous={}", opts.continuous));
+    // Mover Pods run the webhook's own image.
+    args.push(format!("--mover-image={}", opts.image));
+    if let Some(who) = &opts.volume_identity {
+        args.push(format!("--volume-identity={who}"));
+    }
     args.extend(default_location_args(opts));
     args.extend(opts.ephemeral_patterns.iter().map(|p| format!("--ephemeral-pattern={p}")));
     if let Some(s) = &opts.workspace_selector {
@@ -451,6 +458,7 @@ mod tests {
             ca_bundle: None,
             assume_role: None,
             log_level: None,
+            volume_identity: None,
             s3_endpoint: None,
             region: None,
             cert_manager: false,

@@ -29,6 +29,8 @@ pub struct Resolved {
     pub access: AccessMode,
     /// Backups written here are incremental (the BackupLocation's `incremental`).
     pub incremental: bool,
+    /// Backups written here include volume data unless told otherwise (`includeVolumes`).
+    pub include_volumes: bool,
 }
 
 impl Resolved {
@@ -72,6 +74,7 @@ pub async fn resolve(
                 name: None,
                 access: AccessMode::ReadWrite,
                 incremental: false,
+                include_volumes: false,
             });
         }
         validate_name("location name", text)?;
@@ -98,6 +101,7 @@ pub async fn resolve(
         name: None,
         access: AccessMode::ReadWrite,
         incremental: false,
+        include_volumes: false,
     })
 }
 
@@ -177,7 +181,13 @@ pub async fn open(client: &Client, namespace: &str, bl: &BackupLocation, base: &
         }
         None => store,
     };
-    Ok(Resolved { store, name: Some(name), access: spec.access_mode, incremental: spec.incremental })
+    Ok(Resolved {
+        store,
+        name: Some(name),
+        access: spec.access_mode,
+        incremental: spec.incremental,
+        include_volumes: spec.include_volumes,
+    })
 }
 
 /// The key `identity` of the location's identity Secret. Whoever may not read it (most users:

@@ -50,6 +50,11 @@ pub struct BackupRequestSpec {
     /// Back up an etcd instead of Kubernetes objects (install namespace only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdScheduleSource>,
+    /// Back up the data of the PersistentVolumeClaims in scope too (default: the BackupLocation's
+    /// includeVolumes). The mover Pods are created as the person who created this resource: their
+    /// RBAC and Pod Security decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_volumes: Option<bool>,
 }
 
 /// A restore run once by the in-cluster controller, with the rights of the person who created

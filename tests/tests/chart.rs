@@ -127,6 +127,9 @@ fn install_flags(values: &Value, ns: &str) -> Vec<String> {
     if let Some(c) = values["continuous"].as_bool() {
         flags.push(format!("--continuous={c}"));
     }
+    if let Some(who) = values["volumeIdentity"].as_str().filter(|v| !v.is_empty()) {
+        flags.push(format!("--volume-identity={who}"));
+    }
     if values["certManager"]["enabled"].as_bool() == Some(true) {
         flags.push("--cert-manager".into());
     }

@@ -725,3 +725,129 @@ data: {{a: b}}
         done.1
     );
 }
+
+/// A hostPath PersistentVolume and claim `data` bound to it in `ns` (the controller-manager binds
+/// them; no node is needed).
+fn bound_claim(t: &Tools, ns: &str) {
+    let pv = unique("pv");
+    t.apply(&format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {{path: /tmp/{pv}}}
+  claimRef: {{namespace: {ns}, name: data}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {ns}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: {pv}
+  resources: {{requests: {{storage: 1Gi}}}}
+"#
+    ))
+    .ok();
+    let bound =
+        wait_until(Duration::from_secs(60), || t.get_json(&["pvc", "data", "-n", ns])["status"]["phase"] == "Bound");
+    assert!(bound, "the claim is not Bound: {}", t.get_json(&["pvc", "data", "-n", ns]));
+}
+
+/// In-cluster backups with volume data never create mover Pods with the controller's rights. A
+/// tenant's Backup request with `includeVolumes` moves data as her: she may read her claims but
+/// not create Pods, so the backup names the claim and the Pod creation refused for `alice`. A
+/// schedule's movers act only as the identity the admin names (`--volume-identity`): with none,
+/// its claims are reported. Neither leaves a mover Pod.
+#[test]
+fn in_cluster_volume_backups_create_mover_pods_only_as_the_requester_or_the_admins_identity() {
+    let c = OwnCluster::start("volreq");
+    let t = &c.t;
+    let mine = unique("mine");
+    t.apply(&namespace(&mine)).ok();
+    bound_claim(t, &mine);
+    let webhook = c.webhook(NS, &["--continuous=false"]);
+    t.apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-operator, namespace: {mine}}}
+subjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: ClusterRole, name: kubectl-backup-operator, apiGroup: rbac.authorization.k8s.io}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: alice-claims, namespace: {mine}}}
+rules: [{{apiGroups: [""], resources: [persistentvolumeclaims, pods], verbs: [get, list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-claims, namespace: {mine}}}
+subjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: Role, name: alice-claims, apiGroup: rbac.authorization.k8s.io}}
+"#
+    ))
+    .ok();
+    assert!(!can(t, "alice", &["create", "pods", "-n", &mine]));
+    let alice = t.as_user(&c.cp.info.user("alice").kubeconfig);
+    let movers = || t.names(&["pods", "-n", &mine, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
+
+    // Her request: the movers act as her, and she may not create Pods.
+    let req = unique("vol");
+    alice
+        .apply(&format!(
+            "apiVersion: kubectl-backup.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {req}, namespace: {mine}}}\nspec:\n  includeVolumes: true\n"
+        ))
+        .ok();
+    let mut st = Value::Null;
+    let done = wait_until(Duration::from_secs(60), || {
+        assert!(movers().is_empty(), "a mover Pod was created: {:?}\n{}", movers(), webhook.log());
+        st = t.get_json(&["backups.kubectl-backup.dev", &req, "-n", &mine])["status"].clone();
+        matches!(st["phase"].as_str(), Some("Completed" | "PartiallyFailed" | "Failed"))
+    });
+    assert!(done, "the request did not finish: {st}\n{}", webhook.log());
+    assert_eq!(st["phase"], "PartiallyFailed", "{st}");
+    let errors = st["errors"].to_string();
+    assert!(
+        errors.contains(&format!("PersistentVolumeClaim {mine}/data was not backed up"))
+            && errors.contains("cannot create the mover Pod")
+            && errors.contains("User \\\"alice\\\" cannot create resource \\\"pods\\\""),
+        "the error does not name the claim and alice's refused Pod: {errors}"
+    );
+    let described = t.backup(&["describe", &req, "-o", "json"]).ok().json();
+    assert_eq!(described["status"]["volumes"], Value::Null, "{described}");
+
+    // An admin's schedule of the same namespace with includeVolumes, and no --volume-identity.
+    t.apply(&format!(
+        "apiVersion: kubectl-backup.dev/v1alpha1\nkind: BackupSchedule\nmetadata: {{name: vols, namespace: {NS}}}\nspec:\n  schedule: \"*/3 * * * * *\"\n  includedNamespaces: [{mine}]\n  includeVolumes: true\n"
+    ))
+    .ok();
+    let mut s = Value::Null;
+    let ran = wait_until(Duration::from_secs(60), || {
+        assert!(movers().is_empty(), "a mover Pod was created: {:?}\n{}", movers(), webhook.log());
+        s = t.get_json(&["backupschedules.kubectl-backup.dev", "vols", "-n", NS])["status"].clone();
+        s["lastResult"].is_string()
+    });
+    assert!(ran, "the schedule did not run: {s}\n{}", webhook.log());
+    t.kubectl(&[
+        "patch",
+        "backupschedules.kubectl-backup.dev",
+        "vols",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"paused":true}}"#,
+    ])
+    .ok();
+    assert_eq!(s["lastResult"], "PartiallyFailed", "{s}");
+    let last = s["lastError"].as_str().unwrap_or_default();
+    assert!(
+        last.contains(&format!("PersistentVolumeClaim {mine}/data was not backed up"))
+            && last.contains("only as an identity the admin names (backup-webhook --volume-identity"),
+        "{s}"
+    );
+    assert!(movers().is_empty());
+}

@@ -101,6 +101,20 @@ pub struct Args {
     /// may use). Without it they are not restored: marked Pending, with an Event saying how.
     #[arg(long, env = "WEBHOOK_CATCH_UP_IDENTITY", value_name = "USER")]
     pub catch_up_identity: Option<String>,
+    /// Whom the mover Pods of volume data act as in schedules and continuous backups (a user name,
+    /// e.g. system:serviceaccount:kubectl-backup:mover, which you bind to a role that may create
+    /// Pods and Secrets and use pods/exec in the workspaces: docs/volumes.md). Without it, their
+    /// claims are reported, not read. A Backup request's movers act as its creator.
+    #[arg(long, env = "WEBHOOK_VOLUME_IDENTITY", value_name = "USER")]
+    pub volume_identity: Option<String>,
+    /// The image of the mover Pods: this version's backup-webhook image (install and the chart
+    /// set it to the webhook's own image).
+    #[arg(long, env = "WEBHOOK_MOVER_IMAGE", default_value = kubectl_backup_core::volume::DEFAULT_IMAGE)]
+    pub mover_image: String,
+    /// Continuous backups include the workspaces' volume data (off by default: every change would
+    /// move every claim's files). Needs --volume-identity.
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_INCLUDE_VOLUMES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub continuous_include_volumes: bool,
     /// BackupSchedules outside the install namespace that fire more often than this are refused.
     #[arg(long, env = "WEBHOOK_MIN_SCHEDULE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub min_schedule_interval: Duration,
@@ -285,6 +299,7 @@ impl DefaultLocationArgs {
                 self.sts_endpoint.as_deref(),
             ),
             incremental: false,
+            include_volumes: false,
         })
     }
 }

@@ -95,6 +95,8 @@ async fn connect(args: &Args) -> anyhow::Result<controllers::Context> {
         kube_config: cfg,
         catch_up_identity: args.catch_up_identity.clone(),
         min_schedule_interval: args.min_schedule_interval,
+        volume_identity: args.volume_identity.clone(),
+        mover_image: args.mover_image.clone(),
     })
 }
 
@@ -158,6 +160,7 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
             keep: args.keep_workspace_backups,
             retention: args.retention,
             incremental: args.continuous_incremental,
+            include_volumes: args.continuous_include_volumes,
         });
         supervisor.spawn("continuous", move || c.clone().run());
     }

@@ -59,6 +59,19 @@ pub fn check_location(store: &Store) -> crate::Result<()> {
     Err(crate::Error::invalid("--include-volumes", store.url(), why))
 }
 
+/// Who creates a backup's mover Pods and runs its hooks.
+#[derive(Clone, Default)]
+pub enum MoverAccess {
+    /// The client the backup reads with: the CLI's user, with their own RBAC.
+    #[default]
+    Reader,
+    /// Another identity's client: the in-cluster controller acting as a Backup request's creator,
+    /// or as the identity the admin named for schedules and continuous backups.
+    As(Cluster),
+    /// Nobody: each claim in scope is an error of the backup, with this reason.
+    Refused(String),
+}
+
 /// What the movers of one backup or restore share.
 pub struct Movers<'a> {
     pub cluster: &'a Cluster,

@@ -28,8 +28,13 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
     let filters = args.filters.filters();
     Selection::new(&filters)?;
     if args.in_cluster {
-        return super::requests::create_backup(cli, &args.name, filters, &args.ttl, args.wait, args.output.output)
-            .await;
+        let request = super::requests::NewBackup {
+            name: &args.name,
+            filters,
+            ttl: &args.ttl,
+            include_volumes: args.include_volumes,
+        };
+        return super::requests::create_backup(cli, request, args.wait, args.output.output).await;
     }
     let seal = args.encrypt.seal()?;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
@@ -45,7 +50,7 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
         storage_location: Some(location.display()),
         schedule: None,
         incremental: args.incremental || location.incremental,
-        include_volumes: args.include_volumes || args.volume_method.is_some(),
+        include_volumes: args.include_volumes.unwrap_or(location.include_volumes || args.volume_method.is_some()),
         volume_method: args.volume_method.unwrap_or_default(),
         mover_image: Some(args.mover.mover_image.clone()),
     };
@@ -381,9 +386,10 @@ pub struct CreateArgs {
     pub incremental: bool,
     /// Back up the data of the PersistentVolumeClaims in scope too: a mover Pod per claim (in the
     /// claim's namespace, created with your credentials) streams its files to the location through
-    /// presigned URLs. Needs an S3, GCS or Azure location that Pods can reach.
-    #[arg(long, conflicts_with = "in_cluster", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL", default_value_t = false)]
-    pub include_volumes: bool,
+    /// presigned URLs. Needs an S3, GCS or Azure location that Pods can reach. The default is the
+    /// BackupLocation's includeVolumes. With --in-cluster, the controller's movers act as you.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub include_volumes: Option<bool>,
     /// How volume data is backed up (implies --include-volumes): fs copies the files through mover
     /// Pods; snapshot takes a CSI VolumeSnapshot with the VolumeSnapshotClass of the claim's driver
     /// and records its handle (the storage system keeps the data).

@@ -94,6 +94,12 @@ pub struct InstallArgs {
     /// such as info,backup_webhook=debug. Default: info.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Whom the mover Pods of schedules and continuous backups act as (a user name, e.g.
+    /// system:serviceaccount:kubectl-backup:mover, bound to a role that may create Pods and
+    /// Secrets in the workspaces: docs/volumes.md). Without it, those backups report their claims
+    /// instead of reading them.
+    #[arg(long, value_name = "USER")]
+    pub volume_identity: Option<String>,
     /// Print the manifests instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
@@ -145,6 +151,7 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
         },
         assume_role: cli.location.role.spec(),
         log_level: a.log_level.clone(),
+        volume_identity: a.volume_identity.clone(),
     };
     if !opts.encrypt_to.is_empty() {
         kubectl_backup_core::crypto::Seal::recipients(&opts.encrypt_to)?;
@@ -281,6 +288,7 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
         ca_bundle: None,
         assume_role: None,
         log_level: None,
+        volume_identity: None,
     };
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");

@@ -124,6 +124,10 @@ pub struct AddArgs {
     /// once per location, in packs shared by its incremental backups.
     #[arg(long)]
     pub incremental: bool,
+    /// Back up volume data in every backup written here unless it says otherwise (as
+    /// `create --include-volumes`; schedules and Backup requests too).
+    #[arg(long)]
+    pub include_volumes: bool,
     /// Encrypt every backup written here to these public keys (age1..., SSH); repeatable or
     /// comma-separated. Commands that name their own recipients override it.
     #[arg(long, value_delimiter = ',', value_name = "RECIPIENT")]
@@ -229,6 +233,7 @@ async fn add(
         encryption: LocationEncryption::of(&a.encrypt_to, identity_secret.as_deref()),
         assume_role: role,
         incremental: a.incremental,
+        include_volumes: a.include_volumes,
     };
     if a.default {
         // One default: clear it elsewhere.

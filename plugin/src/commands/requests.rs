@@ -45,20 +45,27 @@ fn request_location(cli: &Globals, ns: &str) -> Option<String> {
     None
 }
 
+/// What `create --in-cluster` asks the controller for.
+pub struct NewBackup<'a> {
+    pub name: &'a str,
+    pub filters: Filters,
+    pub ttl: &'a str,
+    pub include_volumes: Option<bool>,
+}
+
 /// Creates a Backup request and, with `wait`, follows it to the end.
-pub async fn create_backup(
-    cli: &Globals,
-    name: &str,
-    filters: Filters,
-    ttl: &str,
-    wait: bool,
-    output: Output,
-) -> Result<ExitCode> {
+pub async fn create_backup(cli: &Globals, request: NewBackup<'_>, wait: bool, output: Output) -> Result<ExitCode> {
+    let NewBackup { name, filters, ttl, include_volumes } = request;
     let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
     let ns = request_namespace(cli, &filters);
     let api: Api<BackupRequest> = Api::namespaced(cluster.client.clone(), &ns);
-    let spec =
-        BackupRequestSpec { filters, ttl: Some(ttl.to_string()), location: request_location(cli, &ns), etcd: None };
+    let spec = BackupRequestSpec {
+        filters,
+        ttl: Some(ttl.to_string()),
+        location: request_location(cli, &ns),
+        etcd: None,
+        include_volumes,
+    };
     let obj = BackupRequest { metadata: meta(name, &ns), spec, status: None };
     api.create(&PostParams::default(), &obj).await.map_err(|e| created_error("Backup", name, &ns, e))?;
     eprintln!("backup.kubectl-backup.dev/{name} created in namespace {ns}");

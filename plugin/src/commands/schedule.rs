@@ -157,6 +157,10 @@ pub struct CreateArgs {
     /// Create it paused.
     #[arg(long)]
     pub paused: bool,
+    /// Back up the data of the PersistentVolumeClaims in scope too (default: the BackupLocation's
+    /// includeVolumes). The controller's mover Pods act as the admin's --volume-identity.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub include_volumes: Option<bool>,
     /// Back up this etcd instead of Kubernetes objects (comma list of URLs).
     #[arg(long, value_delimiter = ',', value_name = "URL")]
     pub etcd_endpoints: Vec<String>,
@@ -245,6 +249,7 @@ async fn create(api: &Api<BackupSchedule>, ns: &str, install_ns: &str, a: &Creat
         location: a.backup_location.clone(),
         paused: a.paused,
         etcd,
+        include_volumes: a.include_volumes,
     };
     let s = BackupSchedule::new(&a.name, spec);
     api.create(&PostParams::default(), &s)

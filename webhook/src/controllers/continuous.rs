@@ -53,6 +53,8 @@ pub struct Continuous {
     pub keep: usize,
     pub retention: kubectl_backup_core::retention::Retention,
     pub incremental: bool,
+    /// Include the workspace's volume data (`--continuous-include-volumes`).
+    pub include_volumes: bool,
 }
 
 #[derive(Default)]
@@ -139,6 +141,7 @@ impl Continuous {
             storage_location: Some(self.ctx.location.display()),
             schedule: Some(CONTINUOUS.into()),
             incremental: self.incremental,
+            include_volumes: self.include_volumes,
             ..Default::default()
         };
         let reference = Context::namespace_reference(ns);
@@ -152,6 +155,7 @@ impl Continuous {
                 source: Some(&SourceLabel::workspace(ns)),
                 reference: &reference,
                 observer: None,
+                requester: None,
             })
             .await
         {

@@ -29,6 +29,7 @@ use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::locations::Resolved;
 use kubectl_backup_core::model::{Backup, BackupSpec};
 use kubectl_backup_core::progress::{Event as Progress, Observer, Quiet};
+use kubectl_backup_core::volume::MoverAccess;
 
 use crate::admission::Policy;
 use crate::index::Index;
@@ -54,6 +55,10 @@ pub struct Context {
     pub catch_up_identity: Option<String>,
     /// Schedules outside the install namespace may not fire more often (`--min-schedule-interval`).
     pub min_schedule_interval: std::time::Duration,
+    /// Whom the mover Pods of schedules and continuous backups act as (`--volume-identity`).
+    pub volume_identity: Option<String>,
+    /// The image of mover Pods (`--mover-image`).
+    pub mover_image: String,
 }
 
 impl Context {
@@ -69,6 +74,24 @@ impl Context {
         cfg.auth_info.impersonate_user_extra = Some(requester.extra.clone().into_iter().collect())
             .filter(|e: &std::collections::HashMap<_, _>| !e.is_empty());
         Cluster::from_config(cfg, self.cluster.throttle.clone())
+    }
+
+    /// Who creates a backup's mover Pods: the requester, else `--volume-identity`; never the
+    /// controller itself, whose rights would let anyone who can write a schedule read any claim.
+    pub fn mover_access(&self, requester: Option<&Requester>) -> MoverAccess {
+        let requester = match (requester, &self.volume_identity) {
+            (Some(r), _) => r.clone(),
+            (None, Some(user)) => Requester { user: user.clone(), ..Default::default() },
+            (None, None) => {
+                return MoverAccess::Refused(
+                    "the controller moves volume data only as an identity the admin names (backup-webhook --volume-identity, docs/volumes.md), and none is set".into(),
+                );
+            }
+        };
+        match self.acting_as(&requester) {
+            Ok(cluster) => MoverAccess::As(cluster),
+            Err(e) => MoverAccess::Refused(format!("cannot act as {}: {e}", requester.user)),
+        }
     }
 
     /// Publishes an Event about `reference`. Failures are logged, never fatal.
@@ -91,7 +114,9 @@ impl Context {
     /// Runs one object backup for a controller: progress events on `run.reference`, metrics, and
     /// an index refresh so the webhook sees the new backup at once.
     pub async fn backup(&self, run: ObjectRun<'_>) -> kubectl_backup_core::Result<Backup> {
-        let ObjectRun { location, name, spec, trigger, source, reference, observer } = run;
+        let ObjectRun { location, name, mut spec, trigger, source, reference, observer, requester } = run;
+        let movers = if spec.include_volumes { self.mover_access(requester) } else { MoverAccess::Reader };
+        spec.mover_image = Some(self.mover_image.clone());
         let start = Instant::now();
         self.event(
             reference,
@@ -108,7 +133,7 @@ impl Context {
             inner: observer,
         });
         let observer: Arc<dyn Observer> = uploading.clone();
-        let result = backup::run(&self.cluster, &location.store, name, spec, observer).await;
+        let result = backup::run_with_movers(&self.cluster, &location.store, name, spec, observer, &movers).await;
         // BackupUploading is published when the upload starts; make sure it lands before the end.
         let task = uploading.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
@@ -242,6 +267,9 @@ pub struct ObjectRun<'a> {
     pub reference: &'a ObjectReference,
     /// Also told of the run's progress.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Who asked for the run (a Backup request's creator): its volume data is moved as them.
+    /// None (schedules, continuous backups): as `--volume-identity`.
+    pub requester: Option<&'a Requester>,
 }
 
 /// One etcd backup a controller takes.

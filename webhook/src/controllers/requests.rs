@@ -417,6 +417,7 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
         storage_location: Some(location.display()),
         schedule: Some(format!("request {}/{}", h.ns, h.name)),
         incremental: location.incremental,
+        include_volumes: spec.include_volumes.unwrap_or(location.include_volumes),
         ..Default::default()
     };
     let run = ObjectRun {
@@ -427,6 +428,7 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
         source: None,
         reference: &h.reference,
         observer: Some(counter.clone()),
+        requester: Some(&requester),
     };
     match ctx.backup(run).await {
         Ok(done) => {

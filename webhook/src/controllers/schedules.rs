@@ -407,6 +407,7 @@ impl Run<'_> {
             storage_location: Some(location.display()),
             schedule: Some(format!("{ns}/{name}")),
             incremental: location.incremental,
+            include_volumes: spec.include_volumes.unwrap_or(location.include_volumes),
             ..Default::default()
         };
         let run = ObjectRun {
@@ -417,6 +418,7 @@ impl Run<'_> {
             source: Some(&self.source),
             reference,
             observer: None,
+            requester: None,
         };
         let b = ctx.backup(run).await?;
         Ok((b.status.phase, b.status.errors.first().cloned()))
