@@ -263,6 +263,119 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
     eprintln!("[volumes] test body took {:.1?}", t0.elapsed());
 }
 
+/// The in-cluster controller as `kubectl backup install` deploys it on the node (its image, its
+/// ServiceAccount and RBAC): a BackupSchedule with `includeVolumes` has its claims read by mover
+/// Pods of the webhook's own image (`--mover-image`, set by install), created as the admin's
+/// `--volume-identity` — a ServiceAccount bound to a role that may create Pods and Secrets — and
+/// the data comes back with the plugin.
+#[test]
+fn the_installed_controller_backs_up_a_schedules_volume_data_as_the_volume_identity() {
+    let (_one, c) = start("incluster-volumes");
+    let t0 = Instant::now();
+    let image = c.build_and_import_image().expect("the backup-webhook image");
+    let busybox = busybox_image().expect("the busybox image");
+    let ns = unique("vol");
+    let pv = format!("{ns}-a");
+    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
+    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
+    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    let write = "set -e; mkdir -p /data/c; seq 1 1000 > /data/c/numbers.txt; echo hello > /data/greeting; echo written";
+    assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
+    c.wait_rollout(&ns, "app");
+
+    let identity = "system:serviceaccount:kubectl-backup:mover";
+    c.t.backup(&[
+        "install",
+        &format!("--image={image}"),
+        &format!("--s3-endpoint={}", c.s3_endpoint()),
+        "--region=us-east-1",
+        "--credentials-secret=s3-credentials",
+        "--continuous=false",
+        &format!("--volume-identity={identity}"),
+    ])
+    .ok();
+    c.t.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        "kubectl-backup",
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", kubectl_backup_e2e::stores::S3_ACCESS_KEY),
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", kubectl_backup_e2e::stores::S3_SECRET_KEY),
+    ])
+    .ok();
+    // The identity the admin names, with what moving volume data needs (docs/volumes.md).
+    c.t.apply(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: mover, namespace: kubectl-backup}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kubectl-backup-mover}
+rules:
+- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get]}
+- {apiGroups: [""], resources: [pods], verbs: [get, list, create, delete]}
+- {apiGroups: [""], resources: [secrets], verbs: [create, delete]}
+- {apiGroups: [""], resources: [pods/exec], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kubectl-backup-mover}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubectl-backup-mover}
+subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
+"#,
+    )
+    .ok();
+    c.wait_rollout("kubectl-backup", "backup-webhook");
+    eprintln!("[incluster-volumes] webhook Ready {:.1?} after the start", t0.elapsed());
+
+    c.t.apply(&format!(
+        "apiVersion: kubectl-backup.dev/v1alpha1\nkind: BackupSchedule\nmetadata: {{name: vols, namespace: kubectl-backup}}\nspec:\n  schedule: \"*/5 * * * * *\"\n  includedNamespaces: [{ns}]\n  includeVolumes: true\n"
+    ))
+    .ok();
+    let schedule =
+        || c.t.get_json(&["backupschedules.kubectl-backup.dev", "vols", "-n", "kubectl-backup"])["status"].clone();
+    let mut s = Value::Null;
+    let ran = wait_until(Duration::from_secs(240), || {
+        s = schedule();
+        s["lastResult"].is_string()
+    });
+    let pause = r#"{"spec":{"paused":true}}"#;
+    c.t.kubectl(&[
+        "patch",
+        "backupschedules.kubectl-backup.dev",
+        "vols",
+        "-n",
+        "kubectl-backup",
+        "--type=merge",
+        "-p",
+        pause,
+    ])
+    .ok();
+    let log = || c.t.kubectl(&["logs", "-n", "kubectl-backup", "deployment/backup-webhook", "--tail=40"]).stdout;
+    assert!(ran, "the schedule did not run: {s}\n{}", log());
+    eprintln!("[incluster-volumes] scheduled backup done {:.1?} after the start", t0.elapsed());
+    assert_eq!(s["lastResult"], "Completed", "{s}\n{}\n{}", log(), c.why(&ns));
+    let backup = s["lastBackup"].as_str().expect("lastBackup").to_string();
+    let b = c.t.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    let v = &b["status"]["volumes"][0];
+    assert_eq!((v["namespace"].as_str(), v["claim"].as_str()), (Some(ns.as_str()), Some("data")), "{b}");
+    assert_eq!((v["tree"]["files"].as_u64(), v["tree"]["dirs"].as_u64()), (Some(2), Some(2)), "{v}");
+    eventually("the mover Pod and its plan Secret gone", Duration::from_secs(60), || movers_left(&c.t, &ns).is_empty());
+
+    // The data, restored by the plugin into a second namespace.
+    let copy = unique("copy");
+    let fresh = format!("{ns}-b");
+    c.t.apply(&persistent_volume(&fresh, &c.dir.join(&fresh))).ok();
+    let mapping = format!("--namespace-mapping={ns}:{copy}");
+    let r = c.t.backup(&["restore", &backup, &format!("--mover-image={image}"), &mapping, "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!(in_pod(&c, &copy, &busybox, "cat /data/greeting; wc -l < /data/c/numbers.txt").trim(), "hello\n1000");
+    eprintln!("[incluster-volumes] test body took {:.1?}", t0.elapsed());
+}
+
 /// The shared control plane (no node): a claim bound to a volume, and a user who may read
 /// everything in the namespace but not create Pods.
 #[test]
