@@ -91,7 +91,12 @@ pub async fn run_with_movers(
     let mut marker = Backup::new(name, spec.clone());
     marker.metadata.creation_timestamp = Some(start);
     marker.status.timing.start_timestamp = Some(start);
-    let tracker = Arc::new(Tracker { inner: observer.clone(), items: AtomicU64::new(0) });
+    let tracker = Arc::new(Tracker {
+        inner: observer.clone(),
+        items: AtomicU64::new(0),
+        volume: Default::default(),
+        changed: Default::default(),
+    });
     let observer: Arc<dyn Observer> = tracker.clone();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
     let pipeline = Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers };
@@ -233,7 +238,7 @@ async fn commit(
     status.phase = if o.report.errors.is_empty() { Phase::Completed } else { Phase::PartiallyFailed };
     status.timing = Timing { start_timestamp: Some(start), completion_timestamp: Some(Timestamp::now()) };
     status.expiration = ttl.and_then(|t| expiration(start, t));
-    status.progress = BackupProgress { total_items: o.entries, items_backed_up: o.entries };
+    status.progress = BackupProgress { total_items: o.entries, items_backed_up: o.entries, volume_data: None };
     status.resources = o.report.counts;
     status.namespaces = o.report.namespaces.into_iter().collect();
     status.warnings = warnings;
@@ -573,12 +578,26 @@ fn nothing_listed(report: &collect::Report, name: &str) -> Option<Error> {
 struct Tracker {
     inner: Arc<dyn Observer>,
     items: AtomicU64,
+    /// The claim whose data is being moved, for `describe` while the run goes on.
+    volume: std::sync::Mutex<Option<crate::model::VolumeProgress>>,
+    /// Wakes the heartbeat when that changes (volume data moves for minutes, objects for seconds).
+    changed: tokio::sync::Notify,
 }
 
 impl Observer for Tracker {
     fn event(&self, event: Event) {
-        if let Event::Archived { items, .. } = &event {
-            self.items.store(*items, Ordering::Relaxed);
+        match &event {
+            Event::Archived { items, .. } => self.items.store(*items, Ordering::Relaxed),
+            Event::VolumeBytes { namespace, claim, done, total } => {
+                let now = crate::model::VolumeProgress {
+                    claim: format!("{namespace}/{claim}"),
+                    bytes_done: *done,
+                    bytes_total: *total,
+                };
+                *self.volume.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+                self.changed.notify_one();
+            }
+            _ => {}
         }
         self.inner.event(event);
     }
@@ -588,7 +607,8 @@ async fn heartbeat(store: Store, name: String, mut marker: Backup, tracker: Arc<
     let path = in_progress_path(&name);
     loop {
         let items = tracker.items.load(Ordering::Relaxed);
-        marker.status.progress = BackupProgress { total_items: items, items_backed_up: items };
+        let volume_data = tracker.volume.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        marker.status.progress = BackupProgress { total_items: items, items_backed_up: items, volume_data };
         let mut document = serde_json::to_value(&marker).unwrap_or_default();
         crate::model::to_stored_spellings(document.get_mut("spec"));
         if let Ok(body) = serde_json::to_vec_pretty(&document)
@@ -596,7 +616,13 @@ async fn heartbeat(store: Store, name: String, mut marker: Backup, tracker: Arc<
         {
             tracing::debug!(error = %crate::store::store_message(&e), "could not refresh the in-progress marker");
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        // Volume progress is written as it comes, at most once a second; otherwise every HEARTBEAT.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let _ = tokio::time::timeout(
+            HEARTBEAT.saturating_sub(std::time::Duration::from_secs(1)),
+            tracker.changed.notified(),
+        )
+        .await;
     }
 }
 

@@ -230,6 +230,20 @@ impl std::fmt::Display for Phase {
 pub struct BackupProgress {
     pub total_items: u64,
     pub items_backed_up: u64,
+    /// While a run moves volume data: the claim being moved and its bytes done of the total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_data: Option<VolumeProgress>,
+}
+
+/// Bytes of one claim's data moved so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeProgress {
+    /// `namespace/claim`.
+    pub claim: String,
+    pub bytes_done: u64,
+    /// About: the size of the claim's files as the mover measured them before reading them.
+    pub bytes_total: u64,
 }
 
 /// The cluster a backup came from.
@@ -682,7 +696,7 @@ mod tests {
             },
         );
         b.status.phase = Phase::PartiallyFailed;
-        b.status.progress = BackupProgress { total_items: 3, items_backed_up: 2 };
+        b.status.progress = BackupProgress { total_items: 3, items_backed_up: 2, volume_data: None };
         let v = serde_json::to_value(&b).unwrap();
         assert_eq!(v["apiVersion"], "kubectl-backup.dev/v1alpha1");
         assert_eq!(v["kind"], "Backup");

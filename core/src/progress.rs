@@ -22,6 +22,9 @@ pub enum Event {
     Waiting { what: String },
     /// An incremental backup stores its contents as changes since `backup`, which had `deltas`.
     Continuing { backup: String, deltas: usize },
+    /// Volume data: bytes of claim `namespace/claim` moved so far, of about `total` (backing up:
+    /// the size of its files as its mover measured them; restoring: the stored stream's size).
+    VolumeBytes { namespace: String, claim: String, done: u64, total: u64 },
 }
 
 /// Receives events. Must be cheap: it is called on the hot path.

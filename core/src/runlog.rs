@@ -118,7 +118,7 @@ impl Observer for RunLog {
             Event::Continuing { backup, deltas } => self.line(format_args!(
                 "storing the contents as changes since backup {backup} (which has {deltas} sets of changes)"
             )),
-            Event::Archived { .. } | Event::Restored { .. } => {}
+            Event::Archived { .. } | Event::Restored { .. } | Event::VolumeBytes { .. } => {}
         }
         self.inner.event(event);
     }

@@ -107,6 +107,15 @@ impl Observer for Bar {
                 self.bar.set_position(done);
                 return;
             }
+            Event::VolumeBytes { namespace, claim, done, total } => {
+                let percent = if total > 0 { done * 100 / total } else { 0 };
+                self.bar.set_message(format!(
+                    "the data of PersistentVolumeClaim {namespace}/{claim}: {} of {} ({percent}%)",
+                    size(done),
+                    size(total)
+                ));
+                return;
+            }
             Event::Waiting { what } => {
                 self.bar.set_message(format!("waiting for {what}"));
                 if let Ok(mut w) = self.source.lock() {

@@ -188,11 +188,34 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
     c.wait_rollout(&ns, "app");
     eprintln!("[volumes] 200 MiB written {:.1?} after the start", t0.elapsed());
 
-    // Back up: one mover Pod reads the claim, mounted read-only, while the app runs.
+    // Back up: one mover Pod reads the claim, mounted read-only, while the app runs. Meanwhile
+    // `describe` shows the bytes moved (the mover's progress, read from its log by the plugin).
     let backup = unique("b");
     let mover = format!("--mover-image={image}");
-    c.t.backup(&["create", &backup, "-n", &ns, "--include-volumes", &mover]).ok();
-    eprintln!("[volumes] backed up {:.1?} after the start", t0.elapsed());
+    let create = {
+        let (t, args) = (c.t.clone(), ["create", &backup, "-n", &ns, "--include-volumes", &mover].map(String::from));
+        std::thread::spawn(move || t.backup(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok())
+    };
+    let mut seen = Vec::new();
+    while !create.is_finished() {
+        let d = c.t.backup(&["describe", &backup, "-o", "json"]);
+        if d.code == 0
+            && let Some(v) = d.json()["status"]["progress"].get("volumeData").cloned()
+        {
+            seen.push(v);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    create.join().expect("the backup");
+    eprintln!("[volumes] backed up {:.1?} after the start; progress seen: {seen:?}", t0.elapsed());
+    let claim = format!("{ns}/data");
+    assert!(
+        seen.iter().any(|v| {
+            let (done, total) = (v["bytesDone"].as_u64().unwrap_or(0), v["bytesTotal"].as_u64().unwrap_or(0));
+            v["claim"] == claim.as_str() && done > 0 && done <= total && total > 200 << 20 && total < 280 << 20
+        }),
+        "describe never showed the volume's bytes moved of its total: {seen:?}"
+    );
     let b = c.t.backup(&["describe", &backup, "-o", "json"]).ok().json();
     assert_eq!(b["status"]["phase"], "Completed", "{b}");
     let volumes = b["status"]["volumes"].as_array().expect("status.volumes");
@@ -319,6 +342,7 @@ rules:
 - {apiGroups: [""], resources: [pods], verbs: [get, list, create, delete]}
 - {apiGroups: [""], resources: [secrets], verbs: [create, delete]}
 - {apiGroups: [""], resources: [pods/exec], verbs: [create]}
+- {apiGroups: [""], resources: [pods/log], verbs: [get]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -11,7 +11,13 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|a| a == "mover") {
         let args = MoverArgs::parse_from(std::env::args_os().skip(1));
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
-        kubectl_backup_core::volume::mover::run(&args.plan, &args.dir, &args.termination_log).await?;
+        // Progress, one JSON line at a time on stdout: the client reads the Pod's last log line.
+        let report: kubectl_backup_core::volume::mover::Report = std::sync::Arc::new(|moved| {
+            if let Ok(line) = serde_json::to_string(&moved) {
+                println!("{line}");
+            }
+        });
+        kubectl_backup_core::volume::mover::run(&args.plan, &args.dir, &args.termination_log, report).await?;
         return Ok(());
     }
     let args = Args::parse();

@@ -437,7 +437,7 @@ async fn run_pod(m: &Movers<'_>, ns: &str, claim: &str, plan: &Plan, role: Role)
             .create(&pp, &secret)
             .await
             .map_err(|e| format!("cannot create the mover's plan Secret in namespace {ns:?}: {}", kube_message(&e)))?;
-        wait_pod(m, &pods, &name).await
+        wait_pod(m, &pods, &name, (ns, claim)).await
     }
     .await;
     let _ = pods.delete(&name, &DeleteParams::background()).await;
@@ -497,9 +497,12 @@ fn pod_spec(m: &Movers<'_>, name: &str, claim: &str, role: &Role) -> serde_json:
 }
 
 /// Waits for the Pod to end; its termination message is the mover's report. Image pull failures
-/// end the wait at once.
-async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str) -> Result<Finished, String> {
+/// end the wait at once. While it runs, its progress (the last line of its log) becomes
+/// [`Event::VolumeBytes`] of `claim` (namespace, name); someone who may not read Pod logs sees the
+/// claim's name only.
+async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str, claim: (&str, &str)) -> Result<Finished, String> {
     let deadline = Instant::now() + m.timeout + Duration::from_secs(30);
+    let (mut next_progress, mut logs_readable) = (Instant::now(), true);
     loop {
         let pod = pods.get(name).await.map_err(|e| format!("cannot read it: {}", kube_message(&e)))?;
         let status = pod.status.unwrap_or_default();
@@ -509,6 +512,24 @@ async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str) -> Result<Finishe
             && matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"))
         {
             return Err(format!("image {}: {}", m.image, w.message.unwrap_or_default()));
+        }
+        if logs_readable && state.running.is_some() && Instant::now() >= next_progress {
+            next_progress = Instant::now() + mover::PROGRESS_EVERY;
+            let last = kube::api::LogParams { tail_lines: Some(1), ..Default::default() };
+            match pods.logs(name, &last).await {
+                Ok(line) => {
+                    if let Ok(moved) = serde_json::from_str::<mover::Moved>(line.trim()) {
+                        m.observer.event(Event::VolumeBytes {
+                            namespace: claim.0.into(),
+                            claim: claim.1.into(),
+                            done: moved.bytes_done,
+                            total: moved.bytes_total,
+                        });
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 403 => logs_readable = false,
+                Err(_) => {}
+            }
         }
         match status.phase.as_deref() {
             Some("Succeeded") => {

@@ -11,6 +11,8 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -81,19 +83,96 @@ pub struct Finished {
     pub tree: Option<TreeStats>,
 }
 
+/// A mover's progress, reported every [`PROGRESS_EVERY`] while it runs (the Pod prints it as a
+/// line of its log, which the client reads): backing up, bytes of the tar stream read against
+/// [`super::tree::measure`]; restoring, bytes of the stored stream checked and written against
+/// the parts' total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Moved {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Where progress goes.
+pub type Report = std::sync::Arc<dyn Fn(Moved) + Send + Sync>;
+
+/// Counts shared between the thread that moves the bytes and the reporter.
+#[derive(Default)]
+struct Counter {
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Counter {
+    fn moved(&self) -> Moved {
+        let total = self.total.load(Ordering::Relaxed);
+        // The total is an estimate when backing up: never show more than it.
+        Moved { bytes_done: self.done.load(Ordering::Relaxed).min(total), bytes_total: total }
+    }
+}
+
+/// Reports `counter` every [`PROGRESS_EVERY`] until dropped.
+struct Reporter(tokio::task::JoinHandle<()>);
+
+impl Reporter {
+    fn start(counter: Arc<Counter>, report: Report) -> Reporter {
+        Reporter(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                report(counter.moved());
+            }
+        }))
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the plan at `plan` against the volume mounted at `dir`; writes the outcome to
-/// `termination` (the Pod's termination message).
-pub async fn run(plan: &Path, dir: &Path, termination: &Path) -> Result<()> {
+/// `termination` (the Pod's termination message). Progress goes to `report`.
+pub async fn run(plan: &Path, dir: &Path, termination: &Path, report: Report) -> Result<()> {
     let text = std::fs::read(plan).map_err(|e| Error::Io { path: plan.into(), source: e })?;
     let plan: Plan = serde_json::from_slice(&text)
         .map_err(|e| Error::invalid("mover plan", plan.display().to_string(), e.to_string()))?;
     let http = client()?;
+    let counter = Arc::new(Counter::default());
+    let reporter = Reporter::start(counter.clone(), report.clone());
     let finished = match plan {
-        Plan::Backup { part_size, parts, manifest } => back_up(&http, dir, part_size, &parts, &manifest).await?,
-        Plan::Restore { parts } => restore(&http, dir, parts).await?,
+        Plan::Backup { part_size, parts, manifest } => {
+            back_up(&http, dir, part_size, &parts, &manifest, &counter).await?
+        }
+        Plan::Restore { parts } => restore(&http, dir, parts, &counter).await?,
     };
+    drop(reporter);
+    let mut last = counter.moved();
+    last.bytes_done = last.bytes_total;
+    report(last);
     let message = serde_json::to_vec(&finished).map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(termination, message).map_err(|e| Error::Io { path: termination.into(), source: e })
+}
+
+/// Counts what passes through to the compressor.
+struct Counting<W> {
+    inner: W,
+    counter: Arc<Counter>,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.counter.done.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn client() -> Result<reqwest::Client> {
@@ -111,14 +190,17 @@ async fn back_up(
     part_size: u64,
     urls: &[String],
     manifest_url: &str,
+    counter: &Arc<Counter>,
 ) -> Result<Finished> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    let (dir, max_parts) = (dir.to_path_buf(), urls.len());
+    let (dir, max_parts, counter) = (dir.to_path_buf(), urls.len(), counter.clone());
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<TreeStats> {
+        // Metadata only, before the data: what progress is shown against.
+        counter.total.store(super::tree::measure(&dir)?, Ordering::Relaxed);
         let sink = Parts { tx, part_size: part_size as usize, buf: Vec::new(), sent: 0, max_parts };
         let encoder = zstd::Encoder::new(sink, crate::archive::ZSTD_LEVEL)?;
-        let (encoder, stats) = write_tree(&dir, encoder)?;
-        encoder.finish()?.finish()?;
+        let (counting, stats) = write_tree(&dir, Counting { inner: encoder, counter })?;
+        counting.inner.finish()?.finish()?;
         Ok(stats)
     });
     // The stream's digest is taken here, beside the upload, not on the compressing thread.
@@ -205,7 +287,8 @@ impl Write for Parts {
 }
 
 /// Download, check and extract, part after part.
-async fn restore(http: &reqwest::Client, dir: &Path, parts: Vec<PartSource>) -> Result<Finished> {
+async fn restore(http: &reqwest::Client, dir: &Path, parts: Vec<PartSource>, counter: &Counter) -> Result<Finished> {
+    counter.total.store(parts.iter().map(|p| p.size).sum(), Ordering::Relaxed);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(1);
     let dir = dir.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<TreeStats> {
@@ -231,9 +314,11 @@ async fn restore(http: &reqwest::Client, dir: &Path, parts: Vec<PartSource>) -> 
             ));
             break;
         }
+        let n = bytes.len() as u64;
         if tx.send(bytes).is_err() {
             break;
         }
+        counter.done.fetch_add(n, Ordering::Relaxed);
     }
     drop(tx);
     let extracted = reader.await.map_err(|e| Error::Other(format!("writing the volume: {e}")))?;

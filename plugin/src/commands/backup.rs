@@ -263,6 +263,15 @@ fn print_description(b: &Backup, location: &str) {
         let _ = writeln!(out, "Encryption:         {}", encryption(b.encryption()));
     }
     let _ = writeln!(out, "Objects:            {}", s.progress.items_backed_up);
+    if let Some(v) = &s.progress.volume_data {
+        let _ = writeln!(
+            out,
+            "Moving volume data: PersistentVolumeClaim {}: {} of about {}",
+            v.claim,
+            size(v.bytes_done),
+            size(v.bytes_total)
+        );
+    }
     if !s.namespaces.is_empty() {
         let _ = writeln!(out, "Backed-up namespaces: {}", s.namespaces.join(", "));
     }
