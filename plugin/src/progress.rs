@@ -108,7 +108,7 @@ impl Observer for Bar {
                 return;
             }
             Event::VolumeBytes { namespace, claim, done, total } => {
-                let percent = if total > 0 { done * 100 / total } else { 0 };
+                let percent = (done * 100).checked_div(total).unwrap_or(0);
                 self.bar.set_message(format!(
                     "the data of PersistentVolumeClaim {namespace}/{claim}: {} of {} ({percent}%)",
                     size(done),

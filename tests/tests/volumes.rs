@@ -549,8 +549,16 @@ fn hooks_run_in_the_workload_around_the_read_and_a_failing_one_fails_or_partly_f
 
 /// The CSI snapshotter's part, played by the test (a test double: no CSI driver runs here). For
 /// each VolumeSnapshot not ready: a dynamic one gets a VolumeSnapshotContent with a new handle; a
-/// pre-provisioned one gets its content's handle; both are marked ready and bound.
-fn snapshot_controller(t: Tools, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// pre-provisioned one gets its content's handle; both are marked ready and bound. A
+/// pre-provisioned content gets its handle and `readyToUse` (after a finalizer when its deletion
+/// policy is Delete, as the sidecar's); one being deleted with that finalizer has its handle
+/// "deleted from the storage system" (pushed to `deleted`) and the finalizer removed.
+fn snapshot_controller(
+    t: Tools,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    deleted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    const FINALIZER: &str = "test.csi.kubectl-backup.dev/snapshot";
     use std::sync::atomic::Ordering;
     let status = |what: &str, ns: Option<&str>, body: Value| {
         let mut args = vec!["patch", what, "--subresource=status", "--type=merge", "-p"];
@@ -569,6 +577,30 @@ fn snapshot_controller(t: Tools, stop: std::sync::Arc<std::sync::atomic::AtomicB
         serde_json::from_str(&t.kubectl(&a).stdout).unwrap_or(Value::Null)
     };
     while !stop.load(Ordering::Relaxed) {
+        let contents = get(&["volumesnapshotcontents.snapshot.storage.k8s.io"]);
+        for c in contents["items"].as_array().into_iter().flatten() {
+            let (Some(name), Some(handle)) =
+                (c["metadata"]["name"].as_str(), c["spec"]["source"]["snapshotHandle"].as_str())
+            else {
+                continue;
+            };
+            let what = format!("volumesnapshotcontent.snapshot.storage.k8s.io/{name}");
+            let ours = c["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+            if c["metadata"]["deletionTimestamp"].is_string() {
+                if ours {
+                    deleted.lock().unwrap().push(handle.to_string());
+                    t.kubectl(&["patch", &what, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+                }
+                continue;
+            }
+            if c["spec"]["deletionPolicy"] == "Delete" && !ours {
+                let body = serde_json::json!({"metadata": {"finalizers": [FINALIZER]}}).to_string();
+                t.kubectl(&["patch", &what, "--type=merge", "-p", &body]);
+            }
+            if c["status"]["readyToUse"] != true {
+                status(&what, None, serde_json::json!({"status": {"snapshotHandle": handle, "readyToUse": true}}));
+            }
+        }
         let list = get(&["volumesnapshots.snapshot.storage.k8s.io", "-A"]);
         for s in list["items"].as_array().into_iter().flatten() {
             if s["status"]["readyToUse"] == true {
@@ -707,9 +739,10 @@ spec:
         bound(&c.t, &ns) && c.t.get_json(&["pvc", "other", "-n", &ns])["status"]["phase"] == "Bound"
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let controller = {
-        let (t, stop) = (c.t.clone(), stop.clone());
-        std::thread::spawn(move || snapshot_controller(t, stop))
+        let (t, stop, deleted) = (c.t.clone(), stop.clone(), deleted.clone());
+        std::thread::spawn(move || snapshot_controller(t, stop, deleted))
     };
 
     // "other" is of a driver with no VolumeSnapshotClass: the error names it, and the backup holds
@@ -772,6 +805,48 @@ spec:
             ["readyToUse"]
             == true
     });
+
+    // Deleting the backup deletes its snapshot in the storage system first (through a content
+    // with deletionPolicy Delete, which the snapshotter acts on), then the backup.
+    let r = c.t.backup(&["delete", &backup, "-y"]).ok();
+    assert!(r.stdout.contains(&format!("deleted the 1 CSI snapshot(s) of backup \"{backup}\"")), "{}", r.stdout);
+    assert_eq!(*deleted.lock().unwrap(), vec![handle.clone()], "the snapshot was not deleted in the storage system");
+    let left: Vec<String> = c.t.names(&["volumesnapshotcontents.snapshot.storage.k8s.io"]);
+    assert!(left.iter().all(|n| !n.starts_with("kubectl-backup-delete-")), "{left:?}");
+    assert!(c.t.backup(&["describe", &backup]).stderr.contains("not found"));
+
+    // Someone who may not create VolumeSnapshotContents: the backup is kept, and says why; with
+    // --keep-snapshots it is deleted and its snapshot left alone.
+    let second = unique("b");
+    c.t.backup(&["create", &second, "-n", &ns, "--volume-method", "snapshot"]);
+    let b = c.t.backup(&["describe", &second, "-o", "json"]).ok().json();
+    let kept = b["status"]["volumes"][0]["snapshot"]["handle"].as_str().expect("a handle").to_string();
+    let bob = c.t.as_user(&c.cp.info.user("bob").kubeconfig);
+    let r = bob.backup(&["delete", &second, "-y"]);
+    assert!(
+        r.code != 0
+            && r.stderr.contains(&format!("backup \"{second}\" is kept: cannot delete CSI snapshot {kept}"))
+            && r.stderr.contains("User \"bob\" cannot create resource \"volumesnapshotcontents\""),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(c.t.backup(&["describe", &second, "-o", "json"]).ok().json()["metadata"]["name"], second.as_str());
+    let r = bob.backup(&["delete", &second, "-y", "--keep-snapshots"]).ok();
+    assert!(r.stderr.contains("CSI snapshot(s) of backup") && r.stderr.contains("--keep-snapshots"), "{}", r.stderr);
+    assert!(c.t.backup(&["describe", &second]).stderr.contains("not found"));
+    assert_eq!(deleted.lock().unwrap().len(), 1, "--keep-snapshots deleted a snapshot");
+
+    // Expiry by the installed controller (its ServiceAccount and RBAC): the snapshot of an expired
+    // backup is deleted, then the backup.
+    let webhook = c.webhook("kubectl-backup", &["--continuous=false", "--gc-interval=2s"]);
+    let expiring = unique("b");
+    c.t.backup(&["create", &expiring, "-n", &ns, "--volume-method", "snapshot", "--ttl", "1s"]);
+    let b = c.t.backup(&["describe", &expiring, "-o", "json"]).ok().json();
+    let expired = b["status"]["volumes"][0]["snapshot"]["handle"].as_str().expect("a handle").to_string();
+    let gone =
+        wait_until(Duration::from_secs(90), || c.t.backup(&["describe", &expiring]).stderr.contains("not found"));
+    assert!(gone, "the expired backup was not deleted\n{}", webhook.log());
+    assert_eq!(deleted.lock().unwrap().last(), Some(&expired), "{}", webhook.log());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     controller.join().unwrap();
 }

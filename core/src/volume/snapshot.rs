@@ -217,3 +217,91 @@ pub async fn recreate(cluster: &Cluster, ns: &str, claim: &str, backup: &str, s:
     }
     Ok(())
 }
+
+/// How long deleting one snapshot may take (the CSI snapshotter seeing the content, then deleting
+/// the snapshot in the storage system).
+pub const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The physical snapshots backup `b` holds.
+pub fn of_backup(b: &crate::model::Backup) -> Vec<&SnapshotRef> {
+    b.status.volumes.iter().filter_map(|v| v.snapshot.as_ref()).collect()
+}
+
+/// Deletes the physical snapshots of `backup` (deleted or expired), one at a time; the first that
+/// cannot be deleted stops it with an error naming its handle.
+pub async fn delete_all(cluster: &Cluster, backup: &str, snapshots: &[&SnapshotRef]) -> Result<(), String> {
+    for s in snapshots {
+        delete(cluster, backup, s, DELETE_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot delete CSI snapshot {} (driver {}): {e}", s.handle, s.driver))?;
+    }
+    Ok(())
+}
+
+/// Deletes the physical snapshot `s` the way a CSI driver is asked to: a pre-provisioned
+/// VolumeSnapshotContent with its handle and `deletionPolicy: Delete`, deleted once the CSI
+/// snapshotter has seen it (ready, or an error: a snapshot already gone), then waited for until it
+/// is gone — the snapshotter deletes the snapshot in the storage system before it lets go.
+pub async fn delete(cluster: &Cluster, backup: &str, s: &SnapshotRef, timeout: Duration) -> Result<(), String> {
+    let contents: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource("VolumeSnapshotContent"));
+    let digest = crate::archive::sha256_hex(s.handle.as_bytes());
+    let name = object_name(&format!("kubectl-backup-delete-{}", &digest[..16]), backup);
+    let content: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{GROUP}/v1"), "kind": "VolumeSnapshotContent",
+        "metadata": {"name": name, "labels": {super::MOVER_LABEL: backup}},
+        "spec": {
+            "deletionPolicy": "Delete",
+            "driver": s.driver,
+            "source": {"snapshotHandle": s.handle},
+            "volumeSnapshotClassName": s.class,
+            // No such VolumeSnapshot: nothing binds to this content.
+            "volumeSnapshotRef": {"namespace": "default", "name": name},
+        },
+    }))
+    .map_err(|e| e.to_string())?;
+    match contents.create(&PostParams::default(), &content).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(format!("cannot create VolumeSnapshotContent {name}: {}", kube_message(&e))),
+    }
+    let deadline = Instant::now() + timeout;
+    // Seen by the snapshotter: a status (ready, or an error saying the snapshot is gone).
+    loop {
+        match contents.get_opt(&name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(c))
+                if c.data
+                    .get("status")
+                    .is_some_and(|st| st.get("readyToUse").is_some() || st.get("error").is_some()) =>
+            {
+                break;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Err(format!("cannot read VolumeSnapshotContent {name}: {}", kube_message(&e))),
+        }
+        if Instant::now() > deadline {
+            let _ = contents.delete(&name, &DeleteParams::default()).await;
+            return Err(format!("no CSI snapshotter took up VolumeSnapshotContent {name} within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match contents.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(format!("cannot delete VolumeSnapshotContent {name}: {}", kube_message(&e))),
+    }
+    loop {
+        match contents.get_opt(&name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(c)) => {
+                if Instant::now() > deadline {
+                    let why =
+                        c.data.pointer("/status/error/message").and_then(Value::as_str).unwrap_or("no error reported");
+                    return Err(format!("VolumeSnapshotContent {name} is still there after {timeout:?} ({why})"));
+                }
+            }
+            Err(e) => return Err(format!("cannot read VolumeSnapshotContent {name}: {}", kube_message(&e))),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -12,6 +12,7 @@ use kubectl_backup_core::input::{parse_duration, validate_name};
 use kubectl_backup_core::kube_client::Cluster;
 use kubectl_backup_core::model::{Backup, BackupSpec, Phase};
 use kubectl_backup_core::store::Store;
+use kubectl_backup_core::volume::snapshot;
 
 use clap::Args;
 
@@ -160,6 +161,28 @@ impl Shown for Objects {
         Column::wide("SCHEDULE", |b| b.spec.schedule.clone().unwrap_or_else(|| "-".into())),
         Column::wide("LOCATION", |b| b.spec.storage_location.clone().unwrap_or_else(|| "-".into())),
     ];
+
+    async fn before_delete(cli: &Globals, store: &Store, name: &str, keep_snapshots: bool) -> Result<()> {
+        // Leftovers of a run that never committed have no snapshots to delete.
+        let Ok(b) = catalog::describe(store, name).await else { return Ok(()) };
+        let snapshots = snapshot::of_backup(&b);
+        if snapshots.is_empty() || b.status.phase == Phase::InProgress {
+            return Ok(());
+        }
+        if keep_snapshots {
+            let n = snapshots.len();
+            eprintln!(
+                "note: the {n} CSI snapshot(s) of backup {name:?} are left in the storage system (--keep-snapshots)"
+            );
+            return Ok(());
+        }
+        let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
+        snapshot::delete_all(&cluster, name, &snapshots).await.map_err(|e| {
+            anyhow::anyhow!("backup {name:?} is kept: {e} (--keep-snapshots deletes it and leaves its snapshots)")
+        })?;
+        println!("deleted the {} CSI snapshot(s) of backup \"{name}\"", snapshots.len());
+        Ok(())
+    }
 
     fn print_description(b: &Backup, location: &str) {
         print_description(b, location)

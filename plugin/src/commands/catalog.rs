@@ -33,6 +33,11 @@ pub(crate) trait Shown: Kind<Spec: model::Spec + Serialize + 'static, Status: Se
     async fn download_name(store: &Store, name: &str) -> kubectl_backup_core::Result<String>;
     /// Said after a download: how to open the file, if anything needs saying.
     fn open_hint(file: &Path) -> String;
+    /// What must go before a backup's files are deleted (its CSI snapshots); an error keeps the
+    /// backup. Nothing for kinds without such things.
+    async fn before_delete(_cli: &Globals, _store: &Store, _name: &str, _keep_snapshots: bool) -> Result<()> {
+        Ok(())
+    }
     /// Downloads a backup's data, verified.
     async fn download(store: &Store, name: &str, dest: Destination<'_>) -> kubectl_backup_core::Result<u64>
     where
@@ -88,6 +93,10 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Leave the backups' CSI snapshots in the storage system (e.g. when their cluster is gone);
+    /// by default they are deleted first, through the cluster's CSI snapshotter.
+    #[arg(long)]
+    pub keep_snapshots: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +159,11 @@ async fn delete<K: Shown>(cli: &Globals, args: &DeleteArgs) -> Result<ExitCode> 
     }
     let mut failed = false;
     for name in &args.names {
+        if let Err(e) = K::before_delete(cli, &store, name, args.keep_snapshots).await {
+            eprintln!("error: {e:#}");
+            failed = true;
+            continue;
+        }
         match committed::delete::<K>(&store, name).await {
             Ok(d) if d.committed => {
                 println!("{} \"{name}\" deleted", K::NOUN);

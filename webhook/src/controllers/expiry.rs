@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kubectl_backup_core::crd::{AccessMode, BackupLocation};
 use kubectl_backup_core::locations::{self, Resolved};
+use kubectl_backup_core::volume::snapshot;
 use kubectl_backup_core::{catalog, etcd};
 
 use super::Context;
@@ -54,6 +55,14 @@ pub async fn sweep(ctx: &Context) -> u64 {
         match catalog::list(&loc.store).await {
             Ok(listing) => {
                 for b in catalog::expired(&listing.backups, now) {
+                    // Its CSI snapshots first; one that cannot be deleted keeps the backup (next pass).
+                    let snapshots = snapshot::of_backup(b);
+                    if !snapshots.is_empty()
+                        && let Err(e) = snapshot::delete_all(&ctx.cluster, &b.metadata.name, &snapshots).await
+                    {
+                        tracing::warn!(backup = %b.metadata.name, error = %e, "could not delete an expired backup's CSI snapshots; kept");
+                        continue;
+                    }
                     match catalog::delete(&loc.store, &b.metadata.name).await {
                         Ok(_) => {
                             deleted += 1;
