@@ -777,6 +777,18 @@ spec:
         "{text}"
     );
 
+    // The preflight names a VolumeSnapshotClass the target cluster lacks.
+    c.t.kubectl(&["delete", "volumesnapshotclass.snapshot.storage.k8s.io", &class]).ok();
+    let preview = c.t.backup(&["restore", &backup, "--dry-run", "-o", "json"]).ok().json();
+    let warnings = preview["status"]["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "VolumeSnapshotClass \\\"{class}\\\" (of PersistentVolumeClaim {ns}/data) does not exist in the target cluster"
+        )),
+        "{warnings}"
+    );
+    c.t.apply(&csi_classes(&suffix, &c.dir.join("pv"))).ok();
+
     // Restore into a new namespace: snapshot re-created from the handle, claim provisioned from it.
     let copy = unique("copy");
     let restored =

@@ -111,6 +111,11 @@ pub async fn run(
     for w in missing_storage_classes(cluster, &index, &decisions, &spec.storage_class_mapping).await {
         report.warn(w);
     }
+    let from_snapshots: Vec<(String, &crate::volume::snapshot::SnapshotRef)> =
+        volumes.iter().filter_map(|v| Some((format!("{}/{}", v.namespace, v.claim), v.snapshot.as_ref()?))).collect();
+    for w in crate::volume::snapshot::missing_classes(cluster, &from_snapshots).await {
+        report.warn(w);
+    }
     let total = (groups.values().map(Vec::len).sum::<usize>() + volumes.len()) as u64;
     report.set_total(total + report.counted());
     observer.event(Event::RestorePlanned { total });

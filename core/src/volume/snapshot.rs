@@ -305,3 +305,29 @@ pub async fn delete(cluster: &Cluster, backup: &str, s: &SnapshotRef, timeout: D
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// The preflight of a restore from snapshots: a warning for each VolumeSnapshotClass the target
+/// cluster lacks (or for the snapshot CRDs missing), naming the claim that needs it.
+pub async fn missing_classes(cluster: &Cluster, claims: &[(String, &SnapshotRef)]) -> Vec<String> {
+    let classes: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource("VolumeSnapshotClass"));
+    let mut warnings = Vec::new();
+    let mut checked = std::collections::BTreeSet::new();
+    for (claim, s) in claims {
+        if !checked.insert(s.class.clone()) {
+            continue;
+        }
+        match classes.get_opt(&s.class).await {
+            Ok(Some(_)) => {}
+            Ok(None) => warnings.push(format!(
+                "VolumeSnapshotClass {:?} (of PersistentVolumeClaim {claim}) does not exist in the target cluster: its snapshot cannot be re-created; create one for driver {:?}",
+                s.class, s.driver
+            )),
+            Err(e) => warnings.push(format!(
+                "cannot check VolumeSnapshotClass {:?} (of PersistentVolumeClaim {claim}; are the snapshot.storage.k8s.io CRDs installed?): {}",
+                s.class,
+                kube_message(&e)
+            )),
+        }
+    }
+    warnings
+}
