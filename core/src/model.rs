@@ -369,6 +369,20 @@ pub struct VolumeData {
     /// The hooks run in the Pods using the claim, before and after it was read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::volume::hooks::HookRun>,
+    /// In an encrypted location: the key the parts are encrypted to, itself encrypted like the
+    /// archive (envelope encryption). A restore gives its mover this volume's key only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<VolumeKey>,
+}
+
+/// A volume's own age identity, sealed to the location's recipients (or passphrase).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeKey {
+    /// Who can open it: the archive's recipients.
+    pub encryption: crate::crypto::Encryption,
+    /// The age file of the identity, base64.
+    pub sealed: String,
 }
 
 pub type Backup = Envelope<BackupSpec, BackupStatus>;

@@ -400,6 +400,66 @@ subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
     eprintln!("[incluster-volumes] test body took {:.1?}", t0.elapsed());
 }
 
+/// In an encrypted location, a volume's parts are encrypted too, to a key of the volume's own that
+/// the backup keeps sealed to the location's recipients (the mover never sees them): every part in
+/// the store is an age file; a restore without the identity is refused before anything is created;
+/// with it, the files come back.
+#[test]
+fn encrypted_volume_data_is_stored_as_age_files_and_restored_with_the_identity() {
+    let (_one, c) = start("encrypted-volumes");
+    let image = c.build_and_import_image().expect("the backup-webhook image");
+    let busybox = busybox_image().expect("the busybox image");
+    let ns = unique("vol");
+    let pv = format!("{ns}-a");
+    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
+    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
+    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    let write =
+        "set -e; mkdir -p /data/c; seq 1 100000 > /data/c/numbers.txt; echo secret > /data/greeting; echo written";
+    assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
+    c.wait_rollout(&ns, "app");
+    let key = c.dir.join("team.key");
+    let out = std::process::Command::new("age-keygen").arg("-o").arg(&key).output().expect("age-keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&key).unwrap();
+    let public = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().trim().to_string();
+
+    let backup = unique("b");
+    let mover = format!("--mover-image={image}");
+    c.t.backup(&["create", &backup, "-n", &ns, "--include-volumes", &mover, "--encrypt-to", &public]).ok();
+    let b = c.t.backup(&["describe", &backup, "-o", "json"]).ok().json();
+    let v = &b["status"]["volumes"][0];
+    assert_eq!(v["key"]["encryption"]["recipients"], serde_json::json!([public]), "{v}");
+    let own = v["parts"][0]["encryption"]["recipients"][0].as_str().expect("the parts' recipient").to_string();
+    assert!(own.starts_with("age1") && own != public, "{v}");
+    // Every part in the store (s3s-fs keeps objects as files) is an age file.
+    let parts: Vec<std::path::PathBuf> = std::process::Command::new("find")
+        .arg(&c.s3.root)
+        .args(["-name", "volume-*.tar.zst", "-type", "f"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(std::path::PathBuf::from).collect())
+        .unwrap();
+    assert_eq!(parts.len(), v["parts"].as_array().unwrap().len(), "{parts:?}");
+    for p in &parts {
+        let head = std::fs::read(p).unwrap();
+        assert!(head.starts_with(b"age-encryption.org/v1\n"), "{} is not an age file", p.display());
+    }
+
+    // Without the identity: refused before anything is created.
+    let copy = unique("copy");
+    let mapping = format!("--namespace-mapping={ns}:{copy}");
+    let r = c.t.backup(&["restore", &backup, &mover, &mapping]);
+    assert!(r.code != 0 && r.stderr.contains("pass --identity FILE"), "{}", r.stderr);
+    assert!(c.t.kubectl(&["get", "namespace", &copy]).code != 0, "the refused restore created the namespace");
+    // With it: the data comes back.
+    let fresh = format!("{ns}-b");
+    c.t.apply(&persistent_volume(&fresh, &c.dir.join(&fresh))).ok();
+    let identity = format!("--identity={}", key.display());
+    let r = c.t.backup(&["restore", &backup, &mover, &mapping, &identity, "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!(in_pod(&c, &copy, &busybox, "cat /data/greeting; wc -l < /data/c/numbers.txt").trim(), "secret\n100000");
+}
+
 /// The shared control plane (no node): a claim bound to a volume, and a user who may read
 /// everything in the namespace but not create Pods.
 #[test]

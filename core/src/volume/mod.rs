@@ -28,7 +28,7 @@ use self::mover::{Finished, Manifest, PartSource, Plan};
 use crate::catalog::Objects;
 use crate::error::kube_message;
 use crate::kube_client::Cluster;
-use crate::model::{StoredFile, VolumeData, VolumeMethod};
+use crate::model::{StoredFile, VolumeData, VolumeKey, VolumeMethod};
 use crate::progress::{Event, Observer};
 use crate::store::Store;
 
@@ -46,17 +46,43 @@ const MIB: u64 = 1 << 20;
 /// How long one mover Pod may run.
 pub const TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Whether volume data can be moved to and from this location: Pods reach it by presigned URLs
-/// (not a local directory), and the movers write the clear data (not an encrypted location).
+/// Whether volume data can be moved to and from this location: Pods reach it by presigned URLs,
+/// so not a local directory.
 pub fn check_location(store: &Store) -> crate::Result<()> {
-    let why = if !store.signs_urls() {
-        "volume data is moved by Pods in the cluster, which cannot reach a local directory: use an S3, GCS or Azure location"
-    } else if store.seal().is_some() {
-        "the movers do not encrypt volume data yet, and this location is encrypted: back up the volumes to an unencrypted location, or leave them out"
-    } else {
+    if store.signs_urls() {
         return Ok(());
-    };
+    }
+    let why = "volume data is moved by Pods in the cluster, which cannot reach a local directory: use an S3, GCS or Azure location";
     Err(crate::Error::invalid("--include-volumes", store.url(), why))
+}
+
+/// A new key for one volume's parts, in an encrypted location: the recipient its mover encrypts
+/// to, and the identity sealed like the archive (the mover never sees the location's keys).
+fn new_volume_key(seal: &crate::crypto::Seal) -> Result<(String, VolumeKey), String> {
+    use age::secrecy::ExposeSecret;
+    use base64::Engine;
+    use std::io::Write;
+    let identity = age::x25519::Identity::generate();
+    let mut sealed = crate::crypto::Sealed::new(Vec::new(), Some(seal)).map_err(|e| e.to_string())?;
+    sealed.write_all(identity.to_string().expose_secret().as_bytes()).map_err(|e| e.to_string())?;
+    let bytes = sealed.finish().map_err(|e| e.to_string())?;
+    let key =
+        VolumeKey { encryption: seal.describe(), sealed: base64::engine::general_purpose::STANDARD.encode(bytes) };
+    Ok((identity.to_public().to_string(), key))
+}
+
+/// The volume's own identity, opened with the keys the restore was given.
+fn open_volume_key(store: &Store, backup: &str, key: &VolumeKey) -> Result<String, String> {
+    use base64::Engine;
+    use std::io::Read;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&key.sealed)
+        .map_err(|e| format!("the volume's key is not valid base64: {e}"))?;
+    let mut reader = crate::crypto::open(bytes.as_slice(), Some(&key.encryption), store.unseal(), backup)
+        .map_err(|e| format!("cannot open the volume's key: {e}"))?;
+    let mut text = String::new();
+    reader.read_to_string(&mut text).map_err(|e| format!("cannot open the volume's key: {e}"))?;
+    Ok(text)
 }
 
 /// Who creates a backup's mover Pods and runs its hooks.
@@ -264,6 +290,8 @@ struct FilesPlan {
     plan: Plan,
     part_size: u64,
     stem: String,
+    /// In an encrypted location: the recipient the parts are encrypted to, and its sealed key.
+    key: Option<(String, VolumeKey)>,
 }
 
 impl FilesPlan {
@@ -278,10 +306,12 @@ impl FilesPlan {
 /// Presigned URLs for parts enough for a claim of `capacity` bytes, and the manifest.
 async fn plan_files(m: &Movers<'_>, run_id: &str, ns: &str, claim: &str, capacity: u64) -> Result<FilesPlan, String> {
     let (part_size, count) = parts_for(capacity)?;
+    let key = m.store.seal().map(new_volume_key).transpose()?;
     let mut f = FilesPlan {
-        plan: Plan::Backup { part_size, parts: Vec::new(), manifest: String::new() },
+        plan: Plan::Backup { part_size, parts: Vec::new(), manifest: String::new(), recipient: None },
         part_size,
         stem: format!("volume-{run_id}-{ns}.{claim}"),
+        key,
     };
     let expires = m.timeout + Duration::from_secs(600);
     let mut urls = Vec::with_capacity(count);
@@ -289,7 +319,8 @@ async fn plan_files(m: &Movers<'_>, run_id: &str, ns: &str, claim: &str, capacit
         urls.push(sign(m, http::Method::PUT, &f.part_key(i), expires).await?);
     }
     let manifest_url = sign(m, http::Method::PUT, &f.manifest_key(), expires).await?;
-    f.plan = Plan::Backup { part_size, parts: urls, manifest: manifest_url };
+    let recipient = f.key.as_ref().map(|(r, _)| r.clone());
+    f.plan = Plan::Backup { part_size, parts: urls, manifest: manifest_url, recipient };
     Ok(f)
 }
 
@@ -313,9 +344,14 @@ async fn stored_files(
             size: p.size,
             sha256: p.sha256.clone(),
             format: mover::FORMAT.into(),
-            encryption: None,
+            encryption: f.key.as_ref().map(|(recipient, _)| crate::crypto::Encryption {
+                algorithm: crate::crypto::ALGORITHM.into(),
+                recipients: vec![recipient.clone()],
+                passphrase: false,
+            }),
         });
     }
+    v.key = f.key.as_ref().map(|(_, k)| k.clone());
     v.format = mover::FORMAT.into();
     v.size = manifest.size;
     v.sha256 = manifest.sha256;
@@ -580,7 +616,8 @@ async fn restore_claim(m: &Movers<'_>, c: &ToRestore<'_>) -> Result<tree::TreeSt
     // The largest part is held in memory, checked, then handed on: the same bound as a backup's.
     let part_size = c.data.parts.iter().map(|p| p.size).max().unwrap_or(0).max(PART_MIN);
     let role = Role::Write { part_size };
-    let finished = run_pod(m, &c.namespace, &c.data.claim, &Plan::Restore { parts }, role).await?;
+    let identity = c.data.key.as_ref().map(|k| open_volume_key(m.store, m.backup, k)).transpose()?;
+    let finished = run_pod(m, &c.namespace, &c.data.claim, &Plan::Restore { parts, identity }, role).await?;
     finished.tree.ok_or_else(|| "the mover reported nothing written".to_string())
 }
 
@@ -597,6 +634,24 @@ mod tests {
         assert_eq!(quantity_bytes("1.5Ki"), Ok(1536));
         assert!(quantity_bytes("1Qi").unwrap_err().contains("\"1Qi\""));
         assert!(quantity_bytes("-1Gi").is_err());
+    }
+
+    #[test]
+    fn a_volume_key_opens_only_with_the_locations_identity() {
+        use age::secrecy::ExposeSecret;
+        let location = age::x25519::Identity::generate();
+        let seal = crate::crypto::Seal::recipients(&[location.to_public().to_string()]).unwrap();
+        let (recipient, key) = new_volume_key(&seal).unwrap();
+        assert!(recipient.starts_with("age1") && !key.sealed.contains("AGE-SECRET-KEY"), "{key:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_url(&format!("file://{}", dir.path().display()), &Default::default()).unwrap();
+        let err = open_volume_key(&store, "b", &key).unwrap_err();
+        assert!(err.contains("pass --identity FILE"), "{err}");
+        let mut keys = crate::crypto::Unseal::default();
+        keys.add_identity("test", location.to_string().expose_secret().to_string()).unwrap();
+        let text = open_volume_key(&store.with_unseal(keys), "b", &key).unwrap();
+        let volume: age::x25519::Identity = text.trim().parse().unwrap();
+        assert_eq!(volume.to_public().to_string(), recipient);
     }
 
     #[test]

@@ -38,10 +38,22 @@ const ATTEMPTS: u32 = 4;
 pub enum Plan {
     /// Read the volume: parts of `part_size` bytes PUT to `parts` in order, then the manifest.
     #[serde(rename_all = "camelCase")]
-    Backup { part_size: u64, parts: Vec<String>, manifest: String },
+    Backup {
+        part_size: u64,
+        parts: Vec<String>,
+        manifest: String,
+        /// Encrypt the stream (after compression) to this age recipient: the volume's own key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recipient: Option<String>,
+    },
     /// Write the volume from the parts, each checked before use.
     #[serde(rename_all = "camelCase")]
-    Restore { parts: Vec<PartSource> },
+    Restore {
+        parts: Vec<PartSource>,
+        /// The volume's own age identity, when its parts are encrypted (never the location's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
+    },
 }
 
 /// A part to download and what it must be.
@@ -144,10 +156,21 @@ pub async fn run(plan: &Path, dir: &Path, termination: &Path, report: Report) ->
     let counter = Arc::new(Counter::default());
     let reporter = Reporter::start(counter.clone(), report.clone());
     let finished = match plan {
-        Plan::Backup { part_size, parts, manifest } => {
-            back_up(&http, dir, part_size, &parts, &manifest, &counter).await?
+        Plan::Backup { part_size, parts, manifest, recipient } => {
+            let seal = recipient.map(|r| crate::crypto::Seal::recipients(&[r])).transpose()?;
+            back_up(&http, dir, Upload { part_size, urls: &parts, manifest_url: &manifest, seal }, &counter).await?
         }
-        Plan::Restore { parts } => restore(&http, dir, parts, &counter).await?,
+        Plan::Restore { parts, identity } => {
+            let keys = match identity {
+                Some(text) => {
+                    let mut keys = crate::crypto::Unseal::default();
+                    keys.add_identity("the plan", text)?;
+                    Some(keys)
+                }
+                None => None,
+            };
+            restore(&http, dir, parts, keys, &counter).await?
+        }
     };
     drop(reporter);
     let mut last = counter.moved();
@@ -183,24 +206,28 @@ fn client() -> Result<reqwest::Client> {
         .map_err(|e| Error::Other(format!("HTTP client: {e}")))
 }
 
-/// Tar, compress, cut and upload; the manifest last.
-async fn back_up(
-    http: &reqwest::Client,
-    dir: &Path,
+/// Where a backup mover's stream goes.
+struct Upload<'a> {
     part_size: u64,
-    urls: &[String],
-    manifest_url: &str,
-    counter: &Arc<Counter>,
-) -> Result<Finished> {
+    urls: &'a [String],
+    manifest_url: &'a str,
+    /// The volume's own key, when the location is encrypted.
+    seal: Option<crate::crypto::Seal>,
+}
+
+/// Tar, compress, (encrypt,) cut and upload; the manifest last.
+async fn back_up(http: &reqwest::Client, dir: &Path, to: Upload<'_>, counter: &Arc<Counter>) -> Result<Finished> {
+    let Upload { part_size, urls, manifest_url, seal } = to;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (dir, max_parts, counter) = (dir.to_path_buf(), urls.len(), counter.clone());
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<TreeStats> {
         // Metadata only, before the data: what progress is shown against.
         counter.total.store(super::tree::measure(&dir)?, Ordering::Relaxed);
         let sink = Parts { tx, part_size: part_size as usize, buf: Vec::new(), sent: 0, max_parts };
-        let encoder = zstd::Encoder::new(sink, crate::archive::ZSTD_LEVEL)?;
+        let sealed = crate::crypto::Sealed::new(sink, seal.as_ref()).map_err(std::io::Error::other)?;
+        let encoder = zstd::Encoder::new(sealed, crate::archive::ZSTD_LEVEL)?;
         let (counting, stats) = write_tree(&dir, Counting { inner: encoder, counter })?;
-        counting.inner.finish()?.finish()?;
+        counting.inner.finish()?.finish()?.finish()?;
         Ok(stats)
     });
     // The stream's digest is taken here, beside the upload, not on the compressing thread.
@@ -287,12 +314,25 @@ impl Write for Parts {
 }
 
 /// Download, check and extract, part after part.
-async fn restore(http: &reqwest::Client, dir: &Path, parts: Vec<PartSource>, counter: &Counter) -> Result<Finished> {
+async fn restore(
+    http: &reqwest::Client,
+    dir: &Path,
+    parts: Vec<PartSource>,
+    keys: Option<crate::crypto::Unseal>,
+    counter: &Counter,
+) -> Result<Finished> {
     counter.total.store(parts.iter().map(|p| p.size).sum(), Ordering::Relaxed);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(1);
     let dir = dir.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<TreeStats> {
-        let decoder = zstd::Decoder::new(Received { rx, current: Bytes::new() })?;
+        let received = Received { rx, current: Bytes::new() };
+        // Each age chunk is authenticated as it is read: nothing altered reaches the decompressor.
+        let plain: Box<dyn Read + Send> = match &keys {
+            Some(keys) => crate::crypto::open(received, Some(&volume_encryption()), keys, "the volume data")
+                .map_err(std::io::Error::other)?,
+            None => Box::new(received),
+        };
+        let decoder = zstd::Decoder::new(plain)?;
         extract_tree(decoder, &dir)
     });
     let mut failed = None;
@@ -327,6 +367,15 @@ async fn restore(http: &reqwest::Client, dir: &Path, parts: Vec<PartSource>, cou
     }
     let tree = extracted.map_err(|e| Error::Other(format!("writing the volume: {e}")))?;
     Ok(Finished { manifest_sha256: String::new(), manifest_size: 0, tree: Some(shown(tree)) })
+}
+
+/// How a volume's parts are encrypted (for messages): age, to the volume's own key.
+fn volume_encryption() -> crate::crypto::Encryption {
+    crate::crypto::Encryption {
+        algorithm: crate::crypto::ALGORITHM.into(),
+        recipients: vec!["the volume's own key".into()],
+        passphrase: false,
+    }
 }
 
 /// The verified parts as one stream, for the decompressor.

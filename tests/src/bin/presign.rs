@@ -62,7 +62,7 @@ async fn main() -> Result<()> {
                 parts.push(sign.url(Method::PUT, &part_key(stem, i)).await?);
             }
             let manifest = sign.url(Method::PUT, &format!("{stem}-manifest.json")).await?;
-            serde_json::to_string(&Plan::Backup { part_size, parts, manifest })? + "\n"
+            serde_json::to_string(&Plan::Backup { part_size, parts, manifest, recipient: None })? + "\n"
         }
         Some("restore-plan") => {
             let stem = flag(&rest, "--stem")?;
@@ -75,7 +75,7 @@ async fn main() -> Result<()> {
                 let url = sign.url(Method::GET, &part_key(stem, i)).await?;
                 parts.push(PartSource { url, size: p.size, sha256: p.sha256 });
             }
-            serde_json::to_string(&Plan::Restore { parts })? + "\n"
+            serde_json::to_string(&Plan::Restore { parts, identity: None })? + "\n"
         }
         _ => bail!(USAGE),
     };
