@@ -249,9 +249,9 @@ pub fn rbac(ns: &str, workspace_resources: &[String]) -> Vec<Value> {
         json!({"apiGroups": ["authentication.k8s.io"], "resources": ["*"], "verbs": ["impersonate"]}),
         // Events about backups and restores.
         json!({"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
-        // Expiry deletes the CSI snapshots of expired backups: a content with the recorded handle
-        // and deletionPolicy Delete, created, then deleted (the CSI snapshotter does the rest).
-        json!({"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshotcontents"], "verbs": ["get", "create", "delete"]}),
+        // Expiry deletes the CSI snapshots of expired backups: the content each backup kept
+        // (labelled with it) set to deletionPolicy Delete and deleted; the CSI snapshotter does the rest.
+        json!({"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshotcontents"], "verbs": ["get", "list", "patch", "delete"]}),
     ]);
     for r in workspace_resources {
         let (plural, g) = r.split_once('.').unwrap_or((r, ""));

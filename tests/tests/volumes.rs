@@ -341,7 +341,7 @@ rules:
 - {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get]}
 - {apiGroups: [""], resources: [pods], verbs: [get, list, create, delete]}
 - {apiGroups: [""], resources: [secrets], verbs: [create, delete]}
-- {apiGroups: [""], resources: [pods/exec], verbs: [create]}
+- {apiGroups: [""], resources: [pods/exec], verbs: [get, create]}
 - {apiGroups: [""], resources: [pods/log], verbs: [get]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -354,6 +354,8 @@ subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
     .ok();
     c.wait_rollout("kubectl-backup", "backup-webhook");
     eprintln!("[incluster-volumes] webhook Ready {:.1?} after the start", t0.elapsed());
+    // A pre hook, run through pods/exec as the identity too.
+    annotate_app(&c, &ns, &[(format!("{PRE}/command"), r#"["sh","-c","echo hook as identity"]"#)]);
 
     c.t.apply(&format!(
         "apiVersion: kubectl-backup.dev/v1alpha1\nkind: BackupSchedule\nmetadata: {{name: vols, namespace: kubectl-backup}}\nspec:\n  schedule: \"*/5 * * * * *\"\n  includedNamespaces: [{ns}]\n  includeVolumes: true\n"
@@ -387,6 +389,11 @@ subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
     let v = &b["status"]["volumes"][0];
     assert_eq!((v["namespace"].as_str(), v["claim"].as_str()), (Some(ns.as_str()), Some("data")), "{b}");
     assert_eq!((v["tree"]["files"].as_u64(), v["tree"]["dirs"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!(
+        (v["hooks"][0]["exitCode"].as_i64(), v["hooks"][0]["output"].as_str()),
+        (Some(0), Some("hook as identity")),
+        "{v}"
+    );
     eventually("the mover Pod and its plan Secret gone", Duration::from_secs(60), || movers_left(&c.t, &ns).is_empty());
 
     // The data, restored by the plugin into a second namespace.
@@ -639,16 +646,18 @@ fn snapshot_controller(
     while !stop.load(Ordering::Relaxed) {
         let contents = get(&["volumesnapshotcontents.snapshot.storage.k8s.io"]);
         for c in contents["items"].as_array().into_iter().flatten() {
-            let (Some(name), Some(handle)) =
-                (c["metadata"]["name"].as_str(), c["spec"]["source"]["snapshotHandle"].as_str())
-            else {
+            let handle = c["spec"]["source"]["snapshotHandle"].as_str().or(c["status"]["snapshotHandle"].as_str());
+            let (Some(name), Some(handle)) = (c["metadata"]["name"].as_str(), handle) else {
                 continue;
             };
             let what = format!("volumesnapshotcontent.snapshot.storage.k8s.io/{name}");
             let ours = c["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == FINALIZER));
             if c["metadata"]["deletionTimestamp"].is_string() {
                 if ours {
-                    deleted.lock().unwrap().push(handle.to_string());
+                    // Retain: the object goes, the snapshot stays.
+                    if c["spec"]["deletionPolicy"] == "Delete" {
+                        deleted.lock().unwrap().push(handle.to_string());
+                    }
                     t.kubectl(&["patch", &what, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
                 }
                 continue;
@@ -686,7 +695,7 @@ fn snapshot_controller(
                         &["create", "-f", "-"],
                         &serde_json::json!({
                         "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
-                        "metadata": {"name": content},
+                        "metadata": {"name": content, "finalizers": [FINALIZER]},
                         "spec": {"deletionPolicy": "Delete", "driver": CSI_DRIVER, "volumeSnapshotClassName": class,
                                  "source": {"volumeHandle": format!("vol-{ns}-{claim}")},
                                  "volumeSnapshotRef": {"namespace": ns, "name": name, "uid": uid}}})
@@ -828,9 +837,21 @@ spec:
         (Some(CSI_DRIVER), Some(class.as_str()))
     );
     assert!(v.get("parts").is_none_or(|p| p.as_array().unwrap().is_empty()), "{v}");
-    // The snapshot outlives the objects: none are left behind.
+    // The snapshot outlives the VolumeSnapshot: its content is kept (Retain), labelled with the
+    // backup, and is what deleting the backup deletes.
     assert!(c.t.names(&["volumesnapshots.snapshot.storage.k8s.io", "-n", &ns]).is_empty());
-    assert!(c.t.names(&["volumesnapshotcontents.snapshot.storage.k8s.io"]).is_empty());
+    let kept = c.t.get_json(&[
+        "volumesnapshotcontents.snapshot.storage.k8s.io",
+        "-l",
+        &format!("kubectl-backup.dev/snapshot-of={backup}"),
+    ]);
+    let kept = kept["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        (kept[0]["spec"]["deletionPolicy"].as_str(), kept[0]["status"]["snapshotHandle"].as_str()),
+        (Some("Retain"), Some(handle.as_str()))
+    );
+    assert_eq!(v["snapshot"]["content"], kept[0]["metadata"]["name"], "{v}");
     let text = c.t.backup(&["describe", &backup]).ok().stdout;
     assert!(
         text.contains(&format!("{ns}/data: CSI snapshot {handle} (driver {CSI_DRIVER}, VolumeSnapshotClass {class})")),
@@ -878,13 +899,27 @@ spec:
             == true
     });
 
-    // Deleting the backup deletes its snapshot in the storage system first (through a content
-    // with deletionPolicy Delete, which the snapshotter acts on), then the backup.
+    // While the restored snapshot uses it, the backup's snapshot is not deleted, nor the backup.
+    let restored_content = content["metadata"]["name"].as_str().unwrap().to_string();
+    let r = c.t.backup(&["delete", &backup, "-y"]);
+    assert!(
+        r.code != 0
+            && r.stderr.contains(&format!(
+                "VolumeSnapshotContent {restored_content} (a restored snapshot?) uses the same snapshot"
+            )),
+        "{}",
+        r.stderr
+    );
+    assert!(deleted.lock().unwrap().is_empty());
+    c.t.delete_namespace(&copy);
+    c.t.kubectl(&["delete", "volumesnapshotcontent.snapshot.storage.k8s.io", &restored_content]).ok();
+
+    // Deleting the backup deletes its snapshot in the storage system first (its content set to
+    // deletionPolicy Delete, which the snapshotter acts on), then the backup.
     let r = c.t.backup(&["delete", &backup, "-y"]).ok();
-    assert!(r.stdout.contains(&format!("deleted the 1 CSI snapshot(s) of backup \"{backup}\"")), "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("deleted CSI snapshot {handle} of backup \"{backup}\"")), "{}", r.stdout);
     assert_eq!(*deleted.lock().unwrap(), vec![handle.clone()], "the snapshot was not deleted in the storage system");
-    let left: Vec<String> = c.t.names(&["volumesnapshotcontents.snapshot.storage.k8s.io"]);
-    assert!(left.iter().all(|n| !n.starts_with("kubectl-backup-delete-")), "{left:?}");
+    assert!(c.t.names(&["volumesnapshotcontents.snapshot.storage.k8s.io"]).is_empty());
     assert!(c.t.backup(&["describe", &backup]).stderr.contains("not found"));
 
     // Someone who may not create VolumeSnapshotContents: the backup is kept, and says why; with
@@ -898,7 +933,7 @@ spec:
     assert!(
         r.code != 0
             && r.stderr.contains(&format!("backup \"{second}\" is kept: cannot delete CSI snapshot {kept}"))
-            && r.stderr.contains("User \"bob\" cannot create resource \"volumesnapshotcontents\""),
+            && r.stderr.contains("User \"bob\" cannot get resource \"volumesnapshotcontents\""),
         "{}",
         r.stderr
     );
@@ -918,7 +953,9 @@ spec:
     let gone =
         wait_until(Duration::from_secs(90), || c.t.backup(&["describe", &expiring]).stderr.contains("not found"));
     assert!(gone, "the expired backup was not deleted\n{}", webhook.log());
-    assert_eq!(deleted.lock().unwrap().last(), Some(&expired), "{}", webhook.log());
+    eventually("the expired backup's snapshot deleted", Duration::from_secs(30), || {
+        deleted.lock().unwrap().last() == Some(&expired)
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     controller.join().unwrap();
 }

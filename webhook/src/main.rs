@@ -17,7 +17,13 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
         });
-        kubectl_backup_core::volume::mover::run(&args.plan, &args.dir, &args.termination_log, report).await?;
+        if let Err(e) =
+            kubectl_backup_core::volume::mover::run(&args.plan, &args.dir, &args.termination_log, report).await
+        {
+            // The Pod's termination message: the error itself, not the tail of the progress lines.
+            let _ = std::fs::write(&args.termination_log, format!("{e}"));
+            return Err(e.into());
+        }
         return Ok(());
     }
     let args = Args::parse();

@@ -229,7 +229,7 @@ fn left_out_warning(volumes: &[crate::model::VolumeData], backup: &str) -> Optio
     }
     let claims: Vec<String> = volumes.iter().map(|v| format!("{}/{}", v.namespace, v.claim)).collect();
     Some(format!(
-        "the backup holds the data of PersistentVolumeClaim(s) {}, which this restore leaves out (objects only); `kubectl backup restore {backup}` restores the data, with your own rights",
+        "the backup holds the data of PersistentVolumeClaim(s) {}, which this restore leaves out (objects only); `kubectl backup restore {backup} --namespace-mapping OLD:NEW` restores the data into new claims, with your own rights (or delete these claims and their workloads first)",
         claims.join(", ")
     ))
 }

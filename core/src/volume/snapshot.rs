@@ -33,7 +33,14 @@ pub struct SnapshotRef {
     /// `status.restoreSize` in bytes, when the driver reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_size: Option<i64>,
+    /// The VolumeSnapshotContent kept in the cluster (Retain, labelled [`SNAPSHOT_OF`] with the
+    /// backup's name): what deleting the backup deletes, never a handle alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
+
+/// Label of the VolumeSnapshotContent a backup keeps: the backup's name.
+pub const SNAPSHOT_OF: &str = "kubectl-backup.dev/snapshot-of";
 
 fn resource(kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, "v1", kind))
@@ -107,20 +114,27 @@ pub async fn take(
     if let Ok(s) = &result {
         tracing::debug!(handle = %s.handle, "snapshot taken");
     }
-    // Keep the physical snapshot when the objects go (Retain), then remove them.
+    // Keep the physical snapshot and its content when the VolumeSnapshot goes (Retain), labelled
+    // with the backup: deleting the backup deletes through that object.
     let bound = snapshots.get(&name).await.ok().and_then(|s| {
         str_at(&serde_json::to_value(&s).ok()?, "/status/boundVolumeSnapshotContentName").map(str::to_string)
     });
-    if let (Some(content), true) = (&bound, result.is_ok()) {
-        let patch = json!({"spec": {"deletionPolicy": "Retain"}});
-        if let Err(e) = contents.patch(content, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            return Err(format!("cannot keep the snapshot (deletionPolicy Retain on {content}): {}", kube_message(&e)));
+    let result = match (&bound, result) {
+        (Some(content), Ok(mut s)) => {
+            let patch = json!({"metadata": {"labels": {SNAPSHOT_OF: backup}}, "spec": {"deletionPolicy": "Retain"}});
+            match contents.patch(content, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    s.content = Some(content.clone());
+                    Ok(s)
+                }
+                Err(e) => {
+                    Err(format!("cannot keep the snapshot (deletionPolicy Retain on {content}): {}", kube_message(&e)))
+                }
+            }
         }
-    }
+        (_, r) => r,
+    };
     let _ = snapshots.delete(&name, &DeleteParams::default()).await;
-    if let (Some(content), true) = (bound, result.is_ok()) {
-        let _ = contents.delete(&content, &DeleteParams::default()).await;
-    }
     result
 }
 
@@ -167,6 +181,7 @@ async fn record(contents: &Api<DynamicObject>, name: &str, class: &str) -> Resul
         handle: handle.to_string(),
         class: class.to_string(),
         restore_size: v.pointer("/status/restoreSize").and_then(Value::as_i64),
+        content: None,
     })
 }
 
@@ -218,8 +233,7 @@ pub async fn recreate(cluster: &Cluster, ns: &str, claim: &str, backup: &str, s:
     Ok(())
 }
 
-/// How long deleting one snapshot may take (the CSI snapshotter seeing the content, then deleting
-/// the snapshot in the storage system).
+/// How long `kubectl backup delete` waits for one snapshot to be deleted in the storage system.
 pub const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The physical snapshots backup `b` holds.
@@ -227,79 +241,102 @@ pub fn of_backup(b: &crate::model::Backup) -> Vec<&SnapshotRef> {
     b.status.volumes.iter().filter_map(|v| v.snapshot.as_ref()).collect()
 }
 
-/// Deletes the physical snapshots of `backup` (deleted or expired), one at a time; the first that
-/// cannot be deleted stops it with an error naming its handle.
-pub async fn delete_all(cluster: &Cluster, backup: &str, snapshots: &[&SnapshotRef]) -> Result<(), String> {
-    for s in snapshots {
-        delete(cluster, backup, s, DELETE_TIMEOUT)
-            .await
-            .map_err(|e| format!("cannot delete CSI snapshot {} (driver {}): {e}", s.handle, s.driver))?;
-    }
-    Ok(())
+/// What deleting one snapshot did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// Its content was set to Delete and deleted: the CSI snapshotter deletes the snapshot.
+    Requested,
+    /// This cluster has no content of the backup for it (another cluster's backup, or an earlier
+    /// version's): nothing was touched, the snapshot stays in the storage system.
+    NotHere(String),
 }
 
-/// Deletes the physical snapshot `s` the way a CSI driver is asked to: a pre-provisioned
-/// VolumeSnapshotContent with its handle and `deletionPolicy: Delete`, deleted once the CSI
-/// snapshotter has seen it (ready, or an error: a snapshot already gone), then waited for until it
-/// is gone — the snapshotter deletes the snapshot in the storage system before it lets go.
-pub async fn delete(cluster: &Cluster, backup: &str, s: &SnapshotRef, timeout: Duration) -> Result<(), String> {
+/// Deletes the snapshots of `backup` (deleted or expired), one at a time, through the contents the
+/// backup kept; the first that cannot be deleted stops it with an error naming its handle.
+/// `wait`: until each content is gone (the snapshot deleted in the storage system).
+pub async fn delete_all(
+    cluster: &Cluster,
+    backup: &str,
+    snapshots: &[&SnapshotRef],
+    wait: Option<Duration>,
+) -> Result<Vec<Deleted>, String> {
+    let mut out = Vec::new();
+    for s in snapshots {
+        let d = delete(cluster, backup, s, wait)
+            .await
+            .map_err(|e| format!("cannot delete CSI snapshot {} (driver {}): {e}", s.handle, s.driver))?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
+fn handle_of(content: &Value) -> Option<&str> {
+    str_at(content, "/status/snapshotHandle").or_else(|| str_at(content, "/spec/source/snapshotHandle"))
+}
+
+/// Deletes one snapshot through the VolumeSnapshotContent its backup kept — only when that object
+/// carries the backup's label and the recorded handle, and no other content (a restored snapshot)
+/// uses the handle: a backup's metadata, which whoever may write the location can change, never
+/// names what is deleted by itself. The content's deletion policy is set to Delete and the content
+/// deleted; the CSI snapshotter then deletes the snapshot in the storage system.
+pub async fn delete(
+    cluster: &Cluster,
+    backup: &str,
+    s: &SnapshotRef,
+    wait: Option<Duration>,
+) -> Result<Deleted, String> {
     let contents: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource("VolumeSnapshotContent"));
-    let digest = crate::archive::sha256_hex(s.handle.as_bytes());
-    let name = object_name(&format!("kubectl-backup-delete-{}", &digest[..16]), backup);
-    let content: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{GROUP}/v1"), "kind": "VolumeSnapshotContent",
-        "metadata": {"name": name, "labels": {super::MOVER_LABEL: backup}},
-        "spec": {
-            "deletionPolicy": "Delete",
-            "driver": s.driver,
-            "source": {"snapshotHandle": s.handle},
-            "volumeSnapshotClassName": s.class,
-            // No such VolumeSnapshot: nothing binds to this content.
-            "volumeSnapshotRef": {"namespace": "default", "name": name},
-        },
-    }))
-    .map_err(|e| e.to_string())?;
-    match contents.create(&PostParams::default(), &content).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(format!("cannot create VolumeSnapshotContent {name}: {}", kube_message(&e))),
-    }
-    let deadline = Instant::now() + timeout;
-    // Seen by the snapshotter: a status (ready, or an error saying the snapshot is gone).
-    loop {
-        match contents.get_opt(&name).await {
-            Ok(None) => return Ok(()),
-            Ok(Some(c))
-                if c.data
-                    .get("status")
-                    .is_some_and(|st| st.get("readyToUse").is_some() || st.get("error").is_some()) =>
-            {
-                break;
-            }
-            Ok(Some(_)) => {}
-            Err(e) => return Err(format!("cannot read VolumeSnapshotContent {name}: {}", kube_message(&e))),
+    let Some(name) = &s.content else {
+        return Ok(Deleted::NotHere("the backup names no VolumeSnapshotContent".into()));
+    };
+    let content = match contents.get_opt(name).await {
+        Ok(Some(c)) => serde_json::to_value(c).map_err(|e| e.to_string())?,
+        Ok(None) => return Ok(Deleted::NotHere(format!("no VolumeSnapshotContent {name} in this cluster"))),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Ok(Deleted::NotHere("this cluster has no VolumeSnapshotContents".into()));
         }
-        if Instant::now() > deadline {
-            let _ = contents.delete(&name, &DeleteParams::default()).await;
-            return Err(format!("no CSI snapshotter took up VolumeSnapshotContent {name} within {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err(e) => return Err(format!("cannot read VolumeSnapshotContent {name}: {}", kube_message(&e))),
+    };
+    if str_at(&content, &format!("/metadata/labels/{}", SNAPSHOT_OF.replace('/', "~1"))) != Some(backup)
+        || handle_of(&content) != Some(s.handle.as_str())
+    {
+        return Err(format!(
+            "VolumeSnapshotContent {name} is not this backup's snapshot (its {SNAPSHOT_OF} label or handle differs): left alone"
+        ));
     }
-    match contents.delete(&name, &DeleteParams::default()).await {
+    let all = contents
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("cannot list VolumeSnapshotContents: {}", kube_message(&e)))?;
+    for other in all.items {
+        let other_name = other.metadata.name.clone().unwrap_or_default();
+        let v = serde_json::to_value(&other).map_err(|e| e.to_string())?;
+        if other_name != *name && handle_of(&v) == Some(s.handle.as_str()) {
+            return Err(format!(
+                "VolumeSnapshotContent {other_name} (a restored snapshot?) uses the same snapshot: delete it first"
+            ));
+        }
+    }
+    let patch = json!({"spec": {"deletionPolicy": "Delete"}});
+    contents.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| {
+        format!("cannot set deletionPolicy Delete on VolumeSnapshotContent {name}: {}", kube_message(&e))
+    })?;
+    match contents.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Deleted::Requested),
         Err(e) => return Err(format!("cannot delete VolumeSnapshotContent {name}: {}", kube_message(&e))),
     }
+    let Some(timeout) = wait else { return Ok(Deleted::Requested) };
+    let deadline = Instant::now() + timeout;
     loop {
-        match contents.get_opt(&name).await {
-            Ok(None) => return Ok(()),
-            Ok(Some(c)) => {
-                if Instant::now() > deadline {
-                    let why =
-                        c.data.pointer("/status/error/message").and_then(Value::as_str).unwrap_or("no error reported");
-                    return Err(format!("VolumeSnapshotContent {name} is still there after {timeout:?} ({why})"));
-                }
+        match contents.get_opt(name).await {
+            Ok(None) => return Ok(Deleted::Requested),
+            Ok(Some(c)) if Instant::now() > deadline => {
+                let v = serde_json::to_value(&c).unwrap_or_default();
+                let why = str_at(&v, "/status/error/message").unwrap_or("no error reported");
+                return Err(format!("VolumeSnapshotContent {name} is still there after {timeout:?} ({why})"));
             }
+            Ok(Some(_)) => {}
             Err(e) => return Err(format!("cannot read VolumeSnapshotContent {name}: {}", kube_message(&e))),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -163,10 +163,15 @@ impl Shown for Objects {
     ];
 
     async fn before_delete(cli: &Globals, store: &Store, name: &str, keep_snapshots: bool) -> Result<()> {
-        // Leftovers of a run that never committed have no snapshots to delete.
-        let Ok(b) = catalog::describe(store, name).await else { return Ok(()) };
-        let snapshots = snapshot::of_backup(&b);
-        if snapshots.is_empty() || b.status.phase == Phase::InProgress {
+        // Leftovers of a run that never committed have no snapshots to delete; a backup that
+        // cannot be read is not deleted (its snapshots would be lost track of).
+        let head = kubectl_backup_core::committed::read::<Objects, kubectl_backup_core::model::BackupMetadataHead>(
+            store, name,
+        )
+        .await?;
+        let Some(head) = head else { return Ok(()) };
+        let snapshots = snapshot::of_backup(&head.backup);
+        if snapshots.is_empty() {
             return Ok(());
         }
         if keep_snapshots {
@@ -177,10 +182,18 @@ impl Shown for Objects {
             return Ok(());
         }
         let cluster = Cluster::connect(&cli.kube.options(), throttle(cli)).await?;
-        snapshot::delete_all(&cluster, name, &snapshots).await.map_err(|e| {
-            anyhow::anyhow!("backup {name:?} is kept: {e} (--keep-snapshots deletes it and leaves its snapshots)")
-        })?;
-        println!("deleted the {} CSI snapshot(s) of backup \"{name}\"", snapshots.len());
+        let done =
+            snapshot::delete_all(&cluster, name, &snapshots, Some(snapshot::DELETE_TIMEOUT)).await.map_err(|e| {
+                anyhow::anyhow!("backup {name:?} is kept: {e} (--keep-snapshots deletes it and leaves its snapshots)")
+            })?;
+        for (s, d) in snapshots.iter().zip(&done) {
+            match d {
+                snapshot::Deleted::Requested => println!("deleted CSI snapshot {} of backup \"{name}\"", s.handle),
+                snapshot::Deleted::NotHere(why) => {
+                    eprintln!("note: CSI snapshot {} of backup {name:?} is left in the storage system: {why}", s.handle)
+                }
+            }
+        }
         Ok(())
     }
 

@@ -56,12 +56,20 @@ pub async fn sweep(ctx: &Context) -> u64 {
             Ok(listing) => {
                 for b in catalog::expired(&listing.backups, now) {
                     // Its CSI snapshots first; one that cannot be deleted keeps the backup (next pass).
+                    // Not waited for: the CSI snapshotter finishes on its own, and a sweep never stalls.
                     let snapshots = snapshot::of_backup(b);
-                    if !snapshots.is_empty()
-                        && let Err(e) = snapshot::delete_all(&ctx.cluster, &b.metadata.name, &snapshots).await
-                    {
-                        tracing::warn!(backup = %b.metadata.name, error = %e, "could not delete an expired backup's CSI snapshots; kept");
-                        continue;
+                    match snapshot::delete_all(&ctx.cluster, &b.metadata.name, &snapshots, None).await {
+                        Ok(done) => {
+                            for (s, d) in snapshots.iter().zip(done) {
+                                if let snapshot::Deleted::NotHere(why) = d {
+                                    tracing::info!(backup = %b.metadata.name, handle = %s.handle, %why, "CSI snapshot of an expired backup left in the storage system");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(backup = %b.metadata.name, error = %e, "could not delete an expired backup's CSI snapshots; kept");
+                            continue;
+                        }
                     }
                     match catalog::delete(&loc.store, &b.metadata.name).await {
                         Ok(_) => {
