@@ -769,7 +769,7 @@ fn in_cluster_volume_backups_create_mover_pods_only_as_the_requester_or_the_admi
     let mine = unique("mine");
     t.apply(&namespace(&mine)).ok();
     bound_claim(t, &mine);
-    let webhook = c.webhook(NS, &["--continuous=false"]);
+    let webhook = c.webhook(NS, &["--continuous-include-volumes=true", "--debounce=1s"]);
     t.apply(&format!(
         r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -848,6 +848,29 @@ roleRef: {{kind: Role, name: alice-claims, apiGroup: rbac.authorization.k8s.io}}
         last.contains(&format!("PersistentVolumeClaim {mine}/data was not backed up"))
             && last.contains("only as an identity the admin names (backup-webhook --volume-identity"),
         "{s}"
+    );
+
+    // Continuous backups of her namespace (--continuous-include-volumes; the RBAC above changed
+    // it), with no identity either.
+    let mut cont = Value::Null;
+    let found = wait_until(Duration::from_secs(60), || {
+        let list = t.backup(&["list", "-o", "json"]).ok().json();
+        cont = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"][0] == mine.as_str())
+            .cloned()
+            .unwrap_or(Value::Null);
+        !cont.is_null()
+    });
+    assert!(found, "no continuous backup of {mine}\n{}", webhook.log());
+    assert_eq!(cont["spec"]["includeVolumes"], true, "{cont}");
+    let errors = cont["status"]["errors"].to_string();
+    assert!(
+        errors.contains(&format!("PersistentVolumeClaim {mine}/data was not backed up"))
+            && errors.contains("none is set"),
+        "{cont}"
     );
     assert!(movers().is_empty());
 }
