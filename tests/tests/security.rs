@@ -625,39 +625,12 @@ fn the_controller_restores_the_objects_of_a_backup_with_volume_data_and_never_a_
     let c = OwnCluster::start("novolume");
     let t = &c.t;
     let shop = unique("shop");
-    let pv = unique("pv");
     t.apply(&format!(
-        r#"{ns}---
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: {pv}}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  hostPath: {{path: /tmp/{pv}}}
-  claimRef: {{namespace: {shop}, name: data}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: data, namespace: {shop}}}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  volumeName: {pv}
-  resources: {{requests: {{storage: 1Gi}}}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: settings, namespace: {shop}}}
-data: {{a: b}}
-"#,
-        ns = namespace(&shop)
+        "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {shop}}}\ndata: {{a: b}}\n",
+        namespace(&shop)
     ))
     .ok();
-    let bound =
-        wait_until(Duration::from_secs(60), || t.get_json(&["pvc", "data", "-n", &shop])["status"]["phase"] == "Bound");
-    assert!(bound, "the claim is not Bound: {}", t.get_json(&["pvc", "data", "-n", &shop]));
+    let pv = bound_claim(t, &shop);
     let backup = unique("b");
     t.backup(&["create", &backup, "-n", &shop]).ok();
 
@@ -727,8 +700,8 @@ data: {{a: b}}
 }
 
 /// A hostPath PersistentVolume and claim `data` bound to it in `ns` (the controller-manager binds
-/// them; no node is needed).
-fn bound_claim(t: &Tools, ns: &str) {
+/// them; no node is needed). Returns the volume's name.
+fn bound_claim(t: &Tools, ns: &str) -> String {
     let pv = unique("pv");
     t.apply(&format!(
         r#"apiVersion: v1
@@ -755,6 +728,7 @@ spec:
     let bound =
         wait_until(Duration::from_secs(60), || t.get_json(&["pvc", "data", "-n", ns])["status"]["phase"] == "Bound");
     assert!(bound, "the claim is not Bound: {}", t.get_json(&["pvc", "data", "-n", ns]));
+    pv
 }
 
 /// In-cluster backups with volume data never create mover Pods with the controller's rights. A

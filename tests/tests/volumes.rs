@@ -150,6 +150,20 @@ fn app_saw(c: &NodeCluster, ns: &str) -> String {
     out
 }
 
+/// The start of a node test: the project's image and busybox on the node, and a namespace
+/// `PREFIX-…` with claim `data` bound to a fresh hostPath volume and the app Deployment using it.
+/// Returns (image, busybox, namespace).
+fn bound_workspace(c: &NodeCluster, prefix: &str) -> (String, String, String) {
+    let image = c.build_and_import_image().expect("the backup-webhook image");
+    let busybox = busybox_image().expect("the busybox image");
+    let ns = unique(prefix);
+    let pv = format!("{ns}-a");
+    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
+    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
+    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    (image, busybox, ns)
+}
+
 /// What is left of mover Pods and plan Secrets in `ns`.
 fn movers_left(t: &Tools, ns: &str) -> Vec<String> {
     let mut left = t.names(&["pods", "-n", ns, "-l", "kubectl-backup.dev/mover"]);
@@ -295,13 +309,7 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
 fn the_installed_controller_backs_up_a_schedules_volume_data_as_the_volume_identity() {
     let (_one, c) = start("incluster-volumes");
     let t0 = Instant::now();
-    let image = c.build_and_import_image().expect("the backup-webhook image");
-    let busybox = busybox_image().expect("the busybox image");
-    let ns = unique("vol");
-    let pv = format!("{ns}-a");
-    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
-    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
-    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    let (image, busybox, ns) = bound_workspace(&c, "vol");
     let write = "set -e; mkdir -p /data/c; seq 1 1000 > /data/c/numbers.txt; echo hello > /data/greeting; echo written";
     assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
     c.wait_rollout(&ns, "app");
@@ -414,13 +422,7 @@ subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
 #[test]
 fn encrypted_volume_data_is_stored_as_age_files_and_restored_with_the_identity() {
     let (_one, c) = start("encrypted-volumes");
-    let image = c.build_and_import_image().expect("the backup-webhook image");
-    let busybox = busybox_image().expect("the busybox image");
-    let ns = unique("vol");
-    let pv = format!("{ns}-a");
-    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
-    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
-    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    let (image, busybox, ns) = bound_workspace(&c, "vol");
     let write =
         "set -e; mkdir -p /data/c; seq 1 100000 > /data/c/numbers.txt; echo secret > /data/greeting; echo written";
     assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
@@ -543,13 +545,7 @@ const POST: &str = "post.hook.backup.kubectl-backup.dev";
 #[test]
 fn hooks_run_in_the_workload_around_the_read_and_a_failing_one_fails_or_partly_fails_the_backup() {
     let (_one, c) = start("hooks");
-    let image = c.build_and_import_image().expect("the backup-webhook image");
-    let busybox = busybox_image().expect("the busybox image");
-    let ns = unique("hooks");
-    let pv = format!("{ns}-a");
-    c.t.apply(&persistent_volume(&pv, &c.dir.join(&pv))).ok();
-    c.t.apply(&workspace(&ns, &pv, &busybox)).ok();
-    eventually("the claim bound", Duration::from_secs(60), || bound(&c.t, &ns));
+    let (image, busybox, ns) = bound_workspace(&c, "hooks");
     c.wait_rollout(&ns, "app");
     let mover = format!("--mover-image={image}");
 
