@@ -943,8 +943,9 @@ spec:
     // backup is deleted, then the backup.
     let webhook = c.webhook("kubectl-backup", &["--continuous=false", "--gc-interval=2s"]);
     let expiring = unique("b");
-    c.t.backup(&["create", &expiring, "-n", &ns, "--volume-method", "snapshot", "--ttl", "1s"]);
-    let b = c.t.backup(&["describe", &expiring, "-o", "json"]).ok().json();
+    // What create prints: the backup may be expired and swept before anything else reads it.
+    let r = c.t.backup(&["create", &expiring, "-n", &ns, "--volume-method", "snapshot", "--ttl", "1s", "-o", "json"]);
+    let b: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
     let expired = b["status"]["volumes"][0]["snapshot"]["handle"].as_str().expect("a handle").to_string();
     let gone =
         wait_until(Duration::from_secs(90), || c.t.backup(&["describe", &expiring]).stderr.contains("not found"));
