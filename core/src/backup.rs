@@ -6,7 +6,6 @@
 //! directory without a metadata document is an interrupted run's leftover: never listed, removed by
 //! `delete` or by the next successful run of that name.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,7 +17,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::mpsc;
 
 use crate::archive::{ArchiveWriter, FORMAT, Written};
-use crate::collect::{self, Item};
+use crate::collect::{self, Body, Item};
 use crate::filter::Selection;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::kube_client::Cluster;
@@ -193,7 +192,7 @@ async fn run_pipeline(
     let lease = crate::packs::Lease::acquire(store, &run_id).await?;
     let result = async {
         let scope = scope(&spec, &p.cluster.server);
-        let mut outcome = store_incremental(&p, &scope).await?;
+        let mut outcome = store_incremental(&p, &scope, &version).await?;
         let volumes = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
         let packs = outcome.packs.clone();
         let committed = async {
@@ -374,22 +373,35 @@ enum ContentsMode {
     /// Every object's line, in chunks cut where the paths say (most of them stored already).
     Full { chunker: crate::packs::Chunker, chunks: Vec<String> },
     /// Only what changed since `previous`: lines of new and changed objects, then removals.
-    Delta { previous: HashMap<String, (String, u64)>, delta: Vec<u8> },
+    Delta { previous: Arc<collect::Previous>, delta: Vec<u8> },
 }
 
 /// The largest delta blob; a longer delta is split.
 const DELTA_BLOB: usize = 1 << 20;
 
 /// An incremental backup: each object body and contents blob the location's packs do not hold
-/// yet goes into new packs; the rest is referenced. Runs under the caller's lease.
-async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
+/// yet goes into new packs; the rest is referenced. Continuing the previous backup of its scope,
+/// it reads only the objects whose `resourceVersion` moved since (when both backups read the
+/// same API server version). Runs under the caller's lease.
+async fn store_incremental(p: &Pipeline<'_>, scope: &str, server_version: &str) -> Result<Outcome> {
     let store = p.store;
     let encryption = store.seal().map(|s| s.describe());
     let known = crate::packs::Known::load(store, encryption.as_ref()).await?;
-    let previous = crate::packs::previous(store, &known, scope, scope_of).await;
+    let mut previous = crate::packs::previous(store, &known, scope, scope_of).await;
     if let Some(prev) = &previous {
         p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
     }
+    // What the previous backup recorded, shared by the LISTs (which leave an object unread when
+    // its version has not moved and its body is still in the location) and the pack writer.
+    let recorded: Option<Arc<collect::Previous>> = previous.as_mut().map(|prev| {
+        let same_server = prev.server_version.as_deref() == Some(server_version);
+        let mut lines = std::mem::take(&mut prev.assembled.lines);
+        for r in lines.values_mut() {
+            r.reusable = same_server && r.version.is_some() && known.pack_of(&r.sha256).is_some();
+        }
+        Arc::new(lines)
+    });
+    let listed_against = recorded.clone();
     let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
     let (pack_tx, pack_rx) = mpsc::channel::<crate::packs::FinishedPack>(1);
     let (seal, mtime, observer) = (store.seal().cloned(), p.start.as_second().max(0) as u64, p.observer.clone());
@@ -413,12 +425,13 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
                     chunks: prev.contents.chunks.clone(),
                     ..Default::default()
                 };
-                (ContentsMode::Delta { previous: prev.assembled.lines, delta: Vec::new() }, contents)
+                let previous = recorded.expect("recorded with the previous backup");
+                (ContentsMode::Delta { previous, delta: Vec::new() }, contents)
             }
             None => (ContentsMode::Full { chunker: Default::default(), chunks: Vec::new() }, ContentsRef::default()),
         };
         let mut seen = crate::contents::Seen::default();
-        let (mut n, mut duplicates) = (0u64, 0u64);
+        let (mut n, mut duplicates, mut unread) = (0u64, 0u64, 0u64);
         let store_blob = |stash: &mut crate::packs::Stash, blob: &[u8]| -> std::io::Result<String> {
             let sha = crate::archive::sha256_hex(blob);
             stash.put_contents(&sha, blob)?;
@@ -430,8 +443,25 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
                 duplicates += 1;
                 continue;
             }
-            let line = crate::contents::Line::of(path, &item.json);
-            stash.put(&line.sha256, &item.json)?;
+            let line = match item.body {
+                Body::Read { json, version } => {
+                    let mut line = crate::contents::Line::of(path, &json);
+                    line.resource_version = version;
+                    stash.put(&line.sha256, &json)?;
+                    line
+                }
+                Body::Unchanged(r) => {
+                    if !stash.reference(&r.sha256) {
+                        return Err(std::io::Error::other(format!(
+                            "the body of {path} ({}) vanished from the location's packs",
+                            r.sha256
+                        )));
+                    }
+                    unread += 1;
+                    let resource_version = r.version.map(|v| v.to_string());
+                    crate::contents::Line { path, sha256: r.sha256, size: r.size, resource_version }
+                }
+            };
             match &mut mode {
                 ContentsMode::Full { chunker, chunks } => {
                     if let Some(chunk) = chunker.push(&item.resource, item.namespace.as_deref(), &line) {
@@ -439,9 +469,7 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
                     }
                 }
                 ContentsMode::Delta { previous, delta } => {
-                    let same =
-                        previous.remove(&line.path).is_some_and(|(sha, size)| sha == line.sha256 && size == line.size);
-                    if !same {
+                    if !previous.get(&line.path).is_some_and(|r| r.same_as(&line)) {
                         line.encode(delta);
                     }
                 }
@@ -464,7 +492,7 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
                 contents.list = Some(store_blob(&mut stash, &list)?);
             }
             ContentsMode::Delta { previous, mut delta } => {
-                let mut removed: Vec<&String> = previous.keys().collect();
+                let mut removed: Vec<&String> = previous.keys().filter(|p| !seen.contains(p)).collect();
                 removed.sort();
                 for path in removed {
                     crate::packs::encode_removed(path, &mut delta);
@@ -484,14 +512,14 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
         contents.entries = n;
         let (packs, stored, reused) = stash.finish()?;
         observer.event(Event::Archived { items: n, bytes: 0 });
-        Ok((contents, duplicates, packs, stored, reused))
+        Ok((contents, duplicates, packs, stored, reused, unread))
     });
-    let collecting = p.collect(item_tx);
+    let collecting = p.collect(item_tx, listed_against.as_deref());
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
     let (bytes, written_packs) = uploaded?;
-    let (contents, duplicates, packs, stored, reused) =
+    let (contents, duplicates, packs, stored, reused, unread) =
         written.map_err(|e| Error::Other(format!("writing packs: {e}")))?;
     if let Some(e) = nothing_listed(&report, p.name) {
         return Err(e);
@@ -500,6 +528,7 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str) -> Result<Outcome> {
         bytes_uploaded: bytes,
         objects_stored: stored,
         objects_reused: reused,
+        objects_not_read: unread,
         packs_written: written_packs.len() as u64,
         packs: packs.len() as u64,
         encryption,
@@ -528,7 +557,7 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
     let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, seal, observer.clone());
     let progress = observer.clone();
     let upload = store.upload(archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
-    let collecting = p.collect(item_tx);
+    let collecting = p.collect(item_tx, None);
     let (report, uploaded) = tokio::join!(collecting, upload);
     let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
 
@@ -552,13 +581,15 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
 
 impl Pipeline<'_> {
     /// Lists what the plan selects into `items` (concurrent paged LISTs).
-    async fn collect(&self, items: mpsc::Sender<Item>) -> collect::Report {
+    /// With `previous`, objects unchanged since it are sent unread.
+    async fn collect(&self, items: mpsc::Sender<Item>, previous: Option<&collect::Previous>) -> collect::Report {
         let selector = self.selection.selector.as_ref().map(|s| s.as_str().to_string());
         collect::collect(
             &self.cluster.client,
             &self.cluster.throttle,
             self.plan,
             selector.as_deref(),
+            previous,
             items,
             self.observer.as_ref(),
         )

@@ -9,7 +9,9 @@
 //!
 //! Format 1 kept the digests in `metadata.json` (`objects`); those backups are still read.
 //!
-//! Each line is a JSON object `{"path": ..., "sha256": ..., "size": ...}`.
+//! Each line is a JSON object `{"path": ..., "sha256": ..., "size": ...}`; an incremental backup's
+//! lines also carry the object's `resourceVersion`, which lets the next backup of the same scope
+//! skip reading an object whose version has not moved ([`Recorded`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, BufRead, Read, Write};
@@ -31,17 +33,54 @@ pub struct Line {
     pub path: String,
     pub sha256: String,
     pub size: u64,
+    /// The object's `metadata.resourceVersion` when it was read (incremental backups only).
+    #[serde(rename = "resourceVersion", default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
 }
 
 impl Line {
     pub fn of(path: String, body: &[u8]) -> Line {
-        Line { path, sha256: hex::encode(Sha256::digest(body)), size: body.len() as u64 }
+        Line { path, sha256: hex::encode(Sha256::digest(body)), size: body.len() as u64, resource_version: None }
+    }
+
+    /// What a later backup needs to know of this line.
+    pub fn recorded(&self) -> Recorded {
+        Recorded {
+            sha256: self.sha256.clone(),
+            size: self.size,
+            version: self.resource_version.as_deref().and_then(|v| v.parse().ok()),
+            reusable: false,
+        }
     }
 
     /// Appends the line, newline-terminated, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         serde_json::to_writer(&mut *out, self).expect("a line always serializes");
         out.push(b'\n');
+    }
+}
+
+/// One object as an earlier backup recorded it. Its body may be reused without reading the object
+/// again when the server reports the same `resourceVersion` for it: every write to an object gives
+/// it a new one (etcd's revision of the write, which only grows), the same assumption every
+/// informer's cache makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub sha256: String,
+    pub size: u64,
+    /// The `resourceVersion` recorded with it, when it was one etcd revision (a decimal number);
+    /// other servers' opaque versions are never compared.
+    pub version: Option<u64>,
+    /// Whether a new backup may reference the body unread: it has a version, and the location's
+    /// packs still hold the body (set by the backup that continues this one).
+    pub reusable: bool,
+}
+
+impl Recorded {
+    /// Whether `line` records the same object body and version.
+    pub fn same_as(&self, line: &Line) -> bool {
+        let version = line.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+        self.sha256 == line.sha256 && self.size == line.size && self.version == version
     }
 }
 
@@ -53,8 +92,16 @@ pub struct Seen(HashSet<u128>);
 impl Seen {
     /// True the first time `path` is seen.
     pub fn insert(&mut self, path: &str) -> bool {
+        self.0.insert(Self::key(path))
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.0.contains(&Self::key(path))
+    }
+
+    fn key(path: &str) -> u128 {
         let d = Sha256::digest(path.as_bytes());
-        self.0.insert(u128::from_le_bytes(d[..16].try_into().expect("16 bytes")))
+        u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
     }
 }
 

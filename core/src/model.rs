@@ -486,6 +486,10 @@ pub struct IncrementalStatus {
     pub objects_stored: u64,
     /// Object bodies and contents chunks already in the location, referenced again.
     pub objects_reused: u64,
+    /// Objects not read at all: the server reported the `resourceVersion` the previous backup of
+    /// the same scope recorded for them (their bodies are among the reused).
+    #[serde(default)]
+    pub objects_not_read: u64,
     pub packs_written: u64,
     /// Packs the backup references in all.
     pub packs: u64,

@@ -60,7 +60,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::archive::{ArchiveWriter, Entry};
-use crate::contents::Line;
+use crate::contents::{Line, Recorded};
 use crate::crypto::{Encryption, Opener, Seal};
 use crate::model::{BackupMetadata, ContentsRef, IncrementalStatus};
 use crate::store::Store;
@@ -723,8 +723,8 @@ impl Local {
 
 /// An incremental backup's contents, assembled from its chunks and deltas.
 pub struct Assembled {
-    /// Every object: path -> (SHA-256, size).
-    pub lines: HashMap<String, (String, u64)>,
+    /// Every object: path -> its body's SHA-256 and size and the version it was read at.
+    pub lines: HashMap<String, Recorded>,
     /// The chunks, in order (from the metadata or the chunk list).
     pub chunks: Vec<String>,
     /// Lines in the deltas applied to the chunks.
@@ -786,12 +786,12 @@ pub fn read_contents(local: &Local, contents: &ContentsRef) -> std::result::Resu
             chunks
         }
     };
-    let mut lines: HashMap<String, (String, u64)> = HashMap::new();
+    let mut lines: HashMap<String, Recorded> = HashMap::new();
     for sha in &chunks {
         let chunk = blobs.get(sha).ok_or_else(|| format!("contents chunk {sha} is in none of its packs"))?;
         for raw in lines_of(chunk) {
             let line = crate::contents::parse_line(raw)?;
-            if lines.insert(line.path.clone(), (line.sha256, line.size)).is_some() {
+            if lines.insert(line.path.clone(), line.recorded()).is_some() {
                 return Err(format!("entry {:?} is listed twice in the contents", line.path));
             }
         }
@@ -803,7 +803,8 @@ pub fn read_contents(local: &Local, contents: &ContentsRef) -> std::result::Resu
             delta_lines += 1;
             match crate::contents::parse_line(raw) {
                 Ok(line) => {
-                    lines.insert(line.path, (line.sha256, line.size));
+                    let recorded = line.recorded();
+                    lines.insert(line.path, recorded);
                 }
                 Err(not_a_line) => {
                     let r: Removed =
@@ -836,8 +837,8 @@ pub fn read_verified(
         return Err(format!("the contents list {entries} entries, the metadata says {}", contents.entries));
     }
     let mut by_sha: HashMap<String, Vec<String>> = HashMap::new();
-    for (path, (sha, _)) in assembled.lines {
-        by_sha.entry(sha).or_default().push(path);
+    for (path, recorded) in assembled.lines {
+        by_sha.entry(recorded.sha256).or_default().push(path);
     }
     // 2. The objects.
     let mut seen = 0u64;
@@ -890,6 +891,8 @@ pub struct Previous {
     pub name: String,
     pub contents: ContentsRef,
     pub assembled: Assembled,
+    /// The version of the API server it was read from.
+    pub server_version: Option<String>,
 }
 
 impl Previous {
@@ -931,7 +934,8 @@ pub async fn previous(
     let assembled = tokio::task::spawn_blocking(move || read_contents(&local, &c)).await.ok()?;
     match assembled {
         Ok(a) if a.lines.len() as u64 == contents.entries && a.delta_lines * 4 < contents.entries.max(1) => {
-            Some(Previous { name: head.backup, contents, assembled: a })
+            let server_version = meta.backup.status.source_cluster.map(|c| c.version);
+            Some(Previous { name: head.backup, contents, assembled: a, server_version })
         }
         Ok(_) => None,
         Err(e) => {

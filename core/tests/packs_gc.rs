@@ -273,7 +273,7 @@ async fn contents_are_chunks_then_deltas_in_order_and_a_bad_delta_is_refused() {
     };
 
     let a = read(&lists[0], &[&shas[1], &shas[2]]).unwrap();
-    let mut got: Vec<(&str, u64)> = a.lines.iter().map(|(p, (_, size))| (p.as_str(), *size)).collect();
+    let mut got: Vec<(&str, u64)> = a.lines.iter().map(|(p, r)| (p.as_str(), r.size)).collect();
     got.sort();
     assert_eq!(got, [("r/b", 2), ("r/c", 1)], "b changed, c added, a removed");
     assert_eq!(a.delta_lines, 3);

@@ -319,3 +319,68 @@ fn a_chain_ends_at_32_deltas_and_the_next_backup_lists_every_object_again() {
         assert_eq!(value(&t, &ns, &format!("cm-{cm:05}")), want, "cm-{cm:05}");
     }
 }
+
+#[test]
+fn a_continuing_backup_reads_only_the_objects_whose_resource_version_moved() {
+    let (t, dir, ns) = workspace("versions", 40);
+    let create = |name: &str| create_incremental(&t, &ns, name);
+    let not_read = |b: &Value| b["status"]["incremental"]["objectsNotRead"].as_u64().unwrap();
+    let items = |b: &Value| b["status"]["progress"]["itemsBackedUp"].as_u64().unwrap();
+    let first = create(&format!("{ns}-1"));
+    assert_eq!(not_read(&first), 0, "a first backup reads every object: {}", first["status"]);
+
+    // Nothing changed: every object but the Namespace (read to plan the backup) is left unread.
+    let second = create(&format!("{ns}-2"));
+    assert_eq!(second["status"]["phase"], "Completed", "{second}");
+    assert_eq!(items(&second), items(&first));
+    assert!(not_read(&second) >= 40 && not_read(&second) < items(&second), "{}", second["status"]);
+    assert_eq!(second["status"]["incremental"]["objectsStored"], 0, "{}", second["status"]);
+
+    // One object changed, one deleted, one added: exactly the two that moved are read again.
+    t.kubectl(&["patch", "configmap", "cm-00003", "-n", &ns, "--type=merge", "-p", r#"{"data":{"i":"changed"}}"#]).ok();
+    t.kubectl(&["delete", "configmap", "cm-00004", "-n", &ns]).ok();
+    t.create(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: added\n  namespace: {ns}\ndata:\n  i: new\n"
+    ))
+    .ok();
+    let third = create(&format!("{ns}-3"));
+    assert_eq!(third["status"]["phase"], "Completed", "{third}");
+    assert_eq!(not_read(&third), not_read(&second) - 2, "{}", third["status"]);
+    assert_eq!(items(&third), items(&second));
+
+    // A backup whose predecessor was read from another API server version reads everything
+    // (an upgraded server may serialize an unchanged object differently).
+    let m3 = dir.join(format!("backups/{ns}-3/metadata.json"));
+    let mut doc = metadata(&dir, &format!("{ns}-3"));
+    doc["backup"]["status"]["sourceCluster"]["version"] = "v1.0.0-elsewhere".into();
+    std::fs::write(&m3, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let fourth = create(&format!("{ns}-4"));
+    assert_eq!(not_read(&fourth), 0, "{}", fourth["status"]);
+    // It still continued the chain, adding no delta: what it read had not changed.
+    let m4 = metadata(&dir, &format!("{ns}-4"));
+    assert_eq!(m4["contents"]["deltas"].as_array().map(Vec::len), Some(1), "{}", m4["contents"]);
+    assert_eq!(m4["contents"]["deltas"], doc["contents"]["deltas"]);
+
+    // Many changed (more than are worth a GET each): the resource is listed again for them.
+    for i in 10..30 {
+        let patch = format!(r#"{{"data":{{"i":"v2-{i}"}}}}"#);
+        t.kubectl(&["patch", "configmap", &format!("cm-{i:05}"), "-n", &ns, "--type=merge", "-p", &patch]).ok();
+    }
+    let fifth = create(&format!("{ns}-5"));
+    assert_eq!(fifth["status"]["phase"], "Completed", "{fifth}");
+    assert_eq!(not_read(&fifth), not_read(&second) - 20, "{}", fifth["status"]);
+
+    // What was left unread restores as it was stored; what moved, as it is now.
+    for backup in [3, 5] {
+        t.delete_namespace(&ns);
+        let r = t.backup(&["restore", &format!("{ns}-{backup}"), "-o", "json"]).ok().json();
+        assert_eq!(r["status"]["phase"], "Completed", "{r}");
+        let out = t.kubectl(&["get", "configmap", "cm-00004", "-n", &ns]);
+        assert_eq!(out.code, 1, "backup {backup} restored the deleted ConfigMap");
+        assert_eq!(value(&t, &ns, "cm-00003"), "changed", "backup {backup}");
+        assert_eq!(value(&t, &ns, "added"), "new", "backup {backup}");
+        assert_eq!(value(&t, &ns, "cm-00039"), "39", "backup {backup}");
+        let want = if backup == 5 { "v2-15" } else { "15" };
+        assert_eq!(value(&t, &ns, "cm-00015"), want, "backup {backup}");
+    }
+}

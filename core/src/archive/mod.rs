@@ -116,7 +116,8 @@ impl<W: Write> ArchiveWriter<W> {
     /// Appends an object; returns its contents line, or `None` when its path was written already.
     pub fn append(&mut self, item: &Item) -> io::Result<Option<Line>> {
         let path = entry_path(&item.resource, item.namespace.as_deref(), &item.name);
-        Ok(self.append_raw(&path, &item.json)?.then(|| Line::of(path, &item.json)))
+        let json = item.json()?;
+        Ok(self.append_raw(&path, json)?.then(|| Line::of(path, json)))
     }
 
     /// Appends `body` as the regular file `path`; false (and nothing written) when `path` was
@@ -274,7 +275,7 @@ mod tests {
             resource: resource.into(),
             namespace: ns.map(str::to_string),
             name: name.into(),
-            json: body.as_bytes().to_vec(),
+            body: crate::collect::Body::Read { json: body.as_bytes().to_vec(), version: None },
         }
     }
 

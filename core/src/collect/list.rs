@@ -3,34 +3,198 @@
 
 use super::*;
 
-/// Lists one task's resource page by page and sends each object kept to the archive.
+/// Lists one task's resource page by page and sends each object kept to the archive; with the
+/// previous backup of the scope at hand, as metadata first ([`list_versions`]).
 pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> TaskOutcome {
-    let (r, namespace) = (&task.resource, task.namespace.as_deref());
-    let filter = task.filter.then_some(l.scope);
-    let scope = if r.namespaced { namespace } else { None };
-    let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
-    let outcome = |result| TaskOutcome { key: r.key.clone(), namespace: namespace.map(str::to_string), result };
-    let head = TypeHead::of(&r.ar);
+    let r = &task.resource;
     let mut listed = Listed::default();
-    let mut token: Option<String> = None;
-    let mut relists = 0;
-    loop {
-        let page = match fetch_page(l, &request, token.as_deref()).await {
+    let result = match l.previous {
+        Some(previous) if !reads_spec(&r.key) => list_versions(l, task, previous, &mut listed).await,
+        _ => list_bodies(l, task, None, &mut listed).await,
+    };
+    TaskOutcome {
+        key: r.key.clone(),
+        namespace: task.namespace.clone(),
+        result: result.map(|()| (listed.count, listed.namespaces)),
+    }
+}
+
+/// Resources whose objects collect reads beyond their metadata (a claim's volume, an APIService's
+/// service): always listed whole.
+fn reads_spec(key: &str) -> bool {
+    matches!(key, "persistentvolumeclaims" | "apiservices.apiregistration.k8s.io")
+}
+
+/// The paged LIST of a task: bodies, every object or (`only`) the objects whose `namespace/name`
+/// it holds.
+async fn list_bodies(
+    l: &Lister<'_>,
+    task: &Task,
+    only: Option<&HashSet<String>>,
+    listed: &mut Listed,
+) -> Result<(), TaskError> {
+    let head = TypeHead::of(&task.resource.ar);
+    let mut pager = Pager::new(l, task, false);
+    listed.last_key = None;
+    while let Some(page) = pager.next().await {
+        send_page(l, task, &head, &page.map_err(TaskError::Kube)?, only, listed).await?;
+    }
+    Ok(())
+}
+
+/// An incremental backup continuing the previous one of its scope lists the task's objects as
+/// metadata only (`as=PartialObjectMetadataList`): an object whose `resourceVersion` is the one
+/// that backup recorded is sent unread ([`Body::Unchanged`]); the others are read afterwards, a
+/// GET each, or the whole LIST again (keeping only them) when they are many or GET is refused.
+/// A server that cannot list metadata only gets the plain LIST.
+async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed: &mut Listed) -> Result<(), TaskError> {
+    let r = &task.resource;
+    let filter = task.filter.then_some(l.scope);
+    let mut pager = Pager::new(l, task, true);
+    let mut changed: Vec<(Option<String>, String)> = Vec::new();
+    let mut objects = 0usize;
+    while let Some(page) = pager.next().await {
+        let page = match page {
             Ok(p) => p,
-            Err(kube::Error::Api(s)) if s.code == 410 && token.is_some() && relists < 3 => {
-                relists += 1;
-                tracing::info!(resource = %r.key, "continue token expired (410 Gone); listing again from the start");
-                token = None;
+            Err(kube::Error::Api(s)) if s.code == 406 && objects == 0 => {
+                tracing::debug!(resource = %r.key, "the server cannot list metadata only");
+                return list_bodies(l, task, None, listed).await;
+            }
+            Err(e) => return Err(TaskError::Kube(e)),
+        };
+        for raw in page.items() {
+            let obj: RawItem<'_> =
+                serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
+            let Some((ns, name)) = listed.next_kept(&obj, filter) else { continue };
+            if never_backed_up_object(&r.key, &obj) {
                 continue;
             }
-            Err(e) => return outcome(Err(TaskError::Kube(e))),
-        };
-        if let Err(e) = send_page(l, r, &head, filter, &page, &mut listed).await {
-            return outcome(Err(e));
+            objects += 1;
+            let path = crate::archive::entry_path(&r.key, ns.as_deref(), &name);
+            let version = obj.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+            match previous.get(&path) {
+                Some(recorded) if recorded.reusable && version.is_some() && recorded.version == version => {
+                    let item =
+                        Item { resource: r.key.clone(), namespace: ns, name, body: Body::Unchanged(recorded.clone()) };
+                    listed.send(l, item).await?;
+                }
+                _ => changed.push((ns, name)),
+            }
         }
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            return outcome(Ok((listed.count, listed.namespaces)));
+    }
+    if objects > 0 && !r.ar.group.is_empty() {
+        let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
+        f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    if changed.len() > GET_MAX && changed.len() * 8 > objects {
+        return list_bodies(l, task, Some(&keys(&changed)), listed).await;
+    }
+    let head = TypeHead::of(&r.ar);
+    // GET_IN_FLIGHT at a time, in order (a plain loop: a stream of closures borrowing `changed`
+    // would not be `Send` for every lifetime, which the controllers' tasks need).
+    let mut waiting = changed.iter();
+    let mut reads = futures::stream::FuturesOrdered::new();
+    loop {
+        while reads.len() < GETS_IN_FLIGHT {
+            let Some((ns, name)) = waiting.next() else { break };
+            reads.push_back(read_one(l, r, ns.as_deref(), name));
+        }
+        let Some(read) = reads.next().await else { break };
+        match read {
+            Ok(None) => {} // deleted since the LIST
+            Ok(Some(body)) => {
+                let raw = head.as_listed(&body);
+                let obj: RawItem<'_> =
+                    serde_json::from_str(&raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
+                listed.send(l, read_item(r, &head, &raw, &obj)).await?;
+            }
+            Err(e) => {
+                tracing::debug!(resource = %r.key, error = %e, "reading the changed objects one by one failed; listing them");
+                drop(reads);
+                return list_bodies(l, task, Some(&keys(&changed)), listed).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Changed objects read one GET each up to this many (or an eighth of the task's objects); above,
+/// one LIST of the task costs the server less.
+const GET_MAX: usize = 16;
+const GETS_IN_FLIGHT: usize = 8;
+
+fn keys(objects: &[(Option<String>, String)]) -> HashSet<String> {
+    objects.iter().map(|(ns, name)| object_key(ns.as_deref(), name)).collect()
+}
+
+fn object_key(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// One object's body, `None` if it is gone.
+async fn read_one(l: &Lister<'_>, r: &Resource, namespace: Option<&str>, name: &str) -> kube::Result<Option<String>> {
+    let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, namespace));
+    let body = l
+        .throttle
+        .call(|| {
+            let req = request.get(name, &kube::api::GetParams::default()).map_err(kube::Error::BuildRequest);
+            async move { l.client.request_text(req?).await }
+        })
+        .await;
+    match body {
+        Ok(b) => Ok(Some(b)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A task's pages, one at a time, listed again from the start (up to 3 times) when the continue
+/// token expires (410 Gone): [`Listed::next_kept`] then skips what was sent already.
+struct Pager<'l, 'a> {
+    l: &'l Lister<'a>,
+    request: Request,
+    metadata: bool,
+    key: &'l str,
+    token: Option<String>,
+    relists: u32,
+    done: bool,
+}
+
+impl<'l, 'a> Pager<'l, 'a> {
+    fn new(l: &'l Lister<'a>, task: &'l Task, metadata: bool) -> Self {
+        let r = &task.resource;
+        let scope = if r.namespaced { task.namespace.as_deref() } else { None };
+        let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
+        Pager { l, request, metadata, key: &r.key, token: None, relists: 0, done: false }
+    }
+
+    async fn next(&mut self) -> Option<kube::Result<RawPage>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match fetch_page(self.l, &self.request, self.token.as_deref(), self.metadata).await {
+                Ok(page) => {
+                    self.token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+                    self.done = self.token.is_none();
+                    return Some(Ok(page));
+                }
+                Err(kube::Error::Api(s)) if s.code == 410 && self.token.is_some() && self.relists < 3 => {
+                    self.relists += 1;
+                    tracing::info!(resource = %self.key, "continue token expired (410 Gone); listing again from the start");
+                    self.token = None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
         }
     }
 }
@@ -45,13 +209,48 @@ struct Listed {
     last_key: Option<String>,
 }
 
-/// One page of `request`'s LIST (after the page `token` continues).
-async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>) -> kube::Result<RawPage> {
+impl Listed {
+    /// The object's namespace and name if it is one to look at: not seen before in this pass (see
+    /// `last_key`) and in a namespace kept by `filter`.
+    fn next_kept(&mut self, obj: &RawItem<'_>, filter: Option<&Scope>) -> Option<(Option<String>, String)> {
+        let ns = obj.metadata.namespace.as_deref().map(str::to_string);
+        let name = obj.metadata.name.as_deref().unwrap_or_default().to_string();
+        let key = object_key(ns.as_deref(), &name);
+        if self.last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str()) {
+            return None;
+        }
+        self.last_key = Some(key);
+        if let (Some(scope), Some(ns)) = (filter, &ns)
+            && !scope.includes(ns)
+        {
+            return None;
+        }
+        Some((ns, name))
+    }
+
+    /// Sends one object to the archive and counts it.
+    async fn send(&mut self, l: &Lister<'_>, item: Item) -> Result<(), TaskError> {
+        if let Some(ns) = &item.namespace {
+            self.namespaces.insert(ns.clone());
+        }
+        l.tx.send(item).await.map_err(|_| TaskError::Closed)?;
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// One page of `request`'s LIST (after the page `token` continues); of metadata only with `metadata`.
+async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>, metadata: bool) -> kube::Result<RawPage> {
     let lp = page_params(l.selector, token);
     let body = l
         .throttle
         .call(|| {
-            let req = request.list(&lp).map_err(kube::Error::BuildRequest);
+            let req = request.list(&lp).map_err(kube::Error::BuildRequest).map(|mut req| {
+                if metadata {
+                    req.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static(METADATA_LIST));
+                }
+                req
+            });
             async move { l.client.request_text(req?).await }
         })
         .await;
@@ -60,59 +259,40 @@ async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>) -> k
     body.and_then(|b| RawPage::parse(b).map_err(kube::Error::SerdeError))
 }
 
-/// Sends the page's objects not sent before, in the namespaces kept and not excluded by
-/// [`never_backed_up_object`]; notes what the dependency pass needs.
+/// A LIST of metadata only (`PartialObjectMetadataList`, served since Kubernetes 1.15).
+const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+
+/// Sends the page's objects not sent before (and with `only`, only those it names), in the
+/// namespaces kept and not excluded by [`never_backed_up_object`]; notes what the dependency pass
+/// needs.
 async fn send_page(
     l: &Lister<'_>,
-    r: &Resource,
+    task: &Task,
     head: &TypeHead,
-    filter: Option<&Scope>,
     page: &RawPage,
+    only: Option<&HashSet<String>>,
     listed: &mut Listed,
 ) -> Result<(), TaskError> {
+    let r = &task.resource;
+    let filter = task.filter.then_some(l.scope);
     let mut had_objects = false;
     let mut volumes = Vec::new();
     let mut claims = Vec::new();
     for raw in page.items() {
         let obj: RawItem<'_> = serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
-        let ns = obj.metadata.namespace.as_deref().map(str::to_string);
-        let name = obj.metadata.name.as_deref().unwrap_or_default();
-        let key = match &ns {
-            Some(ns) => format!("{ns}/{name}"),
-            None => name.to_string(),
-        };
-        if listed.last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str()) {
-            continue;
-        }
-        listed.last_key = Some(key);
-        if let (Some(scope), Some(ns)) = (filter, &ns)
-            && !scope.includes(ns)
+        let Some((ns, name)) = listed.next_kept(&obj, filter) else { continue };
+        if only.is_some_and(|o| !o.contains(&object_key(ns.as_deref(), &name))) || never_backed_up_object(&r.key, &obj)
         {
-            continue;
-        }
-        if never_backed_up_object(&r.key, &obj) {
             continue;
         }
         if r.key == "persistentvolumeclaims" {
             if let Some(v) = obj.spec().volume_name {
                 volumes.push(v.to_string());
             }
-            claims.push((ns.clone().unwrap_or_default(), name.to_string()));
+            claims.push((ns.clone().unwrap_or_default(), name.clone()));
         }
         had_objects = true;
-        let item = Item {
-            resource: r.key.clone(),
-            namespace: ns.clone(),
-            name: name.to_string(),
-            json: with_type_meta(raw, &obj, head),
-        };
-        if let Some(ns) = ns {
-            listed.namespaces.insert(ns);
-        }
-        if l.tx.send(item).await.is_err() {
-            return Err(TaskError::Closed);
-        }
-        listed.count += 1;
+        listed.send(l, read_item(r, head, raw, &obj)).await?;
     }
     if had_objects || !volumes.is_empty() {
         let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,6 +303,19 @@ async fn send_page(
         f.claims.extend(claims);
     }
     Ok(())
+}
+
+/// An object read in full, for the archive.
+fn read_item(r: &Resource, head: &TypeHead, raw: &str, obj: &RawItem<'_>) -> Item {
+    Item {
+        resource: r.key.clone(),
+        namespace: obj.metadata.namespace.as_deref().map(str::to_string),
+        name: obj.metadata.name.as_deref().unwrap_or_default().to_string(),
+        body: Body::Read {
+            json: with_type_meta(raw, obj, head),
+            version: obj.metadata.resource_version.as_deref().map(str::to_string),
+        },
+    }
 }
 
 /// A LIST response body with its items left unparsed.
@@ -182,6 +375,8 @@ struct RawMeta<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     namespace: Option<Cow<'a, str>>,
+    #[serde(rename = "resourceVersion", borrow, default)]
+    resource_version: Option<Cow<'a, str>>,
 }
 
 /// The parts of a PersistentVolumeClaim's or an APIService's spec that collect reads.
@@ -212,14 +407,30 @@ fn never_backed_up_object(key: &str, obj: &RawItem<'_>) -> bool {
 }
 
 /// `{"apiVersion":…,"kind":…` of a resource's objects, without the closing brace: made once per
-/// LIST, not once per object.
-struct TypeHead(String);
+/// LIST, not once per object. Also what a typed GET response starts with, kind first.
+struct TypeHead {
+    head: String,
+    got: String,
+}
 
 impl TypeHead {
     fn of(ar: &ApiResource) -> Self {
         let mut head = serde_json::json!({"apiVersion": ar.api_version, "kind": ar.kind}).to_string();
         head.pop(); // the closing brace
-        TypeHead(head)
+        let (kind, api_version) = (serde_json::json!(ar.kind), serde_json::json!(ar.api_version));
+        TypeHead { head, got: format!("{{\"kind\":{kind},\"apiVersion\":{api_version},") }
+    }
+
+    /// A GET response's object as the same object's LIST item is sent: a built-in type's GET
+    /// starts with `kind` and `apiVersion`, which its LIST items leave out. So an object read
+    /// either way is stored as the same bytes (and a body stored once is found again by its
+    /// SHA-256). Anything else is left as it is.
+    fn as_listed<'b>(&self, body: &'b str) -> Cow<'b, str> {
+        let body = body.trim_end(); // the response's newline
+        match body.strip_prefix(self.got.as_str()) {
+            Some(rest) => Cow::Owned(format!("{{{rest}")),
+            None => Cow::Borrowed(body),
+        }
     }
 }
 
@@ -229,8 +440,8 @@ fn with_type_meta(raw: &str, obj: &RawItem<'_>, head: &TypeHead) -> Vec<u8> {
         return raw.as_bytes().to_vec();
     }
     let rest = raw.trim_start().strip_prefix('{').unwrap_or(raw).trim_start();
-    let mut out = Vec::with_capacity(head.0.len() + raw.len() + 1);
-    out.extend_from_slice(head.0.as_bytes());
+    let mut out = Vec::with_capacity(head.head.len() + raw.len() + 1);
+    out.extend_from_slice(head.head.as_bytes());
     if !rest.starts_with('}') {
         out.push(b',');
     }
@@ -299,6 +510,24 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&with_type_meta("{}", &item, &TypeHead::of(&ar("v1", "X")))).unwrap();
         assert_eq!(v, serde_json::json!({"apiVersion": "v1", "kind": "X"}));
+    }
+
+    #[test]
+    fn a_typed_get_response_is_stored_as_its_list_item_would_be() {
+        let head = TypeHead::of(&ar("v1", "ConfigMap"));
+        let listed = r#"{"metadata":{"name":"a","namespace":"n"},"data":{"k":"v"}}"#;
+        let got = r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"a","namespace":"n"},"data":{"k":"v"}}"#;
+        let stored = |raw: &str| {
+            let item: RawItem<'_> = serde_json::from_str(raw).unwrap();
+            with_type_meta(raw, &item, &head)
+        };
+        assert_eq!(stored(&head.as_listed(got)), stored(listed));
+        assert_eq!(stored(&head.as_listed(&format!("{got}\n"))), stored(listed));
+        // A custom resource (its type first, as listed) and an unexpected shape stay as sent.
+        let cr = r#"{"apiVersion":"example.org/v1","kind":"Widget","metadata":{"name":"w"}}"#;
+        assert_eq!(TypeHead::of(&ar("example.org/v1", "Widget")).as_listed(cr), cr);
+        let other = r#"{"kind":"Secret","apiVersion":"v1","metadata":{}}"#;
+        assert_eq!(head.as_listed(other), other);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod list;
 pub mod plan;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,7 @@ use kube::{Client, ResourceExt};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use crate::contents::Recorded;
 use crate::error::kube_message;
 use crate::filter::{ResourceNames, Selection, is_ephemeral_namespace, resource_key};
 use crate::kube_client::Throttle;
@@ -64,9 +65,37 @@ pub struct Item {
     pub resource: String,
     pub namespace: Option<String>,
     pub name: String,
-    /// The object's JSON as the server sent it, with `apiVersion` and `kind`.
-    pub json: Vec<u8>,
+    pub body: Body,
 }
+
+/// An object's body, or why it was not read.
+#[derive(Debug)]
+pub enum Body {
+    /// The object's JSON as the server sent it, with `apiVersion` and `kind`, and its
+    /// `metadata.resourceVersion`.
+    Read { json: Vec<u8>, version: Option<String> },
+    /// Not read: the server reports the `resourceVersion` the previous backup of the same scope
+    /// recorded for it, so its body is the one that backup stored (incremental backups only).
+    Unchanged(Recorded),
+}
+
+impl Item {
+    /// The body as read; an error for an object that was not read (only an incremental backup
+    /// continuing another may reference one).
+    pub fn json(&self) -> std::io::Result<&[u8]> {
+        match &self.body {
+            Body::Read { json, .. } => Ok(json),
+            Body::Unchanged(_) => Err(std::io::Error::other(format!(
+                "{}/{} was not read: only an incremental backup can reference an unchanged object",
+                self.resource, self.name
+            ))),
+        }
+    }
+}
+
+/// What the previous backup of a scope recorded, by entry path: the objects a LIST of metadata
+/// only may leave unread ([`Body::Unchanged`]).
+pub type Previous = HashMap<String, Recorded>;
 
 /// Totals of a collection.
 #[derive(Debug, Default)]
@@ -95,11 +124,14 @@ struct Found {
 }
 
 /// Lists everything the plan names and sends each object to `tx`. Stops early if `tx` is closed.
+/// With `previous`, most resources are listed as metadata only and their unchanged objects sent
+/// unread ([`list`]).
 pub async fn collect(
     client: &Client,
     throttle: &Throttle,
     plan: &Plan,
     selector: Option<&str>,
+    previous: Option<&Previous>,
     tx: mpsc::Sender<Item>,
     observer: &dyn Observer,
 ) -> Report {
@@ -114,7 +146,7 @@ pub async fn collect(
     observer.event(Event::Planned { resources: tasks.len() });
 
     let found = std::sync::Mutex::new(Found::default());
-    let lister = Lister { client, throttle, selector, scope: &plan.scope, tx: &tx, found: &found };
+    let lister = Lister { client, throttle, selector, scope: &plan.scope, previous, tx: &tx, found: &found };
     let outcomes: Vec<TaskOutcome> = futures::stream::iter(tasks.into_iter().map(|task| {
         let (lister, items) = (&lister, items.clone());
         async move {
@@ -152,6 +184,7 @@ struct Lister<'a> {
     throttle: &'a Throttle,
     selector: Option<&'a str>,
     scope: &'a Scope,
+    previous: Option<&'a Previous>,
     tx: &'a mpsc::Sender<Item>,
     found: &'a std::sync::Mutex<Found>,
 }
@@ -243,6 +276,7 @@ enum TaskError {
 async fn send(tx: &mpsc::Sender<Item>, r: &Resource, mut obj: DynamicObject) -> Result<(), ()> {
     obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
     let json = serde_json::to_vec(&obj).map_err(|_| ())?;
-    let item = Item { resource: r.key.clone(), namespace: obj.metadata.namespace.clone(), name: obj.name_any(), json };
+    let body = Body::Read { json, version: obj.metadata.resource_version.clone() };
+    let item = Item { resource: r.key.clone(), namespace: obj.metadata.namespace.clone(), name: obj.name_any(), body };
     tx.send(item).await.map_err(|_| ())
 }

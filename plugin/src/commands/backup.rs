@@ -75,6 +75,12 @@ fn print_summary(b: &Backup, location: &str) {
     let s = &b.status;
     let took = took(&s.timing);
     let stored = match &s.incremental {
+        Some(i) if i.objects_not_read > 0 => format!(
+            "{} new (incremental: {} objects reused, {} unchanged since the last backup and not read)",
+            size(i.bytes_uploaded),
+            i.objects_reused,
+            i.objects_not_read
+        ),
         Some(i) => format!("{} new (incremental: {} objects reused)", size(i.bytes_uploaded), i.objects_reused),
         None => size(b.bytes_stored()),
     };
@@ -287,11 +293,12 @@ fn print_description(b: &Backup, location: &str) {
     if let Some(i) = &s.incremental {
         let _ = writeln!(
             out,
-            "Incremental:        {} packs ({} new), {} objects stored, {} reused, {} uploaded",
+            "Incremental:        {} packs ({} new), {} objects stored, {} reused ({} not read: unchanged), {} uploaded",
             i.packs,
             i.packs_written,
             i.objects_stored,
             i.objects_reused,
+            i.objects_not_read,
             size(i.bytes_uploaded)
         );
     }
