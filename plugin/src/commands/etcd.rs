@@ -408,7 +408,11 @@ fn print_restore(r: &EtcdRestore) {
             s.revision.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
         );
         println!("Restore it into a new, empty data directory, then start etcd on that directory:");
-        println!("  etcdutl snapshot restore {} --data-dir NEW_DATA_DIR", path.display());
+        println!(
+            "  etcdutl snapshot restore {} --data-dir NEW_DATA_DIR --bump-revision 1000000000 --mark-compacted",
+            path.display()
+        );
+        println!("  (--bump-revision keeps resourceVersions from being reused; see docs/etcd.md)");
         println!("  (etcd 3.4: ETCDCTL_API=3 etcdctl snapshot restore {} --data-dir NEW_DATA_DIR)", path.display());
         return;
     }
