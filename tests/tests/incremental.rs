@@ -384,3 +384,47 @@ fn a_continuing_backup_reads_only_the_objects_whose_resource_version_moved() {
         assert_eq!(value(&t, &ns, "cm-00015"), want, "backup {backup}");
     }
 }
+
+#[test]
+fn a_reader_who_may_list_but_not_get_still_backs_up_what_moved() {
+    let env = SharedEnv::load().expect("shared environment");
+    let (t, _dir, ns) = workspace("listonly", 20);
+    // alice may list ConfigMaps in the namespace (which shows their contents) but not get one.
+    t.apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: cm-lister, namespace: {ns}}}
+rules:
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-cm, namespace: {ns}}}
+subjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: Role, name: cm-lister, apiGroup: rbac.authorization.k8s.io}}
+"#
+    ))
+    .ok();
+    let alice = t.as_user(&env.cluster.user("alice").kubeconfig);
+    let create = |name: &str| {
+        let args = ["create", name, "--incremental", "-n", &ns, "--include-resources", "configmaps", "-o", "json"];
+        alice.backup(&args).json()
+    };
+    let first = create(&format!("{ns}-1"));
+    assert_eq!(first["status"]["resources"]["configmaps"], 21, "{first}");
+    let (name, got) = ("cm-00007", t.kubectl(&["get", "configmap", "cm-00007", "-n", &ns, "--as", "alice"]));
+    assert!(got.stderr.contains("forbidden"), "alice may get {name}: {}", got.stderr);
+    t.kubectl(&["patch", "configmap", name, "-n", &ns, "--type=merge", "-p", r#"{"data":{"i":"changed"}}"#]).ok();
+    // The changed object's GET is refused: the ConfigMaps are listed again for it.
+    let second = create(&format!("{ns}-2"));
+    assert_eq!(second["status"]["resources"]["configmaps"], 21, "{second}");
+    assert_eq!(second["status"]["incremental"]["objectsNotRead"], 20, "{}", second["status"]);
+    assert!(second["status"]["errors"].as_array().is_none_or(|e| e.is_empty()), "{}", second["status"]);
+    t.delete_namespace(&ns);
+    let r = t.backup(&["restore", &format!("{ns}-2"), "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    assert_eq!(value(&t, &ns, name), "changed");
+    assert_eq!(value(&t, &ns, "cm-00008"), "8");
+}
