@@ -386,8 +386,7 @@ const DELTA_BLOB: usize = 1 << 20;
 async fn store_incremental(p: &Pipeline<'_>, scope: &str, server_version: &str) -> Result<Outcome> {
     let store = p.store;
     let encryption = store.seal().map(|s| s.describe());
-    let known = crate::packs::Known::load(store, encryption.as_ref()).await?;
-    let mut previous = crate::packs::previous(store, &known, scope, scope_of).await;
+    let (known, mut previous) = crate::packs::load_with_previous(store, encryption.as_ref(), scope, scope_of).await?;
     if let Some(prev) = &previous {
         p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
     }

@@ -164,10 +164,12 @@ impl Lease {
     /// Writes the lease (before anything is read of the packs) and starts its heartbeat.
     pub async fn acquire(store: &Store, run: &str) -> Result<Lease> {
         let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "run": run })).unwrap_or_default());
-        for suffix in ["start", "beat"] {
-            let path = Path::from(format!("{LEASES}/{run}.{suffix}"));
-            store.objects().put(&path, PutPayload::from_bytes(body.clone())).await.map_err(|e| store.error(e))?;
-        }
+        // Both written, side by side, before anything is read of the packs.
+        let put = |suffix: &str| {
+            let (path, body) = (Path::from(format!("{LEASES}/{run}.{suffix}")), body.clone());
+            async move { store.objects().put(&path, PutPayload::from_bytes(body)).await.map_err(|e| store.error(e)) }
+        };
+        futures::future::try_join(put("start"), put("beat")).await?;
         let health = Arc::new(std::sync::Mutex::new(Health {
             at: std::time::Instant::now(),
             wall: std::time::SystemTime::now(),
@@ -210,9 +212,9 @@ impl Lease {
     pub async fn release(self) {
         self.beat.abort();
         let _ = self.beat.await;
-        for suffix in ["beat", "start"] {
-            self.store.remove_quietly(&Path::from(format!("{LEASES}/{}.{suffix}", self.run))).await;
-        }
+        let path = |suffix: &str| Path::from(format!("{LEASES}/{}.{suffix}", self.run));
+        let (beat, start) = (path("beat"), path("start"));
+        futures::future::join(self.store.remove_quietly(&beat), self.store.remove_quietly(&start)).await;
     }
 }
 
@@ -231,8 +233,9 @@ pub async fn confirm(store: &Store, name: &str, packs: &[String]) -> Result<()> 
                     }
                 }
             };
-            let indexed = head(index_path(&id)).await || head(plain_index_path(&id)).await;
-            (!indexed || !head(pack_path(&id)).await).then_some(id)
+            let index = async { head(index_path(&id)).await || head(plain_index_path(&id)).await };
+            let (indexed, packed) = futures::future::join(index, head(pack_path(&id))).await;
+            (!indexed || !packed).then_some(id)
         }
     }))
     .buffer_unordered(16)
@@ -902,15 +905,37 @@ impl Previous {
     }
 }
 
-/// The latest committed incremental backup of `scope`, if it can be continued: its metadata is
-/// there, it was made for the same scope, every contents pack it uses is one `known` may reuse,
-/// and its chain of deltas is short and small (see below). `None` otherwise (the new backup then lists every object); never an error.
-pub async fn previous(
+/// The location's packs ([`Known::load`]) and the latest committed incremental backup of `scope`
+/// if it can be continued ([`previous`]), read side by side: their requests overlap (on a store
+/// that answers a small GET in tens of milliseconds, each sequential request shows).
+pub async fn load_with_previous(
     store: &Store,
-    known: &Known,
+    encryption: Option<&Encryption>,
     scope: &str,
     scope_of: impl Fn(&BackupMetadata) -> String,
-) -> Option<Previous> {
+) -> Result<(Known, Option<Previous>)> {
+    let (known, fetched) = tokio::join!(Known::load(store, encryption), fetch_previous(store, scope, scope_of));
+    let known = known?;
+    let previous = match fetched {
+        Some(f) => previous(f, &known).await,
+        None => None,
+    };
+    Ok((known, previous))
+}
+
+/// A previous backup's metadata and contents packs, read before the location's packs are known.
+struct Fetched {
+    name: String,
+    meta: BackupMetadata,
+    contents: ContentsRef,
+    ids: Vec<String>,
+    local: Local,
+}
+
+/// Reads the latest incremental backup of `scope`: its metadata, which must be for the same scope
+/// with a short chain of deltas (see below), and its contents packs. `None` if any of it is not
+/// there or not so.
+async fn fetch_previous(store: &Store, scope: &str, scope_of: impl Fn(&BackupMetadata) -> String) -> Option<Fetched> {
     let doc = store.get_optional_within(&head_path(scope), 4096).await.ok()??;
     let head: Head = serde_json::from_slice(&doc).ok()?;
     let meta: BackupMetadata =
@@ -926,20 +951,30 @@ pub async fn previous(
         return None;
     }
     let ids: Vec<String> = meta.packs.iter().filter(|id| is_contents_pack(id)).cloned().collect();
-    if ids.is_empty() || ids.iter().any(|id| !known.packs.contains(id)) {
+    if ids.is_empty() {
         return None;
     }
     let local = Local::fetch_packs(store, &head.backup, &ids).await.ok()?;
-    let c = contents.clone();
+    Some(Fetched { name: head.backup, meta, contents, ids, local })
+}
+
+/// The fetched previous backup, if it can be continued: every contents pack it uses is one `known`
+/// may reuse, and its contents read whole with a small chain of deltas. Never an error.
+async fn previous(f: Fetched, known: &Known) -> Option<Previous> {
+    if f.ids.iter().any(|id| !known.packs.contains(id)) {
+        return None;
+    }
+    let (local, c) = (f.local, f.contents.clone());
     let assembled = tokio::task::spawn_blocking(move || read_contents(&local, &c)).await.ok()?;
+    let contents = f.contents;
     match assembled {
         Ok(a) if a.lines.len() as u64 == contents.entries && a.delta_lines * 4 < contents.entries.max(1) => {
-            let server_version = meta.backup.status.source_cluster.map(|c| c.version);
-            Some(Previous { name: head.backup, contents, assembled: a, server_version })
+            let server_version = f.meta.backup.status.source_cluster.map(|c| c.version);
+            Some(Previous { name: f.name, contents, assembled: a, server_version })
         }
         Ok(_) => None,
         Err(e) => {
-            tracing::debug!(backup = %head.backup, error = %e, "not continuing the previous backup");
+            tracing::debug!(backup = %f.name, error = %e, "not continuing the previous backup");
             None
         }
     }
