@@ -448,6 +448,24 @@ pub fn small_configmaps(ns: &str, count: usize) -> String {
     yaml
 }
 
+/// A Role in `ns` allowing `verbs` on core-group `resources`, bound to the harness user `user`.
+pub fn user_role(ns: &str, user: &str, role: &str, resources: &[&str], verbs: &[&str]) -> String {
+    let (resources, verbs) = (resources.join(", "), verbs.join(", "));
+    format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {role}, namespace: {ns}}}
+rules: [{{apiGroups: [""], resources: [{resources}], verbs: [{verbs}]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {user}-{role}, namespace: {ns}}}
+subjects: [{{kind: User, name: {user}, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: Role, name: {role}, apiGroup: rbac.authorization.k8s.io}}
+"#
+    )
+}
+
 pub fn namespace(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, namespace, sample_app, tar_entries, unique, wait_crd, widget, widget_crd};
+use kubectl_backup_e2e::fixtures::{
+    Tools, namespace, sample_app, tar_entries, unique, user_role, wait_crd, widget, widget_crd,
+};
 use serde_json::Value;
 
 fn env() -> (SharedEnv, Tools) {
@@ -333,24 +335,7 @@ fn forbidden_resources_make_the_backup_partially_failed() {
     let ns = unique("rbac");
     tools.apply(&sample_app(&ns)).ok();
     // alice may read configmaps and the namespace, nothing else.
-    tools
-        .apply(&format!(
-            r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: cm-reader, namespace: {ns}}}
-rules:
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "list"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: alice-cm, namespace: {ns}}}
-subjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]
-roleRef: {{kind: Role, name: cm-reader, apiGroup: rbac.authorization.k8s.io}}
-"#
-        ))
-        .ok();
+    tools.apply(&user_role(&ns, "alice", "cm-reader", &["configmaps"], &["get", "list"])).ok();
     let alice = tools.as_user(&env.cluster.user("alice").kubeconfig).with_store(&env.s3, &unique("rbac"));
     let name = unique("b");
     let run = alice.backup(&["create", &name, "-n", &ns, "-o", "json"]);

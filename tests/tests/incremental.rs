@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, namespace, small_configmaps, unique};
+use kubectl_backup_e2e::fixtures::{Tools, namespace, small_configmaps, unique, user_role};
 use serde_json::Value;
 
 fn setup(name: &str) -> (Tools, PathBuf) {
@@ -390,23 +390,7 @@ fn a_reader_who_may_list_but_not_get_still_backs_up_what_moved() {
     let env = SharedEnv::load().expect("shared environment");
     let (t, _dir, ns) = workspace("listonly", 20);
     // alice may list ConfigMaps in the namespace (which shows their contents) but not get one.
-    t.apply(&format!(
-        r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: cm-lister, namespace: {ns}}}
-rules:
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["list"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: alice-cm, namespace: {ns}}}
-subjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]
-roleRef: {{kind: Role, name: cm-lister, apiGroup: rbac.authorization.k8s.io}}
-"#
-    ))
-    .ok();
+    t.apply(&user_role(&ns, "alice", "cm-lister", &["configmaps"], &["list"])).ok();
     let alice = t.as_user(&env.cluster.user("alice").kubeconfig);
     let create = |name: &str| {
         let args = ["create", name, "--incremental", "-n", &ns, "--include-resources", "configmaps", "-o", "json"];

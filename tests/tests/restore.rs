@@ -6,7 +6,7 @@ use std::path::Path;
 use kubectl_backup_e2e::control_plane::ControlPlane;
 use kubectl_backup_e2e::env::SharedEnv;
 use kubectl_backup_e2e::fixtures::{
-    Tools, namespace, rewrite_contents, sample_app, unique, wait_crd, widget, widget_crd,
+    Tools, namespace, rewrite_contents, sample_app, unique, user_role, wait_crd, widget, widget_crd,
 };
 use serde_json::{Value, json};
 
@@ -412,24 +412,7 @@ fn an_unprivileged_restore_reports_forbidden_objects_and_restores_the_rest() {
     tools.delete_namespace(&ns);
     // bob may create ConfigMaps in the (re-created, empty) namespace and nothing else.
     tools.apply(&namespace(&ns)).ok();
-    tools
-        .apply(&format!(
-            r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: cm-writer, namespace: {ns}}}
-rules:
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "list", "create"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: bob-cm, namespace: {ns}}}
-subjects: [{{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}]
-roleRef: {{kind: Role, name: cm-writer, apiGroup: rbac.authorization.k8s.io}}
-"#
-        ))
-        .ok();
+    tools.apply(&user_role(&ns, "bob", "cm-writer", &["configmaps"], &["get", "list", "create"])).ok();
     let bob = t.as_user(&env.cluster.user("bob").kubeconfig);
     let run = bob.backup(&["restore", &name, "-n", &ns, "-o", "json"]);
     assert_eq!(run.code, 3, "PartiallyFailed exits 3: {} {}", run.stdout, run.stderr);
