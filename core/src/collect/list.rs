@@ -97,6 +97,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
     // would not be `Send` for every lifetime, which the controllers' tasks need).
     let mut waiting = changed.iter();
     let mut reads = futures::stream::FuturesOrdered::new();
+    let mut done = 0; // results come in the order of `changed`
     loop {
         while reads.len() < GETS_IN_FLIGHT {
             let Some((ns, name)) = waiting.next() else { break };
@@ -112,11 +113,13 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
                 listed.send(l, read_item(r, &head, &raw, &obj)).await?;
             }
             Err(e) => {
+                // Those read already are sent: the LIST keeps only the rest (none twice).
                 tracing::debug!(resource = %r.key, error = %e, "reading the changed objects one by one failed; listing them");
                 drop(reads);
-                return list_bodies(l, task, Some(&keys(&changed)), listed).await;
+                return list_bodies(l, task, Some(&keys(&changed[done..])), listed).await;
             }
         }
+        done += 1;
     }
     Ok(())
 }
