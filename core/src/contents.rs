@@ -291,6 +291,45 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_line_is_the_same_only_with_the_same_body_and_version() {
+        let mut line = Line::of("resources/configmaps/namespaces/a/c.json".into(), b"{}");
+        line.resource_version = Some("4711".into());
+        // Lines round-trip with their version; lines of older backups have none.
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.contains(r#""resourceVersion":"4711""#), "{text}");
+        assert_eq!(parse_line(text.as_bytes()).unwrap(), line);
+        let old = parse_line(
+            br#"{"path":"p","sha256":"0000000000000000000000000000000000000000000000000000000000000000","size":2}"#,
+        );
+        assert_eq!(old.unwrap().resource_version, None);
+
+        let recorded = line.recorded();
+        assert_eq!(recorded.version, Some(4711));
+        assert!(!recorded.reusable, "only the backup continuing it may mark it reusable");
+        assert!(recorded.same_as(&line));
+        let mut moved = line.clone();
+        moved.resource_version = Some("4712".into());
+        assert!(!recorded.same_as(&moved));
+        let mut unversioned = line.clone();
+        unversioned.resource_version = None;
+        assert!(!recorded.same_as(&unversioned), "a line gaining a version is written to the delta");
+        let mut other_body = Line::of(line.path.clone(), b"{\"a\":1}");
+        other_body.resource_version = line.resource_version.clone();
+        assert!(!recorded.same_as(&other_body));
+        // An opaque (non-etcd) version is kept in the line but never compared.
+        let mut opaque = line.clone();
+        opaque.resource_version = Some("abc".into());
+        assert_eq!(opaque.recorded().version, None);
+    }
+
+    #[test]
+    fn seen_paths_are_found_again() {
+        let mut seen = Seen::default();
+        assert!(seen.insert("a") && !seen.insert("a"));
+        assert!(seen.contains("a") && !seen.contains("b"));
+    }
+
+    #[test]
     fn a_path_listed_twice_is_refused_even_in_order() {
         let l = lines(1).remove(0);
         let twice = vec![Ok(l.clone()), Ok(l.clone())];
