@@ -396,7 +396,7 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str, server_version: &str) 
         let same_server = prev.server_version.as_deref() == Some(server_version);
         let mut lines = std::mem::take(&mut prev.assembled.lines);
         for r in lines.values_mut() {
-            r.reusable = same_server && r.version.is_some() && known.pack_of(&r.sha256).is_some();
+            r.reusable = same_server && r.version.is_some() && known.holds(&r.sha256);
         }
         Arc::new(lines)
     });
@@ -450,15 +450,14 @@ async fn store_incremental(p: &Pipeline<'_>, scope: &str, server_version: &str) 
                     line
                 }
                 Body::Unchanged(r) => {
-                    if !stash.reference(&r.sha256) {
+                    if !stash.reference_digest(&r.sha256) {
                         return Err(std::io::Error::other(format!(
                             "the body of {path} ({}) vanished from the location's packs",
-                            r.sha256
+                            r.sha256_hex()
                         )));
                     }
                     unread += 1;
-                    let resource_version = r.version.map(|v| v.to_string());
-                    crate::contents::Line { path, sha256: r.sha256, size: r.size, resource_version }
+                    r.line(path)
                 }
             };
             match &mut mode {

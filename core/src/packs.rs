@@ -60,7 +60,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::archive::{ArchiveWriter, Entry};
-use crate::contents::{Line, Recorded};
+use crate::contents::{Line, Recorded, digest as digest_key};
 use crate::crypto::{Encryption, Opener, Seal};
 use crate::model::{BackupMetadata, ContentsRef, IncrementalStatus};
 use crate::store::Store;
@@ -127,12 +127,6 @@ pub struct PackIndex {
 pub struct Blob {
     pub sha256: String,
     pub size: u64,
-}
-
-fn digest_key(hex_sha: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_sha, &mut out).ok()?;
-    Some(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,6 +406,11 @@ impl Known {
 }
 
 impl Known {
+    /// Whether the location has the blob of this digest.
+    pub fn holds(&self, key: &[u8; 32]) -> bool {
+        self.blobs.contains_key(key)
+    }
+
     /// The pack holding a blob, if the location has it.
     pub fn pack_of(&self, sha256: &str) -> Option<&str> {
         let n = *self.blobs.get(&digest_key(sha256)?)?;
@@ -491,7 +490,12 @@ impl Stash {
     /// Records that the backup references a blob the location holds (a contents blob of the
     /// previous backup it continues); false if the location has no such blob.
     pub fn reference(&mut self, sha256: &str) -> bool {
-        match digest_key(sha256).and_then(|k| self.known.blobs.get(&k)) {
+        digest_key(sha256).is_some_and(|k| self.reference_digest(&k))
+    }
+
+    /// [`Stash::reference`] by the digest's bytes.
+    pub fn reference_digest(&mut self, key: &[u8; 32]) -> bool {
+        match self.known.blobs.get(key) {
             Some(&n) => {
                 self.reused += 1;
                 self.reused_packs.insert(n);
@@ -841,7 +845,7 @@ pub fn read_verified(
     }
     let mut by_sha: HashMap<String, Vec<String>> = HashMap::new();
     for (path, recorded) in assembled.lines {
-        by_sha.entry(recorded.sha256).or_default().push(path);
+        by_sha.entry(recorded.sha256_hex()).or_default().push(path);
     }
     // 2. The objects.
     let mut seen = 0u64;
