@@ -106,7 +106,7 @@ pub struct Moved {
     pub bytes_total: u64,
 }
 
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// Where progress goes.
 pub type Report = std::sync::Arc<dyn Fn(Moved) + Send + Sync>;
