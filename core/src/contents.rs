@@ -48,7 +48,7 @@ impl Line {
         Recorded {
             sha256: digest(&self.sha256).unwrap_or_default(),
             size: self.size,
-            version: self.resource_version.as_deref().and_then(|v| v.parse().ok()),
+            version: version_number(self.resource_version.as_deref()),
             reusable: false,
         }
     }
@@ -82,8 +82,13 @@ pub struct Recorded {
 impl Recorded {
     /// Whether `line` records the same object body and version.
     pub fn same_as(&self, line: &Line) -> bool {
-        let version = line.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+        let version = version_number(line.resource_version.as_deref());
         digest(&line.sha256) == Some(self.sha256) && self.size == line.size && self.version == version
+    }
+
+    /// Whether an object the server now reports at `version` may be referenced unread.
+    pub fn unchanged_at(&self, version: Option<&str>) -> bool {
+        self.reusable && self.version.is_some() && self.version == version_number(version)
     }
 
     /// The digest in hex, as lines and pack indexes write it.
@@ -96,6 +101,11 @@ impl Recorded {
         let resource_version = self.version.map(|v| v.to_string());
         Line { path, sha256: self.sha256_hex(), size: self.size, resource_version }
     }
+}
+
+/// A `resourceVersion` that is one etcd revision (a decimal number); `None` for any other.
+pub fn version_number(version: Option<&str>) -> Option<u64> {
+    version?.parse().ok()
 }
 
 /// A hex SHA-256 as its 32 bytes.

@@ -71,9 +71,8 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             }
             objects += 1;
             let path = crate::archive::entry_path(&r.key, ns.as_deref(), &name);
-            let version = obj.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
             match previous.get(&path) {
-                Some(recorded) if recorded.reusable && version.is_some() && recorded.version == version => {
+                Some(recorded) if recorded.unchanged_at(obj.metadata.resource_version.as_deref()) => {
                     let item =
                         Item { resource: r.key.clone(), namespace: ns, name, body: Body::Unchanged(recorded.clone()) };
                     listed.send(l, item).await?;
