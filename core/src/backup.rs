@@ -75,16 +75,39 @@ pub async fn run_with_movers(
     if spec.include_volumes && spec.volume_method == crate::model::VolumeMethod::Fs {
         crate::volume::check_location(store)?;
     }
-    crate::committed::ensure_absent::<Objects>(store, name).await?;
-
     let start = Timestamp::now();
+    let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
+    // The location (the name is free; an incremental run's lease and what it reads of the packs)
+    // and the cluster (discovery, the plan, the server's version) are asked side by side: each
+    // store request is a round trip, and most of a small incremental backup is round trips.
+    let location = async {
+        crate::committed::ensure_absent::<Objects>(store, name).await?;
+        match spec.incremental {
+            true => Begun::begin(store, &run_id, &scope(&spec, &cluster.server)).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let reading = async {
+        let throttle = &cluster.throttle;
+        let discovered = collect::discover(&cluster.client, throttle).await?;
+        let plan = collect::plan(&cluster.client, throttle, &discovered, &selection).await?;
+        Ok::<_, Error>((plan, cluster.server_version().await))
+    };
+    let (begun, read) = tokio::join!(location, reading);
+    let begun = begun?;
+    let (plan, version) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            if let Some(b) = begun {
+                b.lease.release().await;
+            }
+            return Err(e);
+        }
+    };
+
     let log = crate::runlog::RunLog::new(observer);
     log.line(format_args!("backup {name} started to {}", store.url()));
     let observer: Arc<dyn Observer> = log.clone();
-    let throttle = &cluster.throttle;
-    let discovered = collect::discover(&cluster.client, throttle).await?;
-    let plan = collect::plan(&cluster.client, throttle, &discovered, &selection).await?;
-    let version = cluster.server_version().await;
 
     // Visible to `describe` while running; refreshed with progress until the run ends.
     let mut marker = Backup::new(name, spec.clone());
@@ -99,15 +122,47 @@ pub async fn run_with_movers(
     let observer: Arc<dyn Observer> = tracker.clone();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
     let pipeline = Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers };
-    let result = run_pipeline(pipeline, spec, ttl, version).await;
+    let result = run_pipeline(pipeline, spec, ttl, version, &run_id, begun).await;
     heartbeat.abort();
     let _ = heartbeat.await;
     // The heartbeat may have refreshed the marker after the commit removed it: remove it again.
-    store.remove_quietly(&in_progress_path(name)).await;
-    if let Ok(b) = &result {
-        save_log(&log, store, b).await;
-    }
+    let saved = async {
+        if let Ok(b) = &result {
+            save_log(&log, store, b).await;
+        }
+    };
+    let marker = in_progress_path(name);
+    tokio::join!(store.remove_quietly(&marker), saved);
     result
+}
+
+/// An incremental run's start on the location: its lease, written before anything is read of the
+/// packs, then the packs it knows and the previous backup of its scope.
+struct Begun {
+    lease: crate::packs::Lease,
+    known: crate::packs::Known,
+    previous: Option<crate::packs::Previous>,
+}
+
+impl Begun {
+    async fn begin(store: &Store, run_id: &str, scope: &str) -> Result<Begun> {
+        if matches!(store.seal(), Some(crate::crypto::Seal::Passphrase(_))) {
+            return Err(Error::invalid(
+                "--incremental",
+                "",
+                "incremental backups share packs across backups, and with a passphrase this tool cannot tell whether two backups use the same one: encrypt to recipients (--encrypt-to) instead",
+            ));
+        }
+        let lease = crate::packs::Lease::acquire(store, run_id).await?;
+        let encryption = store.seal().map(|s| s.describe());
+        match crate::packs::load_with_previous(store, encryption.as_ref(), scope, scope_of).await {
+            Ok((known, previous)) => Ok(Begun { lease, known, previous }),
+            Err(e) => {
+                lease.release().await;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Ends the run's log with its outcome and stores it beside the committed backup. A log that
@@ -164,12 +219,13 @@ async fn run_pipeline(
     spec: BackupSpec,
     ttl: Option<jiff::SignedDuration>,
     version: String,
+    run_id: &str,
+    begun: Option<Begun>,
 ) -> Result<Backup> {
-    let (store, name, start) = (p.store, p.name, p.start);
-    let run_id = format!("{}-{:08x}", start.as_second(), rand::random::<u32>());
-    if !spec.incremental {
-        let (mut outcome, mut files) = store_archive(&p, &run_id).await?;
-        let volumes = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
+    let (store, name) = (p.store, p.name);
+    let Some(Begun { lease, known, previous }) = begun else {
+        let (mut outcome, mut files) = store_archive(&p, run_id).await?;
+        let volumes = back_up_volumes(&p, &spec, run_id, &mut outcome).await;
         files.extend(volumes.files);
         let committed = match volumes.fatal {
             Some(e) => Err(e),
@@ -181,19 +237,11 @@ async fn run_pipeline(
             }
         }
         return committed;
-    }
-    if matches!(store.seal(), Some(crate::crypto::Seal::Passphrase(_))) {
-        return Err(Error::invalid(
-            "--incremental",
-            "",
-            "incremental backups share packs across backups, and with a passphrase this tool cannot tell whether two backups use the same one: encrypt to recipients (--encrypt-to) instead",
-        ));
-    }
-    let lease = crate::packs::Lease::acquire(store, &run_id).await?;
+    };
+    let scope = scope(&spec, &p.cluster.server);
     let result = async {
-        let scope = scope(&spec, &p.cluster.server);
-        let mut outcome = store_incremental(&p, &scope, &version).await?;
-        let volumes = back_up_volumes(&p, &spec, &run_id, &mut outcome).await;
+        let mut outcome = store_incremental(&p, known, previous, &version).await?;
+        let volumes = back_up_volumes(&p, &spec, run_id, &mut outcome).await;
         let packs = outcome.packs.clone();
         let committed = async {
             if let Some(e) = volumes.fatal {
@@ -210,11 +258,15 @@ async fn run_pipeline(
         }
         let backup = committed?;
         crate::packs::confirm(store, name, &packs).await?;
-        crate::packs::set_head(store, &scope, name).await;
         Ok(backup)
     }
     .await;
-    lease.release().await;
+    let head = async {
+        if result.is_ok() {
+            crate::packs::set_head(store, &scope, name).await;
+        }
+    };
+    tokio::join!(head, lease.release());
     result
 }
 
@@ -383,10 +435,14 @@ const DELTA_BLOB: usize = 1 << 20;
 /// yet goes into new packs; the rest is referenced. Continuing the previous backup of its scope,
 /// it reads only the objects whose `resourceVersion` moved since (when both backups read the
 /// same API server version). Runs under the caller's lease.
-async fn store_incremental(p: &Pipeline<'_>, scope: &str, server_version: &str) -> Result<Outcome> {
+async fn store_incremental(
+    p: &Pipeline<'_>,
+    known: crate::packs::Known,
+    mut previous: Option<crate::packs::Previous>,
+    server_version: &str,
+) -> Result<Outcome> {
     let store = p.store;
     let encryption = store.seal().map(|s| s.describe());
-    let (known, mut previous) = crate::packs::load_with_previous(store, encryption.as_ref(), scope, scope_of).await?;
     if let Some(prev) = &previous {
         p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
     }

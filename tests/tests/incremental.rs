@@ -412,3 +412,36 @@ fn a_reader_who_may_list_but_not_get_still_backs_up_what_moved() {
     assert_eq!(value(&t, &ns, name), "changed");
     assert_eq!(value(&t, &ns, "cm-00008"), "8");
 }
+
+/// An incremental run asks the location (its lease, the packs, the previous backup) and the
+/// cluster (discovery, the plan) side by side. When the cluster side refuses the run, the lease
+/// written meanwhile is removed: nothing of the run is left in the location, and the same name
+/// then backs up.
+#[test]
+fn a_run_refused_after_its_lease_was_written_leaves_no_lease_behind() {
+    let (t, dir, ns) = workspace("lease-refused", 3);
+    create_incremental(&t, &ns, "first");
+    let r = t.backup(&[
+        "create",
+        "second",
+        "--incremental",
+        "--include-namespaces",
+        &ns,
+        "--include-resources",
+        "nosuchwidgets",
+    ]);
+    assert_ne!(r.code, 0, "a backup of a resource type the server does not serve succeeded");
+    assert!(
+        r.stderr.contains("--include-resources") && r.stderr.contains("nosuchwidgets"),
+        "the error does not name the flag and the value: {}",
+        r.stderr
+    );
+    // The run's lease is written before the plan is refused (the location side does not wait for
+    // the cluster side); it must be gone, and so must any trace of the run.
+    assert_eq!(files(&dir.join("leases")), Vec::<String>::new(), "a refused run left its lease");
+    assert!(!dir.join("backups/second").exists(), "a refused run left files under its name");
+    let again = create_incremental(&t, &ns, "second");
+    assert_eq!(again["status"]["phase"], "Completed");
+    assert_eq!(again["status"]["incremental"]["objectsNotRead"].as_u64().map(|n| n >= 3), Some(true), "{again}");
+    assert_eq!(files(&dir.join("leases")), Vec::<String>::new(), "a committed run left its lease");
+}
