@@ -243,7 +243,7 @@ impl Listed {
 
 /// One page of `request`'s LIST (after the page `token` continues); of metadata only with `metadata`.
 async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>, metadata: bool) -> kube::Result<RawPage> {
-    let lp = page_params(l.selector, token);
+    let lp = page_params(if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE }, l.selector, token);
     let body = l
         .throttle
         .call(|| {

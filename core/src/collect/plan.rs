@@ -187,7 +187,7 @@ async fn list_all(
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let lp = page_params(selector, token.as_deref());
+        let lp = page_params(PAGE_SIZE, selector, token.as_deref());
         let page = throttle.call(|| api.list(&lp)).await?;
         out.extend(page.items);
         token = page.metadata.continue_.filter(|t| !t.is_empty());
