@@ -43,8 +43,9 @@ pub use self::plan::*;
 pub const PAGE_SIZE: u32 = 500;
 /// Objects per page of a LIST of metadata only: each is a few hundred bytes, and every page costs
 /// the API server a round trip to etcd that counts the rest of the range (10k ConfigMaps on the
-/// harness: 0.29–0.31 s in pages of 500, 0.14–0.20 s in pages of 5000; docs/benchmarks.md).
-pub const METADATA_PAGE_SIZE: u32 = 5000;
+/// harness: 0.29–0.31 s in pages of 500, 0.17–0.24 s in pages of 2000, 0.14–0.20 s in pages of
+/// 5000, which cost a second backup of 20k objects 4–8 MiB more peak RSS; docs/benchmarks.md).
+pub const METADATA_PAGE_SIZE: u32 = 2000;
 
 /// The parameters of one page of a paged LIST: `limit` objects, the label selector, the continue
 /// token of the page before.
