@@ -36,7 +36,9 @@ async fn list_bodies(
     let head = TypeHead::of(&task.resource.ar);
     let mut pager = Pager::new(l, task, false);
     listed.last_key = None;
+    listed.relisted = false;
     while let Some(page) = pager.next().await {
+        listed.relisted |= pager.relists > 0;
         send_page(l, task, &head, &page.map_err(TaskError::Kube)?, only, listed).await?;
     }
     Ok(())
@@ -62,6 +64,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             }
             Err(e) => return Err(TaskError::Kube(e)),
         };
+        listed.relisted |= pager.relists > 0;
         for raw in page.items() {
             let obj: RawItem<'_> =
                 serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
@@ -206,9 +209,14 @@ impl<'l, 'a> Pager<'l, 'a> {
 struct Listed {
     count: u64,
     namespaces: BTreeSet<String>,
-    /// Items come in etcd key order; after a 410 (continue token expired) we relist and skip
-    /// everything up to the last key already written, so nothing is archived twice.
+    /// The greatest key looked at in this pass. An etcd-backed resource lists in key order, so
+    /// after a 410 (continue token expired) the LIST starts again and skips every key up to this
+    /// one, looked at already: nothing is archived twice.
     last_key: Option<String>,
+    /// Whether the pager listed again after a 410: only then are keys skipped. A resource an
+    /// aggregated API server serves need not come sorted, and none of its objects may be lost
+    /// for being out of etcd's order.
+    relisted: bool,
 }
 
 impl Listed {
@@ -218,10 +226,13 @@ impl Listed {
         let ns = obj.metadata.namespace.as_deref().map(str::to_string);
         let name = obj.metadata.name.as_deref().unwrap_or_default().to_string();
         let key = object_key(ns.as_deref(), &name);
-        if self.last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str()) {
+        let behind = self.last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str());
+        if behind && self.relisted {
             return None;
         }
-        self.last_key = Some(key);
+        if !behind {
+            self.last_key = Some(key);
+        }
         if let (Some(scope), Some(ns)) = (filter, &ns)
             && !scope.includes(ns)
         {
@@ -464,6 +475,31 @@ mod tests {
             kind: kind.into(),
             plural: format!("{}s", kind.to_lowercase()),
         }
+    }
+
+    #[test]
+    fn items_out_of_key_order_are_all_kept_and_only_a_relist_skips_what_was_looked_at() {
+        let item = |ns: &str, name: &str| format!(r#"{{"metadata":{{"namespace":"{ns}","name":"{name}"}}}}"#);
+        let mut listed = Listed::default();
+        let mut kept = |listed: &mut Listed, ns: &str, name: &str| {
+            let raw = item(ns, name);
+            let obj: RawItem<'_> = serde_json::from_str(&raw).unwrap();
+            listed.next_kept(&obj, None).map(|(_, n)| n)
+        };
+        // An aggregated API server's order: every object is kept.
+        let first: Vec<_> = [("b", "2"), ("a", "9"), ("b", "1"), ("c", "1")]
+            .iter()
+            .filter_map(|(ns, name)| kept(&mut listed, ns, name))
+            .collect();
+        assert_eq!(first, ["2", "9", "1", "1"]);
+        assert_eq!(listed.last_key.as_deref(), Some("c/1"));
+        // After a 410 the LIST starts again: what is up to the greatest key looked at is skipped.
+        listed.relisted = true;
+        let again: Vec<_> = [("a", "9"), ("b", "2"), ("c", "1"), ("c", "2"), ("d", "0")]
+            .iter()
+            .filter_map(|(ns, name)| kept(&mut listed, ns, name))
+            .collect();
+        assert_eq!(again, ["2", "0"]);
     }
 
     #[test]
