@@ -481,7 +481,7 @@ mod tests {
     fn items_out_of_key_order_are_all_kept_and_only_a_relist_skips_what_was_looked_at() {
         let item = |ns: &str, name: &str| format!(r#"{{"metadata":{{"namespace":"{ns}","name":"{name}"}}}}"#);
         let mut listed = Listed::default();
-        let mut kept = |listed: &mut Listed, ns: &str, name: &str| {
+        let kept = |listed: &mut Listed, ns: &str, name: &str| {
             let raw = item(ns, name);
             let obj: RawItem<'_> = serde_json::from_str(&raw).unwrap();
             listed.next_kept(&obj, None).map(|(_, n)| n)
