@@ -217,7 +217,8 @@ fn backoff() -> ExponentialBuilder {
 pub fn is_transient(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        // ReadEvents: a response body cut off midway (collect::list reads pages as a stream).
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
         _ => false,
     }
 }

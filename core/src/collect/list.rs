@@ -39,7 +39,9 @@ async fn list_bodies(
     listed.relisted = false;
     while let Some(page) = pager.next().await {
         listed.relisted |= pager.relists > 0;
-        send_page(l, task, &head, &page.map_err(TaskError::Kube)?, only, listed).await?;
+        let page = page.map_err(TaskError::Kube)?;
+        send_page(l, task, &head, &page, only, listed).await?;
+        pager.recycle(page);
     }
     Ok(())
 }
@@ -83,6 +85,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
                 _ => changed.push((ns, name)),
             }
         }
+        pager.recycle(page);
     }
     if objects > 0 && !r.ar.group.is_empty() {
         let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,6 +164,11 @@ async fn read_one(l: &Lister<'_>, r: &Resource, namespace: Option<&str>, name: &
 
 /// A task's pages, one at a time, listed again from the start (up to 3 times) when the continue
 /// token expires (410 Gone): [`Listed::next_kept`] then skips what was sent already.
+///
+/// Each page is read into the body of the page before it ([`Pager::recycle`]): one buffer per
+/// task, grown to its largest page, instead of a new one (and kube's two copies) per page. Pages
+/// are the client's largest allocations after the upload's chunks; freed one by one, glibc kept
+/// them resident (docs/benchmarks.md).
 struct Pager<'l, 'a> {
     l: &'l Lister<'a>,
     request: Request,
@@ -169,6 +177,7 @@ struct Pager<'l, 'a> {
     token: Option<String>,
     relists: u32,
     done: bool,
+    spare: Vec<u8>,
 }
 
 impl<'l, 'a> Pager<'l, 'a> {
@@ -176,7 +185,7 @@ impl<'l, 'a> Pager<'l, 'a> {
         let r = &task.resource;
         let scope = if r.namespaced { task.namespace.as_deref() } else { None };
         let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
-        Pager { l, request, metadata, key: &r.key, token: None, relists: 0, done: false }
+        Pager { l, request, metadata, key: &r.key, token: None, relists: 0, done: false, spare: Vec::new() }
     }
 
     async fn next(&mut self) -> Option<kube::Result<RawPage>> {
@@ -184,7 +193,8 @@ impl<'l, 'a> Pager<'l, 'a> {
             return None;
         }
         loop {
-            match fetch_page(self.l, &self.request, self.token.as_deref(), self.metadata).await {
+            let spare = std::mem::take(&mut self.spare);
+            match fetch_page(self.l, &self.request, self.token.as_deref(), self.metadata, spare).await {
                 Ok(page) => {
                     self.token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
                     self.done = self.token.is_none();
@@ -201,6 +211,13 @@ impl<'l, 'a> Pager<'l, 'a> {
                 }
             }
         }
+    }
+}
+
+impl Pager<'_, '_> {
+    /// Hands a page's body back to be read into again.
+    fn recycle(&mut self, page: RawPage) {
+        self.spare = page.body.into_bytes();
     }
 }
 
@@ -252,9 +269,17 @@ impl Listed {
     }
 }
 
-/// One page of `request`'s LIST (after the page `token` continues); of metadata only with `metadata`.
-async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>, metadata: bool) -> kube::Result<RawPage> {
+/// One page of `request`'s LIST (after the page `token` continues); of metadata only with
+/// `metadata`. The body is read into `buf` (cleared first; a failed attempt's retry starts anew).
+async fn fetch_page(
+    l: &Lister<'_>,
+    request: &Request,
+    token: Option<&str>,
+    metadata: bool,
+    buf: Vec<u8>,
+) -> kube::Result<RawPage> {
     let lp = page_params(if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE }, l.selector, token);
+    let mut buf = Some(buf);
     let body = l
         .throttle
         .call(|| {
@@ -264,7 +289,14 @@ async fn fetch_page(l: &Lister<'_>, request: &Request, token: Option<&str>, meta
                 }
                 req
             });
-            async move { l.client.request_text(req?).await }
+            let mut buf = buf.take().unwrap_or_default();
+            async move {
+                use futures::AsyncReadExt;
+                let mut body = l.client.request_stream(req?).await?;
+                buf.clear();
+                body.read_to_end(&mut buf).await.map_err(kube::Error::ReadEvents)?;
+                String::from_utf8(buf).map_err(kube::Error::FromUtf8)
+            }
         })
         .await;
     // Pages are taken apart only as far as filtering needs; each item's JSON goes to the

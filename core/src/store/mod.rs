@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::signer::Signer;
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 mod aws_identity;
+mod chunk;
 mod providers;
 
 pub use aws_identity::AssumeRole;
@@ -28,9 +29,11 @@ use crate::{Error, Result};
 /// The largest metadata document read (one of 1M objects is about 150 MB).
 pub const MAX_DOCUMENT_BYTES: u64 = 512 * 1024 * 1024;
 
-/// Multipart part size. Parts other than the last must be at least 5 MiB on S3. (5 MiB parts were
-/// tried twice: peak RSS at 100k objects did not fall beyond run-to-run noise; bench/scale.sh.)
-const PART: usize = 8 << 20;
+/// Multipart part size: the smallest S3 accepts for parts other than the last. A part is held in
+/// memory until it is sent, so it is most of what a large backup's peak RSS has above a small
+/// one's: 8 MiB parts cost 3 MiB more at 100k objects, once the chunks were maps of their own and
+/// the pages reused their buffers (docs/benchmarks.md; before, glibc's retention hid it).
+const PART: usize = 5 << 20;
 /// Parts uploading at once. Bounds memory: about PART x (this + 1).
 const PARTS_IN_FLIGHT: usize = 3;
 
@@ -391,7 +394,7 @@ impl Store {
         removed
     }
 
-    /// Uploads the chunks received on `chunks` as one object (multipart: parts of 8 MiB, three in
+    /// Uploads the chunks received on `chunks` as one object (multipart: parts of 5 MiB, three in
     /// flight), calling `progress` with the bytes sent so far. On failure the multipart upload is
     /// aborted and `chunks` closed, so the producer stops. The object exists only if this succeeds.
     pub async fn upload(&self, path: &Path, mut chunks: mpsc::Receiver<Bytes>, progress: impl Fn(u64)) -> Result<u64> {
@@ -418,18 +421,17 @@ impl Store {
     pub async fn upload_file(&self, path: &Path, file: std::fs::File) -> Result<u64> {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let reader = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut file = io::BufReader::new(file);
+            let mut file = file;
             io::Seek::rewind(&mut file)?;
             let mut sent = 0u64;
             loop {
-                let mut buf = vec![0u8; 1 << 20];
-                let n = io::Read::read(&mut file, &mut buf)?;
+                let mut buf = chunk::Chunk::new(1 << 20)?;
+                let n = buf.fill_from(&mut file)?;
                 if n == 0 {
                     return Ok(sent);
                 }
-                buf.truncate(n);
                 sent += n as u64;
-                if tx.blocking_send(Bytes::from(buf)).is_err() {
+                if tx.blocking_send(buf.into_bytes()).is_err() {
                     return Ok(sent);
                 }
             }
@@ -480,37 +482,40 @@ impl Store {
     }
 }
 
-/// A `Write` that hands fixed-size chunks to an async consumer (the multipart uploader). Used from a
-/// blocking thread; a closed channel surfaces as `BrokenPipe`.
+/// A `Write` that hands fixed-size chunks (each in its own map, see [`chunk`]) to an async
+/// consumer (the multipart uploader). Used from a blocking thread; a closed channel surfaces as
+/// `BrokenPipe`.
 pub struct ChunkSender {
     tx: mpsc::Sender<Bytes>,
-    buf: BytesMut,
+    buf: Option<chunk::Chunk>,
     chunk: usize,
 }
 
 impl ChunkSender {
     pub fn new(tx: mpsc::Sender<Bytes>, chunk: usize) -> Self {
-        ChunkSender { tx, buf: BytesMut::with_capacity(chunk), chunk }
+        ChunkSender { tx, buf: None, chunk }
     }
 
     fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = self.buf.split().freeze();
-        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+        let Some(chunk) = self.buf.take().filter(|c| !c.is_empty()) else { return Ok(()) };
+        self.tx
+            .blocking_send(chunk.into_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 }
 
 impl Write for ChunkSender {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.buf.is_empty() {
-            // One allocation of the chunk size for a new chunk, not a series of reallocations.
-            self.buf.reserve(self.chunk);
-        }
-        self.buf.extend_from_slice(buf);
-        if self.buf.len() >= self.chunk {
-            self.send()?;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let chunk = match &mut self.buf {
+                Some(c) => c,
+                None => self.buf.insert(chunk::Chunk::new(self.chunk)?),
+            };
+            rest = &rest[chunk.fill(rest)..];
+            if chunk.is_full() {
+                self.send()?;
+            }
         }
         Ok(buf.len())
     }
