@@ -251,3 +251,21 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_cut_off_midway_is_retried_and_a_refusal_or_bad_body_is_not() {
+        let cut = kube::Error::ReadEvents(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_transient(&cut));
+        let status = |code| kube::Error::Api(kube::core::Status::failure("m", "r").with_code(code).boxed());
+        assert!(is_transient(&status(503)));
+        assert!(is_transient(&status(429)));
+        assert!(!is_transient(&status(403)));
+        assert!(!is_transient(&status(410)), "an expired continue token is the pager's to handle");
+        let not_utf8 = String::from_utf8(vec![0xff]).unwrap_err();
+        assert!(!is_transient(&kube::Error::FromUtf8(not_utf8)));
+    }
+}
