@@ -188,6 +188,11 @@ impl<'l, 'a> Pager<'l, 'a> {
         Pager { l, request, metadata, key: &r.key, token: None, relists: 0, done: false, spare: Vec::new() }
     }
 
+    /// Hands a page's body back to be read into again.
+    fn recycle(&mut self, page: RawPage) {
+        self.spare = page.body.into_bytes();
+    }
+
     async fn next(&mut self) -> Option<kube::Result<RawPage>> {
         if self.done {
             return None;
@@ -211,13 +216,6 @@ impl<'l, 'a> Pager<'l, 'a> {
                 }
             }
         }
-    }
-}
-
-impl Pager<'_, '_> {
-    /// Hands a page's body back to be read into again.
-    fn recycle(&mut self, page: RawPage) {
-        self.spare = page.body.into_bytes();
     }
 }
 

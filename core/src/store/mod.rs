@@ -418,10 +418,9 @@ impl Store {
 
     /// Uploads a local file as one object (multipart, streamed 1 MiB at a time), then checks the
     /// store holds exactly its size. Returns the bytes sent.
-    pub async fn upload_file(&self, path: &Path, file: std::fs::File) -> Result<u64> {
+    pub async fn upload_file(&self, path: &Path, mut file: std::fs::File) -> Result<u64> {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let reader = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut file = file;
             io::Seek::rewind(&mut file)?;
             let mut sent = 0u64;
             loop {
