@@ -17,7 +17,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::mpsc;
 
 use crate::archive::{ArchiveWriter, FORMAT, Written};
-use crate::collect::{self, Body, Item};
+use crate::collect::{self, Batch, Body};
 use crate::filter::Selection;
 use crate::input::{expiration, parse_duration, validate_name};
 use crate::kube_client::Cluster;
@@ -457,7 +457,7 @@ async fn store_incremental(
         Arc::new(lines)
     });
     let listed_against = recorded.clone();
-    let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
+    let (item_tx, item_rx) = mpsc::channel::<Batch>(collect::BATCHES_QUEUED);
     let (pack_tx, pack_rx) = mpsc::channel::<crate::packs::FinishedPack>(1);
     let (seal, mtime, observer) = (store.seal().cloned(), p.start.as_second().max(0) as u64, p.observer.clone());
     // Pack ids are short (every backup's metadata lists the packs it uses): 48 random bits.
@@ -492,7 +492,7 @@ async fn store_incremental(
             stash.put_contents(&sha, blob)?;
             Ok(sha)
         };
-        while let Some(item) = item_rx.blocking_recv() {
+        for item in collect::blocking_items(item_rx) {
             let path = crate::archive::entry_path(&item.resource, item.namespace.as_deref(), &item.name);
             if !seen.insert(&path) {
                 duplicates += 1;
@@ -605,7 +605,7 @@ async fn store_incremental(
 async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect::Report, Archived)> {
     let (store, observer) = (p.store, &p.observer);
     // Pipeline: LIST pages -> (items) -> compressor thread -> (chunks) -> multipart upload.
-    let (item_tx, item_rx) = mpsc::channel::<Item>(256);
+    let (item_tx, item_rx) = mpsc::channel::<Batch>(collect::BATCHES_QUEUED);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(4);
     let seal = p.store.seal().cloned();
     let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, seal, observer.clone());
@@ -636,7 +636,7 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
 impl Pipeline<'_> {
     /// Lists what the plan selects into `items` (concurrent paged LISTs).
     /// With `previous`, objects unchanged since it are sent unread.
-    async fn collect(&self, items: mpsc::Sender<Item>, previous: Option<&collect::Previous>) -> collect::Report {
+    async fn collect(&self, items: mpsc::Sender<Batch>, previous: Option<&collect::Previous>) -> collect::Report {
         let selector = self.selection.selector.as_ref().map(|s| s.as_str().to_string());
         collect::collect(
             &self.cluster.client,
@@ -719,7 +719,7 @@ struct Archived {
 }
 
 fn spawn_writer(
-    mut items: mpsc::Receiver<Item>,
+    items: mpsc::Receiver<Batch>,
     chunks: mpsc::Sender<Bytes>,
     mtime: u64,
     seal: Option<crate::crypto::Seal>,
@@ -730,7 +730,7 @@ fn spawn_writer(
         let file = std::io::BufWriter::new(tempfile::tempfile()?);
         let mut contents = crate::contents::Writer::new(file, seal.as_ref())?;
         let mut n = 0u64;
-        while let Some(item) = items.blocking_recv() {
+        for item in collect::blocking_items(items) {
             if let Some(line) = w.append(&item)? {
                 contents.push(&line)?;
             }

@@ -3,6 +3,7 @@
 //! `resources/<resource>[.<group>]/cluster/<name>.json`, with a SHA-256 per entry kept for the
 //! metadata document. The reader checks every path and every digest.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
@@ -91,11 +92,18 @@ pub struct Written {
     pub duplicates: u64,
 }
 
-/// Writes objects into a tar+zstd stream. It keeps 16 bytes per object (to refuse one listed
-/// twice); each object's [`Line`] goes to the caller, which streams the contents elsewhere.
+/// Writes objects into a tar+zstd stream; each object's [`Line`] goes to the caller, which
+/// streams the contents elsewhere. It keeps 12 bytes per object to refuse one listed twice,
+/// except for objects collect listed [`Item::in_key_order`], whose paths are unique by
+/// construction: its memory does not grow with the objects of the API server's own resources.
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<zstd::Encoder<'static, Sealed<Digesting<W>>>>,
     seen: Seen,
+    /// Resources with objects written unchecked ([`Item::in_key_order`]), and with objects
+    /// checked against `seen`: no resource may have both, or an object of one kind could repeat
+    /// one of the other unnoticed.
+    unchecked: HashSet<String>,
+    checked: HashSet<String>,
     entries: u64,
     duplicates: u64,
     mtime: u64,
@@ -110,14 +118,39 @@ impl<W: Write> ArchiveWriter<W> {
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
-        Ok(ArchiveWriter { tar, seen: Seen::default(), entries: 0, duplicates: 0, mtime })
+        Ok(ArchiveWriter {
+            tar,
+            seen: Seen::default(),
+            unchecked: HashSet::new(),
+            checked: HashSet::new(),
+            entries: 0,
+            duplicates: 0,
+            mtime,
+        })
     }
 
     /// Appends an object; returns its contents line, or `None` when its path was written already.
     pub fn append(&mut self, item: &Item) -> io::Result<Option<Line>> {
         let path = entry_path(&item.resource, item.namespace.as_deref(), &item.name);
         let json = item.json()?;
-        Ok(self.append_raw(&path, json)?.then(|| Line::of(path, json)))
+        let (this, other) = match item.in_key_order {
+            true => (&mut self.unchecked, &self.checked),
+            false => (&mut self.checked, &self.unchecked),
+        };
+        if other.contains(&item.resource) {
+            return Err(io::Error::other(format!(
+                "internal error: objects of {} came both listed in key order and not; the archive could hold one twice",
+                item.resource
+            )));
+        }
+        if !this.contains(&item.resource) {
+            this.insert(item.resource.clone());
+        }
+        let written = match item.in_key_order {
+            true => self.write(&path, json).map(|()| true)?,
+            false => self.append_raw(&path, json)?,
+        };
+        Ok(written.then(|| Line::of(path, json)))
     }
 
     /// Appends `body` as the regular file `path`; false (and nothing written) when `path` was
@@ -127,6 +160,11 @@ impl<W: Write> ArchiveWriter<W> {
             self.duplicates += 1;
             return Ok(false);
         }
+        self.write(path, body)?;
+        Ok(true)
+    }
+
+    fn write(&mut self, path: &str, body: &[u8]) -> io::Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_size(body.len() as u64);
         header.set_mode(0o644);
@@ -134,7 +172,7 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_entry_type(tar::EntryType::Regular);
         self.tar.append_data(&mut header, path, body)?;
         self.entries += 1;
-        Ok(true)
+        Ok(())
     }
 
     pub fn len(&self) -> u64 {
@@ -276,6 +314,7 @@ mod tests {
             namespace: ns.map(str::to_string),
             name: name.into(),
             body: crate::collect::Body::Read { json: body.as_bytes().to_vec(), version: None },
+            in_key_order: false,
         }
     }
 
@@ -338,6 +377,29 @@ mod tests {
         let (_, written, lines) =
             build(&[item("configmaps", Some("a"), "b", "1"), item("configmaps", Some("a"), "b", "2")]);
         assert_eq!((written.entries, written.duplicates, lines.len()), (1, 1, 1));
+    }
+
+    #[test]
+    fn objects_listed_in_key_order_are_not_remembered_and_their_resources_take_no_other() {
+        let sorted = |ns, name| Item { in_key_order: true, ..item("configmaps", Some(ns), name, "{}") };
+        let mut w = ArchiveWriter::new(Vec::new(), 1_700_000_000, None).unwrap();
+        for (ns, name) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            assert!(w.append(&sorted(ns, name)).unwrap().is_some());
+        }
+        assert!(!w.seen.contains(&entry_path("configmaps", Some("a"), "1")));
+        // Others are remembered and refused twice.
+        assert!(w.append(&item("widgets.example.org", Some("a"), "1", "{}")).unwrap().is_some());
+        assert!(w.append(&item("widgets.example.org", Some("a"), "1", "{}")).unwrap().is_none());
+        assert!(w.seen.contains(&entry_path("widgets.example.org", Some("a"), "1")));
+        // A resource written unchecked cannot get a checked object, nor the other way round.
+        let e = w.append(&item("configmaps", Some("a"), "1", "{}")).unwrap_err();
+        assert!(e.to_string().contains("objects of configmaps came both listed in key order and not"), "{e}");
+        let e =
+            w.append(&Item { in_key_order: true, ..item("widgets.example.org", Some("z"), "9", "{}") }).unwrap_err();
+        assert!(e.to_string().contains("objects of widgets.example.org came both"), "{e}");
+        let (bytes, written) = w.finish().unwrap();
+        assert_eq!((written.entries, written.duplicates), (4, 1));
+        assert!(!bytes.is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub(super) async fn collect_dependencies(
     client: &Client,
     throttle: &Throttle,
     found: Found,
-    tx: &mpsc::Sender<Item>,
+    tx: &mpsc::Sender<Batch>,
     report: &mut Report,
 ) {
     let crd_ar = ApiResource::erase::<

@@ -253,6 +253,15 @@ pub(super) const BUILT_IN_GROUPS: &[&str] = &[
     "storagemigration.k8s.io",
 ];
 
+/// Whether the API server lists the resources of `group` from its own storage, in key order
+/// (`<namespace>/<name>`, or the name of a cluster-scoped object): a paged LIST is an etcd range
+/// read, and its continue token is the last key read, so the order holds across pages too. True
+/// for the core group and the built-in groups; a custom resource's group may be served by an
+/// aggregated API server, which may list in any order.
+pub fn lists_in_key_order(group: &str) -> bool {
+    group.is_empty() || BUILT_IN_GROUPS.contains(&group)
+}
+
 /// Resources never backed up, and why. Documented in `docs/backup-format.md`.
 pub fn never_backed_up(key: &str) -> Option<&'static str> {
     Some(match key {

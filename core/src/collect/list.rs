@@ -7,11 +7,15 @@ use super::*;
 /// previous backup of the scope at hand, as metadata first ([`list_versions`]).
 pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> TaskOutcome {
     let r = &task.resource;
-    let mut listed = Listed::default();
-    let result = match l.previous {
+    let mut listed = Listed { sorted: lists_in_key_order(&r.ar.group), ..Default::default() };
+    let mut result = match l.previous {
         Some(previous) if !reads_spec(&r.key) => list_versions(l, task, previous, &mut listed).await,
         _ => list_bodies(l, task, None, &mut listed).await,
     };
+    // What was read before a failure is archived, as it would have been one by one.
+    if let Err(closed) = listed.flush(l).await {
+        result = result.and(Err(closed));
+    }
     TaskOutcome {
         key: r.key.clone(),
         namespace: task.namespace.clone(),
@@ -42,6 +46,7 @@ async fn list_bodies(
         let page = page.map_err(TaskError::Kube)?;
         send_page(l, task, &head, &page, only, listed).await?;
         pager.recycle(page);
+        listed.flush(l).await?;
     }
     Ok(())
 }
@@ -70,7 +75,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
         for raw in page.items() {
             let obj: RawItem<'_> =
                 serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
-            let Some((ns, name)) = listed.next_kept(&obj, filter) else { continue };
+            let Some((ns, name)) = listed.next_kept(&obj, filter)? else { continue };
             if never_backed_up_object(&r.key, &obj) {
                 continue;
             }
@@ -78,14 +83,20 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             let path = crate::archive::entry_path(&r.key, ns.as_deref(), &name);
             match previous.get(&path) {
                 Some(recorded) if recorded.unchanged_at(obj.metadata.resource_version.as_deref()) => {
-                    let item =
-                        Item { resource: r.key.clone(), namespace: ns, name, body: Body::Unchanged(recorded.clone()) };
+                    let item = Item {
+                        resource: r.key.clone(),
+                        namespace: ns,
+                        name,
+                        body: Body::Unchanged(recorded.clone()),
+                        in_key_order: listed.sorted,
+                    };
                     listed.send(l, item).await?;
                 }
                 _ => changed.push((ns, name)),
             }
         }
         pager.recycle(page);
+        listed.flush(l).await?;
     }
     if objects > 0 && !r.ar.group.is_empty() {
         let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,7 +126,9 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
                 let raw = head.as_listed(&body);
                 let obj: RawItem<'_> =
                     serde_json::from_str(&raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
-                listed.send(l, read_item(r, &head, &raw, &obj)).await?;
+                // Unique too: `changed` came from the metadata LIST's kept keys, each once.
+                let item = read_item(r, &head, &raw, &obj, listed.sorted);
+                listed.send(l, item).await?;
             }
             Err(e) => {
                 // Those read already are sent: the LIST keeps only the rest (none twice).
@@ -223,6 +236,9 @@ impl<'l, 'a> Pager<'l, 'a> {
 #[derive(Default)]
 struct Listed {
     count: u64,
+    /// Objects not sent yet, and the bytes of their bodies ([`Batch`]).
+    batch: Batch,
+    batch_bytes: usize,
     namespaces: BTreeSet<String>,
     /// The greatest key looked at in this pass. An etcd-backed resource lists in key order, so
     /// after a 410 (continue token expired) the LIST starts again and skips every key up to this
@@ -232,38 +248,68 @@ struct Listed {
     /// aggregated API server serves need not come sorted, and none of its objects may be lost
     /// for being out of etcd's order.
     relisted: bool,
+    /// The resource [`lists_in_key_order`]: each key kept must come after `last_key`, which
+    /// proves that no object is sent twice ([`Item::in_key_order`]); one that does not stops the
+    /// LIST ([`TaskError::OutOfOrder`]).
+    sorted: bool,
 }
 
 impl Listed {
     /// The object's namespace and name if it is one to look at: not seen before in this pass (see
-    /// `last_key`) and in a namespace kept by `filter`.
-    fn next_kept(&mut self, obj: &RawItem<'_>, filter: Option<&Scope>) -> Option<(Option<String>, String)> {
+    /// `last_key`) and in a namespace kept by `filter`. An error if the resource is `sorted` and
+    /// the object comes out of key order (before a relist).
+    fn next_kept(
+        &mut self,
+        obj: &RawItem<'_>,
+        filter: Option<&Scope>,
+    ) -> Result<Option<(Option<String>, String)>, TaskError> {
         let ns = obj.metadata.namespace.as_deref().map(str::to_string);
         let name = obj.metadata.name.as_deref().unwrap_or_default().to_string();
         let key = object_key(ns.as_deref(), &name);
-        let behind = self.last_key.as_ref().is_some_and(|last| key.as_str() <= last.as_str());
-        if behind && self.relisted {
-            return None;
-        }
-        if !behind {
-            self.last_key = Some(key);
+        match &self.last_key {
+            Some(last) if key.as_str() <= last.as_str() => {
+                if self.relisted {
+                    return Ok(None);
+                }
+                if self.sorted {
+                    return Err(TaskError::OutOfOrder { key, last: last.clone() });
+                }
+            }
+            _ => self.last_key = Some(key),
         }
         if let (Some(scope), Some(ns)) = (filter, &ns)
             && !scope.includes(ns)
         {
-            return None;
+            return Ok(None);
         }
-        Some((ns, name))
+        Ok(Some((ns, name)))
     }
 
-    /// Sends one object to the archive and counts it.
+    /// Counts one object and adds it to the batch for the archive, sending the batch when it is
+    /// full ([`Listed::flush`] sends the rest).
     async fn send(&mut self, l: &Lister<'_>, item: Item) -> Result<(), TaskError> {
         if let Some(ns) = &item.namespace {
             self.namespaces.insert(ns.clone());
         }
-        l.tx.send(item).await.map_err(|_| TaskError::Closed)?;
+        self.batch_bytes += match &item.body {
+            Body::Read { json, .. } => json.len(),
+            Body::Unchanged(_) => 0,
+        };
+        self.batch.push(item);
         self.count += 1;
+        if self.batch.len() >= BATCH_ITEMS || self.batch_bytes >= BATCH_BYTES {
+            self.flush(l).await?;
+        }
         Ok(())
+    }
+
+    /// Sends the objects batched so far.
+    async fn flush(&mut self, l: &Lister<'_>) -> Result<(), TaskError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
+        l.tx.send(std::mem::take(&mut self.batch)).await.map_err(|_| TaskError::Closed)
     }
 }
 
@@ -323,7 +369,7 @@ async fn send_page(
     let mut claims = Vec::new();
     for raw in page.items() {
         let obj: RawItem<'_> = serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
-        let Some((ns, name)) = listed.next_kept(&obj, filter) else { continue };
+        let Some((ns, name)) = listed.next_kept(&obj, filter)? else { continue };
         if only.is_some_and(|o| !o.contains(&object_key(ns.as_deref(), &name))) || never_backed_up_object(&r.key, &obj)
         {
             continue;
@@ -335,7 +381,8 @@ async fn send_page(
             claims.push((ns.clone().unwrap_or_default(), name.clone()));
         }
         had_objects = true;
-        listed.send(l, read_item(r, head, raw, &obj)).await?;
+        let item = read_item(r, head, raw, &obj, listed.sorted);
+        listed.send(l, item).await?;
     }
     if had_objects || !volumes.is_empty() {
         let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
@@ -349,7 +396,7 @@ async fn send_page(
 }
 
 /// An object read in full, for the archive.
-fn read_item(r: &Resource, head: &TypeHead, raw: &str, obj: &RawItem<'_>) -> Item {
+fn read_item(r: &Resource, head: &TypeHead, raw: &str, obj: &RawItem<'_>, in_key_order: bool) -> Item {
     Item {
         resource: r.key.clone(),
         namespace: obj.metadata.namespace.as_deref().map(str::to_string),
@@ -358,6 +405,7 @@ fn read_item(r: &Resource, head: &TypeHead, raw: &str, obj: &RawItem<'_>) -> Ite
             json: with_type_meta(raw, obj, head),
             version: obj.metadata.resource_version.as_deref().map(str::to_string),
         },
+        in_key_order,
     }
 }
 
@@ -514,7 +562,7 @@ mod tests {
         let kept = |listed: &mut Listed, ns: &str, name: &str| {
             let raw = item(ns, name);
             let obj: RawItem<'_> = serde_json::from_str(&raw).unwrap();
-            listed.next_kept(&obj, None).map(|(_, n)| n)
+            listed.next_kept(&obj, None).ok().expect("not sorted: never out of order").map(|(_, n)| n)
         };
         // An aggregated API server's order: every object is kept.
         let first: Vec<_> = [("b", "2"), ("a", "9"), ("b", "1"), ("c", "1")]
@@ -530,6 +578,31 @@ mod tests {
             .filter_map(|(ns, name)| kept(&mut listed, ns, name))
             .collect();
         assert_eq!(again, ["2", "0"]);
+    }
+
+    #[test]
+    fn a_resource_listed_in_key_order_must_stay_in_it_until_a_relist() {
+        assert!(lists_in_key_order("") && lists_in_key_order("apps") && !lists_in_key_order("example.org"));
+        let mut listed = Listed { sorted: true, ..Default::default() };
+        let next = |listed: &mut Listed, ns: &str, name: &str| {
+            let raw = format!(r#"{{"metadata":{{"namespace":"{ns}","name":"{name}"}}}}"#);
+            let obj: RawItem<'_> = serde_json::from_str(&raw).unwrap();
+            match listed.next_kept(&obj, None) {
+                Ok(kept) => Ok(kept.map(|(_, n)| n)),
+                Err(TaskError::OutOfOrder { key, last }) => Err((key, last)),
+                Err(_) => panic!("not an order error"),
+            }
+        };
+        assert_eq!(next(&mut listed, "a", "1"), Ok(Some("1".into())));
+        assert_eq!(next(&mut listed, "a", "2"), Ok(Some("2".into())));
+        assert_eq!(next(&mut listed, "b", "0"), Ok(Some("0".into())));
+        // The same key again, or one before it, is refused: it could be an object sent already.
+        assert_eq!(next(&mut listed, "b", "0"), Err(("b/0".into(), "b/0".into())));
+        assert_eq!(next(&mut listed, "a", "3"), Err(("a/3".into(), "b/0".into())));
+        // After a 410 the LIST starts again, and what was looked at already is skipped instead.
+        listed.relisted = true;
+        assert_eq!(next(&mut listed, "a", "1"), Ok(None));
+        assert_eq!(next(&mut listed, "c", "1"), Ok(Some("1".into())));
     }
 
     #[test]
