@@ -41,12 +41,18 @@ async fn list_bodies(
     let mut pager = Pager::new(l, task, false);
     listed.last_key = None;
     listed.relisted = false;
-    while let Some(page) = pager.next().await {
+    let mut next = pager.next().await;
+    while let Some(page) = next {
         listed.relisted |= pager.relists > 0;
         let page = page.map_err(TaskError::Kube)?;
-        send_page(l, task, &head, &page, only, listed).await?;
+        // The next page is read while this one goes to the archive ([`Pager`]).
+        let (following, sent) = futures::join!(pager.next(), async {
+            send_page(l, task, &head, &page, only, listed).await?;
+            listed.flush(l).await
+        });
+        sent?;
         pager.recycle(page);
-        listed.flush(l).await?;
+        next = following;
     }
     Ok(())
 }
@@ -62,7 +68,8 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
     let mut pager = Pager::new(l, task, true);
     let mut changed: Vec<(Option<String>, String)> = Vec::new();
     let mut objects = 0usize;
-    while let Some(page) = pager.next().await {
+    let mut next = pager.next().await;
+    while let Some(page) = next {
         let page = match page {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 406 && objects == 0 => {
@@ -72,31 +79,36 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             Err(e) => return Err(TaskError::Kube(e)),
         };
         listed.relisted |= pager.relists > 0;
-        for raw in page.items() {
-            let obj: RawItem<'_> =
-                serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
-            let Some((ns, name)) = listed.next_kept(&obj, filter)? else { continue };
-            if never_backed_up_object(&r.key, &obj) {
-                continue;
-            }
-            objects += 1;
-            let path = crate::archive::entry_path(&r.key, ns.as_deref(), &name);
-            match previous.get(&path) {
-                Some(recorded) if recorded.unchanged_at(obj.metadata.resource_version.as_deref()) => {
-                    let item = Item {
-                        resource: r.key.clone(),
-                        namespace: ns,
-                        name,
-                        body: Body::Unchanged(recorded.clone()),
-                        in_key_order: listed.sorted,
-                    };
-                    listed.send(l, item).await?;
+        // The next page is read while this one is looked at ([`Pager`]).
+        let (following, looked) = futures::join!(pager.next(), async {
+            for raw in page.items() {
+                let obj: RawItem<'_> =
+                    serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
+                let Some((ns, name)) = listed.next_kept(&obj, filter)? else { continue };
+                if never_backed_up_object(&r.key, &obj) {
+                    continue;
                 }
-                _ => changed.push((ns, name)),
+                objects += 1;
+                let path = crate::archive::entry_path(&r.key, ns.as_deref(), &name);
+                match previous.get(&path) {
+                    Some(recorded) if recorded.unchanged_at(obj.metadata.resource_version.as_deref()) => {
+                        let item = Item {
+                            resource: r.key.clone(),
+                            namespace: ns,
+                            name,
+                            body: Body::Unchanged(recorded.clone()),
+                            in_key_order: listed.sorted,
+                        };
+                        listed.send(l, item).await?;
+                    }
+                    _ => changed.push((ns, name)),
+                }
             }
-        }
+            listed.flush(l).await
+        });
+        looked?;
         pager.recycle(page);
-        listed.flush(l).await?;
+        next = following;
     }
     if objects > 0 && !r.ar.group.is_empty() {
         let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,10 +190,13 @@ async fn read_one(l: &Lister<'_>, r: &Resource, namespace: Option<&str>, name: &
 /// A task's pages, one at a time, listed again from the start (up to 3 times) when the continue
 /// token expires (410 Gone): [`Listed::next_kept`] then skips what was sent already.
 ///
-/// Each page is read into the body of the page before it ([`Pager::recycle`]): one buffer per
-/// task, grown to its largest page, instead of a new one (and kube's two copies) per page. Pages
-/// are the client's largest allocations after the upload's chunks; freed one by one, glibc kept
-/// them resident (docs/benchmarks.md).
+/// A task reads its next page while it hands on the one before: the server is not left waiting
+/// for the client between the pages of a LIST (as it is not for a client that only counts
+/// items), at the cost of a second page buffer per task. Each page is read into the body of the
+/// page before the one at hand ([`Pager::recycle`]): two buffers per task, grown to its largest
+/// page, instead of a new one (and kube's two copies) per page. Pages are the client's largest
+/// allocations after the upload's chunks; freed one by one, glibc kept them resident
+/// (docs/benchmarks.md).
 struct Pager<'l, 'a> {
     l: &'l Lister<'a>,
     request: Request,
