@@ -133,10 +133,8 @@ impl<W: Write> ArchiveWriter<W> {
     pub fn append(&mut self, item: &Item) -> io::Result<Option<Line>> {
         let path = entry_path(&item.resource, item.namespace.as_deref(), &item.name);
         let json = item.json()?;
-        let (this, other) = match item.in_key_order {
-            true => (&mut self.unchecked, &self.checked),
-            false => (&mut self.checked, &self.unchecked),
-        };
+        let (this, other) =
+            if item.in_key_order { (&mut self.unchecked, &self.checked) } else { (&mut self.checked, &self.unchecked) };
         if other.contains(&item.resource) {
             return Err(io::Error::other(format!(
                 "internal error: objects of {} came both listed in key order and not; the archive could hold one twice",
@@ -146,9 +144,11 @@ impl<W: Write> ArchiveWriter<W> {
         if !this.contains(&item.resource) {
             this.insert(item.resource.clone());
         }
-        let written = match item.in_key_order {
-            true => self.write(&path, json).map(|()| true)?,
-            false => self.append_raw(&path, json)?,
+        let written = if item.in_key_order {
+            self.write(&path, json)?;
+            true
+        } else {
+            self.append_raw(&path, json)?
         };
         Ok(written.then(|| Line::of(path, json)))
     }

@@ -263,6 +263,11 @@ fn list_tasks(plan: &Plan) -> Vec<Task> {
 /// disappeared) or an error. Breaks if the archive side stopped.
 fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
     report.lists += 1;
+    let where_ = || o.namespace.as_ref().map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
+    let failed = |report: &mut Report, why: String| {
+        report.failed_lists += 1;
+        report.errors.push(format!("cannot list {}{}: {why}", o.key, where_()));
+    };
     match o.result {
         Ok((n, per_ns)) => {
             if n > 0 {
@@ -272,26 +277,16 @@ fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
             report.namespaces.extend(per_ns);
         }
         Err(TaskError::Closed) => return ControlFlow::Break(()),
-        Err(TaskError::OutOfOrder { key, last }) => {
-            let where_ = o.namespace.map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
-            report.failed_lists += 1;
-            report.errors.push(format!(
-                "cannot list {}{where_}: the API server listed {key:?} after {last:?}, out of the key order it lists its own resources in; the objects listed before it are in the backup, the rest are not",
-                o.key
-            ));
+        Err(TaskError::Kube(kube::Error::Api(s))) if s.code == 404 => {
+            report.warnings.push(format!("{}{} disappeared during the backup", o.key, where_()));
         }
-        Err(TaskError::Kube(e)) => {
-            let where_ = o.namespace.map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
-            match &e {
-                kube::Error::Api(s) if s.code == 404 => {
-                    report.warnings.push(format!("{}{where_} disappeared during the backup", o.key));
-                }
-                _ => {
-                    report.failed_lists += 1;
-                    report.errors.push(format!("cannot list {}{where_}: {}", o.key, kube_message(&e)));
-                }
-            }
-        }
+        Err(TaskError::Kube(e)) => failed(report, kube_message(&e)),
+        Err(TaskError::OutOfOrder { key, last }) => failed(
+            report,
+            format!(
+                "the API server listed {key:?} after {last:?}, out of the key order it lists its own resources in; the objects listed before it are in the backup, the rest are not"
+            ),
+        ),
     }
     ControlFlow::Continue(())
 }
