@@ -13,6 +13,21 @@ use kube::{Client, Config};
 
 use crate::{Error, Result};
 
+/// Makes aws-lc-rs the process's rustls crypto provider (the one provider of the build) and has it
+/// seed its random generator at once, on a thread of its own. aws-lc seeds from CPU jitter the first
+/// time a process asks for randomness, tens of milliseconds of one core (aws/aws-lc-rs#1140); begun
+/// here, that overlaps parsing the arguments and reading the kubeconfig instead of holding up the
+/// first TLS handshake. Binaries call it first thing in `main`.
+pub fn install_crypto_provider() {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let random = provider.secure_random;
+    let _ = provider.install_default();
+    std::thread::spawn(move || {
+        let mut seed = [0u8; 1];
+        let _ = random.fill(&mut seed);
+    });
+}
+
 /// kubectl's connection flags.
 #[derive(Clone, Debug, Default)]
 pub struct KubeOptions {

@@ -19,7 +19,7 @@ use crate::cli::Cli;
 pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).is_some_and(|a| a == "__complete") {
         return complete::run(&argv[2..]);

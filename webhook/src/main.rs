@@ -7,7 +7,7 @@ use backup_webhook::args::{Args, LogFormat, MoverArgs};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     if std::env::args_os().nth(1).is_some_and(|a| a == "mover") {
         let args = MoverArgs::parse_from(std::env::args_os().skip(1));
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();

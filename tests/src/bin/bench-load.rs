@@ -99,7 +99,7 @@ impl Args {
 }
 
 fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     let args = parse()?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }

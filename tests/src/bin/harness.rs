@@ -11,7 +11,7 @@ use kubectl_backup_e2e::env::SharedEnv;
 use kubectl_backup_e2e::stores::{Azurite, FakeGcs, S3Server};
 
 fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     const USAGE: &str = "usage: harness up --dir DIR --env-file FILE [--stores s3,azure,gcs]";
     let mut dir = None;

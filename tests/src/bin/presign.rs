@@ -26,7 +26,7 @@ const USAGE: &str = "usage: presign --location L [--expires SECONDS] \
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     let (mut location, mut expires, mut rest) = (None, 3600u64, Vec::new());
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

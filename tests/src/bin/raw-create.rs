@@ -28,7 +28,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     let mut concurrency = 16usize;
     let mut paths = Vec::new();
     let mut args = std::env::args().skip(1);
