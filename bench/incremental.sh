@@ -13,7 +13,11 @@
 #     of the first (target <= 0.5). Bytes uploaded are the engine's own `.status.incremental.
 #     bytesUploaded`, cross-checked with the growth of L in s3s-fs's bucket (the sum of its
 #     files' sizes, as stored). A plain (non-incremental) `create` of the same
-#     objects is measured too, for reference.
+#     objects is measured too, for reference. So are the floors, right after the second backup:
+#     `raw-list` (every object, the first backup's floor) and `raw-list --metadata` (metadata
+#     only, in the second backup's pages: what any client that reads the objects' versions
+#     consistently, from etcd, must wait for on this server). Their ratio to the first backup
+#     bounds what the second can reach.
 # (b) One workspace namespace (bench-load's `ws-00`) of 1k objects: one plain full backup
 #     (`kubectl backup create ws-plain --include-namespaces ws-00`) into its own location, then
 #     BENCH_WS_BACKUPS (default 100) backups `kubectl backup create ws-N --incremental
@@ -98,6 +102,9 @@ for run in $(seq 1 "$RUNS"); do
   check_backup "$OUT/logs/second-$run.json" >/dev/null
   b2=$(incremental "$OUT/logs/second-$run.json" bytesUploaded)
   d2=$(stored_bytes "$prefix")
+  measure "$RESULTS" "$SIZE" raw-list "$run" "$OUT/logs/raw-list-$run.txt" -- "$RELEASE/raw-list"
+  measure "$RESULTS" "$SIZE" raw-list-metadata "$run" "$OUT/logs/raw-list-metadata-$run.txt" -- \
+    "$RELEASE/raw-list" --metadata
   stored=$(incremental "$OUT/logs/second-$run.json" objectsStored)
   reused=$(incremental "$OUT/logs/second-$run.json" objectsReused)
   packs=$(incremental "$OUT/logs/second-$run.json" packsWritten)
@@ -141,7 +148,10 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
   echo
   python3 "$ROOT/bench/summarize.py" "$RESULTS" \
     "(a) second incremental backup / first, after 1% changed (target <= 0.5)=incremental-second/incremental-first@$SIZE" \
-    "(a) first incremental backup / plain create=incremental-first/plain-create@$SIZE"
+    "(a) first incremental backup / plain create=incremental-first/plain-create@$SIZE" \
+    "(a) floor of the second: raw LIST of metadata only / first incremental backup=raw-list-metadata/incremental-first@$SIZE" \
+    "(a) second incremental backup / raw LIST of metadata only=incremental-second/raw-list-metadata@$SIZE" \
+    "(a) raw LIST of metadata only / raw LIST of every object=raw-list-metadata/raw-list@$SIZE"
   echo
   echo "(a) bytes, $SIZE objects, 1% changed between the two backups:"
   echo

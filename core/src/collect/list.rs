@@ -363,9 +363,6 @@ async fn fetch_page(
     body.and_then(|b| RawPage::parse(b).map_err(kube::Error::SerdeError))
 }
 
-/// A LIST of metadata only (`PartialObjectMetadataList`, served since Kubernetes 1.15).
-const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
-
 /// Sends the page's objects not sent before (and with `only`, only those it names), in the
 /// namespaces kept and not excluded by [`never_backed_up_object`]; notes what the dependency pass
 /// needs.

@@ -46,6 +46,8 @@ pub const PAGE_SIZE: u32 = 500;
 /// harness: 0.29–0.31 s in pages of 500, 0.17–0.24 s in pages of 2000, 0.14–0.20 s in pages of
 /// 5000, which cost a second backup of 20k objects 4–8 MiB more peak RSS; docs/benchmarks.md).
 pub const METADATA_PAGE_SIZE: u32 = 2000;
+/// The `Accept` of a LIST of metadata only (`PartialObjectMetadataList`, served since Kubernetes 1.15).
+pub const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
 /// The parameters of one page of a paged LIST: `limit` objects, the label selector, the continue
 /// token of the page before.

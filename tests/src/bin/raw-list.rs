@@ -1,4 +1,4 @@
-//! `raw-list [--concurrency N] [--every-type] [--decode]`: the floor for `kubectl backup create` in
+//! `raw-list [--concurrency N] [--every-type] [--decode | --metadata]`: the floor for `kubectl backup create` in
 //! `bench/backup.sh` — discovery, then a paged LIST (`limit=500`) of every resource type the backup
 //! lists, cluster-wide, items discarded.
 //!
@@ -9,7 +9,9 @@
 //! decoding, no serialization, no compression, no upload. `--concurrency` (default 16, the plugin's
 //! default) LISTs run at once; `--concurrency 1` is the sequential floor. `--decode` decodes every
 //! page into `DynamicObject`s the way the plugin does (`Api::list`), to split the plugin's cost into
-//! decoding and the rest (serializing, archiving, uploading) when profiling.
+//! decoding and the rest (serializing, archiving, uploading) when profiling. `--metadata` lists
+//! metadata only (`PartialObjectMetadataList`, pages of `collect::METADATA_PAGE_SIZE`), as an
+//! incremental backup continuing another does: the floor of that backup on the same server.
 //!
 //! Prints one summary line on stdout: `types=<n> pages=<n> items=<n> seconds=<s>`.
 
@@ -19,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::Request;
-use kubectl_backup_core::collect::{Resource, discover, never_backed_up};
+use kubectl_backup_core::collect::{METADATA_LIST, METADATA_PAGE_SIZE, Resource, discover, never_backed_up};
 use kubectl_backup_core::kube_client::{KubeOptions, Throttle, client};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -31,8 +33,9 @@ const PAGE_SIZE: u32 = 500;
 struct Page {
     #[serde(default)]
     metadata: PageMeta,
+    /// `null` in an empty metadata LIST.
     #[serde(default)]
-    items: Vec<IgnoredAny>,
+    items: Option<Vec<IgnoredAny>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -42,10 +45,11 @@ struct PageMeta {
 }
 
 fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kubectl_backup_core::kube_client::install_crypto_provider();
     let mut concurrency = 16usize;
     let mut every_type = false;
     let mut decode = false;
+    let mut metadata = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -54,14 +58,27 @@ fn main() -> Result<()> {
             }
             "--every-type" => every_type = true,
             "--decode" => decode = true,
-            other => bail!("unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--decode]"),
+            "--metadata" => metadata = true,
+            other => {
+                bail!(
+                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--decode | --metadata]"
+                )
+            }
         }
     }
+    if decode && metadata {
+        bail!("--decode and --metadata: a metadata LIST is not decoded into DynamicObjects; choose one");
+    }
     let concurrency = concurrency.max(1);
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(concurrency, every_type, decode))
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(
+        concurrency,
+        every_type,
+        decode,
+        metadata,
+    ))
 }
 
-async fn run(concurrency: usize, every_type: bool, decode: bool) -> Result<()> {
+async fn run(concurrency: usize, every_type: bool, decode: bool, metadata: bool) -> Result<()> {
     let start = Instant::now();
     let client = client(&KubeOptions::default()).await?;
     // Discovery is a few dozen requests; the limiter is set so high it never waits.
@@ -75,7 +92,7 @@ async fn run(concurrency: usize, every_type: bool, decode: bool) -> Result<()> {
     let n_types = types.len();
     let results: Vec<Result<(u64, u64)>> = futures::stream::iter(types.into_iter().map(|r| {
         let client = client.clone();
-        async move { list_type(&client, &r, decode).await.with_context(|| format!("listing {}", r.key)) }
+        async move { list_type(&client, &r, decode, metadata).await.with_context(|| format!("listing {}", r.key)) }
     }))
     .buffer_unordered(concurrency)
     .collect()
@@ -90,14 +107,14 @@ async fn run(concurrency: usize, every_type: bool, decode: bool) -> Result<()> {
     Ok(())
 }
 
-/// All pages of one type, cluster-wide. Returns (pages, items).
-async fn list_type(client: &kube::Client, r: &Resource, decode: bool) -> Result<(u64, u64)> {
+/// All pages of one type, cluster-wide (of metadata only with `metadata`). Returns (pages, items).
+async fn list_type(client: &kube::Client, r: &Resource, decode: bool, metadata: bool) -> Result<(u64, u64)> {
     let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, None));
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &r.ar);
     let (mut pages, mut items) = (0u64, 0u64);
     let mut token: Option<String> = None;
     loop {
-        let mut lp = ListParams::default().limit(PAGE_SIZE);
+        let mut lp = ListParams::default().limit(if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE });
         if let Some(t) = &token {
             lp = lp.continue_token(t);
         }
@@ -105,8 +122,12 @@ async fn list_type(client: &kube::Client, r: &Resource, decode: bool) -> Result<
             let page = api.list(&lp).await?;
             (page.items.len(), page.metadata.continue_)
         } else {
-            let page: Page = client.request(request.list(&lp)?).await?;
-            (page.items.len(), page.metadata.continue_)
+            let mut req = request.list(&lp)?;
+            if metadata {
+                req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
+            }
+            let page: Page = client.request(req).await?;
+            (page.items.map_or(0, |i| i.len()), page.metadata.continue_)
         };
         pages += 1;
         items += n as u64;
