@@ -231,7 +231,7 @@ async fn run_pipeline(
             Some(e) => Err(e),
             None => commit(&p, spec, ttl, version, outcome).await,
         };
-        if committed.is_err() {
+        if committed.as_ref().is_err_and(|e| !e.may_have_committed()) {
             for f in files {
                 store.remove_quietly(&f).await;
             }
@@ -251,7 +251,7 @@ async fn run_pipeline(
             commit(&p, spec, ttl, version, outcome).await
         }
         .await;
-        if committed.is_err() {
+        if committed.as_ref().is_err_and(|e| !e.may_have_committed()) {
             for f in volumes.files {
                 store.remove_quietly(&f).await;
             }

@@ -35,9 +35,29 @@ pub async fn check_uploaded(store: &Store, data: &Path, size: u64) -> Result<()>
 /// Commits: puts `body` at `<dir>/metadata.json` if absent, then removes every other file of `dir`
 /// but `keep` (this run's data files). If the name is already committed, removes `keep` and
 /// returns `BackupExists`.
+///
+/// A put whose answer was lost may have been stored all the same, and the client's retry of it
+/// then finds the name taken. So when the put fails, or finds a document there, the document is
+/// read back: this run's own bytes mean it committed. Only another run's document removes `keep`;
+/// when it cannot be read, `keep` stays ([`Error::CommitUnknown`]).
 pub async fn commit(store: &Store, dir: &Path, name: &str, body: Bytes, keep: &[Path]) -> Result<()> {
     let meta = dir.clone().join(METADATA_FILE);
-    if !store.put_if_absent(&meta, body).await? {
+    let unknown = |reason: String| Error::CommitUnknown { name: name.into(), location: store.url().into(), reason };
+    let committed = match store.put_if_absent(&meta, body.clone()).await {
+        Ok(true) => true,
+        Ok(false) => match store.get_optional(&meta).await {
+            Ok(Some(stored)) => stored == body,
+            Ok(None) => false,
+            Err(e) => return Err(unknown(format!("the name was taken, and reading it back failed: {e}"))),
+        },
+        Err(put) => match store.get_optional(&meta).await {
+            Ok(Some(stored)) if stored == body => true,
+            Ok(Some(_)) => false,
+            Ok(None) => return Err(put),
+            Err(e) => return Err(unknown(format!("{put}; reading it back: {e}"))),
+        },
+    };
+    if !committed {
         for data in keep {
             store.remove_quietly(data).await;
         }

@@ -26,6 +26,13 @@ pub enum Error {
     #[error("backup {name:?} in {location} cannot be used: {reason}")]
     Corrupt { name: String, location: String, reason: String },
 
+    /// The commit's put failed in a way that leaves open whether it was stored, and the document
+    /// could not be read back to tell: the run's data is kept, in case it was.
+    #[error(
+        "could not tell whether backup {name:?} was committed to {location} ({reason}); its data is kept: describe the backup to see whether it is there, delete it to remove what is left"
+    )]
+    CommitUnknown { name: String, location: String, reason: String },
+
     /// An encrypted data file without a key that opens it (or one that no longer decrypts).
     #[error("backup {name:?} cannot be read: {reason}")]
     Encrypted { name: String, reason: String },
@@ -57,6 +64,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether a run that failed with this error must leave its data files alone: they may belong
+    /// to a committed backup.
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, Error::CommitUnknown { .. })
+    }
+
     pub fn invalid(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid { what, value: value.into(), reason: reason.into() }
     }

@@ -1,5 +1,6 @@
 //! A TCP proxy that injects one fault: it resets connections (RST) after a number of bytes sent
-//! upstream. The only test double in the suite; it stands between the tool and a real server.
+//! upstream, or loses the answer to one request. The only test double in the suite; it stands
+//! between the tool and a real server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,10 @@ pub enum Fault {
     ResetFirst { after_bytes: u64, times: usize },
     /// Reset every connection that sends more than `after_bytes`.
     ResetAlways { after_bytes: u64 },
+    /// Let the first `times` requests whose request line starts with `method` and whose path ends
+    /// with `path_ends` reach the server whole, then drop the server's answer and reset the client:
+    /// the request took effect, and the client cannot know it.
+    LoseAnswer { method: &'static str, path_ends: &'static str, times: usize },
 }
 
 pub struct FaultProxy {
@@ -103,7 +108,10 @@ async fn pipe(
     let (after, limited) = match fault {
         Fault::ResetFirst { after_bytes, times } => (after_bytes, resets.load(Ordering::SeqCst) < times),
         Fault::ResetAlways { after_bytes } => (after_bytes, true),
+        Fault::LoseAnswer { .. } => (u64::MAX, false),
     };
+    // Set when the request whose answer is to be lost went upstream.
+    let lose = std::sync::atomic::AtomicBool::new(false);
     let reset = {
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
@@ -117,6 +125,12 @@ async fn pipe(
                     return Ok::<bool, std::io::Error>(false);
                 }
                 sent += n as u64;
+                if let Fault::LoseAnswer { method, path_ends, times } = fault
+                    && request_line_matches(&buf[..n], method, path_ends)
+                    && resets.fetch_add(1, Ordering::SeqCst) < times
+                {
+                    lose.store(true, Ordering::SeqCst);
+                }
                 if limited && sent > after {
                     let reset = match fault {
                         Fault::ResetFirst { times, .. } => resets.fetch_add(1, Ordering::SeqCst) < times,
@@ -124,6 +138,7 @@ async fn pipe(
                             resets.fetch_add(1, Ordering::SeqCst);
                             true
                         }
+                        Fault::LoseAnswer { .. } => false,
                     };
                     if reset {
                         return Ok(true);
@@ -133,15 +148,29 @@ async fn pipe(
                 sw.write_all(&buf[..n]).await?;
             }
         };
-        let down = tokio::io::copy(&mut sr, &mut cw);
+        let down = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = sr.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                // HTTP/1.1 clients wait for an answer before the next request: these bytes answer
+                // the request to lose.
+                if lose.load(Ordering::SeqCst) {
+                    return Ok(true);
+                }
+                cw.write_all(&buf[..n]).await?;
+            }
+        };
         tokio::pin!(up);
         tokio::pin!(down);
         tokio::select! {
             r = &mut up => match r? {
                 true => true,
-                false => { let _ = (&mut down).await; false }
+                false => matches!((&mut down).await, Ok(true)),
             },
-            _ = &mut down => false,
+            r = &mut down => matches!(r, Ok(true)),
         }
     };
     if reset {
@@ -153,4 +182,16 @@ async fn pipe(
         drop(server);
     }
     Ok(())
+}
+
+/// Whether `chunk` holds an HTTP request line `METHOD PATH HTTP/1.x` whose path ends with
+/// `path_ends` (ignoring a query).
+fn request_line_matches(chunk: &[u8], method: &str, path_ends: &str) -> bool {
+    let text = String::from_utf8_lossy(&chunk[..chunk.len().min(4096)]);
+    text.split("\r\n").any(|line| {
+        let mut parts = line.split(' ');
+        let (Some(m), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next()) else { return false };
+        let path = path.split('?').next().unwrap_or_default();
+        m == method && version.starts_with("HTTP/1") && path.ends_with(path_ends)
+    })
 }

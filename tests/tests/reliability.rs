@@ -102,6 +102,52 @@ fn sigkill_mid_backup_leaves_nothing_listed_and_a_rerun_succeeds() {
     tools.delete_namespace(&ns);
 }
 
+/// The commit's answer is lost: the store keeps `metadata.json`, the client never hears so, and a
+/// retry of its put finds the name taken. The run reads the document back, sees its own, and
+/// reports the backup it committed, with every file of it kept; before, it reported the name as
+/// taken and deleted the archive the committed document names. Both kinds of backup commit the
+/// same way: a plain one and an incremental one are tried.
+#[test]
+fn a_commit_whose_answer_is_lost_is_recognised_as_the_runs_own() {
+    let (env, tools) = env();
+    let ns = unique("lost");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 5)).ok();
+    for incremental in [false, true] {
+        let proxy =
+            FaultProxy::start(env.s3.port, Fault::LoseAnswer { method: "PUT", path_ends: "/metadata.json", times: 1 })
+                .unwrap();
+        let mut t = tools.clone();
+        t.env = s3_env(proxy.port());
+        t.location = Some(env.s3.location(&unique("lost")));
+        let name = unique("b");
+        let mut args = vec!["create", name.as_str(), "-n", ns.as_str(), "-o", "json"];
+        if incremental {
+            args.push("--incremental");
+        }
+        let run = t.backup(&args);
+        assert_eq!(proxy.resets(), 1, "the proxy did not lose the commit's answer (incremental: {incremental})");
+        assert_eq!(run.code, 0, "incremental: {incremental}: {} {}", run.stdout, run.stderr);
+        let b = run.json();
+        assert_eq!(b["status"]["phase"], "Completed", "{b}");
+        assert_eq!(b["status"]["resources"]["configmaps"], 6, "{b}");
+        drop(proxy);
+        // Through the real server: listed, and restorable whole into a new namespace (every
+        // body's SHA-256 checked before the first write).
+        let mut direct = t.clone();
+        direct.env = env.s3.env.clone();
+        let listed = direct.backup(&["list", "-o", "json"]).ok().json();
+        assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
+        let to = unique("lostr");
+        let r =
+            direct.backup(&["restore", &name, "--namespace-mapping", &format!("{ns}:{to}"), "-o", "json"]).ok().json();
+        assert_eq!(r["status"]["phase"], "Completed", "incremental: {incremental}: {r}");
+        assert_eq!(tools.kubectl(&["get", "configmaps", "-n", &to, "-o", "name"]).ok().stdout.lines().count(), 6);
+        tools.delete_namespace(&to);
+    }
+    tools.delete_namespace(&ns);
+}
+
 #[test]
 fn connection_resets_mid_upload_are_retried_or_fail_cleanly() {
     let (env, tools) = env();
