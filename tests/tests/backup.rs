@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kubectl_backup_e2e::env::SharedEnv;
 use kubectl_backup_e2e::fixtures::{
-    Tools, namespace, sample_app, tar_entries, unique, user_role, wait_crd, widget, widget_crd,
+    Tools, namespace, sample_app, small_configmaps, tar_entries, unique, user_role, wait_crd, widget, widget_crd,
 };
 use serde_json::Value;
 
@@ -350,6 +350,57 @@ fn forbidden_resources_make_the_backup_partially_failed() {
     let listed = alice.backup(&["list"]).ok().stdout;
     assert!(listed.contains(&name) && listed.contains("PartiallyFailed"), "{listed}");
     tools.delete_namespace(&ns);
+}
+
+/// A user who may list ConfigMaps in each of 11 named namespaces, more than a backup lists one
+/// namespace at a time, but not in all of them: the cluster-wide LIST is forbidden, so each named
+/// namespace is listed on its own, and the backup holds every one (before, it failed: "no resource
+/// could be listed"). The other namespace's ConfigMap, which the same selector matches, is not in it.
+#[test]
+fn a_user_with_rights_in_many_named_namespaces_backs_up_each_of_them() {
+    let (env, tools) = env();
+    let base = unique("ns11");
+    let names: Vec<String> = (0..11).map(|i| format!("{base}-{i:02}")).collect();
+    for ns in &names {
+        tools.create(&namespace(ns)).ok();
+        tools.create(&small_configmaps(ns, 1)).ok();
+        tools.apply(&user_role(ns, "alice", "cm-reader", &["configmaps"], &["get", "list"])).ok();
+    }
+    let other = format!("{base}-other");
+    tools.create(&namespace(&other)).ok();
+    tools.create(&small_configmaps(&other, 1)).ok();
+    let cluster_wide = tools.kubectl(&["get", "configmaps", "-A", "--as", "alice"]);
+    assert!(
+        cluster_wide.stderr.contains("forbidden"),
+        "alice may list ConfigMaps cluster-wide: {}",
+        cluster_wide.stderr
+    );
+    let alice = tools.as_user(&env.cluster.user("alice").kubeconfig).with_store(&env.s3, &unique("ns11"));
+    let listed = names.join(",");
+    let args = [
+        "create",
+        &unique("b"),
+        "--include-namespaces",
+        &listed,
+        "--include-resources",
+        "configmaps",
+        "-l",
+        "app=bulk",
+        "-o",
+        "json",
+    ];
+    let run = alice.backup(&args);
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    let b = run.json();
+    assert_eq!(b["status"]["phase"], "Completed", "{}", b["status"]);
+    assert_eq!(b["status"]["resources"]["configmaps"], 11, "{}", b["status"]);
+    let namespaces: Vec<&str> =
+        b["status"]["namespaces"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(namespaces, names.iter().map(String::as_str).collect::<Vec<_>>(), "{}", b["status"]);
+    // One request for the twelve, not waited for: no later step needs them gone.
+    let mut delete = vec!["delete", "namespace", "--wait=false", other.as_str()];
+    delete.extend(names.iter().map(String::as_str));
+    tools.kubectl(&delete).ok();
 }
 
 #[test]

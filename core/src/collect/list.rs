@@ -5,21 +5,48 @@ use super::*;
 
 /// Lists one task's resource page by page and sends each object kept to the archive; with the
 /// previous backup of the scope at hand, as metadata first ([`list_versions`]).
-pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> TaskOutcome {
+///
+/// A cluster-wide LIST of a set of namespaces the server forbids, before anything was sent, is
+/// made again one namespace at a time: a user whose RoleBindings let them list in each named
+/// namespace (but not cluster-wide) backs up what their own RBAC lets them read.
+pub(super) async fn list_resource(l: &Lister<'_>, task: &Task) -> Vec<TaskOutcome> {
+    let outcome = list_task(l, task).await;
+    match (&outcome.result, l.scope) {
+        (Err(TaskError::Kube(kube::Error::Api(s))), Scope::Only(names))
+            if s.code == 403 && task.filter && outcome.count == 0 =>
+        {
+            tracing::debug!(resource = %task.resource.key, "listing in all namespaces is forbidden; listing in each one named");
+            let mut outcomes = Vec::with_capacity(names.len());
+            for ns in names {
+                let one = Task { resource: task.resource.clone(), namespace: Some(ns.clone()), filter: false };
+                outcomes.push(list_task(l, &one).await);
+            }
+            outcomes
+        }
+        _ => vec![outcome],
+    }
+}
+
+async fn list_task(l: &Lister<'_>, task: &Task) -> TaskOutcome {
     let r = &task.resource;
-    let mut listed = Listed { sorted: lists_in_key_order(&r.ar.group), ..Default::default() };
+    // The key-order check lets the archive writer skip its duplicate-path set; the incremental
+    // writer keeps that set whatever the order, so an incremental run does not stop a LIST on it.
+    let sorted = lists_in_key_order(&r.ar.group) && l.previous.is_none();
+    let mut listed = Listed { sorted, ..Default::default() };
     let mut result = match l.previous {
         Some(previous) if !reads_spec(&r.key) => list_versions(l, task, previous, &mut listed).await,
         _ => list_bodies(l, task, None, &mut listed).await,
     };
-    // What was read before a failure is archived, as it would have been one by one.
+    // What was read before a failure is archived, as it would have been one by one, and counted.
     if let Err(closed) = listed.flush(l).await {
         result = result.and(Err(closed));
     }
     TaskOutcome {
         key: r.key.clone(),
         namespace: task.namespace.clone(),
-        result: result.map(|()| (listed.count, listed.namespaces)),
+        count: listed.count,
+        namespaces: listed.namespaces,
+        result,
     }
 }
 
@@ -590,6 +617,26 @@ mod tests {
             .filter_map(|(ns, name)| kept(&mut listed, ns, name))
             .collect();
         assert_eq!(again, ["2", "0"]);
+    }
+
+    #[test]
+    fn a_backup_of_all_namespaces_keeps_only_those_its_plan_found() {
+        // The plan found a and b (c was excluded or ephemeral); n was created after the plan.
+        let scope = Scope::All { included: ["a", "b"].map(String::from).into() };
+        let mut listed = Listed::default();
+        let kept: Vec<_> = ["a", "b", "c", "n"]
+            .iter()
+            .filter_map(|ns| {
+                let raw = format!(r#"{{"metadata":{{"namespace":"{ns}","name":"x"}}}}"#);
+                let obj: RawItem<'_> = serde_json::from_str(&raw).unwrap();
+                listed
+                    .next_kept(&obj, Some(&scope))
+                    .ok()
+                    .expect("not sorted: never out of order")
+                    .and_then(|(ns, _)| ns)
+            })
+            .collect();
+        assert_eq!(kept, ["a", "b"]);
     }
 
     #[test]

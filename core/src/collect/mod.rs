@@ -177,23 +177,23 @@ pub async fn collect(
 
     let found = std::sync::Mutex::new(Found::default());
     let lister = Lister { client, throttle, selector, scope: &plan.scope, previous, tx: &tx, found: &found };
-    let outcomes: Vec<TaskOutcome> = futures::stream::iter(tasks.into_iter().map(|task| {
+    let outcomes: Vec<Vec<TaskOutcome>> = futures::stream::iter(tasks.into_iter().map(|task| {
         let (lister, items) = (&lister, items.clone());
         async move {
-            let outcome = list_resource(lister, &task).await;
-            if let Ok((n, _)) = &outcome.result {
-                items.fetch_add(*n, Ordering::Relaxed);
-                let (resource, namespace) = (task.resource.key, task.namespace);
-                observer.event(Event::Listed { resource, namespace, items: *n });
+            let outcomes = list_resource(lister, &task).await;
+            for o in outcomes.iter().filter(|o| o.result.is_ok()) {
+                items.fetch_add(o.count, Ordering::Relaxed);
+                let (resource, namespace) = (o.key.clone(), o.namespace.clone());
+                observer.event(Event::Listed { resource, namespace, items: o.count });
             }
-            outcome
+            outcomes
         }
     }))
     .buffer_unordered(throttle.concurrency)
     .collect()
     .await;
 
-    for o in outcomes {
+    for o in outcomes.into_iter().flatten() {
         if record(&mut report, o).is_break() {
             return report;
         }
@@ -261,23 +261,23 @@ fn list_tasks(plan: &Plan) -> Vec<Task> {
     tasks
 }
 
-/// Adds one LIST's outcome to the report: its counts, or its failure as a warning (the resource
-/// disappeared) or an error. Breaks if the archive side stopped.
+/// Adds one LIST's outcome to the report: the objects it sent (all archived, a failed LIST's too),
+/// and its failure as a warning (the resource disappeared) or an error. Breaks if the archive side
+/// stopped.
 fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
     report.lists += 1;
+    if o.count > 0 {
+        *report.counts.entry(o.key.clone()).or_default() += o.count;
+    }
+    report.items += o.count;
+    report.namespaces.extend(o.namespaces);
     let where_ = || o.namespace.as_ref().map(|n| format!(" in namespace {n:?}")).unwrap_or_default();
     let failed = |report: &mut Report, why: String| {
         report.failed_lists += 1;
         report.errors.push(format!("cannot list {}{}: {why}", o.key, where_()));
     };
     match o.result {
-        Ok((n, per_ns)) => {
-            if n > 0 {
-                *report.counts.entry(o.key.clone()).or_default() += n;
-            }
-            report.items += n;
-            report.namespaces.extend(per_ns);
-        }
+        Ok(()) => {}
         Err(TaskError::Closed) => return ControlFlow::Break(()),
         Err(TaskError::Kube(kube::Error::Api(s))) if s.code == 404 => {
             report.warnings.push(format!("{}{} disappeared during the backup", o.key, where_()));
@@ -296,7 +296,10 @@ fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
 struct TaskOutcome {
     key: String,
     namespace: Option<String>,
-    result: Result<(u64, BTreeSet<String>), TaskError>,
+    /// Objects sent to the archive, and their namespaces: whatever the result.
+    count: u64,
+    namespaces: BTreeSet<String>,
+    result: Result<(), TaskError>,
 }
 
 enum TaskError {

@@ -5,8 +5,10 @@ use super::*;
 /// Which namespaces' objects are included.
 #[derive(Clone, Debug)]
 pub enum Scope {
-    /// Every namespace except these (excluded by filter, or ephemeral).
-    All { skipped: BTreeSet<String> },
+    /// Every namespace the plan found and kept (not excluded by filter, not ephemeral). A namespace
+    /// created after the plan is not kept: the selection was never applied to it (it may be
+    /// excluded, or ephemeral), and its Namespace object is not in the backup either.
+    All { included: BTreeSet<String> },
     /// Only these.
     Only(BTreeSet<String>),
 }
@@ -14,8 +16,7 @@ pub enum Scope {
 impl Scope {
     pub fn includes(&self, ns: &str) -> bool {
         match self {
-            Scope::All { skipped } => !skipped.contains(ns),
-            Scope::Only(set) => set.contains(ns),
+            Scope::All { included } | Scope::Only(included) => included.contains(ns),
         }
     }
 }
@@ -155,14 +156,11 @@ async fn resolve_namespaces(
     })?;
     let mut objects = Vec::new();
     let mut included = BTreeSet::new();
-    let mut skipped = BTreeSet::new();
     for ns in list {
         let name = ns.name_any();
         if selection.includes_namespace(&name, is_ephemeral_namespace(ns.labels(), ns.annotations())) {
             included.insert(name);
             objects.push(ns);
-        } else {
-            skipped.insert(name);
         }
     }
     for p in &selection.include_namespaces {
@@ -170,7 +168,7 @@ async fn resolve_namespaces(
             warnings.push(format!("--include-namespaces {:?} matches no namespace", p.as_str()));
         }
     }
-    let scope = if selection.all_namespaces() { Scope::All { skipped } } else { Scope::Only(included) };
+    let scope = if selection.all_namespaces() { Scope::All { included } } else { Scope::Only(included) };
     Ok((scope, objects))
 }
 
