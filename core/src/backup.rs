@@ -6,6 +6,7 @@
 //! directory without a metadata document is an interrupted run's leftover: never listed, removed by
 //! `delete` or by the next successful run of that name.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -446,13 +447,22 @@ async fn store_incremental(
     if let Some(prev) = &previous {
         p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
     }
+    // The apiVersion each resource type is listed at now, recorded with the backup.
+    let versions: BTreeMap<String, String> =
+        p.plan.namespaced.iter().chain(&p.plan.cluster).map(|r| (r.key.clone(), r.ar.api_version.clone())).collect();
     // What the previous backup recorded, shared by the LISTs (which leave an object unread when
-    // its version has not moved and its body is still in the location) and the pack writer.
+    // its version has not moved, its type is listed at the apiVersion it was, and its body is
+    // still in the location) and the pack writer.
     let recorded: Option<Arc<collect::Previous>> = previous.as_mut().map(|prev| {
-        let same_server = prev.server_version.as_deref() == Some(server_version);
+        // A version this run could not read ("") matches nothing: it may be another server's.
+        let same_server = !server_version.is_empty() && prev.server_version.as_deref() == Some(server_version);
+        let same_api_version = |path: &str| {
+            let key = path.split('/').nth(1).unwrap_or_default();
+            prev.contents.versions.get(key).is_some_and(|v| versions.get(key) == Some(v))
+        };
         let mut lines = std::mem::take(&mut prev.assembled.lines);
-        for r in lines.values_mut() {
-            r.reusable = same_server && r.version.is_some() && known.holds(&r.sha256);
+        for (path, r) in lines.iter_mut() {
+            r.reusable = same_server && r.version.is_some() && known.holds(&r.sha256) && same_api_version(path);
         }
         Arc::new(lines)
     });
@@ -564,6 +574,7 @@ async fn store_incremental(
             }
         }
         contents.entries = n;
+        contents.versions = versions;
         let (packs, stored, reused) = stash.finish()?;
         observer.event(Event::Archived { items: n, bytes: 0 });
         Ok((contents, duplicates, packs, stored, reused, unread))

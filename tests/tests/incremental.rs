@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, namespace, small_configmaps, unique, user_role};
+use kubectl_backup_e2e::fixtures::{
+    Tools, namespace, small_configmaps, unique, user_role, wait_crd, widget, widget_crd,
+};
 use serde_json::Value;
 
 fn setup(name: &str) -> (Tools, PathBuf) {
@@ -383,6 +385,57 @@ fn a_continuing_backup_reads_only_the_objects_whose_resource_version_moved() {
         let want = if backup == 5 { "v2-15" } else { "15" };
         assert_eq!(value(&t, &ns, "cm-00015"), want, "backup {backup}");
     }
+}
+
+/// A custom resource's preferred version changes (its CRD serves v2 beside v1) while no object
+/// does: the next incremental backup lists the type at v2, and so reads every object of it again
+/// rather than referencing the v1 bodies (their resourceVersions did not move); the ConfigMaps,
+/// listed at v1 both times, stay unread. What it stores is what a plain backup would:
+/// `apiVersion: <group>/v2`.
+#[test]
+fn a_new_preferred_version_of_a_type_reads_its_objects_again() {
+    let (t, dir, ns) = workspace("crdver", 20);
+    let group = format!("{}.example.org", unique("v"));
+    t.apply(&widget_crd(&group)).ok();
+    wait_crd(&t, &format!("widgets.{group}"));
+    for w in ["w1", "w2"] {
+        t.create(&widget(&group, &ns, w)).ok();
+    }
+    let key = format!("widgets.{group}");
+    let resources = format!("configmaps,{key}");
+    let create = |name: &str| {
+        let args = ["create", name, "--incremental", "--include-namespaces", &ns, "--include-resources", &resources];
+        t.backup(&[&args[..], &["-o", "json"]].concat()).ok().json()
+    };
+    let first = create(&format!("{ns}-1"));
+    assert_eq!(first["status"]["resources"][&key], 2, "{}", first["status"]);
+    let configmaps = first["status"]["resources"]["configmaps"].as_u64().unwrap();
+    assert_eq!(metadata(&dir, &format!("{ns}-1"))["contents"]["versions"][&key], format!("{group}/v1"));
+
+    // v2 is served too, and preferred (the higher version); v1 stays the storage version.
+    let v2 = widget_crd(&group).replace("  versions:\n", "  versions:\n  - name: v2\n    served: true\n    storage: false\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n");
+    t.apply(&v2).ok();
+    kubectl_backup_e2e::fixtures::eventually("v2 served", std::time::Duration::from_secs(60), || {
+        t.kubectl(&["get", &format!("widgets.v2.{group}"), "-n", &ns]).code == 0
+    });
+    let second = create(&format!("{ns}-2"));
+    assert_eq!(second["status"]["phase"], "Completed", "{second}");
+    assert_eq!(second["status"]["incremental"]["objectsNotRead"], configmaps, "{}", second["status"]);
+    let m2 = metadata(&dir, &format!("{ns}-2"));
+    assert_eq!(m2["contents"]["versions"][&key], format!("{group}/v2"), "{}", m2["contents"]);
+    let archive = dir.join("second.tar.zst");
+    t.backup(&["download", &format!("{ns}-2"), "-f", archive.to_str().unwrap()]).ok();
+    let entry = format!("resources/{key}/namespaces/{ns}/w1.json");
+    let out = std::process::Command::new("tar").arg("--zstd").arg("-xOf").arg(&archive).arg(&entry).output().unwrap();
+    assert!(out.status.success(), "{entry}: {}", String::from_utf8_lossy(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["apiVersion"], format!("{group}/v2"), "{body}");
+
+    // Listed at v2 again: now nothing moved, and nothing is read.
+    let third = create(&format!("{ns}-3"));
+    assert_eq!(third["status"]["incremental"]["objectsNotRead"], configmaps + 2, "{}", third["status"]);
+    t.kubectl(&["delete", "crd", &key]).ok();
+    t.delete_namespace(&ns);
 }
 
 #[test]
