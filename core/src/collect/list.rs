@@ -72,12 +72,12 @@ async fn list_bodies(
     while let Some(page) = next {
         listed.relisted |= pager.relists > 0;
         let page = page.map_err(TaskError::Kube)?;
-        // The next page is read while this one goes to the archive ([`Pager`]).
-        let (following, sent) = futures::join!(pager.next(), async {
+        // The next page is read while this one goes to the archive ([`Pager`]); a failure to
+        // send drops that read.
+        let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
             send_page(l, task, &head, &page, only, listed).await?;
             listed.flush(l).await
-        });
-        sent?;
+        })?;
         pager.recycle(page);
         next = following;
     }
@@ -106,8 +106,9 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             Err(e) => return Err(TaskError::Kube(e)),
         };
         listed.relisted |= pager.relists > 0;
-        // The next page is read while this one is looked at ([`Pager`]).
-        let (following, looked) = futures::join!(pager.next(), async {
+        // The next page is read while this one is looked at ([`Pager`]); a failure to look at it
+        // drops that read.
+        let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
             for raw in page.items() {
                 let obj: RawItem<'_> =
                     serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
@@ -132,8 +133,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
                 }
             }
             listed.flush(l).await
-        });
-        looked?;
+        })?;
         pager.recycle(page);
         next = following;
     }

@@ -6,8 +6,8 @@
 //! - [`list`]: one resource's paged LIST, cut into raw objects without decoding them
 //! - [`dependencies`]: the cluster-scoped objects backed-up objects need (CRDs, bound PVs)
 //!
-//! Memory stays flat: each page is serialized and handed to the archive writer through a bounded
-//! channel before the next page is requested.
+//! Memory stays flat: each LIST holds two pages (the one handed to the archive writer, in batches
+//! through a bounded channel, and the next one being read) whatever the number of objects.
 
 mod dependencies;
 pub mod discovery;
