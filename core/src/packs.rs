@@ -236,10 +236,17 @@ pub async fn confirm(store: &Store, name: &str, packs: &[String]) -> Result<()> 
     .collect()
     .await;
     if let Some(id) = checked.into_iter().flatten().next() {
-        store.remove_quietly(&crate::committed::metadata_path::<crate::catalog::Objects>(name)).await;
-        return Err(Error::Other(format!(
-            "pack {id}, which backup {name:?} references, was removed while it ran; the backup is not kept (run it again)"
-        )));
+        let meta = crate::committed::metadata_path::<crate::catalog::Objects>(name);
+        return Err(match store.objects().delete(&meta).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Error::Other(format!(
+                "pack {id}, which backup {name:?} references, was removed while it ran; the backup is not kept (run it again)"
+            )),
+            // The undo failed: say so, rather than that the backup is gone.
+            Err(e) => Error::Other(format!(
+                "pack {id}, which backup {name:?} references, was removed while it ran, and undoing its commit failed ({}): the backup is listed but cannot be restored; delete it and run it again",
+                crate::store::store_message(&e)
+            )),
+        });
     }
     Ok(())
 }
