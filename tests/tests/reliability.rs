@@ -102,10 +102,10 @@ fn sigkill_mid_backup_leaves_nothing_listed_and_a_rerun_succeeds() {
     tools.delete_namespace(&ns);
 }
 
-/// The commit's answer is lost: the store keeps `metadata.json`, the client never hears so, and a
-/// retry of its put finds the name taken. The run reads the document back, sees its own, and
-/// reports the backup it committed, with every file of it kept; before, it reported the name as
-/// taken and deleted the archive the committed document names. Both kinds of backup commit the
+/// The commit's answer is lost: the store keeps `metadata.json` and the client sees its connection
+/// reset (a retry of the put would find the name taken). The run reads the document back, sees its
+/// own, and reports the backup it committed, with every file of it kept; before, it failed on the
+/// reset and deleted the archive the committed document names. Both kinds of backup commit the
 /// same way: a plain one and an incremental one are tried.
 #[test]
 fn a_commit_whose_answer_is_lost_is_recognised_as_the_runs_own() {
