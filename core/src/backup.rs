@@ -258,6 +258,7 @@ async fn run_pipeline(
             }
         }
         let backup = committed?;
+        lease.check_committed(name).await?;
         crate::packs::confirm(store, name, &packs).await?;
         Ok(backup)
     }

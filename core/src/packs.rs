@@ -140,8 +140,9 @@ pub struct Lease {
     health: Arc<std::sync::Mutex<Health>>,
 }
 
-/// When the lease's heartbeat last succeeded, by both clocks (the monotonic one does not count a
-/// suspended machine), and whether a gap ever made it stale.
+/// When the last heartbeat that succeeded was sent, by both clocks (the monotonic one does not
+/// count a suspended machine), and whether a gap ever made the lease stale. The store dates a beat
+/// no earlier than it was sent, so measuring from the sending errs on the safe side.
 struct Health {
     at: std::time::Instant,
     wall: std::time::SystemTime,
@@ -158,21 +159,19 @@ impl Lease {
     /// Writes the lease (before anything is read of the packs) and starts its heartbeat.
     pub async fn acquire(store: &Store, run: &str) -> Result<Lease> {
         let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "run": run })).unwrap_or_default());
+        let sent = (std::time::Instant::now(), std::time::SystemTime::now());
         // Both written, side by side, before anything is read of the packs.
         let put = |suffix: &str| {
             let (path, body) = (Path::from(format!("{LEASES}/{run}.{suffix}")), body.clone());
             async move { store.objects().put(&path, PutPayload::from_bytes(body)).await.map_err(|e| store.error(e)) }
         };
         futures::future::try_join(put("start"), put("beat")).await?;
-        let health = Arc::new(std::sync::Mutex::new(Health {
-            at: std::time::Instant::now(),
-            wall: std::time::SystemTime::now(),
-            lapsed: false,
-        }));
+        let health = Arc::new(std::sync::Mutex::new(Health { at: sent.0, wall: sent.1, lapsed: false }));
         let (s, path, h) = (store.clone(), Path::from(format!("{LEASES}/{run}.beat")), health.clone());
         let beat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
+                let sent = (std::time::Instant::now(), std::time::SystemTime::now());
                 if s.objects().put(&path, PutPayload::from_bytes(body.clone())).await.is_ok() {
                     let mut h = h.lock().expect("lease health");
                     // A gap a collection may have seen as stale poisons the lease for good: a
@@ -180,8 +179,10 @@ impl Lease {
                     if h.quiet() > STALE - HEARTBEAT {
                         h.lapsed = true;
                     }
-                    h.at = std::time::Instant::now();
-                    h.wall = std::time::SystemTime::now();
+                    // Beats whose answers come out of order: keep the latest sent.
+                    if sent.0 > h.at {
+                        (h.at, h.wall) = sent;
+                    }
                 }
             }
         });
@@ -192,15 +193,36 @@ impl Lease {
     /// ignored this lease, so committing could reference a pack it removed. Leaves two heartbeats'
     /// margin for the commit itself.
     pub fn check(&self) -> Result<()> {
+        match self.unrefreshed() {
+            Some(quiet) => Err(Error::Other(format!(
+                "the run's lease on the packs went unrefreshed for too long ({quiet}s now); not committing (run it again)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// After the commit returned, the same test: a commit that took long may have landed after a
+    /// collection saw the lease as stale, listed the committed backups without it, and went on to
+    /// remove a pack it references, even after [`confirm`] found the pack there. Such a commit is
+    /// undone.
+    pub async fn check_committed(&self, name: &str) -> Result<()> {
+        match self.unrefreshed() {
+            Some(quiet) => Err(undo_commit(
+                &self.store,
+                name,
+                format!("the run's lease on the packs went unrefreshed for {quiet}s by the end of backup {name:?}'s commit, so a collection may have removed a pack it references"),
+            )
+            .await),
+            None => Ok(()),
+        }
+    }
+
+    /// Seconds since the last beat sent that succeeded, when that is too close to [`STALE`] or a
+    /// gap ever was.
+    fn unrefreshed(&self) -> Option<u64> {
         let h = self.health.lock().expect("lease health");
         let quiet = h.quiet();
-        if h.lapsed || quiet > STALE - 2 * HEARTBEAT {
-            return Err(Error::Other(format!(
-                "the run's lease on the packs went unrefreshed for too long ({}s now); not committing (run it again)",
-                quiet.as_secs()
-            )));
-        }
-        Ok(())
+        (h.lapsed || quiet > STALE - 2 * HEARTBEAT).then_some(quiet.as_secs())
     }
 
     pub async fn release(self) {
@@ -236,19 +258,26 @@ pub async fn confirm(store: &Store, name: &str, packs: &[String]) -> Result<()> 
     .collect()
     .await;
     if let Some(id) = checked.into_iter().flatten().next() {
-        let meta = crate::committed::metadata_path::<crate::catalog::Objects>(name);
-        return Err(match store.objects().delete(&meta).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Error::Other(format!(
-                "pack {id}, which backup {name:?} references, was removed while it ran; the backup is not kept (run it again)"
-            )),
-            // The undo failed: say so, rather than that the backup is gone.
-            Err(e) => Error::Other(format!(
-                "pack {id}, which backup {name:?} references, was removed while it ran, and undoing its commit failed ({}): the backup is listed but cannot be restored; delete it and run it again",
-                crate::store::store_message(&e)
-            )),
-        });
+        let why = format!("pack {id}, which backup {name:?} references, was removed while it ran");
+        return Err(undo_commit(store, name, why).await);
     }
     Ok(())
+}
+
+/// Removes the commit of backup `name` because of `why`, and says what became of it: not kept, or,
+/// when the removal itself failed, listed but not to be trusted.
+async fn undo_commit(store: &Store, name: &str, why: String) -> Error {
+    let meta = crate::committed::metadata_path::<crate::catalog::Objects>(name);
+    match store.objects().delete(&meta).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+            Error::Other(format!("{why}; the backup is not kept (run it again)"))
+        }
+        // The undo failed: say so, rather than that the backup is gone.
+        Err(e) => Error::Other(format!(
+            "{why}, and undoing its commit failed ({}): the backup is listed but may not restore; delete it and run it again",
+            crate::store::store_message(&e)
+        )),
+    }
 }
 
 /// The store's clock: the time it gives a probe object (written and removed).

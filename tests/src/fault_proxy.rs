@@ -1,6 +1,6 @@
 //! A TCP proxy that injects one fault: it resets connections (RST) after a number of bytes sent
-//! upstream, or loses the answer to one request. The only test double in the suite; it stands
-//! between the tool and a real server.
+//! upstream, loses the answer to one request, or stalls every request from one on. The only test
+//! double in the suite; it stands between the tool and a real server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +21,10 @@ pub enum Fault {
     /// with `path_ends` reach the server whole, then drop the server's answer and reset the client:
     /// the request took effect, and the client cannot know it.
     LoseAnswer { method: &'static str, path_ends: &'static str, times: usize },
+    /// From the first request whose request line starts with `method` and whose path ends with
+    /// `path_ends`, hold every request (that one included, on any connection) for `secs` seconds
+    /// before it goes upstream: the store is out of reach for that long, then answers.
+    StallFrom { method: &'static str, path_ends: &'static str, secs: u64 },
 }
 
 pub struct FaultProxy {
@@ -88,12 +92,14 @@ async fn accept_loop(
     resets: Arc<AtomicUsize>,
     bytes: Arc<AtomicU64>,
 ) {
+    // StallFrom: until when (ms since the epoch) every request is held, once triggered.
+    let stall_until = Arc::new(AtomicU64::new(0));
     loop {
         let Ok((client, _)) = listener.accept().await else { continue };
-        let (resets, bytes) = (resets.clone(), bytes.clone());
+        let (resets, bytes, stall_until) = (resets.clone(), bytes.clone(), stall_until.clone());
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(upstream).await else { return };
-            let _ = pipe(client, server, fault, resets, bytes).await;
+            let _ = pipe(client, server, fault, resets, bytes, stall_until).await;
         });
     }
 }
@@ -104,12 +110,15 @@ async fn pipe(
     fault: Fault,
     resets: Arc<AtomicUsize>,
     bytes: Arc<AtomicU64>,
+    stall_until: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let (after, limited) = match fault {
         Fault::ResetFirst { after_bytes, times } => (after_bytes, resets.load(Ordering::SeqCst) < times),
         Fault::ResetAlways { after_bytes } => (after_bytes, true),
-        Fault::LoseAnswer { .. } => (u64::MAX, false),
+        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } => (u64::MAX, false),
     };
+    let now_ms =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     // Set when the request whose answer is to be lost went upstream.
     let lose = std::sync::atomic::AtomicBool::new(false);
     let reset = {
@@ -131,6 +140,16 @@ async fn pipe(
                 {
                     lose.store(true, Ordering::SeqCst);
                 }
+                if let Fault::StallFrom { method, path_ends, secs } = fault
+                    && request_line_matches(&buf[..n], method, path_ends)
+                    && resets.fetch_add(1, Ordering::SeqCst) == 0
+                {
+                    stall_until.store(now_ms() + secs * 1000, Ordering::SeqCst);
+                }
+                let wait = stall_until.load(Ordering::SeqCst).saturating_sub(now_ms());
+                if wait > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
                 if limited && sent > after {
                     let reset = match fault {
                         Fault::ResetFirst { times, .. } => resets.fetch_add(1, Ordering::SeqCst) < times,
@@ -138,7 +157,7 @@ async fn pipe(
                             resets.fetch_add(1, Ordering::SeqCst);
                             true
                         }
-                        Fault::LoseAnswer { .. } => false,
+                        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } => false,
                     };
                     if reset {
                         return Ok(true);

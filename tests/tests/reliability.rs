@@ -148,6 +148,44 @@ fn a_commit_whose_answer_is_lost_is_recognised_as_the_runs_own() {
     tools.delete_namespace(&ns);
 }
 
+/// The store goes out of reach for 50 s from the moment an incremental backup commits: its commit
+/// and its lease's heartbeats wait, then go through. By then a collection elsewhere may have seen
+/// the lease as stale (no beat for 60 s), listed the committed backups without this one, and gone
+/// on to remove a pack it references. So once the commit returns the run tests its lease again,
+/// undoes the commit and says why; nothing is listed, and the same name then commits.
+#[test]
+fn a_commit_that_outlasts_its_lease_is_undone() {
+    let (env, tools) = env();
+    let ns = unique("slow");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 5)).ok();
+    let proxy =
+        FaultProxy::start(env.s3.port, Fault::StallFrom { method: "PUT", path_ends: "/metadata.json", secs: 50 })
+            .unwrap();
+    let mut t = tools.clone();
+    t.env = s3_env(proxy.port());
+    t.location = Some(env.s3.location(&unique("slow")));
+    let name = unique("b");
+    let run = t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]);
+    assert_eq!(proxy.resets(), 1, "the proxy never stalled the commit");
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("lease on the packs went unrefreshed for")
+            && run.stderr.contains("commit")
+            && run.stderr.contains("the backup is not kept"),
+        "{}",
+        run.stderr
+    );
+    drop(proxy);
+    let mut direct = t.clone();
+    direct.env = env.s3.env.clone();
+    let listed = direct.backup(&["list", "-o", "json"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().is_empty(), "an undone backup is listed: {listed}");
+    let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
+    assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    tools.delete_namespace(&ns);
+}
+
 #[test]
 fn connection_resets_mid_upload_are_retried_or_fail_cleanly() {
     let (env, tools) = env();
