@@ -82,6 +82,10 @@ const MAX_INDEX_BYTES: u64 = 4 << 20;
 /// How often a lease is refreshed, and after how long without a refresh it is stale.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 pub const STALE: Duration = Duration::from_secs(60);
+/// How much earlier than it can be seen a store may date a file (when the put began, or by a
+/// front end whose clock is behind): a lease that began this close after a tombstone's date may
+/// have listed the packs before the tombstone could be seen, so it holds the pack.
+const DATING: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// A contents chunk ends after an entry whose path hashes to 0 mod this (about this many
 /// entries each, the same boundaries whatever else changed), or at `CHUNK_MAX` entries.
 const CHUNK_SPREAD: u8 = 16;
@@ -1105,7 +1109,7 @@ pub async fn collect_garbage(store: &Store) -> Result<Collected> {
         if used.contains(id) {
             store.remove_quietly(&tombstone_path(id)).await;
             done.revived.push(id.clone());
-        } else if in_t && live.iter().all(|began| *began > tombstoned) {
+        } else if in_t && live.iter().all(|began| *began > tombstoned + DATING) {
             done.bytes_freed += remove_pack(store, id).await?;
             done.deleted.push(id.clone());
         } else {

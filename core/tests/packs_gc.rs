@@ -121,6 +121,38 @@ async fn collection_never_removes_a_pack_a_running_backup_will_reference() {
     assert!(pack_files(dir.path()).is_empty(), "{:?}", pack_files(dir.path()));
 }
 
+/// A store may date a file when its put began, a moment before it can be seen: a backup whose
+/// lease began just after a tombstone's date may have listed the packs before that tombstone was
+/// visible, and be about to reference the pack. So a tombstoned pack goes only when every live
+/// lease began well (10 s) after its tombstone's date.
+#[tokio::test]
+async fn a_lease_begun_just_after_a_tombstone_was_dated_holds_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let body: &[u8] = br#"{"kind":"ConfigMap","metadata":{"name":"a"}}"#;
+    let lease_a = Lease::acquire(&s, "run-a").await.unwrap();
+    let x = stash(&s, Known::load(&s, None).await.unwrap(), "run-a", &[body]).await;
+    commit(&s, "a", x.clone()).await;
+    lease_a.release().await;
+
+    // H's lease began before X's tombstone, which the deletion of A writes: X is held.
+    let lease_h = Lease::acquire(&s, "run-h").await.unwrap();
+    let collected = catalog::delete(&s, "a").await.unwrap().collected.unwrap().unwrap();
+    assert_eq!((collected.marked.clone(), collected.held.clone()), (x.clone(), x.clone()), "{collected:?}");
+    // B's lease begins a moment after the tombstone's date; H ends.
+    let lease_b = Lease::acquire(&s, "run-b").await.unwrap();
+    lease_h.release().await;
+    let collected = packs::collect_garbage(&s).await.unwrap();
+    assert_eq!(collected.held, x, "{collected:?}");
+    assert!(pack_files(dir.path()).contains(&format!("{}.tar.zst", x[0])));
+
+    // Dated 20 s earlier, the tombstone is well before B's lease: X goes.
+    age(&dir.path().join(format!("packs/{}.gone", x[0])), std::time::Duration::from_secs(20));
+    let collected = packs::collect_garbage(&s).await.unwrap();
+    assert_eq!(collected.deleted, x, "{collected:?}");
+    lease_b.release().await;
+}
+
 #[tokio::test]
 async fn a_pack_written_by_a_running_backup_is_not_tombstoned() {
     let dir = tempfile::tempdir().unwrap();
