@@ -296,6 +296,9 @@ async fn store_now(store: &Store) -> Result<DateTime<Utc>> {
 /// The leases in the location: per run, when it began and when it last beat (the store's times).
 struct Leases {
     runs: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
+    /// Heartbeats without a start (a run whose start was never written, or a beat that landed
+    /// after its lease was released or removed): never a lease, only removed once old.
+    orphan_beats: Vec<(String, DateTime<Utc>)>,
 }
 
 impl Leases {
@@ -322,6 +325,7 @@ async fn list_leases(store: &Store) -> Result<Leases> {
             beat.insert(run.to_string(), m.last_modified);
         }
     }
+    let orphan_beats = beat.iter().filter(|(run, _)| !start.contains_key(*run)).map(|(r, t)| (r.clone(), *t)).collect();
     Ok(Leases {
         runs: start
             .into_iter()
@@ -330,6 +334,7 @@ async fn list_leases(store: &Store) -> Result<Leases> {
                 (run, began, last)
             })
             .collect(),
+        orphan_beats,
     })
 }
 
@@ -1134,6 +1139,11 @@ pub async fn collect_garbage(store: &Store) -> Result<Collected> {
             for suffix in ["beat", "start"] {
                 store.remove_quietly(&Path::from(format!("{LEASES}/{run}.{suffix}"))).await;
             }
+        }
+    }
+    for (run, last) in &leases.orphan_beats {
+        if (now - *last).to_std().unwrap_or_default() > 10 * STALE {
+            store.remove_quietly(&Path::from(format!("{LEASES}/{run}.beat"))).await;
         }
     }
     Ok(done)

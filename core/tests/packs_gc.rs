@@ -213,6 +213,11 @@ async fn collection_removes_what_interrupted_runs_left_and_nothing_a_live_run_wr
         std::fs::write(&p, b"{}").unwrap();
         age(&p, minutes(15));
     }
+    // Heartbeats without a start (landed after their run's lease was removed): one 15 minutes old
+    // goes, one just written stays for now.
+    std::fs::write(dir.path().join("leases/run-orphan.beat"), b"{}").unwrap();
+    age(&dir.path().join("leases/run-orphan.beat"), minutes(15));
+    std::fs::write(dir.path().join("leases/run-new-orphan.beat"), b"{}").unwrap();
     // A live run whose pack is uploaded and whose index is not written yet: kept.
     let live = Lease::acquire(&s, "run-live").await.unwrap();
     let fresh = stash(&s, Known::load(&s, None).await.unwrap(), "run-live", &[b"fresh"]).await;
@@ -228,7 +233,7 @@ async fn collection_removes_what_interrupted_runs_left_and_nothing_a_live_run_wr
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(leases, BTreeSet::from(["run-live.beat".to_string(), "run-live.start".to_string()]));
+    assert_eq!(leases, BTreeSet::from(["run-live.beat", "run-live.start", "run-new-orphan.beat"].map(String::from)));
     live.release().await;
 }
 
