@@ -17,6 +17,23 @@ fn env() -> (SharedEnv, Tools) {
     (env, tools)
 }
 
+/// A proxy with `fault` in front of the shared S3 server, and the tools with a new location of
+/// prefix `prefix` reached through it.
+fn through_proxy(env: &SharedEnv, tools: &Tools, fault: Fault, prefix: &str) -> (FaultProxy, Tools) {
+    let proxy = FaultProxy::start(env.s3.port, fault).unwrap();
+    let mut t = tools.clone();
+    t.env = s3_env(proxy.port());
+    t.location = Some(env.s3.location(&unique(prefix)));
+    (proxy, t)
+}
+
+/// The same tools and location, straight to the S3 server.
+fn direct(env: &SharedEnv, t: &Tools) -> Tools {
+    let mut direct = t.clone();
+    direct.env = env.s3.env.clone();
+    direct
+}
+
 fn files_of(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -114,12 +131,8 @@ fn a_commit_whose_answer_is_lost_is_recognised_as_the_runs_own() {
     tools.create(&namespace(&ns)).ok();
     tools.create(&small_configmaps(&ns, 5)).ok();
     for incremental in [false, true] {
-        let proxy =
-            FaultProxy::start(env.s3.port, Fault::LoseAnswer { method: "PUT", path_ends: "/metadata.json", times: 1 })
-                .unwrap();
-        let mut t = tools.clone();
-        t.env = s3_env(proxy.port());
-        t.location = Some(env.s3.location(&unique("lost")));
+        let fault = Fault::LoseAnswer { method: "PUT", path_ends: "/metadata.json", times: 1 };
+        let (proxy, t) = through_proxy(&env, &tools, fault, "lost");
         let name = unique("b");
         let mut args = vec!["create", name.as_str(), "-n", ns.as_str(), "-o", "json"];
         if incremental {
@@ -134,8 +147,7 @@ fn a_commit_whose_answer_is_lost_is_recognised_as_the_runs_own() {
         drop(proxy);
         // Through the real server: listed, and restorable whole into a new namespace (every
         // body's SHA-256 checked before the first write).
-        let mut direct = t.clone();
-        direct.env = env.s3.env.clone();
+        let direct = direct(&env, &t);
         let listed = direct.backup(&["list", "-o", "json"]).ok().json();
         assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
         let to = unique("lostr");
@@ -159,12 +171,8 @@ fn a_commit_that_outlasts_its_lease_is_undone() {
     let ns = unique("slow");
     tools.create(&namespace(&ns)).ok();
     tools.create(&small_configmaps(&ns, 5)).ok();
-    let proxy =
-        FaultProxy::start(env.s3.port, Fault::StallFrom { method: "PUT", path_ends: "/metadata.json", secs: 50 })
-            .unwrap();
-    let mut t = tools.clone();
-    t.env = s3_env(proxy.port());
-    t.location = Some(env.s3.location(&unique("slow")));
+    let fault = Fault::StallFrom { method: "PUT", path_ends: "/metadata.json", secs: 50 };
+    let (proxy, t) = through_proxy(&env, &tools, fault, "slow");
     let name = unique("b");
     let run = t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]);
     assert_eq!(proxy.resets(), 1, "the proxy never stalled the commit");
@@ -177,8 +185,7 @@ fn a_commit_that_outlasts_its_lease_is_undone() {
         run.stderr
     );
     drop(proxy);
-    let mut direct = t.clone();
-    direct.env = env.s3.env.clone();
+    let direct = direct(&env, &t);
     let listed = direct.backup(&["list", "-o", "json"]).ok().json();
     assert!(listed["items"].as_array().unwrap().is_empty(), "an undone backup is listed: {listed}");
     let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
@@ -195,10 +202,7 @@ fn connection_resets_mid_upload_are_retried_or_fail_cleanly() {
     tools.create(&random_configmaps(&ns, 32, 512 * 1024)).ok();
 
     // 1. Two resets mid-upload, then the network recovers: a committed backup that verifies.
-    let proxy = FaultProxy::start(env.s3.port, Fault::ResetFirst { after_bytes: 3 << 20, times: 2 }).unwrap();
-    let mut t = tools.clone();
-    t.env = s3_env(proxy.port());
-    t.location = Some(env.s3.location(&unique("reset")));
+    let (proxy, t) = through_proxy(&env, &tools, Fault::ResetFirst { after_bytes: 3 << 20, times: 2 }, "reset");
     let name = unique("b");
     let run = t.backup(&["create", &name, "-n", &ns, "-o", "json"]);
     assert!(proxy.resets() >= 1, "the proxy never reset a connection");
@@ -207,26 +211,19 @@ fn connection_resets_mid_upload_are_retried_or_fail_cleanly() {
     assert_eq!(b["status"]["resources"]["configmaps"], 33);
     assert!(b["status"]["archive"]["size"].as_u64().unwrap() > 8 << 20, "archive too small to need a multipart upload");
     // Download through the real server (no proxy) verifies the SHA-256 of every byte.
-    let mut direct = t.clone();
-    direct.env = env.s3.env.clone();
     let file = env.scratch.join(format!("{name}.tar.zst"));
-    direct.backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
+    direct(&env, &t).backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
     drop(proxy);
 
     // 2. Every connection reset: the backup fails, names the store, and nothing is listed.
-    let proxy = FaultProxy::start(env.s3.port, Fault::ResetAlways { after_bytes: 1 << 20 }).unwrap();
-    let mut t = tools.clone();
-    t.env = s3_env(proxy.port());
-    let prefix = unique("dead");
-    t.location = Some(env.s3.location(&prefix));
+    let (_proxy, t) = through_proxy(&env, &tools, Fault::ResetAlways { after_bytes: 1 << 20 }, "dead");
     let name = unique("b");
     let start = Instant::now();
     let run = t.backup(&["create", &name, "-n", &ns]);
     assert_eq!(run.code, 1, "expected a clear failure: {} {}", run.stdout, run.stderr);
     assert!(run.stderr.contains("s3://backups"), "the error does not name the store: {}", run.stderr);
     assert!(start.elapsed() < Duration::from_secs(300), "took {:?}", start.elapsed());
-    let mut direct = t.clone();
-    direct.env = env.s3.env.clone();
+    let direct = direct(&env, &t);
     let listed = direct.backup(&["list", "-o", "json"]).ok().json();
     assert!(listed["items"].as_array().unwrap().is_empty(), "a failed backup is listed: {listed}");
     let d = direct.backup(&["describe", &name]);
