@@ -6,7 +6,7 @@
 //! directory without a metadata document is an interrupted run's leftover: never listed, removed by
 //! `delete` or by the next successful run of that name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -457,13 +457,15 @@ async fn store_incremental(
     let recorded: Option<Arc<collect::Previous>> = previous.as_mut().map(|prev| {
         // A version this run could not read ("") matches nothing: it may be another server's.
         let same_server = !server_version.is_empty() && prev.server_version.as_deref() == Some(server_version);
-        let same_api_version = |path: &str| {
-            let key = path.split('/').nth(1).unwrap_or_default();
-            prev.contents.versions.get(key).is_some_and(|v| versions.get(key) == Some(v))
-        };
+        let same_api_version: HashSet<&str> = versions
+            .iter()
+            .filter(|(k, v)| prev.contents.versions.get(*k) == Some(*v))
+            .map(|(k, _)| k.as_str())
+            .collect();
         let mut lines = std::mem::take(&mut prev.assembled.lines);
         for (path, r) in lines.iter_mut() {
-            r.reusable = same_server && r.version.is_some() && known.holds(&r.sha256) && same_api_version(path);
+            let listed_alike = crate::archive::entry_resource(path).is_some_and(|k| same_api_version.contains(k));
+            r.reusable = same_server && r.version.is_some() && known.holds(&r.sha256) && listed_alike;
         }
         Arc::new(lines)
     });

@@ -44,6 +44,11 @@ pub fn entry_path(resource: &str, namespace: Option<&str>, name: &str) -> String
     }
 }
 
+/// The resource of an entry path [`entry_path`] made, without validating the rest.
+pub fn entry_resource(path: &str) -> Option<&str> {
+    path.strip_prefix("resources/")?.split('/').next()
+}
+
 /// A validated entry path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryPath {
@@ -435,6 +440,13 @@ mod tests {
         more.push(Line::of("resources/secrets/namespaces/a/z.json".into(), b""));
         let err = read_verified(bytes.as_slice(), in_order(&more), |_| Ok(())).unwrap_err();
         assert!(err.contains("2 of 3 entries present"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_paths_resource_is_read_back() {
+        assert_eq!(entry_resource(&entry_path("widgets.example.org", Some("a"), "w")), Some("widgets.example.org"));
+        assert_eq!(entry_resource(&entry_path("nodes", None, "n")), Some("nodes"));
+        assert_eq!(entry_resource("other/x.json"), None);
     }
 
     #[test]
