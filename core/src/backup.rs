@@ -56,12 +56,14 @@ pub async fn run(
     spec: BackupSpec,
     observer: Arc<dyn Observer>,
 ) -> Result<Backup> {
-    run_with_movers(cluster, store, name, spec, observer, &MoverAccess::Reader).await
+    run_with_movers(cluster, store, name, spec, observer, &MoverAccess::Reader, None).await
 }
 
 /// [`run`], with the mover Pods of `--include-volumes` (and the hooks) created as `movers` says:
 /// the in-cluster controller reads objects with its own rights but moves volume data only as the
-/// requester or the identity the admin named.
+/// requester or the identity the admin named. An incremental run continuing the backup `watched`
+/// counts its changes from reads only the objects its watches saw change, of the types they cover
+/// ([`collect::Watched`]).
 pub async fn run_with_movers(
     cluster: &Cluster,
     store: &Store,
@@ -69,6 +71,7 @@ pub async fn run_with_movers(
     spec: BackupSpec,
     observer: Arc<dyn Observer>,
     movers: &MoverAccess,
+    watched: Option<&collect::Watched>,
 ) -> Result<Backup> {
     validate_name("backup name", name)?;
     let ttl = spec.ttl.as_deref().map(|t| parse_duration("--ttl", t)).transpose()?;
@@ -122,7 +125,8 @@ pub async fn run_with_movers(
     });
     let observer: Arc<dyn Observer> = tracker.clone();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
-    let pipeline = Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers };
+    let pipeline =
+        Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers, watched };
     let result = run_pipeline(pipeline, spec, ttl, version, &run_id, begun).await;
     heartbeat.abort();
     let _ = heartbeat.await;
@@ -198,6 +202,7 @@ struct Pipeline<'a> {
     start: Timestamp,
     observer: Arc<dyn Observer>,
     movers: &'a MoverAccess,
+    watched: Option<&'a collect::Watched>,
 }
 
 /// What a run stored, whichever way it stored it.
@@ -470,6 +475,8 @@ async fn store_incremental(
         Arc::new(lines)
     });
     let listed_against = recorded.clone();
+    // A watch's changes count from one backup: only a run continuing that one may use them.
+    let watched = p.watched.filter(|w| previous.as_ref().is_some_and(|prev| prev.name == w.since));
     let (item_tx, item_rx) = mpsc::channel::<Batch>(collect::BATCHES_QUEUED);
     let (pack_tx, pack_rx) = mpsc::channel::<crate::packs::FinishedPack>(1);
     let (seal, mtime, observer) = (store.seal().cloned(), p.start.as_second().max(0) as u64, p.observer.clone());
@@ -582,7 +589,7 @@ async fn store_incremental(
         observer.event(Event::Archived { items: n, bytes: 0 });
         Ok((contents, duplicates, packs, stored, reused, unread))
     });
-    let collecting = p.collect(item_tx, listed_against.as_deref());
+    let collecting = p.collect(item_tx, listed_against.as_deref(), watched);
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
@@ -597,6 +604,7 @@ async fn store_incremental(
         objects_stored: stored,
         objects_reused: reused,
         objects_not_read: unread,
+        lists_skipped: report.lists_skipped,
         packs_written: written_packs.len() as u64,
         packs: packs.len() as u64,
         encryption,
@@ -625,7 +633,7 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
     let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, seal, observer.clone());
     let progress = observer.clone();
     let upload = store.upload(archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
-    let collecting = p.collect(item_tx, None);
+    let collecting = p.collect(item_tx, None, None);
     let (report, uploaded) = tokio::join!(collecting, upload);
     let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
 
@@ -649,8 +657,14 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
 
 impl Pipeline<'_> {
     /// Lists what the plan selects into `items` (concurrent paged LISTs).
-    /// With `previous`, objects unchanged since it are sent unread.
-    async fn collect(&self, items: mpsc::Sender<Batch>, previous: Option<&collect::Previous>) -> collect::Report {
+    /// With `previous`, objects unchanged since it are sent unread; with `watched` too, the types
+    /// it covers are not listed.
+    async fn collect(
+        &self,
+        items: mpsc::Sender<Batch>,
+        previous: Option<&collect::Previous>,
+        watched: Option<&collect::Watched>,
+    ) -> collect::Report {
         let selector = self.selection.selector.as_ref().map(|s| s.as_str().to_string());
         collect::collect(
             &self.cluster.client,
@@ -658,6 +672,7 @@ impl Pipeline<'_> {
             self.plan,
             selector.as_deref(),
             previous,
+            watched,
             items,
             self.observer.as_ref(),
         )

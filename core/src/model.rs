@@ -495,6 +495,11 @@ pub struct IncrementalStatus {
     /// the same scope recorded for them (their bodies are among the reused).
     #[serde(default)]
     pub objects_not_read: u64,
+    /// LISTs the run did not make (one per resource type and namespace): the in-cluster
+    /// controller's watch of the type saw every change since the previous backup began, and only
+    /// the objects it saw change were read ([`crate::collect::Watched`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lists_skipped: u64,
     pub packs_written: u64,
     /// Packs the backup references in all.
     pub packs: u64,

@@ -297,6 +297,84 @@ fn a_change_in_a_workspace_yields_a_continuous_backup() {
     );
 }
 
+/// The entry names of `resource` in `ns` in a downloaded backup, and the body of each.
+fn archived(file: &std::path::Path, resource: &str, ns: &str) -> std::collections::BTreeMap<String, Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("tar").arg("--zstd").arg("-xf").arg(file).arg("-C").arg(dir.path()).status();
+    assert!(st.unwrap().success());
+    let at = dir.path().join(format!("resources/{resource}/namespaces/{ns}"));
+    std::fs::read_dir(&at)
+        .map(|d| {
+            d.map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().trim_end_matches(".json").to_string();
+                (name, serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
+    let s = setup("watched");
+    let ws = unique("ws");
+    let webhook = s.webhook(&["--debounce=2s"]);
+    std::thread::sleep(Duration::from_secs(3)); // the watches are set up
+    let mut objects = sample_app(&ws);
+    for i in 0..30 {
+        objects.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\n  namespace: {ws}\ndata:\n  value: \"{i}\"\n"
+        ));
+    }
+    s.t.apply(&objects).ok();
+    let continuous = |s: &Setup| -> Vec<Value> {
+        let mut v: Vec<Value> = s
+            .backups()
+            .into_iter()
+            .filter(|b| {
+                b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"] == serde_json::json!([ws])
+            })
+            .collect();
+        v.sort_by_key(|b| b["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+        v
+    };
+    eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
+    std::thread::sleep(Duration::from_secs(4)); // the burst is over: one backup
+    let first = continuous(&s).last().unwrap().clone();
+    assert_eq!(first["status"]["incremental"]["listsSkipped"], Value::Null, "the first backup lists: {first}");
+
+    // One changed, one deleted, one created, and a Secret changed.
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "cm-1", "-p", r#"{"data":{"value":"changed"}}"#]).ok();
+    s.t.kubectl(&["-n", &ws, "delete", "configmap", "cm-2"]).ok();
+    s.t.kubectl(&["-n", &ws, "create", "configmap", "cm-new", "--from-literal=value=new"]).ok();
+    s.t.kubectl(&["-n", &ws, "patch", "secret", "credentials", "-p", r#"{"stringData":{"password":"rotated"}}"#]).ok();
+    let before = first["metadata"]["name"].clone();
+    eventually("a backup after the changes", Duration::from_secs(30), || {
+        continuous(&s).last().map(|b| b["metadata"]["name"].clone()) != Some(before.clone())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let second = continuous(&s).last().unwrap().clone();
+    let inc = &second["status"]["incremental"];
+    // ConfigMaps, Secrets and every other watched type in the namespace were not listed...
+    assert!(inc["listsSkipped"].as_u64().unwrap_or(0) >= 2, "{second}\n{}", webhook.log());
+    // ...and the objects not seen to change were not read.
+    assert!(inc["objectsNotRead"].as_u64().unwrap() >= 29 + 3, "{second}");
+    // The backup holds exactly what the namespace holds.
+    let file = s.dir.join("watched.tar.zst");
+    s.t.backup(&["download", second["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
+    let cms = archived(&file, "configmaps", &ws);
+    let mut live = s.t.names(&["configmaps", "-n", &ws]);
+    live.sort();
+    assert_eq!(cms.keys().cloned().collect::<Vec<_>>(), live);
+    assert!(!cms.contains_key("cm-2") && cms.contains_key("cm-new"), "{:?}", cms.keys());
+    assert_eq!(cms["cm-1"]["data"]["value"], "changed");
+    assert_eq!(cms["cm-new"]["data"]["value"], "new");
+    assert_eq!(cms["cm-3"]["data"]["value"], "3", "{}", cms["cm-3"]);
+    let secrets = archived(&file, "secrets", &ws);
+    assert_eq!(secrets["credentials"]["data"]["password"], "cm90YXRlZA==", "{:?}", secrets["credentials"]);
+}
+
 #[test]
 fn the_operator_role_cannot_reach_another_namespace() {
     let s = setup("oper");

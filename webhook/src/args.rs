@@ -90,6 +90,11 @@ pub struct Args {
     /// by every incremental backup there, so each point in time costs only what changed.
     #[arg(long, env = "WEBHOOK_CONTINUOUS_INCREMENTAL", default_value_t = true, action = clap::ArgAction::Set)]
     pub continuous_incremental: bool,
+    /// An incremental continuous backup reads only the objects the controller's watches saw change
+    /// since the workspace's previous backup, listing none of the watched types, for this long
+    /// after its last backup that listed them all; then it lists them again (0s: always list).
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_LIST_EVERY", default_value = "1h", value_parser = parse_duration)]
+    pub continuous_list_every: Duration,
     /// How long discovering one API group may take in a backup or restore, retries included (the
     /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
     /// the backup's errors and left out.

@@ -160,6 +160,7 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
             keep: args.keep_workspace_backups,
             retention: args.retention,
             incremental: args.continuous_incremental,
+            list_every: args.continuous_list_every,
             include_volumes: args.continuous_include_volumes,
         });
         supervisor.spawn("continuous", move || c.clone().run());

@@ -44,6 +44,12 @@ pub fn entry_path(resource: &str, namespace: Option<&str>, name: &str) -> String
     }
 }
 
+/// The start of the entry paths of `resource`'s objects in `namespace`: what [`entry_path`] puts
+/// before `<name>.json`.
+pub fn entry_dir(resource: &str, namespace: &str) -> String {
+    format!("resources/{resource}/namespaces/{namespace}/")
+}
+
 /// The resource of an entry path [`entry_path`] made, without validating the rest.
 pub fn entry_resource(path: &str) -> Option<&str> {
     path.strip_prefix("resources/")?.split('/').next()

@@ -33,8 +33,13 @@ async fn list_task(l: &Lister<'_>, task: &Task) -> TaskOutcome {
     // writer keeps that set whatever the order, so an incremental run does not stop a LIST on it.
     let sorted = lists_in_key_order(&r.ar.group) && l.previous.is_none();
     let mut listed = Listed { sorted, ..Default::default() };
-    let mut result = match l.previous {
-        Some(previous) if !reads_spec(&r.key) => list_versions(l, task, previous, &mut listed).await,
+    let mut skipped = false;
+    let mut result = match (l.previous, l.watched, task.namespace.as_deref()) {
+        (Some(previous), Some(watched), Some(ns)) if watched.covers(r) && !reads_spec(&r.key) => {
+            skipped = true;
+            read_watched(l, task, ns, previous, watched, &mut listed).await
+        }
+        (Some(previous), _, _) if !reads_spec(&r.key) => list_versions(l, task, previous, &mut listed).await,
         _ => list_bodies(l, task, None, &mut listed).await,
     };
     // What was read before a failure is archived, as it would have been one by one, and counted.
@@ -46,6 +51,7 @@ async fn list_task(l: &Lister<'_>, task: &Task) -> TaskOutcome {
         namespace: task.namespace.clone(),
         count: listed.count,
         namespaces: listed.namespaces,
+        skipped,
         result,
     }
 }
@@ -141,11 +147,74 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
         let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
         f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
     }
+    read_changed(l, task, &changed, objects, listed).await
+}
+
+/// A type the in-cluster controller's watch covered since the previous backup began
+/// ([`Watched`]), in the task's namespace `ns`: the objects that backup recorded, sent unread
+/// unless the watch saw them change, then those the watch saw created or changed, as it delivered
+/// them. Nothing is listed; only a recorded body the location no longer holds is read again.
+async fn read_watched(
+    l: &Lister<'_>,
+    task: &Task,
+    ns: &str,
+    previous: &Previous,
+    watched: &Watched,
+    listed: &mut Listed,
+) -> Result<(), TaskError> {
+    let r = &task.resource;
+    let none = HashMap::new();
+    let seen = watched.changed.get(&r.key).unwrap_or(&none);
+    let dir = crate::archive::entry_dir(&r.key, ns);
+    let mut unreadable: Vec<(Option<String>, String)> = Vec::new();
+    let mut objects = 0usize;
+    let item = |name: &str, body| Item {
+        resource: r.key.clone(),
+        namespace: Some(ns.to_string()),
+        name: name.to_string(),
+        body,
+        in_key_order: false,
+    };
+    for (path, recorded) in previous {
+        let Some(name) = path.strip_prefix(&dir).and_then(|rest| rest.strip_suffix(".json")) else { continue };
+        if seen.contains_key(&object_key(Some(ns), name)) {
+            continue; // as the watch saw it, below
+        }
+        objects += 1;
+        match recorded.reusable {
+            true => listed.send(l, item(name, Body::Unchanged(recorded.clone()))).await?,
+            false => unreadable.push((Some(ns.to_string()), name.to_string())),
+        }
+    }
+    let prefix = format!("{ns}/");
+    for (key, change) in seen {
+        let (Some(name), Change::Applied { json, version }) = (key.strip_prefix(&prefix), change) else { continue };
+        objects += 1;
+        listed.send(l, item(name, Body::Read { json: json.clone(), version: version.clone() })).await?;
+    }
+    if objects > 0 && !r.ar.group.is_empty() {
+        let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
+        f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
+    }
+    read_changed(l, task, &unreadable, objects, listed).await
+}
+
+/// Reads `changed` (each once, none sent yet) of a task with `objects` objects in all: a GET each,
+/// or the task's LIST keeping only them when they are many or a GET fails. One that is gone is left
+/// out (deleted).
+async fn read_changed(
+    l: &Lister<'_>,
+    task: &Task,
+    changed: &[(Option<String>, String)],
+    objects: usize,
+    listed: &mut Listed,
+) -> Result<(), TaskError> {
+    let r = &task.resource;
     if changed.is_empty() {
         return Ok(());
     }
     if changed.len() > GET_MAX && changed.len() * 8 > objects {
-        return list_bodies(l, task, Some(&keys(&changed)), listed).await;
+        return list_bodies(l, task, Some(&keys(changed)), listed).await;
     }
     let head = TypeHead::of(&r.ar);
     // GET_IN_FLIGHT at a time, in order (a plain loop: a stream of closures borrowing `changed`
@@ -160,12 +229,12 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
         }
         let Some(read) = reads.next().await else { break };
         match read {
-            Ok(None) => {} // deleted since the LIST
+            Ok(None) => {} // deleted since the LIST, or as the watch saw
             Ok(Some(body)) => {
                 let raw = head.as_listed(&body);
                 let obj: RawItem<'_> =
                     serde_json::from_str(&raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
-                // Unique too: `changed` came from the metadata LIST's kept keys, each once.
+                // Unique too: each of `changed` is there once.
                 let item = read_item(r, &head, &raw, &obj, listed.sorted);
                 listed.send(l, item).await?;
             }
@@ -190,7 +259,7 @@ fn keys(objects: &[(Option<String>, String)]) -> HashSet<String> {
     objects.iter().map(|(ns, name)| object_key(ns.as_deref(), name)).collect()
 }
 
-fn object_key(namespace: Option<&str>, name: &str) -> String {
+pub(super) fn object_key(namespace: Option<&str>, name: &str) -> String {
     match namespace {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),

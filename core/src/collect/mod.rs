@@ -127,6 +127,46 @@ impl Item {
 /// only may leave unread ([`Body::Unchanged`]).
 pub type Previous = HashMap<String, Recorded>;
 
+/// What the in-cluster controller's watches saw change since a backup of the scope began: for
+/// each resource type whose watch ran without a gap since then, each object created, changed or
+/// deleted, with its body as the watch last delivered it. A backup continuing that backup does not
+/// list those types, nor read their objects: it takes from it the objects that did not change, and
+/// from the watch the ones that did.
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    /// The backup the changes are counted from: a run continuing another lists as usual.
+    pub since: String,
+    /// Resource keys (`<plural>[.<group>]`) whose every change since then is in `changed`, and the
+    /// apiVersion they were watched at (a type served at another one now is listed).
+    pub covered: HashMap<String, String>,
+    /// Resource key -> `namespace/name` -> the object's last change.
+    pub changed: HashMap<String, HashMap<String, Change>>,
+}
+
+/// The last change a watch saw of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Created or changed: its JSON, with `apiVersion` and `kind`, and its `resourceVersion`.
+    Applied {
+        json: Vec<u8>,
+        version: Option<String>,
+    },
+    Deleted,
+}
+
+impl Watched {
+    /// Notes the last change of `namespace/name`, of type `resource`.
+    pub fn note(&mut self, resource: &str, namespace: &str, name: &str, change: Change) {
+        let changed = self.changed.entry(resource.to_string()).or_default();
+        changed.insert(list::object_key(Some(namespace), name), change);
+    }
+
+    /// Whether a LIST of `r` in one namespace can be left out for these changes.
+    fn covers(&self, r: &Resource) -> bool {
+        self.covered.get(&r.key) == Some(&r.ar.api_version)
+    }
+}
+
 /// Totals of a collection.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -138,6 +178,8 @@ pub struct Report {
     /// LISTs attempted and how many failed; all failing means the backup failed.
     pub lists: u64,
     pub failed_lists: u64,
+    /// LISTs left out for the changes a watch saw ([`Watched`]).
+    pub lists_skipped: u64,
     /// `(namespace, name)` of the PersistentVolumeClaims backed up: whose data `--include-volumes` reads.
     pub claims: BTreeSet<(String, String)>,
 }
@@ -155,13 +197,16 @@ struct Found {
 
 /// Lists everything the plan names and sends each object to `tx`. Stops early if `tx` is closed.
 /// With `previous`, most resources are listed as metadata only and their unchanged objects sent
-/// unread ([`list`]).
+/// unread ([`list`]); with `watched` too, the types it covers are not listed at all in a
+/// namespace's backup ([`Watched`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn collect(
     client: &Client,
     throttle: &Throttle,
     plan: &Plan,
     selector: Option<&str>,
     previous: Option<&Previous>,
+    watched: Option<&Watched>,
     tx: mpsc::Sender<Batch>,
     observer: &dyn Observer,
 ) -> Report {
@@ -176,7 +221,9 @@ pub async fn collect(
     observer.event(Event::Planned { resources: tasks.len() });
 
     let found = std::sync::Mutex::new(Found::default());
-    let lister = Lister { client, throttle, selector, scope: &plan.scope, previous, tx: &tx, found: &found };
+    // Changes seen by a watch stand in for a LIST only where nothing else would filter it.
+    let watched = watched.filter(|_| previous.is_some() && selector.is_none());
+    let lister = Lister { client, throttle, selector, scope: &plan.scope, previous, watched, tx: &tx, found: &found };
     let outcomes: Vec<Vec<TaskOutcome>> = futures::stream::iter(tasks.into_iter().map(|task| {
         let (lister, items) = (&lister, items.clone());
         async move {
@@ -215,6 +262,7 @@ struct Lister<'a> {
     selector: Option<&'a str>,
     scope: &'a Scope,
     previous: Option<&'a Previous>,
+    watched: Option<&'a Watched>,
     tx: &'a mpsc::Sender<Batch>,
     found: &'a std::sync::Mutex<Found>,
 }
@@ -266,6 +314,7 @@ fn list_tasks(plan: &Plan) -> Vec<Task> {
 /// stopped.
 fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
     report.lists += 1;
+    report.lists_skipped += u64::from(o.skipped);
     if o.count > 0 {
         *report.counts.entry(o.key.clone()).or_default() += o.count;
     }
@@ -299,6 +348,8 @@ struct TaskOutcome {
     /// Objects sent to the archive, and their namespaces: whatever the result.
     count: u64,
     namespaces: BTreeSet<String>,
+    /// Not listed: read as a watch's changes say ([`Watched`]).
+    skipped: bool,
     result: Result<(), TaskError>,
 }
 

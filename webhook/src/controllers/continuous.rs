@@ -8,6 +8,13 @@
 //! Status-only updates are not changes (a fingerprint of each object without status and
 //! server-owned metadata is compared), and objects controllers recreate on restore (Pods,
 //! ReplicaSets, Endpoints, ...) are not watched.
+//!
+//! The watches also note which objects changed (status-only updates too): an incremental backup of
+//! a workspace continuing the one this process took before lists none of the watched types, but
+//! reads only the objects seen to change since that one began ([`collect::Watched`]): of each type
+//! whose watch had listed before that backup began and has not restarted since (a restart may have
+//! missed changes), for `--continuous-list-every` after the last backup that listed every type.
+//! Every other type is listed as in any backup.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -19,11 +26,12 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
+use kube::core::TypeMeta;
 use kube::runtime::WatchStreamExt;
 
 use crate::metrics::SourceLabel;
 use kube::runtime::watcher::{self, Event};
-use kubectl_backup_core::collect::{self, Resource};
+use kubectl_backup_core::collect::{self, Change, Resource, Watched};
 use kubectl_backup_core::filter::is_ephemeral;
 use kubectl_backup_core::input::timestamped_name;
 use kubectl_backup_core::model::{BackupSpec, Filters};
@@ -55,6 +63,8 @@ pub struct Continuous {
     pub incremental: bool,
     /// Include the workspace's volume data (`--continuous-include-volumes`).
     pub include_volumes: bool,
+    /// How long the watches' changes stand in for LISTs after a backup that listed every type.
+    pub list_every: Duration,
 }
 
 #[derive(Default)]
@@ -63,6 +73,91 @@ struct State {
     dirty: HashMap<String, Instant>,
     /// Namespaces being backed up now.
     running: HashSet<String>,
+    /// Namespace -> the objects the watches saw change there since its last backup began (kept
+    /// only for namespaces with such a backup, or one running).
+    changes: HashMap<String, Watched>,
+    /// Resource key -> restarts of its watch so far: a type's changes count only if its watch has
+    /// not restarted since the backup they continue began (a restart may have missed changes).
+    gaps: HashMap<String, u64>,
+    /// The resource types watched and the apiVersion of each, and those whose watch has listed once.
+    versions: HashMap<String, String>,
+    ready: HashSet<String>,
+    /// Namespace -> its last backup by this process that may be continued with the changes.
+    bases: HashMap<String, Base>,
+}
+
+/// A backup the watches' changes count from.
+struct Base {
+    name: String,
+    /// The types whose watch had listed when it began, and their [`State::gaps`] then.
+    since: HashMap<String, u64>,
+    /// When the last backup of its chain that listed every type began.
+    listed_at: Instant,
+}
+
+/// A backup of a namespace begun: what it continues, as [`State::begin`] found it.
+struct Begun {
+    watched: Option<Watched>,
+    /// The types whose watch had listed, and their [`State::gaps`]: what a backup continuing this
+    /// one may take from their changes.
+    since: HashMap<String, u64>,
+    at: Instant,
+    /// When the last backup that listed every type began, if `watched` is used.
+    listed_at: Option<Instant>,
+}
+
+impl State {
+    /// Notes the last change of `resource` `ns/name` for the backup that continues the
+    /// namespace's last.
+    fn note(&mut self, resource: &str, ns: &str, name: &str, change: Change) {
+        if self.bases.contains_key(ns) || self.running.contains(ns) {
+            self.changes.entry(ns.to_string()).or_default().note(resource, ns, name, change);
+        }
+    }
+
+    /// A watch of `resource` restarted (or failed, or ended).
+    fn gap(&mut self, resource: &str) {
+        *self.gaps.entry(resource.to_string()).or_default() += 1;
+    }
+
+    /// Begins a backup of `ns`: takes the changes seen since its last backup began and hands them
+    /// on for the types whose watch has run since without a restart (see the module's
+    /// documentation), within `list_every` of the last backup that listed every type.
+    fn begin(&mut self, ns: &str, list_every: Duration) -> Begun {
+        let at = Instant::now();
+        let seen = self.changes.remove(ns).unwrap_or_default();
+        let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
+        let since = self.ready.iter().map(|k| (k.clone(), gaps(k))).collect();
+        let (watched, listed_at) = match self.bases.get(ns).filter(|b| b.listed_at.elapsed() < list_every) {
+            Some(b) => {
+                let covered = (b.since.iter())
+                    .filter(|(k, g)| gaps(k) == **g)
+                    .filter_map(|(k, _)| Some((k.clone(), self.versions.get(k)?.clone())))
+                    .collect();
+                let watched = Watched { since: b.name.clone(), covered, changed: seen.changed };
+                (Some(watched).filter(|w| !w.covered.is_empty()), Some(b.listed_at))
+            }
+            None => (None, None),
+        };
+        Begun { watched, since, at, listed_at }
+    }
+
+    /// Ends a backup of `ns` begun as `begun`: `done` names the backup taken and says whether it
+    /// left out LISTs for the watches' changes. A failed one leaves none to continue: the next
+    /// lists every type.
+    fn end(&mut self, ns: &str, begun: Begun, done: Option<(String, bool)>) {
+        self.running.remove(ns);
+        match done {
+            Some((name, skipped)) => {
+                let listed_at = if skipped { begun.listed_at.unwrap_or(begun.at) } else { begun.at };
+                self.bases.insert(ns.to_string(), Base { name, since: begun.since, listed_at });
+            }
+            None => {
+                self.bases.remove(ns);
+                self.changes.remove(ns);
+            }
+        }
+    }
 }
 
 impl Continuous {
@@ -78,17 +173,18 @@ impl Continuous {
                 return;
             }
         };
-        let state = Arc::new(Mutex::new(State::default()));
-        let mut watched = 0;
-        for r in discovered.resources.into_iter().filter(watchable) {
-            watched += 1;
+        let watchable: Vec<Resource> = discovered.resources.into_iter().filter(watchable).collect();
+        let watched = watchable.len();
+        let versions = watchable.iter().map(|r| (r.key.clone(), r.ar.api_version.clone())).collect();
+        let state = Arc::new(Mutex::new(State { versions, ..Default::default() }));
+        for r in watchable {
             tokio::spawn(watch(self.ctx.clone(), r, state.clone()));
         }
-        tracing::info!(resource_types = watched, debounce = ?self.debounce, retention = %self.retention, keep = self.keep, incremental = self.incremental, "continuous backup watching workspaces");
+        tracing::info!(resource_types = watched, debounce = ?self.debounce, retention = %self.retention, keep = self.keep, incremental = self.incremental, list_every = ?self.list_every, "continuous backup watching workspaces");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            let due: Vec<String> = {
+            let due: Vec<(String, Begun)> = {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                 let due: Vec<String> = s
                     .dirty
@@ -96,17 +192,20 @@ impl Continuous {
                     .filter(|(ns, at)| at.elapsed() >= self.debounce && !s.running.contains(*ns))
                     .map(|(ns, _)| ns.clone())
                     .collect();
-                for ns in &due {
-                    s.dirty.remove(ns);
-                    s.running.insert(ns.clone());
-                }
-                due
+                due.into_iter()
+                    .map(|ns| {
+                        s.dirty.remove(&ns);
+                        s.running.insert(ns.clone());
+                        let begun = s.begin(&ns, if self.incremental { self.list_every } else { Duration::ZERO });
+                        (ns, begun)
+                    })
+                    .collect()
             };
-            for ns in due {
+            for (ns, begun) in due {
                 let (me, state) = (self.clone(), state.clone());
                 tokio::spawn(async move {
-                    me.backup(&ns).await;
-                    state.lock().unwrap_or_else(|p| p.into_inner()).running.remove(&ns);
+                    let done = me.backup(&ns, begun.watched.as_ref()).await;
+                    state.lock().unwrap_or_else(|p| p.into_inner()).end(&ns, begun, done);
                 });
             }
         }
@@ -129,9 +228,11 @@ impl Continuous {
         }
     }
 
-    async fn backup(&self, ns: &str) {
+    /// Backs up `ns` if it is a workspace; the backup's name and whether it left out LISTs for
+    /// the `watched` changes, if it was taken.
+    async fn backup(&self, ns: &str, watched: Option<&Watched>) -> Option<(String, bool)> {
         if !self.is_workspace(ns).await {
-            return;
+            return None;
         }
         let prefix: String = ns.chars().take(48).collect::<String>().trim_end_matches('-').to_string();
         let name = timestamped_name(&prefix, Timestamp::now());
@@ -156,11 +257,19 @@ impl Continuous {
                 reference: &reference,
                 observer: None,
                 requester: None,
+                watched,
             })
             .await
         {
-            Ok(_) => self.prune(ns).await,
-            Err(e) => tracing::warn!(namespace = %ns, backup = %name, error = %e, "continuous backup failed"),
+            Ok(b) => {
+                self.prune(ns).await;
+                let skipped = b.status.incremental.as_ref().is_some_and(|i| i.lists_skipped > 0);
+                Some((name, skipped))
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, backup = %name, error = %e, "continuous backup failed");
+                None
+            }
         }
     }
 
@@ -225,31 +334,58 @@ async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
     let mut initialized = false;
     // The runtime's backoff between failed watch attempts (exponential, jittered).
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mark = |ns: &str| {
-        state.lock().unwrap_or_else(|p| p.into_inner()).dirty.insert(ns.to_string(), Instant::now());
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    // Every change is noted for the next backup; only those that are not status-only mark the
+    // namespace for one.
+    let changed = |ns: &str, name: &str, change: Change, mark: bool| {
+        let mut s = lock();
+        s.note(&r.key, ns, name, change);
+        if mark {
+            s.dirty.insert(ns.to_string(), Instant::now());
+        }
     };
     while let Some(ev) = stream.next().await {
         match ev {
+            // Listing again after the first time: changes may have been missed meanwhile.
+            Ok(Event::Init) if initialized => lock().gap(&r.key),
             Ok(Event::Init) => {}
-            Ok(Event::InitApply(obj)) | Ok(Event::Apply(obj)) => {
+            Ok(Event::InitApply(mut obj)) | Ok(Event::Apply(mut obj)) => {
                 let Some(ns) = obj.namespace() else { continue };
-                let key = (ns.clone(), obj.name_any());
+                let name = obj.name_any();
                 let fp = fingerprint(&obj);
-                let before = seen.insert(key, fp);
-                if initialized && before != Some(fp) {
-                    mark(&ns);
+                let before = seen.insert((ns.clone(), name.clone()), fp);
+                if initialized {
+                    obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
+                    let Ok(json) = serde_json::to_vec(&obj) else { continue };
+                    let version = obj.metadata.resource_version.clone();
+                    changed(&ns, &name, Change::Applied { json, version }, before != Some(fp));
                 }
             }
-            Ok(Event::InitDone) => initialized = true,
+            Ok(Event::InitDone) => {
+                initialized = true;
+                let mut s = lock();
+                if s.ready.insert(r.key.clone()) && s.ready.len() == s.versions.len() {
+                    tracing::info!(
+                        resource_types = s.ready.len(),
+                        "every watch has listed: continuous backups take what they see change"
+                    );
+                }
+            }
             Ok(Event::Delete(obj)) => {
                 if let Some(ns) = obj.namespace() {
-                    seen.remove(&(ns.clone(), obj.name_any()));
-                    mark(&ns);
+                    let name = obj.name_any();
+                    seen.remove(&(ns.clone(), name.clone()));
+                    changed(&ns, &name, Change::Deleted, true);
                 }
             }
-            Err(e) => tracing::debug!(resource = %r.key, error = %e, "watch error; the watcher retries with backoff"),
+            Err(e) => {
+                // The watcher resumes where it was, or lists again; counted as a gap either way.
+                lock().gap(&r.key);
+                tracing::debug!(resource = %r.key, error = %e, "watch error; the watcher retries with backoff");
+            }
         }
     }
+    lock().gap(&r.key);
 }
 
 #[cfg(test)]
@@ -258,6 +394,102 @@ mod tests {
 
     fn obj(v: serde_json::Value) -> DynamicObject {
         serde_json::from_value(v).unwrap()
+    }
+
+    fn keys(v: &[&str]) -> HashSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn applied(n: u8) -> Change {
+        Change::Applied { json: vec![n], version: Some(n.to_string()) }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A state whose watches of ConfigMaps and Secrets have listed, with `ws` backed up as `b1`,
+    /// during which `ws/a` changed.
+    fn backed_up_once() -> State {
+        let mut s = State {
+            versions: [("configmaps", "v1"), ("secrets", "v1")].map(|(k, v)| (k.into(), v.into())).into(),
+            ready: keys(&["configmaps", "secrets"]),
+            ..Default::default()
+        };
+        s.note("configmaps", "ws", "early", applied(0)); // before any backup of ws: nothing to continue
+        s.running.insert("ws".into());
+        let begun = s.begin("ws", HOUR);
+        assert!(begun.watched.is_none(), "the first backup of a workspace lists");
+        s.note("configmaps", "ws", "a", applied(1));
+        s.end("ws", begun, Some(("b1".into(), false)));
+        s
+    }
+
+    fn covered(w: &Watched) -> HashSet<String> {
+        w.covered.keys().cloned().collect()
+    }
+
+    #[test]
+    fn a_backup_continues_the_last_with_what_changed_since_it_began() {
+        let mut s = backed_up_once();
+        s.note("secrets", "ws", "b", applied(2));
+        s.note("configmaps", "ws", "a", Change::Deleted); // the last change of an object is what counts
+        s.note("secrets", "other", "c", applied(3)); // a namespace never backed up here: not kept
+        assert!(!s.changes.contains_key("other"));
+        s.running.insert("ws".into());
+        let begun = s.begin("ws", HOUR);
+        let w = begun.watched.as_ref().expect("continued");
+        assert_eq!(w.since, "b1");
+        assert_eq!(covered(w), keys(&["configmaps", "secrets"]));
+        assert_eq!(w.covered["secrets"], "v1");
+        assert_eq!(w.changed["configmaps"], [("ws/a".to_string(), Change::Deleted)].into());
+        assert_eq!(w.changed["secrets"], [("ws/b".to_string(), applied(2))].into());
+        // What changes while it runs is for the next one.
+        s.note("configmaps", "ws", "d", applied(4));
+        s.end("ws", begun, Some(("b2".into(), true)));
+        let next = s.begin("ws", HOUR).watched.expect("continued again");
+        assert_eq!(next.since, "b2");
+        assert_eq!(next.changed.len(), 1);
+        assert_eq!(next.changed["configmaps"], [("ws/d".to_string(), applied(4))].into());
+    }
+
+    #[test]
+    fn a_restarted_watch_or_a_failed_backup_makes_the_next_one_list() {
+        let mut s = backed_up_once();
+        s.gap("secrets");
+        let w = s.begin("ws", HOUR).watched.expect("continued for ConfigMaps");
+        assert_eq!(covered(&w), keys(&["configmaps"]), "Secrets may have changed unseen: listed");
+
+        let mut s = backed_up_once();
+        s.running.insert("ws".into());
+        let begun = s.begin("ws", HOUR);
+        s.end("ws", begun, None);
+        assert!(s.begin("ws", HOUR).watched.is_none(), "after a failure the next backup lists");
+
+        let mut s = backed_up_once();
+        s.gap("configmaps");
+        s.gap("secrets");
+        assert!(s.begin("ws", HOUR).watched.is_none(), "no type left to take from the watches");
+    }
+
+    #[test]
+    fn a_watch_not_listed_yet_or_an_old_listing_makes_the_next_one_list() {
+        // Secrets' watch had not listed when b1 began: changes before it started were unseen.
+        let mut s = backed_up_once();
+        s.ready.remove("secrets");
+        let begun = s.begin("ws", HOUR);
+        s.end("ws", begun, Some(("b2".into(), true)));
+        s.ready.insert("secrets".into());
+        let w = s.begin("ws", HOUR).watched.expect("continued for ConfigMaps");
+        assert_eq!(covered(&w), keys(&["configmaps"]));
+
+        let mut s = backed_up_once();
+        assert!(s.begin("ws", Duration::ZERO).watched.is_none(), "--continuous-list-every=0s always lists");
+        // A chain of backups that listed nothing counts from the last that listed every type.
+        let mut s = backed_up_once();
+        let listed = s.bases["ws"].listed_at;
+        let begun = s.begin("ws", HOUR);
+        assert!(begun.watched.is_some());
+        s.end("ws", begun, Some(("b2".into(), true)));
+        assert_eq!(s.bases["ws"].listed_at, listed);
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Context {
     /// Runs one object backup for a controller: progress events on `run.reference`, metrics, and
     /// an index refresh so the webhook sees the new backup at once.
     pub async fn backup(&self, run: ObjectRun<'_>) -> kubectl_backup_core::Result<Backup> {
-        let ObjectRun { location, name, mut spec, trigger, source, reference, observer, requester } = run;
+        let ObjectRun { location, name, mut spec, trigger, source, reference, observer, requester, watched } = run;
         let movers = if spec.include_volumes { self.mover_access(requester) } else { MoverAccess::Reader };
         spec.mover_image = Some(self.mover_image.clone());
         let start = Instant::now();
@@ -133,7 +133,8 @@ impl Context {
             inner: observer,
         });
         let observer: Arc<dyn Observer> = uploading.clone();
-        let result = backup::run_with_movers(&self.cluster, &location.store, name, spec, observer, &movers).await;
+        let result =
+            backup::run_with_movers(&self.cluster, &location.store, name, spec, observer, &movers, watched).await;
         // BackupUploading is published when the upload starts; make sure it lands before the end.
         let task = uploading.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
@@ -270,6 +271,8 @@ pub struct ObjectRun<'a> {
     /// Who asked for the run (a Backup request's creator): its volume data is moved as them.
     /// None (schedules, continuous backups): as `--volume-identity`.
     pub requester: Option<&'a Requester>,
+    /// What the continuous backup's watches saw change since its previous backup of the workspace.
+    pub watched: Option<&'a kubectl_backup_core::collect::Watched>,
 }
 
 /// One etcd backup a controller takes.

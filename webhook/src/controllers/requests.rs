@@ -429,6 +429,7 @@ async fn reconcile_backup(b: Arc<BackupRequest>, ctx: Arc<Context>) -> Result<Ac
         reference: &h.reference,
         observer: Some(counter.clone()),
         requester: Some(&requester),
+        watched: None,
     };
     match ctx.backup(run).await {
         Ok(done) => {

@@ -419,6 +419,7 @@ impl Run<'_> {
             reference,
             observer: None,
             requester: None,
+            watched: None,
         };
         let b = ctx.backup(run).await?;
         Ok((b.status.phase, b.status.errors.first().cloned()))
