@@ -68,14 +68,6 @@ incremental() {
     { log "$1 has no .status.incremental.$2: the engine's -o json does not report incremental storage"; exit 1; }
 }
 
-# change PREFIX NAMESPACES TOTAL ROUND: changes 1% of the objects (round ROUND's pairs), not measured.
-change() {
-  local out
-  out=$("$RELEASE/bench-load" --prefix "$1" --namespaces "$2" --total-from 0 --total-to "$3" \
-    --patch "$4" --every "$EVERY")
-  log "round $4: $out (of $3 objects)"
-}
-
 # (a) A second backup after 1% changed.
 load_objects inc "$NAMESPACES" "$SIZE" "$BYTES"
 warm_up "$SIZE" "s3://backups/warmup-$STAMP"

@@ -181,6 +181,15 @@ load_objects() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$prefix" "$namespaces" "$from" "$total" "$secs" "$rate" >>"${OUT:?}/load.tsv"
 }
 
+# change PREFIX NAMESPACES TOTAL ROUND: changes one object pair in $EVERY (the caller's; 100: 1%) of
+# the objects bench-load made (round ROUND's pairs; each round others), not measured.
+change() {
+  local out
+  out=$("$RELEASE/bench-load" --prefix "$1" --namespaces "$2" --total-from 0 --total-to "$3" \
+    --patch "$4" --every "${EVERY:?}")
+  log "round $4: $out (of $3 objects)"
+}
+
 # check_backup FILE: FILE is the `-o json` output of a completed backup; prints its item count.
 check_backup() {
   jq -e '.status.phase == "Completed"' "$1" >/dev/null || { log "backup not completed: $1"; exit 1; }

@@ -1,4 +1,4 @@
-//! `raw-list [--concurrency N] [--every-type] [--decode | --metadata]`: the floor for `kubectl backup create` in
+//! `raw-list [--concurrency N] [--every-type] [--namespace NS] [--decode | --metadata]`: the floor for `kubectl backup create` in
 //! `bench/backup.sh` — discovery, then a paged LIST (`limit=500`) of every resource type the backup
 //! lists, cluster-wide, items discarded.
 //!
@@ -12,6 +12,7 @@
 //! decoding and the rest (serializing, archiving, uploading) when profiling. `--metadata` lists
 //! metadata only (`PartialObjectMetadataList`, pages of `collect::METADATA_PAGE_SIZE`), as an
 //! incremental backup continuing another does: the floor of that backup on the same server.
+//! `--namespace NS` lists the namespaced types in NS only, as a backup of that namespace does.
 //!
 //! Prints one summary line on stdout: `types=<n> pages=<n> items=<n> seconds=<s>`.
 
@@ -50,6 +51,7 @@ fn main() -> Result<()> {
     let mut every_type = false;
     let mut decode = false;
     let mut metadata = false;
+    let mut namespace: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -59,9 +61,10 @@ fn main() -> Result<()> {
             "--every-type" => every_type = true,
             "--decode" => decode = true,
             "--metadata" => metadata = true,
+            "--namespace" => namespace = Some(args.next().context("--namespace needs a value")?),
             other => {
                 bail!(
-                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--decode | --metadata]"
+                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS] [--decode | --metadata]"
                 )
             }
         }
@@ -75,10 +78,17 @@ fn main() -> Result<()> {
         every_type,
         decode,
         metadata,
+        namespace,
     ))
 }
 
-async fn run(concurrency: usize, every_type: bool, decode: bool, metadata: bool) -> Result<()> {
+async fn run(
+    concurrency: usize,
+    every_type: bool,
+    decode: bool,
+    metadata: bool,
+    namespace: Option<String>,
+) -> Result<()> {
     let start = Instant::now();
     let client = client(&KubeOptions::default()).await?;
     // Discovery is a few dozen requests; the limiter is set so high it never waits.
@@ -88,11 +98,14 @@ async fn run(concurrency: usize, every_type: bool, decode: bool, metadata: bool)
         .resources
         .into_iter()
         .filter(|r| r.supports("list") && (every_type || never_backed_up(&r.key).is_none()))
+        .filter(|r| namespace.is_none() || r.namespaced)
         .collect();
     let n_types = types.len();
     let results: Vec<Result<(u64, u64)>> = futures::stream::iter(types.into_iter().map(|r| {
-        let client = client.clone();
-        async move { list_type(&client, &r, decode, metadata).await.with_context(|| format!("listing {}", r.key)) }
+        let (client, namespace) = (client.clone(), namespace.as_deref());
+        async move {
+            list_type(&client, &r, namespace, decode, metadata).await.with_context(|| format!("listing {}", r.key))
+        }
     }))
     .buffer_unordered(concurrency)
     .collect()
@@ -107,10 +120,20 @@ async fn run(concurrency: usize, every_type: bool, decode: bool, metadata: bool)
     Ok(())
 }
 
-/// All pages of one type, cluster-wide (of metadata only with `metadata`). Returns (pages, items).
-async fn list_type(client: &kube::Client, r: &Resource, decode: bool, metadata: bool) -> Result<(u64, u64)> {
-    let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, None));
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &r.ar);
+/// All pages of one type, cluster-wide or in `namespace` (of metadata only with `metadata`).
+/// Returns (pages, items).
+async fn list_type(
+    client: &kube::Client,
+    r: &Resource,
+    namespace: Option<&str>,
+    decode: bool,
+    metadata: bool,
+) -> Result<(u64, u64)> {
+    let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, namespace));
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &r.ar),
+        None => Api::all_with(client.clone(), &r.ar),
+    };
     let (mut pages, mut items) = (0u64, 0u64);
     let mut token: Option<String> = None;
     loop {
