@@ -51,6 +51,19 @@ impl Setup {
         self.t.backup(&["list", "-o", "json"]).ok().json()["items"].as_array().unwrap().clone()
     }
 
+    /// The continuous backups of workspace `ws`, oldest first.
+    fn continuous_backups(&self, ws: &str) -> Vec<Value> {
+        let mut v: Vec<Value> = self
+            .backups()
+            .into_iter()
+            .filter(|b| {
+                b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"] == serde_json::json!([ws])
+            })
+            .collect();
+        v.sort_by_key(|b| b["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+        v
+    }
+
     fn schedule(&self, ns: &str, name: &str) -> Value {
         self.t.get_json(&["backupschedules.kubectl-backup.dev", name, "-n", ns])
     }
@@ -224,17 +237,7 @@ fn a_change_in_a_workspace_yields_a_continuous_backup() {
     let webhook = s.webhook(&["--debounce=2s", "--keep-workspace-backups=2"]);
     std::thread::sleep(Duration::from_secs(3)); // the watches are set up
     s.t.apply(&sample_app(&ws)).ok();
-    let continuous = |s: &Setup| -> Vec<Value> {
-        let mut v: Vec<Value> = s
-            .backups()
-            .into_iter()
-            .filter(|b| {
-                b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"] == serde_json::json!([ws])
-            })
-            .collect();
-        v.sort_by_key(|b| b["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
-        v
-    };
+    let continuous = |s: &Setup| s.continuous_backups(&ws);
     eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
     std::thread::sleep(Duration::from_secs(4));
     let before = continuous(&s).last().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
@@ -328,17 +331,7 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
         ));
     }
     s.t.apply(&objects).ok();
-    let continuous = |s: &Setup| -> Vec<Value> {
-        let mut v: Vec<Value> = s
-            .backups()
-            .into_iter()
-            .filter(|b| {
-                b["spec"]["schedule"] == "continuous" && b["spec"]["includedNamespaces"] == serde_json::json!([ws])
-            })
-            .collect();
-        v.sort_by_key(|b| b["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
-        v
-    };
+    let continuous = |s: &Setup| s.continuous_backups(&ws);
     eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
     std::thread::sleep(Duration::from_secs(4)); // the burst is over: one backup
     let first = continuous(&s).last().unwrap().clone();

@@ -143,10 +143,6 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
         pager.recycle(page);
         next = following;
     }
-    if objects > 0 && !r.ar.group.is_empty() {
-        let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
-        f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
-    }
     read_changed(l, task, &changed, objects, listed).await
 }
 
@@ -192,16 +188,12 @@ async fn read_watched(
         objects += 1;
         listed.send(l, item(name, Body::Read { json: json.clone(), version: version.clone() })).await?;
     }
-    if objects > 0 && !r.ar.group.is_empty() {
-        let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
-        f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
-    }
     read_changed(l, task, &unreadable, objects, listed).await
 }
 
 /// Reads `changed` (each once, none sent yet) of a task with `objects` objects in all: a GET each,
 /// or the task's LIST keeping only them when they are many or a GET fails. One that is gone is left
-/// out (deleted).
+/// out (deleted). A custom resource with objects has its CRD backed up too.
 async fn read_changed(
     l: &Lister<'_>,
     task: &Task,
@@ -210,6 +202,10 @@ async fn read_changed(
     listed: &mut Listed,
 ) -> Result<(), TaskError> {
     let r = &task.resource;
+    if objects > 0 && !r.ar.group.is_empty() {
+        let mut f = l.found.lock().unwrap_or_else(|p| p.into_inner());
+        f.custom.insert((r.ar.plural.clone(), r.ar.group.clone()));
+    }
     if changed.is_empty() {
         return Ok(());
     }
