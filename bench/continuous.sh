@@ -15,7 +15,8 @@
 # backup: `raw-list --metadata --namespace ws-00`, the least a backup that asks the API server which
 # objects changed must wait for. Prints second / first for both modes (target <= 0.5) and the
 # second's bytes uploaded / the first's (target <= 0.03).
-# Results go to target/bench/continuous-<time>/.
+# Results go to target/bench/continuous-<time>/. The controller's rows carry its own times only (no
+# peak RSS or CPU columns: it is a long-running process, not a command).
 #
 #   bench/continuous.sh
 #   BENCH_SIZE=20000 BENCH_RUNS=3 bench/continuous.sh   # the defaults
@@ -59,7 +60,7 @@ wait_backups() {
 # record BACKUP_JSON VARIANT RUN: one results row with the backup's own time (start to commit).
 record() {
   local secs
-  secs=$(jq -r '[.status.timing.startTimestamp, .status.timing.completionTimestamp]
+  secs=$(jq -r '[.status.startTimestamp, .status.completionTimestamp]
     | map(sub("(?<s>\\.[0-9]+)?Z$"; "Z") as $z | ($z | fromdateiso8601) + ((capture("(?<f>\\.[0-9]+)Z$").f // "0") | tonumber))
     | .[1] - .[0]' <<<"$1")
   printf '%s\t%s\t%s\t%.3f\t0\t0\t0\t0\t%s\n' "$SIZE" "$2" "$3" "$secs" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RESULTS"
@@ -67,6 +68,7 @@ record() {
 }
 
 load_objects ws 1 "$SIZE" "$BYTES"
+kubectl create namespace bench-webhook >/dev/null # the controller's own namespace (its signing key)
 printf 'run\tmode\tfirst_bytes_uploaded\tsecond_bytes_uploaded\tsecond_lists_skipped\tsecond_objects_not_read\n' >"$OUT/bytes.tsv"
 round=0
 for run in $(seq 1 "$RUNS"); do
@@ -80,7 +82,11 @@ for run in $(seq 1 "$RUNS"); do
       --schedules=false --restore-worker=false --debounce 3s --continuous-list-every "$every" >"$WEBHOOK_LOG" 2>&1 &
     pid=$!
     HARNESS_PIDS+=("$pid")
-    for _ in $(seq 1 240); do grep -q "every watch has listed" "$WEBHOOK_LOG" && break; sleep 0.5; done
+    for _ in $(seq 1 240); do
+      grep -qs "every watch has listed" "$WEBHOOK_LOG" && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
     grep -q "every watch has listed" "$WEBHOOK_LOG" || { tail -n 30 "$WEBHOOK_LOG" >&2; log "the watches did not list"; exit 1; }
     log "run $run, $mode (--continuous-list-every=$every): the controller is watching"
     kubectl -n "$WS" annotate configmap cm-00000 "bench/touched=$STAMP-$run-$mode" --overwrite >/dev/null
