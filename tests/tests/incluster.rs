@@ -322,7 +322,7 @@ fn archived(file: &std::path::Path, resource: &str, ns: &str) -> std::collection
 fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     let s = setup("watched");
     let ws = unique("ws");
-    let webhook = s.webhook(&["--debounce=2s"]);
+    let mut webhook = s.webhook(&["--debounce=2s"]);
     std::thread::sleep(Duration::from_secs(3)); // the watches are set up
     let mut objects = sample_app(&ws);
     for i in 0..30 {
@@ -366,6 +366,34 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     assert_eq!(cms["cm-3"]["data"]["value"], "3", "{}", cms["cm-3"]);
     let secrets = archived(&file, "secrets", &ws);
     assert_eq!(secrets["credentials"]["data"]["password"], "cm90YXRlZA==", "{:?}", secrets["credentials"]);
+
+    // A restarted controller has seen no changes since the last backup: its first one lists every
+    // type, and the one after that takes the changes from its watches again.
+    let listed = |w: &kubectl_backup_e2e::webhook::Webhook| w.log().matches("every watch has listed").count();
+    assert_eq!(listed(&webhook), 1, "{}", webhook.log());
+    webhook.restart().unwrap();
+    eventually("the restarted controller's watches", Duration::from_secs(30), || listed(&webhook) == 2);
+    let mut latest = second["metadata"]["name"].clone();
+    for (round, cm) in ["cm-4", "cm-5"].iter().enumerate() {
+        let patch = format!(r#"{{"data":{{"value":"round {round}"}}}}"#);
+        s.t.kubectl(&["-n", &ws, "patch", "configmap", cm, "-p", &patch]).ok();
+        eventually("a backup after the change", Duration::from_secs(30), || {
+            continuous(&s).last().map(|b| b["metadata"]["name"].clone()) != Some(latest.clone())
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let b = continuous(&s).last().unwrap().clone();
+        let skipped = b["status"]["incremental"]["listsSkipped"].as_u64().unwrap_or(0);
+        match round {
+            0 => assert_eq!(skipped, 0, "the first backup after a restart lists: {b}"),
+            _ => assert!(skipped >= 2, "the next one takes the watches' changes: {b}"),
+        }
+        let file = s.dir.join(format!("after-restart-{round}.tar.zst"));
+        s.t.backup(&["download", b["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
+        let cms = archived(&file, "configmaps", &ws);
+        assert_eq!(cms[*cm]["data"]["value"], format!("round {round}"), "{b}");
+        assert_eq!(cms.len(), live.len(), "{:?}", cms.keys());
+        latest = b["metadata"]["name"].clone();
+    }
 }
 
 #[test]
