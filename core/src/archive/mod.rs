@@ -453,6 +453,9 @@ mod tests {
         assert_eq!(entry_resource(&entry_path("widgets.example.org", Some("a"), "w")), Some("widgets.example.org"));
         assert_eq!(entry_resource(&entry_path("nodes", None, "n")), Some("nodes"));
         assert_eq!(entry_resource("other/x.json"), None);
+        // entry_dir is entry_path without the name: read_watched finds a type's objects by it.
+        let path = entry_path("configmaps", Some("ns"), "cm");
+        assert_eq!(path.strip_prefix(&entry_dir("configmaps", "ns")), Some("cm.json"));
     }
 
     #[test]

@@ -108,9 +108,11 @@ struct Begun {
 
 impl State {
     /// Notes the last change of `resource` `ns/name` for the backup that continues the
-    /// namespace's last.
-    fn note(&mut self, resource: &str, ns: &str, name: &str, change: Change) {
-        if self.bases.contains_key(ns) || self.running.contains(ns) {
+    /// namespace's last; `change` is made only for a namespace with such a backup, or one running.
+    fn note(&mut self, resource: &str, ns: &str, name: &str, change: impl FnOnce() -> Option<Change>) {
+        if (self.bases.contains_key(ns) || self.running.contains(ns))
+            && let Some(change) = change()
+        {
             self.changes.entry(ns.to_string()).or_default().note(resource, ns, name, change);
         }
     }
@@ -337,7 +339,7 @@ async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     // Every change is noted for the next backup; only those that are not status-only mark the
     // namespace for one.
-    let changed = |ns: &str, name: &str, change: Change, mark: bool| {
+    let changed = |ns: &str, name: &str, change: &mut dyn FnMut() -> Option<Change>, mark: bool| {
         let mut s = lock();
         s.note(&r.key, ns, name, change);
         if mark {
@@ -356,9 +358,12 @@ async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
                 let before = seen.insert((ns.clone(), name.clone()), fp);
                 if initialized {
                     obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
-                    let Ok(json) = serde_json::to_vec(&obj) else { continue };
-                    let version = obj.metadata.resource_version.clone();
-                    changed(&ns, &name, Change::Applied { json, version }, before != Some(fp));
+                    // Serialized only for a workspace whose next backup takes it.
+                    let mut applied = || {
+                        let json = serde_json::to_vec(&obj).ok()?;
+                        Some(Change::Applied { json, version: obj.metadata.resource_version.clone() })
+                    };
+                    changed(&ns, &name, &mut applied, before != Some(fp));
                 }
             }
             Ok(Event::InitDone) => {
@@ -375,7 +380,7 @@ async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
                 if let Some(ns) = obj.namespace() {
                     let name = obj.name_any();
                     seen.remove(&(ns.clone(), name.clone()));
-                    changed(&ns, &name, Change::Deleted, true);
+                    changed(&ns, &name, &mut || Some(Change::Deleted), true);
                 }
             }
             Err(e) => {
@@ -414,11 +419,11 @@ mod tests {
             ready: keys(&["configmaps", "secrets"]),
             ..Default::default()
         };
-        s.note("configmaps", "ws", "early", applied(0)); // before any backup of ws: nothing to continue
+        s.note("configmaps", "ws", "early", || Some(applied(0))); // before any backup of ws: nothing to continue
         s.running.insert("ws".into());
         let begun = s.begin("ws", HOUR);
         assert!(begun.watched.is_none(), "the first backup of a workspace lists");
-        s.note("configmaps", "ws", "a", applied(1));
+        s.note("configmaps", "ws", "a", || Some(applied(1)));
         s.end("ws", begun, Some(("b1".into(), false)));
         s
     }
@@ -430,9 +435,9 @@ mod tests {
     #[test]
     fn a_backup_continues_the_last_with_what_changed_since_it_began() {
         let mut s = backed_up_once();
-        s.note("secrets", "ws", "b", applied(2));
-        s.note("configmaps", "ws", "a", Change::Deleted); // the last change of an object is what counts
-        s.note("secrets", "other", "c", applied(3)); // a namespace never backed up here: not kept
+        s.note("secrets", "ws", "b", || Some(applied(2)));
+        s.note("configmaps", "ws", "a", || Some(Change::Deleted)); // the last change of an object is what counts
+        s.note("secrets", "other", "c", || Some(applied(3))); // a namespace never backed up here: not kept
         assert!(!s.changes.contains_key("other"));
         s.running.insert("ws".into());
         let begun = s.begin("ws", HOUR);
@@ -443,7 +448,7 @@ mod tests {
         assert_eq!(w.changed["configmaps"], [("ws/a".to_string(), Change::Deleted)].into());
         assert_eq!(w.changed["secrets"], [("ws/b".to_string(), applied(2))].into());
         // What changes while it runs is for the next one.
-        s.note("configmaps", "ws", "d", applied(4));
+        s.note("configmaps", "ws", "d", || Some(applied(4)));
         s.end("ws", begun, Some(("b2".into(), true)));
         let next = s.begin("ws", HOUR).watched.expect("continued again");
         assert_eq!(next.since, "b2");
