@@ -162,12 +162,14 @@ pub async fn client(opts: &KubeOptions) -> Result<Client> {
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client-side limits for the requests one operation makes: requests per second with a burst, how
-/// many run at once, and how long one API group's discovery may take.
+/// many run at once, how long one API group's discovery may take, and whether a large resource is
+/// listed one namespace at a time.
 #[derive(Clone)]
 pub struct Throttle {
     limiter: Arc<DefaultDirectRateLimiter>,
     pub concurrency: usize,
     pub discovery_timeout: Duration,
+    pub namespace_lists: crate::collect::NamespaceLists,
 }
 
 impl Throttle {
@@ -178,7 +180,15 @@ impl Throttle {
             limiter: Arc::new(RateLimiter::direct(Quota::per_second(qps).allow_burst(burst))),
             concurrency: concurrency.max(1),
             discovery_timeout: DISCOVERY_TIMEOUT,
+            namespace_lists: Default::default(),
         }
+    }
+
+    /// The same limits, listing large resources one namespace at a time as `mode` says
+    /// (`--list-per-namespace`).
+    pub fn with_namespace_lists(mut self, mode: crate::collect::NamespaceLists) -> Self {
+        self.namespace_lists = mode;
+        self
     }
 
     /// The same limits with another bound on one API group's discovery (`--discovery-timeout`).

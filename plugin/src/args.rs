@@ -52,6 +52,12 @@ pub struct KubeArgs {
     /// of the backup or restore goes on.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout, value_name = "DURATION")]
     pub discovery_timeout: std::time::Duration,
+    /// How a large namespaced resource is listed across namespaces: auto lists the rest of it one
+    /// namespace at a time after its first page when that costs etcd less than paging through it
+    /// (each page of a cluster-wide LIST counts the rest of the resource); always does so whenever
+    /// there is more than one page; never pages through one cluster-wide LIST.
+    #[arg(long, global = true, value_enum, default_value_t = NamespaceLists::Auto, value_name = "WHEN")]
+    pub list_per_namespace: NamespaceLists,
     /// The address and port of the Kubernetes API server (no kubeconfig is needed with it).
     #[arg(short = 's', long, global = true, value_name = "URL")]
     pub server: Option<String>,
@@ -461,5 +467,24 @@ impl FilterArgs {
             filters.included_namespaces = vec![ns.clone()];
         }
         filters
+    }
+}
+
+/// `--list-per-namespace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum NamespaceLists {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<NamespaceLists> for kubectl_backup_core::collect::NamespaceLists {
+    fn from(n: NamespaceLists) -> Self {
+        match n {
+            NamespaceLists::Auto => Self::Auto,
+            NamespaceLists::Always => Self::Always,
+            NamespaceLists::Never => Self::Never,
+        }
     }
 }

@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     kubectl_backup_core::kube_client::install_crypto_provider();
     if std::env::args_os().nth(1).is_some_and(|a| a == "mover") {
         let args = MoverArgs::parse_from(std::env::args_os().skip(1));
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").with_ansi(false).init();
         // Progress, one JSON line at a time on stdout: the client reads the Pod's last log line.
         let report: kubectl_backup_core::volume::mover::Report = std::sync::Arc::new(|moved| {
             if let Ok(line) = serde_json::to_string(&moved) {
@@ -31,7 +31,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
     match args.log_format {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        // Colours only on a terminal: a Pod's log is a file.
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
     }
     backup_webhook::run(args).await
 }

@@ -76,7 +76,7 @@ async fn list_bodies(
     listed.relisted = false;
     let mut next = pager.next().await;
     while let Some(page) = next {
-        listed.relisted |= pager.relists > 0;
+        listed.relisted |= pager.repeats();
         let page = page.map_err(TaskError::Kube)?;
         // The next page is read while this one goes to the archive ([`Pager`]); a failure to
         // send drops that read.
@@ -111,7 +111,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             }
             Err(e) => return Err(TaskError::Kube(e)),
         };
-        listed.relisted |= pager.relists > 0;
+        listed.relisted |= pager.repeats();
         // The next page is read while this one is looked at ([`Pager`]); a failure to look at it
         // drops that read.
         let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
@@ -282,6 +282,11 @@ async fn read_one(l: &Lister<'_>, r: &Resource, namespace: Option<&str>, name: &
 /// A task's pages, one at a time, listed again from the start (up to 3 times) when the continue
 /// token expires (410 Gone): [`Listed::next_kept`] then skips what was sent already.
 ///
+/// A cluster-wide LIST of a large namespaced resource goes on one namespace at a time after its
+/// first page when that costs etcd less than the rest of the pages
+/// ([`namespaces_after_first_page`]): from the namespace that page ended in (whose objects up to
+/// the page's last are skipped, as after a 410) to the last in key order.
+///
 /// A task reads its next page while it hands on the one before: the server is not left waiting
 /// for the client between the pages of a LIST (as it is not for a client that only counts
 /// items), at the cost of a second page buffer per task. Each page is read into the body of the
@@ -291,11 +296,17 @@ async fn read_one(l: &Lister<'_>, r: &Resource, namespace: Option<&str>, name: &
 /// (docs/benchmarks.md).
 struct Pager<'l, 'a> {
     l: &'l Lister<'a>,
+    task: &'l Task,
     request: Request,
     metadata: bool,
-    key: &'l str,
     token: Option<String>,
     relists: u32,
+    /// Whether the first page has been looked at (for going on one namespace at a time).
+    first_seen: bool,
+    /// The namespaces still to list one at a time, the next first.
+    namespaces: std::collections::VecDeque<String>,
+    /// Whether the LIST went on one namespace at a time.
+    per_namespace: bool,
     done: bool,
     spare: Vec<u8>,
 }
@@ -305,7 +316,25 @@ impl<'l, 'a> Pager<'l, 'a> {
         let r = &task.resource;
         let scope = if r.namespaced { task.namespace.as_deref() } else { None };
         let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
-        Pager { l, request, metadata, key: &r.key, token: None, relists: 0, done: false, spare: Vec::new() }
+        Pager {
+            l,
+            task,
+            request,
+            metadata,
+            token: None,
+            relists: 0,
+            first_seen: false,
+            namespaces: Default::default(),
+            per_namespace: false,
+            done: false,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Whether objects looked at already may come again: after a relist (410), or when the LIST
+    /// went on one namespace at a time from the middle of one.
+    fn repeats(&self) -> bool {
+        self.relists > 0 || self.per_namespace
     }
 
     /// Hands a page's body back to be read into again.
@@ -322,12 +351,24 @@ impl<'l, 'a> Pager<'l, 'a> {
             match fetch_page(self.l, &self.request, self.token.as_deref(), self.metadata, spare).await {
                 Ok(page) => {
                     self.token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
-                    self.done = self.token.is_none();
+                    if !self.first_seen {
+                        self.first_seen = true;
+                        self.go_per_namespace(&page);
+                    }
+                    if self.token.is_none() {
+                        match self.namespaces.pop_front() {
+                            Some(ns) => {
+                                let r = &self.task.resource.ar;
+                                self.request = Request::new(<DynamicObject as kube::Resource>::url_path(r, Some(&ns)))
+                            }
+                            None => self.done = true,
+                        }
+                    }
                     return Some(Ok(page));
                 }
                 Err(kube::Error::Api(s)) if s.code == 410 && self.token.is_some() && self.relists < 3 => {
                     self.relists += 1;
-                    tracing::info!(resource = %self.key, "continue token expired (410 Gone); listing again from the start");
+                    tracing::info!(resource = %self.task.resource.key, "continue token expired (410 Gone); listing again from the start");
                     self.token = None;
                 }
                 Err(e) => {
@@ -335,6 +376,30 @@ impl<'l, 'a> Pager<'l, 'a> {
                     return Some(Err(e));
                 }
             }
+        }
+    }
+
+    /// After the first page of a cluster-wide LIST that is not the last: whether to list the rest
+    /// one namespace at a time, and which namespaces.
+    fn go_per_namespace(&mut self, page: &RawPage) {
+        let r = &self.task.resource;
+        if self.token.is_none() || !r.namespaced || self.task.namespace.is_some() || !lists_in_key_order(&r.ar.group) {
+            return;
+        }
+        let last = page.items().last().and_then(|raw| serde_json::from_str::<RawItem<'_>>(raw).ok());
+        let Some(last_namespace) = last.as_ref().map(|o| o.metadata.namespace.as_deref()) else {
+            // An empty page (a label selector kept none of it) says nothing of where the rest is.
+            return;
+        };
+        let limit = if self.metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE };
+        let remaining = page.metadata.remaining_item_count;
+        let all = self.l.scope.namespaces().iter().map(String::as_str);
+        let mode = self.l.throttle.namespace_lists;
+        if let Some(left) = namespaces_after_first_page(mode, limit, remaining, last_namespace, all) {
+            tracing::debug!(resource = %r.key, remaining, namespaces = left.len(), from = ?last_namespace, "listing the rest one namespace at a time");
+            self.token = None;
+            self.namespaces = left.into();
+            self.per_namespace = true;
         }
     }
 }

@@ -19,6 +19,13 @@ impl Scope {
             Scope::All { included } | Scope::Only(included) => included.contains(ns),
         }
     }
+
+    /// The namespaces included.
+    pub fn namespaces(&self) -> &BTreeSet<String> {
+        match self {
+            Scope::All { included } | Scope::Only(included) => included,
+        }
+    }
 }
 
 /// The resolved plan of a collection.
@@ -192,5 +199,113 @@ async fn list_all(
         if token.is_none() {
             return Ok(out);
         }
+    }
+}
+
+/// Whether a namespaced resource listed across namespaces goes on one namespace at a time once its
+/// first page shows how large it is (`--list-per-namespace`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NamespaceLists {
+    /// When the rest of the resource would cost etcd more in pages than in one LIST per namespace
+    /// ([`namespaces_after_first_page`]).
+    #[default]
+    Auto,
+    /// Whenever the first page is not the last (for tests and measurements).
+    Always,
+    /// Never: every page of one cluster-wide LIST.
+    Never,
+}
+
+/// What one more LIST request costs the API server and etcd, in keys of a range that etcd counts.
+/// Every page of a paged LIST is an etcd range read from its first key to the end of the resource
+/// that also counts the keys left, so the rest of a LIST of `n` objects in pages of `p` counts
+/// about n²/2p keys; one LIST per namespace counts each namespace's keys once. Measured by
+/// bench/list-cost.sh (docs/benchmarks.md): the 50k ConfigMaps of 200 namespaces cost etcd
+/// 1.11–1.33 CPU-s in pages of 500 and 0.36–0.45 s one namespace at a time, about 0.3 µs per key
+/// counted. A request's own cost (its round trip, the API server's handling) is put at 3000 keys,
+/// about a millisecond: a namespace's LIST is worth making only when it saves that much counting.
+const REQUEST_COST_IN_KEYS: u64 = 3000;
+
+/// After the first page of a cluster-wide LIST of a namespaced resource that lists in key order
+/// ([`lists_in_key_order`]): the namespaces of `namespaces` to list one at a time instead of the
+/// rest of the pages, or `None` to go on paging.
+///
+/// `remaining` is the page's `remainingItemCount` (absent with a label selector: `Auto` then goes
+/// on paging), `page` its limit, `last` the namespace of its last object. The namespaces returned
+/// are those whose objects come after that object in key order: `last` itself first (its objects
+/// up to the page's last are listed already, and are skipped again), then each one whose keys
+/// (`<namespace>/<name>`) sort after it, in that order, which is not the order of the names: "a-b/"
+/// sorts before "a/".
+pub fn namespaces_after_first_page<'n>(
+    mode: NamespaceLists,
+    page: u32,
+    remaining: Option<i64>,
+    last: Option<&str>,
+    namespaces: impl IntoIterator<Item = &'n str>,
+) -> Option<Vec<String>> {
+    let key = |ns: &str| format!("{ns}/");
+    let last = last.map(key);
+    let mut left: Vec<String> =
+        namespaces.into_iter().filter(|ns| last.as_ref().is_none_or(|l| key(ns) >= *l)).map(str::to_string).collect();
+    left.sort_by_key(|ns| key(ns));
+    left.dedup();
+    let go = match mode {
+        NamespaceLists::Never => false,
+        NamespaceLists::Always => true,
+        NamespaceLists::Auto => {
+            let remaining = remaining.and_then(|r| u64::try_from(r).ok())?;
+            let page = u64::from(page.max(1));
+            let paging = remaining * remaining / (2 * page) + remaining.div_ceil(page) * REQUEST_COST_IN_KEYS;
+            let per_namespace = left.len() as u64 * REQUEST_COST_IN_KEYS + remaining;
+            per_namespace < paging
+        }
+    };
+    go.then_some(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(
+        mode: NamespaceLists,
+        page: u32,
+        remaining: Option<i64>,
+        last: Option<&str>,
+        ns: &[&str],
+    ) -> Option<Vec<String>> {
+        namespaces_after_first_page(mode, page, remaining, last, ns.iter().copied())
+    }
+
+    #[test]
+    fn the_namespaces_left_come_in_the_order_of_their_keys_from_the_one_the_page_ended_in() {
+        let ns = ["a", "a-b", "b", "0x", "ab", "a-a"];
+        // Keys: "0x/" < "a-a/" < "a-b/" < "a/" < "ab/" < "b/".
+        let got = after(NamespaceLists::Always, 500, Some(10), Some("a-b"), &ns).unwrap();
+        assert_eq!(got, ["a-b", "a", "ab", "b"]);
+        let got = after(NamespaceLists::Always, 500, Some(10), Some("a"), &ns).unwrap();
+        assert_eq!(got, ["a", "ab", "b"]);
+        // An empty first page (a label selector kept nothing of it): every namespace.
+        let got = after(NamespaceLists::Always, 500, None, None, &ns).unwrap();
+        assert_eq!(got, ["0x", "a-a", "a-b", "a", "ab", "b"]);
+    }
+
+    #[test]
+    fn auto_lists_per_namespace_only_where_paging_would_count_more_than_the_requests_cost() {
+        let ns: Vec<String> = (0..200).map(|i| format!("ns-{i:03}")).collect();
+        let ns: Vec<&str> = ns.iter().map(String::as_str).collect();
+        // bench/scale.sh at 100k: 50k ConfigMaps, the first page ends in the first namespace.
+        let big = after(NamespaceLists::Auto, 500, Some(49_700), Some("ns-000"), &ns);
+        assert_eq!(big.map(|n| n.len()), Some(200));
+        // At 5k (2.5k ConfigMaps) and at 20k, paging costs less than 200 requests.
+        assert_eq!(after(NamespaceLists::Auto, 500, Some(2_200), Some("ns-000"), &ns), None);
+        assert_eq!(after(NamespaceLists::Auto, 500, Some(9_700), Some("ns-000"), &ns), None);
+        // Fewer namespaces left make it worth it sooner.
+        assert!(after(NamespaceLists::Auto, 500, Some(9_700), Some("ns-190"), &ns).is_some());
+        // Without a count (a label selector), or asked not to: paging.
+        assert_eq!(after(NamespaceLists::Auto, 500, None, Some("ns-000"), &ns), None);
+        assert_eq!(after(NamespaceLists::Never, 500, Some(49_700), Some("ns-000"), &ns), None);
+        // Larger pages count less.
+        assert_eq!(after(NamespaceLists::Auto, 5000, Some(49_700), Some("ns-000"), &ns), None);
     }
 }

@@ -96,7 +96,9 @@ pub fn confirm(action: &str, question: &str, yes: bool) -> Result<bool> {
 
 /// The client-side limits of the global flags.
 pub fn throttle(cli: &Globals) -> Throttle {
-    Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency).with_discovery_timeout(cli.kube.discovery_timeout)
+    Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency)
+        .with_discovery_timeout(cli.kube.discovery_timeout)
+        .with_namespace_lists(cli.kube.list_per_namespace.into())
 }
 
 pub fn exit_for(phase: Phase) -> ExitCode {
