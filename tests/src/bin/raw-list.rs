@@ -1,4 +1,4 @@
-//! `raw-list [--concurrency N] [--every-type] [--namespace NS] [--decode | --metadata]`: the floor for `kubectl backup create` in
+//! `raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata]`: the floor for `kubectl backup create` in
 //! `bench/backup.sh` — discovery, then a paged LIST (`limit=500`) of every resource type the backup
 //! lists, cluster-wide, items discarded.
 //!
@@ -13,6 +13,9 @@
 //! metadata only (`PartialObjectMetadataList`, pages of `collect::METADATA_PAGE_SIZE`), as an
 //! incremental backup continuing another does: the floor of that backup on the same server.
 //! `--namespace NS` lists the namespaced types in NS only, as a backup of that namespace does.
+//! `--per-namespace` lists the namespaces first, then lists a namespaced type's rest one namespace at
+//! a time after its first page where `kubectl backup create --list-per-namespace auto` does
+//! (`collect::namespaces_after_first_page`, the same rule): the floor of `create` listing that way.
 //!
 //! Prints one summary line on stdout: `types=<n> pages=<n> items=<n> seconds=<s>`.
 
@@ -22,7 +25,10 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::Request;
-use kubectl_backup_core::collect::{METADATA_LIST, METADATA_PAGE_SIZE, Resource, discover, never_backed_up};
+use kubectl_backup_core::collect::{
+    METADATA_LIST, METADATA_PAGE_SIZE, NamespaceLists, Resource, discover, lists_in_key_order,
+    namespaces_after_first_page, never_backed_up,
+};
 use kubectl_backup_core::kube_client::{KubeOptions, Throttle, client};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -43,6 +49,27 @@ struct Page {
 struct PageMeta {
     #[serde(default, rename = "continue")]
     continue_: Option<String>,
+    #[serde(default, rename = "remainingItemCount")]
+    remaining: Option<i64>,
+}
+
+/// A first page with `--per-namespace`: each item's namespace too, to know where the page ended.
+#[derive(Deserialize)]
+struct FirstPage {
+    #[serde(default)]
+    metadata: PageMeta,
+    #[serde(default)]
+    items: Option<Vec<NamespaceOf>>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceOf {
+    metadata: NamespaceMeta,
+}
+
+#[derive(Deserialize)]
+struct NamespaceMeta {
+    namespace: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -52,6 +79,7 @@ fn main() -> Result<()> {
     let mut decode = false;
     let mut metadata = false;
     let mut namespace: Option<String> = None;
+    let mut per_namespace = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -62,15 +90,19 @@ fn main() -> Result<()> {
             "--decode" => decode = true,
             "--metadata" => metadata = true,
             "--namespace" => namespace = Some(args.next().context("--namespace needs a value")?),
+            "--per-namespace" => per_namespace = true,
             other => {
                 bail!(
-                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS] [--decode | --metadata]"
+                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata]"
                 )
             }
         }
     }
     if decode && metadata {
         bail!("--decode and --metadata: a metadata LIST is not decoded into DynamicObjects; choose one");
+    }
+    if per_namespace && (decode || namespace.is_some()) {
+        bail!("--per-namespace lists across namespaces without decoding: not with --decode or --namespace");
     }
     let concurrency = concurrency.max(1);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(
@@ -79,6 +111,7 @@ fn main() -> Result<()> {
         decode,
         metadata,
         namespace,
+        per_namespace,
     ))
 }
 
@@ -88,12 +121,20 @@ async fn run(
     decode: bool,
     metadata: bool,
     namespace: Option<String>,
+    per_namespace: bool,
 ) -> Result<()> {
     let start = Instant::now();
     let client = client(&KubeOptions::default()).await?;
     // Discovery is a few dozen requests; the limiter is set so high it never waits.
     let throttle = Throttle::new(100_000, 100_000, concurrency);
     let discovered = discover(&client, &throttle).await?;
+    let namespaces: Option<Vec<String>> = match per_namespace {
+        true => {
+            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+            Some(api.list(&ListParams::default()).await?.items.into_iter().filter_map(|n| n.metadata.name).collect())
+        }
+        false => None,
+    };
     let types: Vec<Resource> = discovered
         .resources
         .into_iter()
@@ -102,9 +143,11 @@ async fn run(
         .collect();
     let n_types = types.len();
     let results: Vec<Result<(u64, u64)>> = futures::stream::iter(types.into_iter().map(|r| {
-        let (client, namespace) = (client.clone(), namespace.as_deref());
+        let (client, namespace, namespaces) = (client.clone(), namespace.as_deref(), namespaces.as_deref());
         async move {
-            list_type(&client, &r, namespace, decode, metadata).await.with_context(|| format!("listing {}", r.key))
+            list_type(&client, &r, namespace, namespaces, decode, metadata)
+                .await
+                .with_context(|| format!("listing {}", r.key))
         }
     }))
     .buffer_unordered(concurrency)
@@ -120,14 +163,74 @@ async fn run(
     Ok(())
 }
 
-/// All pages of one type, cluster-wide or in `namespace` (of metadata only with `metadata`).
-/// Returns (pages, items).
+/// All pages of one type, cluster-wide or in `namespace` (of metadata only with `metadata`); with
+/// `per_namespace` (every namespace), the rest after the first page one namespace at a time where
+/// the plugin would. Returns (pages, items).
 async fn list_type(
+    client: &kube::Client,
+    r: &Resource,
+    namespace: Option<&str>,
+    per_namespace: Option<&[String]>,
+    decode: bool,
+    metadata: bool,
+) -> Result<(u64, u64)> {
+    let limit = if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE };
+    let Some(all) = per_namespace.filter(|_| r.namespaced && namespace.is_none() && lists_in_key_order(&r.ar.group))
+    else {
+        return list_pages(client, r, namespace, decode, metadata).await;
+    };
+    let mut req = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, None))
+        .list(&ListParams::default().limit(limit))?;
+    if metadata {
+        req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
+    }
+    let first: FirstPage = client.request(req).await?;
+    let items = first.items.unwrap_or_default();
+    let (mut pages, mut n) = (1u64, items.len() as u64);
+    let Some(token) = first.metadata.continue_.filter(|t| !t.is_empty()) else { return Ok((pages, n)) };
+    let last = items.last().map(|i| i.metadata.namespace.as_deref());
+    let left = match last {
+        Some(last) => namespaces_after_first_page(
+            NamespaceLists::Auto,
+            limit,
+            first.metadata.remaining,
+            last,
+            all.iter().map(String::as_str),
+        ),
+        None => None,
+    };
+    let Some(left) = left else {
+        let (p, i) = continue_pages(client, r, None, decode, metadata, Some(token)).await?;
+        return Ok((pages + p, n + i));
+    };
+    // The items of the namespace the first page ended in are counted again, as the plugin reads them.
+    for ns in &left {
+        let (p, i) = list_pages(client, r, Some(ns), decode, metadata).await?;
+        pages += p;
+        n += i;
+    }
+    Ok((pages, n))
+}
+
+/// All pages of one type, cluster-wide or in `namespace`. Returns (pages, items).
+async fn list_pages(
     client: &kube::Client,
     r: &Resource,
     namespace: Option<&str>,
     decode: bool,
     metadata: bool,
+) -> Result<(u64, u64)> {
+    continue_pages(client, r, namespace, decode, metadata, None).await
+}
+
+/// The pages of one type's LIST from the one `token` continues (from the first without it).
+async fn continue_pages(
+    client: &kube::Client,
+    r: &Resource,
+    namespace: Option<&str>,
+    decode: bool,
+    metadata: bool,
+    mut token: Option<String>,
 ) -> Result<(u64, u64)> {
     let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, namespace));
     let api: Api<DynamicObject> = match namespace {
@@ -135,7 +238,6 @@ async fn list_type(
         None => Api::all_with(client.clone(), &r.ar),
     };
     let (mut pages, mut items) = (0u64, 0u64);
-    let mut token: Option<String> = None;
     loop {
         let mut lp = ListParams::default().limit(if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE });
         if let Some(t) = &token {
