@@ -440,11 +440,12 @@ fn paging_collects_every_object() {
 /// A large resource listed across namespaces goes on one namespace at a time after its first page
 /// (`--list-per-namespace always` here; `auto` does so where paging would cost etcd more, as at
 /// bench/scale.sh's 100k objects). Twelve namespaces whose keys come before every other one's
-/// ("0<a number that falls with time>…"), eleven of them in the backup (more than it lists one at a time from the start): the
-/// first page of 500 ConfigMaps ends inside the second in key order, "…-a" ("…-a-b/" sorts before
-/// "…-a/"), which is listed again from its start without archiving twice what that page held; the
-/// namespace left out is not listed. The backup holds the same objects, each once, as one that
-/// pages through the cluster-wide LIST.
+/// ("0<a number that falls with time>…"), eleven of them in the backup (more than it lists one at
+/// a time from the start). The first page ends inside a namespace, which is listed again from its
+/// start without archiving twice what that page held: 500 ConfigMaps end inside the first in key
+/// order, "…-a-b" ("…-a-b/" sorts before "…-a/"); 2000 of metadata only (an incremental backup
+/// continuing another) inside the second, "…-a". The namespace left out is not listed. Each backup holds the same objects,
+/// each once, as one that pages through the cluster-wide LIST.
 #[test]
 fn a_large_resource_is_listed_one_namespace_at_a_time_after_its_first_page() {
     let (env, tools) = env();
@@ -454,63 +455,67 @@ fn a_large_resource_is_listed_one_namespace_at_a_time_after_its_first_page() {
     let first = [format!("{base}-a-b"), format!("{base}-a")];
     let rest: Vec<String> = (0..9).map(|i| format!("{base}-n{i}")).collect();
     let left_out = format!("{base}-c");
-    for (ns, count) in first.iter().map(|n| (n, 300)).chain(rest.iter().map(|n| (n, 2))).chain([(&left_out, 2)]) {
+    for (ns, count) in first.iter().map(|n| (n, 1100)).chain(rest.iter().map(|n| (n, 2))).chain([(&left_out, 2)]) {
         tools.create(&namespace(ns)).ok();
         tools.create(&small_configmaps(ns, count)).ok();
     }
+    // 1100 + 1100 + 9 × 2, and each namespace's kube-root-ca.crt.
+    let total = 2229;
     let included: Vec<&String> = first.iter().chain(&rest).collect();
     let listed = included.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",");
     let t = tools.with_store(&env.s3, &unique("perns"));
     let mut archives = Vec::new();
-    for mode in ["always", "never"] {
+    // (--list-per-namespace, --incremental): the second incremental backup lists metadata only.
+    for (mode, incremental) in [("always", false), ("never", false), ("always", true), ("always", true)] {
         let name = unique(mode);
-        let args = [
-            "create",
-            &name,
-            "--include-namespaces",
-            &listed,
-            "--include-resources",
-            "configmaps",
-            "--list-per-namespace",
-            mode,
-            "-vv",
-            "-o",
-            "json",
-        ];
+        let mut args = vec!["create", &name, "--include-namespaces", &listed, "--include-resources", "configmaps"];
+        args.extend(["--list-per-namespace", mode, "-vv", "-o", "json"]);
+        if incremental {
+            args.push("--incremental");
+        }
+        let what = format!("{mode}, incremental {incremental}, backup {}", archives.len() + 1);
         let run = t.backup(&args);
-        assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+        assert_eq!(run.code, 0, "{what}: {} {}", run.stdout, run.stderr);
         let b = run.json();
-        assert_eq!(b["status"]["phase"], "Completed", "{}", b["status"]);
-        // 300 + 300 + 9 × 2, and each namespace's kube-root-ca.crt.
-        assert_eq!(b["status"]["resources"]["configmaps"], 629, "{mode}: {}", b["status"]);
+        assert_eq!(b["status"]["phase"], "Completed", "{what}: {}", b["status"]);
+        assert_eq!(b["status"]["resources"]["configmaps"], total, "{what}: {}", b["status"]);
+        if archives.len() == 3 {
+            let not_read = &b["status"]["incremental"]["objectsNotRead"];
+            assert_eq!(not_read, total, "{what}: listed as metadata, none read: {}", b["status"]);
+        }
         let went_on = run
             .stderr
             .lines()
             .find(|l| l.contains("listing the rest one namespace at a time") && l.contains("resource=configmaps"));
         match mode {
             "always" => {
-                let line = went_on.unwrap_or_else(|| panic!("no per-namespace LISTs: {}", run.stderr));
-                // From "…-a", where the first page ended, to the last: ten namespaces.
-                assert!(line.contains("namespaces=10") && line.contains(&format!("{:?}", first[1])), "{line}");
+                let line = went_on.unwrap_or_else(|| panic!("{what}: no per-namespace LISTs: {}", run.stderr));
+                // From the namespace the first page ended in to the last: a page of 500 ends in
+                // "…-a-b" (eleven left), one of 2000 (metadata) in "…-a" (ten left).
+                let (from, left) = if archives.len() == 3 { (&first[1], 10) } else { (&first[0], 11) };
+                let want = [format!("namespaces={left} "), format!("from=Some({from:?})")];
+                assert!(want.iter().all(|w| line.contains(w.as_str())), "{what}: {line}");
             }
-            _ => assert!(went_on.is_none(), "{mode}: {}", went_on.unwrap_or_default()),
+            _ => assert!(went_on.is_none(), "{what}: {}", went_on.unwrap_or_default()),
         }
         let file = scratch(&env, &name).join("b.tar.zst");
         t.backup(&["download", &name, "-f", file.to_str().unwrap()]).ok();
         let entries: Vec<String> =
             tar_entries(&file).into_iter().filter(|e| e.starts_with("resources/configmaps/")).collect();
         let unique_entries: BTreeSet<&String> = entries.iter().collect();
-        assert_eq!(unique_entries.len(), entries.len(), "{mode}: an object archived twice");
-        assert_eq!(entries.len(), 629, "{mode}");
+        assert_eq!(unique_entries.len(), entries.len(), "{what}: an object archived twice");
+        assert_eq!(entries.len(), total, "{what}");
         for ns in &included {
             let prefix = format!("resources/configmaps/namespaces/{ns}/");
-            let want = if first.contains(ns) { 301 } else { 3 };
-            assert_eq!(entries.iter().filter(|e| e.starts_with(&prefix)).count(), want, "{mode}: {ns}");
+            let want = if first.contains(ns) { 1101 } else { 3 };
+            assert_eq!(entries.iter().filter(|e| e.starts_with(&prefix)).count(), want, "{what}: {ns}");
         }
-        assert!(!entries.iter().any(|e| e.contains(&format!("/{left_out}/"))), "{mode}: {left_out} is in it");
+        assert!(!entries.iter().any(|e| e.contains(&format!("/{left_out}/"))), "{what}: {left_out} is in it");
         archives.push(entries);
     }
-    assert_eq!(archives[0], archives[1], "listed per namespace and paged, the backups differ");
+    for (i, other) in archives.iter().enumerate().skip(1) {
+        assert_eq!(&archives[0], other, "backup {} differs from the first", i + 1);
+    }
     let mut delete = vec!["delete", "namespace", "--wait=false", left_out.as_str()];
     delete.extend(included.iter().map(|n| n.as_str()));
     tools.kubectl(&delete).ok();

@@ -177,7 +177,7 @@ async fn list_type(
     let limit = if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE };
     let Some(all) = per_namespace.filter(|_| r.namespaced && namespace.is_none() && lists_in_key_order(&r.ar.group))
     else {
-        return list_pages(client, r, namespace, decode, metadata).await;
+        return continue_pages(client, r, namespace, decode, metadata, None).await;
     };
     let mut req = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, None))
         .list(&ListParams::default().limit(limit))?;
@@ -205,25 +205,15 @@ async fn list_type(
     };
     // The items of the namespace the first page ended in are counted again, as the plugin reads them.
     for ns in &left {
-        let (p, i) = list_pages(client, r, Some(ns), decode, metadata).await?;
+        let (p, i) = continue_pages(client, r, Some(ns), decode, metadata, None).await?;
         pages += p;
         n += i;
     }
     Ok((pages, n))
 }
 
-/// All pages of one type, cluster-wide or in `namespace`. Returns (pages, items).
-async fn list_pages(
-    client: &kube::Client,
-    r: &Resource,
-    namespace: Option<&str>,
-    decode: bool,
-    metadata: bool,
-) -> Result<(u64, u64)> {
-    continue_pages(client, r, namespace, decode, metadata, None).await
-}
-
-/// The pages of one type's LIST from the one `token` continues (from the first without it).
+/// The pages of one type's LIST, cluster-wide or in `namespace`, from the one `token` continues
+/// (from the first without it). Returns (pages, items).
 async fn continue_pages(
     client: &kube::Client,
     r: &Resource,
