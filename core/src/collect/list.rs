@@ -74,10 +74,12 @@ async fn list_bodies(
     let mut pager = Pager::new(l, task, false);
     listed.last_key = None;
     listed.relisted = false;
+    listed.sent_first.clear();
     let mut next = pager.next().await;
     while let Some(page) = next {
-        listed.relisted |= pager.repeats();
-        let page = page.map_err(TaskError::Kube)?;
+        listed.relisted |= pager.relists > 0;
+        let mut page = page.map_err(TaskError::Kube)?;
+        listed.restart(page.restart.take());
         // The next page is read while this one goes to the archive ([`Pager`]); a failure to
         // send drops that read.
         let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
@@ -103,7 +105,7 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
     let mut objects = 0usize;
     let mut next = pager.next().await;
     while let Some(page) = next {
-        let page = match page {
+        let mut page = match page {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 406 && objects == 0 => {
                 tracing::debug!(resource = %r.key, "the server cannot list metadata only");
@@ -111,7 +113,8 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
             }
             Err(e) => return Err(TaskError::Kube(e)),
         };
-        listed.relisted |= pager.repeats();
+        listed.relisted |= pager.relists > 0;
+        listed.restart(page.restart.take());
         // The next page is read while this one is looked at ([`Pager`]); a failure to look at it
         // drops that read.
         let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
@@ -284,8 +287,8 @@ async fn read_one(l: &Lister<'_>, r: &Resource, namespace: Option<&str>, name: &
 ///
 /// A cluster-wide LIST of a large namespaced resource goes on one namespace at a time after its
 /// first page when that costs etcd less than the rest of the pages
-/// ([`namespaces_after_first_page`]): from the namespace that page ended in (whose objects up to
-/// the page's last are skipped, as after a 410) to the last in key order.
+/// ([`namespaces_after_first_page`]): every namespace in key order, the objects of the first page
+/// skipped by name ([`RawPage::restart`]), wherever the backend's order put them.
 ///
 /// A task reads its next page while it hands on the one before: the server is not left waiting
 /// for the client between the pages of a LIST (as it is not for a client that only counts
@@ -305,8 +308,8 @@ struct Pager<'l, 'a> {
     first_seen: bool,
     /// The namespaces still to list one at a time, the next first.
     namespaces: std::collections::VecDeque<String>,
-    /// Whether the LIST went on one namespace at a time.
-    per_namespace: bool,
+    /// The keys of the first page, for the first page listed one namespace at a time to carry.
+    first_keys: Option<HashSet<String>>,
     done: bool,
     spare: Vec<u8>,
 }
@@ -325,16 +328,10 @@ impl<'l, 'a> Pager<'l, 'a> {
             relists: 0,
             first_seen: false,
             namespaces: Default::default(),
-            per_namespace: false,
+            first_keys: None,
             done: false,
             spare: Vec::new(),
         }
-    }
-
-    /// Whether objects looked at already may come again: after a relist (410), or when the LIST
-    /// went on one namespace at a time from the middle of one.
-    fn repeats(&self) -> bool {
-        self.relists > 0 || self.per_namespace
     }
 
     /// Hands a page's body back to be read into again.
@@ -349,9 +346,11 @@ impl<'l, 'a> Pager<'l, 'a> {
         loop {
             let spare = std::mem::take(&mut self.spare);
             match fetch_page(self.l, &self.request, self.token.as_deref(), self.metadata, spare).await {
-                Ok(page) => {
+                Ok(mut page) => {
                     self.token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
-                    if !self.first_seen {
+                    if self.first_seen {
+                        page.restart = self.first_keys.take();
+                    } else {
                         self.first_seen = true;
                         self.go_per_namespace(&page);
                     }
@@ -386,21 +385,24 @@ impl<'l, 'a> Pager<'l, 'a> {
         if self.token.is_none() || !r.namespaced || self.task.namespace.is_some() || !lists_in_key_order(&r.ar.group) {
             return;
         }
-        let last = page.items().last().and_then(|raw| serde_json::from_str::<RawItem<'_>>(raw).ok());
-        let Some(last_namespace) = last.as_ref().map(|o| o.metadata.namespace.as_deref()) else {
-            // An empty page (a label selector kept none of it) says nothing of where the rest is.
-            return;
-        };
         let limit = if self.metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE };
         let remaining = page.metadata.remaining_item_count;
         let all = self.l.scope.namespaces().iter().map(String::as_str);
         let mode = self.l.throttle.namespace_lists;
-        if let Some(left) = namespaces_after_first_page(mode, limit, remaining, last_namespace, all) {
-            tracing::debug!(resource = %r.key, remaining, namespaces = left.len(), from = ?last_namespace, "listing the rest one namespace at a time");
-            self.token = None;
-            self.namespaces = left.into();
-            self.per_namespace = true;
+        let Some(namespaces) = namespaces_after_first_page(mode, limit, remaining, all) else { return };
+        let mut keys = HashSet::with_capacity(page.items.len());
+        for raw in page.items() {
+            // One the first page cannot be read in stays paged: it fails there, as it would have.
+            let Ok(obj) = serde_json::from_str::<RawItem<'_>>(raw) else { return };
+            keys.insert(object_key(
+                obj.metadata.namespace.as_deref(),
+                obj.metadata.name.as_deref().unwrap_or_default(),
+            ));
         }
+        tracing::debug!(resource = %r.key, remaining, namespaces = namespaces.len(), "listing the rest one namespace at a time");
+        self.token = None;
+        self.namespaces = namespaces.into();
+        self.first_keys = Some(keys);
     }
 }
 
@@ -424,6 +426,9 @@ struct Listed {
     /// proves that no object is sent twice ([`Item::in_key_order`]); one that does not stops the
     /// LIST ([`TaskError::OutOfOrder`]).
     sorted: bool,
+    /// The keys of the cluster-wide first page of a LIST gone on one namespace at a time: sent
+    /// already, skipped when their namespace is listed ([`Listed::restart`]).
+    sent_first: HashSet<String>,
 }
 
 impl Listed {
@@ -438,6 +443,7 @@ impl Listed {
         let ns = obj.metadata.namespace.as_deref().map(str::to_string);
         let name = obj.metadata.name.as_deref().unwrap_or_default().to_string();
         let key = object_key(ns.as_deref(), &name);
+        let sent_already = self.sent_first.contains(&key);
         match &self.last_key {
             Some(last) if key.as_str() <= last.as_str() => {
                 if self.relisted {
@@ -449,12 +455,24 @@ impl Listed {
             }
             _ => self.last_key = Some(key),
         }
+        if sent_already {
+            return Ok(None);
+        }
         if let (Some(scope), Some(ns)) = (filter, &ns)
             && !scope.includes(ns)
         {
             return Ok(None);
         }
         Ok(Some((ns, name)))
+    }
+
+    /// From a page that starts the LIST over one namespace at a time ([`RawPage::restart`]): keys
+    /// come in order from the first again, and those of `sent` are skipped.
+    fn restart(&mut self, sent: Option<HashSet<String>>) {
+        if let Some(sent) = sent {
+            self.last_key = None;
+            self.sent_first = sent;
+        }
     }
 
     /// Counts one object and adds it to the batch for the archive, sending the batch when it is
@@ -583,6 +601,10 @@ struct RawPage {
     body: String,
     items: Vec<std::ops::Range<usize>>,
     metadata: kube::core::ListMeta,
+    /// On the first page of a LIST gone on one namespace at a time ([`Pager`]): the keys the
+    /// cluster-wide first page held, sent already. From this page on the LIST starts over in key
+    /// order and skips them ([`Listed::restart`]).
+    restart: Option<HashSet<String>>,
 }
 
 impl RawPage {
@@ -606,7 +628,7 @@ impl RawPage {
                 start..start + raw.get().len()
             })
             .collect();
-        Ok(RawPage { metadata: parsed.metadata, items, body })
+        Ok(RawPage { metadata: parsed.metadata, items, body, restart: None })
     }
 
     /// Each item's JSON text (the parser cut the ranges: each is one valid JSON value).

@@ -53,25 +53,6 @@ struct PageMeta {
     remaining: Option<i64>,
 }
 
-/// A first page with `--per-namespace`: each item's namespace too, to know where the page ended.
-#[derive(Deserialize)]
-struct FirstPage {
-    #[serde(default)]
-    metadata: PageMeta,
-    #[serde(default)]
-    items: Option<Vec<NamespaceOf>>,
-}
-
-#[derive(Deserialize)]
-struct NamespaceOf {
-    metadata: NamespaceMeta,
-}
-
-#[derive(Deserialize)]
-struct NamespaceMeta {
-    namespace: Option<String>,
-}
-
 fn main() -> Result<()> {
     kubectl_backup_core::kube_client::install_crypto_provider();
     let mut concurrency = 16usize;
@@ -184,27 +165,17 @@ async fn list_type(
     if metadata {
         req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
     }
-    let first: FirstPage = client.request(req).await?;
-    let items = first.items.unwrap_or_default();
-    let (mut pages, mut n) = (1u64, items.len() as u64);
+    let first: Page = client.request(req).await?;
+    let (mut pages, mut n) = (1u64, first.items.map_or(0, |i| i.len()) as u64);
     let Some(token) = first.metadata.continue_.filter(|t| !t.is_empty()) else { return Ok((pages, n)) };
-    let last = items.last().map(|i| i.metadata.namespace.as_deref());
-    let left = match last {
-        Some(last) => namespaces_after_first_page(
-            NamespaceLists::Auto,
-            limit,
-            first.metadata.remaining,
-            last,
-            all.iter().map(String::as_str),
-        ),
-        None => None,
-    };
-    let Some(left) = left else {
+    let all = all.iter().map(String::as_str);
+    let Some(namespaces) = namespaces_after_first_page(NamespaceLists::Auto, limit, first.metadata.remaining, all)
+    else {
         let (p, i) = continue_pages(client, r, None, decode, metadata, Some(token)).await?;
         return Ok((pages + p, n + i));
     };
-    // The items of the namespace the first page ended in are counted again, as the plugin reads them.
-    for ns in &left {
+    // The first page's items are counted again, as the plugin reads them again.
+    for ns in &namespaces {
         let (p, i) = continue_pages(client, r, Some(ns), decode, metadata, None).await?;
         pages += p;
         n += i;
