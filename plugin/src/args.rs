@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use kubectl_backup_core::collect::NamespaceLists;
 use kubectl_backup_core::kube_client::KubeOptions;
 use kubectl_backup_core::model::{ClusterResources, Filters};
 use kubectl_backup_core::store::StoreOptions;
@@ -56,7 +57,7 @@ pub struct KubeArgs {
     /// namespace at a time after its first page when that costs etcd less than paging through it
     /// (each page of a cluster-wide LIST counts the rest of the resource); always does so whenever
     /// there is more than one page; never pages through one cluster-wide LIST.
-    #[arg(long, global = true, value_enum, default_value_t = NamespaceLists::Auto, value_name = "WHEN")]
+    #[arg(long, global = true, default_value = "auto", value_name = "auto|always|never")]
     pub list_per_namespace: NamespaceLists,
     /// The address and port of the Kubernetes API server (no kubeconfig is needed with it).
     #[arg(short = 's', long, global = true, value_name = "URL")]
@@ -467,24 +468,5 @@ impl FilterArgs {
             filters.included_namespaces = vec![ns.clone()];
         }
         filters
-    }
-}
-
-/// `--list-per-namespace`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum NamespaceLists {
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
-
-impl From<NamespaceLists> for kubectl_backup_core::collect::NamespaceLists {
-    fn from(n: NamespaceLists) -> Self {
-        match n {
-            NamespaceLists::Auto => Self::Auto,
-            NamespaceLists::Always => Self::Always,
-            NamespaceLists::Never => Self::Never,
-        }
     }
 }

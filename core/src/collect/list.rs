@@ -443,7 +443,7 @@ impl Listed {
         let ns = obj.metadata.namespace.as_deref().map(str::to_string);
         let name = obj.metadata.name.as_deref().unwrap_or_default().to_string();
         let key = object_key(ns.as_deref(), &name);
-        let sent_already = self.sent_first.contains(&key);
+        let sent_already = !self.sent_first.is_empty() && self.sent_first.contains(&key);
         match &self.last_key {
             Some(last) if key.as_str() <= last.as_str() => {
                 if self.relisted {

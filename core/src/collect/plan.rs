@@ -216,6 +216,19 @@ pub enum NamespaceLists {
     Never,
 }
 
+impl std::str::FromStr for NamespaceLists {
+    type Err = String;
+    /// auto, always or never (the spelling of `--list-per-namespace`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err(format!("expected auto, always or never, got {s:?}")),
+        }
+    }
+}
+
 /// What one more LIST request costs the API server and etcd, in keys of a range that etcd counts.
 /// Every page of a paged LIST is an etcd range read from its first key to the end of the resource
 /// that also counts the keys left, so the rest of a LIST of `n` objects in pages of `p` counts

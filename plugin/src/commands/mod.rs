@@ -98,7 +98,7 @@ pub fn confirm(action: &str, question: &str, yes: bool) -> Result<bool> {
 pub fn throttle(cli: &Globals) -> Throttle {
     Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency)
         .with_discovery_timeout(cli.kube.discovery_timeout)
-        .with_namespace_lists(cli.kube.list_per_namespace.into())
+        .with_namespace_lists(cli.kube.list_per_namespace)
 }
 
 pub fn exit_for(phase: Phase) -> ExitCode {
