@@ -192,15 +192,23 @@ impl FakeGcs {
         ];
         let mut process = Process::spawn("fake-gcs-server", &bin, &args, &dir.join("fake-gcs-server.log"), &[])?;
         wait_for("fake-gcs-server", &mut process, Duration::from_secs(30), || port_open(port))?;
-        let status = std::process::Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json"])
-            .arg("--data")
-            .arg(format!(r#"{{"name":"{GCS_BUCKET}"}}"#))
-            .arg(format!("{upstream}/storage/v1/b"))
-            .status()?;
-        if !status.success() {
-            bail!("creating GCS bucket {GCS_BUCKET} in fake-gcs-server failed");
-        }
+        // An open port is not yet a server that answers (under load, the first POST has failed):
+        // the bucket is made once its API answers 2xx, or 409: an earlier attempt made it.
+        let create_bucket = || {
+            std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+                .args(["-H", "Content-Type: application/json", "--data"])
+                .arg(format!(r#"{{"name":"{GCS_BUCKET}"}}"#))
+                .arg(format!("{upstream}/storage/v1/b"))
+                .output()
+                .is_ok_and(|out| out.stdout.starts_with(b"2") || out.stdout == b"409")
+        };
+        wait_for(
+            &format!("fake-gcs-server making bucket {GCS_BUCKET}"),
+            &mut process,
+            Duration::from_secs(30),
+            create_bucket,
+        )?;
         let proxy = GcsProxy::start(&upstream)?;
         // A service-account key that points object_store at the proxy and disables OAuth.
         let key = dir.join("gcs-service-account.json");
