@@ -757,8 +757,8 @@ impl Local {
                 if entry.size() > crate::archive::MAX_OBJECT_BYTES {
                     return Err(format!("pack {id}: blob {sha} is larger than any object"));
                 }
-                let mut body = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut body).map_err(|e| format!("pack {id} is truncated in {sha}: {e}"))?;
+                let body = crate::archive::read_body(&mut entry)
+                    .map_err(|e| format!("pack {id} is truncated in {sha}: {e}"))?;
                 let got = crate::archive::sha256_hex(&body);
                 if got != sha {
                     return Err(format!("pack {id}: blob {sha} is corrupt (its SHA-256 is {got})"));

@@ -275,6 +275,18 @@ pub fn check_identity(path: &EntryPath, raw_path: &str, obj: &serde_json::Value)
     Ok(())
 }
 
+/// Reads an entry's body whole. A body cut short is an error, not a shorter body: the tar reader
+/// stops quietly where its input ends, and a stream cut where a zstd frame ends is valid zstd.
+pub fn read_body<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<u8>> {
+    let size = entry.size();
+    let mut body = Vec::with_capacity(size.min(MAX_OBJECT_BYTES) as usize);
+    entry.read_to_end(&mut body)?;
+    if (body.len() as u64) < size {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} of its {size} bytes", body.len())));
+    }
+    Ok(body)
+}
+
 /// Reads an archive, checking each entry's path and digest against `expected` (the contents, or
 /// a format-1 digest map). Calls `f` for each verified entry. At the end checks that every
 /// expected entry was seen exactly once.
@@ -303,8 +315,7 @@ pub fn read_verified<R: Read>(
                 entry.size()
             ));
         }
-        let mut json = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut json).map_err(|e| format!("archive truncated or corrupt in {raw_path:?}: {e}"))?;
+        let json = read_body(&mut entry).map_err(|e| format!("archive truncated or corrupt in {raw_path:?}: {e}"))?;
         let sha256 = sha256_hex(&json);
         expected.check(&raw_path, &sha256)?;
         seen += 1;
@@ -381,6 +392,26 @@ mod tests {
             }
         );
         assert_eq!(got[0].1, r#"{"kind":"ConfigMap"}"#);
+    }
+
+    #[test]
+    fn an_archive_of_several_zstd_frames_cut_where_one_ends_is_refused() {
+        // `zstd -T0` and `tar --zstd` write several frames; a stream cut where one ends is valid
+        // zstd, and the tar reader stops quietly mid-entry: the entry cut short must refuse it.
+        let items: Vec<Item> = (0..40)
+            .map(|i| {
+                item("configmaps", Some("a"), &format!("cm-{i}"), &format!("{{\"data\":\"{}\"}}", "v".repeat(3000)))
+            })
+            .collect();
+        let (bytes, written, lines) = build(&items);
+        let tar = zstd::decode_all(bytes.as_slice()).unwrap();
+        let cut = tar.len() / 2 + 100;
+        let first = zstd::encode_all(&tar[..cut], 1).unwrap();
+        let two_frames = [first.clone(), zstd::encode_all(&tar[cut..], 1).unwrap()].concat();
+        assert_eq!(read_verified(two_frames.as_slice(), in_order(&lines), |_| Ok(())).unwrap(), written.entries);
+        let err = read_verified(first.as_slice(), in_order(&lines), |_| Ok(())).unwrap_err();
+        assert!(err.starts_with("archive truncated or corrupt in \"resources/configmaps/namespaces/a/cm-"), "{err}");
+        assert!(err.ends_with(" of its 3011 bytes"), "{err}");
     }
 
     #[test]

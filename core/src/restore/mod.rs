@@ -341,8 +341,8 @@ impl Source {
                     if !wanted(&path) {
                         continue;
                     }
-                    let mut bytes = Vec::new();
-                    std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|e| e.to_string())?;
+                    let bytes = crate::archive::read_body(&mut entry)
+                        .map_err(|e| format!("archive truncated or corrupt in {path:?}: {e}"))?;
                     if !f(&path, bytes)? {
                         break;
                     }
