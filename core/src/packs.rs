@@ -268,19 +268,24 @@ pub async fn confirm(store: &Store, name: &str, packs: &[String]) -> Result<()> 
     Ok(())
 }
 
-/// Removes the commit of backup `name` because of `why`, and says what became of it: not kept, or,
-/// when the removal itself failed, listed but not to be trusted.
+/// Removes the commit of backup `name` because of `why`, then every other file in its directory
+/// (the volume data its movers uploaded), the way `kubectl backup delete` does (the commit document
+/// first). The packs only it referenced are left to the next collection: its lease is still held.
+/// Says what became of it: not kept; not kept with files left, which `list` shows as an
+/// interrupted run's; or, when the commit could not be removed, listed but not to be trusted.
 async fn undo_commit(store: &Store, name: &str, why: String) -> Error {
-    let meta = crate::committed::metadata_path::<crate::catalog::Objects>(name);
-    match store.objects().delete(&meta).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-            Error::Other(format!("{why}; the backup is not kept (run it again)"))
-        }
-        // The undo failed: say so, rather than that the backup is gone.
-        Err(e) => Error::Other(format!(
-            "{why}, and undoing its commit failed ({}): the backup is listed but may not restore; delete it and run it again",
-            crate::store::store_message(&e)
-        )),
+    match crate::commit::delete(store, &crate::committed::dir::<crate::catalog::Objects>(name)).await {
+        Ok(_) => Error::Other(format!("{why}; the backup is not kept (run it again)")),
+        Err(e) => match store.objects().head(&crate::committed::metadata_path::<crate::catalog::Objects>(name)).await {
+            // The commit went but not every file: an interrupted run's leftovers, which `list` shows.
+            Err(object_store::Error::NotFound { .. }) => Error::Other(format!(
+                "{why}; the backup is not kept (run it again), but removing its files failed ({e}): `kubectl backup delete {name}` removes them"
+            )),
+            // The undo failed: say so, rather than that the backup is gone.
+            _ => Error::Other(format!(
+                "{why}, and undoing its commit failed ({e}): the backup is listed but may not restore; delete it and run it again"
+            )),
+        },
     }
 }
 

@@ -37,7 +37,13 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream_port: u16, fault: Fault) -> Result<FaultProxy> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST, upstream_port, fault)
+    }
+
+    /// A proxy listening on `address` (a node's Pods reach the host's end of the node network)
+    /// in front of the server on `address`:`upstream_port`.
+    pub fn start_on(address: std::net::Ipv4Addr, upstream_port: u16, fault: Fault) -> Result<FaultProxy> {
+        let std_listener = std::net::TcpListener::bind((address, 0))?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let resets = Arc::new(AtomicUsize::new(0));
@@ -49,7 +55,7 @@ impl FaultProxy {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("listener");
-                let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
+                let upstream = SocketAddr::from((address, upstream_port));
                 tokio::select! {
                     _ = rx => {}
                     _ = accept_loop(listener, upstream, fault, r2, b2) => {}

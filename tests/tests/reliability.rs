@@ -186,10 +186,71 @@ fn a_commit_that_outlasts_its_lease_is_undone() {
     );
     drop(proxy);
     let direct = direct(&env, &t);
-    let listed = direct.backup(&["list", "-o", "json"]).ok().json();
-    assert!(listed["items"].as_array().unwrap().is_empty(), "an undone backup is listed: {listed}");
+    assert_undone(&direct, &name);
     let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
     assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    tools.delete_namespace(&ns);
+}
+
+/// An undone backup is neither listed nor left as an interrupted run's files (an incremental
+/// backup's own files are its commit document and, with volumes, their data: volumes.rs
+/// `an_undone_commit_takes_the_volume_data_the_movers_uploaded_with_it`).
+fn assert_undone(t: &Tools, name: &str) {
+    let listed = t.backup(&["list", "-o", "json"]).ok();
+    let items = listed.json();
+    assert!(items["items"].as_array().unwrap().is_empty(), "an undone backup is listed: {items}");
+    assert!(!listed.stderr.contains(name), "an undone backup left files: {}", listed.stderr);
+}
+
+/// A pack an incremental backup references goes while the run commits: what a collection that
+/// ignored the run's lease would do. The run checks every pack it references once the commit
+/// returned, finds one gone, and undoes the commit with every file of it, naming the pack; the
+/// same name then commits. The commit is held 8 s at the proxy (well inside the lease) while the
+/// test removes the packs straight from the S3 server.
+#[test]
+fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
+    use kubectl_backup_core::store::{Store, StoreOptions};
+
+    let (env, tools) = env();
+    let ns = unique("gonepack");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 5)).ok();
+    let fault = Fault::StallFrom { method: "PUT", path_ends: "/metadata.json", secs: 8 };
+    let (proxy, t) = through_proxy(&env, &tools, fault, "gonepack");
+    let name = unique("b");
+    let run = {
+        let (t, name, ns) = (t.clone(), name.clone(), ns.clone());
+        std::thread::spawn(move || t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]))
+    };
+    wait_until("the commit to be held", Duration::from_secs(120), || proxy.resets() == 1);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let options = StoreOptions { credentials: env.s3.env.clone(), ..Default::default() };
+    let store = Store::open_url(t.location.as_deref().unwrap(), &options).unwrap();
+    let removed = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let packs = object_store::path::Path::from("packs");
+        let files: Vec<_> = store.objects().list(Some(&packs)).map_ok(|m| m.location).try_collect().await.unwrap();
+        for f in &files {
+            store.objects().delete(f).await.unwrap();
+        }
+        files.len()
+    });
+    assert!(removed >= 2, "the run had uploaded {removed} pack file(s) by its commit");
+    let run = run.join().unwrap();
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!("which backup \"{name}\" references, was removed while it ran"))
+            && run.stderr.contains("the backup is not kept (run it again)"),
+        "{}",
+        run.stderr
+    );
+    drop(proxy);
+    let direct = direct(&env, &t);
+    assert_undone(&direct, &name);
+    let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
+    assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    assert_eq!(again["status"]["resources"]["configmaps"], 6, "{again}");
     tools.delete_namespace(&ns);
 }
 

@@ -469,6 +469,69 @@ fn encrypted_volume_data_is_stored_as_age_files_and_restored_with_the_identity()
     assert_eq!(in_pod(&c, &copy, &busybox, "cat /data/greeting; wc -l < /data/c/numbers.txt").trim(), "secret\n100000");
 }
 
+/// An incremental backup with volume data whose commit is undone takes its volume data with it.
+/// The commit is held 8 s at a proxy in front of the node's store (well inside the run's lease),
+/// and meanwhile the test removes every pack, what a collection that ignored the lease would do.
+/// Once the commit returns the run finds a pack it references gone and undoes the commit, the
+/// way `kubectl backup delete` removes a backup: the volume parts the movers uploaded go too
+/// (before, only the commit document went, and the parts stayed behind).
+#[test]
+fn an_undone_commit_takes_the_volume_data_the_movers_uploaded_with_it() {
+    use kubectl_backup_e2e::fault_proxy::{Fault, FaultProxy};
+
+    let (_one, c) = start("undone-volumes");
+    let (image, busybox, ns) = bound_workspace(&c, "vol");
+    assert_eq!(in_pod(&c, &ns, &busybox, "echo kept > /data/greeting; echo written").trim(), "written");
+    c.wait_rollout(&ns, "app");
+    // The proxy listens where the movers reach the store: the host's end of the node network.
+    let endpoint = |env: &[(String, String)]| {
+        env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").map(|(_, v)| v.clone()).expect("AWS_ENDPOINT_URL")
+    };
+    let store_url = endpoint(&c.s3.info.env);
+    let host: std::net::Ipv4Addr = store_url.trim_start_matches("http://").split(':').next().unwrap().parse().unwrap();
+    let fault = Fault::StallFrom { method: "PUT", path_ends: "/metadata.json", secs: 8 };
+    let proxy = FaultProxy::start_on(host, c.s3.info.port, fault).unwrap();
+    let mut t = c.t.clone();
+    for (k, v) in &mut t.env {
+        if k == "AWS_ENDPOINT_URL" {
+            *v = format!("http://{host}:{}", proxy.port());
+        }
+    }
+    let backup = unique("b");
+    let create = {
+        let args =
+            ["create", &backup, "-n", &ns, "--incremental", "--include-volumes", &format!("--mover-image={image}")]
+                .map(String::from);
+        std::thread::spawn(move || t.backup(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    eventually("the commit to be held", Duration::from_secs(300), || proxy.resets() == 1);
+    let files_under = |part: &str| -> Vec<std::path::PathBuf> {
+        let out = std::process::Command::new("find").arg(&c.s3.root).args(["-path", part, "-type", "f"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(std::path::PathBuf::from).collect()).unwrap()
+    };
+    let own = format!("*/backups/{backup}/*");
+    let parts: Vec<_> = files_under(&own).into_iter().filter(|p| p.to_string_lossy().contains("/volume-")).collect();
+    assert!(!parts.is_empty(), "no volume part was uploaded by the commit: {:?}", files_under(&own));
+    let packs = files_under("*/packs/*");
+    assert!(packs.len() >= 2, "{packs:?}");
+    for p in &packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    let run = create.join().unwrap();
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!("which backup \"{backup}\" references, was removed while it ran"))
+            && run.stderr.contains("the backup is not kept (run it again)"),
+        "{}",
+        run.stderr
+    );
+    assert!(files_under(&own).is_empty(), "the undone backup left files: {:?}", files_under(&own));
+    drop(proxy);
+    let listed = c.t.backup(&["list", "-o", "json"]).ok();
+    assert!(listed.json()["items"].as_array().unwrap().is_empty(), "{}", listed.stdout);
+    assert!(!listed.stderr.contains(&backup), "{}", listed.stderr);
+}
+
 /// The shared control plane (no node): a claim bound to a volume, and a user who may read
 /// everything in the namespace but not create Pods.
 #[test]
