@@ -25,6 +25,16 @@ pub enum Fault {
     /// `path_ends`, hold every request (that one included, on any connection) for `secs` seconds
     /// before it goes upstream: the store is out of reach for that long, then answers.
     StallFrom { method: &'static str, path_ends: &'static str, secs: u64 },
+    /// `StallFrom`, and every request whose request line starts with `refuse` and whose path ends
+    /// with `refuse_path_ends` is reset before it goes upstream: the store never sees it. (S3
+    /// deletes from object_store, even of one key, are `POST /<bucket>?delete`.)
+    StallRefusing {
+        method: &'static str,
+        path_ends: &'static str,
+        secs: u64,
+        refuse: &'static str,
+        refuse_path_ends: &'static str,
+    },
 }
 
 pub struct FaultProxy {
@@ -121,7 +131,13 @@ async fn pipe(
     let (after, limited) = match fault {
         Fault::ResetFirst { after_bytes, times } => (after_bytes, resets.load(Ordering::SeqCst) < times),
         Fault::ResetAlways { after_bytes } => (after_bytes, true),
-        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } => (u64::MAX, false),
+        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } | Fault::StallRefusing { .. } => (u64::MAX, false),
+    };
+    let stall = match fault {
+        Fault::StallFrom { method, path_ends, secs } | Fault::StallRefusing { method, path_ends, secs, .. } => {
+            Some((method, path_ends, secs))
+        }
+        _ => None,
     };
     let now_ms =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
@@ -146,7 +162,12 @@ async fn pipe(
                 {
                     lose.store(true, Ordering::SeqCst);
                 }
-                if let Fault::StallFrom { method, path_ends, secs } = fault
+                if let Fault::StallRefusing { refuse, refuse_path_ends, .. } = fault
+                    && request_line_matches(&buf[..n], refuse, refuse_path_ends)
+                {
+                    return Ok(true);
+                }
+                if let Some((method, path_ends, secs)) = stall
                     && request_line_matches(&buf[..n], method, path_ends)
                     && resets.fetch_add(1, Ordering::SeqCst) == 0
                 {
@@ -163,7 +184,7 @@ async fn pipe(
                             resets.fetch_add(1, Ordering::SeqCst);
                             true
                         }
-                        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } => false,
+                        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } | Fault::StallRefusing { .. } => false,
                     };
                     if reset {
                         return Ok(true);

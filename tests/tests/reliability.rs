@@ -202,6 +202,25 @@ fn assert_undone(t: &Tools, name: &str) {
     assert!(!listed.stderr.contains(name), "an undone backup left files: {}", listed.stderr);
 }
 
+/// Removes every pack file of `t`'s location straight from the S3 server; returns how many.
+fn remove_packs(env: &SharedEnv, t: &Tools) -> usize {
+    use kubectl_backup_core::store::{Store, StoreOptions};
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let options = StoreOptions { credentials: env.s3.env.clone(), ..Default::default() };
+    let store = Store::open_url(t.location.as_deref().unwrap(), &options).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let packs = object_store::path::Path::from("packs");
+        let files: Vec<_> = store.objects().list(Some(&packs)).map_ok(|m| m.location).try_collect().await.unwrap();
+        for f in &files {
+            store.objects().delete(f).await.unwrap();
+        }
+        files.len()
+    })
+}
+
 /// A pack an incremental backup references goes while the run commits: what a collection that
 /// ignored the run's lease would do. The run checks every pack it references once the commit
 /// returned, finds one gone, and undoes the commit with every file of it, naming the pack; the
@@ -209,8 +228,6 @@ fn assert_undone(t: &Tools, name: &str) {
 /// test removes the packs straight from the S3 server.
 #[test]
 fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
-    use kubectl_backup_core::store::{Store, StoreOptions};
-
     let (env, tools) = env();
     let ns = unique("gonepack");
     tools.create(&namespace(&ns)).ok();
@@ -223,19 +240,7 @@ fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
         std::thread::spawn(move || t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]))
     };
     wait_until("the commit to be held", Duration::from_secs(120), || proxy.resets() == 1);
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let options = StoreOptions { credentials: env.s3.env.clone(), ..Default::default() };
-    let store = Store::open_url(t.location.as_deref().unwrap(), &options).unwrap();
-    let removed = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use futures::TryStreamExt;
-        use object_store::ObjectStoreExt;
-        let packs = object_store::path::Path::from("packs");
-        let files: Vec<_> = store.objects().list(Some(&packs)).map_ok(|m| m.location).try_collect().await.unwrap();
-        for f in &files {
-            store.objects().delete(f).await.unwrap();
-        }
-        files.len()
-    });
+    let removed = remove_packs(&env, &t);
     assert!(removed >= 2, "the run had uploaded {removed} pack file(s) by its commit");
     let run = run.join().unwrap();
     assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
@@ -251,6 +256,53 @@ fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
     let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
     assert_eq!(again["status"]["phase"], "Completed", "{again}");
     assert_eq!(again["status"]["resources"]["configmaps"], 6, "{again}");
+    tools.delete_namespace(&ns);
+}
+
+/// The same, and the store refuses the undo: every delete is reset before it reaches the server
+/// (object_store deletes from S3, even one key, with a bulk `POST /<bucket>?delete`).
+/// The run says the undo failed and that the backup is listed but may not restore, naming what to
+/// do; it is listed, `delete` removes it whole, and the name commits again.
+#[test]
+fn an_undo_the_store_refuses_is_reported_and_the_backup_left_listed_for_delete() {
+    let (env, tools) = env();
+    let ns = unique("noundo");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 5)).ok();
+    let fault = Fault::StallRefusing {
+        method: "PUT",
+        path_ends: "/metadata.json",
+        secs: 8,
+        refuse: "POST",
+        refuse_path_ends: "/backups",
+    };
+    let (proxy, t) = through_proxy(&env, &tools, fault, "noundo");
+    let name = unique("b");
+    let run = {
+        let (t, name, ns) = (t.clone(), name.clone(), ns.clone());
+        std::thread::spawn(move || t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]))
+    };
+    wait_until("the commit to be held", Duration::from_secs(120), || proxy.resets() == 1);
+    assert!(remove_packs(&env, &t) >= 2);
+    let run = run.join().unwrap();
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "which backup \"{name}\" references, was removed while it ran, and undoing its commit failed ("
+        )) && run.stderr.contains("the backup is listed but may not restore; delete it and run it again"),
+        "{}",
+        run.stderr
+    );
+    drop(proxy);
+    let direct = direct(&env, &t);
+    let listed = direct.backup(&["list", "-o", "json"]).ok().json();
+    let names: Vec<&str> =
+        listed["items"].as_array().unwrap().iter().filter_map(|b| b["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, [name.as_str()], "{listed}");
+    direct.backup(&["delete", &name, "--yes"]).ok();
+    assert_undone(&direct, &name);
+    let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
+    assert_eq!(again["status"]["phase"], "Completed", "{again}");
     tools.delete_namespace(&ns);
 }
 
