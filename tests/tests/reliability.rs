@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kubectl_backup_e2e::control_plane::ControlPlane;
 use kubectl_backup_e2e::env::SharedEnv;
 use kubectl_backup_e2e::fault_proxy::{Fault, FaultProxy};
-use kubectl_backup_e2e::fixtures::{Tools, namespace, plugin_path, random_configmaps, small_configmaps, unique};
+use kubectl_backup_e2e::fixtures::{Run, Tools, namespace, plugin_path, random_configmaps, small_configmaps, unique};
 use kubectl_backup_e2e::stores::s3_env;
 
 fn env() -> (SharedEnv, Tools) {
@@ -202,14 +202,32 @@ fn assert_undone(t: &Tools, name: &str) {
     assert!(!listed.stderr.contains(name), "an undone backup left files: {}", listed.stderr);
 }
 
-/// Removes every pack file of `t`'s location straight from the S3 server; returns how many.
-fn remove_packs(env: &SharedEnv, t: &Tools) -> usize {
+/// An incremental backup of a new namespace of 5 ConfigMaps through a proxy with `fault`, which
+/// must hold the commit: meanwhile every pack file of the location is removed straight from the
+/// S3 server (at least the run's data and contents packs). Returns the proxy, the tools through it,
+/// the namespace, the backup's name and the finished run.
+fn packs_removed_during_the_commit(
+    env: &SharedEnv,
+    tools: &Tools,
+    fault: Fault,
+    prefix: &str,
+) -> (FaultProxy, Tools, String, String, Run) {
     use kubectl_backup_core::store::{Store, StoreOptions};
 
+    let ns = unique(prefix);
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 5)).ok();
+    let (proxy, t) = through_proxy(env, tools, fault, prefix);
+    let name = unique("b");
+    let run = {
+        let (t, name, ns) = (t.clone(), name.clone(), ns.clone());
+        std::thread::spawn(move || t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]))
+    };
+    wait_until("the commit to be held", Duration::from_secs(120), || proxy.resets() == 1);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let options = StoreOptions { credentials: env.s3.env.clone(), ..Default::default() };
     let store = Store::open_url(t.location.as_deref().unwrap(), &options).unwrap();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
+    let removed = tokio::runtime::Runtime::new().unwrap().block_on(async {
         use futures::TryStreamExt;
         use object_store::ObjectStoreExt;
         let packs = object_store::path::Path::from("packs");
@@ -218,7 +236,9 @@ fn remove_packs(env: &SharedEnv, t: &Tools) -> usize {
             store.objects().delete(f).await.unwrap();
         }
         files.len()
-    })
+    });
+    assert!(removed >= 2, "the run had uploaded {removed} pack file(s) by its commit");
+    (proxy, t, ns, name, run.join().unwrap())
 }
 
 /// A pack an incremental backup references goes while the run commits: what a collection that
@@ -229,20 +249,8 @@ fn remove_packs(env: &SharedEnv, t: &Tools) -> usize {
 #[test]
 fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
     let (env, tools) = env();
-    let ns = unique("gonepack");
-    tools.create(&namespace(&ns)).ok();
-    tools.create(&small_configmaps(&ns, 5)).ok();
     let fault = Fault::StallFrom { method: "PUT", path_ends: "/metadata.json", secs: 8 };
-    let (proxy, t) = through_proxy(&env, &tools, fault, "gonepack");
-    let name = unique("b");
-    let run = {
-        let (t, name, ns) = (t.clone(), name.clone(), ns.clone());
-        std::thread::spawn(move || t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]))
-    };
-    wait_until("the commit to be held", Duration::from_secs(120), || proxy.resets() == 1);
-    let removed = remove_packs(&env, &t);
-    assert!(removed >= 2, "the run had uploaded {removed} pack file(s) by its commit");
-    let run = run.join().unwrap();
+    let (proxy, t, ns, name, run) = packs_removed_during_the_commit(&env, &tools, fault, "gonepack");
     assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains(&format!("which backup \"{name}\" references, was removed while it ran"))
@@ -266,9 +274,6 @@ fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
 #[test]
 fn an_undo_the_store_refuses_is_reported_and_the_backup_left_listed_for_delete() {
     let (env, tools) = env();
-    let ns = unique("noundo");
-    tools.create(&namespace(&ns)).ok();
-    tools.create(&small_configmaps(&ns, 5)).ok();
     let fault = Fault::StallRefusing {
         method: "PUT",
         path_ends: "/metadata.json",
@@ -276,15 +281,7 @@ fn an_undo_the_store_refuses_is_reported_and_the_backup_left_listed_for_delete()
         refuse: "POST",
         refuse_path_ends: "/backups",
     };
-    let (proxy, t) = through_proxy(&env, &tools, fault, "noundo");
-    let name = unique("b");
-    let run = {
-        let (t, name, ns) = (t.clone(), name.clone(), ns.clone());
-        std::thread::spawn(move || t.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]))
-    };
-    wait_until("the commit to be held", Duration::from_secs(120), || proxy.resets() == 1);
-    assert!(remove_packs(&env, &t) >= 2);
-    let run = run.join().unwrap();
+    let (proxy, t, ns, name, run) = packs_removed_during_the_commit(&env, &tools, fault, "noundo");
     assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains(&format!(
