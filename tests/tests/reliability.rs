@@ -186,20 +186,22 @@ fn a_commit_that_outlasts_its_lease_is_undone() {
     );
     drop(proxy);
     let direct = direct(&env, &t);
-    assert_undone(&direct, &name);
-    let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
-    assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    assert_undone_and_committed_again(&direct, &name, &ns);
     tools.delete_namespace(&ns);
 }
 
 /// An undone backup is neither listed nor left as an interrupted run's files (an incremental
 /// backup's own files are its commit document and, with volumes, their data: volumes.rs
-/// `an_undone_commit_takes_the_volume_data_the_movers_uploaded_with_it`).
-fn assert_undone(t: &Tools, name: &str) {
+/// `an_undone_commit_takes_the_volume_data_the_movers_uploaded_with_it`), and the same name then
+/// commits; returns that backup.
+fn assert_undone_and_committed_again(t: &Tools, name: &str, ns: &str) -> serde_json::Value {
     let listed = t.backup(&["list", "-o", "json"]).ok();
     let items = listed.json();
     assert!(items["items"].as_array().unwrap().is_empty(), "an undone backup is listed: {items}");
     assert!(!listed.stderr.contains(name), "an undone backup left files: {}", listed.stderr);
+    let again = t.backup(&["create", name, "-n", ns, "--incremental", "-o", "json"]).ok().json();
+    assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    again
 }
 
 /// An incremental backup of a new namespace of 5 ConfigMaps through a proxy with `fault`, which
@@ -260,9 +262,7 @@ fn a_pack_removed_while_the_commit_is_in_flight_undoes_the_commit() {
     );
     drop(proxy);
     let direct = direct(&env, &t);
-    assert_undone(&direct, &name);
-    let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
-    assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    let again = assert_undone_and_committed_again(&direct, &name, &ns);
     assert_eq!(again["status"]["resources"]["configmaps"], 6, "{again}");
     tools.delete_namespace(&ns);
 }
@@ -297,9 +297,7 @@ fn an_undo_the_store_refuses_is_reported_and_the_backup_left_listed_for_delete()
         listed["items"].as_array().unwrap().iter().filter_map(|b| b["metadata"]["name"].as_str()).collect();
     assert_eq!(names, [name.as_str()], "{listed}");
     direct.backup(&["delete", &name, "--yes"]).ok();
-    assert_undone(&direct, &name);
-    let again = direct.backup(&["create", &name, "-n", &ns, "--incremental", "-o", "json"]).ok().json();
-    assert_eq!(again["status"]["phase"], "Completed", "{again}");
+    assert_undone_and_committed_again(&direct, &name, &ns);
     tools.delete_namespace(&ns);
 }
 
