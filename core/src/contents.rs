@@ -40,7 +40,7 @@ pub struct Line {
 
 impl Line {
     pub fn of(path: String, body: &[u8]) -> Line {
-        Line { path, sha256: hex::encode(Sha256::digest(body)), size: body.len() as u64, resource_version: None }
+        Line { path, sha256: crate::archive::sha256_hex(body), size: body.len() as u64, resource_version: None }
     }
 
     /// What a later backup needs to know of this line.

@@ -88,8 +88,12 @@ pub fn parse_entry_path(path: &str) -> Result<EntryPath, String> {
     }
 }
 
+/// SHA-256 of `bytes`, lowercase hex. Hexed through a table, not a `char` at a time
+/// (`hex::encode`): this runs once per object written.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
 }
 
 /// What a finished archive is.
