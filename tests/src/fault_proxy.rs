@@ -35,6 +35,9 @@ pub enum Fault {
         refuse: &'static str,
         refuse_path_ends: &'static str,
     },
+    /// Reset every request whose request line starts with `method` and whose path ends with
+    /// `path_ends` before it goes upstream; pass the rest.
+    Refuse { method: &'static str, path_ends: &'static str },
 }
 
 pub struct FaultProxy {
@@ -131,7 +134,9 @@ async fn pipe(
     let (after, limited) = match fault {
         Fault::ResetFirst { after_bytes, times } => (after_bytes, resets.load(Ordering::SeqCst) < times),
         Fault::ResetAlways { after_bytes } => (after_bytes, true),
-        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } | Fault::StallRefusing { .. } => (u64::MAX, false),
+        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } | Fault::StallRefusing { .. } | Fault::Refuse { .. } => {
+            (u64::MAX, false)
+        }
     };
     let stall = match fault {
         Fault::StallFrom { method, path_ends, secs } | Fault::StallRefusing { method, path_ends, secs, .. } => {
@@ -167,6 +172,12 @@ async fn pipe(
                 {
                     return Ok(true);
                 }
+                if let Fault::Refuse { method, path_ends } = fault
+                    && request_line_matches(&buf[..n], method, path_ends)
+                {
+                    resets.fetch_add(1, Ordering::SeqCst);
+                    return Ok(true);
+                }
                 if let Some((method, path_ends, secs)) = stall
                     && request_line_matches(&buf[..n], method, path_ends)
                     && resets.fetch_add(1, Ordering::SeqCst) == 0
@@ -184,7 +195,10 @@ async fn pipe(
                             resets.fetch_add(1, Ordering::SeqCst);
                             true
                         }
-                        Fault::LoseAnswer { .. } | Fault::StallFrom { .. } | Fault::StallRefusing { .. } => false,
+                        Fault::LoseAnswer { .. }
+                        | Fault::StallFrom { .. }
+                        | Fault::StallRefusing { .. }
+                        | Fault::Refuse { .. } => false,
                     };
                     if reset {
                         return Ok(true);

@@ -339,6 +339,49 @@ fn connection_resets_mid_upload_are_retried_or_fail_cleanly() {
     tools.delete_namespace(&ns);
 }
 
+/// The store refuses the archive's upload from its start while a LIST of several pages is under
+/// way: the archive side stops while collect holds a page and the next page's read runs beside it
+/// (the read-ahead in `list_bodies`). The run stops that LIST, drops the read, and fails naming
+/// the store's refusal, not its own stopped channel; nothing is listed.
+#[test]
+fn a_store_refusing_the_upload_stops_a_list_mid_way_and_is_the_error_reported() {
+    let (env, tools) = env();
+    let ns = unique("refuse");
+    tools.create(&namespace(&ns)).ok();
+    // Two pages of ConfigMaps (a page is 500); the first alone (~11 MB, incompressible) fills
+    // every buffer between collect and the upload (2 batches, 4 chunks of 1 MiB).
+    tools.create(&random_configmaps(&ns, 520, 16 * 1024)).ok();
+    // Every POST of the archive (CreateMultipartUpload, and CompleteMultipartUpload) is reset.
+    let (proxy, mut t) = through_proxy(&env, &tools, Fault::Refuse { method: "POST", path_ends: ".tar.zst" }, "refuse");
+    t.env.push(("KUBECTL_BACKUP_LOG".into(), "warn,kubectl_backup_core::collect=debug".into()));
+    let name = unique("b");
+    let start = Instant::now();
+    let run = t.backup(&["create", &name, "-n", &ns]);
+    assert_eq!(run.code, 1, "expected the upload to fail: {} {}", run.stdout, run.stderr);
+    assert!(proxy.resets() >= 1, "the proxy never refused the archive's upload");
+    // The LIST of ConfigMaps stopped with its next page read beside it.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("the archive side stopped: this LIST ends, its next page's read dropped")
+                && l.contains("configmaps")),
+        "the ConfigMaps' LIST did not stop on the archive side stopping: {}",
+        run.stderr
+    );
+    // The error reported is the store's (the upload of the archive), not the channel's.
+    let error = run.stderr.lines().filter(|l| l.starts_with("error")).collect::<Vec<_>>().join("\n");
+    assert!(
+        error.contains("s3://backups") && error.contains(".tar.zst?uploads"),
+        "the error does not name the upload's start: {}",
+        run.stderr
+    );
+    assert!(!error.to_lowercase().contains("closed"), "a stopped channel was reported instead of the store: {error}");
+    assert!(start.elapsed() < Duration::from_secs(120), "took {:?}", start.elapsed());
+    let listed = direct(&env, &t).backup(&["list", "-o", "json"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().is_empty(), "a failed backup is listed: {listed}");
+    tools.delete_namespace(&ns);
+}
+
 #[test]
 fn apiserver_restart_mid_backup_completes_or_fails_clearly() {
     let (env, _) = env();

@@ -82,9 +82,14 @@ async fn list_bodies(
         listed.restart(page.restart.take());
         // The next page is read while this one goes to the archive ([`Pager`]); a failure to
         // send drops that read.
-        let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
+        let joined = futures::try_join!(async { Ok(pager.next().await) }, async {
             send_page(l, task, &head, &page, only, listed).await?;
             listed.flush(l).await
+        });
+        let (following, ()) = joined.inspect_err(|e| {
+            if matches!(e, TaskError::Closed) {
+                tracing::debug!(resource = %task.resource.key, "the archive side stopped: this LIST ends, its next page's read dropped");
+            }
         })?;
         pager.recycle(page);
         next = following;
