@@ -617,7 +617,7 @@ async fn send_page(
     Ok(())
 }
 
-/// An object read in full, for the archive; `at` is its namespace and name.
+/// An object read in full, for the archive, with its namespace and name.
 fn read_item(
     r: &Resource,
     head: &TypeHead,
