@@ -144,6 +144,11 @@ async fn pipe(
         }
         _ => None,
     };
+    let refuse = match fault {
+        Fault::StallRefusing { refuse, refuse_path_ends, .. } => Some((refuse, refuse_path_ends)),
+        Fault::Refuse { method, path_ends } => Some((method, path_ends)),
+        _ => None,
+    };
     let now_ms =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     // Set when the request whose answer is to be lost went upstream.
@@ -167,15 +172,13 @@ async fn pipe(
                 {
                     lose.store(true, Ordering::SeqCst);
                 }
-                if let Fault::StallRefusing { refuse, refuse_path_ends, .. } = fault
-                    && request_line_matches(&buf[..n], refuse, refuse_path_ends)
-                {
-                    return Ok(true);
-                }
-                if let Fault::Refuse { method, path_ends } = fault
+                if let Some((method, path_ends)) = refuse
                     && request_line_matches(&buf[..n], method, path_ends)
                 {
-                    resets.fetch_add(1, Ordering::SeqCst);
+                    // `resets` counts `Refuse`'s refusals; `StallRefusing`'s counts its stall.
+                    if matches!(fault, Fault::Refuse { .. }) {
+                        resets.fetch_add(1, Ordering::SeqCst);
+                    }
                     return Ok(true);
                 }
                 if let Some((method, path_ends, secs)) = stall
