@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use kubectl_backup_core::pki::{Ca, LeafFiles};
 use serde::{Deserialize, Serialize};
 
-use crate::process::{Process, cached_tool, free_port, port_open, wait_for};
+use crate::process::{Process, cached_tool, free_port, free_port_on, port_open, retry_on_port_clash, wait_for};
 
 pub const K8S_BIN: &str = "k8s-1.20.2/bin";
 
@@ -35,16 +35,10 @@ impl Etcd {
         Self::start_on(dir, &dir.join("data"), tls)
     }
 
-    /// Starts etcd on an existing (or new) data directory. A port that another process took
-    /// between `free_port` and etcd's bind (tests run in parallel) means another try on new ports.
+    /// Starts etcd on an existing (or new) data directory, on new ports if another process took
+    /// one before etcd bound it.
     pub fn start_on(dir: &Path, data_dir: &Path, tls: bool) -> Result<Etcd> {
-        let mut tries = 0;
-        loop {
-            match Self::start_once(dir, data_dir, tls) {
-                Err(e) if tries < 3 && format!("{e:#}").contains("address already in use") => tries += 1,
-                started => return started,
-            }
-        }
+        retry_on_port_clash(&dir.join("etcd.log"), || Self::start_once(dir, data_dir, tls))
     }
 
     fn start_once(dir: &Path, data_dir: &Path, tls: bool) -> Result<Etcd> {
@@ -266,7 +260,7 @@ impl ControlPlane {
         let csv: String = users.iter().map(|(n, t, g)| format!("{t},{n},{n},{g}\n")).collect();
         std::fs::write(&tokens, csv)?;
 
-        let port = free_port();
+        let port = free_port_on(options.address);
         let server = format!("https://{}:{port}", options.address);
         let kubeconfig = dir.join("admin.kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &serving.ca, "admin", &admin_token)?;

@@ -109,8 +109,35 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A port free on `address` right now. A server that will bind another address (a node network's)
+/// takes its port from that address: a port free on 127.0.0.1 may be in use there.
+pub fn free_port_on(address: std::net::Ipv4Addr) -> u16 {
+    let l = TcpListener::bind((address, 0)).unwrap_or_else(|e| panic!("binding {address}:0: {e}"));
     l.local_addr().expect("local addr").port()
+}
+
+/// Calls `start` again, up to three more times, when it failed because another process took its
+/// port between `free_port_on` and the server's bind (tests run in parallel): the error, or what
+/// this try appended to the server's `log`, says the address is already in use.
+pub fn retry_on_port_clash<T>(log: &Path, mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    let clash = |text: &[u8]| text.to_ascii_lowercase().windows(22).any(|w| w == b"address already in use");
+    let mut tries = 0;
+    loop {
+        let logged_before = std::fs::metadata(log).map(|m| m.len() as usize).unwrap_or(0);
+        match start() {
+            Err(e)
+                if tries < 3
+                    && (clash(format!("{e:#}").as_bytes())
+                        || std::fs::read(log).is_ok_and(|l| clash(l.get(logged_before..).unwrap_or_default()))) =>
+            {
+                tries += 1
+            }
+            started => return started,
+        }
+    }
 }
 
 /// Waits until `check` succeeds, the process is alive, and `timeout` has not passed.
@@ -176,4 +203,48 @@ pub fn find_glob_tool(dir: &Path, suffix: &str) -> Result<PathBuf> {
         None
     }
     walk(dir, suffix, 0).with_context(|| format!("no {suffix} under {}: run tests/env/install.sh first", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_is_tried_again_only_when_its_port_was_taken() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(log.path(), "an earlier start: Address already in use (os error 98)\n").unwrap();
+
+        // Another failure is returned at once, even with an earlier clash in the log.
+        let mut calls = 0;
+        let r: Result<()> = retry_on_port_clash(log.path(), || {
+            calls += 1;
+            bail!("s3s-fs exited (exit status: 2)")
+        });
+        assert_eq!((calls, format!("{:#}", r.unwrap_err())), (1, "s3s-fs exited (exit status: 2)".to_string()));
+
+        // A clash this try logged means another try; the second start's result is returned.
+        let mut calls = 0;
+        let r = retry_on_port_clash(log.path(), || {
+            calls += 1;
+            if calls == 1 {
+                let mut f = File::options().append(true).open(log.path())?;
+                std::io::Write::write_all(
+                    &mut f,
+                    b"Error: Os { code: 98, kind: AddrInUse, message: \"Address already in use\" }\n",
+                )?;
+                bail!("s3s-fs exited (exit status: 1)")
+            }
+            Ok(calls)
+        });
+        assert_eq!(r.unwrap(), 2);
+
+        // At most three more tries.
+        let mut calls = 0;
+        let r: Result<()> = retry_on_port_clash(log.path(), || {
+            calls += 1;
+            bail!("listen tcp 127.0.0.1:2379: bind: address already in use")
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 4);
+    }
 }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::gcs_proxy::GcsProxy;
-use crate::process::{Process, cache_dir, cached_tool, find_glob_tool, free_port, port_open, port_open_on, wait_for};
+use crate::process::{
+    Process, cache_dir, cached_tool, find_glob_tool, free_port, free_port_on, port_open, retry_on_port_clash, wait_for,
+};
 
 /// How to reach one store: the location URL for `--location` and the environment that authenticates.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,7 +50,22 @@ impl S3Server {
     pub fn start_on(dir: &Path, address: std::net::Ipv4Addr) -> Result<S3Server> {
         let root = dir.join("s3");
         std::fs::create_dir_all(root.join(S3_BUCKET))?;
-        let port = free_port();
+        let log = dir.join("s3s-fs.log");
+        let (port, process) = retry_on_port_clash(&log, || Self::spawn(&root, address, &log))?;
+        let mut env = s3_env(port);
+        for (k, v) in &mut env {
+            if k == "AWS_ENDPOINT_URL" {
+                *v = format!("http://{address}:{port}");
+            }
+        }
+        let info = StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env, port };
+        Ok(S3Server { info, root, _process: process })
+    }
+
+    /// s3s-fs on a port free on `address`, once it answers as an S3 server: a port that merely
+    /// accepts connections may be another server's that took it first (s3s-fs then exits).
+    fn spawn(root: &Path, address: std::net::Ipv4Addr, log: &Path) -> Result<(u16, Process)> {
+        let port = free_port_on(address);
         let bin = cached_tool("tools/bin/s3s-fs")?;
         let args: Vec<String> = vec![
             "--host".into(),
@@ -61,17 +78,26 @@ impl S3Server {
             S3_SECRET_KEY.into(),
             root.display().to_string(),
         ];
-        let mut process = Process::spawn("s3s-fs", bin, &args, &dir.join("s3s-fs.log"), &[])?;
-        wait_for("s3s-fs", &mut process, Duration::from_secs(30), || port_open_on(address, port))?;
-        let mut env = s3_env(port);
-        for (k, v) in &mut env {
-            if k == "AWS_ENDPOINT_URL" {
-                *v = format!("http://{address}:{port}");
-            }
-        }
-        let info = StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env, port };
-        Ok(S3Server { info, root, _process: process })
+        let mut process = Process::spawn("s3s-fs", bin, &args, log, &[])?;
+        wait_for("s3s-fs", &mut process, Duration::from_secs(30), || s3_answers(address, port))?;
+        Ok((port, process))
     }
+}
+
+/// Whether an S3 server answers on `address:port`: a request without a signature gets S3's
+/// `AccessDenied` error document.
+fn s3_answers(address: std::net::Ipv4Addr, port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&(address, port).into(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: s3\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).contains("<Code>AccessDenied</Code>")
 }
 
 /// The environment that points the AWS settings at a local S3 endpoint.
@@ -363,5 +389,32 @@ impl Moto {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener};
+
+    /// A port that another server took (here one answering plain HTTP the way kube-apiserver's TLS
+    /// port does) does not count as s3s-fs started; s3s-fs itself does.
+    #[test]
+    fn only_an_s3_server_answering_counts_as_started() {
+        let other = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = other.local_addr().unwrap().port();
+        let answering = std::thread::spawn(move || {
+            let (mut c, _) = other.accept().unwrap();
+            let mut request = [0u8; 512];
+            let _ = c.read(&mut request);
+            c.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n").unwrap();
+        });
+        assert!(!s3_answers(Ipv4Addr::LOCALHOST, port), "a server answering 400 taken for s3s-fs");
+        answering.join().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = S3Server::start(dir.path()).unwrap();
+        assert!(s3_answers(Ipv4Addr::LOCALHOST, s3.info.port));
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use kubectl_backup_core::pki::{Ca, LeafFiles};
 
 use crate::fixtures::bin_dir;
-use crate::process::{Process, free_port, wait_for};
+use crate::process::{Process, free_port, retry_on_port_clash, wait_for};
 
 /// The ServiceAccount `kubectl backup install` and the chart create for the webhook.
 pub const SERVICE_ACCOUNT: &str = "backup-webhook";
@@ -73,20 +73,9 @@ impl Webhook {
         store_env: &[(String, String)],
         flags: Vec<String>,
     ) -> Result<Webhook> {
-        let mut tries = 0;
-        loop {
-            match Self::start_once(dir, kubeconfig, store_env, flags.clone()) {
-                // The error shows the log's tail, a backtrace; the cause is above it.
-                Err(_)
-                    if tries < 3
-                        && std::fs::read_to_string(dir.join("backup-webhook.log"))
-                            .is_ok_and(|l| l.contains("Address already in use")) =>
-                {
-                    tries += 1
-                }
-                started => return started,
-            }
-        }
+        retry_on_port_clash(&dir.join("backup-webhook.log"), || {
+            Self::start_once(dir, kubeconfig, store_env, flags.clone())
+        })
     }
 
     fn start_once(
