@@ -153,7 +153,57 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
 
 pub async fn client(opts: &KubeOptions) -> Result<Client> {
     let cfg = config(opts).await?;
-    Client::try_from(cfg).map_err(|e| Error::kube("building the Kubernetes client", e))
+    build_client(cfg)
+}
+
+/// The Kubernetes client for `cfg`: kube's default layers (base URI, kube's retry of 429/503/504,
+/// authentication, impersonation headers, timeouts, a debug span per request) over a connector that
+/// sets TCP_NODELAY. kube's own connector leaves Nagle's algorithm on (kube-rs/kube#2056): the
+/// first request on a new connection, written right after the TLS handshake's last message, waited
+/// for the API server's delayed ACK, some 40 ms, on every command's first request and on each
+/// connection a run opens. A proxy URL keeps kube's builder (and its answer to proxies).
+pub fn build_client(cfg: Config) -> Result<Client> {
+    build_service(cfg).map_err(|e| Error::kube("building the Kubernetes client", e))
+}
+
+fn build_service(cfg: Config) -> kube::Result<Client> {
+    use http_body_util::BodyExt as _;
+    use kube::client::{ClientBuilder, ConfigExt as _, DynBody, retry::RetryPolicy};
+    use tower::{BoxError, ServiceBuilder, ServiceExt as _, retry::RetryLayer};
+
+    if cfg.proxy_url.is_some() {
+        return Client::try_from(cfg);
+    }
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        install_crypto_provider();
+    }
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let mut connector = hyper_timeout::TimeoutConnector::new(cfg.rustls_https_connector_with_connector(tcp)?);
+    connector.set_connect_timeout(cfg.connect_timeout);
+    connector.set_read_timeout(cfg.read_timeout);
+    connector.set_write_timeout(cfg.write_timeout);
+    connector.set_reset_reader_on_write(cfg.reset_reader_on_write);
+    let http = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(|req: &http::Request<kube::client::Body>| {
+            tracing::debug_span!("HTTP", http.method = %req.method(), http.url = %req.uri(), http.status_code = tracing::field::Empty)
+        })
+        .on_response(|res: &http::Response<hyper::body::Incoming>, _: Duration, span: &tracing::Span| {
+            span.record("http.status_code", res.status().as_u16());
+        });
+    let service = ServiceBuilder::new()
+        .layer(cfg.base_uri_layer())
+        .option_layer(cfg.default_retry.then(|| RetryLayer::new(RetryPolicy::server_retry())))
+        .option_layer(cfg.auth_layer()?)
+        .layer(cfg.extra_headers_layer()?)
+        .layer(trace)
+        .map_err(BoxError::from)
+        .service(http)
+        .map_response(|res| res.map(|body| Box::new(body.map_err(BoxError::from)) as Box<DynBody>))
+        .boxed();
+    Ok(ClientBuilder::new(service, cfg.default_namespace).build())
 }
 
 /// How long discovering one API group may take, retries included, before the group is reported
@@ -264,7 +314,7 @@ impl Cluster {
 
     pub fn from_config(cfg: Config, throttle: Throttle) -> Result<Cluster> {
         let server = cfg.cluster_url.to_string().trim_end_matches('/').to_string();
-        let client = Client::try_from(cfg).map_err(|e| Error::kube("building the Kubernetes client", e))?;
+        let client = build_client(cfg)?;
         Ok(Cluster { client, server, throttle })
     }
 
@@ -292,5 +342,33 @@ mod tests {
         assert!(!is_transient(&status(410)), "an expired continue token is the pager's to handle");
         let not_utf8 = String::from_utf8(vec![0xff]).unwrap_err();
         assert!(!is_transient(&kube::Error::FromUtf8(not_utf8)));
+    }
+
+    /// The client's connections have Nagle's algorithm off. While a request waits on a listener
+    /// that never answers, the client's end of the connection is found among this process's file
+    /// descriptors (duplicated with pidfd_getfd) and asked for TCP_NODELAY. With kube's own
+    /// builder (`Client::try_from`) it is off and this test fails.
+    #[tokio::test]
+    async fn the_client_connects_with_tcp_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let client = build_client(Config::new(format!("http://{server}").parse().unwrap())).unwrap();
+        let request = tokio::spawn(async move { client.apiserver_version().await });
+        let (_held, client_end) = tokio::task::spawn_blocking(move || listener.accept().unwrap()).await.unwrap();
+
+        let me = rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).unwrap();
+        let ends: Vec<std::net::TcpStream> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|fd| rustix::process::pidfd_getfd(&me, fd, rustix::process::PidfdGetfdFlags::empty()).ok())
+            .filter(|fd| {
+                rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_socket())
+            })
+            .map(std::net::TcpStream::from)
+            .filter(|s| s.local_addr().is_ok_and(|a| a == client_end))
+            .collect();
+        assert_eq!(ends.len(), 1, "the client's end of the connection to {server}");
+        assert!(ends[0].nodelay().unwrap(), "the client's connection to {server} has Nagle's algorithm on");
+        request.abort();
     }
 }
