@@ -186,12 +186,23 @@ fn build_service(cfg: Config) -> kube::Result<Client> {
     connector.set_write_timeout(cfg.write_timeout);
     connector.set_reset_reader_on_write(cfg.reset_reader_on_write);
     let http = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new()).build(connector);
+    // One debug span per request, its events under kube's target as kube's own stack logs them
+    // (`KUBECTL_BACKUP_LOG=kube_client=debug` shows each request), a failure at error level.
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .make_span_with(|req: &http::Request<kube::client::Body>| {
-            tracing::debug_span!("HTTP", http.method = %req.method(), http.url = %req.uri(), http.status_code = tracing::field::Empty)
+            tracing::debug_span!(target: "kube_client", "HTTP", http.method = %req.method(), http.url = %req.uri(), http.status_code = tracing::field::Empty)
+        })
+        .on_request(|_: &http::Request<kube::client::Body>, _: &tracing::Span| {
+            tracing::debug!(target: "kube_client", "requesting")
         })
         .on_response(|res: &http::Response<hyper::body::Incoming>, _: Duration, span: &tracing::Span| {
             span.record("http.status_code", res.status().as_u16());
+        })
+        .on_eos(|_: Option<&http::HeaderMap>, _: Duration, _: &tracing::Span| {
+            tracing::debug!(target: "kube_client", "stream closed")
+        })
+        .on_failure(|failure: tower_http::classify::ServerErrorsFailureClass, _: Duration, _: &tracing::Span| {
+            tracing::error!(target: "kube_client", "request failed: {failure}")
         });
     let service = ServiceBuilder::new()
         .layer(cfg.base_uri_layer())
