@@ -356,7 +356,7 @@ mod tests {
     }
 
     /// The client's connections have Nagle's algorithm off. While a request waits on a listener
-    /// that never answers, the client's end of the connection is found among this process's file
+    /// that read it and never answers, the client's end of the connection is found among this process's file
     /// descriptors (duplicated with pidfd_getfd) and asked for TCP_NODELAY. With kube's own
     /// builder (`Client::try_from`) it is off and this test fails.
     #[tokio::test]
@@ -365,7 +365,17 @@ mod tests {
         let server = listener.local_addr().unwrap();
         let client = build_client(Config::new(format!("http://{server}").parse().unwrap())).unwrap();
         let request = tokio::spawn(async move { client.apiserver_version().await });
-        let (_held, client_end) = tokio::task::spawn_blocking(move || listener.accept().unwrap()).await.unwrap();
+        // The connector sets the option once connected and before it writes: the request's first
+        // bytes arriving mean the option is set (accept alone may return before).
+        let (_held, client_end) = tokio::task::spawn_blocking(move || {
+            let (mut held, client_end) = listener.accept().unwrap();
+            let mut first = [0u8; 16];
+            std::io::Read::read_exact(&mut held, &mut first).unwrap();
+            assert!(first.starts_with(b"GET /version"), "the request: {:?}", String::from_utf8_lossy(&first));
+            (held, client_end)
+        })
+        .await
+        .unwrap();
 
         let me = rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).unwrap();
         let ends: Vec<std::net::TcpStream> = std::fs::read_dir("/proc/self/fd")
