@@ -190,7 +190,9 @@ fn build_service(cfg: Config) -> kube::Result<Client> {
     // (`KUBECTL_BACKUP_LOG=kube_client=debug` shows each request), a failure at error level.
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .make_span_with(|req: &http::Request<kube::client::Body>| {
-            tracing::debug_span!(target: "kube_client", "HTTP", http.method = %req.method(), http.url = %req.uri(), http.status_code = tracing::field::Empty)
+            let (method, url) = (req.method(), req.uri());
+            let status = tracing::field::Empty;
+            tracing::debug_span!(target: "kube_client", "HTTP", http.method = %method, http.url = %url, http.status_code = status)
         })
         .on_request(|_: &http::Request<kube::client::Body>, _: &tracing::Span| {
             tracing::debug!(target: "kube_client", "requesting")
@@ -356,9 +358,9 @@ mod tests {
     }
 
     /// The client's connections have Nagle's algorithm off. While a request waits on a listener
-    /// that read it and never answers, the client's end of the connection is found among this process's file
-    /// descriptors (duplicated with pidfd_getfd) and asked for TCP_NODELAY. With kube's own
-    /// builder (`Client::try_from`) it is off and this test fails.
+    /// that read it and never answers, the client's end of the connection is found among this
+    /// process's file descriptors (duplicated with pidfd_getfd) and asked for TCP_NODELAY. With
+    /// kube's own builder (`Client::try_from`) it is off and this test fails.
     #[tokio::test]
     async fn the_client_connects_with_tcp_nodelay() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -386,7 +388,7 @@ mod tests {
                 rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_socket())
             })
             .map(std::net::TcpStream::from)
-            .filter(|s| s.local_addr().is_ok_and(|a| a == client_end))
+            .filter(|s| s.local_addr().is_ok_and(|a| a == client_end) && s.peer_addr().is_ok_and(|a| a == server))
             .collect();
         assert_eq!(ends.len(), 1, "the client's end of the connection to {server}");
         assert!(ends[0].nodelay().unwrap(), "the client's connection to {server} has Nagle's algorithm on");
