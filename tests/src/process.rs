@@ -159,6 +159,23 @@ pub fn wait_for(what: &str, process: &mut Process, timeout: Duration, mut check:
     }
 }
 
+/// The TCP connections process `pid` has open to `peer`, each duplicated into this process
+/// (pidfd_getfd: Linux 5.6, and the rights to trace that process, which the tests have over their
+/// own children), to ask what the process set on them.
+pub fn connections_to(pid: u32, peer: SocketAddr) -> Result<Vec<TcpStream>> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let pid = Pid::from_raw(pid as i32).context("a process id")?;
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).with_context(|| format!("pidfd_open({pid:?})"))?;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", pid.as_raw_nonzero()))?;
+    Ok(fds
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|fd| pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).ok())
+        .filter(|fd| rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_socket()))
+        .map(TcpStream::from)
+        .filter(|s| s.peer_addr().is_ok_and(|a| a == peer))
+        .collect())
+}
+
 pub fn port_open(port: u16) -> bool {
     port_open_on(std::net::Ipv4Addr::LOCALHOST, port)
 }

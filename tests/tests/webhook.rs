@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use kubectl_backup_e2e::fixtures::{
     OwnCluster, annotation, catch_up_identity, events, eventually, namespace, sample_app, unique, wait_until,
 };
+use kubectl_backup_e2e::process::connections_to;
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
 
@@ -94,6 +95,20 @@ fn a_recreated_namespace_comes_back_by_itself() {
     assert_eq!(rec["status"]["phase"], "Completed", "{rec}");
     let log = s.t.backup(&["logs", &format!("restore/{}", rec["metadata"]["name"].as_str().unwrap())]).ok().stdout;
     assert!(log.contains(&format!("automatic restore of workspace {ns} from backup {backup}")), "{log}");
+
+    // The binary's connections to the API server (its watches, the restore's requests) have Nagle's
+    // algorithm off: with it on, a request written right after the TLS handshake waited some 40 ms
+    // for the server's delayed ACK.
+    let server: std::net::SocketAddr = s.cp.info.server.trim_start_matches("https://").parse().unwrap();
+    let connections = connections_to(webhook.pid().unwrap(), server).unwrap();
+    assert!(!connections.is_empty(), "the webhook has no connection to the API server at {server}");
+    for c in &connections {
+        assert!(
+            c.nodelay().unwrap(),
+            "the webhook's connection {:?} to the API server has Nagle's algorithm on",
+            c.local_addr()
+        );
+    }
 }
 
 #[test]
