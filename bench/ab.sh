@@ -34,6 +34,7 @@ LOCATION="s3://backups/ab-$(date +%s)"
 } | tee -a "$OUT/machine.txt" >&2
 
 load_objects bench 200 "$OBJECTS" 1024
+wait_settled bench 200 # the first backups of A and B are compared below
 "$A" create ab-warm-a --location "$LOCATION" -o json >"$RUN/warm-a.json"
 "$B" create ab-warm-b --location "$LOCATION" -o json >"$RUN/warm-b.json"
 for r in $(seq 1 "$ROUNDS"); do

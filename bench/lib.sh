@@ -181,6 +181,25 @@ load_objects() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$prefix" "$namespaces" "$from" "$total" "$secs" "$rate" >>"${OUT:?}/load.tsv"
 }
 
+# wait_settled PREFIX NAMESPACES: waits (at most 2 minutes) until kube-controller-manager has given
+# each namespace bench-load made (PREFIX-*) its kube-root-ca.crt ConfigMap and its default
+# ServiceAccount's token Secret: until then, backups taken one after another see different clusters.
+wait_settled() {
+  local prefix=$1 namespaces=$2 cms tokens
+  for _ in $(seq 240); do
+    cms=$(kubectl get configmaps -A --field-selector metadata.name=kube-root-ca.crt --no-headers |
+      awk -v p="$prefix-" 'index($1, p) == 1' | wc -l)
+    tokens=$(kubectl get secrets -A --field-selector type=kubernetes.io/service-account-token --no-headers |
+      awk -v p="$prefix-" 'index($1, p) == 1 && index($2, "default-token-") == 1' | wc -l)
+    if [ "$cms" -ge "$namespaces" ] && [ "$tokens" -ge "$namespaces" ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "the $namespaces namespaces $prefix-* did not all get their kube-root-ca.crt and token in 2 minutes ($cms, $tokens)"
+  return 1
+}
+
 # change PREFIX NAMESPACES TOTAL ROUND: changes one object pair in $EVERY (the caller's; 100: 1%) of
 # the objects bench-load made (round ROUND's pairs; each round others), not measured.
 change() {
