@@ -123,7 +123,7 @@ pub fn free_port_on(address: std::net::Ipv4Addr) -> u16 {
 /// port between `free_port_on` and the server's bind (tests run in parallel): the error, or what
 /// this try appended to the server's `log`, says the address is already in use.
 pub fn retry_on_port_clash<T>(log: &Path, mut start: impl FnMut() -> Result<T>) -> Result<T> {
-    let clash = |text: &[u8]| text.to_ascii_lowercase().windows(22).any(|w| w == b"address already in use");
+    let clash = |text: &[u8]| String::from_utf8_lossy(text).to_ascii_lowercase().contains("address already in use");
     let mut tries = 0;
     loop {
         let logged_before = std::fs::metadata(log).map(|m| m.len() as usize).unwrap_or(0);

@@ -52,13 +52,8 @@ impl S3Server {
         std::fs::create_dir_all(root.join(S3_BUCKET))?;
         let log = dir.join("s3s-fs.log");
         let (port, process) = retry_on_port_clash(&log, || Self::spawn(&root, address, &log))?;
-        let mut env = s3_env(port);
-        for (k, v) in &mut env {
-            if k == "AWS_ENDPOINT_URL" {
-                *v = format!("http://{address}:{port}");
-            }
-        }
-        let info = StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env, port };
+        let info =
+            StoreInfo { provider: "s3".into(), url: format!("s3://{S3_BUCKET}"), env: s3_env_on(address, port), port };
         Ok(S3Server { info, root, _process: process })
     }
 
@@ -102,11 +97,16 @@ fn s3_answers(address: std::net::Ipv4Addr, port: u16) -> bool {
 
 /// The environment that points the AWS settings at a local S3 endpoint.
 pub fn s3_env(port: u16) -> Vec<(String, String)> {
+    s3_env_on(std::net::Ipv4Addr::LOCALHOST, port)
+}
+
+/// The environment that points the AWS settings at an S3 endpoint on `address`.
+pub fn s3_env_on(address: std::net::Ipv4Addr, port: u16) -> Vec<(String, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into()),
         ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into()),
         ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ENDPOINT_URL".into(), format!("http://{address}:{port}")),
         ("AWS_ALLOW_HTTP".into(), "true".into()),
     ]
 }
