@@ -396,6 +396,41 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     }
 }
 
+/// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every
+/// change past the first byte is let go of, so each continuous backup lists every type, and still
+/// holds exactly what the namespace holds.
+#[test]
+fn past_the_changes_it_may_hold_a_continuous_backup_lists() {
+    let s = setup("held");
+    let ws = unique("ws");
+    let webhook = s.webhook(&["--debounce=2s", "--continuous-changes-max-mib=0"]);
+    std::thread::sleep(Duration::from_secs(3)); // the watches are set up
+    s.t.apply(&sample_app(&ws)).ok();
+    let continuous = |s: &Setup| s.continuous_backups(&ws);
+    eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
+    std::thread::sleep(Duration::from_secs(4)); // the burst is over: one backup
+    let first = continuous(&s).last().unwrap()["metadata"]["name"].clone();
+    s.t.kubectl(&["-n", &ws, "create", "configmap", "cm-held", "--from-literal=value=held"]).ok();
+    eventually("a backup after the change", Duration::from_secs(30), || {
+        continuous(&s).last().map(|b| b["metadata"]["name"].clone()) != Some(first.clone())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let second = continuous(&s).last().unwrap().clone();
+    let inc = &second["status"]["incremental"];
+    assert_eq!(inc["listsSkipped"].as_u64().unwrap_or(0), 0, "listed every type: {second}\n{}", webhook.log());
+    let log = webhook.log();
+    let warned = log.lines().find(|l| l.contains("passed --continuous-changes-max-mib"));
+    let warned = warned.unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warned.contains(&ws), "{warned}");
+    let file = s.dir.join("held.tar.zst");
+    s.t.backup(&["download", second["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
+    let cms = archived(&file, "configmaps", &ws);
+    let mut live = s.t.names(&["configmaps", "-n", &ws]);
+    live.sort();
+    assert_eq!(cms.keys().cloned().collect::<Vec<_>>(), live);
+    assert_eq!(cms["cm-held"]["data"]["value"], "held");
+}
+
 #[test]
 fn the_operator_role_cannot_reach_another_namespace() {
     let s = setup("oper");

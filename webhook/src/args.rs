@@ -95,6 +95,11 @@ pub struct Args {
     /// after its last backup that listed them all; then it lists them again (0s: always list).
     #[arg(long, env = "WEBHOOK_CONTINUOUS_LIST_EVERY", default_value = "1h", value_parser = parse_duration)]
     pub continuous_list_every: Duration,
+    /// The most MiB of changed objects' bodies the controller holds for the next incremental
+    /// continuous backups, all workspaces together; past it, the workspace holding the most has its
+    /// changes dropped and its next backup lists every type (memory stays bounded; nothing is lost).
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_CHANGES_MAX_MIB", default_value_t = 64)]
+    pub continuous_changes_max_mib: usize,
     /// How long discovering one API group may take in a backup or restore, retries included (the
     /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
     /// the backup's errors and left out.

@@ -161,6 +161,7 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
             retention: args.retention,
             incremental: args.continuous_incremental,
             list_every: args.continuous_list_every,
+            max_held: args.continuous_changes_max_mib.saturating_mul(1 << 20),
             include_volumes: args.continuous_include_volumes,
         });
         supervisor.spawn("continuous", move || c.clone().run());

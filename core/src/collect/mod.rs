@@ -154,11 +154,21 @@ pub enum Change {
     Deleted,
 }
 
+impl Change {
+    /// The bytes of the body it holds.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Change::Applied { json, .. } => json.len(),
+            Change::Deleted => 0,
+        }
+    }
+}
+
 impl Watched {
-    /// Notes the last change of `namespace/name`, of type `resource`.
-    pub fn note(&mut self, resource: &str, namespace: &str, name: &str, change: Change) {
+    /// Notes the last change of `namespace/name`, of type `resource`; returns the one it replaces.
+    pub fn note(&mut self, resource: &str, namespace: &str, name: &str, change: Change) -> Option<Change> {
         let changed = self.changed.entry(resource.to_string()).or_default();
-        changed.insert(list::object_key(Some(namespace), name), change);
+        changed.insert(list::object_key(Some(namespace), name), change)
     }
 
     /// Whether a LIST of `r` in one namespace can be left out for these changes.

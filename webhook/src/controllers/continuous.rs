@@ -15,6 +15,10 @@
 //! whose watch had listed before that backup began and has not restarted since (a restart may have
 //! missed changes), for `--continuous-list-every` after the last backup that listed every type.
 //! Every other type is listed as in any backup.
+//!
+//! The bodies of the changed objects are held until the backup that takes them begins, at most
+//! `--continuous-changes-max-mib` for all workspaces: past it, the workspace holding the most is
+//! let go of (its changes dropped), and its next backup lists every type.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -65,6 +69,8 @@ pub struct Continuous {
     pub include_volumes: bool,
     /// How long the watches' changes stand in for LISTs after a backup that listed every type.
     pub list_every: Duration,
+    /// The most bytes of changed objects' bodies held for the next backups ([`State::held`]).
+    pub max_held: usize,
 }
 
 #[derive(Default)]
@@ -84,6 +90,13 @@ struct State {
     ready: HashSet<String>,
     /// Namespace -> its last backup by this process that may be continued with the changes.
     bases: HashMap<String, Base>,
+    /// Namespace -> bytes of the bodies its `changes` hold, and their sum: at most `max_held`.
+    held: HashMap<String, usize>,
+    held_total: usize,
+    max_held: usize,
+    /// Namespaces being backed up whose changes since were dropped for `max_held`: the backup
+    /// after the running one lists every type.
+    dropped: HashSet<String>,
 }
 
 /// A backup the watches' changes count from.
@@ -113,8 +126,28 @@ impl State {
         if (self.bases.contains_key(ns) || self.running.contains(ns))
             && let Some(change) = change()
         {
-            self.changes.entry(ns.to_string()).or_default().note(resource, ns, name, change);
+            let added = change.held_bytes();
+            let replaced = self.changes.entry(ns.to_string()).or_default().note(resource, ns, name, change);
+            let removed = replaced.map_or(0, |c| c.held_bytes());
+            let held = self.held.entry(ns.to_string()).or_default();
+            *held = *held + added - removed;
+            self.held_total = self.held_total + added - removed;
+            while self.held_total > self.max_held {
+                let Some(largest) = self.held.iter().max_by_key(|(_, b)| **b).map(|(ns, _)| ns.clone()) else { break };
+                tracing::warn!(namespace = %largest, bytes = self.held[&largest], max = self.max_held, "the changed objects held for the next continuous backups passed --continuous-changes-max-mib; this workspace's next backup lists every type");
+                self.take_changes(&largest);
+                self.bases.remove(&largest);
+                if self.running.contains(&largest) {
+                    self.dropped.insert(largest);
+                }
+            }
         }
+    }
+
+    /// The changes held for `ns`, no longer held.
+    fn take_changes(&mut self, ns: &str) -> Option<Watched> {
+        self.held_total -= self.held.remove(ns).unwrap_or(0);
+        self.changes.remove(ns)
     }
 
     /// A watch of `resource` restarted (or failed, or ended).
@@ -127,7 +160,7 @@ impl State {
     /// documentation), within `list_every` of the last backup that listed every type.
     fn begin(&mut self, ns: &str, list_every: Duration) -> Begun {
         let at = Instant::now();
-        let seen = self.changes.remove(ns).unwrap_or_default();
+        let seen = self.take_changes(ns).unwrap_or_default();
         let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
         let since = self.ready.iter().map(|k| (k.clone(), gaps(k))).collect();
         let (watched, listed_at) = match self.bases.get(ns).filter(|b| b.listed_at.elapsed() < list_every) {
@@ -149,6 +182,8 @@ impl State {
     /// lists every type.
     fn end(&mut self, ns: &str, begun: Begun, done: Option<(String, bool)>) {
         self.running.remove(ns);
+        // What changed while it ran was dropped: nothing to continue it with.
+        let done = done.filter(|_| !self.dropped.remove(ns));
         match done {
             Some((name, skipped)) => {
                 let listed_at = if skipped { begun.listed_at.unwrap_or(begun.at) } else { begun.at };
@@ -156,7 +191,7 @@ impl State {
             }
             None => {
                 self.bases.remove(ns);
-                self.changes.remove(ns);
+                self.take_changes(ns);
             }
         }
     }
@@ -178,7 +213,7 @@ impl Continuous {
         let watchable: Vec<Resource> = discovered.resources.into_iter().filter(watchable).collect();
         let watched = watchable.len();
         let versions = watchable.iter().map(|r| (r.key.clone(), r.ar.api_version.clone())).collect();
-        let state = Arc::new(Mutex::new(State { versions, ..Default::default() }));
+        let state = Arc::new(Mutex::new(State { versions, max_held: self.max_held, ..Default::default() }));
         for r in watchable {
             tokio::spawn(watch(self.ctx.clone(), r, state.clone()));
         }
@@ -417,6 +452,7 @@ mod tests {
         let mut s = State {
             versions: [("configmaps", "v1"), ("secrets", "v1")].map(|(k, v)| (k.into(), v.into())).into(),
             ready: keys(&["configmaps", "secrets"]),
+            max_held: usize::MAX,
             ..Default::default()
         };
         s.note("configmaps", "ws", "early", || Some(applied(0))); // before any backup of ws: nothing to continue
@@ -473,6 +509,46 @@ mod tests {
         s.gap("configmaps");
         s.gap("secrets");
         assert!(s.begin("ws", HOUR).watched.is_none(), "no type left to take from the watches");
+    }
+
+    #[test]
+    fn past_the_bytes_held_the_workspace_holding_most_is_listed_next() {
+        let body = |n: usize| Change::Applied { json: vec![b'x'; n], version: Some(n.to_string()) };
+        // ws and ws2 backed up once each; ws holds 1 byte (ws/a, changed during its backup).
+        let mut s = backed_up_once();
+        s.running.insert("ws2".into());
+        let begun = s.begin("ws2", HOUR);
+        s.end("ws2", begun, Some(("c1".into(), false)));
+        s.max_held = 10;
+        s.note("configmaps", "ws", "a", || Some(body(6))); // replaces ws/a's 1 byte
+        s.note("secrets", "ws2", "b", || Some(body(3)));
+        assert_eq!((s.held["ws"], s.held["ws2"], s.held_total), (6, 3, 9));
+        s.note("configmaps", "ws", "a", || Some(body(4))); // an object's last change counts, once
+        s.note("configmaps", "ws", "d", || Some(Change::Deleted));
+        assert_eq!((s.held["ws"], s.held_total), (4, 7));
+        // 12 bytes: ws, holding the most (9), is let go of; ws2 is still continued.
+        s.note("configmaps", "ws", "c", || Some(body(5)));
+        assert_eq!(s.held_total, 3);
+        assert!(!s.changes.contains_key("ws") && !s.held.contains_key("ws"));
+        s.note("configmaps", "ws", "e", || Some(body(1))); // nothing to continue: not held
+        assert_eq!(s.held_total, 3);
+        assert!(s.begin("ws", HOUR).watched.is_none(), "its changes were dropped: the next backup lists");
+        let w = s.begin("ws2", HOUR).watched.expect("ws2 continued");
+        assert_eq!(w.changed["secrets"], [("ws2/b".to_string(), body(3))].into());
+        assert_eq!(s.held_total, 0, "handed to the backup that takes them");
+
+        // A workspace being backed up: what changes meanwhile is dropped; the backup after it lists.
+        let mut s = backed_up_once();
+        s.max_held = 10;
+        s.running.insert("ws".into());
+        let begun = s.begin("ws", HOUR);
+        assert!(begun.watched.is_some());
+        s.note("configmaps", "ws", "big", || Some(body(11)));
+        assert_eq!(s.held_total, 0);
+        s.note("configmaps", "ws", "small", || Some(body(1))); // held again while it runs…
+        s.end("ws", begun, Some(("b2".into(), true)));
+        assert!(s.begin("ws", HOUR).watched.is_none(), "…but the change before it was dropped: listed");
+        assert_eq!((s.held_total, s.dropped.len()), (0, 0));
     }
 
     #[test]
