@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # What a LIST costs the server (issue 16): the ConfigMaps of bench/scale.sh's largest size (50k
-# over 200 namespaces) listed as one cluster-wide LIST in pages of 500, as `kubectl backup create`
-# and target/release/raw-list do, against one LIST per namespace. Both over one kept-alive TLS
-# connection (python3's http.client), one request at a time; prints, per way and round, the
-# requests, the wall time and the CPU seconds kube-apiserver and etcd used (from /proc). Not a
-# target of the issue: it shows where the server's time goes (docs/benchmarks.md, "What a
-# cluster-wide paged LIST costs the server").
+# over 200 namespaces) listed four ways, one request at a time over one kept-alive TLS connection
+# (python3's http.client), each round in another order:
+#   cluster-wide            one cluster-wide LIST in pages of 500, as `kubectl backup create` starts
+#                           and target/release/raw-list lists (a consistent read from etcd, page by page)
+#   per-namespace           one LIST per namespace (limit 500: from etcd too)
+#   cache-cluster-wide      one unpaged LIST at `resourceVersion=0`, which the API server answers
+#                           from its watch cache whatever that cache has seen (it may be stale: a
+#                           backup cannot list this way; what it would cost a server that answers
+#                           consistent LISTs from its cache, as Kubernetes 1.31 and later do)
+#   cache-per-namespace     the same, one LIST per namespace
+# (A read from the cache at least as new as a consistent read's resourceVersion N,
+# `resourceVersion=N&resourceVersionMatch=NotOlderThan`, is what a backup could use; on this 1.20
+# server it waits 3 s and fails, "Too large resource version": the cache of one resource moves its
+# resourceVersion only on that resource's own events, and a server older than 1.28 cannot ask etcd
+# for progress. docs/benchmarks.md, "Lists from the API server's watch cache".)
+# BENCH_METADATA=1 lists metadata only (`as=PartialObjectMetadataList`, what an incremental backup
+# lists), in pages of 2000 where paged. Prints, per way and round, the requests, the wall time,
+# the bytes received and the CPU seconds kube-apiserver and etcd used (from /proc). Responses are
+# not parsed beyond their list metadata, so the client's own cost stays small. Not a target of the
+# issue: it shows where the server's time goes (docs/benchmarks.md, "What a cluster-wide paged
+# LIST costs the server" and "Lists from the API server's watch cache").
 #
 #   bench/list-cost.sh                  # 100k objects, 4 rounds
 #   BENCH_SIZE=20000 BENCH_ROUNDS=1 bench/list-cost.sh
-# Results go to target/bench/list-cost-<time>/results.tsv (way, round, requests, wall_s,
+#   BENCH_WAYS="cluster-wide cache-cluster-wide" BENCH_METADATA=1 bench/list-cost.sh
+# Results go to target/bench/list-cost-<time>/results.tsv (way, round, requests, wall_s, mib,
 # apiserver_cpu_s, etcd_cpu_s).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -18,6 +34,8 @@ source "$(dirname "$0")/lib.sh"
 SIZE=${BENCH_SIZE:-100000}
 ROUNDS=${BENCH_ROUNDS:-4}
 NAMESPACES=${BENCH_NAMESPACES:-200}
+WAYS=${BENCH_WAYS:-cluster-wide per-namespace cache-cluster-wide cache-per-namespace}
+METADATA=${BENCH_METADATA:-0}
 
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -33,49 +51,68 @@ kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificat
 [ -n "$TOKEN" ] || { log "the harness kubeconfig has no token"; exit 1; }
 kubectl get namespaces -o name | sed 's|^namespace/||' | grep '^bench' >"$RUN/namespaces"
 
-# lists WAY: lists the ConfigMaps one way; prints the number of requests.
+# lists WAY: lists the ConfigMaps one way; prints the number of requests and the bytes received.
 lists() {
-  SERVER=$SERVER TOKEN=$TOKEN CA="$RUN/ca.crt" NAMESPACES_FILE="$RUN/namespaces" python3 - "$1" <<'EOF'
-import http.client, json, os, ssl, sys, urllib.parse
+  SERVER=$SERVER TOKEN=$TOKEN CA="$RUN/ca.crt" METADATA=$METADATA NAMESPACES_FILE="$RUN/namespaces" python3 - "$1" <<'EOF'
+import http.client, json, os, re, ssl, sys, urllib.parse
 u = urllib.parse.urlparse(os.environ["SERVER"])
 conn = http.client.HTTPSConnection(u.hostname, u.port, context=ssl.create_default_context(cafile=os.environ["CA"]))
-headers = {"Authorization": "Bearer " + os.environ["TOKEN"], "Accept": "application/json"}
+metadata = os.environ["METADATA"] == "1"
+accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1" if metadata else "application/json"
+headers = {"Authorization": "Bearer " + os.environ["TOKEN"], "Accept": accept}
+limit = 2000 if metadata else 500
+requests = received = 0
 def get(path):
+    """The response's list metadata (`{"kind":…,"metadata":{…},"items":…`: the API server writes
+    it first), the rest of the body read and not parsed."""
+    global requests, received
     conn.request("GET", path, headers=headers)
     r = conn.getresponse()
     body = r.read()
+    requests += 1
+    received += len(body)
     if r.status != 200:
-        sys.exit(f"GET {path}: {r.status} {body[:200]!r}")
-    return json.loads(body)
-requests = 0
-if sys.argv[1] == "cluster-wide":
+        sys.exit(f"GET {path}: {r.status} {body[:300]!r}")
+    m = re.search(rb'"metadata":(\{[^{}]*\})', body[:4096])
+    if not m:
+        sys.exit(f"GET {path}: no list metadata in {body[:300]!r}")
+    return json.loads(m.group(1))
+way = sys.argv[1]
+namespaces = open(os.environ["NAMESPACES_FILE"]).read().split()
+if way == "cluster-wide":
     token = ""
     while True:
-        page = get("/api/v1/configmaps?limit=500" + ("&continue=" + urllib.parse.quote(token) if token else ""))
-        requests += 1
-        token = page["metadata"].get("continue", "")
+        meta = get(f"/api/v1/configmaps?limit={limit}" + ("&continue=" + urllib.parse.quote(token) if token else ""))
+        token = meta.get("continue", "")
         if not token:
             break
+elif way == "per-namespace":
+    for ns in namespaces:
+        get(f"/api/v1/namespaces/{ns}/configmaps?limit={limit}")
+elif way == "cache-cluster-wide":
+    get("/api/v1/configmaps?resourceVersion=0")
+elif way == "cache-per-namespace":
+    for ns in namespaces:
+        get(f"/api/v1/namespaces/{ns}/configmaps?resourceVersion=0")
 else:
-    for ns in open(os.environ["NAMESPACES_FILE"]).read().split():
-        get(f"/api/v1/namespaces/{ns}/configmaps?limit=500")
-        requests += 1
-print(requests)
+    sys.exit(f"no way {way!r}")
+print(requests, received)
 EOF
 }
 
-printf 'way\tround\trequests\twall_s\tapiserver_cpu_s\tetcd_cpu_s\n' >"$RESULTS"
+printf 'way\tround\trequests\twall_s\tmib\tapiserver_cpu_s\tetcd_cpu_s\n' >"$RESULTS"
+read -r -a ways <<<"$WAYS"
 for round in $(seq 1 "$ROUNDS"); do
-  # Each way goes first in every other round: a LIST's garbage is collected by the API server
-  # during whatever comes next, so a fixed order would bill one way for the other's.
-  ways="cluster-wide per-namespace"
-  [ $((round % 2)) = 0 ] && ways="per-namespace cluster-wide"
-  for way in $ways; do
+  # The ways go in another order every round: a LIST's garbage is collected by the API server
+  # during whatever comes next, so a fixed order would bill one way for another's.
+  order=()
+  for i in "${!ways[@]}"; do order+=("${ways[$(((i + round - 1) % ${#ways[@]}))]}"); done
+  for way in "${order[@]}"; do
     a0=$(cpu_seconds "$APISERVER_PID") e0=$(cpu_seconds "$ETCD_PID") t0=$(date +%s.%N)
-    n=$(lists "$way")
+    read -r n bytes < <(lists "$way")
     t1=$(date +%s.%N) a1=$(cpu_seconds "$APISERVER_PID") e1=$(cpu_seconds "$ETCD_PID")
-    row=$(awk -v w="$way" -v r="$round" -v n="$n" -v t0="$t0" -v t1="$t1" -v a0="$a0" -v a1="$a1" -v e0="$e0" -v e1="$e1" \
-      'BEGIN { printf "%s\t%s\t%s\t%.2f\t%.2f\t%.2f", w, r, n, t1 - t0, a1 - a0, e1 - e0 }')
+    row=$(awk -v w="$way" -v r="$round" -v n="$n" -v b="$bytes" -v t0="$t0" -v t1="$t1" -v a0="$a0" -v a1="$a1" -v e0="$e0" -v e1="$e1" \
+      'BEGIN { printf "%s\t%s\t%s\t%.2f\t%.1f\t%.2f\t%.2f", w, r, n, t1 - t0, b / 1048576, a1 - a0, e1 - e0 }')
     echo "$row" >>"$RESULTS"
     log "$row"
   done
