@@ -47,6 +47,13 @@ impl Setup {
         self.0.webhook(NS, extra)
     }
 
+    /// The webhook with `extra`, once its continuous backup's watches are set up.
+    fn watching_webhook(&self, extra: &[&str]) -> Webhook {
+        let webhook = self.webhook(extra);
+        std::thread::sleep(Duration::from_secs(3));
+        webhook
+    }
+
     fn backups(&self) -> Vec<Value> {
         self.t.backup(&["list", "-o", "json"]).ok().json()["items"].as_array().unwrap().clone()
     }
@@ -62,6 +69,37 @@ impl Setup {
             .collect();
         v.sort_by_key(|b| b["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
         v
+    }
+
+    /// Applies `objects` (workspace `ws` and what it holds; the webhook's watches set up), then
+    /// its first continuous backup, once the burst of changes is over (one backup).
+    fn first_continuous_backup(&self, ws: &str, objects: &str) -> Value {
+        self.t.apply(objects).ok();
+        eventually("a first continuous backup", Duration::from_secs(40), || !self.continuous_backups(ws).is_empty());
+        std::thread::sleep(Duration::from_secs(4));
+        self.continuous_backups(ws).last().unwrap().clone()
+    }
+
+    /// The newest continuous backup of `ws` once one after `before` is taken and the burst is over.
+    fn continuous_backup_after(&self, ws: &str, before: &Value) -> Value {
+        let name = &before["metadata"]["name"];
+        eventually("a backup after the change", Duration::from_secs(30), || {
+            self.continuous_backups(ws).last().is_some_and(|b| b["metadata"]["name"] != *name)
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        self.continuous_backups(ws).last().unwrap().clone()
+    }
+
+    /// The ConfigMaps backup `b` holds of `ws` (downloaded to `file` in the test's directory),
+    /// checked to be those the namespace holds now.
+    fn archived_configmaps(&self, b: &Value, ws: &str, file: &str) -> std::collections::BTreeMap<String, Value> {
+        let file = self.dir.join(file);
+        self.t.backup(&["download", b["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
+        let cms = archived(&file, "configmaps", ws);
+        let mut live = self.t.names(&["configmaps", "-n", ws]);
+        live.sort();
+        assert_eq!(cms.keys().cloned().collect::<Vec<_>>(), live, "{b}");
+        cms
     }
 
     fn schedule(&self, ns: &str, name: &str) -> Value {
@@ -234,13 +272,10 @@ fn expired_backups_are_deleted_and_the_others_kept() {
 fn a_change_in_a_workspace_yields_a_continuous_backup() {
     let s = setup("cont");
     let ws = unique("ws");
-    let webhook = s.webhook(&["--debounce=2s", "--keep-workspace-backups=2"]);
-    std::thread::sleep(Duration::from_secs(3)); // the watches are set up
-    s.t.apply(&sample_app(&ws)).ok();
+    let webhook = s.watching_webhook(&["--debounce=2s", "--keep-workspace-backups=2"]);
     let continuous = |s: &Setup| s.continuous_backups(&ws);
-    eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
-    std::thread::sleep(Duration::from_secs(4));
-    let before = continuous(&s).last().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    let first = s.first_continuous_backup(&ws, &sample_app(&ws));
+    let before = first["metadata"]["name"].as_str().unwrap().to_string();
     assert!(before.starts_with(&format!("{ws}-")), "{before}");
     s.t.kubectl(&["-n", &ws, "patch", "configmap", "settings", "-p", r#"{"data":{"color":"purple"}}"#]).ok();
     let changed_at = Instant::now();
@@ -322,19 +357,14 @@ fn archived(file: &std::path::Path, resource: &str, ns: &str) -> std::collection
 fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     let s = setup("watched");
     let ws = unique("ws");
-    let mut webhook = s.webhook(&["--debounce=2s"]);
-    std::thread::sleep(Duration::from_secs(3)); // the watches are set up
+    let mut webhook = s.watching_webhook(&["--debounce=2s"]);
     let mut objects = sample_app(&ws);
     for i in 0..30 {
         objects.push_str(&format!(
             "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\n  namespace: {ws}\ndata:\n  value: \"{i}\"\n"
         ));
     }
-    s.t.apply(&objects).ok();
-    let continuous = |s: &Setup| s.continuous_backups(&ws);
-    eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
-    std::thread::sleep(Duration::from_secs(4)); // the burst is over: one backup
-    let first = continuous(&s).last().unwrap().clone();
+    let first = s.first_continuous_backup(&ws, &objects);
     assert_eq!(first["status"]["incremental"]["listsSkipped"], Value::Null, "the first backup lists: {first}");
 
     // One changed, one deleted, one created, and a Secret changed.
@@ -342,24 +372,15 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     s.t.kubectl(&["-n", &ws, "delete", "configmap", "cm-2"]).ok();
     s.t.kubectl(&["-n", &ws, "create", "configmap", "cm-new", "--from-literal=value=new"]).ok();
     s.t.kubectl(&["-n", &ws, "patch", "secret", "credentials", "-p", r#"{"stringData":{"password":"rotated"}}"#]).ok();
-    let before = first["metadata"]["name"].clone();
-    eventually("a backup after the changes", Duration::from_secs(30), || {
-        continuous(&s).last().map(|b| b["metadata"]["name"].clone()) != Some(before.clone())
-    });
-    std::thread::sleep(Duration::from_secs(4));
-    let second = continuous(&s).last().unwrap().clone();
+    let second = s.continuous_backup_after(&ws, &first);
     let inc = &second["status"]["incremental"];
     // ConfigMaps, Secrets and every other watched type in the namespace were not listed...
     assert!(inc["listsSkipped"].as_u64().unwrap_or(0) >= 2, "{second}\n{}", webhook.log());
     // ...and the objects not seen to change were not read.
     assert!(inc["objectsNotRead"].as_u64().unwrap() >= 29 + 3, "{second}");
     // The backup holds exactly what the namespace holds.
+    let cms = s.archived_configmaps(&second, &ws, "watched.tar.zst");
     let file = s.dir.join("watched.tar.zst");
-    s.t.backup(&["download", second["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
-    let cms = archived(&file, "configmaps", &ws);
-    let mut live = s.t.names(&["configmaps", "-n", &ws]);
-    live.sort();
-    assert_eq!(cms.keys().cloned().collect::<Vec<_>>(), live);
     assert!(!cms.contains_key("cm-2") && cms.contains_key("cm-new"), "{:?}", cms.keys());
     assert_eq!(cms["cm-1"]["data"]["value"], "changed");
     assert_eq!(cms["cm-new"]["data"]["value"], "new");
@@ -373,26 +394,19 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     assert_eq!(listed(&webhook), 1, "{}", webhook.log());
     webhook.restart().unwrap();
     eventually("the restarted controller's watches", Duration::from_secs(30), || listed(&webhook) == 2);
-    let mut latest = second["metadata"]["name"].clone();
+    let mut latest = second;
     for (round, cm) in ["cm-4", "cm-5"].iter().enumerate() {
         let patch = format!(r#"{{"data":{{"value":"round {round}"}}}}"#);
         s.t.kubectl(&["-n", &ws, "patch", "configmap", cm, "-p", &patch]).ok();
-        eventually("a backup after the change", Duration::from_secs(30), || {
-            continuous(&s).last().map(|b| b["metadata"]["name"].clone()) != Some(latest.clone())
-        });
-        std::thread::sleep(Duration::from_secs(4));
-        let b = continuous(&s).last().unwrap().clone();
+        let b = s.continuous_backup_after(&ws, &latest);
         let skipped = b["status"]["incremental"]["listsSkipped"].as_u64().unwrap_or(0);
         match round {
             0 => assert_eq!(skipped, 0, "the first backup after a restart lists: {b}"),
             _ => assert!(skipped >= 2, "the next one takes the watches' changes: {b}"),
         }
-        let file = s.dir.join(format!("after-restart-{round}.tar.zst"));
-        s.t.backup(&["download", b["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
-        let cms = archived(&file, "configmaps", &ws);
+        let cms = s.archived_configmaps(&b, &ws, &format!("after-restart-{round}.tar.zst"));
         assert_eq!(cms[*cm]["data"]["value"], format!("round {round}"), "{b}");
-        assert_eq!(cms.len(), live.len(), "{:?}", cms.keys());
-        latest = b["metadata"]["name"].clone();
+        latest = b;
     }
 }
 
@@ -403,31 +417,17 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
 fn past_the_changes_it_may_hold_a_continuous_backup_lists() {
     let s = setup("held");
     let ws = unique("ws");
-    let webhook = s.webhook(&["--debounce=2s", "--continuous-changes-max-mib=0"]);
-    std::thread::sleep(Duration::from_secs(3)); // the watches are set up
-    s.t.apply(&sample_app(&ws)).ok();
-    let continuous = |s: &Setup| s.continuous_backups(&ws);
-    eventually("a first continuous backup", Duration::from_secs(40), || !continuous(&s).is_empty());
-    std::thread::sleep(Duration::from_secs(4)); // the burst is over: one backup
-    let first = continuous(&s).last().unwrap()["metadata"]["name"].clone();
+    let webhook = s.watching_webhook(&["--debounce=2s", "--continuous-changes-max-mib=0"]);
+    let first = s.first_continuous_backup(&ws, &sample_app(&ws));
     s.t.kubectl(&["-n", &ws, "create", "configmap", "cm-held", "--from-literal=value=held"]).ok();
-    eventually("a backup after the change", Duration::from_secs(30), || {
-        continuous(&s).last().map(|b| b["metadata"]["name"].clone()) != Some(first.clone())
-    });
-    std::thread::sleep(Duration::from_secs(4));
-    let second = continuous(&s).last().unwrap().clone();
+    let second = s.continuous_backup_after(&ws, &first);
     let inc = &second["status"]["incremental"];
     assert_eq!(inc["listsSkipped"].as_u64().unwrap_or(0), 0, "listed every type: {second}\n{}", webhook.log());
     let log = webhook.log();
     let warned = log.lines().find(|l| l.contains("passed --continuous-changes-max-mib"));
     let warned = warned.unwrap_or_else(|| panic!("no warning: {log}"));
     assert!(warned.contains(&ws), "{warned}");
-    let file = s.dir.join("held.tar.zst");
-    s.t.backup(&["download", second["metadata"]["name"].as_str().unwrap(), "-f", file.to_str().unwrap()]).ok();
-    let cms = archived(&file, "configmaps", &ws);
-    let mut live = s.t.names(&["configmaps", "-n", &ws]);
-    live.sort();
-    assert_eq!(cms.keys().cloned().collect::<Vec<_>>(), live);
+    let cms = s.archived_configmaps(&second, &ws, "held.tar.zst");
     assert_eq!(cms["cm-held"]["data"]["value"], "held");
 }
 
