@@ -141,6 +141,8 @@ pub struct Watched {
     pub covered: HashMap<String, String>,
     /// Resource key -> `namespace/name` -> the object's last change.
     pub changed: HashMap<String, HashMap<String, Change>>,
+    /// The bytes of the bodies `changed` holds (kept by [`Watched::note`]).
+    bytes: usize,
 }
 
 /// The last change a watch saw of an object.
@@ -156,7 +158,7 @@ pub enum Change {
 
 impl Change {
     /// The bytes of the body it holds.
-    pub fn held_bytes(&self) -> usize {
+    fn held_bytes(&self) -> usize {
         match self {
             Change::Applied { json, .. } => json.len(),
             Change::Deleted => 0,
@@ -165,10 +167,18 @@ impl Change {
 }
 
 impl Watched {
-    /// Notes the last change of `namespace/name`, of type `resource`; returns the one it replaces.
-    pub fn note(&mut self, resource: &str, namespace: &str, name: &str, change: Change) -> Option<Change> {
+    /// Notes the last change of `namespace/name`, of type `resource`.
+    pub fn note(&mut self, resource: &str, namespace: &str, name: &str, change: Change) {
+        self.bytes += change.held_bytes();
         let changed = self.changed.entry(resource.to_string()).or_default();
-        changed.insert(list::object_key(Some(namespace), name), change)
+        if let Some(replaced) = changed.insert(list::object_key(Some(namespace), name), change) {
+            self.bytes -= replaced.held_bytes();
+        }
+    }
+
+    /// The bytes of the bodies of the changes noted (each object's last change only).
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether a LIST of `r` in one namespace can be left out for these changes.

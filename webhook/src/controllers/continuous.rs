@@ -90,9 +90,9 @@ struct State {
     ready: HashSet<String>,
     /// Namespace -> its last backup by this process that may be continued with the changes.
     bases: HashMap<String, Base>,
-    /// Namespace -> bytes of the bodies its `changes` hold, and their sum: at most `max_held`.
-    held: HashMap<String, usize>,
-    held_total: usize,
+    /// The bytes of the bodies all `changes` hold (kept as they change, not summed on each one): at
+    /// most `max_held`.
+    held: usize,
     max_held: usize,
     /// Namespaces being backed up whose changes since were dropped for `max_held`: the backup
     /// after the running one lists every type.
@@ -126,15 +126,14 @@ impl State {
         if (self.bases.contains_key(ns) || self.running.contains(ns))
             && let Some(change) = change()
         {
-            let added = change.held_bytes();
-            let replaced = self.changes.entry(ns.to_string()).or_default().note(resource, ns, name, change);
-            let removed = replaced.map_or(0, |c| c.held_bytes());
-            let held = self.held.entry(ns.to_string()).or_default();
-            *held = *held + added - removed;
-            self.held_total = self.held_total + added - removed;
-            while self.held_total > self.max_held {
-                let Some(largest) = self.held.iter().max_by_key(|(_, b)| **b).map(|(ns, _)| ns.clone()) else { break };
-                tracing::warn!(namespace = %largest, bytes = self.held[&largest], max = self.max_held, "the changed objects held for the next continuous backups passed --continuous-changes-max-mib; this workspace's next backup lists every type");
+            let w = self.changes.entry(ns.to_string()).or_default();
+            let before = w.held_bytes();
+            w.note(resource, ns, name, change);
+            self.held = self.held - before + w.held_bytes();
+            while self.held > self.max_held {
+                let most = self.changes.iter().max_by_key(|(_, w)| w.held_bytes());
+                let Some((largest, bytes)) = most.map(|(ns, w)| (ns.clone(), w.held_bytes())) else { break };
+                tracing::warn!(namespace = %largest, bytes, max = self.max_held, "the changed objects held for the next continuous backups passed --continuous-changes-max-mib; this workspace's next backup lists every type");
                 self.take_changes(&largest);
                 self.bases.remove(&largest);
                 if self.running.contains(&largest) {
@@ -146,8 +145,9 @@ impl State {
 
     /// The changes held for `ns`, no longer held.
     fn take_changes(&mut self, ns: &str) -> Option<Watched> {
-        self.held_total -= self.held.remove(ns).unwrap_or(0);
-        self.changes.remove(ns)
+        let taken = self.changes.remove(ns);
+        self.held -= taken.as_ref().map_or(0, Watched::held_bytes);
+        taken
     }
 
     /// A watch of `resource` restarted (or failed, or ended).
@@ -160,7 +160,7 @@ impl State {
     /// documentation), within `list_every` of the last backup that listed every type.
     fn begin(&mut self, ns: &str, list_every: Duration) -> Begun {
         let at = Instant::now();
-        let seen = self.take_changes(ns).unwrap_or_default();
+        let mut watched = self.take_changes(ns).unwrap_or_default();
         let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
         let since = self.ready.iter().map(|k| (k.clone(), gaps(k))).collect();
         let (watched, listed_at) = match self.bases.get(ns).filter(|b| b.listed_at.elapsed() < list_every) {
@@ -169,7 +169,7 @@ impl State {
                     .filter(|(k, g)| gaps(k) == **g)
                     .filter_map(|(k, _)| Some((k.clone(), self.versions.get(k)?.clone())))
                     .collect();
-                let watched = Watched { since: b.name.clone(), covered, changed: seen.changed };
+                (watched.since, watched.covered) = (b.name.clone(), covered);
                 (Some(watched).filter(|w| !w.covered.is_empty()), Some(b.listed_at))
             }
             None => (None, None),
@@ -522,20 +522,21 @@ mod tests {
         s.max_held = 10;
         s.note("configmaps", "ws", "a", || Some(body(6))); // replaces ws/a's 1 byte
         s.note("secrets", "ws2", "b", || Some(body(3)));
-        assert_eq!((s.held["ws"], s.held["ws2"], s.held_total), (6, 3, 9));
+        let held = |s: &State, ns: &str| s.changes[ns].held_bytes();
+        assert_eq!((held(&s, "ws"), held(&s, "ws2"), s.held), (6, 3, 9));
         s.note("configmaps", "ws", "a", || Some(body(4))); // an object's last change counts, once
         s.note("configmaps", "ws", "d", || Some(Change::Deleted));
-        assert_eq!((s.held["ws"], s.held_total), (4, 7));
+        assert_eq!((held(&s, "ws"), s.held), (4, 7));
         // 12 bytes: ws, holding the most (9), is let go of; ws2 is still continued.
         s.note("configmaps", "ws", "c", || Some(body(5)));
-        assert_eq!(s.held_total, 3);
-        assert!(!s.changes.contains_key("ws") && !s.held.contains_key("ws"));
+        assert_eq!(s.held, 3);
+        assert!(!s.changes.contains_key("ws"));
         s.note("configmaps", "ws", "e", || Some(body(1))); // nothing to continue: not held
-        assert_eq!(s.held_total, 3);
+        assert_eq!(s.held, 3);
         assert!(s.begin("ws", HOUR).watched.is_none(), "its changes were dropped: the next backup lists");
         let w = s.begin("ws2", HOUR).watched.expect("ws2 continued");
         assert_eq!(w.changed["secrets"], [("ws2/b".to_string(), body(3))].into());
-        assert_eq!(s.held_total, 0, "handed to the backup that takes them");
+        assert_eq!(s.held, 0, "handed to the backup that takes them");
 
         // A workspace being backed up: what changes meanwhile is dropped; the backup after it lists.
         let mut s = backed_up_once();
@@ -544,11 +545,11 @@ mod tests {
         let begun = s.begin("ws", HOUR);
         assert!(begun.watched.is_some());
         s.note("configmaps", "ws", "big", || Some(body(11)));
-        assert_eq!(s.held_total, 0);
+        assert_eq!(s.held, 0);
         s.note("configmaps", "ws", "small", || Some(body(1))); // held again while it runs…
         s.end("ws", begun, Some(("b2".into(), true)));
         assert!(s.begin("ws", HOUR).watched.is_none(), "…but the change before it was dropped: listed");
-        assert_eq!((s.held_total, s.dropped.len()), (0, 0));
+        assert_eq!((s.held, s.dropped.len()), (0, 0));
     }
 
     #[test]
