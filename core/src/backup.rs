@@ -422,6 +422,12 @@ pub fn scope(spec: &BackupSpec, server: &str) -> String {
     crate::archive::sha256_hex(&key)
 }
 
+/// The latest incremental backup of what `spec` selects on the cluster at `server`, which a backup
+/// of the same spec would continue, and every object it recorded ([`crate::packs::latest`]).
+pub async fn latest(store: &Store, spec: &BackupSpec, server: &str) -> Option<crate::packs::Previous> {
+    crate::packs::latest(store, &scope(spec, server), scope_of).await
+}
+
 fn scope_of(meta: &BackupMetadata) -> String {
     let server = meta.backup.status.source_cluster.as_ref().map_or("", |c| c.server.as_str());
     scope(&meta.backup.spec, server)

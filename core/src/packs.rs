@@ -990,6 +990,16 @@ struct Fetched {
 /// with a short chain of deltas (see below), and its contents packs. `None` if any of it is not
 /// there or not so.
 async fn fetch_previous(store: &Store, scope: &str, scope_of: impl Fn(&BackupMetadata) -> String) -> Option<Fetched> {
+    fetch_head(store, scope, scope_of, MAX_DELTAS).await
+}
+
+/// Reads the latest incremental backup of `scope` with fewer than `max_deltas` deltas ([`fetch_previous`]).
+async fn fetch_head(
+    store: &Store,
+    scope: &str,
+    scope_of: impl Fn(&BackupMetadata) -> String,
+    max_deltas: usize,
+) -> Option<Fetched> {
     let doc = store.get_optional_within(&head_path(scope), 4096).await.ok()??;
     let head: Head = serde_json::from_slice(&doc).ok()?;
     let meta: BackupMetadata =
@@ -1001,7 +1011,7 @@ async fn fetch_previous(store: &Store, scope: &str, scope_of: impl Fn(&BackupMet
     // A new backup adds one more delta only to a short chain whose changes are under a quarter of
     // its objects; else it lists every object again, in chunks (most of them stored already). The
     // chain's length is known before its contents are downloaded.
-    if contents.deltas.len() >= MAX_DELTAS {
+    if contents.deltas.len() >= max_deltas {
         return None;
     }
     let ids: Vec<String> = meta.packs.iter().filter(|id| is_contents_pack(id)).cloned().collect();
@@ -1018,11 +1028,29 @@ async fn previous(f: Fetched, known: &Known) -> Option<Previous> {
     if f.ids.iter().any(|id| !known.packs.contains(id)) {
         return None;
     }
+    assemble(f, true).await
+}
+
+/// The latest incremental backup of `scope` and every object it recorded, for a caller that
+/// compares them with what it sees (the in-cluster controller after a restart): the backup a new
+/// one of the scope would continue ([`load_with_previous`]), short of checking the location's
+/// packs, and also one at the end of a long chain of deltas. `None` when there is none, or it
+/// cannot be read.
+pub async fn latest(store: &Store, scope: &str, scope_of: impl Fn(&BackupMetadata) -> String) -> Option<Previous> {
+    assemble(fetch_head(store, scope, scope_of, usize::MAX).await?, false).await
+}
+
+/// A fetched backup with its contents read whole, if their lines are all there (and, with
+/// `short_chain`, its deltas changed under a quarter of them).
+async fn assemble(f: Fetched, short_chain: bool) -> Option<Previous> {
     let (local, c) = (f.local, f.contents.clone());
     let assembled = tokio::task::spawn_blocking(move || read_contents(&local, &c)).await.ok()?;
     let contents = f.contents;
     match assembled {
-        Ok(a) if a.lines.len() as u64 == contents.entries && a.delta_lines * 4 < contents.entries.max(1) => {
+        Ok(a)
+            if a.lines.len() as u64 == contents.entries
+                && (!short_chain || a.delta_lines * 4 < contents.entries.max(1)) =>
+        {
             let server_version = f.meta.backup.status.source_cluster.map(|c| c.version);
             Some(Previous { name: f.name, contents, assembled: a, server_version })
         }

@@ -146,6 +146,11 @@ impl Webhook {
         self.spawn()
     }
 
+    /// Starts it again after [`Webhook::stop`], as [`Webhook::restart`] does.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Process::pid)

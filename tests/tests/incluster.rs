@@ -388,26 +388,42 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     let secrets = archived(&file, "secrets", &ws);
     assert_eq!(secrets["credentials"]["data"]["password"], "cm90YXRlZA==", "{:?}", secrets["credentials"]);
 
-    // A restarted controller has seen no changes since the last backup: its first one lists every
-    // type, and the one after that takes the changes from its watches again.
-    let listed = |w: &kubectl_backup_e2e::webhook::Webhook| w.log().matches("every watch has listed").count();
+    // A restarted controller compares the workspace with its last backup once its watches have
+    // listed. Unchanged: no backup for it, and the next one continues it with the watches' changes.
+    let listed = |w: &Webhook| w.log().matches("every watch has listed").count();
+    let compared = |w: &Webhook, what: &str| {
+        w.log().lines().find(|l| l.contains(what) && l.contains(&format!("namespace={ws} "))).map(str::to_string)
+    };
     assert_eq!(listed(&webhook), 1, "{}", webhook.log());
     webhook.restart().unwrap();
-    eventually("the restarted controller's watches", Duration::from_secs(30), || listed(&webhook) == 2);
-    let mut latest = second;
-    for (round, cm) in ["cm-4", "cm-5"].iter().enumerate() {
-        let patch = format!(r#"{{"data":{{"value":"round {round}"}}}}"#);
-        s.t.kubectl(&["-n", &ws, "patch", "configmap", cm, "-p", &patch]).ok();
-        let b = s.continuous_backup_after(&ws, &latest);
-        let skipped = b["status"]["incremental"]["listsSkipped"].as_u64().unwrap_or(0);
-        match round {
-            0 => assert_eq!(skipped, 0, "the first backup after a restart lists: {b}"),
-            _ => assert!(skipped >= 2, "the next one takes the watches' changes: {b}"),
-        }
-        let cms = s.archived_configmaps(&b, &ws, &format!("after-restart-{round}.tar.zst"));
-        assert_eq!(cms[*cm]["data"]["value"], format!("round {round}"), "{b}");
-        latest = b;
-    }
+    eventually("the restarted controller compares the workspace", Duration::from_secs(30), || {
+        compared(&webhook, "as its last continuous backup recorded it").is_some()
+    });
+    assert_eq!(listed(&webhook), 2, "{}", webhook.log());
+    std::thread::sleep(Duration::from_secs(4)); // twice --debounce
+    let newest = |s: &Setup| s.continuous_backups(&ws).last().unwrap()["metadata"]["name"].clone();
+    assert_eq!(newest(&s), second["metadata"]["name"], "backed up with nothing changed\n{}", webhook.log());
+    let skipped = |b: &Value| b["status"]["incremental"]["listsSkipped"].as_u64().unwrap_or(0);
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "cm-4", "-p", r#"{"data":{"value":"after a restart"}}"#]).ok();
+    let third = s.continuous_backup_after(&ws, &second);
+    assert!(skipped(&third) >= 2, "the first backup after a restart continues the last: {third}\n{}", webhook.log());
+    let cms = s.archived_configmaps(&third, &ws, "after-restart.tar.zst");
+    assert_eq!(cms["cm-4"]["data"]["value"], "after a restart", "{third}");
+
+    // Changed while no controller ran: backed up once one runs again, with nothing changed since,
+    // listing the ConfigMaps (where the change is) and no other type.
+    webhook.stop();
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "cm-5", "-p", r#"{"data":{"value":"while stopped"}}"#]).ok();
+    s.t.kubectl(&["-n", &ws, "delete", "configmap", "cm-6"]).ok();
+    webhook.start_again().unwrap();
+    let fourth = s.continuous_backup_after(&ws, &third);
+    let line = compared(&webhook, "changed while no controller watched it");
+    let line = line.unwrap_or_else(|| panic!("not compared: {}", webhook.log()));
+    assert!(line.contains(r#"changed=["configmaps"]"#), "{line}");
+    assert_eq!(skipped(&fourth), skipped(&third) - 1, "only the ConfigMaps listed: {fourth}");
+    let cms = s.archived_configmaps(&fourth, &ws, "changed-while-stopped.tar.zst");
+    assert_eq!(cms["cm-5"]["data"]["value"], "while stopped", "{fourth}");
+    assert!(!cms.contains_key("cm-6"), "{:?}", cms.keys());
 }
 
 /// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every

@@ -19,8 +19,13 @@
 //! The bodies of the changed objects are held until the backup that takes them begins, at most
 //! `--continuous-changes-max-mib` for all workspaces: past it, the workspace holding the most is
 //! let go of (its changes dropped), and its next backup lists every type.
+//!
+//! After a start, once every watch has listed, each workspace with a continuous backup is compared
+//! with the last one, type by type (every object there at the `resourceVersion` recorded, and no
+//! other): the next backup continues it for the types alike, and a workspace in which something
+//! changed while no controller watched it is backed up at once, listing the types that differ.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,10 +41,11 @@ use kube::runtime::WatchStreamExt;
 use crate::metrics::SourceLabel;
 use kube::runtime::watcher::{self, Event};
 use kubectl_backup_core::collect::{self, Change, Resource, Watched};
+use kubectl_backup_core::contents::Recorded;
 use kubectl_backup_core::filter::is_ephemeral;
 use kubectl_backup_core::input::timestamped_name;
 use kubectl_backup_core::model::{BackupSpec, Filters};
-use kubectl_backup_core::{EPHEMERAL_LABEL, catalog};
+use kubectl_backup_core::{EPHEMERAL_LABEL, backup, catalog};
 
 use super::{Context, ObjectRun};
 
@@ -97,6 +103,25 @@ struct State {
     /// Namespaces being backed up whose changes since were dropped for `max_held`: the backup
     /// after the running one lists every type.
     dropped: HashSet<String>,
+    /// Resource key -> namespace -> name -> each object as its watch last saw it (what a workspace
+    /// is compared with its last backup by after a start, [`State::resume`]).
+    objects: HashMap<String, HashMap<String, HashMap<String, Seen>>>,
+}
+
+/// An object as its watch last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    /// [`fingerprint`]: a different one is a change worth a backup.
+    fingerprint: u64,
+    /// Its `resourceVersion` as an etcd revision ([`kubectl_backup_core::contents::version_number`]).
+    version: Option<u64>,
+}
+
+impl Seen {
+    fn of(obj: &DynamicObject) -> Seen {
+        let version = kubectl_backup_core::contents::version_number(obj.metadata.resource_version.as_deref());
+        Seen { fingerprint: fingerprint(obj), version }
+    }
 }
 
 /// A backup the watches' changes count from.
@@ -153,6 +178,102 @@ impl State {
     /// A watch of `resource` restarted (or failed, or ended).
     fn gap(&mut self, resource: &str) {
         *self.gaps.entry(resource.to_string()).or_default() += 1;
+    }
+
+    /// The watch of `resource` lists again, after a gap: until that LIST is done, a backup that
+    /// begins may not count on the type's changes (one deleted before the LIST is not delivered).
+    fn relisting(&mut self, resource: &str) {
+        self.gap(resource);
+        self.ready.remove(resource);
+    }
+
+    /// `resource`'s watch saw `ns/name` as `seen` (an item of a LIST after a gap when `listing`,
+    /// else an update): noted as [`State::note`] does, and its namespace marked for a backup unless
+    /// only its status or server-owned fields moved. A LIST's item is only compared: it replaces
+    /// nothing until the LIST is done ([`State::listed`]).
+    fn saw(
+        &mut self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        seen: Seen,
+        listing: bool,
+        change: impl FnOnce() -> Option<Change>,
+    ) {
+        let held = self.objects.entry(resource.to_string()).or_default().entry(ns.to_string()).or_default();
+        let before = match listing {
+            true => held.get(name).copied(),
+            false => held.insert(name.to_string(), seen),
+        };
+        self.note(resource, ns, name, change);
+        if before.map(|b| b.fingerprint) != Some(seen.fingerprint) {
+            self.dirty.insert(ns.to_string(), Instant::now());
+        }
+    }
+
+    /// `resource`'s watch saw `ns/name` deleted.
+    fn deleted(&mut self, resource: &str, ns: &str, name: &str) {
+        if let Some(of_type) = self.objects.get_mut(resource)
+            && let Some(held) = of_type.get_mut(ns)
+        {
+            held.remove(name);
+            if held.is_empty() {
+                of_type.remove(ns);
+            }
+        }
+        self.note(resource, ns, name, || Some(Change::Deleted));
+        self.dirty.insert(ns.to_string(), Instant::now());
+    }
+
+    /// `resource`'s watch has listed: `listed` is every object it holds now. After a gap, an
+    /// object held before and not listed was deleted meanwhile: noted so.
+    fn listed(&mut self, resource: &str, listed: HashMap<String, HashMap<String, Seen>>) {
+        let before = self.objects.insert(resource.to_string(), listed).unwrap_or_default();
+        for (ns, names) in before {
+            for name in names.into_keys() {
+                if !self.objects[resource].get(&ns).is_some_and(|now| now.contains_key(&name)) {
+                    self.note(resource, &ns, &name, || Some(Change::Deleted));
+                    self.dirty.insert(ns.clone(), Instant::now());
+                }
+            }
+        }
+        if self.ready.insert(resource.to_string()) && self.ready.len() == self.versions.len() {
+            tracing::info!(
+                resource_types = self.ready.len(),
+                "every watch has listed: continuous backups take what they see change"
+            );
+        }
+    }
+
+    /// After the controller started: `ns`'s last backup `last`, which recorded `recorded`, compared
+    /// with what the watches hold of the workspace, type by type. The next backup continues `last`
+    /// for each type whose every object the watches hold at the version recorded (their changes
+    /// from now on are its changes, as for a backup this process took, [`Base`]) and lists the
+    /// others: something there changed while no watch saw it, so the workspace is marked for a
+    /// backup now. The types that differ, in order. For a namespace with no backup begun by this
+    /// process, once every watch has listed.
+    fn resume(&mut self, ns: &str, last: &str, recorded: &HashMap<String, Recorded>) -> Vec<String> {
+        let none = HashMap::new();
+        let held = |k: &str| self.objects.get(k).and_then(|o| o.get(ns)).unwrap_or(&none);
+        // Watched type -> the objects recorded at the version held, or None once one is not.
+        let mut matched: HashMap<&str, Option<usize>> = self.versions.keys().map(|k| (k.as_str(), Some(0))).collect();
+        for (path, r) in recorded {
+            let Ok(entry) = kubectl_backup_core::archive::parse_entry_path(path) else { continue };
+            let Some(m) = matched.get_mut(entry.resource.as_str()) else { continue };
+            let at = held(&entry.resource).get(&entry.name).and_then(|s| s.version);
+            let alike = entry.namespace.as_deref() == Some(ns) && at.is_some() && at == r.version;
+            *m = m.filter(|_| alike).map(|n| n + 1);
+        }
+        let mut differ: Vec<String> =
+            (matched.iter()).filter(|(k, m)| **m != Some(held(k).len())).map(|(k, _)| k.to_string()).collect();
+        differ.sort();
+        let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
+        let since = (self.ready.iter()).filter(|k| !differ.contains(k)).map(|k| (k.clone(), gaps(k))).collect();
+        self.bases.insert(ns.to_string(), Base { name: last.to_string(), since, listed_at: Instant::now() });
+        if !differ.is_empty() {
+            self.dirty.insert(ns.to_string(), Instant::now());
+        }
+        differ
     }
 
     /// Begins a backup of `ns`: takes the changes seen since its last backup began and hands them
@@ -217,6 +338,9 @@ impl Continuous {
         for r in watchable {
             tokio::spawn(watch(self.ctx.clone(), r, state.clone()));
         }
+        if self.incremental {
+            tokio::spawn(self.clone().resume(state.clone()));
+        }
         tracing::info!(resource_types = watched, debounce = ?self.debounce, retention = %self.retention, keep = self.keep, incremental = self.incremental, list_every = ?self.list_every, "continuous backup watching workspaces");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -248,6 +372,73 @@ impl Continuous {
         }
     }
 
+    /// Once every watch has listed after the start: each workspace with a continuous backup is
+    /// compared with the last one ([`State::resume`]), so that the next backup continues it, and
+    /// one that changed while no controller watched it is backed up now.
+    async fn resume(self: Arc<Self>, state: Arc<Mutex<State>>) {
+        let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+        while {
+            let s = lock();
+            s.ready.len() < s.versions.len()
+        } {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let store = &self.ctx.location.store;
+        // (The store retries a transient failure itself.)
+        let listing = match catalog::list(store).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the continuous backups to continue them: each workspace's next backup lists every type, and one changed while no controller watched it is backed up at its next change");
+                return;
+            }
+        };
+        let workspaces: BTreeSet<String> = (listing.backups.iter())
+            .filter(|b| b.spec.schedule.as_deref() == Some(CONTINUOUS))
+            .filter_map(|b| match b.spec.filters.included_namespaces.as_slice() {
+                [ns] => Some(ns.clone()),
+                _ => None,
+            })
+            .collect();
+        for ns in workspaces {
+            if !self.is_workspace(&ns).await {
+                continue;
+            }
+            let last = backup::latest(store, &self.spec(&ns), &self.ctx.cluster.server).await;
+            let mut s = lock();
+            // A backup begun since counts from its own reads.
+            if s.running.contains(&ns) || s.bases.contains_key(&ns) {
+                continue;
+            }
+            let Some(last) = last else {
+                tracing::info!(namespace = %ns, "this workspace's last continuous backup cannot be compared with it: backing it up");
+                s.dirty.insert(ns, Instant::now());
+                continue;
+            };
+            let differ = s.resume(&ns, &last.name, &last.assembled.lines);
+            match differ.is_empty() {
+                true => {
+                    tracing::info!(namespace = %ns, backup = %last.name, "a workspace is as its last continuous backup recorded it: the next one continues it")
+                }
+                false => {
+                    tracing::info!(namespace = %ns, backup = %last.name, changed = ?differ, "a workspace changed while no controller watched it: backing it up")
+                }
+            }
+        }
+    }
+
+    /// What a continuous backup of `ns` backs up.
+    fn spec(&self, ns: &str) -> BackupSpec {
+        BackupSpec {
+            filters: Filters { included_namespaces: vec![ns.to_string()], ..Default::default() },
+            ttl: None,
+            storage_location: Some(self.ctx.location.display()),
+            schedule: Some(CONTINUOUS.into()),
+            incremental: self.incremental,
+            include_volumes: self.include_volumes,
+            ..Default::default()
+        }
+    }
+
     /// Whether `ns` is a workspace whose state is backed up.
     async fn is_workspace(&self, ns: &str) -> bool {
         if self.ctx.policy.excluded.contains(ns) {
@@ -273,15 +464,7 @@ impl Continuous {
         }
         let prefix: String = ns.chars().take(48).collect::<String>().trim_end_matches('-').to_string();
         let name = timestamped_name(&prefix, Timestamp::now());
-        let spec = BackupSpec {
-            filters: Filters { included_namespaces: vec![ns.to_string()], ..Default::default() },
-            ttl: None,
-            storage_location: Some(self.ctx.location.display()),
-            schedule: Some(CONTINUOUS.into()),
-            incremental: self.incremental,
-            include_volumes: self.include_volumes,
-            ..Default::default()
-        };
+        let spec = self.spec(ns);
         let reference = Context::namespace_reference(ns);
         match self
             .ctx
@@ -367,62 +550,57 @@ fn fingerprint(obj: &DynamicObject) -> u64 {
 
 async fn watch(ctx: Arc<Context>, r: Resource, state: Arc<Mutex<State>>) {
     let api: Api<DynamicObject> = Api::all_with(ctx.cluster.client.clone(), &r.ar);
-    let mut seen: HashMap<(String, String), u64> = HashMap::new();
     let mut initialized = false;
+    // The objects of the LIST under way (the first, or one after a gap): they replace those held
+    // once it is done.
+    let mut listing: HashMap<String, HashMap<String, Seen>> = HashMap::new();
     // The runtime's backoff between failed watch attempts (exponential, jittered).
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
-    // Every change is noted for the next backup; only those that are not status-only mark the
-    // namespace for one.
-    let changed = |ns: &str, name: &str, change: &mut dyn FnMut() -> Option<Change>, mark: bool| {
-        let mut s = lock();
-        s.note(&r.key, ns, name, change);
-        if mark {
-            s.dirty.insert(ns.to_string(), Instant::now());
-        }
-    };
     while let Some(ev) = stream.next().await {
-        match ev {
-            // Listing again after the first time: changes may have been missed meanwhile.
-            Ok(Event::Init) if initialized => lock().gap(&r.key),
-            Ok(Event::Init) => {}
-            Ok(Event::InitApply(mut obj)) | Ok(Event::Apply(mut obj)) => {
-                let Some(ns) = obj.namespace() else { continue };
-                let name = obj.name_any();
-                let fp = fingerprint(&obj);
-                let before = seen.insert((ns.clone(), name.clone()), fp);
+        let (mut obj, in_list) = match ev {
+            Ok(Event::Init) => {
+                listing.clear();
+                // Listing again after the first time: changes may have been missed meanwhile.
                 if initialized {
-                    obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
-                    // Serialized only for a workspace whose next backup takes it.
-                    let mut applied = || {
-                        let json = serde_json::to_vec(&obj).ok()?;
-                        Some(Change::Applied { json, version: obj.metadata.resource_version.clone() })
-                    };
-                    changed(&ns, &name, &mut applied, before != Some(fp));
+                    lock().relisting(&r.key);
                 }
+                continue;
             }
+            Ok(Event::InitApply(obj)) => (obj, true),
+            Ok(Event::Apply(obj)) => (obj, false),
             Ok(Event::InitDone) => {
                 initialized = true;
-                let mut s = lock();
-                if s.ready.insert(r.key.clone()) && s.ready.len() == s.versions.len() {
-                    tracing::info!(
-                        resource_types = s.ready.len(),
-                        "every watch has listed: continuous backups take what they see change"
-                    );
-                }
+                lock().listed(&r.key, std::mem::take(&mut listing));
+                continue;
             }
             Ok(Event::Delete(obj)) => {
                 if let Some(ns) = obj.namespace() {
-                    let name = obj.name_any();
-                    seen.remove(&(ns.clone(), name.clone()));
-                    changed(&ns, &name, &mut || Some(Change::Deleted), true);
+                    lock().deleted(&r.key, &ns, &obj.name_any());
                 }
+                continue;
             }
             Err(e) => {
                 // The watcher resumes where it was, or lists again; counted as a gap either way.
                 lock().gap(&r.key);
                 tracing::debug!(resource = %r.key, error = %e, "watch error; the watcher retries with backoff");
+                continue;
             }
+        };
+        let Some(ns) = obj.namespace() else { continue };
+        let (name, seen) = (obj.name_any(), Seen::of(&obj));
+        if in_list {
+            listing.entry(ns.clone()).or_default().insert(name.clone(), seen);
+        }
+        // The first LIST is what the workspaces hold: not a change.
+        if initialized {
+            obj.types = Some(TypeMeta { api_version: r.ar.api_version.clone(), kind: r.ar.kind.clone() });
+            // Serialized only for a workspace whose next backup takes it.
+            let applied = || {
+                let json = serde_json::to_vec(&obj).ok()?;
+                Some(Change::Applied { json, version: obj.metadata.resource_version.clone() })
+            };
+            lock().saw(&r.key, &ns, &name, seen, in_list, applied);
         }
     }
     lock().gap(&r.key);
@@ -572,6 +750,103 @@ mod tests {
         assert!(begun.watched.is_some());
         s.end("ws", begun, Some(("b2".into(), true)));
         assert_eq!(s.bases["ws"].listed_at, listed);
+    }
+
+    fn seen(version: u64) -> Seen {
+        Seen { fingerprint: version, version: Some(version) }
+    }
+
+    /// Watches of ConfigMaps and Secrets that have listed `ws`'s a (version 1), b (2) and s (3).
+    fn started() -> State {
+        let mut s = State {
+            versions: [("configmaps", "v1"), ("secrets", "v1")].map(|(k, v)| (k.into(), v.into())).into(),
+            max_held: usize::MAX,
+            ..Default::default()
+        };
+        let ws = |names: &[(&str, u64)]| -> HashMap<String, HashMap<String, Seen>> {
+            [("ws".to_string(), names.iter().map(|(n, v)| (n.to_string(), seen(*v))).collect())].into()
+        };
+        s.listed("configmaps", ws(&[("a", 1), ("b", 2)]));
+        s.listed("secrets", ws(&[("s", 3)]));
+        assert!(s.dirty.is_empty(), "what the first LISTs find is no change");
+        s
+    }
+
+    /// What a backup of `ws` recorded: `(resource, name, version)`.
+    fn recorded(objects: &[(&str, &str, u64)]) -> HashMap<String, Recorded> {
+        let r = |v: u64| Recorded { sha256: [0; 32], size: 1, version: Some(v), reusable: false };
+        objects.iter().map(|(k, n, v)| (kubectl_backup_core::archive::entry_path(k, Some("ws"), n), r(*v))).collect()
+    }
+
+    #[test]
+    fn after_a_start_a_workspace_as_its_last_backup_recorded_it_is_continued() {
+        let mut s = started();
+        let same = recorded(&[("configmaps", "a", 1), ("configmaps", "b", 2), ("secrets", "s", 3), ("pods", "p", 9)]);
+        assert!(s.resume("ws", "b1", &same).is_empty());
+        assert!(s.dirty.is_empty(), "nothing to back up");
+        // Changes from now on count for the next backup, which continues b1 for both types.
+        s.saw("configmaps", "ws", "a", seen(4), false, || Some(applied(4)));
+        assert!(s.dirty.contains_key("ws"));
+        let w = s.begin("ws", HOUR).watched.expect("continued");
+        assert_eq!((w.since.as_str(), covered(&w)), ("b1", keys(&["configmaps", "secrets"])));
+        assert_eq!(w.changed["configmaps"], [("ws/a".to_string(), applied(4))].into());
+    }
+
+    #[test]
+    fn after_a_start_a_workspace_changed_unseen_is_backed_up_listing_what_changed() {
+        // Changed, created, deleted: ConfigMaps listed, Secrets continued; backed up at once.
+        for (what, last) in [
+            ("changed", recorded(&[("configmaps", "a", 1), ("configmaps", "b", 1), ("secrets", "s", 3)])),
+            ("created", recorded(&[("configmaps", "a", 1), ("secrets", "s", 3)])),
+            (
+                "deleted",
+                recorded(&[
+                    ("configmaps", "a", 1),
+                    ("configmaps", "b", 2),
+                    ("configmaps", "c", 5),
+                    ("secrets", "s", 3),
+                ]),
+            ),
+        ] {
+            let mut s = started();
+            assert_eq!(s.resume("ws", "b1", &last), ["configmaps"], "{what}");
+            assert!(s.dirty.contains_key("ws"), "{what}: backed up now");
+            let w = s.begin("ws", HOUR).watched.expect("continued for Secrets");
+            assert_eq!(covered(&w), keys(&["secrets"]), "{what}");
+        }
+        // A type whose watch lists again as it is compared is not continued.
+        let mut s = started();
+        s.relisting("secrets");
+        let same = recorded(&[("configmaps", "a", 1), ("configmaps", "b", 2), ("secrets", "s", 3)]);
+        assert!(s.resume("ws", "b1", &same).is_empty());
+        let w = s.begin("ws", HOUR).watched.expect("continued for ConfigMaps");
+        assert_eq!(covered(&w), keys(&["configmaps"]));
+    }
+
+    #[test]
+    fn a_watch_listing_again_is_not_counted_on_and_notes_what_went_meanwhile() {
+        let mut s = backed_up_once();
+        s.objects = started().objects;
+        s.relisting("configmaps");
+        // A backup begun before that LIST is done does not take ConfigMaps from the watch...
+        s.running.insert("ws".into());
+        let begun = s.begin("ws", HOUR);
+        assert_eq!(covered(begun.watched.as_ref().unwrap()), keys(&["secrets"]));
+        // ...and the LIST, which finds b gone and a changed, notes both for the next one.
+        s.saw("configmaps", "ws", "a", seen(7), true, || Some(applied(7)));
+        assert_eq!(s.objects["configmaps"]["ws"]["a"], seen(1), "replaced when the LIST is done");
+        s.listed("configmaps", [("ws".to_string(), [("a".to_string(), seen(7))].into())].into());
+        assert!(s.ready.contains("configmaps"));
+        assert!(s.dirty.contains_key("ws"));
+        s.end("ws", begun, Some(("b2".into(), true)));
+        let begun = s.begin("ws", HOUR);
+        let w = begun.watched.as_ref().expect("continued");
+        assert_eq!(covered(w), keys(&["secrets"]), "ConfigMaps' watch was listing when b2 began");
+        assert_eq!(w.changed["configmaps"]["ws/b"], Change::Deleted);
+        assert_eq!(w.changed["configmaps"]["ws/a"], applied(7));
+        s.end("ws", begun, Some(("b3".into(), true)));
+        let w = s.begin("ws", HOUR).watched.expect("continued");
+        assert_eq!(covered(&w), keys(&["configmaps", "secrets"]), "listed before b3 began");
     }
 
     #[test]
