@@ -10,7 +10,10 @@
 # of 1 KiB and Secrets). Per run (BENCH_RUNS, default 3) and per mode (watch: the default
 # --continuous-list-every=1h; list: 0s), into a fresh location: the controller is started, one
 # object is touched (its first continuous backup, which lists and stores everything), then 1% of
-# the objects change (bench-load --patch) and the controller takes its second backup. Each backup's
+# the objects change (bench-load --patch) and the controller takes its second backup. In the watch
+# mode the controller is then restarted: once it has compared the workspace with its last backup,
+# 1% change again, and its first backup after the restart is measured (before the controller
+# compared, that backup listed every type, as the list mode's second does). Each backup's
 # time is the engine's own (status.timing: start to commit). Also measured after each second
 # backup: `raw-list --metadata --namespace ws-00`, the least a backup that asks the API server which
 # objects changed must wait for. Prints second / first for both modes (target <= 0.5) and the
@@ -67,6 +70,23 @@ record() {
   log "  $2 run $3: $secs s ($(jq -c '.status.incremental | {bytesUploaded, objectsNotRead, listsSkipped}' <<<"$1"))"
 }
 
+# start_controller LOG LOCATION EVERY LINE: starts the controller (its pid in $pid), and waits (up
+# to 120 s) until its log holds LINE.
+start_controller() {
+  WEBHOOK_LOG=$1
+  RUST_LOG=info "$RELEASE/backup-webhook" --listen "127.0.0.1:$(free_port)" --metrics-addr "127.0.0.1:$(free_port)" \
+    --tls-cert "$RUN/tls/tls.crt" --tls-key "$RUN/tls/tls.key" --location "$2" --namespace bench-webhook \
+    --schedules=false --restore-worker=false --debounce 3s --continuous-list-every "$3" >"$WEBHOOK_LOG" 2>&1 &
+  pid=$!
+  HARNESS_PIDS+=("$pid")
+  for _ in $(seq 1 240); do
+    grep -qs "$4" "$WEBHOOK_LOG" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  grep -q "$4" "$WEBHOOK_LOG" || { tail -n 30 "$WEBHOOK_LOG" >&2; log "no \"$4\" in the controller's log"; exit 1; }
+}
+
 load_objects ws 1 "$SIZE" "$BYTES"
 kubectl create namespace bench-webhook >/dev/null # the controller's own namespace (its signing key)
 printf 'run\tmode\tfirst_bytes_uploaded\tsecond_bytes_uploaded\tsecond_lists_skipped\tsecond_objects_not_read\n' >"$OUT/bytes.tsv"
@@ -76,18 +96,7 @@ for run in $(seq 1 "$RUNS"); do
     every=1h
     [ "$mode" = list ] && every=0s
     location="s3://backups/cont-$STAMP-$run-$mode"
-    WEBHOOK_LOG="$OUT/logs/webhook-$run-$mode.log"
-    RUST_LOG=info "$RELEASE/backup-webhook" --listen "127.0.0.1:$(free_port)" --metrics-addr "127.0.0.1:$(free_port)" \
-      --tls-cert "$RUN/tls/tls.crt" --tls-key "$RUN/tls/tls.key" --location "$location" --namespace bench-webhook \
-      --schedules=false --restore-worker=false --debounce 3s --continuous-list-every "$every" >"$WEBHOOK_LOG" 2>&1 &
-    pid=$!
-    HARNESS_PIDS+=("$pid")
-    for _ in $(seq 1 240); do
-      grep -qs "every watch has listed" "$WEBHOOK_LOG" && break
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    grep -q "every watch has listed" "$WEBHOOK_LOG" || { tail -n 30 "$WEBHOOK_LOG" >&2; log "the watches did not list"; exit 1; }
+    start_controller "$OUT/logs/webhook-$run-$mode.log" "$location" "$every" "every watch has listed"
     log "run $run, $mode (--continuous-list-every=$every): the controller is watching"
     kubectl -n "$WS" annotate configmap cm-00000 "bench/touched=$STAMP-$run-$mode" --overwrite >/dev/null
     wait_backups "$location" 1
@@ -101,6 +110,18 @@ for run in $(seq 1 "$RUNS"); do
       "$(jq .status.incremental.bytesUploaded <<<"${made[1]}")" "$(jq '.status.incremental.listsSkipped // 0' <<<"${made[1]}")" \
       "$(jq .status.incremental.objectsNotRead <<<"${made[1]}")" >>"$OUT/bytes.tsv"
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    if [ "$mode" = watch ]; then
+      # A restarted controller compares the workspace with its last backup, then continues it.
+      start_controller "$OUT/logs/webhook-$run-$mode-restarted.log" "$location" "$every" \
+        "a workspace is as its last continuous backup recorded it"
+      log "run $run, $mode: the restarted controller compared the workspace with its last backup"
+      round=$((round + 1))
+      change ws 1 "$SIZE" "$round"
+      wait_backups "$location" 3
+      mapfile -t made < <(backups "$location")
+      record "${made[2]}" "continuous-after-restart-$mode" "$run"
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    fi
     measure "$RESULTS" "$SIZE" raw-list-metadata-ws "$run-$mode" "$OUT/logs/raw-list-metadata-$run-$mode.txt" -- \
       "$RELEASE/raw-list" --metadata --namespace "$WS"
   done
@@ -118,6 +139,7 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
     "second / first continuous backup, changes from the watches (target <= 0.5)=continuous-second-watch/continuous-first-watch@$SIZE" \
     "second / first continuous backup, listing (--continuous-list-every=0s)=continuous-second-list/continuous-first-list@$SIZE" \
     "second from the watches / second listing=continuous-second-watch/continuous-second-list@$SIZE" \
+    "first after a restart of the controller / first (it continues the last, as the second does)=continuous-after-restart-watch/continuous-first-watch@$SIZE" \
     "raw LIST of the namespace's metadata / first continuous backup (the floor of a listing backup)=raw-list-metadata-ws/continuous-first-list@$SIZE"
   echo
   awk -F'\t' 'NR > 1 { printf "- run %s, %s: bytes uploaded by the second / the first: %d / %d = %.4f; LISTs skipped %s, objects not read %s\n", $1, $2, $4, $3, $4 / $3, $5, $6 }' "$OUT/bytes.tsv"
