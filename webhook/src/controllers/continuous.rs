@@ -38,11 +38,11 @@ use kube::api::{Api, DynamicObject};
 use kube::core::TypeMeta;
 use kube::runtime::WatchStreamExt;
 
+use crate::admission::{Decision, decide};
 use crate::metrics::SourceLabel;
 use kube::runtime::watcher::{self, Event};
 use kubectl_backup_core::collect::{self, Change, Resource, Watched};
 use kubectl_backup_core::contents::Recorded;
-use kubectl_backup_core::filter::is_ephemeral;
 use kubectl_backup_core::input::timestamped_name;
 use kubectl_backup_core::model::{BackupSpec, Filters};
 use kubectl_backup_core::{EPHEMERAL_LABEL, backup, catalog};
@@ -439,7 +439,9 @@ impl Continuous {
         }
     }
 
-    /// Whether `ns` is a workspace whose state is backed up.
+    /// Whether `ns` is a workspace whose state is backed up: one the webhook would decide is a
+    /// workspace and not ephemeral (by its label, its annotation or `--ephemeral-pattern`), and not
+    /// being deleted.
     async fn is_workspace(&self, ns: &str) -> bool {
         if self.ctx.policy.excluded.contains(ns) {
             return false;
@@ -447,10 +449,8 @@ impl Continuous {
         let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
         match api.get_opt(ns).await {
             Ok(Some(n)) => {
-                n.metadata.deletion_timestamp.is_none()
-                    && !is_ephemeral(n.labels())
-                    && !self.ctx.policy.ephemeral.iter().any(|p| p.matches(ns))
-                    && self.ctx.policy.selector.as_ref().is_none_or(|s| s.matches(n.labels()))
+                let decided = decide(&self.ctx.policy, ns, n.labels(), n.annotations(), &self.ctx.index);
+                n.metadata.deletion_timestamp.is_none() && matches!(decided, Decision::Restore(_) | Decision::Nothing)
             }
             _ => false,
         }
