@@ -49,6 +49,10 @@ use kubectl_backup_core::{EPHEMERAL_LABEL, backup, catalog};
 
 use super::{Context, ObjectRun};
 
+/// How long a started controller waits for every watch to list before it compares the workspaces
+/// with their last backups without the types still unlisted ([`Continuous::resume`]).
+const RESUME_WAIT: Duration = Duration::from_secs(120);
+
 /// Marks continuous backups (in `spec.schedule`), so pruning never touches other backups.
 pub const CONTINUOUS: &str = "continuous";
 
@@ -106,6 +110,9 @@ struct State {
     /// Resource key -> namespace -> name -> each object as its watch last saw it (what a workspace
     /// is compared with its last backup by after a start, [`State::resume`]).
     objects: HashMap<String, HashMap<String, HashMap<String, Seen>>>,
+    /// Resource key -> its [`State::gaps`] when its watch last finished listing: a type whose watch
+    /// failed since may hold stale `objects` (an event lost without a new LIST).
+    listed_gaps: HashMap<String, u64>,
 }
 
 /// An object as its watch last saw it.
@@ -188,9 +195,10 @@ impl State {
     }
 
     /// `resource`'s watch saw `ns/name` as `seen` (an item of a LIST after a gap when `listing`,
-    /// else an update): noted as [`State::note`] does, and its namespace marked for a backup unless
-    /// only its status or server-owned fields moved. A LIST's item is only compared: it replaces
-    /// nothing until the LIST is done ([`State::listed`]).
+    /// else an update): its namespace is marked for a backup unless only its status or
+    /// server-owned fields moved, and an update is noted as [`State::note`] does. A LIST's item is
+    /// only compared: it replaces nothing until the LIST is done ([`State::listed`]), and is not
+    /// noted (no backup takes the type from the watch while it lists after a gap).
     fn saw(
         &mut self,
         resource: &str,
@@ -205,7 +213,9 @@ impl State {
             true => held.get(name).copied(),
             false => held.insert(name.to_string(), seen),
         };
-        self.note(resource, ns, name, change);
+        if !listing {
+            self.note(resource, ns, name, change);
+        }
         if before.map(|b| b.fingerprint) != Some(seen.fingerprint) {
             self.dirty.insert(ns.to_string(), Instant::now());
         }
@@ -225,18 +235,18 @@ impl State {
         self.dirty.insert(ns.to_string(), Instant::now());
     }
 
-    /// `resource`'s watch has listed: `listed` is every object it holds now. After a gap, an
-    /// object held before and not listed was deleted meanwhile: noted so.
+    /// `resource`'s watch has listed: `listed` is every object it holds now. After a gap, the
+    /// namespace of an object held before and not listed (deleted meanwhile) is marked for a backup.
     fn listed(&mut self, resource: &str, listed: HashMap<String, HashMap<String, Seen>>) {
         let before = self.objects.insert(resource.to_string(), listed).unwrap_or_default();
         for (ns, names) in before {
-            for name in names.into_keys() {
-                if !self.objects[resource].get(&ns).is_some_and(|now| now.contains_key(&name)) {
-                    self.note(resource, &ns, &name, || Some(Change::Deleted));
-                    self.dirty.insert(ns.clone(), Instant::now());
-                }
+            let now = self.objects[resource].get(&ns);
+            if names.keys().any(|name| !now.is_some_and(|now| now.contains_key(name))) {
+                self.dirty.insert(ns, Instant::now());
             }
         }
+        let gaps = self.gaps.get(resource).copied().unwrap_or(0);
+        self.listed_gaps.insert(resource.to_string(), gaps);
         if self.ready.insert(resource.to_string()) && self.ready.len() == self.versions.len() {
             tracing::info!(
                 resource_types = self.ready.len(),
@@ -250,25 +260,31 @@ impl State {
     /// for each type whose every object the watches hold at the version recorded (their changes
     /// from now on are its changes, as for a backup this process took, [`Base`]) and lists the
     /// others: something there changed while no watch saw it, so the workspace is marked for a
-    /// backup now. The types that differ, in order. For a namespace with no backup begun by this
-    /// process, once every watch has listed.
+    /// backup now. A type whose watch failed or lists again since it last listed counts as
+    /// changed; one whose watch never listed is left out, as a type not watched is. The types that
+    /// differ, in order. For a namespace with no backup begun by this process.
     fn resume(&mut self, ns: &str, last: &str, recorded: &HashMap<String, Recorded>) -> Vec<String> {
         let none = HashMap::new();
         let held = |k: &str| self.objects.get(k).and_then(|o| o.get(ns)).unwrap_or(&none);
-        // Watched type -> the objects recorded at the version held, or None once one is not.
-        let mut matched: HashMap<&str, Option<usize>> = self.versions.keys().map(|k| (k.as_str(), Some(0))).collect();
+        let gaps = |k: &str| self.gaps.get(k).copied().unwrap_or(0);
+        // Listed type -> the objects recorded at the version held, or None once one is not (or its
+        // watch is not as it listed).
+        let mut matched: HashMap<&str, Option<usize>> = (self.listed_gaps.iter())
+            .map(|(k, g)| (k.as_str(), Some(0).filter(|_| self.ready.contains(k) && gaps(k) == *g)))
+            .collect();
         for (path, r) in recorded {
-            let Ok(entry) = kubectl_backup_core::archive::parse_entry_path(path) else { continue };
-            let Some(m) = matched.get_mut(entry.resource.as_str()) else { continue };
-            let at = held(&entry.resource).get(&entry.name).and_then(|s| s.version);
-            let alike = entry.namespace.as_deref() == Some(ns) && at.is_some() && at == r.version;
+            let resource = kubectl_backup_core::archive::entry_resource(path).unwrap_or_default();
+            let Some(m) = matched.get_mut(resource) else { continue };
+            let entry = kubectl_backup_core::archive::parse_entry_path(path).ok();
+            let at = entry.as_ref().and_then(|e| held(&e.resource).get(&e.name)).and_then(|s| s.version);
+            let alike = entry.is_some_and(|e| e.namespace.as_deref() == Some(ns)) && at.is_some() && at == r.version;
             *m = m.filter(|_| alike).map(|n| n + 1);
         }
-        let mut differ: Vec<String> =
-            (matched.iter()).filter(|(k, m)| **m != Some(held(k).len())).map(|(k, _)| k.to_string()).collect();
+        let (alike, mut differ): (Vec<&str>, Vec<&str>) =
+            matched.keys().partition(|k| matched[*k] == Some(held(k).len()));
         differ.sort();
-        let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
-        let since = (self.ready.iter()).filter(|k| !differ.contains(k)).map(|k| (k.clone(), gaps(k))).collect();
+        let since = alike.iter().map(|k| (k.to_string(), gaps(k))).collect();
+        let differ: Vec<String> = differ.into_iter().map(str::to_string).collect();
         self.bases.insert(ns.to_string(), Base { name: last.to_string(), since, listed_at: Instant::now() });
         if !differ.is_empty() {
             self.dirty.insert(ns.to_string(), Instant::now());
@@ -377,10 +393,19 @@ impl Continuous {
     /// one that changed while no controller watched it is backed up now.
     async fn resume(self: Arc<Self>, state: Arc<Mutex<State>>) {
         let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
-        while {
-            let s = lock();
-            s.ready.len() < s.versions.len()
-        } {
+        let deadline = Instant::now() + RESUME_WAIT;
+        loop {
+            let waiting: Vec<String> = {
+                let s = lock();
+                s.versions.keys().filter(|k| !s.listed_gaps.contains_key(*k)).cloned().collect()
+            };
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(resource_types = ?waiting, "these watches have not listed: workspaces are compared with their last continuous backups without them");
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let store = &self.ctx.location.store;
@@ -483,8 +508,7 @@ impl Continuous {
         {
             Ok(b) => {
                 self.prune(ns).await;
-                let skipped = b.status.incremental.as_ref().is_some_and(|i| i.lists_skipped > 0);
-                Some((name, skipped))
+                continued_by_changes(name, &b)
             }
             Err(e) => {
                 tracing::warn!(namespace = %ns, backup = %name, error = %e, "continuous backup failed");
@@ -519,6 +543,18 @@ impl Continuous {
             }
         }
     }
+}
+
+/// Whether the watches' changes may continue backup `b` (named `name`), and whether it left out
+/// LISTs for them: only a complete one. One that failed in part may lack objects of a type whose
+/// LIST failed, and a backup continuing it would take that type from it as it is.
+fn continued_by_changes(name: String, b: &kubectl_backup_core::model::Backup) -> Option<(String, bool)> {
+    if b.status.phase != kubectl_backup_core::model::Phase::Completed {
+        tracing::info!(backup = %name, phase = %b.status.phase, "the next continuous backup of this workspace lists every type");
+        return None;
+    }
+    let skipped = b.status.incremental.as_ref().is_some_and(|i| i.lists_skipped > 0);
+    Some((name, skipped))
 }
 
 fn watchable(r: &Resource) -> bool {
@@ -814,17 +850,18 @@ mod tests {
             let w = s.begin("ws", HOUR).watched.expect("continued for Secrets");
             assert_eq!(covered(&w), keys(&["secrets"]), "{what}");
         }
-        // A type whose watch lists again as it is compared is not continued.
+        // A type whose watch lists again as it is compared counts as changed.
         let mut s = started();
         s.relisting("secrets");
         let same = recorded(&[("configmaps", "a", 1), ("configmaps", "b", 2), ("secrets", "s", 3)]);
-        assert!(s.resume("ws", "b1", &same).is_empty());
+        assert_eq!(s.resume("ws", "b1", &same), ["secrets"]);
+        assert!(s.dirty.contains_key("ws"));
         let w = s.begin("ws", HOUR).watched.expect("continued for ConfigMaps");
         assert_eq!(covered(&w), keys(&["configmaps"]));
     }
 
     #[test]
-    fn a_watch_listing_again_is_not_counted_on_and_notes_what_went_meanwhile() {
+    fn a_watch_listing_again_is_not_counted_on_and_marks_what_changed_meanwhile() {
         let mut s = backed_up_once();
         s.objects = started().objects;
         s.relisting("configmaps");
@@ -832,21 +869,67 @@ mod tests {
         s.running.insert("ws".into());
         let begun = s.begin("ws", HOUR);
         assert_eq!(covered(begun.watched.as_ref().unwrap()), keys(&["secrets"]));
-        // ...and the LIST, which finds b gone and a changed, notes both for the next one.
+        // ...and the LIST, which finds a changed and b gone, marks the workspace for a backup
+        // (holding nothing: no backup takes ConfigMaps from the watch until it has listed).
         s.saw("configmaps", "ws", "a", seen(7), true, || Some(applied(7)));
+        assert!(s.dirty.contains_key("ws"), "a changed");
         assert_eq!(s.objects["configmaps"]["ws"]["a"], seen(1), "replaced when the LIST is done");
+        s.dirty.clear();
         s.listed("configmaps", [("ws".to_string(), [("a".to_string(), seen(7))].into())].into());
+        assert!(s.dirty.contains_key("ws"), "b was deleted meanwhile");
         assert!(s.ready.contains("configmaps"));
-        assert!(s.dirty.contains_key("ws"));
+        assert_eq!(s.held, 0);
         s.end("ws", begun, Some(("b2".into(), true)));
         let begun = s.begin("ws", HOUR);
         let w = begun.watched.as_ref().expect("continued");
         assert_eq!(covered(w), keys(&["secrets"]), "ConfigMaps' watch was listing when b2 began");
-        assert_eq!(w.changed["configmaps"]["ws/b"], Change::Deleted);
-        assert_eq!(w.changed["configmaps"]["ws/a"], applied(7));
         s.end("ws", begun, Some(("b3".into(), true)));
         let w = s.begin("ws", HOUR).watched.expect("continued");
         assert_eq!(covered(&w), keys(&["configmaps", "secrets"]), "listed before b3 began");
+    }
+
+    #[test]
+    fn after_a_start_what_cannot_be_compared_counts_as_changed_or_is_left_out() {
+        let same = || recorded(&[("configmaps", "a", 1), ("configmaps", "b", 2), ("secrets", "s", 3)]);
+        let continued = |s: &mut State| covered(&s.begin("ws", HOUR).watched.expect("continued"));
+        // A watch that failed after its LIST may have lost an event: its type counts as changed.
+        let mut s = started();
+        s.gap("configmaps");
+        assert_eq!(s.resume("ws", "b1", &same()), ["configmaps"]);
+        assert!(s.dirty.contains_key("ws"));
+        assert_eq!(continued(&mut s), keys(&["secrets"]));
+        // A watch that never listed (its type no longer served, say) is left out, as a type not
+        // watched is: listed by the next backup, the workspace not backed up for it.
+        let mut s = started();
+        s.versions.insert("widgets.example.com".into(), "v1".into());
+        let mut with_widgets = same();
+        with_widgets.extend(recorded(&[("widgets.example.com", "w", 4)]));
+        assert!(s.resume("ws", "b1", &with_widgets).is_empty());
+        assert!(s.dirty.is_empty());
+        assert_eq!(continued(&mut s), keys(&["configmaps", "secrets"]));
+        // A version that is not an etcd revision, or an entry of another namespace: changed.
+        let mut s = started();
+        let mut unversioned = same();
+        let path = kubectl_backup_core::archive::entry_path("secrets", Some("ws"), "s");
+        unversioned.get_mut(&path).unwrap().version = None;
+        assert_eq!(s.resume("ws", "b1", &unversioned), ["secrets"]);
+        let mut s = started();
+        let mut elsewhere = same();
+        let other = kubectl_backup_core::archive::entry_path("configmaps", Some("other"), "a");
+        elsewhere
+            .insert(other, elsewhere[&kubectl_backup_core::archive::entry_path("configmaps", Some("ws"), "a")].clone());
+        assert_eq!(s.resume("ws", "b1", &elsewhere), ["configmaps"]);
+    }
+
+    #[test]
+    fn only_a_complete_backup_is_continued_with_the_watches_changes() {
+        use kubectl_backup_core::model::{Backup, Phase};
+        let mut b = Backup::new("b1", BackupSpec::default());
+        b.status.phase = Phase::Completed;
+        assert_eq!(continued_by_changes("b1".into(), &b), Some(("b1".into(), false)));
+        // A LIST that failed left its type's objects out: the next backup lists every type.
+        b.status.phase = Phase::PartiallyFailed;
+        assert_eq!(continued_by_changes("b1".into(), &b), None);
     }
 
     #[test]
