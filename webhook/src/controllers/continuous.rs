@@ -565,10 +565,13 @@ fn watchable(r: &Resource) -> bool {
         && !IGNORED.contains(&r.key.as_str())
 }
 
-/// What counts as a change: the object without status and server-owned metadata.
+/// What counts as a change: the object without its type, status and server-owned metadata.
 fn fingerprint(obj: &DynamicObject) -> u64 {
     let mut v = serde_json::to_value(obj).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
+        // A LIST's items come without them, a watch's events with them.
+        o.remove("apiVersion");
+        o.remove("kind");
         o.remove("status");
         if let Some(m) = o.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             for k in ["resourceVersion", "managedFields", "generation", "uid", "creationTimestamp"] {
@@ -945,5 +948,10 @@ mod tests {
         );
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));
+        // As a LIST's item (no apiVersion or kind) and as a watch's event: the same.
+        let listed = obj(
+            serde_json::json!({"metadata": {"name": "a", "namespace": "n", "resourceVersion": "1"}, "data": {"k": "v"}}),
+        );
+        assert_eq!(fingerprint(&listed), fingerprint(&a));
     }
 }
