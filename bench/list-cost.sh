@@ -10,6 +10,11 @@
 #                           backup cannot list this way; what it would cost a server that answers
 #                           consistent LISTs from its cache, as Kubernetes 1.31 and later do)
 #   cache-per-namespace     the same, one LIST per namespace
+#   cluster-wide-protobuf   cluster-wide, as the API server's protobuf (`Accept:
+#                           application/vnd.kubernetes.protobuf`) instead of JSON: what the server
+#                           saves when it does not encode JSON (the plugin stores each object's JSON
+#                           as the server sent it, so it lists JSON; not in the default ways)
+#   per-namespace-protobuf  per-namespace, as protobuf
 # (A read from the cache at least as new as a consistent read's resourceVersion N,
 # `resourceVersion=N&resourceVersionMatch=NotOlderThan`, is what a backup could use; on this 1.20
 # server it waits 3 s and fails, "Too large resource version": the cache of one resource moves its
@@ -25,6 +30,7 @@
 #   bench/list-cost.sh                  # 100k objects, 4 rounds
 #   BENCH_SIZE=20000 BENCH_ROUNDS=1 bench/list-cost.sh
 #   BENCH_WAYS="cluster-wide cache-cluster-wide" BENCH_METADATA=1 bench/list-cost.sh
+#   BENCH_WAYS="cluster-wide per-namespace cluster-wide-protobuf per-namespace-protobuf" bench/list-cost.sh
 # Results go to target/bench/list-cost-<time>/results.tsv (way, round, requests, wall_s, mib,
 # apiserver_cpu_s, etcd_cpu_s).
 set -euo pipefail
@@ -62,6 +68,46 @@ accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1" if m
 headers = {"Authorization": "Bearer " + os.environ["TOKEN"], "Accept": accept}
 limit = 2000 if metadata else 500
 requests = received = 0
+way = sys.argv[1]
+protobuf = way.endswith("-protobuf")
+if protobuf:
+    if metadata:
+        sys.exit("BENCH_METADATA=1 lists JSON (PartialObjectMetadataList); not with a protobuf way")
+    headers["Accept"] = "application/vnd.kubernetes.protobuf"
+    way = way.removesuffix("-protobuf")
+def fields(buf):
+    """A protobuf message's fields (number, wire type, value): varints and length-delimited only,
+    which is all a runtime.Unknown and a ListMeta hold."""
+    i = 0
+    while i < len(buf):
+        key, i = varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = varint(buf, i)
+        elif wire == 2:
+            n, i = varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        else:
+            sys.exit(f"protobuf wire type {wire} not expected in a list's envelope")
+        yield number, wire, value
+def varint(buf, i):
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
+def protobuf_list_meta(body):
+    """The ListMeta of a protobuf LIST response: the `k8s\\0` magic, a runtime.Unknown whose raw
+    (field 2) is the list, whose metadata is field 1 (continue: field 3)."""
+    if not body.startswith(b"k8s\x00"):
+        sys.exit(f"not a protobuf response: {body[:40]!r}")
+    raw = next((v for n, w, v in fields(body[4:]) if n == 2 and w == 2), None)
+    meta = next((v for n, w, v in fields(raw or b"") if n == 1 and w == 2), b"")
+    token = next((v for n, w, v in fields(meta) if n == 3 and w == 2), b"")
+    return {"continue": token.decode()}
 def get(path):
     """The response's list metadata (`{"kind":…,"metadata":{…},"items":…`: the API server writes
     it first), the rest of the body read and not parsed."""
@@ -73,11 +119,12 @@ def get(path):
     received += len(body)
     if r.status != 200:
         sys.exit(f"GET {path}: {r.status} {body[:300]!r}")
+    if protobuf:
+        return protobuf_list_meta(body)
     m = re.search(rb'"metadata":(\{[^{}]*\})', body[:4096])
     if not m:
         sys.exit(f"GET {path}: no list metadata in {body[:300]!r}")
     return json.loads(m.group(1))
-way = sys.argv[1]
 namespaces = open(os.environ["NAMESPACES_FILE"]).read().split()
 if way == "cluster-wide":
     token = ""
@@ -95,7 +142,7 @@ elif way == "cache-per-namespace":
     for ns in namespaces:
         get(f"/api/v1/namespaces/{ns}/configmaps?resourceVersion=0")
 else:
-    sys.exit(f"no way {way!r}")
+    sys.exit(f"no way {sys.argv[1]!r}")
 print(requests, received)
 EOF
 }
