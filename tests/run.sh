@@ -29,6 +29,14 @@ fi
 step "build"
 cargo build --workspace --bins --locked
 cargo test --workspace --no-run --locked
+# aws-lc without CPU jitter entropy (.cargo/config.toml): its per-process seeding held up every
+# command's first TLS handshake. The debug binaries keep their symbols, so its code would show.
+for bin in kubectl-backup backup-webhook; do
+  if grep -q jent_entropy_init "target/debug/$bin"; then
+    echo "target/debug/$bin has aws-lc's CPU jitter entropy: AWS_LC_SYS_NO_JITTER_ENTROPY (.cargo/config.toml) did not reach aws-lc-sys's build" >&2
+    exit 1
+  fi
+done
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/kubectl-backup-e2e.XXXXXX")
 HARNESS_PID=""

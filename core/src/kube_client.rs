@@ -14,10 +14,11 @@ use kube::{Client, Config};
 use crate::{Error, Result};
 
 /// Makes aws-lc-rs the process's rustls crypto provider (the one provider of the build) and has it
-/// seed its random generator at once, on a thread of its own. aws-lc seeds from CPU jitter the first
-/// time a process asks for randomness, tens of milliseconds of one core (aws/aws-lc-rs#1140); begun
-/// here, that overlaps parsing the arguments and reading the kubeconfig instead of holding up the
-/// first TLS handshake. Binaries call it first thing in `main`.
+/// seed its random generator at once, on a thread of its own. Binaries call it first thing in `main`.
+/// The repository's builds leave aws-lc's CPU jitter entropy out (`.cargo/config.toml`), so seeding
+/// is one getrandom(2); a build without that setting seeds from CPU jitter too, about 75 ms of one
+/// core on the first use of randomness (aws/aws-lc-rs#1140), and this thread then overlaps it with
+/// parsing the arguments and reading the kubeconfig.
 pub fn install_crypto_provider() {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let random = provider.secure_random;
