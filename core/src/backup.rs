@@ -459,8 +459,9 @@ async fn store_incremental(
     if let Some(prev) = &previous {
         p.observer.event(Event::Continuing { backup: prev.name.clone(), deltas: prev.contents.deltas.len() });
     }
-    // The apiVersion each resource type is listed at now, recorded with the backup.
-    let versions: BTreeMap<String, String> =
+    // The apiVersion each resource type is listed at now, recorded with the backup for the types
+    // it holds objects of (only a recorded object's type is ever looked up).
+    let mut versions: BTreeMap<String, String> =
         p.plan.namespaced.iter().chain(&p.plan.cluster).map(|r| (r.key.clone(), r.ar.api_version.clone())).collect();
     // What the previous backup recorded, shared by the LISTs (which leave an object unread when
     // its version has not moved, its type is listed at the apiVersion it was, and its body is
@@ -512,6 +513,7 @@ async fn store_incremental(
             None => (ContentsMode::Full { chunker: Default::default(), chunks: Vec::new() }, ContentsRef::default()),
         };
         let mut seen = crate::contents::Seen::default();
+        let mut kinds: HashSet<String> = HashSet::new();
         let (mut n, mut duplicates, mut unread) = (0u64, 0u64, 0u64);
         let store_blob = |stash: &mut crate::packs::Stash, blob: &[u8]| -> std::io::Result<String> {
             let sha = crate::archive::sha256_hex(blob);
@@ -523,6 +525,9 @@ async fn store_incremental(
             if !seen.insert(&path) {
                 duplicates += 1;
                 continue;
+            }
+            if !kinds.contains(&item.resource) {
+                kinds.insert(item.resource.clone());
             }
             let line = match item.body {
                 Body::Read { json, version } => {
@@ -590,6 +595,7 @@ async fn store_incremental(
             }
         }
         contents.entries = n;
+        versions.retain(|k, _| kinds.contains(k));
         contents.versions = versions;
         let (packs, stored, reused) = stash.finish()?;
         observer.event(Event::Archived { items: n, bytes: 0 });

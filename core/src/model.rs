@@ -474,7 +474,8 @@ pub struct ContentsRef {
     /// scope, not a new list of every object ([`crate::packs`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<String>,
-    /// An incremental backup: the `apiVersion` each resource type was listed at. A backup that
+    /// An incremental backup: the `apiVersion` each resource type it holds objects of was listed
+    /// at (a type without objects has nothing for a later backup to leave unread). A backup that
     /// continues it leaves an object unread only when its type is listed at the same version
     /// (a custom resource's preferred version can change without any object changing).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
