@@ -513,7 +513,6 @@ async fn store_incremental(
             None => (ContentsMode::Full { chunker: Default::default(), chunks: Vec::new() }, ContentsRef::default()),
         };
         let mut seen = crate::contents::Seen::default();
-        let mut kinds: HashSet<String> = HashSet::new();
         let (mut n, mut duplicates, mut unread) = (0u64, 0u64, 0u64);
         let store_blob = |stash: &mut crate::packs::Stash, blob: &[u8]| -> std::io::Result<String> {
             let sha = crate::archive::sha256_hex(blob);
@@ -525,9 +524,6 @@ async fn store_incremental(
             if !seen.insert(&path) {
                 duplicates += 1;
                 continue;
-            }
-            if !kinds.contains(&item.resource) {
-                kinds.insert(item.resource.clone());
             }
             let line = match item.body {
                 Body::Read { json, version } => {
@@ -595,8 +591,6 @@ async fn store_incremental(
             }
         }
         contents.entries = n;
-        versions.retain(|k, _| kinds.contains(k));
-        contents.versions = versions;
         let (packs, stored, reused) = stash.finish()?;
         observer.event(Event::Archived { items: n, bytes: 0 });
         Ok((contents, duplicates, packs, stored, reused, unread))
@@ -606,8 +600,10 @@ async fn store_incremental(
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
     let (bytes, written_packs) = uploaded?;
-    let (contents, duplicates, packs, stored, reused, unread) =
+    let (mut contents, duplicates, packs, stored, reused, unread) =
         written.map_err(|e| Error::Other(format!("writing packs: {e}")))?;
+    versions.retain(|k, _| report.counts.get(k).is_some_and(|n| *n > 0));
+    contents.versions = versions;
     if let Some(e) = nothing_listed(&report, p.name) {
         return Err(e);
     }
