@@ -431,6 +431,15 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     webhook.stop();
     s.t.kubectl(&["-n", &ws, "patch", "configmap", "cm-5", "-p", r#"{"data":{"value":"while stopped"}}"#]).ok();
     s.t.kubectl(&["-n", &ws, "delete", "configmap", "cm-6"]).ok();
+    // And a workspace created meanwhile, with everything kube-controller-manager adds to it there
+    // before the controller starts: no change after the start to wait for.
+    let created = unique("ws-created");
+    s.t.kubectl(&["create", "namespace", &created]).ok();
+    s.t.kubectl(&["-n", &created, "create", "configmap", "kept", "--from-literal=value=unseen"]).ok();
+    eventually("kube-controller-manager's objects in the new namespace", Duration::from_secs(30), || {
+        s.t.names(&["configmaps", "-n", &created]).contains(&"kube-root-ca.crt".to_string())
+            && !s.t.names(&["secrets", "-n", &created]).is_empty()
+    });
     webhook.start_again().unwrap();
     let fourth = s.continuous_backup_after(&ws, &third);
     let line = compared(&webhook, "changed while no controller watched it");
@@ -440,6 +449,18 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     let cms = s.archived_configmaps(&fourth, &ws, "changed-while-stopped.tar.zst");
     assert_eq!(cms["cm-5"]["data"]["value"], "while stopped", "{fourth}");
     assert!(!cms.contains_key("cm-6"), "{:?}", cms.keys());
+
+    // The workspace created while no controller ran is backed up at the start, unchanged since.
+    eventually("a backup of the workspace created while no controller ran", Duration::from_secs(30), || {
+        !s.continuous_backups(&created).is_empty()
+    });
+    let log = webhook.log();
+    let named = format!("namespace={created}");
+    let found = log.lines().find(|l| l.contains("has no continuous backup") && l.split(' ').any(|w| w == named));
+    assert!(found.is_some(), "not found at the start: {log}");
+    let backups = s.continuous_backups(&created);
+    let cms = s.archived_configmaps(&backups[0], &created, "created-while-stopped.tar.zst");
+    assert_eq!(cms["kept"]["data"]["value"], "unseen", "{}", backups[0]);
 }
 
 /// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every

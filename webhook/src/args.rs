@@ -100,12 +100,17 @@ pub struct Args {
     /// changes dropped and its next backup lists every type (memory stays bounded; nothing is lost).
     #[arg(long, env = "WEBHOOK_CONTINUOUS_CHANGES_MAX_MIB", default_value_t = 64)]
     pub continuous_changes_max_mib: usize,
+    /// At most this many continuous backups run at once, all workspaces together; the others
+    /// wait, the one quiet longest first (so a burst across many workspaces, or a start in a
+    /// cluster where many have no backup yet, does not start them all at once).
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_PARALLEL", default_value_t = 4, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub continuous_parallel: usize,
     /// How long discovering one API group may take in a backup or restore, retries included (the
     /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
     /// the backup's errors and left out.
     #[arg(long, env = "WEBHOOK_DISCOVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
-    /// Run the schedule controller.
     /// Whom restores of workspaces created while the webhook was down act as (a user name, e.g.
     /// system:serviceaccount:kubectl-backup:catch-up, which you bind to the roles such restores
     /// may use). Without it they are not restored: marked Pending, with an Event saying how.
@@ -397,6 +402,19 @@ mod tests {
         argv.push("--log-level=loud[");
         let e = Args::try_parse_from(&argv).unwrap_err().to_string();
         assert!(e.contains("--log-level") && e.contains("loud["), "{e}");
+    }
+
+    #[test]
+    fn continuous_parallel_is_at_least_one() {
+        let base = ["backup-webhook", "--tls-cert", "c", "--tls-key", "k", "--location", "default"];
+        assert_eq!(Args::try_parse_from(base).unwrap().continuous_parallel, 4);
+        let mut argv = base.to_vec();
+        argv.push("--continuous-parallel=16");
+        assert_eq!(Args::try_parse_from(&argv).unwrap().continuous_parallel, 16);
+        argv.pop();
+        argv.push("--continuous-parallel=0");
+        let e = Args::try_parse_from(&argv).unwrap_err().to_string();
+        assert!(e.contains("--continuous-parallel") && e.contains("'0'"), "{e}");
     }
 
     #[test]

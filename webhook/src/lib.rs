@@ -163,6 +163,7 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
             list_every: args.continuous_list_every,
             max_held: args.continuous_changes_max_mib.saturating_mul(1 << 20),
             include_volumes: args.continuous_include_volumes,
+            parallel: args.continuous_parallel,
         });
         supervisor.spawn("continuous", move || c.clone().run());
     }

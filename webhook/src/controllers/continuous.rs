@@ -24,6 +24,9 @@
 //! with the last one, type by type (every object there at the `resourceVersion` recorded, and no
 //! other): the next backup continues it for the types alike, and a workspace in which something
 //! changed while no controller watched it is backed up at once, listing the types that differ.
+//! A workspace that holds objects and has no continuous backup yet (created while no controller
+//! ran, or there before the first start) is backed up then too. At most `--continuous-parallel`
+//! backups run at once; the others wait, the one quiet longest first.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -81,6 +84,8 @@ pub struct Continuous {
     pub list_every: Duration,
     /// The most bytes of changed objects' bodies held for the next backups ([`State::held`]).
     pub max_held: usize,
+    /// At most this many backups at once (`--continuous-parallel`).
+    pub parallel: usize,
 }
 
 #[derive(Default)]
@@ -173,6 +178,34 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The namespaces whose backup is due now: marked at least `debounce` ago and not being backed
+    /// up, the one quiet longest first, as many as leave at most `parallel` running. Each is taken
+    /// off `dirty` and counted as running; the others wait for a free slot.
+    fn due(&mut self, debounce: Duration, parallel: usize) -> Vec<String> {
+        let free = parallel.saturating_sub(self.running.len());
+        let mut due: Vec<(Instant, &String)> = (self.dirty.iter())
+            .filter(|(ns, at)| at.elapsed() >= debounce && !self.running.contains(*ns))
+            .map(|(ns, at)| (*at, ns))
+            .collect();
+        due.sort();
+        let due: Vec<String> = due.into_iter().take(free).map(|(_, ns)| ns.clone()).collect();
+        for ns in &due {
+            self.dirty.remove(ns);
+            self.running.insert(ns.clone());
+        }
+        due
+    }
+
+    /// The namespaces the watches hold objects in that have no continuous backup (none in
+    /// `backed_up`, none begun by this process) and are not marked for one yet.
+    fn unbacked(&self, backed_up: &BTreeSet<String>) -> BTreeSet<String> {
+        (self.objects.values().flat_map(|of_type| of_type.keys()))
+            .filter(|ns| !backed_up.contains(*ns) && !self.bases.contains_key(*ns))
+            .filter(|ns| !self.running.contains(*ns) && !self.dirty.contains_key(*ns))
+            .cloned()
+            .collect()
     }
 
     /// The changes held for `ns`, no longer held.
@@ -354,29 +387,16 @@ impl Continuous {
         for r in watchable {
             tokio::spawn(watch(self.ctx.clone(), r, state.clone()));
         }
-        if self.incremental {
-            tokio::spawn(self.clone().resume(state.clone()));
-        }
-        tracing::info!(resource_types = watched, debounce = ?self.debounce, retention = %self.retention, keep = self.keep, incremental = self.incremental, list_every = ?self.list_every, "continuous backup watching workspaces");
+        tokio::spawn(self.clone().resume(state.clone()));
+        tracing::info!(resource_types = watched, debounce = ?self.debounce, retention = %self.retention, keep = self.keep, incremental = self.incremental, list_every = ?self.list_every, parallel = self.parallel, "continuous backup watching workspaces");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
             let due: Vec<(String, Begun)> = {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                let due: Vec<String> = s
-                    .dirty
-                    .iter()
-                    .filter(|(ns, at)| at.elapsed() >= self.debounce && !s.running.contains(*ns))
-                    .map(|(ns, _)| ns.clone())
-                    .collect();
-                due.into_iter()
-                    .map(|ns| {
-                        s.dirty.remove(&ns);
-                        s.running.insert(ns.clone());
-                        let begun = s.begin(&ns, if self.incremental { self.list_every } else { Duration::ZERO });
-                        (ns, begun)
-                    })
-                    .collect()
+                let list_every = if self.incremental { self.list_every } else { Duration::ZERO };
+                let due = s.due(self.debounce, self.parallel);
+                due.into_iter().map(|ns| (ns.clone(), s.begin(&ns, list_every))).collect()
             };
             for (ns, begun) in due {
                 let (me, state) = (self.clone(), state.clone());
@@ -389,8 +409,10 @@ impl Continuous {
     }
 
     /// Once every watch has listed after the start: each workspace with a continuous backup is
-    /// compared with the last one ([`State::resume`]), so that the next backup continues it, and
-    /// one that changed while no controller watched it is backed up now.
+    /// compared with the last one ([`State::resume`], incremental backups only), so that the next
+    /// backup continues it, and one that changed while no controller watched it is backed up now;
+    /// a workspace that holds objects and has no continuous backup (created while no controller
+    /// ran, or there before the first start) is backed up now too, not at its first change.
     async fn resume(self: Arc<Self>, state: Arc<Mutex<State>>) {
         let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + RESUME_WAIT;
@@ -413,7 +435,7 @@ impl Continuous {
         let listing = match catalog::list(store).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list the continuous backups to continue them: each workspace's next backup lists every type, and one changed while no controller watched it is backed up at its next change");
+                tracing::warn!(error = %e, "cannot list the continuous backups to continue them: each workspace's next backup lists every type, and one changed while no controller watched it, or with no continuous backup, is backed up at its next change");
                 return;
             }
         };
@@ -424,22 +446,22 @@ impl Continuous {
                 _ => None,
             })
             .collect();
-        for ns in workspaces {
-            if !self.is_workspace(&ns).await {
+        for ns in workspaces.iter().filter(|_| self.incremental) {
+            if !self.is_workspace(ns).await {
                 continue;
             }
-            let last = backup::latest(store, &self.spec(&ns), &self.ctx.cluster.server).await;
+            let last = backup::latest(store, &self.spec(ns), &self.ctx.cluster.server).await;
             let mut s = lock();
             // A backup begun since counts from its own reads.
-            if s.running.contains(&ns) || s.bases.contains_key(&ns) {
+            if s.running.contains(ns) || s.bases.contains_key(ns) {
                 continue;
             }
             let Some(last) = last else {
                 tracing::info!(namespace = %ns, "this workspace's last continuous backup cannot be compared with it: backing it up");
-                s.dirty.insert(ns, Instant::now());
+                s.dirty.insert(ns.clone(), Instant::now());
                 continue;
             };
-            let differ = s.resume(&ns, &last.name, &last.assembled.lines);
+            let differ = s.resume(ns, &last.name, &last.assembled.lines);
             match differ.is_empty() {
                 true => {
                     tracing::info!(namespace = %ns, backup = %last.name, "a workspace is as its last continuous backup recorded it: the next one continues it")
@@ -448,6 +470,19 @@ impl Continuous {
                     tracing::info!(namespace = %ns, backup = %last.name, changed = ?differ, "a workspace changed while no controller watched it: backing it up")
                 }
             }
+        }
+        let unbacked = lock().unbacked(&workspaces);
+        for ns in unbacked {
+            if !self.is_workspace(&ns).await {
+                continue;
+            }
+            let mut s = lock();
+            // Marked or begun meanwhile (a change): its own backup comes.
+            if s.running.contains(&ns) || s.bases.contains_key(&ns) || s.dirty.contains_key(&ns) {
+                continue;
+            }
+            tracing::info!(namespace = %ns, "a workspace has no continuous backup: backing it up");
+            s.dirty.insert(ns, Instant::now());
         }
     }
 
@@ -933,6 +968,43 @@ mod tests {
         // A LIST that failed left its type's objects out: the next backup lists every type.
         b.status.phase = Phase::PartiallyFailed;
         assert_eq!(continued_by_changes("b1".into(), &b), None);
+    }
+
+    #[test]
+    fn due_backups_wait_their_turn_the_quiet_longest_first() {
+        let mut s = State::default();
+        let now = Instant::now();
+        for (ns, ago) in [("c", 3), ("a", 5), ("b", 4), ("fresh", 0)] {
+            s.dirty.insert(ns.into(), now - Duration::from_secs(ago));
+        }
+        s.running.insert("busy".into());
+        s.dirty.insert("busy".into(), now - Duration::from_secs(9)); // changed while being backed up
+        // Three slots, one taken: the two quiet longest; "fresh" is within the debounce.
+        assert_eq!(s.due(Duration::from_secs(2), 3), ["a", "b"]);
+        assert!(s.running.contains("a") && s.running.contains("b") && !s.dirty.contains_key("a"));
+        assert!(s.due(Duration::from_secs(2), 3).is_empty(), "every slot taken");
+        s.running.remove("busy");
+        s.running.remove("a");
+        assert_eq!(s.due(Duration::from_secs(2), 3), ["busy", "c"]);
+        assert_eq!(s.dirty.keys().collect::<Vec<_>>(), ["fresh"]);
+    }
+
+    #[test]
+    fn after_a_start_a_workspace_with_no_continuous_backup_is_found() {
+        let mut s = started();
+        for ns in ["new", "marked", "running"] {
+            let held = s.objects.get_mut("secrets").unwrap();
+            held.entry(ns.into()).or_default().insert("x".into(), seen(7));
+        }
+        s.dirty.insert("marked".into(), Instant::now());
+        s.running.insert("running".into());
+        let backed_up: BTreeSet<String> = ["ws".to_string()].into();
+        assert_eq!(s.unbacked(&backed_up), ["new".to_string()].into());
+        assert_eq!(s.unbacked(&BTreeSet::new()), ["new".to_string(), "ws".to_string()].into());
+        // Backed up by this process since: it has a base.
+        let begun = s.begin("new", HOUR);
+        s.end("new", begun, Some(("new-1".into(), false)));
+        assert_eq!(s.unbacked(&backed_up), BTreeSet::new());
     }
 
     #[test]
