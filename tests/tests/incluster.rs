@@ -461,6 +461,13 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     let backups = s.continuous_backups(&created);
     let cms = s.archived_configmaps(&backups[0], &created, "created-while-stopped.tar.zst");
     assert_eq!(cms["kept"]["data"]["value"], "unseen", "{}", backups[0]);
+    // Nothing left waiting for one of the --continuous-parallel slots.
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{}/metrics", webhook.metrics_port)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "kubectl_backup_continuous_backups_waiting 0"), "{text}");
 }
 
 /// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every

@@ -70,6 +70,7 @@ pub struct Metrics {
     /// The label sets of `last_success`, to drop those of deleted schedules and workspaces.
     sources: std::sync::Mutex<std::collections::BTreeSet<SourceLabel>>,
     pub expired_deleted: Counter,
+    pub continuous_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -114,6 +115,12 @@ impl Default for Metrics {
         build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         let expired_deleted = Counter::default();
         registry.register("expired_backups_deleted", "Backups deleted because they expired", expired_deleted.clone());
+        let continuous_waiting = Gauge::default();
+        registry.register(
+            "continuous_backups_waiting",
+            "Workspaces whose continuous backup is due and waits for a --continuous-parallel slot",
+            continuous_waiting.clone(),
+        );
         Metrics {
             registry,
             admissions,
@@ -128,6 +135,7 @@ impl Default for Metrics {
             last_success,
             sources: Default::default(),
             expired_deleted,
+            continuous_waiting,
         }
     }
 }

@@ -182,20 +182,22 @@ impl State {
 
     /// The namespaces whose backup is due now: marked at least `debounce` ago and not being backed
     /// up, the one quiet longest first, as many as leave at most `parallel` running. Each is taken
-    /// off `dirty` and counted as running; the others wait for a free slot.
-    fn due(&mut self, debounce: Duration, parallel: usize) -> Vec<String> {
+    /// off `dirty` and counted as running; the others wait for a free slot, and how many do is
+    /// the second value.
+    fn due(&mut self, debounce: Duration, parallel: usize) -> (Vec<String>, usize) {
         let free = parallel.saturating_sub(self.running.len());
         let mut due: Vec<(Instant, &String)> = (self.dirty.iter())
             .filter(|(ns, at)| at.elapsed() >= debounce && !self.running.contains(*ns))
             .map(|(ns, at)| (*at, ns))
             .collect();
         due.sort();
+        let waiting = due.len().saturating_sub(free);
         let due: Vec<String> = due.into_iter().take(free).map(|(_, ns)| ns.clone()).collect();
         for ns in &due {
             self.dirty.remove(ns);
             self.running.insert(ns.clone());
         }
-        due
+        (due, waiting)
     }
 
     /// The namespaces the watches hold objects in that have no continuous backup (none in
@@ -395,7 +397,8 @@ impl Continuous {
             let due: Vec<(String, Begun)> = {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                 let list_every = if self.incremental { self.list_every } else { Duration::ZERO };
-                let due = s.due(self.debounce, self.parallel);
+                let (due, waiting) = s.due(self.debounce, self.parallel);
+                self.ctx.metrics.continuous_waiting.set(waiting as i64);
                 due.into_iter().map(|ns| (ns.clone(), s.begin(&ns, list_every))).collect()
             };
             for (ns, begun) in due {
@@ -980,12 +983,14 @@ mod tests {
         s.running.insert("busy".into());
         s.dirty.insert("busy".into(), now - Duration::from_secs(9)); // changed while being backed up
         // Three slots, one taken: the two quiet longest; "fresh" is within the debounce.
-        assert_eq!(s.due(Duration::from_secs(2), 3), ["a", "b"]);
+        let started = |d: (Vec<String>, usize)| d.0;
+        assert_eq!(s.due(Duration::from_secs(2), 3), (vec!["a".into(), "b".into()], 1), "c waits");
         assert!(s.running.contains("a") && s.running.contains("b") && !s.dirty.contains_key("a"));
-        assert!(s.due(Duration::from_secs(2), 3).is_empty(), "every slot taken");
+        assert_eq!(s.due(Duration::from_secs(2), 3), (vec![], 1), "every slot taken");
         s.running.remove("busy");
         s.running.remove("a");
-        assert_eq!(s.due(Duration::from_secs(2), 3), ["busy", "c"]);
+        assert_eq!(started(s.due(Duration::from_secs(2), 3)), ["busy", "c"]);
+        assert_eq!(s.due(Duration::from_secs(2), 3), (vec![], 0), "fresh is not due yet");
         assert_eq!(s.dirty.keys().collect::<Vec<_>>(), ["fresh"]);
     }
 
