@@ -456,7 +456,7 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     });
     let log = webhook.log();
     let named = format!("namespace={created}");
-    let found = log.lines().find(|l| l.contains("has no continuous backup") && l.split(' ').any(|w| w == named));
+    let found = log.lines().find(|l| l.contains("a workspace has no backup") && l.split(' ').any(|w| w == named));
     assert!(found.is_some(), "not found at the start: {log}");
     let backups = s.continuous_backups(&created);
     let cms = s.archived_configmaps(&backups[0], &created, "created-while-stopped.tar.zst");

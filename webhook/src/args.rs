@@ -101,7 +101,7 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_CONTINUOUS_CHANGES_MAX_MIB", default_value_t = 64)]
     pub continuous_changes_max_mib: usize,
     /// At most this many continuous backups run at once, all workspaces together; the others
-    /// wait, the one quiet longest first (so a burst across many workspaces, or a start in a
+    /// wait, the one marked first first (so a burst across many workspaces, or a start in a
     /// cluster where many have no backup yet, does not start them all at once).
     #[arg(long, env = "WEBHOOK_CONTINUOUS_PARALLEL", default_value_t = 4, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]

@@ -58,7 +58,12 @@ impl Index {
 
     /// Reloads from the location. On error the previous index stays.
     pub async fn refresh(&self, store: &Store) -> kubectl_backup_core::Result<()> {
-        let listing = catalog::list(store).await?;
+        self.load(&catalog::list(store).await?);
+        Ok(())
+    }
+
+    /// Replaces the index with what `listing` (the location, just listed) holds.
+    pub fn load(&self, listing: &catalog::Listing) {
         self.backups.store(listing.backups.len() as u64, Ordering::Relaxed);
         let rows = listing
             .backups
@@ -70,7 +75,6 @@ impl Index {
             })
             .collect::<Vec<_>>();
         self.replace(rows);
-        Ok(())
     }
 }
 

@@ -24,16 +24,17 @@
 //! with the last one, type by type (every object there at the `resourceVersion` recorded, and no
 //! other): the next backup continues it for the types alike, and a workspace in which something
 //! changed while no controller watched it is backed up at once, listing the types that differ.
-//! A workspace that holds objects and has no continuous backup yet (created while no controller
-//! ran, or there before the first start) is backed up then too. At most `--continuous-parallel`
-//! backups run at once; the others wait, the one quiet longest first.
+//! A workspace that holds objects and has no backup yet (created while no controller ran, or there
+//! before the first start) is backed up then too. At most `--continuous-parallel` backups run at
+//! once; the others wait, the one marked first first.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -90,8 +91,8 @@ pub struct Continuous {
 
 #[derive(Default)]
 struct State {
-    /// Namespace -> time of its last change not yet backed up.
-    dirty: HashMap<String, Instant>,
+    /// Namespace -> its changes not yet backed up ([`State::mark`]).
+    dirty: HashMap<String, Mark>,
     /// Namespaces being backed up now.
     running: HashSet<String>,
     /// Namespace -> the objects the watches saw change there since its last backup began (kept
@@ -118,6 +119,15 @@ struct State {
     /// Resource key -> its [`State::gaps`] when its watch last finished listing: a type whose watch
     /// failed since may hold stale `objects` (an event lost without a new LIST).
     listed_gaps: HashMap<String, u64>,
+}
+
+/// A namespace marked for a backup: when it was first marked since its last backup began (its
+/// place in the queue for a `--continuous-parallel` slot) and when it last changed (its backup is
+/// due `--debounce` after that).
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    first: Instant,
+    last: Instant,
 }
 
 /// An object as its watch last saw it.
@@ -180,15 +190,22 @@ impl State {
         }
     }
 
-    /// The namespaces whose backup is due now: marked at least `debounce` ago and not being backed
-    /// up, the one quiet longest first, as many as leave at most `parallel` running. Each is taken
-    /// off `dirty` and counted as running; the others wait for a free slot, and how many do is
-    /// the second value.
+    /// Marks `ns` for a backup, `--debounce` after this change.
+    fn mark(&mut self, ns: &str) {
+        let now = Instant::now();
+        let m = self.dirty.entry(ns.to_string()).or_insert(Mark { first: now, last: now });
+        m.last = now;
+    }
+
+    /// The namespaces whose backup is due now: unchanged for at least `debounce` and not being
+    /// backed up, the one marked first first (a workspace that keeps changing keeps its place),
+    /// as many as leave at most `parallel` running. Each is taken off `dirty` and counted as
+    /// running; the others wait for a free slot, and how many do is the second value.
     fn due(&mut self, debounce: Duration, parallel: usize) -> (Vec<String>, usize) {
         let free = parallel.saturating_sub(self.running.len());
         let mut due: Vec<(Instant, &String)> = (self.dirty.iter())
-            .filter(|(ns, at)| at.elapsed() >= debounce && !self.running.contains(*ns))
-            .map(|(ns, at)| (*at, ns))
+            .filter(|(ns, m)| m.last.elapsed() >= debounce && !self.running.contains(*ns))
+            .map(|(ns, m)| (m.first, ns))
             .collect();
         due.sort();
         let waiting = due.len().saturating_sub(free);
@@ -200,11 +217,11 @@ impl State {
         (due, waiting)
     }
 
-    /// The namespaces the watches hold objects in that have no continuous backup (none in
-    /// `backed_up`, none begun by this process) and are not marked for one yet.
-    fn unbacked(&self, backed_up: &BTreeSet<String>) -> BTreeSet<String> {
+    /// The namespaces the watches hold objects in that have no backup (`backed_up` says which
+    /// have one; none begun by this process) and are not marked for one yet.
+    fn unbacked(&self, backed_up: impl Fn(&str) -> bool) -> BTreeSet<String> {
         (self.objects.values().flat_map(|of_type| of_type.keys()))
-            .filter(|ns| !backed_up.contains(*ns) && !self.bases.contains_key(*ns))
+            .filter(|ns| !backed_up(ns) && !self.bases.contains_key(*ns))
             .filter(|ns| !self.running.contains(*ns) && !self.dirty.contains_key(*ns))
             .cloned()
             .collect()
@@ -252,7 +269,7 @@ impl State {
             self.note(resource, ns, name, change);
         }
         if before.map(|b| b.fingerprint) != Some(seen.fingerprint) {
-            self.dirty.insert(ns.to_string(), Instant::now());
+            self.mark(ns);
         }
     }
 
@@ -267,7 +284,7 @@ impl State {
             }
         }
         self.note(resource, ns, name, || Some(Change::Deleted));
-        self.dirty.insert(ns.to_string(), Instant::now());
+        self.mark(ns);
     }
 
     /// `resource`'s watch has listed: `listed` is every object it holds now. After a gap, the
@@ -277,7 +294,7 @@ impl State {
         for (ns, names) in before {
             let now = self.objects[resource].get(&ns);
             if names.keys().any(|name| !now.is_some_and(|now| now.contains_key(name))) {
-                self.dirty.insert(ns, Instant::now());
+                self.mark(&ns);
             }
         }
         let gaps = self.gaps.get(resource).copied().unwrap_or(0);
@@ -322,7 +339,7 @@ impl State {
         let differ: Vec<String> = differ.into_iter().map(str::to_string).collect();
         self.bases.insert(ns.to_string(), Base { name: last.to_string(), since, listed_at: Instant::now() });
         if !differ.is_empty() {
-            self.dirty.insert(ns.to_string(), Instant::now());
+            self.mark(ns);
         }
         differ
     }
@@ -404,7 +421,12 @@ impl Continuous {
             for (ns, begun) in due {
                 let (me, state) = (self.clone(), state.clone());
                 tokio::spawn(async move {
-                    let done = me.backup(&ns, begun.watched.as_ref()).await;
+                    // A backup that panicked ends too: left running, it would hold a slot for good.
+                    let backup = AssertUnwindSafe(me.backup(&ns, begun.watched.as_ref())).catch_unwind();
+                    let done = backup.await.unwrap_or_else(|_| {
+                        tracing::error!(namespace = %ns, "a continuous backup panicked; the next one lists every type");
+                        None
+                    });
                     state.lock().unwrap_or_else(|p| p.into_inner()).end(&ns, begun, done);
                 });
             }
@@ -414,8 +436,8 @@ impl Continuous {
     /// Once every watch has listed after the start: each workspace with a continuous backup is
     /// compared with the last one ([`State::resume`], incremental backups only), so that the next
     /// backup continues it, and one that changed while no controller watched it is backed up now;
-    /// a workspace that holds objects and has no continuous backup (created while no controller
-    /// ran, or there before the first start) is backed up now too, not at its first change.
+    /// then a workspace that holds objects and has no backup at all (created while no controller
+    /// ran, or there before the first start) is backed up too, not at its first change.
     async fn resume(self: Arc<Self>, state: Arc<Mutex<State>>) {
         let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + RESUME_WAIT;
@@ -461,7 +483,7 @@ impl Continuous {
             }
             let Some(last) = last else {
                 tracing::info!(namespace = %ns, "this workspace's last continuous backup cannot be compared with it: backing it up");
-                s.dirty.insert(ns.clone(), Instant::now());
+                s.mark(ns);
                 continue;
             };
             let differ = s.resume(ns, &last.name, &last.assembled.lines);
@@ -474,7 +496,12 @@ impl Continuous {
                 }
             }
         }
-        let unbacked = lock().unbacked(&workspaces);
+        // A workspace with a backup of any kind that did not fail (the index, from this listing)
+        // is left to its next change, and to the restore of a re-created workspace, which picks
+        // from those backups: only one with none is backed up now.
+        let index = &self.ctx.index;
+        index.load(&listing);
+        let unbacked = lock().unbacked(|ns| index.newest(ns).is_some());
         for ns in unbacked {
             if !self.is_workspace(&ns).await {
                 continue;
@@ -484,8 +511,8 @@ impl Continuous {
             if s.running.contains(&ns) || s.bases.contains_key(&ns) || s.dirty.contains_key(&ns) {
                 continue;
             }
-            tracing::info!(namespace = %ns, "a workspace has no continuous backup: backing it up");
-            s.dirty.insert(ns, Instant::now());
+            tracing::info!(namespace = %ns, "a workspace has no backup: backing it up");
+            s.mark(&ns);
         }
     }
 
@@ -974,42 +1001,48 @@ mod tests {
     }
 
     #[test]
-    fn due_backups_wait_their_turn_the_quiet_longest_first() {
+    fn due_backups_wait_their_turn_in_the_order_marked() {
         let mut s = State::default();
         let now = Instant::now();
-        for (ns, ago) in [("c", 3), ("a", 5), ("b", 4), ("fresh", 0)] {
-            s.dirty.insert(ns.into(), now - Duration::from_secs(ago));
+        let ago = |secs: u64| now - Duration::from_secs(secs);
+        // (first marked, last changed) seconds ago: c waits longest though it changed last.
+        for (ns, first, last) in [("c", 30, 3), ("a", 20, 5), ("b", 10, 4), ("fresh", 40, 0)] {
+            s.dirty.insert(ns.into(), Mark { first: ago(first), last: ago(last) });
         }
         s.running.insert("busy".into());
-        s.dirty.insert("busy".into(), now - Duration::from_secs(9)); // changed while being backed up
-        // Three slots, one taken: the two quiet longest; "fresh" is within the debounce.
+        s.dirty.insert("busy".into(), Mark { first: ago(9), last: ago(9) }); // changed while being backed up
+        // Three slots, one taken: the two marked first; "fresh" changed within the debounce.
         let started = |d: (Vec<String>, usize)| d.0;
-        assert_eq!(s.due(Duration::from_secs(2), 3), (vec!["a".into(), "b".into()], 1), "c waits");
-        assert!(s.running.contains("a") && s.running.contains("b") && !s.dirty.contains_key("a"));
+        assert_eq!(s.due(Duration::from_secs(2), 3), (vec!["c".into(), "a".into()], 1), "b waits");
+        assert!(s.running.contains("a") && s.running.contains("c") && !s.dirty.contains_key("a"));
         assert_eq!(s.due(Duration::from_secs(2), 3), (vec![], 1), "every slot taken");
         s.running.remove("busy");
         s.running.remove("a");
-        assert_eq!(started(s.due(Duration::from_secs(2), 3)), ["busy", "c"]);
+        assert_eq!(started(s.due(Duration::from_secs(2), 3)), ["b", "busy"]);
         assert_eq!(s.due(Duration::from_secs(2), 3), (vec![], 0), "fresh is not due yet");
         assert_eq!(s.dirty.keys().collect::<Vec<_>>(), ["fresh"]);
+        // Marking again keeps a namespace's place and moves its debounce.
+        s.mark("fresh");
+        assert_eq!(s.dirty["fresh"].first, ago(40));
+        assert!(s.dirty["fresh"].last > now);
     }
 
     #[test]
-    fn after_a_start_a_workspace_with_no_continuous_backup_is_found() {
+    fn after_a_start_a_workspace_with_no_backup_is_found() {
         let mut s = started();
         for ns in ["new", "marked", "running"] {
             let held = s.objects.get_mut("secrets").unwrap();
             held.entry(ns.into()).or_default().insert("x".into(), seen(7));
         }
-        s.dirty.insert("marked".into(), Instant::now());
+        s.mark("marked");
         s.running.insert("running".into());
-        let backed_up: BTreeSet<String> = ["ws".to_string()].into();
-        assert_eq!(s.unbacked(&backed_up), ["new".to_string()].into());
-        assert_eq!(s.unbacked(&BTreeSet::new()), ["new".to_string(), "ws".to_string()].into());
+        let backed_up = |ns: &str| ns == "ws";
+        assert_eq!(s.unbacked(backed_up), ["new".to_string()].into());
+        assert_eq!(s.unbacked(|_| false), ["new".to_string(), "ws".to_string()].into());
         // Backed up by this process since: it has a base.
         let begun = s.begin("new", HOUR);
         s.end("new", begun, Some(("new-1".into(), false)));
-        assert_eq!(s.unbacked(&backed_up), BTreeSet::new());
+        assert_eq!(s.unbacked(backed_up), BTreeSet::new());
     }
 
     #[test]
