@@ -115,7 +115,12 @@ pub type Listing = committed::Listing<Backup>;
 /// Lists committed backups (reading each metadata document concurrently, skipping per-object
 /// digests) and runs in progress.
 pub async fn list(store: &Store) -> Result<Listing> {
-    let mut listing = committed::list::<Objects>(store).await?;
+    list_named(store, |_| true).await
+}
+
+/// [`list`] of the backups whose name `wanted` accepts; the others' documents are not read.
+pub async fn list_named(store: &Store, wanted: impl Fn(&str) -> bool) -> Result<Listing> {
+    let mut listing = committed::list_named::<Objects>(store, wanted).await?;
     let mut incomplete: Vec<String> = Vec::new();
     for name in std::mem::take(&mut listing.incomplete) {
         match in_progress(store, &name).await? {

@@ -224,7 +224,13 @@ pub struct Listing<D> {
 
 /// Lists `K`'s backups (newest first), reading their heads 16 at a time.
 pub async fn list<K: Kind>(store: &Store) -> Result<Listing<BackupOf<K>>> {
-    let found = find::<K>(store).await?;
+    list_named::<K>(store, |_| true).await
+}
+
+/// [`list`] of the backups whose name `wanted` accepts: one LIST of the names, then the heads of
+/// those alone (a location's other backups cost nothing more).
+pub async fn list_named<K: Kind>(store: &Store, wanted: impl Fn(&str) -> bool) -> Result<Listing<BackupOf<K>>> {
+    let found = find::<K>(store, wanted).await?;
     let mut backups: Vec<BackupOf<K>> = found.committed.into_iter().map(K::backup).collect();
     backups.sort_by(|a, b| {
         b.metadata
@@ -242,9 +248,12 @@ struct Found<H> {
     unreadable: Vec<(String, String)>,
 }
 
-async fn find<K: Kind>(store: &Store) -> Result<Found<K::Head>> {
+async fn find<K: Kind>(store: &Store, wanted: impl Fn(&str) -> bool) -> Result<Found<K::Head>> {
     let listed = store.objects().list_with_delimiter(Some(&root::<K>())).await.map_err(|e| store.error(e))?;
-    let names: Vec<String> = listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+    let names: Vec<String> = (listed.common_prefixes.iter())
+        .filter_map(|p| p.filename().map(str::to_string))
+        .filter(|name| wanted(name))
+        .collect();
     let results: Vec<(String, Result<Option<K::Head>>)> = futures::stream::iter(names.into_iter().map(|name| async {
         let r = read::<K, K::Head>(store, &name).await;
         (name, r)

@@ -552,8 +552,7 @@ impl Continuous {
         if !self.is_workspace(ns).await {
             return None;
         }
-        let prefix: String = ns.chars().take(48).collect::<String>().trim_end_matches('-').to_string();
-        let name = timestamped_name(&prefix, Timestamp::now());
+        let name = timestamped_name(&name_prefix(ns), Timestamp::now());
         let spec = self.spec(ns);
         let reference = Context::namespace_reference(ns);
         match self
@@ -582,10 +581,13 @@ impl Continuous {
         }
     }
 
-    /// Prunes the continuous backups of `ns` to the retention's time series (and to `keep`).
+    /// Prunes the continuous backups of `ns` to the retention's time series (and to `keep`). Only
+    /// the documents of backups named as its continuous backups are read ([`is_named_for`]), not
+    /// every backup in the location after every backup.
     async fn prune(&self, ns: &str) {
         let store = &self.ctx.location.store;
-        let Ok(listing) = catalog::list(store).await else { return };
+        let prefix = name_prefix(ns);
+        let Ok(listing) = catalog::list_named(store, |name| is_named_for(&prefix, name)).await else { return };
         // Newest first, as listed.
         let mine: Vec<_> = listing
             .backups
@@ -608,6 +610,19 @@ impl Continuous {
             }
         }
     }
+}
+
+/// What the names of `ns`'s continuous backups begin with (`<prefix>-<YYYYMMDDhhmmss>`).
+fn name_prefix(ns: &str) -> String {
+    ns.chars().take(48).collect::<String>().trim_end_matches('-').to_string()
+}
+
+/// Whether `name` is a continuous backup's name for a namespace whose [`name_prefix`] is `prefix`
+/// (another namespace may share the prefix: the spec says whose it is).
+fn is_named_for(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|stamp| stamp.len() == 14 && stamp.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether the watches' changes may continue backup `b` (named `name`), and whether it left out
@@ -998,6 +1013,26 @@ mod tests {
         // A LIST that failed left its type's objects out: the next backup lists every type.
         b.status.phase = Phase::PartiallyFailed;
         assert_eq!(continued_by_changes("b1".into(), &b), None);
+    }
+
+    #[test]
+    fn a_workspace_s_continuous_backups_are_found_by_name() {
+        let prefix = name_prefix("team-a");
+        let name = timestamped_name(&prefix, "2026-12-07T03:40:05Z".parse().unwrap());
+        assert!(is_named_for(&prefix, &name), "{name}");
+        for other in [
+            "team-a-b-20261207034005",
+            "team-a-2026120703400",
+            "team-a-2026120703400x",
+            "team-ab-20261207034005",
+            "team-a",
+        ] {
+            assert!(!is_named_for(&prefix, other), "{other}");
+        }
+        // Long names are cut to 48 characters, without a trailing '-'.
+        let long = format!("{}-{}", "a".repeat(47), "b".repeat(20));
+        assert_eq!(name_prefix(&long), "a".repeat(47));
+        assert!(is_named_for(&name_prefix(&long), &timestamped_name(&name_prefix(&long), Timestamp::UNIX_EPOCH)));
     }
 
     #[test]
