@@ -41,8 +41,6 @@ bench_prepare
 (cd "$ROOT" && cargo build --release --locked -p backup-webhook)
 bench_begin continuous
 STAMP=$(date +%s)
-"$RELEASE/kubectl-backup" certs generate --dir "$RUN/tls" --host 127.0.0.1 >/dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # backups LOCATION: the location's continuous backups of $WS, oldest first, as JSON lines.
 backups() {
@@ -70,23 +68,6 @@ record() {
   log "  $2 run $3: $secs s ($(jq -c '.status.incremental | {bytesUploaded, objectsNotRead, listsSkipped}' <<<"$1"))"
 }
 
-# start_controller LOG LOCATION EVERY LINE: starts the controller (its pid in $pid), and waits (up
-# to 120 s) until its log holds LINE.
-start_controller() {
-  WEBHOOK_LOG=$1
-  RUST_LOG=info "$RELEASE/backup-webhook" --listen "127.0.0.1:$(free_port)" --metrics-addr "127.0.0.1:$(free_port)" \
-    --tls-cert "$RUN/tls/tls.crt" --tls-key "$RUN/tls/tls.key" --location "$2" --namespace bench-webhook \
-    --schedules=false --restore-worker=false --debounce 3s --continuous-list-every "$3" >"$WEBHOOK_LOG" 2>&1 &
-  pid=$!
-  HARNESS_PIDS+=("$pid")
-  for _ in $(seq 1 240); do
-    grep -qs "$4" "$WEBHOOK_LOG" && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  grep -q "$4" "$WEBHOOK_LOG" || { tail -n 30 "$WEBHOOK_LOG" >&2; log "no \"$4\" in the controller's log"; exit 1; }
-}
-
 load_objects ws 1 "$SIZE" "$BYTES"
 kubectl create namespace bench-webhook >/dev/null # the controller's own namespace (its signing key)
 printf 'run\tmode\tfirst_bytes_uploaded\tsecond_bytes_uploaded\tsecond_lists_skipped\tsecond_objects_not_read\n' >"$OUT/bytes.tsv"
@@ -96,7 +77,8 @@ for run in $(seq 1 "$RUNS"); do
     every=1h
     [ "$mode" = list ] && every=0s
     location="s3://backups/cont-$STAMP-$run-$mode"
-    start_controller "$OUT/logs/webhook-$run-$mode.log" "$location" "$every" "every watch has listed"
+    start_controller "$OUT/logs/webhook-$run-$mode.log" "$location" "every watch has listed" \
+      --continuous-list-every "$every"
     log "run $run, $mode (--continuous-list-every=$every): the controller is watching"
     kubectl -n "$WS" annotate configmap cm-00000 "bench/touched=$STAMP-$run-$mode" --overwrite >/dev/null
     wait_backups "$location" 1
@@ -112,8 +94,8 @@ for run in $(seq 1 "$RUNS"); do
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     if [ "$mode" = watch ]; then
       # A restarted controller compares the workspace with its last backup, then continues it.
-      start_controller "$OUT/logs/webhook-$run-$mode-restarted.log" "$location" "$every" \
-        "a workspace is as its last continuous backup recorded it"
+      start_controller "$OUT/logs/webhook-$run-$mode-restarted.log" "$location" \
+        "a workspace is as its last continuous backup recorded it" --continuous-list-every "$every"
       log "run $run, $mode: the restarted controller compared the workspace with its last backup"
       round=$((round + 1))
       change ws 1 "$SIZE" "$round"

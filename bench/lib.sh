@@ -234,3 +234,27 @@ machine() {
   echo "nice: ${BENCH_NICE:-0}"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# free_port: a TCP port on 127.0.0.1 free now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_controller LOG LOCATION LINE [FLAG...]: starts the release backup-webhook as a local process
+# (the harness's admin kubeconfig; serving certificate in $RUN/tls, made on first use; no schedules,
+# no restore worker, --debounce 3s, then FLAG...) into LOCATION, its log in LOG (also
+# $WEBHOOK_LOG) and its pid in $pid, and waits (up to 120 s) until its log holds LINE.
+start_controller() {
+  local line=$3
+  WEBHOOK_LOG=$1
+  [ -f "$RUN/tls/tls.crt" ] || "$RELEASE/kubectl-backup" certs generate --dir "$RUN/tls" --host 127.0.0.1 >/dev/null
+  RUST_LOG=info "$RELEASE/backup-webhook" --listen "127.0.0.1:$(free_port)" --metrics-addr "127.0.0.1:$(free_port)" \
+    --tls-cert "$RUN/tls/tls.crt" --tls-key "$RUN/tls/tls.key" --location "$2" --namespace bench-webhook \
+    --schedules=false --restore-worker=false --debounce 3s "${@:4}" >"$WEBHOOK_LOG" 2>&1 &
+  pid=$!
+  HARNESS_PIDS+=("$pid")
+  for _ in $(seq 1 240); do
+    grep -qs "$line" "$WEBHOOK_LOG" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  grep -q "$line" "$WEBHOOK_LOG" || { tail -n 30 "$WEBHOOK_LOG" >&2; log "no \"$line\" in the controller's log"; exit 1; }
+}

@@ -57,8 +57,6 @@ else
 fi
 bench_begin startup
 STAMP=$(date +%s)
-"$RELEASE/kubectl-backup" certs generate --dir "$RUN/tls" --host 127.0.0.1 >/dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # done_at LOCATION: prints "N T C": how many loaded namespaces have a finished continuous backup in
 # the location (Completed, PartiallyFailed or Failed), the latest of their first completion times
@@ -87,23 +85,6 @@ wait_done() {
   log "only ${n:-0} of $NAMESPACES namespaces have a continuous backup in $1 after 300 s"; tail -n 30 "$WEBHOOK_LOG" >&2; exit 1
 }
 
-# start_controller LOG LOCATION PARALLEL LINE: starts the controller (its pid in $pid), and waits
-# (up to 120 s) until its log holds LINE.
-start_controller() {
-  WEBHOOK_LOG=$1
-  RUST_LOG=info "$RELEASE/backup-webhook" --listen "127.0.0.1:$(free_port)" --metrics-addr "127.0.0.1:$(free_port)" \
-    --tls-cert "$RUN/tls/tls.crt" --tls-key "$RUN/tls/tls.key" --location "$2" --namespace bench-webhook \
-    --schedules=false --restore-worker=false --debounce 3s --continuous-parallel "$3" >"$WEBHOOK_LOG" 2>&1 &
-  pid=$!
-  HARNESS_PIDS+=("$pid")
-  for _ in $(seq 1 240); do
-    grep -qs "$4" "$WEBHOOK_LOG" && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  grep -q "$4" "$WEBHOOK_LOG" || { tail -n 30 "$WEBHOOK_LOG" >&2; log "no \"$4\" in the controller's log"; exit 1; }
-}
-
 # log_time LOG LINE: the timestamp (seconds since the epoch) of LINE's first occurrence in LOG.
 log_time() {
   date -d "$(grep -m1 "$2" "$1" | awk '{ print $1 }')" +%s.%N
@@ -121,7 +102,8 @@ for run in $(seq 1 "$RUNS"); do
     load=$(cut -d' ' -f1 /proc/loadavg)
     a0=$(cpu_seconds "$APISERVER_PID")
     e0=$(cpu_seconds "$ETCD_PID")
-    start_controller "$OUT/logs/webhook-$run-$mode.log" "$location" "$parallel" "every watch has listed"
+    start_controller "$OUT/logs/webhook-$run-$mode.log" "$location" "every watch has listed" \
+      --continuous-parallel "$parallel"
     log "run $run, $mode (--continuous-parallel=$parallel): every watch has listed"
     listed=$(log_time "$WEBHOOK_LOG" "every watch has listed")
     read -r done_t completed < <(wait_done "$location")

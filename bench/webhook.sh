@@ -28,7 +28,6 @@ for i in $(seq 1 "$BACKUPS"); do
 done
 
 "$RELEASE/kubectl-backup" certs generate --dir "$RUN/tls" --host 127.0.0.1 >/dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WPORT=$(free_port); NPORT=$(free_port)
 "$RELEASE/backup-webhook" --listen "127.0.0.1:$WPORT" --tls-cert "$RUN/tls/tls.crt" --tls-key "$RUN/tls/tls.key" \
   --location "file://$STORE" --namespace bench-webhook --continuous=false --schedules=false --restore-worker=false \
