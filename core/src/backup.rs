@@ -93,7 +93,7 @@ pub async fn run_with_movers(
     };
     let reading = async {
         let throttle = &cluster.throttle;
-        let discovered = collect::discover(&cluster.client, throttle).await?;
+        let discovered = cluster.discover().await?;
         let plan = collect::plan(&cluster.client, throttle, &discovered, &selection).await?;
         Ok::<_, Error>((plan, cluster.server_version().await))
     };

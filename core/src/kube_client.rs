@@ -318,6 +318,9 @@ pub struct Cluster {
     pub client: Client,
     pub server: String,
     pub throttle: Throttle,
+    /// A discovery shared by this cluster's backups (the in-cluster controller); none: each
+    /// backup discovers the API itself.
+    pub discovery: Option<Arc<crate::collect::SharedDiscovery>>,
 }
 
 impl Cluster {
@@ -329,7 +332,17 @@ impl Cluster {
     pub fn from_config(cfg: Config, throttle: Throttle) -> Result<Cluster> {
         let server = cfg.cluster_url.to_string().trim_end_matches('/').to_string();
         let client = build_client(cfg)?;
-        Ok(Cluster { client, server, throttle })
+        Ok(Cluster { client, server, throttle, discovery: None })
+    }
+
+    /// Every resource type the server serves ([`crate::collect::discover`]), or the shared
+    /// discovery's, when this cluster has one and it is still good.
+    pub async fn discover(&self) -> Result<Arc<crate::collect::Discovered>> {
+        let fresh = crate::collect::discover(&self.client, &self.throttle);
+        match &self.discovery {
+            Some(shared) => shared.get(fresh).await,
+            None => fresh.await.map(Arc::new),
+        }
     }
 
     /// The server's version, e.g. `v1.20.2`; empty if it cannot be read.

@@ -470,6 +470,47 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     assert!(text.lines().any(|l| l == "kubectl_backup_continuous_backups_waiting 0"), "{text}");
 }
 
+/// The controller's backups share one discovery of the API, kept good by its watches of
+/// CustomResourceDefinitions and APIServices: a CRD installed while it runs, after a backup that
+/// used (and kept) the discovery before it, is in the next backup with its objects.
+#[test]
+fn a_crd_installed_while_the_controller_runs_is_in_its_next_backup() {
+    let s = setup("crdlate");
+    let ws = unique("ws");
+    let webhook = s.watching_webhook(&["--debounce=2s"]);
+    // Past the settling time after the watches start, so that the first backup's discovery is kept.
+    std::thread::sleep(Duration::from_secs(11));
+    let first = s.first_continuous_backup(&ws, &sample_app(&ws));
+    s.t.apply(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.org
+spec:
+  group: example.org
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#,
+    )
+    .ok();
+    s.t.kubectl(&["wait", "--for=condition=Established", "crd/widgets.example.org", "--timeout=60s"]).ok();
+    s.t.apply(&format!(
+        "apiVersion: example.org/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: {ws}\nsize: 3\n"
+    ))
+    .ok();
+    // Widgets are not watched (their CRD came after the start): a ConfigMap's change brings the backup.
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "settings", "-p", r#"{"data":{"color":"teal"}}"#]).ok();
+    let second = s.continuous_backup_after(&ws, &first);
+    assert_eq!(first["status"]["resources"]["widgets.example.org"], Value::Null, "{first}");
+    assert_eq!(second["status"]["resources"]["widgets.example.org"], 1, "{second}\n{}", webhook.log());
+}
+
 /// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every
 /// change past the first byte is let go of, so each continuous backup lists every type, and still
 /// holds exactly what the namespace holds.

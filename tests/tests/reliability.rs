@@ -538,7 +538,7 @@ fn an_expired_continue_token_relists_and_archives_each_object_once() {
             .with_layer(&tower::util::MapRequestLayer::new(expired_continue::expire_first_token))
             .with_layer(&tower::util::MapResponseLayer::new(expired_continue::count_gone))
             .build();
-        let cluster = Cluster { client, server, throttle: Throttle::new(1000, 2000, 4) };
+        let cluster = Cluster { client, server, throttle: Throttle::new(1000, 2000, 4), discovery: None };
         let store = Store::open_url(&format!("file://{}", store_dir.display()), &StoreOptions::default()).unwrap();
         let spec = BackupSpec {
             filters: Filters {

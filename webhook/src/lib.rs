@@ -66,7 +66,9 @@ async fn connect(args: &Args) -> anyhow::Result<controllers::Context> {
     let cfg = kube_config(args).await?;
     let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency)
         .with_discovery_timeout(args.discovery_timeout);
-    let cluster = Cluster::from_config(cfg.clone(), throttle)?;
+    let mut cluster = Cluster::from_config(cfg.clone(), throttle)?;
+    // One discovery for the backups this process takes, kept good by controllers::discovery.
+    cluster.discovery = Some(controllers::discovery::shared());
     // The key that signs the marks of new workspaces: admission answers only once it is loaded.
     let key = Arc::new(
         mark::Key::load_or_create(&cluster.client, &args.policy.namespace)
@@ -123,6 +125,10 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
                 }
             }
         });
+    }
+    {
+        let ctx = ctx.clone();
+        supervisor.spawn("discovery-changes", move || controllers::discovery::run(ctx.clone()));
     }
     if args.restore_worker {
         let worker = Arc::new(controllers::restore::RestoreWorker { ctx: ctx.clone() });

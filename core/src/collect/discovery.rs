@@ -101,6 +101,81 @@ pub async fn discover(client: &Client, throttle: &Throttle) -> Result<Discovered
     Ok(out)
 }
 
+/// Discovery shared by the backups of one long-running process (the in-cluster controller, whose
+/// continuous backups would otherwise each ask the server for every API group again): one
+/// discovery is reused for as long as the process's watches of CustomResourceDefinitions and
+/// APIServices, the objects that change what the server serves, see no change
+/// ([`SharedDiscovery::changed`]), and for at most `max_age`. It is not reused while those watches
+/// are not known to be running ([`SharedDiscovery::watching`]), nor when a group could not be
+/// discovered. A discovery begun less than [`SharedDiscovery::SETTLE`] after a change is not kept
+/// either: the server serves a new CRD's resources shortly after the CRD is Established, not at
+/// once.
+pub struct SharedDiscovery {
+    cached: tokio::sync::Mutex<Option<(Arc<Discovered>, std::time::Instant, u64)>>,
+    /// Bumped by every change the watches see: a discovery made before it is not reused.
+    generation: AtomicU64,
+    watching: std::sync::atomic::AtomicBool,
+    last_change: std::sync::Mutex<Option<std::time::Instant>>,
+    max_age: std::time::Duration,
+}
+
+impl SharedDiscovery {
+    pub fn new(max_age: std::time::Duration) -> Self {
+        SharedDiscovery {
+            cached: Default::default(),
+            generation: AtomicU64::new(0),
+            watching: Default::default(),
+            last_change: Default::default(),
+            max_age,
+        }
+    }
+
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// What the server serves may have changed: the next backup discovers it again.
+    pub fn changed(&self) {
+        *self.last_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether every watch that reports changes is running (it has listed since it last failed):
+    /// only then is a discovery reused. Either way counts as a change.
+    pub fn watching(&self, running: bool) {
+        self.watching.store(running, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// The discovery to use now: the one held, if still good, else one made by `discover` (one
+    /// at a time when it is to be kept: backups that ask meanwhile wait for it rather than each
+    /// asking the server).
+    pub async fn get<F>(&self, discover: F) -> Result<Arc<Discovered>>
+    where
+        F: std::future::Future<Output = Result<Discovered>>,
+    {
+        let mut cached = self.cached.lock().await;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let trusted = self.watching.load(Ordering::SeqCst);
+        if let Some((d, at, made)) = cached.as_ref()
+            && trusted
+            && *made == generation
+            && at.elapsed() < self.max_age
+        {
+            return Ok(d.clone());
+        }
+        let settled =
+            (self.last_change.lock().unwrap_or_else(|p| p.into_inner())).is_none_or(|at| at.elapsed() >= Self::SETTLE);
+        if !(trusted && settled) {
+            // Not to be kept: the others need not wait for it.
+            *cached = None;
+            drop(cached);
+            return discover.await.map(Arc::new);
+        }
+        let d = Arc::new(discover.await?);
+        *cached = Some((d.clone(), std::time::Instant::now(), generation)).filter(|_| d.unavailable.is_empty());
+        Ok(d)
+    }
+}
+
 /// `(group, preferred version)` of the core API (group `""`) and of every API group.
 async fn preferred_versions(client: &Client, throttle: &Throttle) -> Result<Vec<(String, String)>> {
     let core_versions = throttle
@@ -272,4 +347,68 @@ pub fn never_backed_up(key: &str) -> Option<&'static str> {
         "bindings" | "tokenreviews.authentication.k8s.io" => "not stored objects",
         _ => return key.split_once('.').and_then(|(_, group)| never_backed_up_group(group)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_shared_discovery_is_reused_only_while_watched_and_unchanged() {
+        let calls = AtomicU64::new(0);
+        let discover = |unavailable: bool| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let mut d = Discovered::default();
+            if unavailable {
+                d.unavailable.push(UnavailableGroup { group: "g".into(), version: "v1".into(), reason: "down".into() });
+            }
+            async move { Ok(d) }
+        };
+        let reused = || async { unreachable!("the held discovery is reused") };
+        let shared = SharedDiscovery::new(std::time::Duration::from_secs(600));
+        // As if the last change were long ago (past SETTLE).
+        let settle = |s: &SharedDiscovery| {
+            *s.last_change.lock().unwrap() = std::time::Instant::now().checked_sub(SharedDiscovery::SETTLE * 2);
+        };
+        let count = || calls.load(Ordering::SeqCst);
+        // Not watched yet: every backup discovers.
+        shared.get(discover(false)).await.unwrap();
+        shared.get(discover(false)).await.unwrap();
+        assert_eq!(count(), 2);
+        shared.watching(true);
+        // Within SETTLE of a change (the watches starting count as one): discovered, not kept.
+        shared.get(discover(false)).await.unwrap();
+        shared.get(discover(false)).await.unwrap();
+        assert_eq!(count(), 4);
+        settle(&shared);
+        shared.get(discover(false)).await.unwrap();
+        assert!(shared.get(reused()).await.unwrap().unavailable.is_empty());
+        assert_eq!(count(), 5);
+        // A CRD or APIService changed: discovered again, then reused once settled.
+        shared.changed();
+        settle(&shared);
+        shared.get(discover(false)).await.unwrap();
+        shared.get(reused()).await.unwrap();
+        assert_eq!(count(), 6);
+        // The watches failed: not reused until they run again.
+        shared.watching(false);
+        settle(&shared);
+        shared.get(discover(false)).await.unwrap();
+        shared.get(discover(false)).await.unwrap();
+        assert_eq!(count(), 8);
+        // A discovery with a group missing is not kept.
+        shared.watching(true);
+        settle(&shared);
+        shared.get(discover(true)).await.unwrap();
+        shared.get(discover(false)).await.unwrap();
+        shared.get(reused()).await.unwrap();
+        assert_eq!(count(), 10);
+        // Past its age: discovered again.
+        let young = SharedDiscovery::new(std::time::Duration::ZERO);
+        young.watching(true);
+        settle(&young);
+        young.get(discover(false)).await.unwrap();
+        young.get(discover(false)).await.unwrap();
+        assert_eq!(count(), 12);
+    }
 }

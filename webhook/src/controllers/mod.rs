@@ -10,6 +10,7 @@
 //! - [`requests`] — Backup and Restore resources, each run once
 
 pub mod continuous;
+pub mod discovery;
 pub mod expiry;
 pub mod health;
 pub mod requests;
