@@ -466,6 +466,29 @@ roleRef: {{kind: Role, name: {role}, apiGroup: rbac.authorization.k8s.io}}
     )
 }
 
+/// A CustomResourceDefinition of `<plural>.<group>`, version v1, `scope` `Namespaced` or `Cluster`,
+/// whose objects may hold any field.
+pub fn crd(group: &str, plural: &str, kind: &str, scope: &str) -> String {
+    let singular = kind.to_lowercase();
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: {plural}.{group}
+spec:
+  group: {group}
+  scope: {scope}
+  names: {{plural: {plural}, singular: {singular}, kind: {kind}}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#
+    )
+}
+
 pub fn namespace(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, eventually, namespace, sample_app, unique};
+use kubectl_backup_e2e::fixtures::{OwnCluster, Tools, crd, eventually, namespace, sample_app, unique};
 use kubectl_backup_e2e::webhook::Webhook;
 use serde_json::Value;
 
@@ -481,24 +481,7 @@ fn a_crd_installed_while_the_controller_runs_is_in_its_next_backup() {
     // Past the settling time after the watches start, so that the first backup's discovery is kept.
     std::thread::sleep(Duration::from_secs(11));
     let first = s.first_continuous_backup(&ws, &sample_app(&ws));
-    s.t.apply(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.example.org
-spec:
-  group: example.org
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#,
-    )
-    .ok();
+    s.t.apply(&crd("example.org", "widgets", "Widget", "Namespaced")).ok();
     s.t.kubectl(&["wait", "--for=condition=Established", "crd/widgets.example.org", "--timeout=60s"]).ok();
     s.t.apply(&format!(
         "apiVersion: example.org/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: {ws}\nsize: 3\n"

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kubectl_backup_e2e::fixtures::{
-    OwnCluster, annotation, catch_up_identity, events, eventually, namespace, sample_app, unique, wait_until,
+    OwnCluster, annotation, catch_up_identity, crd, events, eventually, namespace, sample_app, unique, wait_until,
 };
 use kubectl_backup_e2e::process::connections_to;
 use kubectl_backup_e2e::webhook::Webhook;
@@ -313,24 +313,7 @@ fn own_and_system_namespaces_are_never_mutated_and_bad_bodies_get_answers() {
 
 /// Serves a cluster-scoped `workspaces.example.org` resource.
 fn workspace_crd(s: &Setup) {
-    s.t.apply(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: workspaces.example.org
-spec:
-  group: example.org
-  scope: Cluster
-  names: {plural: workspaces, singular: workspace, kind: Workspace}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#,
-    )
-    .ok();
+    s.t.apply(&crd("example.org", "workspaces", "Workspace", "Cluster")).ok();
     s.t.kubectl(&["wait", "--for=condition=Established", "crd/workspaces.example.org", "--timeout=60s"]);
 }
 
