@@ -124,7 +124,13 @@ pub async fn run_with_movers(
         changed: Default::default(),
     });
     let observer: Arc<dyn Observer> = tracker.clone();
-    let heartbeat = tokio::spawn(heartbeat(store.clone(), name.to_string(), marker, tracker.clone()));
+    // Stops with the run, also when the run is dropped (given up for taking too long).
+    let heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(heartbeat(
+        store.clone(),
+        name.to_string(),
+        marker,
+        tracker.clone(),
+    )));
     let pipeline =
         Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers, watched };
     let result = run_pipeline(pipeline, spec, ttl, version, &run_id, begun).await;

@@ -140,7 +140,9 @@ pub struct Blob {
 pub struct Lease {
     store: Store,
     run: String,
-    beat: tokio::task::JoinHandle<()>,
+    /// Stops when the lease is released or dropped (a run given up, e.g. for taking too long): a
+    /// lease that beat on would keep what it holds from collection for good.
+    beat: tokio_util::task::AbortOnDropHandle<()>,
     health: Arc<std::sync::Mutex<Health>>,
 }
 
@@ -172,7 +174,7 @@ impl Lease {
         futures::future::try_join(put("start"), put("beat")).await?;
         let health = Arc::new(std::sync::Mutex::new(Health { at: sent.0, wall: sent.1, lapsed: false }));
         let (s, path, h) = (store.clone(), Path::from(format!("{LEASES}/{run}.beat")), health.clone());
-        let beat = tokio::spawn(async move {
+        let beat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
                 let sent = (std::time::Instant::now(), std::time::SystemTime::now());
@@ -189,7 +191,7 @@ impl Lease {
                     }
                 }
             }
-        });
+        }));
         Ok(Lease { store: store.clone(), run: run.to_string(), beat, health })
     }
 
@@ -1193,4 +1195,29 @@ async fn remove_pack(store: &Store, id: &str) -> Result<u64> {
         }
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_lease_stops_beating() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_url(&format!("file://{}", dir.path().display()), &Default::default()).unwrap();
+        let lease = Lease::acquire(&store, "run-1").await.unwrap();
+        assert!(dir.path().join(LEASES).join("run-1.beat").is_file());
+        let beat = lease.beat.abort_handle();
+        assert!(!beat.is_finished());
+        // A run given up (its future dropped, as a continuous backup that took too long) drops
+        // its lease unreleased: the heartbeat must not outlive it.
+        drop(lease);
+        for _ in 0..100 {
+            if beat.is_finished() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the heartbeat of a dropped lease still runs");
+    }
 }

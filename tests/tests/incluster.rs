@@ -494,6 +494,96 @@ fn a_crd_installed_while_the_controller_runs_is_in_its_next_backup() {
     assert_eq!(second["status"]["resources"]["widgets.example.org"], 1, "{second}\n{}", webhook.log());
 }
 
+/// A continuous backup that fails is taken again with nothing changed in the workspace
+/// (`--continuous-retries`, `--continuous-retry-after`), and one that hangs is given up after
+/// `--continuous-timeout`: its slot is freed for another workspace, and its lease stops beating
+/// (so that collection does not keep what it holds for good). The location is a directory here:
+/// replaced by a file, every write to it fails; a FIFO in place of a workspace's head (the last
+/// incremental backup the next one continues) makes the next backup's read of it hang.
+#[test]
+fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
+    let s = setup("retry");
+    let dir = s.dir.join("retry-store");
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("file://{}", dir.display());
+    let webhook = s.0.webhook_at(
+        NS,
+        &url,
+        &[
+            "--debounce=1s",
+            "--continuous-retries=2",
+            "--continuous-retry-after=5s",
+            "--continuous-timeout=5s",
+            "--continuous-parallel=1",
+            "--restore-worker=false",
+        ],
+    );
+    let in_dir = Tools { location: Some(url.clone()), ..s.t.clone() };
+    let continuous = |ns: &str| -> Vec<Value> {
+        let listed = in_dir.backup(&["list", "-o", "json"]).ok().json();
+        let all = listed["items"].as_array().unwrap().clone();
+        let of_ns = |b: &Value| b["spec"]["includedNamespaces"] == serde_json::json!([ns]);
+        all.into_iter().filter(|b| b["spec"]["schedule"] == "continuous" && of_ns(b)).collect()
+    };
+    let logged = |what: &str, ns: &str| {
+        let named = format!("namespace={ns}");
+        webhook.log().lines().filter(|l| l.contains(what) && l.split(' ').any(|w| w == named)).count()
+    };
+    // The start-up backups (namespaces with no backup yet) done first.
+    eventually("the start-up backup of default", Duration::from_secs(30), || !continuous("default").is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every write fails: the backup of a new workspace fails, and is retried once the store is back.
+    let gone = s.dir.join("retry-store.gone");
+    std::fs::rename(&dir, &gone).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let ws = unique("ws");
+    s.t.kubectl(&["create", "namespace", &ws]).ok();
+    s.t.kubectl(&["-n", &ws, "create", "configmap", "kept", "--from-literal=value=1"]).ok();
+    eventually("the backup fails", Duration::from_secs(30), || logged("continuous backup failed", &ws) > 0);
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&gone, &dir).unwrap();
+    eventually("the retried backup", Duration::from_secs(30), || !continuous(&ws).is_empty());
+    let taken = continuous(&ws);
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0]["status"]["phase"], "Completed", "{}", taken[0]);
+    assert_eq!(taken[0]["status"]["resources"]["configmaps"], 2, "{}", taken[0]); // and kube-root-ca.crt
+    assert_eq!(logged("continuous backup failed", &ws), 1, "{}", webhook.log());
+    assert_eq!(logged("retrying the failed continuous backup", &ws), 1, "{}", webhook.log());
+
+    // The next backup of the workspace hangs reading its head.
+    let head = std::fs::read_dir(dir.join("heads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().contains(&format!("\"{ws}-")))
+        .unwrap_or_else(|| panic!("no head for {ws} in {}", dir.display()));
+    std::fs::remove_file(&head).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&head).status().unwrap();
+    assert!(made.success());
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "kept", "-p", r#"{"data":{"value":"2"}}"#]).ok();
+    eventually("given up", Duration::from_secs(30), || logged("ran longer than --continuous-timeout", &ws) > 0);
+    // Its slot (the only one) is free: another workspace's change is backed up meanwhile.
+    let other = unique("ws");
+    s.t.kubectl(&["create", "namespace", &other]).ok();
+    s.t.kubectl(&["-n", &other, "create", "configmap", "other", "--from-literal=value=1"]).ok();
+    eventually("the other workspace's backup", Duration::from_secs(30), || !continuous(&other).is_empty());
+    // Retried twice, each given up too, then left to the next change.
+    eventually("no retry left", Duration::from_secs(60), || {
+        logged("continuous backups failed too often in a row", &ws) > 0
+    });
+    assert_eq!(logged("ran longer than --continuous-timeout", &ws), 3, "{}", webhook.log());
+    assert_eq!(continuous(&ws).len(), 1, "nothing committed by the backups given up");
+    // No lease of theirs beats on: past a heartbeat (10 s), none was written to since.
+    let quiet_from = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_secs(13));
+    for lease in std::fs::read_dir(dir.join("leases")).unwrap() {
+        let lease = lease.unwrap();
+        let modified = lease.metadata().unwrap().modified().unwrap();
+        assert!(modified < quiet_from, "{:?} still beats\n{}", lease.path(), webhook.log());
+    }
+    assert!(std::fs::read_dir(dir.join("leases")).unwrap().count() >= 3, "the leases of the runs given up");
+}
+
 /// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every
 /// change past the first byte is let go of, so each continuous backup lists every type, and still
 /// holds exactly what the namespace holds.

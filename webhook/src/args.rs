@@ -106,6 +106,19 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_CONTINUOUS_PARALLEL", default_value_t = 4, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub continuous_parallel: usize,
+    /// A continuous backup still running after this long is given up and counts as failed (its
+    /// slot freed, its lease and heartbeats stopped, what it wrote collected as any interrupted
+    /// run's). 0s: no limit.
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub continuous_timeout: Duration,
+    /// A failed continuous backup (not taken, PartiallyFailed, or given up) is taken again this
+    /// many times in a row while its workspace does not change (0: only at its next change).
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_RETRIES", default_value_t = 5)]
+    pub continuous_retries: u32,
+    /// The wait before the first retry of a failed continuous backup, doubled for each further
+    /// one (at most 1h).
+    #[arg(long, env = "WEBHOOK_CONTINUOUS_RETRY_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub continuous_retry_after: Duration,
     /// How long discovering one API group may take in a backup or restore, retries included (the
     /// plugin's --discovery-timeout, same default). A group that does not answer in time is named in
     /// the backup's errors and left out.

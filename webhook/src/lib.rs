@@ -170,6 +170,11 @@ fn start_controllers(supervisor: &mut runtime::Supervisor, ctx: &Arc<controllers
             max_held: args.continuous_changes_max_mib.saturating_mul(1 << 20),
             include_volumes: args.continuous_include_volumes,
             parallel: args.continuous_parallel,
+            timeout: args.continuous_timeout,
+            retry: controllers::continuous::Retry {
+                times: args.continuous_retries,
+                after: args.continuous_retry_after,
+            },
         });
         supervisor.spawn("continuous", move || c.clone().run());
     }

@@ -87,6 +87,57 @@ pub struct Continuous {
     pub max_held: usize,
     /// At most this many backups at once (`--continuous-parallel`).
     pub parallel: usize,
+    /// A backup running longer is given up, and counts as failed (`--continuous-timeout`; zero:
+    /// no limit).
+    pub timeout: Duration,
+    /// How a failed backup is taken again when its workspace does not change meanwhile.
+    pub retry: Retry,
+}
+
+/// A continuous backup that failed (not taken, or taken in part) is taken again `after` it
+/// failed, then after twice as long for each failure in a row, at most `times` times in a row
+/// (`--continuous-retries`, `--continuous-retry-after`). A change in the workspace still has its
+/// backup taken `--debounce` after it, as always.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub times: u32,
+    pub after: Duration,
+}
+
+impl Retry {
+    /// The wait before the retry that follows the `failures`th failure in a row (1 for the
+    /// first), if one is left: doubled each time, at most [`MAX_RETRY_WAIT`].
+    fn wait(&self, failures: u32) -> Option<Duration> {
+        let doubled = self.after.saturating_mul(1 << failures.saturating_sub(1).min(20));
+        (failures <= self.times).then(|| doubled.min(MAX_RETRY_WAIT))
+    }
+}
+
+/// The longest wait between two retries of a failed continuous backup.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
+
+/// How a continuous backup of a namespace ended.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// None was taken: the namespace is not a workspace whose state is backed up (any more).
+    Skipped,
+    /// Taken, complete: its name, and whether it left out LISTs for the watches' changes.
+    Completed(String, bool),
+    /// Not taken, taken in part (PartiallyFailed), or given up for taking too long.
+    Failed,
+}
+
+/// What follows a continuous backup's end ([`State::end`]).
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Nothing until the workspace's next change.
+    Nothing,
+    /// It failed for the `n`th time in a row and is taken again after the wait.
+    Retry(u32, Duration),
+    /// It failed for the `n`th time in a row and no retry is left: its next change takes it.
+    GaveUp(u32),
+    /// It failed, and the workspace changed while it ran: that change's backup comes.
+    Changed,
 }
 
 #[derive(Default)]
@@ -119,15 +170,18 @@ struct State {
     /// Resource key -> its [`State::gaps`] when its watch last finished listing: a type whose watch
     /// failed since may hold stale `objects` (an event lost without a new LIST).
     listed_gaps: HashMap<String, u64>,
+    /// Namespace -> how many of its continuous backups in a row failed ([`Retry`]).
+    failures: HashMap<String, u32>,
 }
 
 /// A namespace marked for a backup: when it was first marked since its last backup began (its
 /// place in the queue for a `--continuous-parallel` slot) and when it last changed (its backup is
-/// due `--debounce` after that).
+/// due `--debounce` after that), or, for a retry of a failed backup, the time it is due.
 #[derive(Clone, Copy, Debug)]
 struct Mark {
     first: Instant,
     last: Instant,
+    retry_at: Option<Instant>,
 }
 
 /// An object as its watch last saw it.
@@ -193,18 +247,20 @@ impl State {
     /// Marks `ns` for a backup, `--debounce` after this change.
     fn mark(&mut self, ns: &str) {
         let now = Instant::now();
-        let m = self.dirty.entry(ns.to_string()).or_insert(Mark { first: now, last: now });
-        m.last = now;
+        let m = self.dirty.entry(ns.to_string()).or_insert(Mark { first: now, last: now, retry_at: None });
+        // A change's backup is due `--debounce` after it, retry or not.
+        (m.last, m.retry_at) = (now, None);
     }
 
-    /// The namespaces whose backup is due now: unchanged for at least `debounce` and not being
-    /// backed up, the one marked first first (a workspace that keeps changing keeps its place),
+    /// The namespaces whose backup is due now: unchanged for at least `debounce` (or at their
+    /// retry's time) and not being backed up, the one marked first first (a workspace that keeps changing keeps its place),
     /// as many as leave at most `parallel` running. Each is taken off `dirty` and counted as
     /// running; the others wait for a free slot, and how many do is the second value.
     fn due(&mut self, debounce: Duration, parallel: usize) -> (Vec<String>, usize) {
-        let free = parallel.saturating_sub(self.running.len());
+        let (free, now) = (parallel.saturating_sub(self.running.len()), Instant::now());
+        let is_due = |m: &Mark| m.retry_at.map_or(m.last.elapsed() >= debounce, |at| now >= at);
         let mut due: Vec<(Instant, &String)> = (self.dirty.iter())
-            .filter(|(ns, m)| m.last.elapsed() >= debounce && !self.running.contains(*ns))
+            .filter(|(ns, m)| is_due(m) && !self.running.contains(*ns))
             .map(|(ns, m)| (m.first, ns))
             .collect();
         due.sort();
@@ -366,23 +422,44 @@ impl State {
         Begun { watched, since, at, listed_at }
     }
 
-    /// Ends a backup of `ns` begun as `begun`: `done` names the backup taken and says whether it
-    /// left out LISTs for the watches' changes. A failed one leaves none to continue: the next
-    /// lists every type.
-    fn end(&mut self, ns: &str, begun: Begun, done: Option<(String, bool)>) {
+    /// Ends a backup of `ns` begun as `begun`. Only a complete one leaves a backup for the
+    /// watches' changes to continue; after any other, the next lists every type. A failed one is
+    /// marked to be taken again ([`Retry`]) unless the workspace changed while it ran.
+    fn end(&mut self, ns: &str, begun: Begun, outcome: Outcome, retry: &Retry) -> Next {
         self.running.remove(ns);
         // What changed while it ran was dropped: nothing to continue it with.
-        let done = done.filter(|_| !self.dropped.remove(ns));
-        match done {
-            Some((name, skipped)) => {
+        let dropped = self.dropped.remove(ns);
+        let next = match &outcome {
+            Outcome::Failed => {
+                let failures = self.failures.entry(ns.to_string()).or_default();
+                *failures += 1;
+                match (self.dirty.contains_key(ns), retry.wait(*failures)) {
+                    (true, _) => Next::Changed,
+                    (false, Some(wait)) => {
+                        let now = Instant::now();
+                        let mark = Mark { first: now, last: now, retry_at: Some(now + wait) };
+                        self.dirty.insert(ns.to_string(), mark);
+                        Next::Retry(*failures, wait)
+                    }
+                    (false, None) => Next::GaveUp(*failures),
+                }
+            }
+            Outcome::Skipped | Outcome::Completed(..) => {
+                self.failures.remove(ns);
+                Next::Nothing
+            }
+        };
+        match outcome {
+            Outcome::Completed(name, skipped) if !dropped => {
                 let listed_at = if skipped { begun.listed_at.unwrap_or(begun.at) } else { begun.at };
                 self.bases.insert(ns.to_string(), Base { name, since: begun.since, listed_at });
             }
-            None => {
+            _ => {
                 self.bases.remove(ns);
                 self.take_changes(ns);
             }
         }
+        next
     }
 }
 
@@ -421,13 +498,32 @@ impl Continuous {
             for (ns, begun) in due {
                 let (me, state) = (self.clone(), state.clone());
                 tokio::spawn(async move {
-                    // A backup that panicked ends too: left running, it would hold a slot for good.
+                    // A backup that panicked or hangs ends too: left running, it would hold a slot
+                    // for good. Given up, it stops its heartbeats and lease with it; what it wrote
+                    // uncommitted is collected as any interrupted run's.
                     let backup = AssertUnwindSafe(me.backup(&ns, begun.watched.as_ref())).catch_unwind();
-                    let done = backup.await.unwrap_or_else(|_| {
-                        tracing::error!(namespace = %ns, "a continuous backup panicked; the next one lists every type");
-                        None
-                    });
-                    state.lock().unwrap_or_else(|p| p.into_inner()).end(&ns, begun, done);
+                    let limit = if me.timeout.is_zero() { Duration::MAX } else { me.timeout };
+                    let outcome = match tokio::time::timeout(limit, backup).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(_)) => {
+                            tracing::error!(namespace = %ns, "a continuous backup panicked; the next one lists every type");
+                            Outcome::Failed
+                        }
+                        Err(_) => {
+                            tracing::warn!(namespace = %ns, timeout = ?me.timeout, "a continuous backup ran longer than --continuous-timeout: given up");
+                            Outcome::Failed
+                        }
+                    };
+                    let next = state.lock().unwrap_or_else(|p| p.into_inner()).end(&ns, begun, outcome, &me.retry);
+                    match next {
+                        Next::Retry(failures, wait) => {
+                            tracing::info!(namespace = %ns, failures, retry_in = ?wait, "retrying the failed continuous backup")
+                        }
+                        Next::GaveUp(failures) => {
+                            tracing::warn!(namespace = %ns, failures, "continuous backups failed too often in a row: the next is taken at the workspace's next change")
+                        }
+                        Next::Nothing | Next::Changed => {}
+                    }
                 });
             }
         }
@@ -532,25 +628,35 @@ impl Continuous {
     /// Whether `ns` is a workspace whose state is backed up: one the webhook would decide is a
     /// workspace and not ephemeral (by its label, its annotation or `--ephemeral-pattern`), and not
     /// being deleted.
+    /// An error reading the namespace counts as not.
     async fn is_workspace(&self, ns: &str) -> bool {
+        self.workspace(ns).await.unwrap_or(false)
+    }
+
+    /// [`Continuous::is_workspace`], or the error reading the namespace.
+    async fn workspace(&self, ns: &str) -> Result<bool, kube::Error> {
         if self.ctx.policy.excluded.contains(ns) {
-            return false;
+            return Ok(false);
         }
         let api: Api<Namespace> = Api::all(self.ctx.cluster.client.clone());
-        match api.get_opt(ns).await {
-            Ok(Some(n)) => {
+        Ok(match api.get_opt(ns).await? {
+            Some(n) => {
                 let decided = decide(&self.ctx.policy, ns, n.labels(), n.annotations(), &self.ctx.index);
                 n.metadata.deletion_timestamp.is_none() && matches!(decided, Decision::Restore(_) | Decision::Nothing)
             }
-            _ => false,
-        }
+            None => false,
+        })
     }
 
-    /// Backs up `ns` if it is a workspace; the backup's name and whether it left out LISTs for
-    /// the `watched` changes, if it was taken.
-    async fn backup(&self, ns: &str, watched: Option<&Watched>) -> Option<(String, bool)> {
-        if !self.is_workspace(ns).await {
-            return None;
+    /// Backs up `ns` if it is a workspace (one whose namespace cannot be read counts as failed).
+    async fn backup(&self, ns: &str, watched: Option<&Watched>) -> Outcome {
+        match self.workspace(ns).await {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Skipped,
+            Err(e) => {
+                tracing::warn!(namespace = %ns, error = %e, "continuous backup failed: cannot read the namespace");
+                return Outcome::Failed;
+            }
         }
         let name = timestamped_name(&name_prefix(ns), Timestamp::now());
         let spec = self.spec(ns);
@@ -576,7 +682,7 @@ impl Continuous {
             }
             Err(e) => {
                 tracing::warn!(namespace = %ns, backup = %name, error = %e, "continuous backup failed");
-                None
+                Outcome::Failed
             }
         }
     }
@@ -625,16 +731,17 @@ fn is_named_for(prefix: &str, name: &str) -> bool {
         .is_some_and(|stamp| stamp.len() == 14 && stamp.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Whether the watches' changes may continue backup `b` (named `name`), and whether it left out
-/// LISTs for them: only a complete one. One that failed in part may lack objects of a type whose
-/// LIST failed, and a backup continuing it would take that type from it as it is.
-fn continued_by_changes(name: String, b: &kubectl_backup_core::model::Backup) -> Option<(String, bool)> {
+/// How backup `b` (named `name`) ended: only a complete one may be continued by the watches'
+/// changes (with whether it left out LISTs for them). One that failed in part may lack objects of
+/// a type whose LIST failed, and a backup continuing it would take that type from it as it is;
+/// it counts as failed, to be taken again.
+fn continued_by_changes(name: String, b: &kubectl_backup_core::model::Backup) -> Outcome {
     if b.status.phase != kubectl_backup_core::model::Phase::Completed {
         tracing::info!(backup = %name, phase = %b.status.phase, "the next continuous backup of this workspace lists every type");
-        return None;
+        return Outcome::Failed;
     }
     let skipped = b.status.incremental.as_ref().is_some_and(|i| i.lists_skipped > 0);
-    Some((name, skipped))
+    Outcome::Completed(name, skipped)
 }
 
 fn watchable(r: &Resource) -> bool {
@@ -742,6 +849,7 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+    const RETRY: Retry = Retry { times: 2, after: Duration::from_secs(30) };
 
     /// A state whose watches of ConfigMaps and Secrets have listed, with `ws` backed up as `b1`,
     /// during which `ws/a` changed.
@@ -757,7 +865,7 @@ mod tests {
         let begun = s.begin("ws", HOUR);
         assert!(begun.watched.is_none(), "the first backup of a workspace lists");
         s.note("configmaps", "ws", "a", || Some(applied(1)));
-        s.end("ws", begun, Some(("b1".into(), false)));
+        s.end("ws", begun, Outcome::Completed("b1".into(), false), &RETRY);
         s
     }
 
@@ -782,7 +890,7 @@ mod tests {
         assert_eq!(w.changed["secrets"], [("ws/b".to_string(), applied(2))].into());
         // What changes while it runs is for the next one.
         s.note("configmaps", "ws", "d", || Some(applied(4)));
-        s.end("ws", begun, Some(("b2".into(), true)));
+        s.end("ws", begun, Outcome::Completed("b2".into(), true), &RETRY);
         let next = s.begin("ws", HOUR).watched.expect("continued again");
         assert_eq!(next.since, "b2");
         assert_eq!(next.changed.len(), 1);
@@ -799,7 +907,7 @@ mod tests {
         let mut s = backed_up_once();
         s.running.insert("ws".into());
         let begun = s.begin("ws", HOUR);
-        s.end("ws", begun, None);
+        s.end("ws", begun, Outcome::Failed, &RETRY);
         assert!(s.begin("ws", HOUR).watched.is_none(), "after a failure the next backup lists");
 
         let mut s = backed_up_once();
@@ -815,7 +923,7 @@ mod tests {
         let mut s = backed_up_once();
         s.running.insert("ws2".into());
         let begun = s.begin("ws2", HOUR);
-        s.end("ws2", begun, Some(("c1".into(), false)));
+        s.end("ws2", begun, Outcome::Completed("c1".into(), false), &RETRY);
         s.max_held = 10;
         s.note("configmaps", "ws", "a", || Some(body(6))); // replaces ws/a's 1 byte
         s.note("secrets", "ws2", "b", || Some(body(3)));
@@ -844,7 +952,7 @@ mod tests {
         s.note("configmaps", "ws", "big", || Some(body(11)));
         assert_eq!(s.held, 0);
         s.note("configmaps", "ws", "small", || Some(body(1))); // held again while it runs…
-        s.end("ws", begun, Some(("b2".into(), true)));
+        s.end("ws", begun, Outcome::Completed("b2".into(), true), &RETRY);
         assert!(s.begin("ws", HOUR).watched.is_none(), "…but the change before it was dropped: listed");
         assert_eq!((s.held, s.dropped.len()), (0, 0));
     }
@@ -855,7 +963,7 @@ mod tests {
         let mut s = backed_up_once();
         s.ready.remove("secrets");
         let begun = s.begin("ws", HOUR);
-        s.end("ws", begun, Some(("b2".into(), true)));
+        s.end("ws", begun, Outcome::Completed("b2".into(), true), &RETRY);
         s.ready.insert("secrets".into());
         let w = s.begin("ws", HOUR).watched.expect("continued for ConfigMaps");
         assert_eq!(covered(&w), keys(&["configmaps"]));
@@ -867,7 +975,7 @@ mod tests {
         let listed = s.bases["ws"].listed_at;
         let begun = s.begin("ws", HOUR);
         assert!(begun.watched.is_some());
-        s.end("ws", begun, Some(("b2".into(), true)));
+        s.end("ws", begun, Outcome::Completed("b2".into(), true), &RETRY);
         assert_eq!(s.bases["ws"].listed_at, listed);
     }
 
@@ -962,11 +1070,11 @@ mod tests {
         assert!(s.dirty.contains_key("ws"), "b was deleted meanwhile");
         assert!(s.ready.contains("configmaps"));
         assert_eq!(s.held, 0);
-        s.end("ws", begun, Some(("b2".into(), true)));
+        s.end("ws", begun, Outcome::Completed("b2".into(), true), &RETRY);
         let begun = s.begin("ws", HOUR);
         let w = begun.watched.as_ref().expect("continued");
         assert_eq!(covered(w), keys(&["secrets"]), "ConfigMaps' watch was listing when b2 began");
-        s.end("ws", begun, Some(("b3".into(), true)));
+        s.end("ws", begun, Outcome::Completed("b3".into(), true), &RETRY);
         let w = s.begin("ws", HOUR).watched.expect("continued");
         assert_eq!(covered(&w), keys(&["configmaps", "secrets"]), "listed before b3 began");
     }
@@ -1009,10 +1117,10 @@ mod tests {
         use kubectl_backup_core::model::{Backup, Phase};
         let mut b = Backup::new("b1", BackupSpec::default());
         b.status.phase = Phase::Completed;
-        assert_eq!(continued_by_changes("b1".into(), &b), Some(("b1".into(), false)));
+        assert_eq!(continued_by_changes("b1".into(), &b), Outcome::Completed("b1".into(), false));
         // A LIST that failed left its type's objects out: the next backup lists every type.
         b.status.phase = Phase::PartiallyFailed;
-        assert_eq!(continued_by_changes("b1".into(), &b), None);
+        assert_eq!(continued_by_changes("b1".into(), &b), Outcome::Failed);
     }
 
     #[test]
@@ -1042,10 +1150,10 @@ mod tests {
         let ago = |secs: u64| now - Duration::from_secs(secs);
         // (first marked, last changed) seconds ago: c waits longest though it changed last.
         for (ns, first, last) in [("c", 30, 3), ("a", 20, 5), ("b", 10, 4), ("fresh", 40, 0)] {
-            s.dirty.insert(ns.into(), Mark { first: ago(first), last: ago(last) });
+            s.dirty.insert(ns.into(), Mark { first: ago(first), last: ago(last), retry_at: None });
         }
         s.running.insert("busy".into());
-        s.dirty.insert("busy".into(), Mark { first: ago(9), last: ago(9) }); // changed while being backed up
+        s.dirty.insert("busy".into(), Mark { first: ago(9), last: ago(9), retry_at: None }); // changed while being backed up
         // Three slots, one taken: the two marked first; "fresh" changed within the debounce.
         let started = |d: (Vec<String>, usize)| d.0;
         assert_eq!(s.due(Duration::from_secs(2), 3), (vec!["c".into(), "a".into()], 1), "b waits");
@@ -1063,6 +1171,61 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_backup_is_taken_again_later_each_time_until_the_retries_run_out() {
+        let mut s = State::default();
+        let run = |s: &mut State, outcome: Outcome| {
+            let (due, _) = s.due(Duration::ZERO, 1);
+            assert_eq!(due, ["ws"], "ws is due");
+            let begun = s.begin("ws", HOUR);
+            s.end("ws", begun, outcome, &RETRY)
+        };
+        // Its retry time come (as if the wait had passed).
+        let come = |s: &mut State| s.dirty.get_mut("ws").unwrap().retry_at = Some(Instant::now());
+        s.mark("ws");
+        let before = Instant::now();
+        assert_eq!(run(&mut s, Outcome::Failed), Next::Retry(1, Duration::from_secs(30)));
+        let at = s.dirty["ws"].retry_at.unwrap();
+        assert!(at >= before + Duration::from_secs(30), "retried after the wait");
+        assert_eq!(s.due(Duration::ZERO, 1), (vec![], 0), "not before its time, even with no debounce");
+        come(&mut s);
+        assert_eq!(run(&mut s, Outcome::Failed), Next::Retry(2, Duration::from_secs(60)), "twice as late");
+        come(&mut s);
+        assert_eq!(run(&mut s, Outcome::Failed), Next::GaveUp(3));
+        assert!(s.dirty.is_empty(), "no retry left: the next change takes it");
+        // The next change's backup is due after the debounce; one that succeeds starts the count anew.
+        s.mark("ws");
+        assert_eq!(run(&mut s, Outcome::Failed), Next::GaveUp(4));
+        s.mark("ws");
+        assert_eq!(run(&mut s, Outcome::Completed("ws-1".into(), false)), Next::Nothing);
+        s.mark("ws");
+        assert_eq!(run(&mut s, Outcome::Failed), Next::Retry(1, Duration::from_secs(30)));
+        // A change while it waits: due after the debounce, not the retry's time.
+        s.mark("ws");
+        assert_eq!(s.dirty["ws"].retry_at, None);
+        // A change while it ran: that change's backup comes, not a retry.
+        let (due, _) = s.due(Duration::ZERO, 1);
+        assert_eq!(due, ["ws"]);
+        let begun = s.begin("ws", HOUR);
+        s.mark("ws");
+        assert_eq!(s.end("ws", begun, Outcome::Failed, &RETRY), Next::Changed);
+        assert_eq!(s.dirty["ws"].retry_at, None);
+        // No longer a workspace: nothing more, and the count is forgotten.
+        assert_eq!(run(&mut s, Outcome::Skipped), Next::Nothing);
+        assert!(s.dirty.is_empty() && s.failures.is_empty());
+    }
+
+    #[test]
+    fn retries_wait_twice_as_long_each_time_up_to_an_hour() {
+        let r = Retry { times: 30, after: Duration::from_secs(30) };
+        assert_eq!(r.wait(1), Some(Duration::from_secs(30)));
+        assert_eq!(r.wait(4), Some(Duration::from_secs(240)));
+        assert_eq!(r.wait(8), Some(MAX_RETRY_WAIT));
+        assert_eq!(r.wait(30), Some(MAX_RETRY_WAIT));
+        assert_eq!(r.wait(31), None);
+        assert_eq!(Retry { times: 0, after: Duration::from_secs(30) }.wait(1), None, "--continuous-retries=0");
+    }
+
+    #[test]
     fn after_a_start_a_workspace_with_no_backup_is_found() {
         let mut s = started();
         for ns in ["new", "marked", "running"] {
@@ -1076,7 +1239,7 @@ mod tests {
         assert_eq!(s.unbacked(|_| false), ["new".to_string(), "ws".to_string()].into());
         // Backed up by this process since: it has a base.
         let begun = s.begin("new", HOUR);
-        s.end("new", begun, Some(("new-1".into(), false)));
+        s.end("new", begun, Outcome::Completed("new-1".into(), false), &RETRY);
         assert_eq!(s.unbacked(backed_up), BTreeSet::new());
     }
 
