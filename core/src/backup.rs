@@ -601,7 +601,7 @@ async fn store_incremental(
         observer.event(Event::Archived { items: n, bytes: 0 });
         Ok((contents, duplicates, packs, stored, reused, unread))
     });
-    let collecting = p.collect(item_tx, listed_against.as_deref(), watched);
+    let collecting = p.collect(item_tx, listed_against.as_deref(), watched, p.watched);
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
@@ -619,6 +619,7 @@ async fn store_incremental(
         objects_reused: reused,
         objects_not_read: unread,
         lists_skipped: report.lists_skipped,
+        lists_empty: report.lists_empty,
         packs_written: written_packs.len() as u64,
         packs: packs.len() as u64,
         encryption,
@@ -647,7 +648,7 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
     let writer = spawn_writer(item_rx, chunk_tx, p.start.as_second().max(0) as u64, seal, observer.clone());
     let progress = observer.clone();
     let upload = store.upload(archive, chunk_rx, move |bytes| progress.event(Event::Uploading { bytes }));
-    let collecting = p.collect(item_tx, None, None);
+    let collecting = p.collect(item_tx, None, None, p.watched);
     let (report, uploaded) = tokio::join!(collecting, upload);
     let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
 
@@ -672,12 +673,13 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
 impl Pipeline<'_> {
     /// Lists what the plan selects into `items` (concurrent paged LISTs).
     /// With `previous`, objects unchanged since it are sent unread; with `watched` too, the types
-    /// it covers are not listed.
+    /// it covers are not listed; with `empty`, nor those it names as holding nothing.
     async fn collect(
         &self,
         items: mpsc::Sender<Batch>,
         previous: Option<&collect::Previous>,
         watched: Option<&collect::Watched>,
+        empty: Option<&collect::Watched>,
     ) -> collect::Report {
         let selector = self.selection.selector.as_ref().map(|s| s.as_str().to_string());
         collect::collect(
@@ -687,6 +689,7 @@ impl Pipeline<'_> {
             selector.as_deref(),
             previous,
             watched,
+            empty,
             items,
             self.observer.as_ref(),
         )

@@ -501,6 +501,10 @@ pub struct IncrementalStatus {
     /// the objects it saw change were read ([`crate::collect::Watched`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lists_skipped: u64,
+    /// LISTs the run did not make because the in-cluster controller's watch of the type held no
+    /// object of it in the namespace ([`crate::collect::Watched::empty`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lists_empty: u64,
     pub packs_written: u64,
     /// Packs the backup references in all.
     pub packs: u64,

@@ -431,6 +431,24 @@ mod tests {
     }
 
     #[test]
+    fn continuous_retries_and_timeout_default_and_parse() {
+        let base = ["backup-webhook", "--tls-cert", "c", "--tls-key", "k", "--location", "default"];
+        let a = Args::try_parse_from(base).unwrap();
+        assert_eq!(a.continuous_retries, 5);
+        assert_eq!(a.continuous_retry_after, Duration::from_secs(30));
+        assert_eq!(a.continuous_timeout, Duration::from_secs(3600));
+        let mut argv = base.to_vec();
+        argv.extend(["--continuous-retries=0", "--continuous-retry-after=2m", "--continuous-timeout=0s"]);
+        let a = Args::try_parse_from(&argv).unwrap();
+        assert_eq!((a.continuous_retries, a.continuous_retry_after), (0, Duration::from_secs(120)));
+        assert_eq!(a.continuous_timeout, Duration::ZERO);
+        argv.pop();
+        argv.push("--continuous-timeout=soon");
+        let e = Args::try_parse_from(&argv).unwrap_err().to_string();
+        assert!(e.contains("--continuous-timeout") && e.contains("soon"), "{e}");
+    }
+
+    #[test]
     fn default_location_flags_make_a_default_location_spec() {
         let base = ["backup-webhook", "--tls-cert", "c", "--tls-key", "k", "--location", "default"];
         let a = Args::try_parse_from(base).unwrap();

@@ -33,11 +33,15 @@ async fn list_task(l: &Lister<'_>, task: &Task) -> TaskOutcome {
     // writer keeps that set whatever the order, so an incremental run does not stop a LIST on it.
     let sorted = lists_in_key_order(&r.ar.group) && l.previous.is_none();
     let mut listed = Listed { sorted, ..Default::default() };
-    let mut skipped = false;
+    let (mut skipped, mut empty) = (false, false);
     let mut result = match (l.previous, l.watched, task.namespace.as_deref()) {
         (Some(previous), Some(watched), Some(ns)) if watched.covers(r) && !reads_spec(&r.key) => {
             skipped = true;
             read_watched(l, task, ns, previous, watched, &mut listed).await
+        }
+        (_, _, Some(ns)) if l.empty.is_some_and(|w| w.empty_in(r, ns)) && !reads_spec(&r.key) => {
+            empty = true;
+            Ok(())
         }
         (Some(previous), _, _) if !reads_spec(&r.key) => list_versions(l, task, previous, &mut listed).await,
         _ => list_bodies(l, task, None, &mut listed).await,
@@ -52,6 +56,7 @@ async fn list_task(l: &Lister<'_>, task: &Task) -> TaskOutcome {
         count: listed.count,
         namespaces: listed.namespaces,
         skipped,
+        empty,
         result,
     }
 }

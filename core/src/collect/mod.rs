@@ -132,8 +132,17 @@ pub type Previous = HashMap<String, Recorded>;
 /// deleted, with its body as the watch last delivered it. A backup continuing that backup does not
 /// list those types, nor read their objects: it takes from it the objects that did not change, and
 /// from the watch the ones that did.
+///
+/// Apart from that, `empty` names the types of which the watches held no object in `namespace`
+/// when the backup began: a backup of that one namespace, continuing another or not, does not list
+/// them either.
 #[derive(Clone, Debug, Default)]
 pub struct Watched {
+    /// The namespace whose backup this is for: `empty` says nothing of any other.
+    pub namespace: String,
+    /// Resource keys (with the apiVersion watched at) of which `namespace` held no object, as a
+    /// watch that had listed and not restarted since saw it when the backup began.
+    pub empty: HashMap<String, String>,
     /// The backup the changes are counted from: a run continuing another lists as usual.
     pub since: String,
     /// Resource keys (`<plural>[.<group>]`) whose every change since then is in `changed`, and the
@@ -185,6 +194,11 @@ impl Watched {
     fn covers(&self, r: &Resource) -> bool {
         self.covered.get(&r.key) == Some(&r.ar.api_version)
     }
+
+    /// Whether `r` held no object in `ns` as the watches saw it ([`Watched::empty`]).
+    fn empty_in(&self, r: &Resource, ns: &str) -> bool {
+        self.namespace == ns && self.empty.get(&r.key) == Some(&r.ar.api_version)
+    }
 }
 
 /// Totals of a collection.
@@ -200,6 +214,9 @@ pub struct Report {
     pub failed_lists: u64,
     /// LISTs left out for the changes a watch saw ([`Watched`]).
     pub lists_skipped: u64,
+    /// LISTs left out because the watch of the type held no object in the namespace
+    /// ([`Watched::empty`]).
+    pub lists_empty: u64,
     /// `(namespace, name)` of the PersistentVolumeClaims backed up: whose data `--include-volumes` reads.
     pub claims: BTreeSet<(String, String)>,
 }
@@ -218,7 +235,8 @@ struct Found {
 /// Lists everything the plan names and sends each object to `tx`. Stops early if `tx` is closed.
 /// With `previous`, most resources are listed as metadata only and their unchanged objects sent
 /// unread ([`list`]); with `watched` too, the types it covers are not listed at all in a
-/// namespace's backup ([`Watched`]).
+/// namespace's backup ([`Watched`]). With `empty`, the types it names as holding nothing in its
+/// namespace are not listed there ([`Watched::empty`]), with or without `previous`.
 #[allow(clippy::too_many_arguments)]
 pub async fn collect(
     client: &Client,
@@ -227,6 +245,7 @@ pub async fn collect(
     selector: Option<&str>,
     previous: Option<&Previous>,
     watched: Option<&Watched>,
+    empty: Option<&Watched>,
     tx: mpsc::Sender<Batch>,
     observer: &dyn Observer,
 ) -> Report {
@@ -243,7 +262,8 @@ pub async fn collect(
     let found = std::sync::Mutex::new(Found::default());
     // Changes seen by a watch stand in for a LIST only where nothing else would filter it.
     let watched = watched.filter(|_| previous.is_some() && selector.is_none());
-    let lister = Lister { client, throttle, selector, scope: &plan.scope, previous, watched, tx: &tx, found: &found };
+    let lister =
+        Lister { client, throttle, selector, scope: &plan.scope, previous, watched, empty, tx: &tx, found: &found };
     let outcomes: Vec<Vec<TaskOutcome>> = futures::stream::iter(tasks.into_iter().map(|task| {
         let (lister, items) = (&lister, items.clone());
         async move {
@@ -283,6 +303,7 @@ struct Lister<'a> {
     scope: &'a Scope,
     previous: Option<&'a Previous>,
     watched: Option<&'a Watched>,
+    empty: Option<&'a Watched>,
     tx: &'a mpsc::Sender<Batch>,
     found: &'a std::sync::Mutex<Found>,
 }
@@ -335,6 +356,7 @@ fn list_tasks(plan: &Plan) -> Vec<Task> {
 fn record(report: &mut Report, o: TaskOutcome) -> ControlFlow<()> {
     report.lists += 1;
     report.lists_skipped += u64::from(o.skipped);
+    report.lists_empty += u64::from(o.empty);
     if o.count > 0 {
         *report.counts.entry(o.key.clone()).or_default() += o.count;
     }
@@ -370,6 +392,8 @@ struct TaskOutcome {
     namespaces: BTreeSet<String>,
     /// Not listed: read as a watch's changes say ([`Watched`]).
     skipped: bool,
+    /// Not listed: the watch held no object of it in the namespace ([`Watched::empty`]).
+    empty: bool,
     result: Result<(), TaskError>,
 }
 

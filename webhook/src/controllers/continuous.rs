@@ -403,23 +403,47 @@ impl State {
     /// Begins a backup of `ns`: takes the changes seen since its last backup began and hands them
     /// on for the types whose watch has run since without a restart (see the module's
     /// documentation), within `list_every` of the last backup that listed every type.
+    ///
+    /// Unless it owes a listing of every type (its last backup that did is `list_every` old, or
+    /// `list_every` is zero), it does not list the types of which the watches hold no object in
+    /// `ns` either ([`State::empty_types`]): a workspace's first backup lists only the types it
+    /// holds objects of.
     fn begin(&mut self, ns: &str, list_every: Duration) -> Begun {
         let at = Instant::now();
         let mut watched = self.take_changes(ns).unwrap_or_default();
         let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
         let since = self.ready.iter().map(|k| (k.clone(), gaps(k))).collect();
-        let (watched, listed_at) = match self.bases.get(ns).filter(|b| b.listed_at.elapsed() < list_every) {
+        let base = self.bases.get(ns);
+        let owes_listing = list_every.is_zero() || base.is_some_and(|b| b.listed_at.elapsed() >= list_every);
+        let listed_at = match base.filter(|_| !owes_listing) {
             Some(b) => {
                 let covered = (b.since.iter())
                     .filter(|(k, g)| gaps(k) == **g)
                     .filter_map(|(k, _)| Some((k.clone(), self.versions.get(k)?.clone())))
                     .collect();
                 (watched.since, watched.covered) = (b.name.clone(), covered);
-                (Some(watched).filter(|w| !w.covered.is_empty()), Some(b.listed_at))
+                Some(b.listed_at)
             }
-            None => (None, None),
+            None => None,
         };
+        if !owes_listing {
+            (watched.namespace, watched.empty) = (ns.to_string(), self.empty_types(ns));
+        }
+        let watched = Some(watched).filter(|w| !w.covered.is_empty() || !w.empty.is_empty());
         Begun { watched, since, at, listed_at }
+    }
+
+    /// The watched types (and their apiVersions) of which the watches hold no object in `ns`:
+    /// each one's watch has listed and has not failed or restarted since, so what it holds is all
+    /// there is (but for an event still on its way, whose change marks `ns` for the next backup,
+    /// as any change after a backup began does).
+    fn empty_types(&self, ns: &str) -> HashMap<String, String> {
+        let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
+        (self.versions.iter())
+            .filter(|(k, _)| self.ready.contains(*k) && self.listed_gaps.get(*k) == Some(&gaps(k)))
+            .filter(|(k, _)| self.objects.get(*k).and_then(|of_type| of_type.get(ns)).is_none_or(|o| o.is_empty()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Ends a backup of `ns` begun as `begun`. Only a complete one leaves a backup for the
@@ -1223,6 +1247,51 @@ mod tests {
         assert_eq!(r.wait(30), Some(MAX_RETRY_WAIT));
         assert_eq!(r.wait(31), None);
         assert_eq!(Retry { times: 0, after: Duration::from_secs(30) }.wait(1), None, "--continuous-retries=0");
+    }
+
+    #[test]
+    fn a_backup_leaves_out_the_types_the_watches_hold_nothing_of_in_the_workspace() {
+        let mut s = started();
+        s.versions.insert("serviceaccounts".into(), "v1".into());
+        s.versions.insert("widgets.example.org".into(), "example.org/v1".into());
+        let elsewhere = |name: &str| [("other".to_string(), [(name.to_string(), seen(4))].into())].into();
+        s.listed("serviceaccounts", elsewhere("default"));
+        s.listed("widgets.example.org", HashMap::new());
+        let empty = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let all_empty = empty(&[("serviceaccounts", "v1"), ("widgets.example.org", "example.org/v1")]);
+        // A first backup: no backup to continue, but two types not to list.
+        let w = s.begin("ws", HOUR).watched.expect("types holding nothing in ws");
+        assert_eq!((w.namespace.as_str(), &w.empty), ("ws", &all_empty));
+        assert!(w.covered.is_empty() && w.since.is_empty(), "nothing to continue");
+        let in_other = empty(&[("configmaps", "v1"), ("secrets", "v1"), ("widgets.example.org", "example.org/v1")]);
+        assert_eq!(s.begin("other", HOUR).watched.unwrap().empty, in_other);
+        // `--continuous-list-every=0s`: every type is listed.
+        assert!(s.begin("ws", Duration::ZERO).watched.is_none());
+        // A watch that failed since it listed, or lists again, is not counted on.
+        s.gap("widgets.example.org");
+        assert_eq!(s.begin("ws", HOUR).watched.unwrap().empty, empty(&[("serviceaccounts", "v1")]));
+        s.relisting("serviceaccounts");
+        assert!(s.begin("ws", HOUR).watched.is_none(), "no type left to count on");
+        s.listed("serviceaccounts", elsewhere("default"));
+        s.listed("widgets.example.org", HashMap::new());
+        // An object created in ws: its type is listed (or taken from the watch, continuing).
+        s.saw("widgets.example.org", "ws", "w1", seen(9), false, || Some(applied(9)));
+        assert_eq!(s.begin("ws", HOUR).watched.unwrap().empty, empty(&[("serviceaccounts", "v1")]));
+        // And deleted: nothing of it in ws again.
+        s.deleted("widgets.example.org", "ws", "w1");
+        let begun = s.begin("ws", HOUR);
+        assert_eq!(begun.watched.as_ref().unwrap().empty, all_empty);
+        // Continuing a backup: the types it covers as before, and still not the empty ones...
+        s.end("ws", begun, Outcome::Completed("b1".into(), false), &RETRY);
+        let w = s.begin("ws", HOUR).watched.unwrap();
+        assert_eq!(w.since, "b1");
+        assert_eq!(w.empty, all_empty);
+        assert!(w.covered.contains_key("configmaps") && w.covered.contains_key("secrets"), "{:?}", w.covered);
+        // ...until the backup that lists every type is due.
+        s.bases.get_mut("ws").unwrap().listed_at = Instant::now() - 2 * HOUR;
+        assert!(s.begin("ws", HOUR).watched.is_none(), "every type listed");
     }
 
     #[test]
