@@ -588,6 +588,25 @@ fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
     });
     assert_eq!(logged("ran longer than --continuous-timeout", &ws), 3, "{}", webhook.log());
     assert_eq!(continuous(&ws).len(), 1, "nothing committed by the backups given up");
+    // Each counted as failed (with the first, not taken), and reported on the namespace.
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{}/metrics", webhook.metrics_port)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let failed = text.lines().find(|l| {
+        l.starts_with("kubectl_backup_backups_total{")
+            && l.contains(r#"trigger="continuous""#)
+            && l.contains(r#"result="Failed""#)
+    });
+    let failed: u64 = failed.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(failed >= 4, "{text}");
+    let events = s.t.get_json(&["events", "-n", &ws]);
+    let given_up = events["items"].as_array().unwrap().iter().any(|e| {
+        e["reason"] == "BackupFailed"
+            && e["message"].as_str().unwrap_or("").contains("ran longer than --continuous-timeout")
+    });
+    assert!(given_up, "{events}");
     // No lease of theirs beats on: past a heartbeat (10 s), none was written to since.
     let quiet_from = std::time::SystemTime::now();
     std::thread::sleep(Duration::from_secs(13));

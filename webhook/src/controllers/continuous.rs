@@ -41,9 +41,10 @@ use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::TypeMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::EventType;
 
 use crate::admission::{Decision, decide};
-use crate::metrics::SourceLabel;
+use crate::metrics::{BackupLabel, SourceLabel};
 use kube::runtime::watcher::{self, Event};
 use kubectl_backup_core::collect::{self, Change, Resource, Watched};
 use kubectl_backup_core::contents::Recorded;
@@ -535,6 +536,7 @@ impl Continuous {
                         }
                         Err(_) => {
                             tracing::warn!(namespace = %ns, timeout = ?me.timeout, "a continuous backup ran longer than --continuous-timeout: given up");
+                            me.given_up(&ns).await;
                             Outcome::Failed
                         }
                     };
@@ -634,6 +636,16 @@ impl Continuous {
             tracing::info!(namespace = %ns, "a workspace has no backup: backing it up");
             s.mark(&ns);
         }
+    }
+
+    /// Counts and reports a backup of `ns` given up for running past `--continuous-timeout`, as a
+    /// failed one is (it never reached its own end, which would have).
+    async fn given_up(&self, ns: &str) {
+        let label = BackupLabel { trigger: CONTINUOUS.into(), result: "Failed".into() };
+        self.ctx.metrics.backups.get_or_create(&label).inc();
+        let note =
+            format!("a continuous backup of {ns} ran longer than --continuous-timeout ({:?}): given up", self.timeout);
+        self.ctx.event(&Context::namespace_reference(ns), EventType::Warning, "BackupFailed", note).await;
     }
 
     /// What a continuous backup of `ns` backs up.
