@@ -383,15 +383,6 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
     let empty = first["status"]["incremental"]["listsEmpty"].as_u64().unwrap_or(0);
     assert!(empty >= 10, "{first}\n{}", webhook.log());
     s.archived_configmaps(&first, &ws, "first.tar.zst");
-    // It holds what a backup listing every type holds, type by type (but for the types the
-    // controller does not watch: their objects come and go with their controllers).
-    let listed_all = s.t.backup(&["create", &unique("all"), "-n", &ws, "-o", "json"]).ok().json();
-    let not_watched = ["pods", "replicasets.apps", "endpoints", "endpointslices.discovery.k8s.io", "events"];
-    let counts = |b: &Value| -> Vec<(String, Value)> {
-        let all = b["status"]["resources"].as_object().unwrap().clone();
-        all.into_iter().filter(|(k, _)| !not_watched.contains(&k.as_str())).collect()
-    };
-    assert_eq!(counts(&first), counts(&listed_all), "{first}\n{listed_all}");
 
     // One changed, one deleted, one created, and a Secret changed.
     s.t.kubectl(&["-n", &ws, "patch", "configmap", "cm-1", "-p", r#"{"data":{"value":"changed"}}"#]).ok();
@@ -526,8 +517,8 @@ fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
         &url,
         &[
             "--debounce=1s",
-            "--continuous-retries=2",
-            "--continuous-retry-after=5s",
+            "--continuous-retries=1",
+            "--continuous-retry-after=10s",
             "--continuous-timeout=5s",
             "--continuous-parallel=1",
             "--restore-worker=false",
@@ -548,23 +539,43 @@ fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
     eventually("the start-up backup of default", Duration::from_secs(30), || !continuous("default").is_empty());
     std::thread::sleep(Duration::from_secs(3));
 
-    // Every write fails: the backup of a new workspace fails, and is retried once the store is back.
+    // Every write fails: the backups of a new workspace fail (one per burst of changes, with
+    // kube-controller-manager's objects), and the last is retried once the store is back, with
+    // nothing changed since.
     let gone = s.dir.join("retry-store.gone");
     std::fs::rename(&dir, &gone).unwrap();
     std::fs::write(&dir, "not a directory").unwrap();
     let ws = unique("ws");
-    s.t.kubectl(&["create", "namespace", &ws]).ok();
-    s.t.kubectl(&["-n", &ws, "create", "configmap", "kept", "--from-literal=value=1"]).ok();
+    s.t.apply(&sample_app(&ws)).ok();
     eventually("the backup fails", Duration::from_secs(30), || logged("continuous backup failed", &ws) > 0);
+    eventually("kube-controller-manager's objects in the new namespace", Duration::from_secs(30), || {
+        s.t.names(&["configmaps", "-n", &ws]).contains(&"kube-root-ca.crt".to_string())
+            && s.t.names(&["secrets", "-n", &ws]).len() >= 3 // ours, and the two service accounts' tokens
+    });
+    std::thread::sleep(Duration::from_secs(3)); // past --debounce: the last change's backup has failed
+    let failed = logged("continuous backup failed", &ws);
     std::fs::remove_file(&dir).unwrap();
     std::fs::rename(&gone, &dir).unwrap();
     eventually("the retried backup", Duration::from_secs(30), || !continuous(&ws).is_empty());
     let taken = continuous(&ws);
     assert_eq!(taken.len(), 1, "{taken:?}");
     assert_eq!(taken[0]["status"]["phase"], "Completed", "{}", taken[0]);
-    assert_eq!(taken[0]["status"]["resources"]["configmaps"], 2, "{}", taken[0]); // and kube-root-ca.crt
-    assert_eq!(logged("continuous backup failed", &ws), 1, "{}", webhook.log());
-    assert_eq!(logged("retrying the failed continuous backup", &ws), 1, "{}", webhook.log());
+    assert_eq!(logged("continuous backup failed", &ws), failed, "{}", webhook.log());
+    assert!(logged("retrying the failed continuous backup", &ws) >= 1, "{}", webhook.log());
+    // A first backup: it left out the LISTs of the watched types the workspace holds nothing of
+    // (of those sample_app has ConfigMaps, Secrets, a Service, a Deployment, ServiceAccounts, a
+    // Role and a RoleBinding), and holds, type by type, what a backup listing every type holds
+    // (but for the types the controller does not watch: their objects come and go with their
+    // controllers).
+    let empty = taken[0]["status"]["incremental"]["listsEmpty"].as_u64().unwrap_or(0);
+    assert!(empty >= 10, "{}\n{}", taken[0], webhook.log());
+    let listed_all = s.t.backup(&["create", &unique("all"), "-n", &ws, "-o", "json"]).ok().json();
+    let not_watched = ["pods", "replicasets.apps", "endpoints", "endpointslices.discovery.k8s.io", "events"];
+    let counts = |b: &Value| -> Vec<(String, Value)> {
+        let all = b["status"]["resources"].as_object().unwrap().clone();
+        all.into_iter().filter(|(k, _)| !not_watched.contains(&k.as_str())).collect()
+    };
+    assert_eq!(counts(&taken[0]), counts(&listed_all), "{}\n{listed_all}", taken[0]);
 
     // The next backup of the workspace hangs reading its head.
     let head = std::fs::read_dir(dir.join("heads"))
@@ -575,20 +586,21 @@ fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
     std::fs::remove_file(&head).unwrap();
     let made = std::process::Command::new("mkfifo").arg(&head).status().unwrap();
     assert!(made.success());
-    s.t.kubectl(&["-n", &ws, "patch", "configmap", "kept", "-p", r#"{"data":{"value":"2"}}"#]).ok();
+    s.t.kubectl(&["-n", &ws, "patch", "configmap", "settings", "-p", r#"{"data":{"color":"red"}}"#]).ok();
     eventually("given up", Duration::from_secs(30), || logged("ran longer than --continuous-timeout", &ws) > 0);
     // Its slot (the only one) is free: another workspace's change is backed up meanwhile.
     let other = unique("ws");
     s.t.kubectl(&["create", "namespace", &other]).ok();
     s.t.kubectl(&["-n", &other, "create", "configmap", "other", "--from-literal=value=1"]).ok();
     eventually("the other workspace's backup", Duration::from_secs(30), || !continuous(&other).is_empty());
-    // Retried twice, each given up too, then left to the next change.
+    // Retried once (the change before it started the count anew), given up too, then left to the
+    // next change.
     eventually("no retry left", Duration::from_secs(60), || {
         logged("continuous backups failed too often in a row", &ws) > 0
     });
-    assert_eq!(logged("ran longer than --continuous-timeout", &ws), 3, "{}", webhook.log());
+    assert_eq!(logged("ran longer than --continuous-timeout", &ws), 2, "{}", webhook.log());
     assert_eq!(continuous(&ws).len(), 1, "nothing committed by the backups given up");
-    // Each counted as failed (with the first, not taken), and reported on the namespace.
+    // Each counted as failed (with those not taken), and reported on the namespace.
     let out = std::process::Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{}/metrics", webhook.metrics_port)])
         .output()
@@ -600,7 +612,7 @@ fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
             && l.contains(r#"result="Failed""#)
     });
     let failed: u64 = failed.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
-    assert!(failed >= 4, "{text}");
+    assert!(failed >= 3, "{text}");
     let events = s.t.get_json(&["events", "-n", &ws]);
     let given_up = events["items"].as_array().unwrap().iter().any(|e| {
         e["reason"] == "BackupFailed"
@@ -615,7 +627,10 @@ fn a_failed_continuous_backup_is_retried_and_a_hung_one_given_up() {
         let modified = lease.metadata().unwrap().modified().unwrap();
         assert!(modified < quiet_from, "{:?} still beats\n{}", lease.path(), webhook.log());
     }
-    assert!(std::fs::read_dir(dir.join("leases")).unwrap().count() >= 3, "the leases of the runs given up");
+    let beats = std::fs::read_dir(dir.join("leases"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".beat"));
+    assert_eq!(beats.count(), 2, "the leases of the two runs given up, left for collection");
 }
 
 /// `--continuous-changes-max-mib` bounds the changed bodies the controller holds: at 0 every

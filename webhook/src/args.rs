@@ -108,11 +108,13 @@ pub struct Args {
     pub continuous_parallel: usize,
     /// A continuous backup still running after this long is given up and counts as failed (its
     /// slot freed, its lease and heartbeats stopped, what it wrote collected as any interrupted
-    /// run's). 0s: no limit.
+    /// run's). 0s: no limit. Not applied to backups with volume data (--continuous-include-volumes):
+    /// given up between a claim's freeze and thaw hooks, one would leave the workload frozen.
     #[arg(long, env = "WEBHOOK_CONTINUOUS_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub continuous_timeout: Duration,
     /// A failed continuous backup (not taken, PartiallyFailed, or given up) is taken again this
-    /// many times in a row while its workspace does not change (0: only at its next change).
+    /// many times in a row while its workspace does not change (0: only at its next change); a
+    /// change starts the count anew.
     #[arg(long, env = "WEBHOOK_CONTINUOUS_RETRIES", default_value_t = 5)]
     pub continuous_retries: u32,
     /// The wait before the first retry of a failed continuous backup, doubled for each further

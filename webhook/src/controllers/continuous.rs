@@ -89,7 +89,7 @@ pub struct Continuous {
     /// At most this many backups at once (`--continuous-parallel`).
     pub parallel: usize,
     /// A backup running longer is given up, and counts as failed (`--continuous-timeout`; zero:
-    /// no limit).
+    /// no limit; none for backups with volume data).
     pub timeout: Duration,
     /// How a failed backup is taken again when its workspace does not change meanwhile.
     pub retry: Retry,
@@ -245,6 +245,13 @@ impl State {
         }
     }
 
+    /// Something in `ns` changed: it is marked for a backup, and its failed backups in a row are
+    /// forgotten (a change's backup that fails has its own retries).
+    fn changed(&mut self, ns: &str) {
+        self.failures.remove(ns);
+        self.mark(ns);
+    }
+
     /// Marks `ns` for a backup, `--debounce` after this change.
     fn mark(&mut self, ns: &str) {
         let now = Instant::now();
@@ -326,7 +333,7 @@ impl State {
             self.note(resource, ns, name, change);
         }
         if before.map(|b| b.fingerprint) != Some(seen.fingerprint) {
-            self.mark(ns);
+            self.changed(ns);
         }
     }
 
@@ -341,7 +348,7 @@ impl State {
             }
         }
         self.note(resource, ns, name, || Some(Change::Deleted));
-        self.mark(ns);
+        self.changed(ns);
     }
 
     /// `resource`'s watch has listed: `listed` is every object it holds now. After a gap, the
@@ -351,7 +358,7 @@ impl State {
         for (ns, names) in before {
             let now = self.objects[resource].get(&ns);
             if names.keys().any(|name| !now.is_some_and(|now| now.contains_key(name))) {
-                self.mark(&ns);
+                self.changed(&ns);
             }
         }
         let gaps = self.gaps.get(resource).copied().unwrap_or(0);
@@ -523,23 +530,13 @@ impl Continuous {
             for (ns, begun) in due {
                 let (me, state) = (self.clone(), state.clone());
                 tokio::spawn(async move {
-                    // A backup that panicked or hangs ends too: left running, it would hold a slot
-                    // for good. Given up, it stops its heartbeats and lease with it; what it wrote
-                    // uncommitted is collected as any interrupted run's.
+                    // A backup that panicked ends too: left running, it would hold a slot for good
+                    // (one that hangs is given up, [`Continuous::backup`]).
                     let backup = AssertUnwindSafe(me.backup(&ns, begun.watched.as_ref())).catch_unwind();
-                    let limit = if me.timeout.is_zero() { Duration::MAX } else { me.timeout };
-                    let outcome = match tokio::time::timeout(limit, backup).await {
-                        Ok(Ok(outcome)) => outcome,
-                        Ok(Err(_)) => {
-                            tracing::error!(namespace = %ns, "a continuous backup panicked; the next one lists every type");
-                            Outcome::Failed
-                        }
-                        Err(_) => {
-                            tracing::warn!(namespace = %ns, timeout = ?me.timeout, "a continuous backup ran longer than --continuous-timeout: given up");
-                            me.given_up(&ns).await;
-                            Outcome::Failed
-                        }
-                    };
+                    let outcome = backup.await.unwrap_or_else(|_| {
+                        tracing::error!(namespace = %ns, "a continuous backup panicked; the next one lists every type");
+                        Outcome::Failed
+                    });
                     let next = state.lock().unwrap_or_else(|p| p.into_inner()).end(&ns, begun, outcome, &me.retry);
                     match next {
                         Next::Retry(failures, wait) => {
@@ -638,14 +635,13 @@ impl Continuous {
         }
     }
 
-    /// Counts and reports a backup of `ns` given up for running past `--continuous-timeout`, as a
+    /// Counts and reports backup `name` given up for running past `--continuous-timeout`, as a
     /// failed one is (it never reached its own end, which would have).
-    async fn given_up(&self, ns: &str) {
+    async fn given_up(&self, reference: &k8s_openapi::api::core::v1::ObjectReference, name: &str) {
         let label = BackupLabel { trigger: CONTINUOUS.into(), result: "Failed".into() };
         self.ctx.metrics.backups.get_or_create(&label).inc();
-        let note =
-            format!("a continuous backup of {ns} ran longer than --continuous-timeout ({:?}): given up", self.timeout);
-        self.ctx.event(&Context::namespace_reference(ns), EventType::Warning, "BackupFailed", note).await;
+        let note = format!("backup {name} ran longer than --continuous-timeout ({:?}): given up", self.timeout);
+        self.ctx.event(reference, EventType::Warning, "BackupFailed", note).await;
     }
 
     /// What a continuous backup of `ns` backs up.
@@ -684,7 +680,12 @@ impl Continuous {
         })
     }
 
-    /// Backs up `ns` if it is a workspace (one whose namespace cannot be read counts as failed).
+    /// Backs up `ns` if it is a workspace (one whose namespace cannot be read counts as failed),
+    /// then prunes its series. A backup still running after `--continuous-timeout` is given up: its
+    /// future is dropped, which stops its heartbeats and its lease, and what it wrote uncommitted
+    /// is collected as any interrupted run's. Not one with volume data: dropped between its
+    /// claims' pre and post hooks, it would leave the workload frozen (its mover Pods end at their
+    /// own deadline).
     async fn backup(&self, ns: &str, watched: Option<&Watched>) -> Outcome {
         match self.workspace(ns).await {
             Ok(true) => {}
@@ -696,28 +697,32 @@ impl Continuous {
         }
         let name = timestamped_name(&name_prefix(ns), Timestamp::now());
         let spec = self.spec(ns);
-        let reference = Context::namespace_reference(ns);
-        match self
-            .ctx
-            .backup(ObjectRun {
-                location: &self.ctx.location,
-                name: &name,
-                spec,
-                trigger: CONTINUOUS,
-                source: Some(&SourceLabel::workspace(ns)),
-                reference: &reference,
-                observer: None,
-                requester: None,
-                watched,
-            })
-            .await
-        {
-            Ok(b) => {
+        let (reference, source) = (Context::namespace_reference(ns), SourceLabel::workspace(ns));
+        let run = self.ctx.backup(ObjectRun {
+            location: &self.ctx.location,
+            name: &name,
+            spec,
+            trigger: CONTINUOUS,
+            source: Some(&source),
+            reference: &reference,
+            observer: None,
+            requester: None,
+            watched,
+        });
+        let unlimited = self.timeout.is_zero() || self.include_volumes;
+        let limit = if unlimited { Duration::MAX } else { self.timeout };
+        match tokio::time::timeout(limit, run).await {
+            Ok(Ok(b)) => {
                 self.prune(ns).await;
                 continued_by_changes(name, &b)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(namespace = %ns, backup = %name, error = %e, "continuous backup failed");
+                Outcome::Failed
+            }
+            Err(_) => {
+                tracing::warn!(namespace = %ns, backup = %name, timeout = ?self.timeout, "a continuous backup ran longer than --continuous-timeout: given up");
+                self.given_up(&reference, &name).await;
                 Outcome::Failed
             }
         }
@@ -1228,9 +1233,18 @@ mod tests {
         come(&mut s);
         assert_eq!(run(&mut s, Outcome::Failed), Next::GaveUp(3));
         assert!(s.dirty.is_empty(), "no retry left: the next change takes it");
-        // The next change's backup is due after the debounce; one that succeeds starts the count anew.
+        // Marked again with nothing changed (by the start's comparison, say): still no retry left.
         s.mark("ws");
         assert_eq!(run(&mut s, Outcome::Failed), Next::GaveUp(4));
+        // A change starts the count anew: its backup has its retries.
+        s.saw("configmaps", "ws", "x", Seen { fingerprint: 1, version: Some(1) }, false, || None);
+        assert_eq!(run(&mut s, Outcome::Failed), Next::Retry(1, Duration::from_secs(30)));
+        come(&mut s);
+        assert_eq!(run(&mut s, Outcome::Failed), Next::Retry(2, Duration::from_secs(60)));
+        s.deleted("configmaps", "ws", "x");
+        assert_eq!(s.failures.get("ws"), None, "a deletion is a change");
+        assert_eq!(run(&mut s, Outcome::Failed), Next::Retry(1, Duration::from_secs(30)));
+        // One that succeeds starts the count anew too.
         s.mark("ws");
         assert_eq!(run(&mut s, Outcome::Completed("ws-1".into(), false)), Next::Nothing);
         s.mark("ws");
