@@ -41,10 +41,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::TypeMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::events::EventType;
 
 use crate::admission::{Decision, decide};
-use crate::metrics::{BackupLabel, SourceLabel};
+use crate::metrics::SourceLabel;
 use kube::runtime::watcher::{self, Event};
 use kubectl_backup_core::collect::{self, Change, Resource, Watched};
 use kubectl_backup_core::contents::Recorded;
@@ -98,7 +97,7 @@ pub struct Continuous {
 /// A continuous backup that failed (not taken, or taken in part) is taken again `after` it
 /// failed, then after twice as long for each failure in a row, at most `times` times in a row
 /// (`--continuous-retries`, `--continuous-retry-after`). A change in the workspace still has its
-/// backup taken `--debounce` after it, as always.
+/// backup taken `--debounce` after it, as always, and starts the count anew ([`State::changed`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Retry {
     pub times: u32,
@@ -261,9 +260,10 @@ impl State {
     }
 
     /// The namespaces whose backup is due now: unchanged for at least `debounce` (or at their
-    /// retry's time) and not being backed up, the one marked first first (a workspace that keeps changing keeps its place),
-    /// as many as leave at most `parallel` running. Each is taken off `dirty` and counted as
-    /// running; the others wait for a free slot, and how many do is the second value.
+    /// retry's time) and not being backed up, the one marked first first (a workspace that keeps
+    /// changing keeps its place), as many as leave at most `parallel` running. Each is taken off
+    /// `dirty` and counted as running; the others wait for a free slot, and how many do is the
+    /// second value.
     fn due(&mut self, debounce: Duration, parallel: usize) -> (Vec<String>, usize) {
         let (free, now) = (parallel.saturating_sub(self.running.len()), Instant::now());
         let is_due = |m: &Mark| m.retry_at.map_or(m.last.elapsed() >= debounce, |at| now >= at);
@@ -635,15 +635,6 @@ impl Continuous {
         }
     }
 
-    /// Counts and reports backup `name` given up for running past `--continuous-timeout`, as a
-    /// failed one is (it never reached its own end, which would have).
-    async fn given_up(&self, reference: &k8s_openapi::api::core::v1::ObjectReference, name: &str) {
-        let label = BackupLabel { trigger: CONTINUOUS.into(), result: "Failed".into() };
-        self.ctx.metrics.backups.get_or_create(&label).inc();
-        let note = format!("backup {name} ran longer than --continuous-timeout ({:?}): given up", self.timeout);
-        self.ctx.event(reference, EventType::Warning, "BackupFailed", note).await;
-    }
-
     /// What a continuous backup of `ns` backs up.
     fn spec(&self, ns: &str) -> BackupSpec {
         BackupSpec {
@@ -722,7 +713,9 @@ impl Continuous {
             }
             Err(_) => {
                 tracing::warn!(namespace = %ns, backup = %name, timeout = ?self.timeout, "a continuous backup ran longer than --continuous-timeout: given up");
-                self.given_up(&reference, &name).await;
+                // It never reached the end of `Context::backup`, which counts and reports the others.
+                let note = format!("backup {name} ran longer than --continuous-timeout ({:?}): given up", self.timeout);
+                self.ctx.backup_failed(CONTINUOUS, &reference, note).await;
                 Outcome::Failed
             }
         }

@@ -171,15 +171,17 @@ impl Context {
                     tracing::warn!(error = %e, "could not refresh the index after a backup");
                 }
             }
-            Err(e) => {
-                self.metrics
-                    .backups
-                    .get_or_create(&BackupLabel { trigger: trigger.into(), result: "Failed".into() })
-                    .inc();
-                self.event(reference, EventType::Warning, "BackupFailed", format!("backup {name} failed: {e}")).await;
-            }
+            Err(e) => self.backup_failed(trigger, reference, format!("backup {name} failed: {e}")).await,
         }
         result
+    }
+
+    /// Counts a failed object backup by `trigger` and reports it on `reference` with `note`: at
+    /// the end of [`Context::backup`], or for a run its caller gave up before that end.
+    pub async fn backup_failed(&self, trigger: &str, reference: &ObjectReference, note: String) {
+        let label = BackupLabel { trigger: trigger.into(), result: "Failed".into() };
+        self.metrics.backups.get_or_create(&label).inc();
+        self.event(reference, EventType::Warning, "BackupFailed", note).await;
     }
 
     /// Runs one etcd backup for a controller, with Events on `run.reference` and metrics. The
