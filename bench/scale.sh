@@ -4,12 +4,16 @@
 # (limit=500) of the same resource types with the plugin's default parallelism (target/release/
 # raw-list --concurrency 16, the issue's baseline) and against the floor of the same work, a raw client
 # listing the way the plugin does (raw-list --per-namespace: a large resource's rest one namespace at
-# a time after its first page, by the plugin's own rule); `create --list-per-namespace never` (every
-# page of one cluster-wide LIST) beside them; in one run against one private harness (real
+# a time after its first page, by the plugin's own rule) and that client asking for ConfigMaps and
+# Secrets in protobuf as `create` does (raw-list --per-namespace --protobuf); `create
+# --list-per-namespace never` (every page of one cluster-wide LIST) and `create --list-encoding json`
+# (every page in JSON) beside them; in one run against one private harness (real
 # kube-apiserver, etcd, s3s-fs). Wall time and the plugin's own peak RSS, median of BENCH_RUNS runs
 # (default 3). Prints:
 #   create / raw paged LIST at the largest size                 (target <= 1.2)
 #   create / raw LIST listing the same way (the floor)
+#   create / raw LIST listing the same way in protobuf
+#   create --list-encoding json / raw LIST listing the same way, and create / create --list-encoding json
 #   create --list-per-namespace never / raw paged LIST
 #   create's peak RSS at the largest size / at the smallest     (target <= 1.2: flat)
 #   create's absolute peak RSS at the largest size              (target < 64 MiB)
@@ -50,12 +54,17 @@ for size in $SIZES; do
       "$RELEASE/raw-list" --concurrency 16
     measure "$RESULTS" "$size" raw-list-ns-c16 "$run" "$OUT/logs/rawns16-$size-$run.log" -- \
       "$RELEASE/raw-list" --concurrency 16 --per-namespace
+    measure "$RESULTS" "$size" raw-list-ns-pb-c16 "$run" "$OUT/logs/rawnspb16-$size-$run.log" -- \
+      "$RELEASE/raw-list" --concurrency 16 --per-namespace --protobuf
     measure "$RESULTS" "$size" kubectl-backup "$run" "$OUT/logs/backup-$size-$run.json" -- \
       kubectl backup create "b-$size-$run" --location "$LOCATION" -o json
     check_backup "$OUT/logs/backup-$size-$run.json" >/dev/null
     measure "$RESULTS" "$size" kubectl-backup-paged "$run" "$OUT/logs/paged-$size-$run.json" -- \
       kubectl backup create "p-$size-$run" --location "$LOCATION" --list-per-namespace never -o json
     check_backup "$OUT/logs/paged-$size-$run.json" >/dev/null
+    measure "$RESULTS" "$size" kubectl-backup-json "$run" "$OUT/logs/json-$size-$run.json" -- \
+      kubectl backup create "j-$size-$run" --location "$LOCATION" --list-encoding json -o json
+    check_backup "$OUT/logs/json-$size-$run.json" >/dev/null
   done
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
@@ -74,6 +83,9 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
   python3 "$ROOT/bench/summarize.py" "$RESULTS" \
     "kubectl backup create / raw paged LIST, 16 parallel (target <= 1.2)=kubectl-backup/raw-list-c16@$last_size" \
     "kubectl backup create / raw LIST listing the same way (the floor), 16 parallel=kubectl-backup/raw-list-ns-c16@$last_size" \
+    "kubectl backup create / raw LIST listing the same way in protobuf (the floor of that), 16 parallel=kubectl-backup/raw-list-ns-pb-c16@$last_size" \
+    "kubectl backup create --list-encoding json / raw LIST listing the same way=kubectl-backup-json/raw-list-ns-c16@$last_size" \
+    "kubectl backup create / kubectl backup create --list-encoding json=kubectl-backup/kubectl-backup-json@$last_size" \
     "kubectl backup create --list-per-namespace never / raw paged LIST=kubectl-backup-paged/raw-list-c16@$last_size" \
     "raw LIST listing the same way / raw paged LIST=raw-list-ns-c16/raw-list-c16@$last_size" \
     "rss:kubectl backup create peak RSS, largest / smallest size (target <= 1.2)=kubectl-backup@$first_size/$last_size" \

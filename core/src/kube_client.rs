@@ -226,14 +226,15 @@ fn build_service(cfg: Config) -> kube::Result<Client> {
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client-side limits for the requests one operation makes: requests per second with a burst, how
-/// many run at once, how long one API group's discovery may take, and whether a large resource is
-/// listed one namespace at a time.
+/// many run at once, how long one API group's discovery may take, whether a large resource is
+/// listed one namespace at a time, and in which encoding LIST pages are asked for.
 #[derive(Clone)]
 pub struct Throttle {
     limiter: Arc<DefaultDirectRateLimiter>,
     pub concurrency: usize,
     pub discovery_timeout: Duration,
     pub namespace_lists: crate::collect::NamespaceLists,
+    pub list_encoding: crate::collect::ListEncoding,
 }
 
 impl Throttle {
@@ -245,6 +246,7 @@ impl Throttle {
             concurrency: concurrency.max(1),
             discovery_timeout: DISCOVERY_TIMEOUT,
             namespace_lists: Default::default(),
+            list_encoding: Default::default(),
         }
     }
 
@@ -252,6 +254,12 @@ impl Throttle {
     /// (`--list-per-namespace`).
     pub fn with_namespace_lists(mut self, mode: crate::collect::NamespaceLists) -> Self {
         self.namespace_lists = mode;
+        self
+    }
+
+    /// The same limits, asking for LIST pages as `encoding` says (`--list-encoding`).
+    pub fn with_list_encoding(mut self, encoding: crate::collect::ListEncoding) -> Self {
+        self.list_encoding = encoding;
         self
     }
 

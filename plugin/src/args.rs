@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use kubectl_backup_core::collect::NamespaceLists;
+use kubectl_backup_core::collect::{ListEncoding, NamespaceLists};
 use kubectl_backup_core::kube_client::KubeOptions;
 use kubectl_backup_core::model::{ClusterResources, Filters};
 use kubectl_backup_core::store::StoreOptions;
@@ -59,6 +59,11 @@ pub struct KubeArgs {
     /// there is more than one page; never pages through one cluster-wide LIST.
     #[arg(long, global = true, default_value = "auto", value_name = "auto|always|never")]
     pub list_per_namespace: NamespaceLists,
+    /// How LIST pages are asked for: auto reads ConfigMaps and Secrets in protobuf, which costs the
+    /// API server less than JSON, and stores the JSON the server would have sent, byte for byte
+    /// (a page that cannot be rebuilt exactly is read again in JSON); json reads everything in JSON.
+    #[arg(long, global = true, default_value = "auto", value_name = "auto|json")]
+    pub list_encoding: ListEncoding,
     /// The address and port of the Kubernetes API server (no kubeconfig is needed with it).
     #[arg(short = 's', long, global = true, value_name = "URL")]
     pub server: Option<String>,

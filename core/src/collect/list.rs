@@ -335,6 +335,9 @@ struct Pager<'l, 'a> {
     first_keys: Option<HashSet<String>>,
     done: bool,
     spare: Vec<u8>,
+    /// The kind of a resource listed in protobuf, and the buffer its pages are read into.
+    protobuf: Option<protobuf::Kind>,
+    wire: Vec<u8>,
 }
 
 impl<'l, 'a> Pager<'l, 'a> {
@@ -342,6 +345,10 @@ impl<'l, 'a> Pager<'l, 'a> {
         let r = &task.resource;
         let scope = if r.namespaced { task.namespace.as_deref() } else { None };
         let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, scope));
+        let protobuf = match l.throttle.list_encoding {
+            ListEncoding::Auto => protobuf::Kind::of(&r.ar.group, &r.ar.version, &r.ar.plural),
+            ListEncoding::Json => None,
+        };
         Pager {
             l,
             task,
@@ -354,6 +361,8 @@ impl<'l, 'a> Pager<'l, 'a> {
             first_keys: None,
             done: false,
             spare: Vec::new(),
+            protobuf,
+            wire: Vec::new(),
         }
     }
 
@@ -368,7 +377,8 @@ impl<'l, 'a> Pager<'l, 'a> {
         }
         loop {
             let spare = std::mem::take(&mut self.spare);
-            match fetch_page(self.l, &self.request, self.token.as_deref(), self.metadata, spare).await {
+            let (token, metadata) = (self.token.as_deref(), self.metadata);
+            match fetch_page(self.l, &self.request, token, metadata, self.protobuf, spare, &mut self.wire).await {
                 Ok(mut page) => {
                     self.token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
                     if self.first_seen {
@@ -534,14 +544,45 @@ impl Listed {
 
 /// One page of `request`'s LIST (after the page `token` continues); of metadata only with
 /// `metadata`. The body is read into `buf` (cleared first; a failed attempt's retry starts anew).
+/// A resource with an exact JSON rebuild (`protobuf`, [`super::protobuf`]) is read in protobuf,
+/// into `wire`, and its page read again in JSON if it cannot be rebuilt exactly.
 async fn fetch_page(
     l: &Lister<'_>,
     request: &Request,
     token: Option<&str>,
     metadata: bool,
+    protobuf: Option<protobuf::Kind>,
     buf: Vec<u8>,
+    wire: &mut Vec<u8>,
 ) -> kube::Result<RawPage> {
     let lp = page_params(if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE }, l.selector, token);
+    if let Some(kind) = protobuf.filter(|_| !metadata) {
+        let bytes = l
+            .throttle
+            .call(|| {
+                let req = request.list(&lp).map_err(kube::Error::BuildRequest).map(|mut req| {
+                    req.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static(protobuf::PROTOBUF));
+                    req
+                });
+                let buf = std::mem::take(wire);
+                async move { read_protobuf(l, req?, buf).await }
+            })
+            .await?;
+        let mut buf = buf;
+        buf.clear();
+        let page = protobuf::rebuild(kind, &bytes, String::from_utf8(buf).unwrap_or_default());
+        *wire = bytes;
+        match page {
+            protobuf::Rebuilt::Page { body, items, metadata } => {
+                tracing::debug!(url = %request.url_path, items = items.len(), "a page read in protobuf");
+                return Ok(RawPage { body, items, metadata, restart: None });
+            }
+            protobuf::Rebuilt::Unsure(why) => {
+                tracing::debug!(url = %request.url_path, why, "a protobuf page read again as JSON");
+                return Box::pin(fetch_page(l, request, token, metadata, None, Vec::new(), wire)).await;
+            }
+        }
+    }
     let mut buf = Some(buf);
     let body = l
         .throttle
@@ -554,21 +595,8 @@ async fn fetch_page(
             });
             let mut buf = buf.take().unwrap_or_default();
             async move {
-                use futures::AsyncBufReadExt;
                 let body = l.client.request_stream(req?).await?;
-                let mut body = std::pin::pin!(body);
-                buf.clear();
-                // The body's chunks are copied as they come: `read_to_end` would zero the
-                // buffer's spare capacity first on every read (3% of `create`'s CPU at 100k).
-                loop {
-                    let chunk = body.fill_buf().await.map_err(kube::Error::ReadEvents)?;
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    let n = chunk.len();
-                    buf.extend_from_slice(chunk);
-                    body.consume_unpin(n);
-                }
+                read_body(body, &mut buf).await?;
                 String::from_utf8(buf).map_err(kube::Error::FromUtf8)
             }
         })
@@ -576,6 +604,42 @@ async fn fetch_page(
     // Pages are taken apart only as far as filtering needs; each item's JSON goes to the
     // archive as the server sent it (no object tree is built and serialized again).
     body.and_then(|b| RawPage::parse(b).map_err(kube::Error::SerdeError))
+}
+
+/// Copies a response body's chunks into `buf` (cleared first) as they come: `read_to_end` would
+/// zero the buffer's spare capacity first on every read (3% of `create`'s CPU at 100k).
+async fn read_body(body: impl futures::AsyncBufRead, buf: &mut Vec<u8>) -> kube::Result<()> {
+    use futures::AsyncBufReadExt;
+    let mut body = std::pin::pin!(body);
+    buf.clear();
+    loop {
+        let chunk = body.fill_buf().await.map_err(kube::Error::ReadEvents)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let n = chunk.len();
+        buf.extend_from_slice(chunk);
+        body.consume_unpin(n);
+    }
+}
+
+/// A LIST asked for in protobuf: its body, or its error as kube reports one (the server answers
+/// errors in protobuf too, which kube's own error handling cannot read).
+async fn read_protobuf(l: &Lister<'_>, req: http::Request<Vec<u8>>, mut buf: Vec<u8>) -> kube::Result<Vec<u8>> {
+    use futures::TryStreamExt;
+    use http_body_util::BodyExt;
+    let res = l.client.send(req.map(kube::client::Body::from)).await?;
+    let code = res.status();
+    let body = res.into_body().into_data_stream().map_err(std::io::Error::other).into_async_read();
+    read_body(body, &mut buf).await?;
+    if code.is_success() {
+        return Ok(buf);
+    }
+    let status =
+        protobuf::status(&buf).or_else(|| serde_json::from_slice::<kube::core::Status>(&buf).ok()).unwrap_or_else(
+            || kube::core::Status::failure(String::from_utf8_lossy(&buf).trim(), "Failed to parse error data"),
+        );
+    Err(kube::Error::Api(status.with_code(code.as_u16()).boxed()))
 }
 
 /// Sends the page's objects not sent before (and with `only`, only those it names), in the

@@ -4,6 +4,7 @@
 //!   the webhook alike)
 //! - [`plan`]: the filters applied to it: which resources and namespaces a backup reads
 //! - [`list`]: one resource's paged LIST, cut into raw objects without decoding them
+//! - [`protobuf`]: ConfigMaps' and Secrets' LIST pages read in protobuf, rebuilt as the server's JSON
 //! - [`dependencies`]: the cluster-scoped objects backed-up objects need (CRDs, bound PVs)
 //!
 //! Memory stays flat: each LIST holds two pages (the one handed to the archive writer, in batches
@@ -13,6 +14,7 @@ mod dependencies;
 pub mod discovery;
 mod list;
 pub mod plan;
+pub mod protobuf;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -38,6 +40,7 @@ use self::dependencies::collect_dependencies;
 pub use self::discovery::*;
 use self::list::list_resource;
 pub use self::plan::*;
+pub use self::protobuf::ListEncoding;
 
 /// Objects per LIST page.
 pub const PAGE_SIZE: u32 = 500;

@@ -99,6 +99,7 @@ pub fn throttle(cli: &Globals) -> Throttle {
     Throttle::new(cli.kube.qps, cli.kube.burst, cli.kube.concurrency)
         .with_discovery_timeout(cli.kube.discovery_timeout)
         .with_namespace_lists(cli.kube.list_per_namespace)
+        .with_list_encoding(cli.kube.list_encoding)
 }
 
 pub fn exit_for(phase: Phase) -> ExitCode {

@@ -1,4 +1,4 @@
-//! `raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata]`: the floor for `kubectl backup create` in
+//! `raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata | --protobuf]`: the floor for `kubectl backup create` in
 //! `bench/backup.sh` — discovery, then a paged LIST (`limit=500`) of every resource type the backup
 //! lists, cluster-wide, items discarded.
 //!
@@ -16,6 +16,8 @@
 //! `--per-namespace` lists the namespaces first, then lists a namespaced type's rest one namespace at
 //! a time after its first page where `kubectl backup create --list-per-namespace auto` does
 //! (`collect::namespaces_after_first_page`, the same rule): the floor of `create` listing that way.
+//! `--protobuf` asks for ConfigMaps and Secrets in protobuf (`collect::protobuf::Kind`), as `create
+//! --list-encoding auto` does, and counts their items without decoding them: that floor.
 //!
 //! Prints one summary line on stdout: `types=<n> pages=<n> items=<n> seconds=<s>`.
 
@@ -25,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::Request;
+use kubectl_backup_core::collect::protobuf::{Kind, PROTOBUF};
 use kubectl_backup_core::collect::{
     METADATA_LIST, METADATA_PAGE_SIZE, NamespaceLists, Resource, discover, lists_in_key_order,
     namespaces_after_first_page, never_backed_up,
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
     let mut metadata = false;
     let mut namespace: Option<String> = None;
     let mut per_namespace = false;
+    let mut protobuf = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -72,9 +76,10 @@ fn main() -> Result<()> {
             "--metadata" => metadata = true,
             "--namespace" => namespace = Some(args.next().context("--namespace needs a value")?),
             "--per-namespace" => per_namespace = true,
+            "--protobuf" => protobuf = true,
             other => {
                 bail!(
-                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata]"
+                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata | --protobuf]"
                 )
             }
         }
@@ -85,6 +90,9 @@ fn main() -> Result<()> {
     if per_namespace && (decode || namespace.is_some()) {
         bail!("--per-namespace lists across namespaces without decoding: not with --decode or --namespace");
     }
+    if protobuf && (decode || metadata) {
+        bail!("--protobuf lists full objects without decoding them: not with --decode or --metadata");
+    }
     let concurrency = concurrency.max(1);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(
         concurrency,
@@ -93,6 +101,7 @@ fn main() -> Result<()> {
         metadata,
         namespace,
         per_namespace,
+        protobuf,
     ))
 }
 
@@ -103,6 +112,7 @@ async fn run(
     metadata: bool,
     namespace: Option<String>,
     per_namespace: bool,
+    protobuf: bool,
 ) -> Result<()> {
     let start = Instant::now();
     let client = client(&KubeOptions::default()).await?;
@@ -126,9 +136,12 @@ async fn run(
     let results: Vec<Result<(u64, u64)>> = futures::stream::iter(types.into_iter().map(|r| {
         let (client, namespace, namespaces) = (client.clone(), namespace.as_deref(), namespaces.as_deref());
         async move {
-            list_type(&client, &r, namespace, namespaces, decode, metadata)
-                .await
-                .with_context(|| format!("listing {}", r.key))
+            let how = How {
+                decode,
+                metadata,
+                protobuf: protobuf && Kind::of(&r.ar.group, &r.ar.version, &r.ar.plural).is_some(),
+            };
+            list_type(&client, &r, namespace, namespaces, how).await.with_context(|| format!("listing {}", r.key))
         }
     }))
     .buffer_unordered(concurrency)
@@ -152,31 +165,26 @@ async fn list_type(
     r: &Resource,
     namespace: Option<&str>,
     per_namespace: Option<&[String]>,
-    decode: bool,
-    metadata: bool,
+    how: How,
 ) -> Result<(u64, u64)> {
+    let How { metadata, .. } = how;
     let limit = if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE };
     let Some(all) = per_namespace.filter(|_| r.namespaced && namespace.is_none() && lists_in_key_order(&r.ar.group))
     else {
-        return continue_pages(client, r, namespace, decode, metadata, None).await;
+        return continue_pages(client, r, namespace, how, None).await;
     };
-    let mut req = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, None))
-        .list(&ListParams::default().limit(limit))?;
-    if metadata {
-        req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
-    }
-    let first: Page = client.request(req).await?;
-    let (mut pages, mut n) = (1u64, first.items.map_or(0, |i| i.len()) as u64);
-    let Some(token) = first.metadata.continue_.filter(|t| !t.is_empty()) else { return Ok((pages, n)) };
+    let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, None));
+    let first = page(client, &request, &ListParams::default().limit(limit), how).await?;
+    let (mut pages, mut n) = (1u64, first.items);
+    let Some(token) = first.continue_.filter(|t| !t.is_empty()) else { return Ok((pages, n)) };
     let all = all.iter().map(String::as_str);
-    let Some(namespaces) = namespaces_after_first_page(NamespaceLists::Auto, limit, first.metadata.remaining, all)
-    else {
-        let (p, i) = continue_pages(client, r, None, decode, metadata, Some(token)).await?;
+    let Some(namespaces) = namespaces_after_first_page(NamespaceLists::Auto, limit, first.remaining, all) else {
+        let (p, i) = continue_pages(client, r, None, how, Some(token)).await?;
         return Ok((pages + p, n + i));
     };
     // The first page's items are counted again, as the plugin reads them again.
     for ns in &namespaces {
-        let (p, i) = continue_pages(client, r, Some(ns), decode, metadata, None).await?;
+        let (p, i) = continue_pages(client, r, Some(ns), how, None).await?;
         pages += p;
         n += i;
     }
@@ -189,10 +197,10 @@ async fn continue_pages(
     client: &kube::Client,
     r: &Resource,
     namespace: Option<&str>,
-    decode: bool,
-    metadata: bool,
+    how: How,
     mut token: Option<String>,
 ) -> Result<(u64, u64)> {
+    let How { decode, metadata, .. } = how;
     let request = Request::new(<DynamicObject as kube::Resource>::url_path(&r.ar, namespace));
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &r.ar),
@@ -206,20 +214,97 @@ async fn continue_pages(
         }
         let (n, next) = if decode {
             let page = api.list(&lp).await?;
-            (page.items.len(), page.metadata.continue_)
+            (page.items.len() as u64, page.metadata.continue_)
         } else {
-            let mut req = request.list(&lp)?;
-            if metadata {
-                req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
-            }
-            let page: Page = client.request(req).await?;
-            (page.items.map_or(0, |i| i.len()), page.metadata.continue_)
+            let p = page(client, &request, &lp, how).await?;
+            (p.items, p.continue_)
         };
         pages += 1;
-        items += n as u64;
+        items += n;
         token = next.filter(|t| !t.is_empty());
         if token.is_none() {
             return Ok((pages, items));
         }
     }
+}
+
+/// How each type is listed.
+#[derive(Clone, Copy)]
+struct How {
+    decode: bool,
+    metadata: bool,
+    /// In protobuf (a ConfigMap or Secret with `--protobuf`).
+    protobuf: bool,
+}
+
+/// One page as counted: its items, continue token and remaining item count.
+struct Counted {
+    items: u64,
+    continue_: Option<String>,
+    remaining: Option<i64>,
+}
+
+/// One page of `request`'s LIST with `lp`, in JSON (of metadata only with `metadata`) or in
+/// protobuf, counted without decoding its items.
+async fn page(client: &kube::Client, request: &Request, lp: &ListParams, how: How) -> Result<Counted> {
+    let mut req = request.list(lp)?;
+    if how.metadata {
+        req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
+    }
+    if !how.protobuf {
+        let page: Page = client.request(req).await?;
+        let items = page.items.map_or(0, |i| i.len()) as u64;
+        return Ok(Counted { items, continue_: page.metadata.continue_, remaining: page.metadata.remaining });
+    }
+    use http_body_util::BodyExt;
+    req.headers_mut().insert("accept", PROTOBUF.try_into()?);
+    let res = client.send(req.map(kube::client::Body::from)).await?;
+    let status = res.status();
+    let wire = res.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{status} for a LIST in protobuf");
+    }
+    count_protobuf(&wire).context("reading a protobuf LIST page")
+}
+
+/// A protobuf LIST page's items, counted, and its list metadata: `runtime.Unknown`'s `raw` is the
+/// list, whose field 1 is its `ListMeta` and each field 2 an item.
+fn count_protobuf(wire: &[u8]) -> Option<Counted> {
+    use prost::Message;
+    use prost::encoding::{WireType, decode_key, decode_varint, skip_field};
+    #[derive(Clone, PartialEq, Message)]
+    struct ListMeta {
+        #[prost(string, optional, tag = "3")]
+        continue_: Option<String>,
+        #[prost(int64, optional, tag = "4")]
+        remaining_item_count: Option<i64>,
+    }
+    /// The length-delimited fields of `buf`, by tag.
+    fn fields(mut buf: &[u8]) -> Option<Vec<(u32, &[u8])>> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let (tag, wire_type) = decode_key(&mut buf).ok()?;
+            if wire_type == WireType::LengthDelimited {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                out.push((tag, buf.get(..len)?));
+                buf = &buf[len..];
+            } else {
+                skip_field(wire_type, tag, &mut buf, Default::default()).ok()?;
+            }
+        }
+        Some(out)
+    }
+    let raw = fields(wire.strip_prefix(b"k8s\0")?)?.into_iter().find(|(t, _)| *t == 2)?.1;
+    let mut counted = Counted { items: 0, continue_: None, remaining: None };
+    for (tag, bytes) in fields(raw)? {
+        match tag {
+            1 => {
+                let meta = ListMeta::decode(bytes).ok()?;
+                (counted.continue_, counted.remaining) = (meta.continue_, meta.remaining_item_count);
+            }
+            2 => counted.items += 1,
+            _ => {}
+        }
+    }
+    Some(counted)
 }

@@ -1,0 +1,837 @@
+//! LIST pages of ConfigMaps and Secrets read in protobuf and written back as the JSON the API
+//! server would have sent, byte for byte.
+//!
+//! The API server spends a good part of a LIST's CPU encoding every object as JSON; in protobuf it
+//! does not (about a quarter less kube-apiserver CPU for a LIST of ConfigMaps,
+//! docs/benchmarks.md). A backup keeps each object's JSON exactly as the server sends it: its
+//! SHA-256 is how incremental storage finds a body again, and the controller's watches receive
+//! JSON. So a protobuf page is used only when its JSON can be rebuilt exactly, and otherwise the
+//! same page is asked for again in JSON ([`Rebuilt::Unsure`]):
+//! - every field of the page must be one these messages know: a field a newer (or older) server
+//!   sends that they do not is dropped by the decoder, so the page's bytes must re-encode to the
+//!   same length (k8s-pb is not used for the messages: it follows the newest API only, without
+//!   the `clusterName` servers before 1.25 send in every object);
+//! - no string holds a character whose escape changed between Go releases (`\b` and `\f`, written
+//!   as `\u0008` and `\u000c` before Go 1.22);
+//! - a managed-fields entry's `fieldsV1` must be compact JSON that Go's encoder would copy as it is.
+//!
+//! The JSON is written as Go's `encoding/json` writes these types: fields in the order of the Go
+//! structs, `omitempty` as they declare it, map keys sorted, `<`, `>`, `&`, U+2028 and U+2029
+//! escaped, times in RFC 3339 to the second. The end-to-end test `protobuf_lists_store_the_json_
+//! the_server_sends` compares both ways, object by object, on a real API server.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use prost::Message;
+
+/// The `Accept` of a LIST in protobuf.
+pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+/// What every protobuf body of the API server starts with, before its `runtime.Unknown`.
+const MAGIC: &[u8] = b"k8s\0";
+
+/// How LIST pages are asked for (`--list-encoding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListEncoding {
+    /// In protobuf for the resources whose JSON this module rebuilds exactly, in JSON otherwise.
+    #[default]
+    Auto,
+    /// Always in JSON.
+    Json,
+}
+
+impl std::str::FromStr for ListEncoding {
+    type Err = String;
+    /// auto or json (the spelling of `--list-encoding`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("expected auto or json, got {s:?}")),
+        }
+    }
+}
+
+/// The kinds whose LISTs are read in protobuf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    ConfigMap,
+    Secret,
+}
+
+impl Kind {
+    /// The kind of a resource listed in protobuf: core/v1 ConfigMaps and Secrets.
+    pub fn of(group: &str, version: &str, plural: &str) -> Option<Kind> {
+        match (group, version, plural) {
+            ("", "v1", "configmaps") => Some(Kind::ConfigMap),
+            ("", "v1", "secrets") => Some(Kind::Secret),
+            _ => None,
+        }
+    }
+}
+
+/// A protobuf page rebuilt as JSON, or why it was not.
+#[derive(Debug)]
+pub enum Rebuilt {
+    /// Each item's JSON (without `kind` and `apiVersion`, as a JSON LIST sends its items), one
+    /// after another in `body`, at `items`.
+    Page { body: String, items: Vec<std::ops::Range<usize>>, metadata: kube::core::ListMeta },
+    /// The page cannot be rebuilt exactly: it must be read as JSON.
+    Unsure(&'static str),
+}
+
+/// Rebuilds a protobuf LIST page of `kind` as its JSON items, into `out` (cleared first).
+pub fn rebuild(kind: Kind, wire: &[u8], mut out: String) -> Rebuilt {
+    out.clear();
+    let Some(raw) = unwrap(wire) else { return Rebuilt::Unsure("not a protobuf body") };
+    let mut items = Vec::new();
+    let meta = match kind {
+        Kind::ConfigMap => {
+            let Ok(list) = ConfigMapList::decode(raw) else { return Rebuilt::Unsure("not a ConfigMapList") };
+            if list.encoded_len() != raw.len() {
+                return Rebuilt::Unsure("fields this client does not know");
+            }
+            for cm in &list.items {
+                let start = out.len();
+                if let Err(why) = write_config_map(&mut out, cm) {
+                    return Rebuilt::Unsure(why);
+                }
+                items.push(start..out.len());
+            }
+            list.metadata
+        }
+        Kind::Secret => {
+            let Ok(list) = SecretList::decode(raw) else { return Rebuilt::Unsure("not a SecretList") };
+            if list.encoded_len() != raw.len() {
+                return Rebuilt::Unsure("fields this client does not know");
+            }
+            for s in &list.items {
+                let start = out.len();
+                if let Err(why) = write_secret(&mut out, s) {
+                    return Rebuilt::Unsure(why);
+                }
+                items.push(start..out.len());
+            }
+            list.metadata
+        }
+    };
+    let meta = meta.unwrap_or_default();
+    let metadata = kube::core::ListMeta {
+        continue_: meta.continue_,
+        remaining_item_count: meta.remaining_item_count,
+        resource_version: meta.resource_version,
+        self_link: meta.self_link,
+    };
+    Rebuilt::Page { body: out, items, metadata }
+}
+
+/// An error response in protobuf, as kube's [`kube::core::Status`]; `None` if `wire` is not one.
+pub fn status(wire: &[u8]) -> Option<kube::core::Status> {
+    let s = Status::decode(unwrap(wire)?).ok()?;
+    let summary = match s.status.as_deref() {
+        Some("Success") => Some(kube::core::response::StatusSummary::Success),
+        Some("Failure") => Some(kube::core::response::StatusSummary::Failure),
+        _ => None,
+    };
+    Some(kube::core::Status {
+        status: summary,
+        code: s.code.and_then(|c| u16::try_from(c).ok()).unwrap_or_default(),
+        message: s.message.unwrap_or_default(),
+        reason: s.reason.unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// The message a protobuf body wraps (`runtime.Unknown`'s `raw`).
+fn unwrap(wire: &[u8]) -> Option<&[u8]> {
+    let rest = wire.strip_prefix(MAGIC)?;
+    // Read as a borrowed slice: the page's bytes are not copied once more.
+    let mut buf = rest;
+    let mut raw = None;
+    while !buf.is_empty() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut buf).ok()?;
+        if tag == 2 && wire_type == prost::encoding::WireType::LengthDelimited {
+            let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
+            if len > buf.len() {
+                return None;
+            }
+            raw = Some(&buf[..len]);
+            buf = &buf[len..];
+        } else {
+            prost::encoding::skip_field(wire_type, tag, &mut buf, Default::default()).ok()?;
+        }
+    }
+    raw
+}
+
+// The messages, as in k8s.io/api and k8s.io/apimachinery's generated.proto. Every field is
+// optional and every map a list of entries, so that what gogo-protobuf writes (each field of a Go
+// struct, empty or not, and each map entry's key and value) re-encodes to the same bytes.
+
+#[derive(Clone, PartialEq, Message)]
+struct ListMeta {
+    #[prost(string, optional, tag = "1")]
+    self_link: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    resource_version: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    continue_: Option<String>,
+    #[prost(int64, optional, tag = "4")]
+    remaining_item_count: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Time {
+    #[prost(int64, optional, tag = "1")]
+    seconds: Option<i64>,
+    #[prost(int32, optional, tag = "2")]
+    nanos: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct OwnerReference {
+    #[prost(string, optional, tag = "1")]
+    kind: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    uid: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    api_version: Option<String>,
+    #[prost(bool, optional, tag = "6")]
+    controller: Option<bool>,
+    #[prost(bool, optional, tag = "7")]
+    block_owner_deletion: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FieldsV1 {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    raw: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ManagedFieldsEntry {
+    #[prost(string, optional, tag = "1")]
+    manager: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    operation: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    api_version: Option<String>,
+    #[prost(message, optional, tag = "4")]
+    time: Option<Time>,
+    #[prost(string, optional, tag = "6")]
+    fields_type: Option<String>,
+    #[prost(message, optional, tag = "7")]
+    fields_v1: Option<FieldsV1>,
+    #[prost(string, optional, tag = "8")]
+    subresource: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StringEntry {
+    #[prost(string, optional, tag = "1")]
+    key: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    value: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct BytesEntry {
+    #[prost(string, optional, tag = "1")]
+    key: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    value: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ObjectMeta {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    generate_name: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    namespace: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    self_link: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    uid: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    resource_version: Option<String>,
+    #[prost(int64, optional, tag = "7")]
+    generation: Option<i64>,
+    #[prost(message, optional, tag = "8")]
+    creation_timestamp: Option<Time>,
+    #[prost(message, optional, tag = "9")]
+    deletion_timestamp: Option<Time>,
+    #[prost(int64, optional, tag = "10")]
+    deletion_grace_period_seconds: Option<i64>,
+    #[prost(message, repeated, tag = "11")]
+    labels: Vec<StringEntry>,
+    #[prost(message, repeated, tag = "12")]
+    annotations: Vec<StringEntry>,
+    #[prost(message, repeated, tag = "13")]
+    owner_references: Vec<OwnerReference>,
+    #[prost(string, repeated, tag = "14")]
+    finalizers: Vec<String>,
+    /// Sent (empty) by servers before Kubernetes 1.25, in every object.
+    #[prost(string, optional, tag = "15")]
+    cluster_name: Option<String>,
+    #[prost(message, repeated, tag = "17")]
+    managed_fields: Vec<ManagedFieldsEntry>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ConfigMap {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, repeated, tag = "2")]
+    data: Vec<StringEntry>,
+    #[prost(message, repeated, tag = "3")]
+    binary_data: Vec<BytesEntry>,
+    #[prost(bool, optional, tag = "4")]
+    immutable: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ConfigMapList {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ListMeta>,
+    #[prost(message, repeated, tag = "2")]
+    items: Vec<ConfigMap>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Secret {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, repeated, tag = "2")]
+    data: Vec<BytesEntry>,
+    #[prost(string, optional, tag = "3")]
+    type_: Option<String>,
+    #[prost(message, repeated, tag = "4")]
+    string_data: Vec<StringEntry>,
+    #[prost(bool, optional, tag = "5")]
+    immutable: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SecretList {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ListMeta>,
+    #[prost(message, repeated, tag = "2")]
+    items: Vec<Secret>,
+}
+
+/// `metav1.Status`, as far as an error needs it.
+#[derive(Clone, PartialEq, Message)]
+struct Status {
+    #[prost(string, optional, tag = "2")]
+    status: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    message: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    reason: Option<String>,
+    #[prost(int32, optional, tag = "6")]
+    code: Option<i32>,
+}
+
+type Written = Result<(), &'static str>;
+
+/// Writes JSON objects' fields, each after a comma but the first.
+struct Fields<'o> {
+    out: &'o mut String,
+    first: bool,
+}
+
+impl<'o> Fields<'o> {
+    fn open(out: &'o mut String) -> Self {
+        out.push('{');
+        Fields { out, first: true }
+    }
+
+    fn name(&mut self, name: &str) -> &mut String {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(name);
+        self.out.push_str("\":");
+        self.out
+    }
+
+    /// A Go `string` field with `omitempty`.
+    fn string(&mut self, name: &str, v: &Option<String>) -> Written {
+        match v.as_deref() {
+            Some(s) if !s.is_empty() => string(self.name(name), s),
+            _ => Ok(()),
+        }
+    }
+
+    /// A Go `string` field without `omitempty`.
+    fn string_always(&mut self, name: &str, v: &Option<String>) -> Written {
+        string(self.name(name), v.as_deref().unwrap_or_default())
+    }
+
+    /// A Go `*bool` field with `omitempty`.
+    fn bool(&mut self, name: &str, v: Option<bool>) {
+        if let Some(b) = v {
+            self.name(name).push_str(if b { "true" } else { "false" });
+        }
+    }
+
+    /// A Go `map[string]string` field with `omitempty`.
+    fn strings(&mut self, name: &str, entries: &[StringEntry]) -> Written {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let out = self.name(name);
+        let mut sorted: Vec<&StringEntry> = entries.iter().collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut map = Fields::open(out);
+        for e in sorted {
+            let out = map.comma();
+            string(out, e.key.as_deref().unwrap_or_default())?;
+            out.push(':');
+            string(out, e.value.as_deref().unwrap_or_default())?;
+        }
+        map.close();
+        Ok(())
+    }
+
+    /// A Go `map[string][]byte` field with `omitempty`: each value in base64.
+    fn bytes(&mut self, name: &str, entries: &[BytesEntry]) -> Written {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let out = self.name(name);
+        let mut sorted: Vec<&BytesEntry> = entries.iter().collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut map = Fields::open(out);
+        for e in sorted {
+            let out = map.comma();
+            string(out, e.key.as_deref().unwrap_or_default())?;
+            out.push_str(":\"");
+            base64::engine::general_purpose::STANDARD.encode_string(e.value.as_deref().unwrap_or_default(), out);
+            out.push('"');
+        }
+        map.close();
+        Ok(())
+    }
+
+    fn comma(&mut self) -> &mut String {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out
+    }
+
+    fn close(self) {
+        self.out.push('}');
+    }
+}
+
+fn write_config_map(out: &mut String, cm: &ConfigMap) -> Written {
+    let ConfigMap { metadata, data, binary_data, immutable } = cm;
+    let mut f = Fields::open(out);
+    object_meta(f.name("metadata"), metadata.as_ref())?;
+    f.bool("immutable", *immutable);
+    f.strings("data", data)?;
+    f.bytes("binaryData", binary_data)?;
+    f.close();
+    Ok(())
+}
+
+fn write_secret(out: &mut String, s: &Secret) -> Written {
+    let Secret { metadata, data, type_, string_data, immutable } = s;
+    let mut f = Fields::open(out);
+    object_meta(f.name("metadata"), metadata.as_ref())?;
+    f.bool("immutable", *immutable);
+    f.bytes("data", data)?;
+    f.strings("stringData", string_data)?;
+    f.string("type", type_)?;
+    f.close();
+    Ok(())
+}
+
+fn object_meta(out: &mut String, m: Option<&ObjectMeta>) -> Written {
+    let empty = ObjectMeta::default();
+    let ObjectMeta {
+        name,
+        generate_name,
+        namespace,
+        self_link,
+        uid,
+        resource_version,
+        generation,
+        creation_timestamp,
+        deletion_timestamp,
+        deletion_grace_period_seconds,
+        labels,
+        annotations,
+        owner_references,
+        finalizers,
+        cluster_name,
+        managed_fields,
+    } = m.unwrap_or(&empty);
+    let mut f = Fields::open(out);
+    f.string("name", name)?;
+    f.string("generateName", generate_name)?;
+    f.string("namespace", namespace)?;
+    f.string("selfLink", self_link)?;
+    f.string("uid", uid)?;
+    f.string("resourceVersion", resource_version)?;
+    if let Some(g) = generation.filter(|g| *g != 0) {
+        write!(f.name("generation"), "{g}").ok();
+    }
+    // A struct, not a pointer: written even when zero, as null.
+    time(f.name("creationTimestamp"), creation_timestamp.as_ref())?;
+    if let Some(t) = deletion_timestamp {
+        time(f.name("deletionTimestamp"), Some(t))?;
+    }
+    if let Some(s) = deletion_grace_period_seconds {
+        write!(f.name("deletionGracePeriodSeconds"), "{s}").ok();
+    }
+    f.strings("labels", labels)?;
+    f.strings("annotations", annotations)?;
+    if !owner_references.is_empty() {
+        let out = f.name("ownerReferences");
+        out.push('[');
+        for (i, r) in owner_references.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let OwnerReference { kind, name, uid, api_version, controller, block_owner_deletion } = r;
+            let mut o = Fields::open(out);
+            o.string_always("apiVersion", api_version)?;
+            o.string_always("kind", kind)?;
+            o.string_always("name", name)?;
+            o.string_always("uid", uid)?;
+            o.bool("controller", *controller);
+            o.bool("blockOwnerDeletion", *block_owner_deletion);
+            o.close();
+        }
+        out.push(']');
+    }
+    if !finalizers.is_empty() {
+        let out = f.name("finalizers");
+        out.push('[');
+        for (i, s) in finalizers.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            string(out, s)?;
+        }
+        out.push(']');
+    }
+    f.string("clusterName", cluster_name)?;
+    if !managed_fields.is_empty() {
+        let out = f.name("managedFields");
+        out.push('[');
+        for (i, e) in managed_fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let ManagedFieldsEntry { manager, operation, api_version, time: at, fields_type, fields_v1, subresource } =
+                e;
+            let mut o = Fields::open(out);
+            o.string("manager", manager)?;
+            o.string("operation", operation)?;
+            o.string("apiVersion", api_version)?;
+            if let Some(t) = at {
+                time(o.name("time"), Some(t))?;
+            }
+            o.string("fieldsType", fields_type)?;
+            if let Some(FieldsV1 { raw }) = fields_v1 {
+                fields(o.name("fieldsV1"), raw.as_deref().unwrap_or_default())?;
+            }
+            o.string("subresource", subresource)?;
+            o.close();
+        }
+        out.push(']');
+    }
+    f.close();
+    Ok(())
+}
+
+/// `metav1.Time` as JSON: RFC 3339 in UTC to the second, or null for the zero time (which
+/// protobuf carries as no seconds and no nanoseconds).
+fn time(out: &mut String, t: Option<&Time>) -> Written {
+    let (seconds, nanos) = t.map_or((0, 0), |t| (t.seconds.unwrap_or_default(), t.nanos.unwrap_or_default()));
+    if seconds == 0 && nanos == 0 {
+        out.push_str("null");
+        return Ok(());
+    }
+    let Ok(ts) = jiff::Timestamp::from_second(seconds) else { return Err("a time out of range") };
+    let year = ts.to_zoned(jiff::tz::TimeZone::UTC).year();
+    if !(0..=9999).contains(&year) {
+        return Err("a time out of range");
+    }
+    write!(out, "\"{}\"", ts.strftime("%Y-%m-%dT%H:%M:%SZ")).ok();
+    Ok(())
+}
+
+/// A `fieldsV1` as Go writes it: its bytes, which Go's encoder compacts and HTML-escapes. Only
+/// bytes that stay the same through that are taken; anything else is [`Rebuilt::Unsure`].
+fn fields(out: &mut String, raw: &[u8]) -> Written {
+    let Ok(s) = std::str::from_utf8(raw) else { return Err("a fieldsV1 that is not UTF-8") };
+    let changed_by_go = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '<' | '>' | '&' | '\u{2028}' | '\u{2029}');
+    if s.is_empty() || s.contains(changed_by_go) || serde_json::from_str::<serde::de::IgnoredAny>(s).is_err() {
+        return Err("a fieldsV1 Go's encoder would change");
+    }
+    out.push_str(s);
+    Ok(())
+}
+
+/// A JSON string as Go's `encoding/json` writes it, with HTML escaping (the default).
+fn string(out: &mut String, s: &str) -> Written {
+    out.push('"');
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let escape: Option<&str> = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            // Written `\u0008` and `\u000c` by Go before 1.22, `\b` and `\f` since.
+            '\u{8}' | '\u{c}' => return Err("a \\b or \\f, which Go writes differently by release"),
+            '\u{0}'..='\u{1f}' | '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match escape {
+            Some(e) => out.push_str(e),
+            None => {
+                write!(out, "\\u{:04x}", c as u32).ok();
+            }
+        }
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrap(kind: &str, list: &impl Message) -> Vec<u8> {
+        #[derive(Clone, PartialEq, Message)]
+        struct TypeMeta {
+            #[prost(string, optional, tag = "1")]
+            api_version: Option<String>,
+            #[prost(string, optional, tag = "2")]
+            kind: Option<String>,
+        }
+        #[derive(Clone, PartialEq, Message)]
+        struct Unknown {
+            #[prost(message, optional, tag = "1")]
+            type_meta: Option<TypeMeta>,
+            #[prost(bytes = "vec", optional, tag = "2")]
+            raw: Option<Vec<u8>>,
+            #[prost(string, optional, tag = "3")]
+            content_encoding: Option<String>,
+            #[prost(string, optional, tag = "4")]
+            content_type: Option<String>,
+        }
+        let u = Unknown {
+            type_meta: Some(TypeMeta { api_version: Some("v1".into()), kind: Some(kind.into()) }),
+            raw: Some(list.encode_to_vec()),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        [MAGIC, &u.encode_to_vec()].concat()
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    fn entry(k: &str, v: &str) -> StringEntry {
+        StringEntry { key: s(k), value: s(v) }
+    }
+
+    /// The metadata every object of a server carries, as gogo writes it: each string, empty or not.
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: s(name),
+            generate_name: s(""),
+            namespace: s("ns"),
+            self_link: s(""),
+            uid: s("4d6c2f0e-0000-4000-8000-000000000001"),
+            resource_version: s("123"),
+            generation: Some(0),
+            creation_timestamp: Some(Time { seconds: Some(1_796_600_000), nanos: Some(0) }),
+            cluster_name: s(""),
+            ..Default::default()
+        }
+    }
+
+    fn page(r: Rebuilt) -> (Vec<String>, kube::core::ListMeta) {
+        match r {
+            Rebuilt::Page { body, items, metadata } => {
+                (items.into_iter().map(|i| body[i].to_string()).collect(), metadata)
+            }
+            Rebuilt::Unsure(why) => panic!("not rebuilt: {why}"),
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_go_escapes_them() {
+        let mut out = String::new();
+        string(&mut out, "a\"b\\c\n\r\t\u{1}\u{1f}<>&\u{2028}\u{2029}\u{7f}é😀/").unwrap();
+        // DEL (0x7f) and everything above it but U+2028 and U+2029 stay as they are.
+        assert_eq!(out, concat!(r#""a\"b\\c\n\r\t\u0001\u001f\u003c\u003e\u0026\u2028\u2029"#, "\u{7f}é😀/\""));
+        assert!(string(&mut String::new(), "a\u{8}").is_err());
+        assert!(string(&mut String::new(), "a\u{c}").is_err());
+    }
+
+    #[test]
+    fn a_config_map_page_is_written_as_the_servers_json() {
+        let mut m = meta("a");
+        m.labels = vec![entry("z", "1"), entry("a", "<2>")];
+        m.owner_references = vec![OwnerReference {
+            kind: s("Deployment"),
+            name: s("d"),
+            uid: s("u"),
+            api_version: s("apps/v1"),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }];
+        m.finalizers = vec!["x/y".into()];
+        m.deletion_timestamp = Some(Time { seconds: Some(1_796_600_001), nanos: Some(5) });
+        m.deletion_grace_period_seconds = Some(0);
+        m.managed_fields = vec![ManagedFieldsEntry {
+            manager: s("kubectl"),
+            operation: s("Update"),
+            api_version: s("v1"),
+            time: Some(Time { seconds: Some(1_796_600_000), nanos: Some(0) }),
+            fields_type: s("FieldsV1"),
+            fields_v1: Some(FieldsV1 { raw: Some(br#"{"f:data":{".":{},"f:k":{}}}"#.to_vec()) }),
+            subresource: None,
+        }];
+        let list = ConfigMapList {
+            metadata: Some(ListMeta {
+                self_link: s(""),
+                resource_version: s("999"),
+                continue_: s("tok"),
+                remaining_item_count: Some(7),
+            }),
+            items: vec![
+                ConfigMap {
+                    metadata: Some(m),
+                    data: vec![entry("k", "v"), entry("b", "")],
+                    binary_data: vec![BytesEntry { key: s("bin"), value: Some(vec![0, 255]) }],
+                    immutable: Some(false),
+                },
+                ConfigMap { metadata: Some(meta("b")), ..Default::default() },
+            ],
+        };
+        let (items, metadata) = page(rebuild(Kind::ConfigMap, &wrap("Unknown", &list), String::new()));
+        assert_eq!(
+            items[0],
+            concat!(
+                r#"{"metadata":{"name":"a","namespace":"ns","uid":"4d6c2f0e-0000-4000-8000-000000000001","#,
+                r#""resourceVersion":"123","creationTimestamp":"2026-12-06T23:33:20Z","#,
+                r#""deletionTimestamp":"2026-12-06T23:33:21Z","deletionGracePeriodSeconds":0,"#,
+                r#""labels":{"a":"\u003c2\u003e","z":"1"},"#,
+                r#""ownerReferences":[{"apiVersion":"apps/v1","kind":"Deployment","name":"d","uid":"u","controller":true}],"#,
+                r#""finalizers":["x/y"],"managedFields":[{"manager":"kubectl","operation":"Update","apiVersion":"v1","#,
+                r#""time":"2026-12-06T23:33:20Z","fieldsType":"FieldsV1","fieldsV1":{"f:data":{".":{},"f:k":{}}}}]},"#,
+                r#""immutable":false,"data":{"b":"","k":"v"},"binaryData":{"bin":"AP8="}}"#
+            )
+        );
+        assert_eq!(
+            items[1],
+            concat!(
+                r#"{"metadata":{"name":"b","namespace":"ns","uid":"4d6c2f0e-0000-4000-8000-000000000001","#,
+                r#""resourceVersion":"123","creationTimestamp":"2026-12-06T23:33:20Z"}}"#
+            )
+        );
+        assert_eq!(metadata.continue_.as_deref(), Some("tok"));
+        assert_eq!(metadata.remaining_item_count, Some(7));
+        assert_eq!(metadata.resource_version.as_deref(), Some("999"));
+    }
+
+    #[test]
+    fn a_secret_page_is_written_as_the_servers_json() {
+        let list = SecretList {
+            metadata: Some(ListMeta::default()),
+            items: vec![Secret {
+                metadata: Some(meta("s")),
+                data: vec![BytesEntry { key: s("p"), value: Some(b"pw".to_vec()) }],
+                type_: s("Opaque"),
+                string_data: vec![],
+                immutable: Some(true),
+            }],
+        };
+        let (items, _) = page(rebuild(Kind::Secret, &wrap("Unknown", &list), String::new()));
+        assert_eq!(
+            items[0],
+            concat!(
+                r#"{"metadata":{"name":"s","namespace":"ns","uid":"4d6c2f0e-0000-4000-8000-000000000001","#,
+                r#""resourceVersion":"123","creationTimestamp":"2026-12-06T23:33:20Z"},"#,
+                r#""immutable":true,"data":{"p":"cHc="},"type":"Opaque"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn a_page_with_a_field_these_messages_do_not_know_is_read_as_json() {
+        #[derive(Clone, PartialEq, Message)]
+        struct Newer {
+            #[prost(message, optional, tag = "1")]
+            metadata: Option<ObjectMeta>,
+            #[prost(string, optional, tag = "99")]
+            added: Option<String>,
+        }
+        #[derive(Clone, PartialEq, Message)]
+        struct NewerList {
+            #[prost(message, optional, tag = "1")]
+            metadata: Option<ListMeta>,
+            #[prost(message, repeated, tag = "2")]
+            items: Vec<Newer>,
+        }
+        let known = NewerList { metadata: None, items: vec![Newer { metadata: Some(meta("a")), added: None }] };
+        assert!(matches!(rebuild(Kind::ConfigMap, &wrap("Unknown", &known), String::new()), Rebuilt::Page { .. }));
+        let newer = NewerList { metadata: None, items: vec![Newer { metadata: Some(meta("a")), added: s("") }] };
+        assert!(matches!(
+            rebuild(Kind::ConfigMap, &wrap("Unknown", &newer), String::new()),
+            Rebuilt::Unsure("fields this client does not know")
+        ));
+    }
+
+    #[test]
+    fn pages_go_wrong_go_ways_are_read_as_json() {
+        let with = |data: Vec<StringEntry>, fields_v1: &[u8]| {
+            let mut m = meta("a");
+            m.managed_fields = vec![ManagedFieldsEntry {
+                fields_v1: Some(FieldsV1 { raw: Some(fields_v1.to_vec()) }),
+                ..Default::default()
+            }];
+            let list = ConfigMapList {
+                metadata: None,
+                items: vec![ConfigMap { metadata: Some(m), data, ..Default::default() }],
+            };
+            rebuild(Kind::ConfigMap, &wrap("Unknown", &list), String::new())
+        };
+        assert!(matches!(with(vec![entry("k", "v")], b"{}"), Rebuilt::Page { .. }));
+        assert!(matches!(with(vec![entry("k", "a\u{c}")], b"{}"), Rebuilt::Unsure(_)));
+        assert!(matches!(with(vec![], b"{\"f:a\": {}}"), Rebuilt::Unsure(_)));
+        assert!(matches!(with(vec![], b"{\"k:{\\\"a\\\":\\\"<\\\"}\":{}}"), Rebuilt::Unsure(_)));
+        assert!(matches!(with(vec![], b"{"), Rebuilt::Unsure(_)));
+        assert!(matches!(rebuild(Kind::ConfigMap, b"{\"kind\":\"ConfigMapList\"}", String::new()), Rebuilt::Unsure(_)));
+    }
+
+    #[test]
+    fn an_error_in_protobuf_is_read_as_a_status() {
+        let st = Status { status: s("Failure"), message: s("too old"), reason: s("Expired"), code: Some(410) };
+        let got = status(&wrap("Status", &st)).unwrap();
+        assert_eq!((got.code, got.reason.as_str(), got.message.as_str()), (410, "Expired", "too old"));
+        assert!(status(b"{\"kind\":\"Status\"}").is_none());
+    }
+}
