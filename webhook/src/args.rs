@@ -126,6 +126,11 @@ pub struct Args {
     /// the backup's errors and left out.
     #[arg(long, env = "WEBHOOK_DISCOVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
+    /// How LIST pages are asked for in backups (the plugin's --list-encoding, same default): auto
+    /// reads ConfigMaps and Secrets in protobuf, which costs the API server less, and stores the
+    /// JSON the server would have sent, byte for byte; json reads everything in JSON.
+    #[arg(long, env = "WEBHOOK_LIST_ENCODING", default_value = "auto", value_name = "auto|json")]
+    pub list_encoding: kubectl_backup_core::collect::ListEncoding,
     /// Whom restores of workspaces created while the webhook was down act as (a user name, e.g.
     /// system:serviceaccount:kubectl-backup:catch-up, which you bind to the roles such restores
     /// may use). Without it they are not restored: marked Pending, with an Event saying how.
@@ -501,6 +506,7 @@ mod tests {
         assert_eq!(a.listen.port(), 8443);
         assert_eq!(a.index_refresh, Duration::from_secs(30));
         assert_eq!(a.discovery_timeout, kubectl_backup_core::kube_client::DISCOVERY_TIMEOUT);
+        assert_eq!(a.list_encoding, kubectl_backup_core::collect::ListEncoding::Auto);
         assert!(
             Args::try_parse_from([
                 "backup-webhook",

@@ -65,7 +65,8 @@ async fn connect(args: &Args) -> anyhow::Result<controllers::Context> {
     )?);
     let cfg = kube_config(args).await?;
     let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.concurrency)
-        .with_discovery_timeout(args.discovery_timeout);
+        .with_discovery_timeout(args.discovery_timeout)
+        .with_list_encoding(args.list_encoding);
     let mut cluster = Cluster::from_config(cfg.clone(), throttle)?;
     // One discovery for the backups this process takes, kept good by controllers::discovery.
     cluster.discovery = Some(controllers::discovery::shared());

@@ -128,9 +128,8 @@ async fn list_versions(l: &Lister<'_>, task: &Task, previous: &Previous, listed:
         // The next page is read while this one is looked at ([`Pager`]); a failure to look at it
         // drops that read.
         let (following, ()) = futures::try_join!(async { Ok(pager.next().await) }, async {
-            for raw in page.items() {
-                let obj: RawItem<'_> =
-                    serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
+            for (_, obj) in page.objects() {
+                let obj = obj.map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
                 let Some((ns, name)) = listed.next_kept(&obj, filter)? else { continue };
                 if never_backed_up_object(&r.key, &obj) {
                     continue;
@@ -424,9 +423,9 @@ impl<'l, 'a> Pager<'l, 'a> {
         let mode = self.l.throttle.namespace_lists;
         let Some(namespaces) = namespaces_after_first_page(mode, limit, remaining, all) else { return };
         let mut keys = HashSet::with_capacity(page.items.len());
-        for raw in page.items() {
+        for (_, obj) in page.objects() {
             // One the first page cannot be read in stays paged: it fails there, as it would have.
-            let Ok(obj) = serde_json::from_str::<RawItem<'_>>(raw) else { return };
+            let Ok(obj) = obj else { return };
             keys.insert(object_key(
                 obj.metadata.namespace.as_deref(),
                 obj.metadata.name.as_deref().unwrap_or_default(),
@@ -568,14 +567,19 @@ async fn fetch_page(
                 async move { read_protobuf(l, req?, buf).await }
             })
             .await?;
+        if !protobuf::is_protobuf(&bytes) {
+            // A server (or a proxy before it) that answered in JSON all the same.
+            let body = String::from_utf8(bytes).map_err(kube::Error::FromUtf8)?;
+            return RawPage::parse(body).map_err(kube::Error::SerdeError);
+        }
         let mut buf = buf;
         buf.clear();
-        let page = protobuf::rebuild(kind, &bytes, String::from_utf8(buf).unwrap_or_default());
+        let (page, bytes) = protobuf::rebuild(kind, bytes, String::from_utf8(buf).unwrap_or_default());
         *wire = bytes;
         match page {
-            protobuf::Rebuilt::Page { body, items, metadata } => {
+            protobuf::Rebuilt::Page { body, items, metas, metadata } => {
                 tracing::debug!(url = %request.url_path, items = items.len(), "a page read in protobuf");
-                return Ok(RawPage { body, items, metadata, restart: None });
+                return Ok(RawPage { body, items, metas, metadata, restart: None });
             }
             protobuf::Rebuilt::Unsure(why) => {
                 tracing::debug!(url = %request.url_path, why, "a protobuf page read again as JSON");
@@ -658,8 +662,8 @@ async fn send_page(
     let mut had_objects = false;
     let mut volumes = Vec::new();
     let mut claims = Vec::new();
-    for raw in page.items() {
-        let obj: RawItem<'_> = serde_json::from_str(raw).map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
+    for (raw, obj) in page.objects() {
+        let obj = obj.map_err(|e| TaskError::Kube(kube::Error::SerdeError(e)))?;
         let Some((ns, name)) = listed.next_kept(&obj, filter)? else { continue };
         if only.is_some_and(|o| !o.contains(&object_key(ns.as_deref(), &name))) || never_backed_up_object(&r.key, &obj)
         {
@@ -711,6 +715,8 @@ fn read_item(
 struct RawPage {
     body: String,
     items: Vec<std::ops::Range<usize>>,
+    /// For a page rebuilt from protobuf: where each item's metadata is in `body`.
+    metas: Vec<protobuf::ItemMeta>,
     metadata: kube::core::ListMeta,
     /// On the first page of a LIST gone on one namespace at a time ([`Pager`]): the keys the
     /// cluster-wide first page held, sent already. From this page on the LIST starts over in key
@@ -739,12 +745,29 @@ impl RawPage {
                 start..start + raw.get().len()
             })
             .collect();
-        Ok(RawPage { metadata: parsed.metadata, items, body, restart: None })
+        Ok(RawPage { metadata: parsed.metadata, items, metas: Vec::new(), body, restart: None })
     }
 
     /// Each item's JSON text (the parser cut the ranges: each is one valid JSON value).
     fn items(&self) -> impl Iterator<Item = &str> + '_ {
         self.items.iter().map(|r| &self.body[r.clone()])
+    }
+
+    /// Each item's JSON text and what collect reads of it: from `metas` for a page rebuilt from
+    /// protobuf, which knows it already, else parsed.
+    fn objects(&self) -> impl Iterator<Item = (&str, serde_json::Result<RawItem<'_>>)> + '_ {
+        self.items().enumerate().map(|(i, raw)| match self.metas.get(i) {
+            Some(m) => {
+                let text = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| Cow::Borrowed(&self.body[r]));
+                let metadata = RawMeta {
+                    name: text(&m.name),
+                    namespace: text(&m.namespace),
+                    resource_version: text(&m.resource_version),
+                };
+                (raw, Ok(RawItem { api_version: None, kind: None, metadata, spec: None }))
+            }
+            None => (raw, serde_json::from_str(raw)),
+        })
     }
 }
 

@@ -23,6 +23,7 @@
 use std::fmt::Write as _;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use prost::Message;
 
 /// The `Accept` of a LIST in protobuf.
@@ -75,26 +76,45 @@ impl Kind {
 pub enum Rebuilt {
     /// Each item's JSON (without `kind` and `apiVersion`, as a JSON LIST sends its items), one
     /// after another in `body`, at `items`.
-    Page { body: String, items: Vec<std::ops::Range<usize>>, metadata: kube::core::ListMeta },
+    Page {
+        body: String,
+        items: Vec<std::ops::Range<usize>>,
+        /// Each item's namespace, name and resourceVersion in `body`.
+        metas: Vec<ItemMeta>,
+        metadata: kube::core::ListMeta,
+    },
     /// The page cannot be rebuilt exactly: it must be read as JSON.
     Unsure(&'static str),
 }
 
-/// Rebuilds a protobuf LIST page of `kind` as its JSON items, into `out` (cleared first).
-pub fn rebuild(kind: Kind, wire: &[u8], mut out: String) -> Rebuilt {
+/// Rebuilds the protobuf LIST page `wire` of `kind` as its JSON items, into `out` (cleared
+/// first). Hands `wire` back, to read the next page into.
+pub fn rebuild(kind: Kind, wire: Vec<u8>, mut out: String) -> (Rebuilt, Vec<u8>) {
     out.clear();
-    let Some(raw) = unwrap(wire) else { return Rebuilt::Unsure("not a protobuf body") };
-    let mut items = Vec::new();
+    let wire = Bytes::from(wire);
+    let rebuilt = match unwrap(&wire) {
+        Some(raw) => rebuild_list(kind, wire.slice_ref(raw), out),
+        None => Rebuilt::Unsure("not a protobuf body"),
+    };
+    // The page's objects borrowed from `wire` are gone: it is whole again.
+    let wire = wire.try_into_mut().map(Vec::from).unwrap_or_default();
+    (rebuilt, wire)
+}
+
+fn rebuild_list(kind: Kind, raw: Bytes, mut out: String) -> Rebuilt {
+    let len = raw.len();
+    let (mut items, mut metas) = (Vec::new(), Vec::new());
     let meta = match kind {
         Kind::ConfigMap => {
             let Ok(list) = ConfigMapList::decode(raw) else { return Rebuilt::Unsure("not a ConfigMapList") };
-            if list.encoded_len() != raw.len() {
+            if list.encoded_len() != len {
                 return Rebuilt::Unsure("fields this client does not know");
             }
             for cm in &list.items {
                 let start = out.len();
-                if let Err(why) = write_config_map(&mut out, cm) {
-                    return Rebuilt::Unsure(why);
+                match write_config_map(&mut out, cm) {
+                    Ok(meta) => metas.push(meta),
+                    Err(why) => return Rebuilt::Unsure(why),
                 }
                 items.push(start..out.len());
             }
@@ -102,13 +122,14 @@ pub fn rebuild(kind: Kind, wire: &[u8], mut out: String) -> Rebuilt {
         }
         Kind::Secret => {
             let Ok(list) = SecretList::decode(raw) else { return Rebuilt::Unsure("not a SecretList") };
-            if list.encoded_len() != raw.len() {
+            if list.encoded_len() != len {
                 return Rebuilt::Unsure("fields this client does not know");
             }
             for s in &list.items {
                 let start = out.len();
-                if let Err(why) = write_secret(&mut out, s) {
-                    return Rebuilt::Unsure(why);
+                match write_secret(&mut out, s) {
+                    Ok(meta) => metas.push(meta),
+                    Err(why) => return Rebuilt::Unsure(why),
                 }
                 items.push(start..out.len());
             }
@@ -122,7 +143,20 @@ pub fn rebuild(kind: Kind, wire: &[u8], mut out: String) -> Rebuilt {
         resource_version: meta.resource_version,
         self_link: meta.self_link,
     };
-    Rebuilt::Page { body: out, items, metadata }
+    Rebuilt::Page { body: out, items, metas, metadata }
+}
+
+/// Whether a response body is in protobuf.
+pub fn is_protobuf(wire: &[u8]) -> bool {
+    wire.starts_with(MAGIC)
+}
+
+/// Where an item's namespace, name and resourceVersion are in the page's body, without quotes.
+#[derive(Debug, Clone, Default)]
+pub struct ItemMeta {
+    pub namespace: Option<std::ops::Range<usize>>,
+    pub name: Option<std::ops::Range<usize>>,
+    pub resource_version: Option<std::ops::Range<usize>>,
 }
 
 /// An error response in protobuf, as kube's [`kube::core::Status`]; `None` if `wire` is not one.
@@ -166,7 +200,12 @@ fn unwrap(wire: &[u8]) -> Option<&[u8]> {
 
 // The messages, as in k8s.io/api and k8s.io/apimachinery's generated.proto. Every field is
 // optional and every map a list of entries, so that what gogo-protobuf writes (each field of a Go
-// struct, empty or not, and each map entry's key and value) re-encodes to the same bytes.
+// struct, empty or not, and each map entry's key and value) re-encodes to the same bytes. An
+// object's strings are `Text`: slices of the page's buffer, not copies (checked as UTF-8 when
+// written).
+
+/// A string or bytes field, borrowed from the page's buffer.
+type Text = Option<Bytes>;
 
 #[derive(Clone, PartialEq, Message)]
 struct ListMeta {
@@ -190,14 +229,14 @@ struct Time {
 
 #[derive(Clone, PartialEq, Message)]
 struct OwnerReference {
-    #[prost(string, optional, tag = "1")]
-    kind: Option<String>,
-    #[prost(string, optional, tag = "3")]
-    name: Option<String>,
-    #[prost(string, optional, tag = "4")]
-    uid: Option<String>,
-    #[prost(string, optional, tag = "5")]
-    api_version: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    kind: Text,
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    name: Text,
+    #[prost(bytes = "bytes", optional, tag = "4")]
+    uid: Text,
+    #[prost(bytes = "bytes", optional, tag = "5")]
+    api_version: Text,
     #[prost(bool, optional, tag = "6")]
     controller: Option<bool>,
     #[prost(bool, optional, tag = "7")]
@@ -206,58 +245,58 @@ struct OwnerReference {
 
 #[derive(Clone, PartialEq, Message)]
 struct FieldsV1 {
-    #[prost(bytes = "vec", optional, tag = "1")]
-    raw: Option<Vec<u8>>,
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    raw: Text,
 }
 
 #[derive(Clone, PartialEq, Message)]
 struct ManagedFieldsEntry {
-    #[prost(string, optional, tag = "1")]
-    manager: Option<String>,
-    #[prost(string, optional, tag = "2")]
-    operation: Option<String>,
-    #[prost(string, optional, tag = "3")]
-    api_version: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    manager: Text,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    operation: Text,
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    api_version: Text,
     #[prost(message, optional, tag = "4")]
     time: Option<Time>,
-    #[prost(string, optional, tag = "6")]
-    fields_type: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "6")]
+    fields_type: Text,
     #[prost(message, optional, tag = "7")]
     fields_v1: Option<FieldsV1>,
-    #[prost(string, optional, tag = "8")]
-    subresource: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "8")]
+    subresource: Text,
 }
 
 #[derive(Clone, PartialEq, Message)]
 struct StringEntry {
-    #[prost(string, optional, tag = "1")]
-    key: Option<String>,
-    #[prost(string, optional, tag = "2")]
-    value: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    key: Text,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    value: Text,
 }
 
 #[derive(Clone, PartialEq, Message)]
 struct BytesEntry {
-    #[prost(string, optional, tag = "1")]
-    key: Option<String>,
-    #[prost(bytes = "vec", optional, tag = "2")]
-    value: Option<Vec<u8>>,
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    key: Text,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    value: Text,
 }
 
 #[derive(Clone, PartialEq, Message)]
 struct ObjectMeta {
-    #[prost(string, optional, tag = "1")]
-    name: Option<String>,
-    #[prost(string, optional, tag = "2")]
-    generate_name: Option<String>,
-    #[prost(string, optional, tag = "3")]
-    namespace: Option<String>,
-    #[prost(string, optional, tag = "4")]
-    self_link: Option<String>,
-    #[prost(string, optional, tag = "5")]
-    uid: Option<String>,
-    #[prost(string, optional, tag = "6")]
-    resource_version: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    name: Text,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    generate_name: Text,
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    namespace: Text,
+    #[prost(bytes = "bytes", optional, tag = "4")]
+    self_link: Text,
+    #[prost(bytes = "bytes", optional, tag = "5")]
+    uid: Text,
+    #[prost(bytes = "bytes", optional, tag = "6")]
+    resource_version: Text,
     #[prost(int64, optional, tag = "7")]
     generation: Option<i64>,
     #[prost(message, optional, tag = "8")]
@@ -272,11 +311,11 @@ struct ObjectMeta {
     annotations: Vec<StringEntry>,
     #[prost(message, repeated, tag = "13")]
     owner_references: Vec<OwnerReference>,
-    #[prost(string, repeated, tag = "14")]
-    finalizers: Vec<String>,
+    #[prost(bytes = "bytes", repeated, tag = "14")]
+    finalizers: Vec<Bytes>,
     /// Sent (empty) by servers before Kubernetes 1.25, in every object.
-    #[prost(string, optional, tag = "15")]
-    cluster_name: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "15")]
+    cluster_name: Text,
     #[prost(message, repeated, tag = "17")]
     managed_fields: Vec<ManagedFieldsEntry>,
 }
@@ -307,8 +346,8 @@ struct Secret {
     metadata: Option<ObjectMeta>,
     #[prost(message, repeated, tag = "2")]
     data: Vec<BytesEntry>,
-    #[prost(string, optional, tag = "3")]
-    type_: Option<String>,
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    type_: Text,
     #[prost(message, repeated, tag = "4")]
     string_data: Vec<StringEntry>,
     #[prost(bool, optional, tag = "5")]
@@ -337,6 +376,8 @@ struct Status {
 }
 
 type Written = Result<(), &'static str>;
+/// An object written, with where its metadata is.
+type WrittenObject = Result<ItemMeta, &'static str>;
 
 /// Writes JSON objects' fields, each after a comma but the first.
 struct Fields<'o> {
@@ -362,15 +403,29 @@ impl<'o> Fields<'o> {
     }
 
     /// A Go `string` field with `omitempty`.
-    fn string(&mut self, name: &str, v: &Option<String>) -> Written {
+    fn string(&mut self, name: &str, v: &Text) -> Written {
         match v.as_deref() {
             Some(s) if !s.is_empty() => string(self.name(name), s),
             _ => Ok(()),
         }
     }
 
+    /// A Go `string` field with `omitempty` that JSON never escapes (a name, a namespace, a
+    /// resourceVersion), and where its text is in `out` (`None` if empty, and left out).
+    fn string_at(&mut self, name: &str, v: &Text) -> Result<Option<std::ops::Range<usize>>, &'static str> {
+        let Some(s) = v.as_deref().filter(|s| !s.is_empty()) else { return Ok(None) };
+        let out = self.name(name);
+        let start = out.len() + 1;
+        string(out, s)?;
+        let end = out.len() - 1;
+        match end - start == s.len() {
+            true => Ok(Some(start..end)),
+            false => Err("a name, namespace or resourceVersion JSON escapes, which none is"),
+        }
+    }
+
     /// A Go `string` field without `omitempty`.
-    fn string_always(&mut self, name: &str, v: &Option<String>) -> Written {
+    fn string_always(&mut self, name: &str, v: &Text) -> Written {
         string(self.name(name), v.as_deref().unwrap_or_default())
     }
 
@@ -386,16 +441,17 @@ impl<'o> Fields<'o> {
         if entries.is_empty() {
             return Ok(());
         }
-        let out = self.name(name);
-        let mut sorted: Vec<&StringEntry> = entries.iter().collect();
-        sorted.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut map = Fields::open(out);
-        for e in sorted {
-            let out = map.comma();
-            string(out, e.key.as_deref().unwrap_or_default())?;
-            out.push(':');
-            string(out, e.value.as_deref().unwrap_or_default())?;
-        }
+        let mut map = Fields::open(self.name(name));
+        in_key_order(
+            entries,
+            |e| &e.key,
+            |e| {
+                let out = map.comma();
+                string(out, e.key.as_deref().unwrap_or_default())?;
+                out.push(':');
+                string(out, e.value.as_deref().unwrap_or_default())
+            },
+        )?;
         map.close();
         Ok(())
     }
@@ -405,17 +461,25 @@ impl<'o> Fields<'o> {
         if entries.is_empty() {
             return Ok(());
         }
-        let out = self.name(name);
-        let mut sorted: Vec<&BytesEntry> = entries.iter().collect();
-        sorted.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut map = Fields::open(out);
-        for e in sorted {
-            let out = map.comma();
-            string(out, e.key.as_deref().unwrap_or_default())?;
-            out.push_str(":\"");
-            base64::engine::general_purpose::STANDARD.encode_string(e.value.as_deref().unwrap_or_default(), out);
-            out.push('"');
-        }
+        let mut map = Fields::open(self.name(name));
+        in_key_order(
+            entries,
+            |e| &e.key,
+            |e| {
+                let out = map.comma();
+                string(out, e.key.as_deref().unwrap_or_default())?;
+                // gogo leaves a nil value out of its entry; Go writes a nil []byte as null.
+                match e.value.as_deref() {
+                    Some(v) => {
+                        out.push_str(":\"");
+                        base64::engine::general_purpose::STANDARD.encode_string(v, out);
+                        out.push('"');
+                    }
+                    None => out.push_str(":null"),
+                }
+                Ok(())
+            },
+        )?;
         map.close();
         Ok(())
     }
@@ -433,30 +497,41 @@ impl<'o> Fields<'o> {
     }
 }
 
-fn write_config_map(out: &mut String, cm: &ConfigMap) -> Written {
+/// `each` of a map's entries in the order Go writes them, by key: as they come when sorted
+/// already (gogo writes them so), else sorted.
+fn in_key_order<E>(entries: &[E], key: impl Fn(&E) -> &Text, each: impl FnMut(&E) -> Written) -> Written {
+    if entries.is_sorted_by(|a, b| key(a) <= key(b)) {
+        return entries.iter().try_for_each(each);
+    }
+    let mut sorted: Vec<&E> = entries.iter().collect();
+    sorted.sort_by(|a, b| key(a).cmp(key(b)));
+    sorted.into_iter().try_for_each(each)
+}
+
+fn write_config_map(out: &mut String, cm: &ConfigMap) -> WrittenObject {
     let ConfigMap { metadata, data, binary_data, immutable } = cm;
     let mut f = Fields::open(out);
-    object_meta(f.name("metadata"), metadata.as_ref())?;
+    let meta = object_meta(f.name("metadata"), metadata.as_ref())?;
     f.bool("immutable", *immutable);
     f.strings("data", data)?;
     f.bytes("binaryData", binary_data)?;
     f.close();
-    Ok(())
+    Ok(meta)
 }
 
-fn write_secret(out: &mut String, s: &Secret) -> Written {
+fn write_secret(out: &mut String, s: &Secret) -> WrittenObject {
     let Secret { metadata, data, type_, string_data, immutable } = s;
     let mut f = Fields::open(out);
-    object_meta(f.name("metadata"), metadata.as_ref())?;
+    let meta = object_meta(f.name("metadata"), metadata.as_ref())?;
     f.bool("immutable", *immutable);
     f.bytes("data", data)?;
     f.strings("stringData", string_data)?;
     f.string("type", type_)?;
     f.close();
-    Ok(())
+    Ok(meta)
 }
 
-fn object_meta(out: &mut String, m: Option<&ObjectMeta>) -> Written {
+fn object_meta(out: &mut String, m: Option<&ObjectMeta>) -> WrittenObject {
     let empty = ObjectMeta::default();
     let ObjectMeta {
         name,
@@ -477,16 +552,16 @@ fn object_meta(out: &mut String, m: Option<&ObjectMeta>) -> Written {
         managed_fields,
     } = m.unwrap_or(&empty);
     let mut f = Fields::open(out);
-    f.string("name", name)?;
+    let name_at = f.string_at("name", name)?;
     f.string("generateName", generate_name)?;
-    f.string("namespace", namespace)?;
+    let namespace_at = f.string_at("namespace", namespace)?;
     f.string("selfLink", self_link)?;
     f.string("uid", uid)?;
-    f.string("resourceVersion", resource_version)?;
+    let resource_version_at = f.string_at("resourceVersion", resource_version)?;
     if let Some(g) = generation.filter(|g| *g != 0) {
         write!(f.name("generation"), "{g}").ok();
     }
-    // A struct, not a pointer: written even when zero, as null.
+    // A struct, not a pointer: written even when zero (see `time`).
     time(f.name("creationTimestamp"), creation_timestamp.as_ref())?;
     if let Some(t) = deletion_timestamp {
         time(f.name("deletionTimestamp"), Some(t))?;
@@ -553,20 +628,21 @@ fn object_meta(out: &mut String, m: Option<&ObjectMeta>) -> Written {
         out.push(']');
     }
     f.close();
-    Ok(())
+    Ok(ItemMeta { namespace: namespace_at, name: name_at, resource_version: resource_version_at })
 }
 
-/// `metav1.Time` as JSON: RFC 3339 in UTC to the second, or null for the zero time (which
-/// protobuf carries as no seconds and no nanoseconds).
+/// `metav1.Time` as JSON: RFC 3339 in UTC to the second. The zero time, which protobuf carries
+/// as an empty message (the Unix epoch is seconds 0 and nanos 0, both written), is written as
+/// `null` by servers before 1.34 and left out by later ones (`omitzero` on `creationTimestamp`):
+/// [`Rebuilt::Unsure`]. Servers set every time they write themselves, so it is rare.
 fn time(out: &mut String, t: Option<&Time>) -> Written {
-    let (seconds, nanos) = t.map_or((0, 0), |t| (t.seconds.unwrap_or_default(), t.nanos.unwrap_or_default()));
-    if seconds == 0 && nanos == 0 {
-        out.push_str("null");
-        return Ok(());
-    }
+    let Some(t) = t.filter(|t| t.seconds.is_some() || t.nanos.is_some()) else {
+        return Err("a zero time, which servers write differently by release");
+    };
+    let seconds = t.seconds.unwrap_or_default();
     let Ok(ts) = jiff::Timestamp::from_second(seconds) else { return Err("a time out of range") };
     let year = ts.to_zoned(jiff::tz::TimeZone::UTC).year();
-    if !(0..=9999).contains(&year) {
+    if !(1000..=9999).contains(&year) {
         return Err("a time out of range");
     }
     write!(out, "\"{}\"", ts.strftime("%Y-%m-%dT%H:%M:%SZ")).ok();
@@ -585,30 +661,64 @@ fn fields(out: &mut String, raw: &[u8]) -> Written {
     Ok(())
 }
 
-/// A JSON string as Go's `encoding/json` writes it, with HTML escaping (the default).
-fn string(out: &mut String, s: &str) -> Written {
+/// The bytes [`string`] must look at: control characters, `"`, `\\`, `<`, `>`, `&`, and the first
+/// byte of U+2028 and U+2029 (0xE2).
+const NOTED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'&' as usize] = true;
+    t[0xE2] = true;
+    t
+};
+
+/// A JSON string as Go's `encoding/json` writes it, with HTML escaping (the default), from UTF-8
+/// bytes ([`Rebuilt::Unsure`] if they are not: Go would write U+FFFD for each bad byte).
+fn string(out: &mut String, raw: &[u8]) -> Written {
+    let Ok(s) = std::str::from_utf8(raw) else { return Err("a string that is not UTF-8") };
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
     out.push('"');
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escape: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        let c = b[i];
+        if !NOTED[c as usize] {
+            i += 1;
+            continue;
+        }
+        let escape = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
             // Written `\u0008` and `\u000c` by Go before 1.22, `\b` and `\f` since.
-            '\u{8}' | '\u{c}' => return Err("a \\b or \\f, which Go writes differently by release"),
-            '\u{0}'..='\u{1f}' | '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => None,
-            _ => continue,
+            0x08 | 0x0c => return Err("a \\b or \\f, which Go writes differently by release"),
+            0xE2 => match (b.get(i + 1), b.get(i + 2)) {
+                (Some(0x80), Some(0xA8)) => "\\u2028",
+                (Some(0x80), Some(0xA9)) => "\\u2029",
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            },
+            _ => "",
         };
         out.push_str(&s[start..i]);
-        match escape {
-            Some(e) => out.push_str(e),
-            None => {
-                write!(out, "\\u{:04x}", c as u32).ok();
-            }
+        if escape.is_empty() {
+            write!(out, "\\u{c:04x}").ok();
+        } else {
+            out.push_str(escape);
         }
-        start = i + c.len_utf8();
+        i += if c == 0xE2 { 3 } else { 1 };
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
@@ -647,8 +757,12 @@ mod tests {
         [MAGIC, &u.encode_to_vec()].concat()
     }
 
-    fn s(v: &str) -> Option<String> {
-        Some(v.to_string())
+    fn s(v: &str) -> Text {
+        Some(Bytes::from(v.to_string()))
+    }
+
+    fn rebuilt(kind: Kind, wire: Vec<u8>) -> Rebuilt {
+        rebuild(kind, wire, String::new()).0
     }
 
     fn entry(k: &str, v: &str) -> StringEntry {
@@ -673,7 +787,16 @@ mod tests {
 
     fn page(r: Rebuilt) -> (Vec<String>, kube::core::ListMeta) {
         match r {
-            Rebuilt::Page { body, items, metadata } => {
+            Rebuilt::Page { body, items, metas, metadata } => {
+                // Each item's metadata is found where the item's JSON has it.
+                for (item, m) in items.iter().zip(&metas) {
+                    let v: serde_json::Value = serde_json::from_str(&body[item.clone()]).unwrap();
+                    let at = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| body[r].to_string());
+                    assert_eq!(at(&m.name).as_deref(), v["metadata"]["name"].as_str());
+                    assert_eq!(at(&m.namespace).as_deref(), v["metadata"]["namespace"].as_str());
+                    assert_eq!(at(&m.resource_version).as_deref(), v["metadata"]["resourceVersion"].as_str());
+                }
+                assert_eq!(metas.len(), items.len());
                 (items.into_iter().map(|i| body[i].to_string()).collect(), metadata)
             }
             Rebuilt::Unsure(why) => panic!("not rebuilt: {why}"),
@@ -683,11 +806,15 @@ mod tests {
     #[test]
     fn strings_are_escaped_as_go_escapes_them() {
         let mut out = String::new();
-        string(&mut out, "a\"b\\c\n\r\t\u{1}\u{1f}<>&\u{2028}\u{2029}\u{7f}é😀/").unwrap();
+        string(&mut out, "a\"b\\c\n\r\t\u{1}\u{1f}<>&\u{2028}\u{2029}\u{7f}é😀/".as_bytes()).unwrap();
         // DEL (0x7f) and everything above it but U+2028 and U+2029 stay as they are.
         assert_eq!(out, concat!(r#""a\"b\\c\n\r\t\u0001\u001f\u003c\u003e\u0026\u2028\u2029"#, "\u{7f}é😀/\""));
-        assert!(string(&mut String::new(), "a\u{8}").is_err());
-        assert!(string(&mut String::new(), "a\u{c}").is_err());
+        assert!(string(&mut String::new(), b"a\x08").is_err());
+        assert!(string(&mut String::new(), b"\xff").is_err());
+        let mut out = String::new();
+        string(&mut out, "\u{e2}\u{2027}\u{202a}".as_bytes()).unwrap();
+        assert_eq!(out, "\"\u{e2}\u{2027}\u{202a}\"", "only U+2028 and U+2029 of the 0xE2 sequences");
+        assert!(string(&mut String::new(), b"a\x0c").is_err());
     }
 
     #[test]
@@ -711,27 +838,27 @@ mod tests {
             api_version: s("v1"),
             time: Some(Time { seconds: Some(1_796_600_000), nanos: Some(0) }),
             fields_type: s("FieldsV1"),
-            fields_v1: Some(FieldsV1 { raw: Some(br#"{"f:data":{".":{},"f:k":{}}}"#.to_vec()) }),
+            fields_v1: Some(FieldsV1 { raw: Some(Bytes::from_static(br#"{"f:data":{".":{},"f:k":{}}}"#)) }),
             subresource: None,
         }];
         let list = ConfigMapList {
             metadata: Some(ListMeta {
-                self_link: s(""),
-                resource_version: s("999"),
-                continue_: s("tok"),
+                self_link: Some(String::new()),
+                resource_version: Some("999".into()),
+                continue_: Some("tok".into()),
                 remaining_item_count: Some(7),
             }),
             items: vec![
                 ConfigMap {
                     metadata: Some(m),
                     data: vec![entry("k", "v"), entry("b", "")],
-                    binary_data: vec![BytesEntry { key: s("bin"), value: Some(vec![0, 255]) }],
+                    binary_data: vec![BytesEntry { key: s("bin"), value: Some(Bytes::from_static(&[0, 255])) }],
                     immutable: Some(false),
                 },
                 ConfigMap { metadata: Some(meta("b")), ..Default::default() },
             ],
         };
-        let (items, metadata) = page(rebuild(Kind::ConfigMap, &wrap("Unknown", &list), String::new()));
+        let (items, metadata) = page(rebuilt(Kind::ConfigMap, wrap("Unknown", &list)));
         assert_eq!(
             items[0],
             concat!(
@@ -763,13 +890,13 @@ mod tests {
             metadata: Some(ListMeta::default()),
             items: vec![Secret {
                 metadata: Some(meta("s")),
-                data: vec![BytesEntry { key: s("p"), value: Some(b"pw".to_vec()) }],
+                data: vec![BytesEntry { key: s("p"), value: Some(Bytes::from_static(b"pw")) }],
                 type_: s("Opaque"),
                 string_data: vec![],
                 immutable: Some(true),
             }],
         };
-        let (items, _) = page(rebuild(Kind::Secret, &wrap("Unknown", &list), String::new()));
+        let (items, _) = page(rebuilt(Kind::Secret, wrap("Unknown", &list)));
         assert_eq!(
             items[0],
             concat!(
@@ -786,8 +913,8 @@ mod tests {
         struct Newer {
             #[prost(message, optional, tag = "1")]
             metadata: Option<ObjectMeta>,
-            #[prost(string, optional, tag = "99")]
-            added: Option<String>,
+            #[prost(bytes = "bytes", optional, tag = "99")]
+            added: Text,
         }
         #[derive(Clone, PartialEq, Message)]
         struct NewerList {
@@ -797,10 +924,10 @@ mod tests {
             items: Vec<Newer>,
         }
         let known = NewerList { metadata: None, items: vec![Newer { metadata: Some(meta("a")), added: None }] };
-        assert!(matches!(rebuild(Kind::ConfigMap, &wrap("Unknown", &known), String::new()), Rebuilt::Page { .. }));
+        assert!(matches!(rebuilt(Kind::ConfigMap, wrap("Unknown", &known)), Rebuilt::Page { .. }));
         let newer = NewerList { metadata: None, items: vec![Newer { metadata: Some(meta("a")), added: s("") }] };
         assert!(matches!(
-            rebuild(Kind::ConfigMap, &wrap("Unknown", &newer), String::new()),
+            rebuilt(Kind::ConfigMap, wrap("Unknown", &newer)),
             Rebuilt::Unsure("fields this client does not know")
         ));
     }
@@ -810,26 +937,64 @@ mod tests {
         let with = |data: Vec<StringEntry>, fields_v1: &[u8]| {
             let mut m = meta("a");
             m.managed_fields = vec![ManagedFieldsEntry {
-                fields_v1: Some(FieldsV1 { raw: Some(fields_v1.to_vec()) }),
+                fields_v1: Some(FieldsV1 { raw: Some(Bytes::copy_from_slice(fields_v1)) }),
                 ..Default::default()
             }];
             let list = ConfigMapList {
                 metadata: None,
                 items: vec![ConfigMap { metadata: Some(m), data, ..Default::default() }],
             };
-            rebuild(Kind::ConfigMap, &wrap("Unknown", &list), String::new())
+            rebuilt(Kind::ConfigMap, wrap("Unknown", &list))
         };
         assert!(matches!(with(vec![entry("k", "v")], b"{}"), Rebuilt::Page { .. }));
         assert!(matches!(with(vec![entry("k", "a\u{c}")], b"{}"), Rebuilt::Unsure(_)));
         assert!(matches!(with(vec![], b"{\"f:a\": {}}"), Rebuilt::Unsure(_)));
         assert!(matches!(with(vec![], b"{\"k:{\\\"a\\\":\\\"<\\\"}\":{}}"), Rebuilt::Unsure(_)));
         assert!(matches!(with(vec![], b"{"), Rebuilt::Unsure(_)));
-        assert!(matches!(rebuild(Kind::ConfigMap, b"{\"kind\":\"ConfigMapList\"}", String::new()), Rebuilt::Unsure(_)));
+        assert!(matches!(rebuilt(Kind::ConfigMap, b"{\"kind\":\"ConfigMapList\"}".to_vec()), Rebuilt::Unsure(_)));
+    }
+
+    #[test]
+    fn the_epoch_is_a_time_and_a_zero_time_is_read_as_json() {
+        let with = |t: Option<Time>| {
+            let mut m = meta("a");
+            m.creation_timestamp = t;
+            let list =
+                ConfigMapList { metadata: None, items: vec![ConfigMap { metadata: Some(m), ..Default::default() }] };
+            rebuilt(Kind::ConfigMap, wrap("Unknown", &list))
+        };
+        let (items, _) = page(with(Some(Time { seconds: Some(0), nanos: Some(0) })));
+        assert!(items[0].contains(r#""creationTimestamp":"1970-01-01T00:00:00Z""#), "{}", items[0]);
+        for zero in [None, Some(Time::default())] {
+            assert!(matches!(with(zero), Rebuilt::Unsure("a zero time, which servers write differently by release")));
+        }
+    }
+
+    #[test]
+    fn a_nil_bytes_value_is_null() {
+        let list = SecretList {
+            metadata: None,
+            items: vec![Secret {
+                metadata: Some(meta("s")),
+                data: vec![
+                    BytesEntry { key: s("nil"), value: None },
+                    BytesEntry { key: s("e"), value: Some(Bytes::new()) },
+                ],
+                ..Default::default()
+            }],
+        };
+        let (items, _) = page(rebuilt(Kind::Secret, wrap("Unknown", &list)));
+        assert!(items[0].ends_with(r#""data":{"e":"","nil":null}}"#), "{}", items[0]);
     }
 
     #[test]
     fn an_error_in_protobuf_is_read_as_a_status() {
-        let st = Status { status: s("Failure"), message: s("too old"), reason: s("Expired"), code: Some(410) };
+        let st = Status {
+            status: Some("Failure".into()),
+            message: Some("too old".into()),
+            reason: Some("Expired".into()),
+            code: Some(410),
+        };
         let got = status(&wrap("Status", &st)).unwrap();
         assert_eq!((got.code, got.reason.as_str(), got.message.as_str()), (410, "Expired", "too old"));
         assert!(status(b"{\"kind\":\"Status\"}").is_none());
