@@ -567,3 +567,98 @@ fn an_expired_continue_token_relists_and_archives_each_object_once() {
     assert_eq!(entries.len(), count + 1, "archived configmaps");
     assert_eq!(unique_entries.len(), entries.len(), "an object was archived twice");
 }
+
+/// A server, or a proxy before it, that answers a LIST asked for in protobuf in JSON all the same
+/// (here a request layer on the client's side rewrites the `Accept` to JSON, as such a proxy
+/// would): the page is read as JSON, each once, and the backup holds the same bytes as one that
+/// asked for JSON.
+#[test]
+fn a_list_answered_in_json_to_a_protobuf_request_is_read_as_json() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kubectl_backup_core::collect::ListEncoding;
+    use kubectl_backup_core::kube_client::{Cluster, Throttle};
+    use kubectl_backup_core::model::{BackupSpec, Filters, Phase};
+    use kubectl_backup_core::store::{Store, StoreOptions};
+
+    static REWRITTEN: AtomicUsize = AtomicUsize::new(0);
+    static LISTS: AtomicUsize = AtomicUsize::new(0);
+    fn json_for_protobuf<B>(mut req: hyper::Request<B>) -> hyper::Request<B> {
+        let protobuf = kubectl_backup_core::collect::protobuf::PROTOBUF;
+        let path = req.uri().path();
+        if req.method() == hyper::Method::GET && (path.ends_with("/configmaps") || path.ends_with("/secrets")) {
+            LISTS.fetch_add(1, Ordering::SeqCst);
+        }
+        if req.headers().get(hyper::header::ACCEPT).is_some_and(|a| a.as_bytes() == protobuf.as_bytes()) {
+            REWRITTEN.fetch_add(1, Ordering::SeqCst);
+            req.headers_mut()
+                .insert(hyper::header::ACCEPT, hyper::header::HeaderValue::from_static("application/json"));
+        }
+        req
+    }
+
+    let (env, tools) = env();
+    let ns = unique("pb-proxy");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 700)).ok();
+    let dir = env.scratch.join(unique("pb-proxy"));
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let backup = |name: &str, encoding: ListEncoding, rewrite: bool| {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let kubeconfig = kube::config::Kubeconfig::read_from(&env.cluster.kubeconfig).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+            let server = config.cluster_url.to_string();
+            let builder = kube::client::ClientBuilder::try_from(config).unwrap();
+            let client = match rewrite {
+                true => builder.with_layer(&tower::util::MapRequestLayer::new(json_for_protobuf)).build(),
+                false => builder.build(),
+            };
+            let throttle = Throttle::new(1000, 2000, 4).with_list_encoding(encoding);
+            let cluster = Cluster { client, server, throttle, discovery: None };
+            let store = Store::open_url(&format!("file://{}", dir.display()), &StoreOptions::default()).unwrap();
+            let spec = BackupSpec {
+                filters: Filters {
+                    included_namespaces: vec![ns.clone()],
+                    included_resources: vec!["configmaps".into(), "secrets".into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let b = kubectl_backup_core::backup::run(
+                &cluster,
+                &store,
+                name,
+                spec,
+                Arc::new(kubectl_backup_core::progress::Quiet),
+            )
+            .await
+            .expect("backup");
+            assert_eq!(b.status.phase, Phase::Completed, "{:?}", b.status.errors);
+            let archive = dir.join("backups").join(name).join(&b.status.archive.as_ref().unwrap().key);
+            let out = dir.join(name);
+            std::fs::create_dir_all(&out).unwrap();
+            let tar = Command::new("tar").arg("--zstd").arg("-xf").arg(&archive).arg("-C").arg(&out).output().unwrap();
+            assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+            kubectl_backup_e2e::fixtures::tar_entries(&archive)
+                .into_iter()
+                .map(|e| (e.clone(), std::fs::read(out.join(&e)).unwrap()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+    };
+    // The token Secret comes from kube-controller-manager: both backups must see it.
+    kubectl_backup_e2e::fixtures::eventually("the token Secret", Duration::from_secs(60), || {
+        tools.names(&["secrets", "-n", &ns]).iter().any(|s| s.starts_with("default-token-"))
+    });
+    let answered_json = backup("answered-json", ListEncoding::Auto, true);
+    // Two pages of ConfigMaps and one of Secrets, each asked for once in protobuf.
+    assert_eq!(REWRITTEN.load(Ordering::SeqCst), 3, "LISTs asked for in protobuf");
+    // Each page read as the JSON it was answered in, not asked for again.
+    assert_eq!(LISTS.load(Ordering::SeqCst), 3, "LISTs of configmaps and secrets");
+    let asked_json = backup("asked-json", ListEncoding::Json, false);
+    assert_eq!(REWRITTEN.load(Ordering::SeqCst), 3);
+    let configmaps = answered_json.keys().filter(|k| k.starts_with("resources/configmaps/")).count();
+    assert_eq!(configmaps, 700 + 1, "+ kube-root-ca.crt");
+    assert!(answered_json == asked_json, "the two backups differ");
+    tools.delete_namespace(&ns);
+}
