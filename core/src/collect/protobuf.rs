@@ -101,41 +101,36 @@ pub fn rebuild(kind: Kind, wire: Vec<u8>, mut out: String) -> (Rebuilt, Vec<u8>)
     (rebuilt, wire)
 }
 
-fn rebuild_list(kind: Kind, raw: Bytes, mut out: String) -> Rebuilt {
+fn rebuild_list(kind: Kind, raw: Bytes, out: String) -> Rebuilt {
+    match kind {
+        Kind::ConfigMap => rebuild_items::<ConfigMapList, _>(raw, out, |l| (l.metadata, l.items), write_config_map),
+        Kind::Secret => rebuild_items::<SecretList, _>(raw, out, |l| (l.metadata, l.items), write_secret),
+    }
+}
+
+/// Decodes `raw` as a list `L`, split into its metadata and items by `parts`, and writes each
+/// item with `write`.
+fn rebuild_items<L: Message + Default, I>(
+    raw: Bytes,
+    mut out: String,
+    parts: impl FnOnce(L) -> (Option<ListMeta>, Vec<I>),
+    write: fn(&mut String, &I) -> WrittenObject,
+) -> Rebuilt {
     let len = raw.len();
-    let (mut items, mut metas) = (Vec::new(), Vec::new());
-    let meta = match kind {
-        Kind::ConfigMap => {
-            let Ok(list) = ConfigMapList::decode(raw) else { return Rebuilt::Unsure("not a ConfigMapList") };
-            if list.encoded_len() != len {
-                return Rebuilt::Unsure("fields this client does not know");
-            }
-            for cm in &list.items {
-                let start = out.len();
-                match write_config_map(&mut out, cm) {
-                    Ok(meta) => metas.push(meta),
-                    Err(why) => return Rebuilt::Unsure(why),
-                }
-                items.push(start..out.len());
-            }
-            list.metadata
+    let Ok(list) = L::decode(raw) else { return Rebuilt::Unsure("not the list asked for") };
+    if list.encoded_len() != len {
+        return Rebuilt::Unsure("fields this client does not know");
+    }
+    let (meta, list) = parts(list);
+    let (mut items, mut metas) = (Vec::with_capacity(list.len()), Vec::with_capacity(list.len()));
+    for item in &list {
+        let start = out.len();
+        match write(&mut out, item) {
+            Ok(meta) => metas.push(meta),
+            Err(why) => return Rebuilt::Unsure(why),
         }
-        Kind::Secret => {
-            let Ok(list) = SecretList::decode(raw) else { return Rebuilt::Unsure("not a SecretList") };
-            if list.encoded_len() != len {
-                return Rebuilt::Unsure("fields this client does not know");
-            }
-            for s in &list.items {
-                let start = out.len();
-                match write_secret(&mut out, s) {
-                    Ok(meta) => metas.push(meta),
-                    Err(why) => return Rebuilt::Unsure(why),
-                }
-                items.push(start..out.len());
-            }
-            list.metadata
-        }
-    };
+        items.push(start..out.len());
+    }
     let meta = meta.unwrap_or_default();
     let metadata = kube::core::ListMeta {
         continue_: meta.continue_,
