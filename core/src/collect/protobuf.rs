@@ -433,48 +433,48 @@ impl<'o> Fields<'o> {
 
     /// A Go `map[string]string` field with `omitempty`.
     fn strings(&mut self, name: &str, entries: &[StringEntry]) -> Written {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut map = Fields::open(self.name(name));
-        in_key_order(
-            entries,
-            |e| &e.key,
-            |e| {
-                let out = map.comma();
-                string(out, e.key.as_deref().unwrap_or_default())?;
-                out.push(':');
-                string(out, e.value.as_deref().unwrap_or_default())
-            },
-        )?;
-        map.close();
-        Ok(())
+        self.map(name, entries, |e| &e.key, |out, e| string(out, e.value.as_deref().unwrap_or_default()))
     }
 
     /// A Go `map[string][]byte` field with `omitempty`: each value in base64.
     fn bytes(&mut self, name: &str, entries: &[BytesEntry]) -> Written {
+        self.map(
+            name,
+            entries,
+            |e| &e.key,
+            |out, e| {
+                // gogo leaves a nil value out of its entry; Go writes a nil []byte as null.
+                match e.value.as_deref() {
+                    Some(v) => {
+                        out.push('"');
+                        base64::engine::general_purpose::STANDARD.encode_string(v, out);
+                        out.push('"');
+                    }
+                    None => out.push_str("null"),
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// A Go map field with `omitempty`, keyed by `key`, each value written by `value`.
+    fn map<E>(
+        &mut self,
+        name: &str,
+        entries: &[E],
+        key: impl Fn(&E) -> &Text,
+        value: impl Fn(&mut String, &E) -> Written,
+    ) -> Written {
         if entries.is_empty() {
             return Ok(());
         }
         let mut map = Fields::open(self.name(name));
-        in_key_order(
-            entries,
-            |e| &e.key,
-            |e| {
-                let out = map.comma();
-                string(out, e.key.as_deref().unwrap_or_default())?;
-                // gogo leaves a nil value out of its entry; Go writes a nil []byte as null.
-                match e.value.as_deref() {
-                    Some(v) => {
-                        out.push_str(":\"");
-                        base64::engine::general_purpose::STANDARD.encode_string(v, out);
-                        out.push('"');
-                    }
-                    None => out.push_str(":null"),
-                }
-                Ok(())
-            },
-        )?;
+        in_key_order(entries, &key, |e| {
+            let out = map.comma();
+            string(out, key(e).as_deref().unwrap_or_default())?;
+            out.push(':');
+            value(out, e)
+        })?;
         map.close();
         Ok(())
     }
