@@ -457,6 +457,23 @@ impl<'o> Fields<'o> {
         )
     }
 
+    /// A Go slice field with `omitempty`, each element written by `each`.
+    fn array<E>(&mut self, name: &str, items: &[E], each: impl Fn(&mut String, &E) -> Written) -> Written {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let out = self.name(name);
+        out.push('[');
+        for (i, e) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            each(out, e)?;
+        }
+        out.push(']');
+        Ok(())
+    }
+
     /// A Go map field with `omitempty`, keyed by `key`, each value written by `value`.
     fn map<E>(
         &mut self,
@@ -566,62 +583,37 @@ fn object_meta(out: &mut String, m: Option<&ObjectMeta>) -> WrittenObject {
     }
     f.strings("labels", labels)?;
     f.strings("annotations", annotations)?;
-    if !owner_references.is_empty() {
-        let out = f.name("ownerReferences");
-        out.push('[');
-        for (i, r) in owner_references.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let OwnerReference { kind, name, uid, api_version, controller, block_owner_deletion } = r;
-            let mut o = Fields::open(out);
-            o.string_always("apiVersion", api_version)?;
-            o.string_always("kind", kind)?;
-            o.string_always("name", name)?;
-            o.string_always("uid", uid)?;
-            o.bool("controller", *controller);
-            o.bool("blockOwnerDeletion", *block_owner_deletion);
-            o.close();
-        }
-        out.push(']');
-    }
-    if !finalizers.is_empty() {
-        let out = f.name("finalizers");
-        out.push('[');
-        for (i, s) in finalizers.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            string(out, s)?;
-        }
-        out.push(']');
-    }
+    f.array("ownerReferences", owner_references, |out, r| {
+        let OwnerReference { kind, name, uid, api_version, controller, block_owner_deletion } = r;
+        let mut o = Fields::open(out);
+        o.string_always("apiVersion", api_version)?;
+        o.string_always("kind", kind)?;
+        o.string_always("name", name)?;
+        o.string_always("uid", uid)?;
+        o.bool("controller", *controller);
+        o.bool("blockOwnerDeletion", *block_owner_deletion);
+        o.close();
+        Ok(())
+    })?;
+    f.array("finalizers", finalizers, |out, s| string(out, s))?;
     f.string("clusterName", cluster_name)?;
-    if !managed_fields.is_empty() {
-        let out = f.name("managedFields");
-        out.push('[');
-        for (i, e) in managed_fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let ManagedFieldsEntry { manager, operation, api_version, time: at, fields_type, fields_v1, subresource } =
-                e;
-            let mut o = Fields::open(out);
-            o.string("manager", manager)?;
-            o.string("operation", operation)?;
-            o.string("apiVersion", api_version)?;
-            if let Some(t) = at {
-                time(o.name("time"), Some(t))?;
-            }
-            o.string("fieldsType", fields_type)?;
-            if let Some(FieldsV1 { raw }) = fields_v1 {
-                fields(o.name("fieldsV1"), raw.as_deref().unwrap_or_default())?;
-            }
-            o.string("subresource", subresource)?;
-            o.close();
+    f.array("managedFields", managed_fields, |out, e| {
+        let ManagedFieldsEntry { manager, operation, api_version, time: at, fields_type, fields_v1, subresource } = e;
+        let mut o = Fields::open(out);
+        o.string("manager", manager)?;
+        o.string("operation", operation)?;
+        o.string("apiVersion", api_version)?;
+        if let Some(t) = at {
+            time(o.name("time"), Some(t))?;
         }
-        out.push(']');
-    }
+        o.string("fieldsType", fields_type)?;
+        if let Some(FieldsV1 { raw }) = fields_v1 {
+            fields(o.name("fieldsV1"), raw.as_deref().unwrap_or_default())?;
+        }
+        o.string("subresource", subresource)?;
+        o.close();
+        Ok(())
+    })?;
     f.close();
     Ok(ItemMeta { namespace: namespace_at, name: name_at, resource_version: resource_version_at })
 }
