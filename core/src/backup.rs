@@ -351,7 +351,7 @@ async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &
         cluster,
         store: p.store,
         backup: p.name,
-        image: spec.mover_image.clone().unwrap_or_else(|| crate::volume::DEFAULT_IMAGE.into()),
+        mover: spec.mover.clone(),
         timeout: crate::volume::TIMEOUT,
         method: spec.volume_method,
         observer: p.observer.clone(),

@@ -52,6 +52,8 @@ pub struct InstallOptions {
     pub log_level: Option<String>,
     /// The webhook's `--volume-identity`: whom schedules' and continuous backups' mover Pods act as.
     pub volume_identity: Option<String>,
+    /// The webhook's `--mover-bandwidth`: a quantity of bytes per second, as given.
+    pub mover_bandwidth: Option<String>,
 }
 
 /// TLS material for the webhook when cert-manager is not used.
@@ -340,6 +342,9 @@ fn deployment(opts: &InstallOptions) -> Value {
     if let Some(who) = &opts.volume_identity {
         args.push(format!("--volume-identity={who}"));
     }
+    if let Some(rate) = &opts.mover_bandwidth {
+        args.push(format!("--mover-bandwidth={rate}"));
+    }
     args.extend(default_location_args(opts));
     args.extend(opts.ephemeral_patterns.iter().map(|p| format!("--ephemeral-pattern={p}")));
     if let Some(s) = &opts.workspace_selector {
@@ -462,6 +467,7 @@ mod tests {
             assume_role: None,
             log_level: None,
             volume_identity: None,
+            mover_bandwidth: None,
             s3_endpoint: None,
             region: None,
             cert_manager: false,

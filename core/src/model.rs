@@ -200,9 +200,9 @@ pub struct BackupSpec {
     /// How volume data is backed up: files copied by mover Pods (the default) or CSI snapshots.
     #[serde(default, skip_serializing_if = "VolumeMethod::is_default")]
     pub volume_method: VolumeMethod,
-    /// The image of the mover Pods (not stored: how this run reads volumes, not what it backs up).
+    /// How the mover Pods run (not stored: how this run reads volumes, not what it backs up).
     #[serde(skip)]
-    pub mover_image: Option<String>,
+    pub mover: crate::volume::MoverSettings,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,9 +578,9 @@ pub struct RestoreSpec {
     /// `--storage-class-mapping old:new`: the StorageClass of restored claims and volumes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub storage_class_mapping: BTreeMap<String, String>,
-    /// The image of the mover Pods (not stored).
+    /// How the mover Pods run (not stored).
     #[serde(skip)]
-    pub mover_image: Option<String>,
+    pub mover: crate::volume::MoverSettings,
 }
 
 /// What happened (or, in a dry run, would happen) to one object.

@@ -130,6 +130,9 @@ fn install_flags(values: &Value, ns: &str) -> Vec<String> {
     if let Some(who) = values["volumeIdentity"].as_str().filter(|v| !v.is_empty()) {
         flags.push(format!("--volume-identity={who}"));
     }
+    if let Some(rate) = values["moverBandwidth"].as_str().filter(|v| !v.is_empty()) {
+        flags.push(format!("--mover-bandwidth={rate}"));
+    }
     if values["certManager"]["enabled"].as_bool() == Some(true) {
         flags.push("--cert-manager".into());
     }

@@ -202,12 +202,16 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
     c.wait_rollout(&ns, "app");
     eprintln!("[volumes] 200 MiB written {:.1?} after the start", t0.elapsed());
 
-    // Back up: one mover Pod reads the claim, mounted read-only, while the app runs. Meanwhile
-    // `describe` shows the bytes moved (the mover's progress, read from its log by the plugin).
+    // Back up: one mover Pod reads the claim, mounted read-only, while the app runs, at most
+    // 40 MiB/s (`--mover-bandwidth`): the 200 MiB of files take 5 s at least. Meanwhile `describe`
+    // shows the bytes moved (the mover's progress, read from its log by the plugin).
     let backup = unique("b");
     let mover = format!("--mover-image={image}");
+    let paced = "--mover-bandwidth=40Mi";
+    let started = Instant::now();
     let create = {
-        let (t, args) = (c.t.clone(), ["create", &backup, "-n", &ns, "--include-volumes", &mover].map(String::from));
+        let args = ["create", &backup, "-n", &ns, "--include-volumes", &mover, paced].map(String::from);
+        let t = c.t.clone();
         std::thread::spawn(move || t.backup(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok())
     };
     let mut seen = Vec::new();
@@ -221,7 +225,9 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
         std::thread::sleep(Duration::from_millis(300));
     }
     create.join().expect("the backup");
-    eprintln!("[volumes] backed up {:.1?} after the start; progress seen: {seen:?}", t0.elapsed());
+    let took = started.elapsed();
+    eprintln!("[volumes] backed up in {took:.1?}, {:.1?} after the start; progress seen: {seen:?}", t0.elapsed());
+    assert!(took >= Duration::from_secs(5), "200 MiB of files read faster than 40 MiB/s: {took:?}");
     let claim = format!("{ns}/data");
     assert!(
         seen.iter().any(|v| {
@@ -269,8 +275,12 @@ fn a_volume_is_backed_up_by_a_mover_pod_and_restored_before_its_workloads_with_o
     assert_eq!(would.as_ref().map(|i| i["action"].clone()), Some("wouldCreate".into()), "{preview}");
     assert!(c.t.kubectl(&["get", "namespace", &ns]).code != 0, "the dry run created the namespace");
 
-    let restored = c.t.backup(&["restore", &backup, &mover, "-o", "json"]).ok().json();
-    eprintln!("[volumes] restored {:.1?} after the start", t0.elapsed());
+    // Restored at most 40 MiB/s too: 5 s at least for the files.
+    let started = Instant::now();
+    let restored = c.t.backup(&["restore", &backup, &mover, paced, "-o", "json"]).ok().json();
+    let took = started.elapsed();
+    eprintln!("[volumes] restored in {took:.1?}, {:.1?} after the start", t0.elapsed());
+    assert!(took >= Duration::from_secs(5), "200 MiB of files written faster than 40 MiB/s: {took:?}");
     assert_eq!(restored["status"]["phase"], "Completed", "{restored}");
     let items = restored["status"]["items"].as_array().unwrap();
     let item = |resource: &str| {
@@ -323,6 +333,9 @@ fn the_installed_controller_backs_up_a_schedules_volume_data_as_the_volume_ident
         "--credentials-secret=s3-credentials",
         "--continuous=false",
         &format!("--volume-identity={identity}"),
+        // The controller's movers read at most 1 KiB of files a second: the claim's tar stream
+        // (4 headers, 3.9 kB of numbers, the end) takes more than 5 s.
+        "--mover-bandwidth=1Ki",
     ])
     .ok();
     c.t.kubectl(&[
@@ -397,6 +410,8 @@ subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
     let v = &b["status"]["volumes"][0];
     assert_eq!((v["namespace"].as_str(), v["claim"].as_str()), (Some(ns.as_str()), Some("data")), "{b}");
     assert_eq!((v["tree"]["files"].as_u64(), v["tree"]["dirs"].as_u64()), (Some(2), Some(2)), "{v}");
+    let ran_ms = v["durationMs"].as_u64().unwrap_or(0);
+    assert!(ran_ms >= 5000, "the controller's mover ignored --mover-bandwidth=1Ki: it ran {ran_ms} ms\n{v}");
     assert_eq!(
         (v["hooks"][0]["exitCode"].as_i64(), v["hooks"][0]["output"].as_str()),
         (Some(0), Some("hook as identity")),
@@ -580,6 +595,16 @@ subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
     assert!(b["status"].get("volumes").is_none(), "{b}");
     assert!(admin.names(&["pods", "-n", &ns, "-l", "kubectl-backup.dev/mover"]).is_empty());
     assert!(r.code != 0, "a partly failed backup exits 0: {}", r.stderr);
+
+    // A bandwidth that is none, or not a quantity: refused, naming the flag, before anything is written.
+    for (value, why) in [("0", "\"0\" is no bandwidth"), ("fast", "cannot read \"fast\" as bytes per second")] {
+        let name = unique("b");
+        let bandwidth = format!("--mover-bandwidth={value}");
+        let r = admin.backup(&["create", &name, "-n", &ns, "--include-volumes", &bandwidth]);
+        let flag = format!("invalid value '{value}' for '--mover-bandwidth <QUANTITY>': {why}");
+        assert!(r.code == 2 && r.stderr.contains(&flag), "{}", r.stderr);
+        assert!(admin.backup(&["describe", &name]).code != 0, "backup {name} was written");
+    }
 
     // A local directory cannot be reached by Pods: refused before anything is written.
     let local = env.scratch.join(unique("local"));

@@ -26,6 +26,9 @@ pub struct MoverArgs {
     /// Where the report goes (the Pod's termination message).
     #[arg(long, value_name = "FILE", default_value = kubectl_backup_core::volume::mover::TERMINATION_LOG)]
     pub termination_log: PathBuf,
+    /// Read (or write) the volume's files no faster than this (the client's `--mover-bandwidth`).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bytes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -146,6 +149,11 @@ pub struct Args {
     /// set it to the webhook's own image).
     #[arg(long, env = "WEBHOOK_MOVER_IMAGE", default_value = kubectl_backup_core::volume::DEFAULT_IMAGE)]
     pub mover_image: String,
+    /// The most bytes of files each mover Pod reads or writes per second, as a quantity (50Mi,
+    /// 100M): a backup of volume data then leaves the rest of a busy disk or network to the
+    /// workloads. Unset: as fast as the volume and the store allow.
+    #[arg(long, env = "WEBHOOK_MOVER_BANDWIDTH", value_name = "QUANTITY", value_parser = kubectl_backup_core::volume::parse_bandwidth)]
+    pub mover_bandwidth: Option<u64>,
     /// Continuous backups include the workspaces' volume data (off by default: every change would
     /// move every claim's files). Needs --volume-identity.
     #[arg(long, env = "WEBHOOK_CONTINUOUS_INCLUDE_VOLUMES", default_value_t = false, action = clap::ArgAction::Set)]

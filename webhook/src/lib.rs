@@ -99,7 +99,10 @@ async fn connect(args: &Args) -> anyhow::Result<controllers::Context> {
         catch_up_identity: args.catch_up_identity.clone(),
         min_schedule_interval: args.min_schedule_interval,
         volume_identity: args.volume_identity.clone(),
-        mover_image: args.mover_image.clone(),
+        mover: kubectl_backup_core::volume::MoverSettings {
+            image: args.mover_image.clone(),
+            bytes_per_second: args.mover_bandwidth,
+        },
     })
 }
 

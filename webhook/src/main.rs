@@ -17,8 +17,14 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
         });
-        if let Err(e) =
-            kubectl_backup_core::volume::mover::run(&args.plan, &args.dir, &args.termination_log, report).await
+        if let Err(e) = kubectl_backup_core::volume::mover::run(
+            &args.plan,
+            &args.dir,
+            &args.termination_log,
+            report,
+            args.bytes_per_second,
+        )
+        .await
         {
             // The Pod's termination message: the error itself, not the tail of the progress lines.
             let _ = std::fs::write(&args.termination_log, format!("{e}"));

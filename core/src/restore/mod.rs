@@ -137,12 +137,7 @@ pub async fn run(
         observer,
         done: 0,
         total,
-        volumes: Volumes {
-            store,
-            data: volumes,
-            image: spec.mover_image.clone().unwrap_or_else(|| crate::volume::DEFAULT_IMAGE.into()),
-            created_claims: BTreeSet::new(),
-        },
+        volumes: Volumes { store, data: volumes, mover: spec.mover.clone(), created_claims: BTreeSet::new() },
     };
     applying.all(groups, &decisions, &mut report).await?;
     Ok(report.finish())
@@ -399,7 +394,7 @@ struct Applying<'a> {
 struct Volumes<'a> {
     store: &'a Store,
     data: Vec<crate::model::VolumeData>,
-    image: String,
+    mover: crate::volume::MoverSettings,
     /// Claims (target namespace, name) this restore created: only those get the data.
     created_claims: BTreeSet<(String, String)>,
 }
@@ -531,7 +526,7 @@ impl Applying<'_> {
             cluster: self.cluster,
             store: v.store,
             backup: &self.opts.backup_name,
-            image: v.image.clone(),
+            mover: v.mover.clone(),
             timeout: crate::volume::TIMEOUT,
             method: crate::model::VolumeMethod::Fs,
             observer: self.observer.clone(),

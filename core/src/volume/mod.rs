@@ -34,6 +34,32 @@ use crate::store::Store;
 
 /// The mover image unless one is given: the `backup-webhook` image of this version.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kubectl-backup/backup-webhook:", env!("CARGO_PKG_VERSION"));
+/// How a run's mover Pods run: not stored with a backup (how this run moves data, not what it
+/// holds), so each run (the plugin's flags, the controller's) says it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoverSettings {
+    /// Their image: [`DEFAULT_IMAGE`] unless given.
+    pub image: String,
+    /// The most bytes of files each mover reads (backing up) or writes (restoring) per second,
+    /// so that a backup does not take a busy volume's whole disk or network.
+    pub bytes_per_second: Option<u64>,
+}
+
+impl Default for MoverSettings {
+    fn default() -> Self {
+        MoverSettings { image: DEFAULT_IMAGE.into(), bytes_per_second: None }
+    }
+}
+
+/// A bandwidth limit given as a Kubernetes quantity of bytes per second (`50Mi`, `100M`).
+pub fn parse_bandwidth(q: &str) -> Result<u64, String> {
+    match quantity_bytes(q) {
+        Ok(0) => Err(format!("{q:?} is no bandwidth: give bytes per second above 0, e.g. 50Mi")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("cannot read {q:?} as bytes per second: give a quantity such as 50Mi or 100M")),
+    }
+}
+
 /// Label on mover Pods and their plan Secrets: the backup or restore they work for.
 pub const MOVER_LABEL: &str = "kubectl-backup.dev/mover";
 /// Smallest part; parts grow with the claim so that a plan lists at most [`PARTS_MAX`] URLs.
@@ -104,7 +130,7 @@ pub struct Movers<'a> {
     pub store: &'a Store,
     /// The backup whose directory holds the parts.
     pub backup: &'a str,
-    pub image: String,
+    pub mover: MoverSettings,
     /// How long one mover Pod (or snapshot) may take, start to end.
     pub timeout: Duration,
     /// Files or snapshots (backups).
@@ -490,6 +516,11 @@ fn pod_spec(m: &Movers<'_>, name: &str, claim: &str, role: &Role) -> serde_json:
     };
     // Two parts in flight (one being filled, one being sent) and the compressor's own memory.
     let memory = format!("{}Mi", (3 * part) / MIB + 128);
+    let mut args: Vec<String> =
+        ["mover", "--plan", "/etc/kubectl-backup-mover/plan.json", "--dir", "/volume"].map(String::from).into();
+    if let Some(rate) = m.mover.bytes_per_second {
+        args.push(format!("--bytes-per-second={rate}"));
+    }
     let mut spec = json!({
         "restartPolicy": "Never",
         "activeDeadlineSeconds": m.timeout.as_secs().max(1),
@@ -498,9 +529,9 @@ fn pod_spec(m: &Movers<'_>, name: &str, claim: &str, role: &Role) -> serde_json:
         "securityContext": {"runAsUser": 0, "runAsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "mover",
-            "image": m.image,
+            "image": m.mover.image,
             "imagePullPolicy": "IfNotPresent",
-            "args": ["mover", "--plan", "/etc/kubectl-backup-mover/plan.json", "--dir", "/volume"],
+            "args": args,
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": {
                 "allowPrivilegeEscalation": false,
@@ -547,7 +578,7 @@ async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str, claim: (&str, &st
         if let Some(w) = state.waiting
             && matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"))
         {
-            return Err(format!("image {}: {}", m.image, w.message.unwrap_or_default()));
+            return Err(format!("image {}: {}", m.mover.image, w.message.unwrap_or_default()));
         }
         if logs_readable && state.running.is_some() && Instant::now() >= next_progress {
             next_progress = Instant::now() + mover::PROGRESS_EVERY;
@@ -624,6 +655,17 @@ async fn restore_claim(m: &Movers<'_>, c: &ToRestore<'_>) -> Result<tree::TreeSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bandwidths() {
+        assert_eq!(parse_bandwidth("50Mi"), Ok(50 << 20));
+        assert_eq!(parse_bandwidth("100M"), Ok(100_000_000));
+        assert_eq!(parse_bandwidth("0"), Err("\"0\" is no bandwidth: give bytes per second above 0, e.g. 50Mi".into()));
+        assert_eq!(
+            parse_bandwidth("fast"),
+            Err("cannot read \"fast\" as bytes per second: give a quantity such as 50Mi or 100M".into())
+        );
+    }
 
     #[test]
     fn quantities() {

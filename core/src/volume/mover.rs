@@ -147,8 +147,15 @@ impl Drop for Reporter {
 }
 
 /// Runs the plan at `plan` against the volume mounted at `dir`; writes the outcome to
-/// `termination` (the Pod's termination message). Progress goes to `report`.
-pub async fn run(plan: &Path, dir: &Path, termination: &Path, report: Report) -> Result<()> {
+/// `termination` (the Pod's termination message). Progress goes to `report`. With
+/// `bytes_per_second`, the files are read (or written) no faster than that.
+pub async fn run(
+    plan: &Path,
+    dir: &Path,
+    termination: &Path,
+    report: Report,
+    bytes_per_second: Option<u64>,
+) -> Result<()> {
     let text = std::fs::read(plan).map_err(|e| Error::Io { path: plan.into(), source: e })?;
     let plan: Plan = serde_json::from_slice(&text)
         .map_err(|e| Error::invalid("mover plan", plan.display().to_string(), e.to_string()))?;
@@ -158,7 +165,8 @@ pub async fn run(plan: &Path, dir: &Path, termination: &Path, report: Report) ->
     let finished = match plan {
         Plan::Backup { part_size, parts, manifest, recipient } => {
             let seal = recipient.map(|r| crate::crypto::Seal::recipients(&[r])).transpose()?;
-            back_up(&http, dir, Upload { part_size, urls: &parts, manifest_url: &manifest, seal }, &counter).await?
+            let to = Upload { part_size, urls: &parts, manifest_url: &manifest, seal };
+            back_up(&http, dir, to, &counter, bytes_per_second).await?
         }
         Plan::Restore { parts, identity } => {
             let keys = match identity {
@@ -169,7 +177,7 @@ pub async fn run(plan: &Path, dir: &Path, termination: &Path, report: Report) ->
                 }
                 None => None,
             };
-            restore(&http, dir, parts, keys, &counter).await?
+            restore(&http, dir, parts, keys, &counter, bytes_per_second).await?
         }
     };
     drop(reporter);
@@ -198,6 +206,55 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// Holds a stream of files to a rate: once the bytes so far are due later than now, the (blocking)
+/// thread that moves them sleeps until then. Short waits are left to add up, so that a stream of
+/// small writes is not a stream of tiny sleeps.
+struct Paced<T> {
+    inner: T,
+    /// The start, the bytes per second and the bytes so far.
+    pace: Option<(std::time::Instant, f64, u64)>,
+}
+
+impl<T> Paced<T> {
+    const LEAST_WAIT: Duration = Duration::from_millis(20);
+
+    fn new(inner: T, bytes_per_second: Option<u64>) -> Paced<T> {
+        Paced { inner, pace: bytes_per_second.map(|rate| (std::time::Instant::now(), rate as f64, 0)) }
+    }
+
+    fn passed(&mut self, n: usize) {
+        if let Some((start, rate, done)) = &mut self.pace {
+            *done += n as u64;
+            let due = Duration::from_secs_f64(*done as f64 / *rate);
+            if let Some(wait) = due.checked_sub(start.elapsed())
+                && wait >= Self::LEAST_WAIT
+            {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.passed(n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.passed(n);
+        Ok(n)
+    }
+}
+
 fn client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -216,7 +273,13 @@ struct Upload<'a> {
 }
 
 /// Tar, compress, (encrypt,) cut and upload; the manifest last.
-async fn back_up(http: &reqwest::Client, dir: &Path, to: Upload<'_>, counter: &Arc<Counter>) -> Result<Finished> {
+async fn back_up(
+    http: &reqwest::Client,
+    dir: &Path,
+    to: Upload<'_>,
+    counter: &Arc<Counter>,
+    bytes_per_second: Option<u64>,
+) -> Result<Finished> {
     let Upload { part_size, urls, manifest_url, seal } = to;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (dir, max_parts, counter) = (dir.to_path_buf(), urls.len(), counter.clone());
@@ -226,8 +289,9 @@ async fn back_up(http: &reqwest::Client, dir: &Path, to: Upload<'_>, counter: &A
         let sink = Parts { tx, part_size: part_size as usize, buf: Vec::new(), sent: 0, max_parts };
         let sealed = crate::crypto::Sealed::new(sink, seal.as_ref()).map_err(std::io::Error::other)?;
         let encoder = zstd::Encoder::new(sealed, crate::archive::ZSTD_LEVEL)?;
-        let (counting, stats) = write_tree(&dir, Counting { inner: encoder, counter })?;
-        counting.inner.finish()?.finish()?.finish()?;
+        let paced = Paced::new(Counting { inner: encoder, counter }, bytes_per_second);
+        let (paced, stats) = write_tree(&dir, paced)?;
+        paced.inner.inner.finish()?.finish()?.finish()?;
         Ok(stats)
     });
     // The stream's digest is taken here, beside the upload, not on the compressing thread.
@@ -320,6 +384,7 @@ async fn restore(
     parts: Vec<PartSource>,
     keys: Option<crate::crypto::Unseal>,
     counter: &Counter,
+    bytes_per_second: Option<u64>,
 ) -> Result<Finished> {
     counter.total.store(parts.iter().map(|p| p.size).sum(), Ordering::Relaxed);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(1);
@@ -333,7 +398,7 @@ async fn restore(
             None => Box::new(received),
         };
         let decoder = zstd::Decoder::new(plain)?;
-        extract_tree(decoder, &dir)
+        extract_tree(Paced::new(decoder, bytes_per_second), &dir)
     });
     let mut failed = None;
     for (i, part) in parts.iter().enumerate() {
@@ -446,4 +511,35 @@ where
         }
     }
     unreachable!("the loop returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// 3 MiB at 10 MiB/s take 0.3 s at least, written or read; the bytes pass through unchanged.
+    #[test]
+    fn a_paced_stream_moves_no_faster_than_its_rate() {
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| i as u8).collect();
+        let least = Duration::from_millis(300) - Paced::<()>::LEAST_WAIT;
+
+        let start = Instant::now();
+        let mut w = Paced::new(Vec::new(), Some(10 << 20));
+        for chunk in data.chunks(1500) {
+            w.write_all(chunk).unwrap();
+        }
+        let took = start.elapsed();
+        assert!(took >= least, "written in {took:?}");
+        assert!(w.inner == data);
+
+        let start = Instant::now();
+        let mut r = Paced::new(&data[..], Some(10 << 20));
+        let mut read = Vec::new();
+        r.read_to_end(&mut read).unwrap();
+        let took = start.elapsed();
+        assert!(took >= least, "read in {took:?}");
+        assert!(read == data);
+    }
 }

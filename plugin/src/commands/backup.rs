@@ -53,7 +53,7 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
         incremental: args.incremental || location.incremental,
         include_volumes: args.include_volumes.unwrap_or(location.include_volumes || args.volume_method.is_some()),
         volume_method: args.volume_method.unwrap_or_default(),
-        mover_image: Some(args.mover.mover_image.clone()),
+        mover: args.mover.settings(),
     };
 
     let detached = super::detached();
@@ -418,6 +418,20 @@ pub struct MoverArgs {
     /// The image of the mover Pods that read and write volume data (the backup-webhook image).
     #[arg(long, env = "KUBECTL_BACKUP_MOVER_IMAGE", default_value = kubectl_backup_core::volume::DEFAULT_IMAGE, value_name = "IMAGE")]
     pub mover_image: String,
+    /// The most bytes of files each mover Pod reads or writes per second, as a quantity (50Mi,
+    /// 100M), so that moving a volume leaves the rest of a busy disk or network to its workloads.
+    #[arg(long, value_name = "QUANTITY", value_parser = kubectl_backup_core::volume::parse_bandwidth)]
+    pub mover_bandwidth: Option<u64>,
+}
+
+impl MoverArgs {
+    /// What this run's mover Pods run as.
+    pub fn settings(&self) -> kubectl_backup_core::volume::MoverSettings {
+        kubectl_backup_core::volume::MoverSettings {
+            image: self.mover_image.clone(),
+            bytes_per_second: self.mover_bandwidth,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]

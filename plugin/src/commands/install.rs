@@ -100,6 +100,10 @@ pub struct InstallArgs {
     /// instead of reading them.
     #[arg(long, value_name = "USER")]
     pub volume_identity: Option<String>,
+    /// The most bytes of files each mover Pod of schedules and continuous backups reads per
+    /// second, as a quantity (50Mi, 100M).
+    #[arg(long, value_name = "QUANTITY", value_parser = bandwidth)]
+    pub mover_bandwidth: Option<String>,
     /// Print the manifests instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
@@ -152,6 +156,7 @@ pub async fn install(cli: &Globals, a: &InstallArgs) -> Result<ExitCode> {
         assume_role: cli.location.role.spec(),
         log_level: a.log_level.clone(),
         volume_identity: a.volume_identity.clone(),
+        mover_bandwidth: a.mover_bandwidth.clone(),
     };
     if !opts.encrypt_to.is_empty() {
         kubectl_backup_core::crypto::Seal::recipients(&opts.encrypt_to)?;
@@ -289,6 +294,7 @@ pub async fn uninstall(cli: &Globals, a: &UninstallArgs) -> Result<ExitCode> {
         assume_role: None,
         log_level: None,
         volume_identity: None,
+        mover_bandwidth: None,
     };
     let mut objects = install::render(&opts, None);
     objects.retain(|o| o["kind"] != "BackupLocation" && o["kind"] != "Issuer" && o["kind"] != "Certificate");
@@ -346,4 +352,9 @@ fn parse_annotation(s: &str) -> std::result::Result<(String, String), String> {
         return Err(format!("{key:?} is not an annotation key (e.g. eks.amazonaws.com/role-arn)"));
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+/// `--mover-bandwidth`, checked here and passed to the webhook as it was written.
+fn bandwidth(q: &str) -> Result<String, String> {
+    kubectl_backup_core::volume::parse_bandwidth(q).map(|_| q.to_string())
 }

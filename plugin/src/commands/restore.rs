@@ -89,7 +89,7 @@ async fn restore_backup(cli: &Globals, args: &RestoreArgs, backup: &str) -> Resu
         dry_run: args.dry_run,
         skip_volume_data: !args.include_volumes,
         storage_class_mapping: args.storage_class_mapping().map_err(|e| anyhow!(e))?,
-        mover_image: Some(args.mover.mover_image.clone()),
+        mover: args.mover.settings(),
     };
     let detached = super::detached();
     if !args.wait && !detached {

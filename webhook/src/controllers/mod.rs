@@ -58,8 +58,8 @@ pub struct Context {
     pub min_schedule_interval: std::time::Duration,
     /// Whom the mover Pods of schedules and continuous backups act as (`--volume-identity`).
     pub volume_identity: Option<String>,
-    /// The image of mover Pods (`--mover-image`).
-    pub mover_image: String,
+    /// The image of mover Pods and their bandwidth (`--mover-image`, `--mover-bandwidth`).
+    pub mover: kubectl_backup_core::volume::MoverSettings,
 }
 
 impl Context {
@@ -117,7 +117,7 @@ impl Context {
     pub async fn backup(&self, run: ObjectRun<'_>) -> kubectl_backup_core::Result<Backup> {
         let ObjectRun { location, name, mut spec, trigger, source, reference, observer, requester, watched } = run;
         let movers = if spec.include_volumes { self.mover_access(requester) } else { MoverAccess::Reader };
-        spec.mover_image = Some(self.mover_image.clone());
+        spec.mover = self.mover.clone();
         let start = Instant::now();
         self.event(
             reference,
