@@ -172,6 +172,11 @@ struct State {
     listed_gaps: HashMap<String, u64>,
     /// Namespace -> how many of its continuous backups in a row failed ([`Retry`]).
     failures: HashMap<String, u32>,
+    /// Namespace -> when its last complete backup that listed every type began or, before one
+    /// did, its first backup by this process (or the comparison after a start): `--continuous-list-every`
+    /// counts from it. Kept through failed backups, which leave no base, so that a workspace
+    /// whose backups fail now and then still owes a listing of every type in time.
+    listed: HashMap<String, Instant>,
 }
 
 /// A namespace marked for a backup: when it was first marked since its last backup began (its
@@ -205,8 +210,6 @@ struct Base {
     name: String,
     /// The types whose watch had listed when it began, and their [`State::gaps`] then.
     since: HashMap<String, u64>,
-    /// When the last backup of its chain that listed every type began.
-    listed_at: Instant,
 }
 
 /// A backup of a namespace begun: what it continues, as [`State::begin`] found it.
@@ -216,8 +219,6 @@ struct Begun {
     /// one may take from their changes.
     since: HashMap<String, u64>,
     at: Instant,
-    /// When the last backup that listed every type began, if `watched` is used.
-    listed_at: Option<Instant>,
 }
 
 impl State {
@@ -401,7 +402,8 @@ impl State {
         differ.sort();
         let since = alike.iter().map(|k| (k.to_string(), gaps(k))).collect();
         let differ: Vec<String> = differ.into_iter().map(str::to_string).collect();
-        self.bases.insert(ns.to_string(), Base { name: last.to_string(), since, listed_at: Instant::now() });
+        self.bases.insert(ns.to_string(), Base { name: last.to_string(), since });
+        self.listed.entry(ns.to_string()).or_insert_with(Instant::now);
         if !differ.is_empty() {
             self.mark(ns);
         }
@@ -412,8 +414,8 @@ impl State {
     /// on for the types whose watch has run since without a restart (see the module's
     /// documentation), within `list_every` of the last backup that listed every type.
     ///
-    /// Unless it owes a listing of every type (its last backup that did is `list_every` old, or
-    /// `list_every` is zero), it does not list the types of which the watches hold no object in
+    /// Unless it owes a listing of every type (`list_every` has passed since [`State::listed`],
+    /// or `list_every` is zero), it does not list the types of which the watches hold no object in
     /// `ns` either ([`State::empty_types`]): a workspace's first backup lists only the types it
     /// holds objects of.
     fn begin(&mut self, ns: &str, list_every: Duration) -> Begun {
@@ -421,24 +423,20 @@ impl State {
         let mut watched = self.take_changes(ns).unwrap_or_default();
         let gaps = |k: &String| self.gaps.get(k).copied().unwrap_or(0);
         let since = self.ready.iter().map(|k| (k.clone(), gaps(k))).collect();
-        let base = self.bases.get(ns);
-        let owes_listing = list_every.is_zero() || base.is_some_and(|b| b.listed_at.elapsed() >= list_every);
-        let listed_at = match base.filter(|_| !owes_listing) {
-            Some(b) => {
-                let covered = (b.since.iter())
-                    .filter(|(k, g)| gaps(k) == **g)
-                    .filter_map(|(k, _)| Some((k.clone(), self.versions.get(k)?.clone())))
-                    .collect();
-                (watched.since, watched.covered) = (b.name.clone(), covered);
-                Some(b.listed_at)
-            }
-            None => None,
-        };
+        let clock = *self.listed.entry(ns.to_string()).or_insert(at);
+        let owes_listing = list_every.is_zero() || clock.elapsed() >= list_every;
+        if let Some(b) = self.bases.get(ns).filter(|_| !owes_listing) {
+            let covered = (b.since.iter())
+                .filter(|(k, g)| gaps(k) == **g)
+                .filter_map(|(k, _)| Some((k.clone(), self.versions.get(k)?.clone())))
+                .collect();
+            (watched.since, watched.covered) = (b.name.clone(), covered);
+        }
         if !owes_listing {
             (watched.namespace, watched.empty) = (ns.to_string(), self.empty_types(ns));
         }
         let watched = Some(watched).filter(|w| !w.covered.is_empty() || !w.empty.is_empty());
-        Begun { watched, since, at, listed_at }
+        Begun { watched, since, at }
     }
 
     /// The watched types (and their apiVersions) of which the watches hold no object in `ns`:
@@ -481,10 +479,20 @@ impl State {
                 Next::Nothing
             }
         };
+        match &outcome {
+            // Complete, and no LIST left out.
+            Outcome::Completed(_, false) => {
+                self.listed.insert(ns.to_string(), begun.at);
+            }
+            // No longer a workspace: nothing to count from.
+            Outcome::Skipped => {
+                self.listed.remove(ns);
+            }
+            _ => {}
+        }
         match outcome {
-            Outcome::Completed(name, skipped) if !dropped => {
-                let listed_at = if skipped { begun.listed_at.unwrap_or(begun.at) } else { begun.at };
-                self.bases.insert(ns.to_string(), Base { name, since: begun.since, listed_at });
+            Outcome::Completed(name, _) if !dropped => {
+                self.bases.insert(ns.to_string(), Base { name, since: begun.since });
             }
             _ => {
                 self.bases.remove(ns);
@@ -1006,11 +1014,11 @@ mod tests {
         assert!(s.begin("ws", Duration::ZERO).watched.is_none(), "--continuous-list-every=0s always lists");
         // A chain of backups that listed nothing counts from the last that listed every type.
         let mut s = backed_up_once();
-        let listed = s.bases["ws"].listed_at;
+        let listed = s.listed["ws"];
         let begun = s.begin("ws", HOUR);
         assert!(begun.watched.is_some());
         s.end("ws", begun, Outcome::Completed("b2".into(), true), &RETRY);
-        assert_eq!(s.bases["ws"].listed_at, listed);
+        assert_eq!(s.listed["ws"], listed);
     }
 
     fn seen(version: u64) -> Seen {
@@ -1309,8 +1317,40 @@ mod tests {
         assert_eq!(w.empty, all_empty);
         assert!(w.covered.contains_key("configmaps") && w.covered.contains_key("secrets"), "{:?}", w.covered);
         // ...until the backup that lists every type is due.
-        s.bases.get_mut("ws").unwrap().listed_at = Instant::now() - 2 * HOUR;
+        s.listed.insert("ws".into(), Instant::now() - 2 * HOUR);
         assert!(s.begin("ws", HOUR).watched.is_none(), "every type listed");
+    }
+
+    /// Failed backups leave no base to continue, but do not start `--continuous-list-every` again:
+    /// a workspace whose backups keep failing still gets one that lists every type when it is due.
+    #[test]
+    fn failed_backups_still_owe_a_listing_of_every_type_in_time() {
+        let mut s = started();
+        s.versions.insert("widgets.example.org".into(), "example.org/v1".into());
+        s.listed("widgets.example.org", HashMap::new());
+        let begun = s.begin("ws", HOUR);
+        let w = begun.watched.as_ref().expect("the first backup leaves out the empty type");
+        assert!(w.empty.contains_key("widgets.example.org"), "{:?}", w.empty);
+        s.end("ws", begun, Outcome::Failed, &RETRY);
+        let begun = s.begin("ws", HOUR);
+        assert!(begun.watched.is_some(), "not due yet");
+        s.end("ws", begun, Outcome::Failed, &RETRY);
+        // Two hours after the first, still failing: the next one lists every type.
+        s.listed.insert("ws".into(), Instant::now() - 2 * HOUR);
+        let begun = s.begin("ws", HOUR);
+        assert!(begun.watched.is_none(), "the failed backups put off the listing of every type");
+        // One that fails in part (Failed too) leaves it owed; a complete one starts the clock again.
+        s.end("ws", begun, Outcome::Failed, &RETRY);
+        let begun = s.begin("ws", HOUR);
+        assert!(begun.watched.is_none(), "a failed listing of every type counted as done");
+        s.end("ws", begun, Outcome::Completed("b1".into(), false), &RETRY);
+        assert!(s.listed["ws"].elapsed() < HOUR);
+        let w = s.begin("ws", HOUR).watched.expect("continued");
+        assert!(w.empty.contains_key("widgets.example.org") && w.since == "b1", "{:?} {}", w.empty, w.since);
+        // No longer a workspace: nothing kept for it.
+        let begun = s.begin("ws", HOUR);
+        s.end("ws", begun, Outcome::Skipped, &RETRY);
+        assert!(!s.listed.contains_key("ws"));
     }
 
     #[test]
