@@ -171,26 +171,30 @@ pub fn status(wire: &[u8]) -> Option<kube::core::Status> {
     })
 }
 
-/// The message a protobuf body wraps (`runtime.Unknown`'s `raw`).
-fn unwrap(wire: &[u8]) -> Option<&[u8]> {
-    let rest = wire.strip_prefix(MAGIC)?;
-    // Read as a borrowed slice: the page's bytes are not copied once more.
-    let mut buf = rest;
-    let mut raw = None;
+/// The message a protobuf body wraps (`runtime.Unknown`'s `raw`), borrowed from it: the page's
+/// bytes are not copied once more. `None` if `wire` is not a protobuf body.
+pub fn unwrap(wire: &[u8]) -> Option<&[u8]> {
+    let fields = delimited(wire.strip_prefix(MAGIC)?)?;
+    fields.into_iter().rev().find(|(tag, _)| *tag == 2).map(|(_, raw)| raw)
+}
+
+/// The length-delimited fields of the message `buf` (strings, bytes, messages, each element of a
+/// repeated one), by tag and in order, borrowed from it; the other fields are skipped. `None` if
+/// it does not decode.
+pub fn delimited(mut buf: &[u8]) -> Option<Vec<(u32, &[u8])>> {
+    use prost::encoding::{WireType, decode_key, decode_varint, skip_field};
+    let mut out = Vec::new();
     while !buf.is_empty() {
-        let (tag, wire_type) = prost::encoding::decode_key(&mut buf).ok()?;
-        if tag == 2 && wire_type == prost::encoding::WireType::LengthDelimited {
-            let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
-            if len > buf.len() {
-                return None;
-            }
-            raw = Some(&buf[..len]);
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        if wire_type == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+            out.push((tag, buf.get(..len)?));
             buf = &buf[len..];
         } else {
-            prost::encoding::skip_field(wire_type, tag, &mut buf, Default::default()).ok()?;
+            skip_field(wire_type, tag, &mut buf, Default::default()).ok()?;
         }
     }
-    raw
+    Some(out)
 }
 
 // The messages, as in k8s.io/api and k8s.io/apimachinery's generated.proto. Every field is

@@ -270,8 +270,8 @@ async fn page(client: &kube::Client, request: &Request, lp: &ListParams, how: Ho
 /// A protobuf LIST page's items, counted, and its list metadata: `runtime.Unknown`'s `raw` is the
 /// list, whose field 1 is its `ListMeta` and each field 2 an item.
 fn count_protobuf(wire: &[u8]) -> Option<Counted> {
+    use kubectl_backup_core::collect::protobuf::{delimited, unwrap};
     use prost::Message;
-    use prost::encoding::{WireType, decode_key, decode_varint, skip_field};
     #[derive(Clone, PartialEq, Message)]
     struct ListMeta {
         #[prost(string, optional, tag = "3")]
@@ -279,24 +279,8 @@ fn count_protobuf(wire: &[u8]) -> Option<Counted> {
         #[prost(int64, optional, tag = "4")]
         remaining_item_count: Option<i64>,
     }
-    /// The length-delimited fields of `buf`, by tag.
-    fn fields(mut buf: &[u8]) -> Option<Vec<(u32, &[u8])>> {
-        let mut out = Vec::new();
-        while !buf.is_empty() {
-            let (tag, wire_type) = decode_key(&mut buf).ok()?;
-            if wire_type == WireType::LengthDelimited {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                out.push((tag, buf.get(..len)?));
-                buf = &buf[len..];
-            } else {
-                skip_field(wire_type, tag, &mut buf, Default::default()).ok()?;
-            }
-        }
-        Some(out)
-    }
-    let raw = fields(wire.strip_prefix(b"k8s\0")?)?.into_iter().find(|(t, _)| *t == 2)?.1;
     let mut counted = Counted { items: 0, continue_: None, remaining: None };
-    for (tag, bytes) in fields(raw)? {
+    for (tag, bytes) in delimited(unwrap(wire)?)? {
         match tag {
             1 => {
                 let meta = ListMeta::decode(bytes).ok()?;
