@@ -353,6 +353,11 @@ async fn back_up_volumes(p: &Pipeline<'_>, spec: &BackupSpec, run_id: &str, o: &
         backup: p.name,
         mover: spec.mover.clone(),
         timeout: crate::volume::TIMEOUT,
+        // Counted from the backup's start: listing the objects took part of it.
+        deadline: spec.mover.time_limit.map(|limit| {
+            let spent = std::time::Duration::try_from(Timestamp::now().duration_since(p.start)).unwrap_or_default();
+            std::time::Instant::now() + limit.saturating_sub(spent)
+        }),
         method: spec.volume_method,
         observer: p.observer.clone(),
     };

@@ -324,55 +324,9 @@ fn the_installed_controller_backs_up_a_schedules_volume_data_as_the_volume_ident
     assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
     c.wait_rollout(&ns, "app");
 
-    let identity = "system:serviceaccount:kubectl-backup:mover";
-    c.t.backup(&[
-        "install",
-        &format!("--image={image}"),
-        &format!("--s3-endpoint={}", c.s3_endpoint()),
-        "--region=us-east-1",
-        "--credentials-secret=s3-credentials",
-        "--continuous=false",
-        &format!("--volume-identity={identity}"),
-        // The controller's movers read at most 1 KiB of files a second: the claim's tar stream
-        // (4 headers, 3.9 kB of numbers, the end) takes more than 5 s.
-        "--mover-bandwidth=1Ki",
-    ])
-    .ok();
-    c.t.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        "kubectl-backup",
-        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", kubectl_backup_e2e::stores::S3_ACCESS_KEY),
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", kubectl_backup_e2e::stores::S3_SECRET_KEY),
-    ])
-    .ok();
-    // The identity the admin names, with what moving volume data needs (docs/volumes.md).
-    c.t.apply(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {name: mover, namespace: kubectl-backup}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: kubectl-backup-mover}
-rules:
-- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get]}
-- {apiGroups: [""], resources: [pods], verbs: [get, list, create, delete]}
-- {apiGroups: [""], resources: [secrets], verbs: [create, delete]}
-- {apiGroups: [""], resources: [pods/exec], verbs: [get, create]}
-- {apiGroups: [""], resources: [pods/log], verbs: [get]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: kubectl-backup-mover}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubectl-backup-mover}
-subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
-"#,
-    )
-    .ok();
+    // The controller's movers read at most 1 KiB of files a second: the claim's tar stream
+    // (4 headers, 3.9 kB of numbers, the end) takes more than 5 s.
+    install_with_volume_identity(&c, &image, &["--continuous=false", "--mover-bandwidth=1Ki"]);
     c.wait_rollout("kubectl-backup", "backup-webhook");
     eprintln!("[incluster-volumes] webhook Ready {:.1?} after the start", t0.elapsed());
     // A pre hook, run through pods/exec as the identity too.
@@ -428,6 +382,138 @@ subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
     assert_eq!(r["status"]["phase"], "Completed", "{r}");
     assert_eq!(in_pod(&c, &copy, &busybox, "cat /data/greeting; wc -l < /data/c/numbers.txt").trim(), "hello\n1000");
     eprintln!("[incluster-volumes] test body took {:.1?}", t0.elapsed());
+}
+
+/// A continuous backup whose volume data is still moving at `--continuous-timeout` is not dropped
+/// between the claim's hooks: its mover Pod ends at that deadline (its `activeDeadlineSeconds`),
+/// the post hook lets the workload go, and the backup is committed PartiallyFailed naming the
+/// claim, long before the move would have ended; no mover Pod or plan Secret is left.
+#[test]
+fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go() {
+    let (_one, c) = start("volume-timeout");
+    let t0 = Instant::now();
+    let (image, busybox, ns) = bound_workspace(&c, "vol");
+    // 200 KiB of random bytes: 200 s at the 1 KiB/s the movers are held to, 10 times the timeout.
+    let write = "set -e; head -c 204800 /dev/urandom > /data/blob; echo written";
+    assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
+    c.wait_rollout(&ns, "app");
+    // A second claim, bound and unused, after `data` in the order claims are read: its turn comes
+    // once the time is up.
+    let more = format!("{ns}-m");
+    c.t.apply(&persistent_volume(&more, &c.dir.join(&more))).ok();
+    let claim = format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: more, namespace: {ns}}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: manual, volumeName: {more}, resources: {{requests: {{storage: 1Gi}}}}}}\n"
+    );
+    c.t.apply(&claim).ok();
+    eventually("the second claim bound", Duration::from_secs(60), || {
+        c.t.kubectl(&["get", "pvc", "more", "-n", &ns, "-o", "jsonpath={.status.phase}"]).stdout == "Bound"
+    });
+    annotate_app(
+        &c,
+        &ns,
+        &[
+            (format!("{PRE}/command"), r#"["sh","-c","touch /data/frozen"]"#),
+            (format!("{POST}/command"), r#"["sh","-c","rm /data/frozen && touch /data/thawed"]"#),
+        ],
+    );
+    install_with_volume_identity(&c, &image, &["--continuous=false", "--mover-bandwidth=1Ki"]);
+    c.wait_rollout("kubectl-backup", "backup-webhook");
+    // Continuous backups with volume data, 20 s each and not retried: the Deployment edited as an
+    // admin would. At its start the controller backs up the workspace, which has no backup yet.
+    let mut d = c.t.get_json(&["deployment", "backup-webhook", "-n", "kubectl-backup"]);
+    let args = d["spec"]["template"]["spec"]["containers"][0]["args"].as_array_mut().expect("the webhook's args");
+    args.retain(|a| a != "--continuous=false");
+    for a in
+        ["--continuous=true", "--continuous-include-volumes=true", "--continuous-timeout=20s", "--continuous-retries=0"]
+    {
+        args.push(a.into());
+    }
+    c.t.pipe(&["replace", "-f", "-"], &d.to_string()).ok();
+    c.wait_rollout("kubectl-backup", "backup-webhook");
+    let started = Instant::now();
+    eprintln!("[volume-timeout] continuous backups on {:.1?} after the start", t0.elapsed());
+
+    let prefix = format!("{ns}-");
+    let mut b = Value::Null;
+    let ended = wait_until(Duration::from_secs(150), || {
+        let list = c.t.backup(&["list", "-o", "json"]).json();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        b = items
+            .into_iter()
+            .find(|b| {
+                b["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(&prefix))
+                    && b["status"]["phase"].as_str().is_some_and(|p| p != "InProgress")
+            })
+            .unwrap_or(Value::Null);
+        !b.is_null()
+    });
+    let log = || c.t.kubectl(&["logs", "-n", "kubectl-backup", "deployment/backup-webhook", "--tail=40"]).stdout;
+    assert!(ended, "no continuous backup of {ns} ended within 150 s (the move takes 200 s)\n{}", log());
+    eprintln!("[volume-timeout] backup ended {:.1?} after continuous backups began", started.elapsed());
+    assert_eq!(b["status"]["phase"], "PartiallyFailed", "{b}\n{}", log());
+    let errors = b["status"]["errors"].to_string();
+    let want = format!("the data of PersistentVolumeClaim {ns}/data was not backed up: mover Pod {ns}/");
+    assert!(errors.contains(&want) && errors.contains(", its deadline"), "{errors}");
+    let later = format!(
+        "the data of PersistentVolumeClaim {ns}/more was not backed up: the backup's time limit (20s) was up before it was begun"
+    );
+    assert!(errors.contains(&later), "{errors}");
+    eventually("the mover Pod and its plan Secret gone", Duration::from_secs(60), || movers_left(&c.t, &ns).is_empty());
+    let data = c.t.kubectl(&["exec", "-n", &ns, "deployment/app", "--", "ls", "/data"]).ok().stdout;
+    assert!(data.contains("thawed") && !data.contains("frozen"), "the post hook did not run: {data}");
+    eprintln!("[volume-timeout] test body took {:.1?}", t0.elapsed());
+}
+
+/// `kubectl backup install` of `image` with `flags`, storing to the node cluster's S3 server, its
+/// mover Pods acting as ServiceAccount kubectl-backup/mover, bound to what moving volume data
+/// needs (docs/volumes.md).
+fn install_with_volume_identity(c: &NodeCluster, image: &str, flags: &[&str]) {
+    let identity = "system:serviceaccount:kubectl-backup:mover";
+    let mut install = vec![
+        "install".to_string(),
+        format!("--image={image}"),
+        format!("--s3-endpoint={}", c.s3_endpoint()),
+        "--region=us-east-1".into(),
+        "--credentials-secret=s3-credentials".into(),
+        format!("--volume-identity={identity}"),
+    ];
+    install.extend(flags.iter().map(|f| f.to_string()));
+    c.t.backup(&install.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    c.t.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        "kubectl-backup",
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", kubectl_backup_e2e::stores::S3_ACCESS_KEY),
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", kubectl_backup_e2e::stores::S3_SECRET_KEY),
+    ])
+    .ok();
+    // The identity the admin names, with what moving volume data needs (docs/volumes.md).
+    c.t.apply(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: mover, namespace: kubectl-backup}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kubectl-backup-mover}
+rules:
+- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get]}
+- {apiGroups: [""], resources: [pods], verbs: [get, list, create, delete]}
+- {apiGroups: [""], resources: [secrets], verbs: [create, delete]}
+- {apiGroups: [""], resources: [pods/exec], verbs: [get, create]}
+- {apiGroups: [""], resources: [pods/log], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kubectl-backup-mover}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubectl-backup-mover}
+subjects: [{kind: ServiceAccount, name: mover, namespace: kubectl-backup}]
+"#,
+    )
+    .ok();
 }
 
 /// In an encrypted location, a volume's parts are encrypted too, to a key of the volume's own that

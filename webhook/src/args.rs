@@ -111,8 +111,9 @@ pub struct Args {
     pub continuous_parallel: usize,
     /// A continuous backup still running after this long is given up and counts as failed (its
     /// slot freed, its lease and heartbeats stopped, what it wrote collected as any interrupted
-    /// run's). 0s: no limit. Not applied to backups with volume data (--continuous-include-volumes):
-    /// given up between a claim's freeze and thaw hooks, one would leave the workload frozen.
+    /// run's). 0s: no limit. With volume data (--continuous-include-volumes) it is the movers'
+    /// deadline instead: a mover still running then is ended by the kubelet, the claim's post
+    /// hooks run and the backup ends PartiallyFailed; it is given up only 5 minutes later.
     #[arg(long, env = "WEBHOOK_CONTINUOUS_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub continuous_timeout: Duration,
     /// A failed continuous backup (not taken, PartiallyFailed, or given up) is taken again this

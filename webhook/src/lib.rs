@@ -102,6 +102,7 @@ async fn connect(args: &Args) -> anyhow::Result<controllers::Context> {
         mover: kubectl_backup_core::volume::MoverSettings {
             image: args.mover_image.clone(),
             bytes_per_second: args.mover_bandwidth,
+            time_limit: None,
         },
     })
 }

@@ -528,6 +528,7 @@ impl Applying<'_> {
             backup: &self.opts.backup_name,
             mover: v.mover.clone(),
             timeout: crate::volume::TIMEOUT,
+            deadline: None,
             method: crate::model::VolumeMethod::Fs,
             observer: self.observer.clone(),
         };

@@ -43,11 +43,15 @@ pub struct MoverSettings {
     /// The most bytes of files each mover reads (backing up) or writes (restoring) per second,
     /// so that a backup does not take a busy volume's whole disk or network.
     pub bytes_per_second: Option<u64>,
+    /// How long after the backup's start its volume data may still be moved (the controller's
+    /// `--continuous-timeout`): a mover Pod then running ends at that deadline (its
+    /// `activeDeadlineSeconds`), the post hooks run, and the claims not begun are reported.
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for MoverSettings {
     fn default() -> Self {
-        MoverSettings { image: DEFAULT_IMAGE.into(), bytes_per_second: None }
+        MoverSettings { image: DEFAULT_IMAGE.into(), bytes_per_second: None, time_limit: None }
     }
 }
 
@@ -133,9 +137,20 @@ pub struct Movers<'a> {
     pub mover: MoverSettings,
     /// How long one mover Pod (or snapshot) may take, start to end.
     pub timeout: Duration,
+    /// When the run's time is up ([`MoverSettings::time_limit`]), if it is limited.
+    pub deadline: Option<Instant>,
     /// Files or snapshots (backups).
     pub method: VolumeMethod,
     pub observer: Arc<dyn Observer>,
+}
+
+impl Movers<'_> {
+    /// How long the next mover Pod (or snapshot) may take: [`Movers::timeout`], or less when the
+    /// run's deadline comes first.
+    fn time_left(&self) -> Duration {
+        let left = self.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        left.map_or(self.timeout, |left| left.min(self.timeout))
+    }
 }
 
 /// What backing up the claims gave.
@@ -168,6 +183,13 @@ impl From<String> for ClaimError {
 pub async fn back_up(m: &Movers<'_>, run_id: &str, claims: &BTreeSet<(String, String)>) -> Backed {
     let mut out = Backed::default();
     for (ns, claim) in claims {
+        if m.time_left().is_zero() {
+            let limit = m.mover.time_limit.unwrap_or_default();
+            out.errors.push(format!(
+                "the data of PersistentVolumeClaim {ns}/{claim} was not backed up: the backup's time limit ({limit:?}) was up before it was begun"
+            ));
+            continue;
+        }
         m.observer.event(Event::Waiting { what: format!("the data of PersistentVolumeClaim {ns}/{claim}") });
         let mut hook_errors = Vec::new();
         match back_up_claim(m, run_id, ns, claim, &mut out.files, &mut hook_errors).await {
@@ -275,10 +297,12 @@ async fn back_up_claim(
     let started = Instant::now();
     let taken = match &method {
         Method::Files(f) => run_pod(m, ns, claim, &f.plan, Role::Read { node, part_size: f.part_size }).await.map(Some),
-        Method::Snapshot(class) => snapshot::take(m.cluster, ns, claim, m.backup, class, m.timeout).await.map(|s| {
-            snapshot_taken = Some(s);
-            None
-        }),
+        Method::Snapshot(class) => {
+            snapshot::take(m.cluster, ns, claim, m.backup, class, m.time_left()).await.map(|s| {
+                snapshot_taken = Some(s);
+                None
+            })
+        }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     // After the read, whether it worked or not: the workload is let go.
@@ -523,7 +547,7 @@ fn pod_spec(m: &Movers<'_>, name: &str, claim: &str, role: &Role) -> serde_json:
     }
     let mut spec = json!({
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": m.timeout.as_secs().max(1),
+        "activeDeadlineSeconds": m.time_left().as_secs().max(1),
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
         "securityContext": {"runAsUser": 0, "runAsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -568,7 +592,8 @@ fn pod_spec(m: &Movers<'_>, name: &str, claim: &str, role: &Role) -> serde_json:
 /// [`Event::VolumeBytes`] of `claim` (namespace, name); someone who may not read Pod logs sees the
 /// claim's name only.
 async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str, claim: (&str, &str)) -> Result<Finished, String> {
-    let deadline = Instant::now() + m.timeout + Duration::from_secs(30);
+    let limit = m.time_left();
+    let deadline = Instant::now() + limit + Duration::from_secs(30);
     let (mut next_progress, mut logs_readable) = (Instant::now(), true);
     loop {
         let pod = pods.get(name).await.map_err(|e| format!("cannot read it: {}", kube_message(&e)))?;
@@ -603,6 +628,10 @@ async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str, claim: (&str, &st
                 let message = state.terminated.and_then(|t| t.message).unwrap_or_default();
                 return serde_json::from_str(&message).map_err(|e| format!("its report {message:?} is not valid: {e}"));
             }
+            // Ended by the kubelet at its activeDeadlineSeconds.
+            Some("Failed") if status.reason.as_deref() == Some("DeadlineExceeded") => {
+                return Err(format!("did not finish within {limit:?}, its deadline"));
+            }
             Some("Failed") => {
                 let t = state.terminated.unwrap_or_default();
                 let why = t.message.or(status.message).unwrap_or_else(|| t.reason.unwrap_or_default());
@@ -612,7 +641,7 @@ async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str, claim: (&str, &st
         }
         if Instant::now() > deadline {
             let why = status.conditions.unwrap_or_default().into_iter().filter_map(|c| c.message).collect::<Vec<_>>();
-            return Err(format!("did not finish within {:?} ({})", m.timeout, why.join("; ")));
+            return Err(format!("did not finish within {limit:?} ({})", why.join("; ")));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

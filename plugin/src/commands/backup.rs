@@ -430,6 +430,7 @@ impl MoverArgs {
         kubectl_backup_core::volume::MoverSettings {
             image: self.mover_image.clone(),
             bytes_per_second: self.mover_bandwidth,
+            time_limit: None,
         }
     }
 }

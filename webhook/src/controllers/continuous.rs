@@ -56,6 +56,10 @@ use super::{Context, ObjectRun};
 /// How long a started controller waits for every watch to list before it compares the workspaces
 /// with their last backups without the types still unlisted ([`Continuous::resume`]).
 const RESUME_WAIT: Duration = Duration::from_secs(120);
+/// How long past `--continuous-timeout` a backup with volume data may take to end on its own
+/// (its mover ended at the deadline, the post hooks run, the backup committed PartiallyFailed)
+/// before it is dropped.
+const VOLUME_GRACE: Duration = Duration::from_secs(300);
 
 /// Marks continuous backups (in `spec.schedule`), so pruning never touches other backups.
 pub const CONTINUOUS: &str = "continuous";
@@ -682,9 +686,14 @@ impl Continuous {
     /// Backs up `ns` if it is a workspace (one whose namespace cannot be read counts as failed),
     /// then prunes its series. A backup still running after `--continuous-timeout` is given up: its
     /// future is dropped, which stops its heartbeats and its lease, and what it wrote uncommitted
-    /// is collected as any interrupted run's. Not one with volume data: dropped between its
-    /// claims' pre and post hooks, it would leave the workload frozen (its mover Pods end at their
-    /// own deadline).
+    /// is collected as any interrupted run's.
+    ///
+    /// One with volume data is not dropped between its claims' pre and post hooks, which would
+    /// leave the workload frozen and its mover Pod running: its movers get the timeout as their
+    /// deadline ([`MoverSettings::time_limit`](kubectl_backup_core::volume::MoverSettings)), so a
+    /// mover still running then is ended by the kubelet, the post hooks run, the claims not begun
+    /// are reported, and the backup ends PartiallyFailed. Only if it is still running
+    /// [`VOLUME_GRACE`] later (a hung hook, the API server gone) is it dropped.
     async fn backup(&self, ns: &str, watched: Option<&Watched>) -> Outcome {
         match self.workspace(ns).await {
             Ok(true) => {}
@@ -695,7 +704,11 @@ impl Continuous {
             }
         }
         let name = timestamped_name(&name_prefix(ns), Timestamp::now());
-        let spec = self.spec(ns);
+        let mut spec = self.spec(ns);
+        let limited = !self.timeout.is_zero();
+        if limited && self.include_volumes {
+            spec.mover.time_limit = Some(self.timeout);
+        }
         let (reference, source) = (Context::namespace_reference(ns), SourceLabel::workspace(ns));
         let run = self.ctx.backup(ObjectRun {
             location: &self.ctx.location,
@@ -708,8 +721,11 @@ impl Continuous {
             requester: None,
             watched,
         });
-        let unlimited = self.timeout.is_zero() || self.include_volumes;
-        let limit = if unlimited { Duration::MAX } else { self.timeout };
+        let limit = match (limited, self.include_volumes) {
+            (false, _) => Duration::MAX,
+            (true, false) => self.timeout,
+            (true, true) => self.timeout + VOLUME_GRACE,
+        };
         match tokio::time::timeout(limit, run).await {
             Ok(Ok(b)) => {
                 self.prune(ns).await;

@@ -117,7 +117,9 @@ impl Context {
     pub async fn backup(&self, run: ObjectRun<'_>) -> kubectl_backup_core::Result<Backup> {
         let ObjectRun { location, name, mut spec, trigger, source, reference, observer, requester, watched } = run;
         let movers = if spec.include_volumes { self.mover_access(requester) } else { MoverAccess::Reader };
-        spec.mover = self.mover.clone();
+        // The image and bandwidth are the controller's; a time limit is the caller's.
+        spec.mover =
+            kubectl_backup_core::volume::MoverSettings { time_limit: spec.mover.time_limit, ..self.mover.clone() };
         let start = Instant::now();
         self.event(
             reference,
