@@ -879,6 +879,32 @@ impl NodeCluster {
     pub fn s3_endpoint(&self) -> String {
         format!("http://{}:{}", self.node.network.host_ip, self.s3.info.port)
     }
+
+    /// `kubectl backup install` of `image` with `flags`, its location this cluster's S3 server, and
+    /// the credentials Secret install names (the Pod waits for it: envFrom is not optional).
+    pub fn install(&self, image: &str, flags: &[&str]) {
+        let mut install = vec![
+            "install".to_string(),
+            format!("--image={image}"),
+            format!("--s3-endpoint={}", self.s3_endpoint()),
+            "--region=us-east-1".into(),
+            "--credentials-secret=s3-credentials".into(),
+        ];
+        install.extend(flags.iter().map(|f| f.to_string()));
+        self.t.backup(&install.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+        self.t
+            .kubectl(&[
+                "create",
+                "secret",
+                "generic",
+                "s3-credentials",
+                "-n",
+                "kubectl-backup",
+                &format!("--from-literal=AWS_ACCESS_KEY_ID={}", crate::stores::S3_ACCESS_KEY),
+                &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", crate::stores::S3_SECRET_KEY),
+            ])
+            .ok();
+    }
 }
 
 /// A directory for this test: under the shared environment's scratch space when `tests/run.sh`

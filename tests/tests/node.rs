@@ -503,26 +503,7 @@ fn install_runs_on_the_node_and_uninstall_leaves_nothing() {
     let image = build_and_import(&c);
     let (ns, backup) = backed_up_namespace(&c);
 
-    c.t.backup(&[
-        "install",
-        &format!("--image={image}"),
-        &format!("--s3-endpoint={}", c.s3_endpoint()),
-        "--region=us-east-1",
-        "--credentials-secret=s3-credentials",
-    ])
-    .ok();
-    // The Secret install names (the Pod waits for it: envFrom is not optional).
-    c.t.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        OWN_NS,
-        &format!("--from-literal=AWS_ACCESS_KEY_ID={S3_ACCESS_KEY}"),
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={S3_SECRET_KEY}"),
-    ])
-    .ok();
+    c.install(&image, &[]);
     assert_webhook_pod_ready(&c);
     eprintln!("[install] webhook Pod Ready {:.1?} after the start of the test", t0.elapsed());
     assert_auto_restore(&c, &ns, &backup);

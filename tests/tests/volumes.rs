@@ -468,28 +468,8 @@ fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go(
 /// mover Pods acting as ServiceAccount kubectl-backup/mover, bound to what moving volume data
 /// needs (docs/volumes.md).
 fn install_with_volume_identity(c: &NodeCluster, image: &str, flags: &[&str]) {
-    let identity = "system:serviceaccount:kubectl-backup:mover";
-    let mut install = vec![
-        "install".to_string(),
-        format!("--image={image}"),
-        format!("--s3-endpoint={}", c.s3_endpoint()),
-        "--region=us-east-1".into(),
-        "--credentials-secret=s3-credentials".into(),
-        format!("--volume-identity={identity}"),
-    ];
-    install.extend(flags.iter().map(|f| f.to_string()));
-    c.t.backup(&install.iter().map(String::as_str).collect::<Vec<_>>()).ok();
-    c.t.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        "kubectl-backup",
-        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", kubectl_backup_e2e::stores::S3_ACCESS_KEY),
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", kubectl_backup_e2e::stores::S3_SECRET_KEY),
-    ])
-    .ok();
+    let identity = "--volume-identity=system:serviceaccount:kubectl-backup:mover";
+    c.install(image, &[&[identity], flags].concat());
     // The identity the admin names, with what moving volume data needs (docs/volumes.md).
     c.t.apply(
         r#"apiVersion: v1
