@@ -291,6 +291,12 @@ async fn commit(
     version: String,
     o: Outcome,
 ) -> Result<Backup> {
+    if crate::interrupt::requested() {
+        return Err(crate::interrupt::stopped(&format!(
+            "backup {:?} was not committed, and what it wrote was removed",
+            p.name
+        )));
+    }
     let (store, name, start) = (p.store, p.name, p.start);
     let mut warnings = o.report.warnings;
     if o.duplicates > 0 {

@@ -59,6 +59,10 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// The run stopped at the user's request ([`crate::interrupt`]).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

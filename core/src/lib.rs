@@ -25,6 +25,7 @@ pub mod etcd;
 pub mod filter;
 pub mod input;
 pub mod install;
+pub mod interrupt;
 pub mod kube_client;
 pub mod locations;
 pub mod model;

@@ -37,7 +37,14 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
-            ExitCode::FAILURE
+            // Stopped at the user's Ctrl-C: the shell's code for SIGINT.
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<kubectl_backup_core::Error>(),
+                    Some(kubectl_backup_core::Error::Interrupted(_))
+                )
+            });
+            if interrupted { ExitCode::from(130) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -104,12 +104,18 @@ impl Tools {
 
     /// `kubectl backup ARGS --location <this location>`, through the real kubectl.
     pub fn backup(&self, args: &[&str]) -> Run {
+        Run::from(self.backup_command(args).output().expect("running kubectl backup"))
+    }
+
+    /// The command [`Tools::backup`] runs, to spawn (kubectl execs the plugin: the child's pid is
+    /// the plugin's).
+    pub fn backup_command(&self, args: &[&str]) -> Command {
         let mut c = self.command("kubectl");
         c.arg("backup").args(args);
         if let Some(l) = &self.location {
             c.arg("--location").arg(l);
         }
-        Run::from(c.output().expect("running kubectl backup"))
+        c
     }
 
     /// A shell command line (`sh -c`), with this cluster, store environment and PATH: for pipelines

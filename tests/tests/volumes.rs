@@ -464,6 +464,70 @@ fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go(
     eprintln!("[volume-timeout] test body took {:.1?}", t0.elapsed());
 }
 
+/// The first Ctrl-C during `create --include-volumes` ends the run cleanly: the mover Pod reading
+/// the claim is deleted, the claim's post hook runs (the workload a pre hook froze is let go), the
+/// backup is not committed and what it wrote is removed, and the plugin exits 130.
+#[test]
+fn ctrl_c_during_a_volume_backup_ends_the_mover_runs_the_post_hook_and_commits_nothing() {
+    let (_one, c) = start("interrupt");
+    let t0 = Instant::now();
+    let (image, busybox, ns) = bound_workspace(&c, "vol");
+    // 200 KiB at 1 KiB/s: the mover is still reading when Ctrl-C comes.
+    let write = "set -e; head -c 204800 /dev/urandom > /data/blob; echo written";
+    assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
+    c.wait_rollout(&ns, "app");
+    annotate_app(
+        &c,
+        &ns,
+        &[
+            (format!("{PRE}/command"), r#"["sh","-c","touch /data/frozen"]"#),
+            (format!("{POST}/command"), r#"["sh","-c","rm /data/frozen && touch /data/thawed"]"#),
+        ],
+    );
+    let backup = unique("b");
+    let mover = format!("--mover-image={image}");
+    let args = ["create", &backup, "-n", &ns, "--include-volumes", &mover, "--mover-bandwidth=1Ki"];
+    let mut child = (c.t.backup_command(&args).stdout(std::process::Stdio::piped()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl backup create");
+    let running = || {
+        let pods = c.t.get_json(&["pods", "-n", &ns, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
+        pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
+    };
+    eventually("the mover Pod running", Duration::from_secs(120), running);
+    let ls = || c.t.kubectl(&["exec", "-n", &ns, "deployment/app", "--", "ls", "/data"]).ok().stdout;
+    assert!(ls().contains("frozen"), "the pre hook did not run: {}", ls());
+    let files_under = |part: &str| -> Vec<String> {
+        let out = std::process::Command::new("find").arg(&c.s3.root).args(["-path", part, "-type", "f"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap()
+    };
+    let own = format!("*/backups/{backup}/*");
+    assert!(!files_under(&own).is_empty(), "nothing written before the volume data");
+
+    let sigint = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sigint.success());
+    let stopped = Instant::now();
+    let ended = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("the plugin's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(ended, "the plugin did not end within 60 s of Ctrl-C: {stderr}");
+    eprintln!("[interrupt] the plugin ended {:.1?} after Ctrl-C", stopped.elapsed());
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: ending the mover Pods and running the post hooks"), "{stderr}");
+    let why = format!("error: interrupted: backup \"{backup}\" was not committed, and what it wrote was removed");
+    assert!(stderr.contains(&why), "{stderr}");
+    eventually("the mover Pod and its plan Secret gone", Duration::from_secs(30), || movers_left(&c.t, &ns).is_empty());
+    let data = ls();
+    assert!(data.contains("thawed") && !data.contains("frozen"), "the post hook did not run: {data}");
+    assert!(c.t.backup(&["describe", &backup]).code != 0, "backup {backup} was committed");
+    assert!(files_under(&own).is_empty(), "left in the store: {:?}", files_under(&own));
+    eprintln!("[interrupt] test body took {:.1?}", t0.elapsed());
+}
+
 /// `kubectl backup install` of `image` with `flags`, storing to the node cluster's S3 server, its
 /// mover Pods acting as ServiceAccount kubectl-backup/mover, bound to what moving volume data
 /// needs (docs/volumes.md).

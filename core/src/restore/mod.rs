@@ -411,10 +411,21 @@ impl Applying<'_> {
         let dry_run = self.policy.dry_run;
         let mut namespaces_ready = false;
         let (mut volumes_written, mut snapshots_made) = (false, false);
+        // Asked to stop: no further group is begun (a mover writing a claim is stopped first).
+        let interrupted = || {
+            crate::interrupt::requested()
+                .then(|| crate::interrupt::stopped("the restore stopped; what it created so far stays"))
+        };
         for (priority, members) in groups {
+            if let Some(e) = interrupted() {
+                return Err(e);
+            }
             if priority >= Priority::Workloads && !volumes_written {
                 self.write_volumes(report).await;
                 volumes_written = true;
+                if let Some(e) = interrupted() {
+                    return Err(e);
+                }
             }
             if priority > Priority::Namespaces && !namespaces_ready {
                 let missing =

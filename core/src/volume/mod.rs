@@ -183,6 +183,12 @@ impl From<String> for ClaimError {
 pub async fn back_up(m: &Movers<'_>, run_id: &str, claims: &BTreeSet<(String, String)>) -> Backed {
     let mut out = Backed::default();
     for (ns, claim) in claims {
+        if crate::interrupt::requested() {
+            out.errors.push(format!(
+                "the data of PersistentVolumeClaim {ns}/{claim} was not backed up: the run was interrupted before it was begun"
+            ));
+            continue;
+        }
         if m.time_left().is_zero() {
             let limit = m.mover.time_limit.unwrap_or_default();
             out.errors.push(format!(
@@ -526,7 +532,9 @@ async fn run_pod(m: &Movers<'_>, ns: &str, claim: &str, plan: &Plan, role: Role)
         wait_pod(m, &pods, &name, (ns, claim)).await
     }
     .await;
-    let _ = pods.delete(&name, &DeleteParams::background()).await;
+    // A second's grace: a mover still running (stopped, or past its deadline) has nothing to save,
+    // and as its container's PID 1 it would wait out the default 30 s before being killed.
+    let _ = pods.delete(&name, &DeleteParams { grace_period_seconds: Some(1), ..DeleteParams::background() }).await;
     let _ = secrets.delete(&name, &DeleteParams::default()).await;
     result.map_err(|e| format!("mover Pod {ns}/{name}: {e}"))
 }
@@ -643,7 +651,11 @@ async fn wait_pod(m: &Movers<'_>, pods: &Api<Pod>, name: &str, claim: (&str, &st
             let why = status.conditions.unwrap_or_default().into_iter().filter_map(|c| c.message).collect::<Vec<_>>();
             return Err(format!("did not finish within {limit:?} ({})", why.join("; ")));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // Deleted by the caller (run_pod), whose post hooks then run.
+            _ = crate::interrupt::wait() => return Err("stopped: the run was interrupted".into()),
+        }
     }
 }
 

@@ -61,7 +61,11 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
         return super::detach("backup", &args.name);
     }
     let observer = progress::observer(if detached { Output::Json } else { args.output.output }, "objects");
-    let result = backup::run(&cluster, &store, &args.name, spec, observer.clone()).await;
+    let run = backup::run(&cluster, &store, &args.name, spec.clone(), observer.clone());
+    let result = match spec.include_volumes {
+        true => super::interruptible(run).await,
+        false => run.await,
+    };
     drop(observer);
     let backup = result?;
     match args.output.output {

@@ -64,6 +64,23 @@ pub fn detach(what: &str, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs `run`, a backup or restore that moves volume data, so that a first Ctrl-C asks it to end
+/// cleanly ([`kubectl_backup_core::interrupt`]: its mover Pod deleted, the post hooks run, nothing
+/// committed) and a second quits at once.
+pub async fn interruptible<T>(run: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => return r,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    kubectl_backup_core::interrupt::request();
+    eprintln!("interrupted: ending the mover Pods and running the post hooks; press Ctrl-C again to quit at once");
+    tokio::select! {
+        r = &mut run => r,
+        _ = tokio::signal::ctrl_c() => std::process::exit(130),
+    }
+}
+
 fn log_dir() -> PathBuf {
     use etcetera::BaseStrategy;
     etcetera::choose_base_strategy()
