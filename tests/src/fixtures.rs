@@ -97,6 +97,13 @@ impl Tools {
         c
     }
 
+    /// The real kubectl, to spawn (e.g. `logs -f` beside what a test does).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut c = self.command("kubectl");
+        c.args(args);
+        c
+    }
+
     /// The real kubectl.
     pub fn kubectl(&self, args: &[&str]) -> Run {
         Run::from(self.command("kubectl").args(args).output().expect("running kubectl"))

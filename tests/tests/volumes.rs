@@ -455,12 +455,50 @@ fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go(
     let want = format!("the data of PersistentVolumeClaim {ns}/data was not backed up: mover Pod {ns}/");
     assert!(errors.contains(&want) && errors.contains(", its deadline"), "{errors}");
     let later = format!(
-        "the data of PersistentVolumeClaim {ns}/more was not backed up: the backup's time limit (20s) was up before it was begun"
+        "the data of PersistentVolumeClaim {ns}/more was not backed up: the backup's time limit (20s) was up before it could be begun"
     );
     assert!(errors.contains(&later), "{errors}");
     eventually("the mover Pod and its plan Secret gone", Duration::from_secs(60), || movers_left(&c.t, &ns).is_empty());
-    let data = c.t.kubectl(&["exec", "-n", &ns, "deployment/app", "--", "ls", "/data"]).ok().stdout;
+    let ls = || c.t.kubectl(&["exec", "-n", &ns, "deployment/app", "--", "ls", "/data"]).ok().stdout;
+    let data = ls();
     assert!(data.contains("thawed") && !data.contains("frozen"), "the post hook did not run: {data}");
+
+    // The controller stopped (SIGTERM: the Deployment scaled to 0) while the next backup's mover
+    // runs, far from its deadline (the timeout now 10 minutes): before it exits it deletes the
+    // mover and runs the post hook, which lets the workload go.
+    let mut d = c.t.get_json(&["deployment", "backup-webhook", "-n", "kubectl-backup"]);
+    let args = d["spec"]["template"]["spec"]["containers"][0]["args"].as_array_mut().expect("the webhook's args");
+    for a in args.iter_mut().filter(|a| *a == "--continuous-timeout=20s") {
+        *a = "--continuous-timeout=10m".into();
+    }
+    c.t.pipe(&["replace", "-f", "-"], &d.to_string()).ok();
+    c.wait_rollout("kubectl-backup", "backup-webhook");
+    c.t.kubectl(&["-n", &ns, "create", "configmap", "changed", "--from-literal=a=b"]).ok();
+    let running = || {
+        let pods = c.t.get_json(&["pods", "-n", &ns, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
+        pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
+    };
+    eventually("the next backup's mover running", Duration::from_secs(90), running);
+    assert!(ls().contains("frozen"), "the pre hook did not run: {}", ls());
+    // Its log, followed to its end (the Pod is gone after).
+    let log_path = c.dir.join("stopping-webhook.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let follow = ["logs", "-f", "-n", "kubectl-backup", "deployment/backup-webhook"];
+    let mut follow = c.t.kubectl_command(&follow).stdout(log_file).spawn().expect("kubectl logs -f");
+    std::thread::sleep(Duration::from_secs(2));
+    c.t.kubectl(&["scale", "deployment", "backup-webhook", "-n", "kubectl-backup", "--replicas=0"]).ok();
+    let stopping = Instant::now();
+    eventually("the post hook run", Duration::from_secs(10), || ls().contains("thawed") && !ls().contains("frozen"));
+    eprintln!("[volume-timeout] post hook run {:.1?} after the scale-down", stopping.elapsed());
+    eventually("the mover gone", Duration::from_secs(60), || movers_left(&c.t, &ns).is_empty());
+    eprintln!("[volume-timeout] mover gone {:.1?} after the scale-down", stopping.elapsed());
+    let webhooks = || c.t.names(&["pods", "-n", "kubectl-backup", "-l", "app.kubernetes.io/name=backup-webhook"]);
+    eventually("the webhook stopped", Duration::from_secs(60), || webhooks().is_empty());
+    let _ = follow.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+    assert!(log.contains("stopping: ending the runs that move volume data"), "{tail:?}");
+    assert!(log.contains("backup-webhook stopped") && !log.contains("did not end in time"), "{tail:?}");
     eprintln!("[volume-timeout] test body took {:.1?}", t0.elapsed());
 }
 

@@ -40,6 +40,9 @@ async fn kube_config(args: &Args) -> anyhow::Result<kube::Config> {
     Ok(kube_client::config(&args.kube.options()).await?)
 }
 
+/// How long a stopping webhook waits for the runs that move volume data to end.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs the webhook and its controllers until SIGTERM/SIGINT: connect, start the supervised
 /// controllers, serve.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -49,6 +52,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut supervisor = runtime::Supervisor::default();
     start_controllers(&mut supervisor, &ctx, &args);
     serve(&args, &ctx, &cert, &supervisor).await?;
+    // Runs moving volume data end cleanly first: their mover Pods deleted, their post hooks run
+    // (a workload frozen by a pre hook let go), nothing more committed. Within the Pod's default
+    // 30 s of grace.
+    kubectl_backup_core::interrupt::request();
+    tracing::info!("stopping: ending the runs that move volume data");
+    if !kubectl_backup_core::interrupt::drained(SHUTDOWN_WAIT).await {
+        tracing::warn!(waited = ?SHUTDOWN_WAIT, "runs moving volume data did not end in time; stopping anyway");
+    }
     supervisor.shutdown().await;
     tracing::info!("backup-webhook stopped");
     Ok(())

@@ -73,6 +73,9 @@ const PARTS_MAX: u64 = 800;
 const PART_LIMIT: u64 = 256 << 20;
 const MIB: u64 = 1 << 20;
 
+/// A claim is not begun with less of the run's time left: a mover needs seconds to start, and the
+/// kubelet ends a Pod at whole seconds of its deadline, a little before the run's.
+const LEAST_TIME_LEFT: Duration = Duration::from_secs(5);
 /// How long one mover Pod may run.
 pub const TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -181,6 +184,7 @@ impl From<String> for ClaimError {
 
 /// Backs up the data of `claims` (namespace, name), one mover at a time.
 pub async fn back_up(m: &Movers<'_>, run_id: &str, claims: &BTreeSet<(String, String)>) -> Backed {
+    let _moving = crate::interrupt::moving();
     let mut out = Backed::default();
     for (ns, claim) in claims {
         if crate::interrupt::requested() {
@@ -189,10 +193,10 @@ pub async fn back_up(m: &Movers<'_>, run_id: &str, claims: &BTreeSet<(String, St
             ));
             continue;
         }
-        if m.time_left().is_zero() {
+        if m.time_left() < LEAST_TIME_LEFT {
             let limit = m.mover.time_limit.unwrap_or_default();
             out.errors.push(format!(
-                "the data of PersistentVolumeClaim {ns}/{claim} was not backed up: the backup's time limit ({limit:?}) was up before it was begun"
+                "the data of PersistentVolumeClaim {ns}/{claim} was not backed up: the backup's time limit ({limit:?}) was up before it could be begun"
             ));
             continue;
         }
@@ -669,6 +673,7 @@ pub struct ToRestore<'a> {
 /// Writes each claim's data from its parts (checked by the mover before use), one at a time.
 /// Returns, per claim, what the mover wrote or why it failed.
 pub async fn restore(m: &Movers<'_>, claims: &[ToRestore<'_>]) -> Vec<Result<tree::TreeStats, String>> {
+    let _moving = crate::interrupt::moving();
     let mut out = Vec::new();
     for c in claims {
         let (ns, claim) = (&c.namespace, &c.data.claim);
