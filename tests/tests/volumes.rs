@@ -563,6 +563,42 @@ fn ctrl_c_during_a_volume_backup_ends_the_mover_runs_the_post_hook_and_commits_n
     assert!(data.contains("thawed") && !data.contains("frozen"), "the post hook did not run: {data}");
     assert!(c.t.backup(&["describe", &backup]).code != 0, "backup {backup} was committed");
     assert!(files_under(&own).is_empty(), "left in the store: {:?}", files_under(&own));
+
+    // A restore stopped the same way: backed up in full, then restored into another namespace at
+    // 1 KiB/s and sent SIGINT while its mover writes. The mover goes, and no further group is
+    // begun: the Deployment, which comes after its claim's data, is not created.
+    let done = unique("b");
+    let r = c.t.backup(&["create", &done, "-n", &ns, "--include-volumes", &mover, "-o", "json"]).ok().json();
+    assert_eq!(r["status"]["phase"], "Completed", "{r}");
+    let copy = unique("copy");
+    let fresh = format!("{ns}-b");
+    c.t.apply(&persistent_volume(&fresh, &c.dir.join(&fresh))).ok();
+    let mapping = format!("--namespace-mapping={ns}:{copy}");
+    let args = ["restore", &done, &mover, &mapping, "--mover-bandwidth=1Ki"];
+    let mut child = (c.t.backup_command(&args).stdout(std::process::Stdio::piped()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl backup restore");
+    let restoring = || {
+        let pods = c.t.get_json(&["pods", "-n", &copy, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
+        pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
+    };
+    eventually("the restore's mover running", Duration::from_secs(120), restoring);
+    let sigint = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sigint.success());
+    let ended = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("the plugin's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(ended, "the restore did not end within 60 s of Ctrl-C: {stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("error: interrupted: the restore stopped; what it created so far stays"), "{stderr}");
+    eventually("the restore's mover gone", Duration::from_secs(60), || movers_left(&c.t, &copy).is_empty());
+    let app = c.t.kubectl(&["get", "deployment", "app", "-n", &copy]);
+    assert!(app.code != 0, "the stopped restore went on to the workloads: {}", app.stdout);
+    assert_eq!(c.t.get_json(&["pvc", "data", "-n", &copy])["spec"]["volumeName"], fresh.as_str());
     eprintln!("[interrupt] test body took {:.1?}", t0.elapsed());
 }
 
