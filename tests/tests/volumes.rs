@@ -392,11 +392,8 @@ fn the_installed_controller_backs_up_a_schedules_volume_data_as_the_volume_ident
 fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go() {
     let (_one, c) = start("volume-timeout");
     let t0 = Instant::now();
-    let (image, busybox, ns) = bound_workspace(&c, "vol");
-    // 200 KiB of random bytes: 200 s at the 1 KiB/s the movers are held to, 10 times the timeout.
-    let write = "set -e; head -c 204800 /dev/urandom > /data/blob; echo written";
-    assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
-    c.wait_rollout(&ns, "app");
+    // 200 s of moving at the 1 KiB/s the movers are held to, 10 times the timeout.
+    let (image, ns) = frozen_by_hooks(&c);
     // A second claim, bound and unused, after `data` in the order claims are read: its turn comes
     // once the time is up.
     let more = format!("{ns}-m");
@@ -408,14 +405,6 @@ fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go(
     eventually("the second claim bound", Duration::from_secs(60), || {
         c.t.kubectl(&["get", "pvc", "more", "-n", &ns, "-o", "jsonpath={.status.phase}"]).stdout == "Bound"
     });
-    annotate_app(
-        &c,
-        &ns,
-        &[
-            (format!("{PRE}/command"), r#"["sh","-c","touch /data/frozen"]"#),
-            (format!("{POST}/command"), r#"["sh","-c","rm /data/frozen && touch /data/thawed"]"#),
-        ],
-    );
     install_with_volume_identity(&c, &image, &["--continuous=false", "--mover-bandwidth=1Ki"]);
     c.wait_rollout("kubectl-backup", "backup-webhook");
     // Continuous backups with volume data, 20 s each and not retried: the Deployment edited as an
@@ -474,11 +463,7 @@ fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go(
     c.t.pipe(&["replace", "-f", "-"], &d.to_string()).ok();
     c.wait_rollout("kubectl-backup", "backup-webhook");
     c.t.kubectl(&["-n", &ns, "create", "configmap", "changed", "--from-literal=a=b"]).ok();
-    let running = || {
-        let pods = c.t.get_json(&["pods", "-n", &ns, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
-        pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
-    };
-    eventually("the next backup's mover running", Duration::from_secs(90), running);
+    eventually("the next backup's mover running", Duration::from_secs(90), || mover_running(&c, &ns));
     assert!(ls().contains("frozen"), "the pre hook did not run: {}", ls());
     // Its log, followed to its end (the Pod is gone after).
     let log_path = c.dir.join("stopping-webhook.log");
@@ -509,52 +494,22 @@ fn a_continuous_backup_past_its_timeout_ends_its_mover_and_lets_the_workload_go(
 fn ctrl_c_during_a_volume_backup_ends_the_mover_runs_the_post_hook_and_commits_nothing() {
     let (_one, c) = start("interrupt");
     let t0 = Instant::now();
-    let (image, busybox, ns) = bound_workspace(&c, "vol");
-    // 200 KiB at 1 KiB/s: the mover is still reading when Ctrl-C comes.
-    let write = "set -e; head -c 204800 /dev/urandom > /data/blob; echo written";
-    assert_eq!(in_pod(&c, &ns, &busybox, write).trim(), "written");
-    c.wait_rollout(&ns, "app");
-    annotate_app(
-        &c,
-        &ns,
-        &[
-            (format!("{PRE}/command"), r#"["sh","-c","touch /data/frozen"]"#),
-            (format!("{POST}/command"), r#"["sh","-c","rm /data/frozen && touch /data/thawed"]"#),
-        ],
-    );
+    // 200 s of moving at 1 KiB/s: the mover is still reading when Ctrl-C comes.
+    let (image, ns) = frozen_by_hooks(&c);
     let backup = unique("b");
     let mover = format!("--mover-image={image}");
-    let args = ["create", &backup, "-n", &ns, "--include-volumes", &mover, "--mover-bandwidth=1Ki"];
-    let mut child = (c.t.backup_command(&args).stdout(std::process::Stdio::piped()))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl backup create");
-    let running = || {
-        let pods = c.t.get_json(&["pods", "-n", &ns, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
-        pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
-    };
-    eventually("the mover Pod running", Duration::from_secs(120), running);
     let ls = || c.t.kubectl(&["exec", "-n", &ns, "deployment/app", "--", "ls", "/data"]).ok().stdout;
-    assert!(ls().contains("frozen"), "the pre hook did not run: {}", ls());
     let files_under = |part: &str| -> Vec<String> {
         let out = std::process::Command::new("find").arg(&c.s3.root).args(["-path", part, "-type", "f"]).output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap()
     };
     let own = format!("*/backups/{backup}/*");
-    assert!(!files_under(&own).is_empty(), "nothing written before the volume data");
-
-    let sigint = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(sigint.success());
-    let stopped = Instant::now();
-    let ended = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
-    if !ended {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("the plugin's output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(ended, "the plugin did not end within 60 s of Ctrl-C: {stderr}");
-    eprintln!("[interrupt] the plugin ended {:.1?} after Ctrl-C", stopped.elapsed());
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let args = ["create", &backup, "-n", &ns, "--include-volumes", &mover, "--mover-bandwidth=1Ki"];
+    let (code, stderr) = interrupted(&c, &args, &ns, || {
+        assert!(ls().contains("frozen"), "the pre hook did not run: {}", ls());
+        assert!(!files_under(&own).is_empty(), "nothing written before the volume data");
+    });
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("interrupted: ending the mover Pods and running the post hooks"), "{stderr}");
     let why = format!("error: interrupted: backup \"{backup}\" was not committed, and what it wrote was removed");
     assert!(stderr.contains(&why), "{stderr}");
@@ -575,31 +530,62 @@ fn ctrl_c_during_a_volume_backup_ends_the_mover_runs_the_post_hook_and_commits_n
     c.t.apply(&persistent_volume(&fresh, &c.dir.join(&fresh))).ok();
     let mapping = format!("--namespace-mapping={ns}:{copy}");
     let args = ["restore", &done, &mover, &mapping, "--mover-bandwidth=1Ki"];
-    let mut child = (c.t.backup_command(&args).stdout(std::process::Stdio::piped()))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl backup restore");
-    let restoring = || {
-        let pods = c.t.get_json(&["pods", "-n", &copy, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
-        pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
-    };
-    eventually("the restore's mover running", Duration::from_secs(120), restoring);
-    let sigint = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(sigint.success());
-    let ended = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
-    if !ended {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("the plugin's output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(ended, "the restore did not end within 60 s of Ctrl-C: {stderr}");
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (code, stderr) = interrupted(&c, &args, &copy, || {});
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("error: interrupted: the restore stopped; what it created so far stays"), "{stderr}");
     eventually("the restore's mover gone", Duration::from_secs(60), || movers_left(&c.t, &copy).is_empty());
     let app = c.t.kubectl(&["get", "deployment", "app", "-n", &copy]);
     assert!(app.code != 0, "the stopped restore went on to the workloads: {}", app.stdout);
     assert_eq!(c.t.get_json(&["pvc", "data", "-n", &copy])["spec"]["volumeName"], fresh.as_str());
     eprintln!("[interrupt] test body took {:.1?}", t0.elapsed());
+}
+
+/// The start of a test of a move held up: [`bound_workspace`] whose claim holds 200 KiB of random
+/// bytes (200 s at 1 KiB/s), and whose app's Pod has a pre hook that freezes it (`/data/frozen`)
+/// and a post hook that lets it go (removes that, writes `/data/thawed`). Returns (image, namespace).
+fn frozen_by_hooks(c: &NodeCluster) -> (String, String) {
+    let (image, busybox, ns) = bound_workspace(c, "vol");
+    let write = "set -e; head -c 204800 /dev/urandom > /data/blob; echo written";
+    assert_eq!(in_pod(c, &ns, &busybox, write).trim(), "written");
+    c.wait_rollout(&ns, "app");
+    annotate_app(
+        c,
+        &ns,
+        &[
+            (format!("{PRE}/command"), r#"["sh","-c","touch /data/frozen"]"#),
+            (format!("{POST}/command"), r#"["sh","-c","rm /data/frozen && touch /data/thawed"]"#),
+        ],
+    );
+    (image, ns)
+}
+
+/// Whether a mover Pod runs in `ns`.
+fn mover_running(c: &NodeCluster, ns: &str) -> bool {
+    let pods = c.t.get_json(&["pods", "-n", ns, "-l", kubectl_backup_core::volume::MOVER_LABEL]);
+    pods["items"].as_array().is_some_and(|p| p.iter().any(|p| p["status"]["phase"] == "Running"))
+}
+
+/// `kubectl backup ARGS`, sent SIGINT (Ctrl-C) once a mover Pod runs in `ns` and `meanwhile` has
+/// checked what it checks; its exit code and standard error once it ended (within 60 s).
+fn interrupted(c: &NodeCluster, args: &[&str], ns: &str, meanwhile: impl FnOnce()) -> (Option<i32>, String) {
+    let mut child = (c.t.backup_command(args).stdout(std::process::Stdio::piped()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl backup");
+    eventually("the mover Pod running", Duration::from_secs(120), || mover_running(c, ns));
+    meanwhile();
+    let sigint = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sigint.success());
+    let stopped = Instant::now();
+    let ended = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("the plugin's output");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(ended, "kubectl backup {args:?} did not end within 60 s of Ctrl-C: {stderr}");
+    eprintln!("[interrupt] kubectl backup {} ended {:.1?} after Ctrl-C", args[0], stopped.elapsed());
+    (out.status.code(), stderr)
 }
 
 /// `kubectl backup install` of `image` with `flags`, storing to the node cluster's S3 server, its
