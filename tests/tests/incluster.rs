@@ -407,7 +407,7 @@ fn a_continuous_backup_reads_only_what_its_watches_saw_change() {
 
     // A restarted controller compares the workspace with its last backup once its watches have
     // listed. Unchanged: no backup for it, and the next one continues it with the watches' changes.
-    let listed = |w: &Webhook| w.log().matches("every watch has listed").count();
+    let listed = |w: &Webhook| w.log().matches("every watch has listed: continuous backups").count();
     let compared = |w: &Webhook, what: &str| {
         w.log().lines().find(|l| l.contains(what) && l.contains(&format!("namespace={ws} "))).map(str::to_string)
     };

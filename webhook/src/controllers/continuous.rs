@@ -159,6 +159,9 @@ struct State {
     /// The resource types watched and the apiVersion of each, and those whose watch has listed once.
     versions: HashMap<String, String>,
     ready: HashSet<String>,
+    /// Every watch has listed once since the start (logged once: a watch that lists again after a
+    /// gap, "too old resource version" say, makes them all ready again, and that is no start).
+    all_listed: bool,
     /// Namespace -> its last backup by this process that may be continued with the changes.
     bases: HashMap<String, Base>,
     /// The bytes of the bodies all `changes` hold (kept as they change, not summed on each one): at
@@ -358,7 +361,8 @@ impl State {
 
     /// `resource`'s watch has listed: `listed` is every object it holds now. After a gap, the
     /// namespace of an object held before and not listed (deleted meanwhile) is marked for a backup.
-    fn listed(&mut self, resource: &str, listed: HashMap<String, HashMap<String, Seen>>) {
+    /// True the first time every watch has listed.
+    fn listed(&mut self, resource: &str, listed: HashMap<String, HashMap<String, Seen>>) -> bool {
         let before = self.objects.insert(resource.to_string(), listed).unwrap_or_default();
         for (ns, names) in before {
             let now = self.objects[resource].get(&ns);
@@ -368,12 +372,18 @@ impl State {
         }
         let gaps = self.gaps.get(resource).copied().unwrap_or(0);
         self.listed_gaps.insert(resource.to_string(), gaps);
-        if self.ready.insert(resource.to_string()) && self.ready.len() == self.versions.len() {
-            tracing::info!(
-                resource_types = self.ready.len(),
-                "every watch has listed: continuous backups take what they see change"
-            );
+        if !(self.ready.insert(resource.to_string()) && self.ready.len() == self.versions.len()) {
+            return false;
         }
+        if std::mem::replace(&mut self.all_listed, true) {
+            tracing::debug!(resource, "this watch listed again after a gap: all are ready again");
+            return false;
+        }
+        tracing::info!(
+            resource_types = self.ready.len(),
+            "every watch has listed: continuous backups take what they see change"
+        );
+        true
     }
 
     /// After the controller started: `ns`'s last backup `last`, which recorded `recorded`, compared
@@ -915,6 +925,7 @@ mod tests {
         let mut s = State {
             versions: [("configmaps", "v1"), ("secrets", "v1")].map(|(k, v)| (k.into(), v.into())).into(),
             ready: keys(&["configmaps", "secrets"]),
+            all_listed: true,
             max_held: usize::MAX,
             ..Default::default()
         };
@@ -1051,8 +1062,8 @@ mod tests {
         let ws = |names: &[(&str, u64)]| -> HashMap<String, HashMap<String, Seen>> {
             [("ws".to_string(), names.iter().map(|(n, v)| (n.to_string(), seen(*v))).collect())].into()
         };
-        s.listed("configmaps", ws(&[("a", 1), ("b", 2)]));
-        s.listed("secrets", ws(&[("s", 3)]));
+        assert!(!s.listed("configmaps", ws(&[("a", 1), ("b", 2)])), "Secrets' watch has not listed");
+        assert!(s.listed("secrets", ws(&[("s", 3)])), "every watch has listed");
         assert!(s.dirty.is_empty(), "what the first LISTs find is no change");
         s
     }
@@ -1124,7 +1135,8 @@ mod tests {
         assert!(s.dirty.contains_key("ws"), "a changed");
         assert_eq!(s.objects["configmaps"]["ws"]["a"], seen(1), "replaced when the LIST is done");
         s.dirty.clear();
-        s.listed("configmaps", [("ws".to_string(), [("a".to_string(), seen(7))].into())].into());
+        let again = s.listed("configmaps", [("ws".to_string(), [("a".to_string(), seen(7))].into())].into());
+        assert!(!again, "every watch listed once already: not the start's readiness again");
         assert!(s.dirty.contains_key("ws"), "b was deleted meanwhile");
         assert!(s.ready.contains("configmaps"));
         assert_eq!(s.held, 0);
