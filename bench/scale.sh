@@ -2,17 +2,20 @@
 # Scale benchmark (issue 16): `kubectl backup create` to S3 (s3s-fs) through the real kubectl at 5k and
 # 100k objects (ConfigMaps and Secrets of 1 KiB over 200 namespaces) against a raw paged LIST
 # (limit=500) of the same resource types with the plugin's default parallelism (target/release/
-# raw-list --concurrency 16, the issue's baseline) and against the floor of the same work, a raw client
+# raw-list --concurrency 16, the issue's baseline) and against the floor of listing, a raw client
 # listing the way the plugin does (raw-list --per-namespace: a large resource's rest one namespace at
 # a time after its first page, by the plugin's own rule) and that client asking for ConfigMaps and
-# Secrets in protobuf as `create` does (raw-list --per-namespace --protobuf); `create
+# Secrets in protobuf as `create` does (raw-list --per-namespace --protobuf), and the floor of the
+# same work: that client in JSON storing what it listed (raw-list --per-namespace --store: every page
+# hashed, compressed at the archive's zstd level and uploaded to the same location as one object); `create
 # --list-per-namespace never` (every page of one cluster-wide LIST) and `create --list-encoding json`
 # (every page in JSON) beside them; in one run against one private harness (real
 # kube-apiserver, etcd, s3s-fs). Wall time and the plugin's own peak RSS, median of BENCH_RUNS runs
 # (default 3). Prints:
 #   create / raw paged LIST at the largest size                 (target <= 1.2)
-#   create / raw LIST listing the same way (the floor)
+#   create / raw LIST listing the same way (the floor of listing)
 #   create / raw LIST listing the same way in protobuf
+#   create / raw LIST listing the same way and storing what it listed (the floor of the same work)
 #   create --list-encoding json / raw LIST listing the same way, and create / create --list-encoding json
 #   create --list-per-namespace never / raw paged LIST
 #   create's peak RSS at the largest size / at the smallest     (target <= 1.2: flat)
@@ -56,6 +59,8 @@ for size in $SIZES; do
       "$RELEASE/raw-list" --concurrency 16 --per-namespace
     measure "$RESULTS" "$size" raw-list-ns-pb-c16 "$run" "$OUT/logs/rawnspb16-$size-$run.log" -- \
       "$RELEASE/raw-list" --concurrency 16 --per-namespace --protobuf
+    measure "$RESULTS" "$size" raw-list-ns-store-c16 "$run" "$OUT/logs/rawnsstore16-$size-$run.log" -- \
+      "$RELEASE/raw-list" --concurrency 16 --per-namespace --store "$LOCATION"
     measure "$RESULTS" "$size" kubectl-backup "$run" "$OUT/logs/backup-$size-$run.json" -- \
       kubectl backup create "b-$size-$run" --location "$LOCATION" -o json
     check_backup "$OUT/logs/backup-$size-$run.json" >/dev/null
@@ -82,8 +87,9 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/mach
   echo
   python3 "$ROOT/bench/summarize.py" "$RESULTS" \
     "kubectl backup create / raw paged LIST, 16 parallel (target <= 1.2)=kubectl-backup/raw-list-c16@$last_size" \
-    "kubectl backup create / raw LIST listing the same way (the floor), 16 parallel=kubectl-backup/raw-list-ns-c16@$last_size" \
+    "kubectl backup create / raw LIST listing the same way (the floor of listing), 16 parallel=kubectl-backup/raw-list-ns-c16@$last_size" \
     "kubectl backup create / raw LIST listing the same way in protobuf (the floor of that), 16 parallel=kubectl-backup/raw-list-ns-pb-c16@$last_size" \
+    "kubectl backup create / raw LIST listing the same way and storing it (the floor of the same work), 16 parallel=kubectl-backup/raw-list-ns-store-c16@$last_size" \
     "kubectl backup create --list-encoding json / raw LIST listing the same way=kubectl-backup-json/raw-list-ns-c16@$last_size" \
     "kubectl backup create / kubectl backup create --list-encoding json=kubectl-backup/kubectl-backup-json@$last_size" \
     "kubectl backup create --list-per-namespace never / raw paged LIST=kubectl-backup-paged/raw-list-c16@$last_size" \

@@ -38,7 +38,7 @@ pub const IN_PROGRESS_FILE: &str = "in-progress.json";
 /// How often the in-progress marker is refreshed. A marker older than a few of these is stale.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes handed from the compressor to the uploader at a time.
-const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 1 << 20;
 
 pub fn in_progress_path(name: &str) -> Path {
     crate::committed::data_path::<Objects>(name, IN_PROGRESS_FILE)

@@ -1,4 +1,4 @@
-//! `raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata | --protobuf]`: the floor for `kubectl backup create` in
+//! `raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata | --protobuf | --store URL]`: the floor for `kubectl backup create` in
 //! `bench/backup.sh` — discovery, then a paged LIST (`limit=500`) of every resource type the backup
 //! lists, cluster-wide, items discarded.
 //!
@@ -18,12 +18,21 @@
 //! (`collect::namespaces_after_first_page`, the same rule): the floor of `create` listing that way.
 //! `--protobuf` asks for ConfigMaps and Secrets in protobuf (`collect::protobuf::Kind`), as `create
 //! --list-encoding auto` does, and counts their items without decoding them: that floor.
+//! `--store URL` stores what it listed, as `create` does, by the least work that stores the same:
+//! every JSON page as the server sent it is hashed (SHA-256, as `create` hashes each object: the
+//! same bytes), compressed at the archive's zstd level and uploaded to URL as one object through
+//! core's uploader (`ChunkSender`, `Store::upload`). No split into objects, no tar headers, no
+//! contents file, no commit: the floor of the same work, below anything that stores objects one
+//! by one (`bench/scale.sh`).
 //!
-//! Prints one summary line on stdout: `types=<n> pages=<n> items=<n> seconds=<s>`.
+//! Prints one summary line on stdout: `types=<n> pages=<n> items=<n> seconds=<s>`, and with
+//! `--store` also `stored=<bytes> of=<bytes listed>`.
 
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::Request;
@@ -33,8 +42,10 @@ use kubectl_backup_core::collect::{
     namespaces_after_first_page, never_backed_up,
 };
 use kubectl_backup_core::kube_client::{KubeOptions, Throttle, client};
+use kubectl_backup_core::store::{ChunkSender, Store, StoreOptions};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use tokio::sync::mpsc;
 
 const PAGE_SIZE: u32 = 500;
 
@@ -65,6 +76,7 @@ fn main() -> Result<()> {
     let mut namespace: Option<String> = None;
     let mut per_namespace = false;
     let mut protobuf = false;
+    let mut store: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -77,9 +89,10 @@ fn main() -> Result<()> {
             "--namespace" => namespace = Some(args.next().context("--namespace needs a value")?),
             "--per-namespace" => per_namespace = true,
             "--protobuf" => protobuf = true,
+            "--store" => store = Some(args.next().context("--store needs a location URL")?),
             other => {
                 bail!(
-                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata | --protobuf]"
+                    "unknown argument {other:?}; usage: raw-list [--concurrency N] [--every-type] [--namespace NS | --per-namespace] [--decode | --metadata | --protobuf | --store URL]"
                 )
             }
         }
@@ -93,19 +106,17 @@ fn main() -> Result<()> {
     if protobuf && (decode || metadata) {
         bail!("--protobuf lists full objects without decoding them: not with --decode or --metadata");
     }
+    if store.is_some() && (decode || metadata || protobuf) {
+        bail!(
+            "--store stores the JSON pages the server sends, as a backup stores JSON: not with --decode, --metadata or --protobuf"
+        );
+    }
     let concurrency = concurrency.max(1);
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(
-        concurrency,
-        every_type,
-        decode,
-        metadata,
-        namespace,
-        per_namespace,
-        protobuf,
-    ))
+    let opts = Opts { concurrency, every_type, decode, metadata, namespace, per_namespace, protobuf, store };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(opts))
 }
 
-async fn run(
+struct Opts {
     concurrency: usize,
     every_type: bool,
     decode: bool,
@@ -113,8 +124,17 @@ async fn run(
     namespace: Option<String>,
     per_namespace: bool,
     protobuf: bool,
-) -> Result<()> {
+    store: Option<String>,
+}
+
+async fn run(opts: Opts) -> Result<()> {
+    let Opts { concurrency, every_type, decode, metadata, namespace, per_namespace, protobuf, store } = opts;
     let start = Instant::now();
+    let storing = match &store {
+        Some(url) => Some(Storing::start(url)?),
+        None => None,
+    };
+    let pages_out = storing.as_ref().map(|s| &s.pages);
     let client = client(&KubeOptions::default()).await?;
     // Discovery is a few dozen requests; the limiter is set so high it never waits.
     let throttle = Throttle::new(100_000, 100_000, concurrency);
@@ -140,6 +160,7 @@ async fn run(
                 decode,
                 metadata,
                 protobuf: protobuf && Kind::of(&r.ar.group, &r.ar.version, &r.ar.plural).is_some(),
+                store: pages_out,
             };
             list_type(&client, &r, namespace, namespaces, how).await.with_context(|| format!("listing {}", r.key))
         }
@@ -153,8 +174,57 @@ async fn run(
         pages += p;
         items += i;
     }
-    println!("types={n_types} pages={pages} items={items} seconds={:.3}", start.elapsed().as_secs_f64());
+    let stored = match storing {
+        Some(s) => {
+            let (listed, stored) = s.finish().await?;
+            format!(" stored={stored} of={listed}")
+        }
+        None => String::new(),
+    };
+    println!("types={n_types} pages={pages} items={items} seconds={:.3}{stored}", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `--store`: the pages listed, hashed, compressed and uploaded as they come.
+struct Storing {
+    pages: mpsc::Sender<Bytes>,
+    compressor: tokio::task::JoinHandle<std::io::Result<u64>>,
+    upload: tokio::task::JoinHandle<kubectl_backup_core::Result<u64>>,
+}
+
+impl Storing {
+    fn start(url: &str) -> Result<Storing> {
+        let store = Store::open_url(url, &StoreOptions::default()).with_context(|| format!("opening {url}"))?;
+        let (pages, mut received) = mpsc::channel::<Bytes>(64);
+        let (chunks, to_upload) = mpsc::channel::<Bytes>(4);
+        let compressor = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            use kubectl_backup_core::archive::{Digesting, ZSTD_LEVEL, sha256_hex};
+            let out = Digesting::new(ChunkSender::new(chunks, kubectl_backup_core::backup::CHUNK));
+            let mut zstd = zstd::Encoder::new(out, ZSTD_LEVEL)?;
+            zstd.include_checksum(true)?;
+            let (mut listed, mut digests) = (0u64, Vec::new());
+            while let Some(page) = received.blocking_recv() {
+                digests.push(sha256_hex(&page));
+                listed += page.len() as u64;
+                zstd.write_all(&page)?;
+            }
+            let (mut sender, _, _) = zstd.finish()?.finish();
+            sender.flush()?;
+            std::hint::black_box(digests);
+            Ok(listed)
+        });
+        let path = object_store::path::Path::from(format!("raw-list/{}.zst", jiff::Timestamp::now().as_nanosecond()));
+        let upload = tokio::spawn(async move { store.upload(&path, to_upload, |_| {}).await });
+        Ok(Storing { pages, compressor, upload })
+    }
+
+    /// Waits for the last page to be compressed and uploaded: (bytes listed, bytes stored).
+    async fn finish(self) -> Result<(u64, u64)> {
+        drop(self.pages);
+        let listed = self.compressor.await?.context("compressing the pages")?;
+        let stored = self.upload.await?.context("uploading the pages")?;
+        Ok((listed, stored))
+    }
 }
 
 /// All pages of one type, cluster-wide or in `namespace` (of metadata only with `metadata`); with
@@ -165,7 +235,7 @@ async fn list_type(
     r: &Resource,
     namespace: Option<&str>,
     per_namespace: Option<&[String]>,
-    how: How,
+    how: How<'_>,
 ) -> Result<(u64, u64)> {
     let How { metadata, .. } = how;
     let limit = if metadata { METADATA_PAGE_SIZE } else { PAGE_SIZE };
@@ -197,7 +267,7 @@ async fn continue_pages(
     client: &kube::Client,
     r: &Resource,
     namespace: Option<&str>,
-    how: How,
+    how: How<'_>,
     mut token: Option<String>,
 ) -> Result<(u64, u64)> {
     let How { decode, metadata, .. } = how;
@@ -230,11 +300,13 @@ async fn continue_pages(
 
 /// How each type is listed.
 #[derive(Clone, Copy)]
-struct How {
+struct How<'a> {
     decode: bool,
     metadata: bool,
     /// In protobuf (a ConfigMap or Secret with `--protobuf`).
     protobuf: bool,
+    /// Where each JSON page goes to be stored (`--store`).
+    store: Option<&'a mpsc::Sender<Bytes>>,
 }
 
 /// One page as counted: its items, continue token and remaining item count.
@@ -246,25 +318,40 @@ struct Counted {
 
 /// One page of `request`'s LIST with `lp`, in JSON (of metadata only with `metadata`) or in
 /// protobuf, counted without decoding its items.
-async fn page(client: &kube::Client, request: &Request, lp: &ListParams, how: How) -> Result<Counted> {
+async fn page(client: &kube::Client, request: &Request, lp: &ListParams, how: How<'_>) -> Result<Counted> {
     let mut req = request.list(lp)?;
     if how.metadata {
         req.headers_mut().insert("accept", METADATA_LIST.try_into()?);
     }
-    if !how.protobuf {
+    if !how.protobuf && how.store.is_none() {
         let page: Page = client.request(req).await?;
-        let items = page.items.map_or(0, |i| i.len()) as u64;
-        return Ok(Counted { items, continue_: page.metadata.continue_, remaining: page.metadata.remaining });
+        return Ok(page.counted());
     }
     use http_body_util::BodyExt;
-    req.headers_mut().insert("accept", PROTOBUF.try_into()?);
+    if how.protobuf {
+        req.headers_mut().insert("accept", PROTOBUF.try_into()?);
+    }
     let res = client.send(req.map(kube::client::Body::from)).await?;
     let status = res.status();
     let wire = res.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        bail!("{status} for a LIST in protobuf");
+        bail!("{status} for a LIST");
     }
-    count_protobuf(&wire).context("reading a protobuf LIST page")
+    if how.protobuf {
+        return count_protobuf(&wire).context("reading a protobuf LIST page");
+    }
+    let counted = serde_json::from_slice::<Page>(&wire).context("reading a LIST page")?.counted();
+    if let Some(pages) = how.store {
+        pages.send(wire).await.context("the compressor stopped")?;
+    }
+    Ok(counted)
+}
+
+impl Page {
+    fn counted(self) -> Counted {
+        let items = self.items.map_or(0, |i| i.len()) as u64;
+        Counted { items, continue_: self.metadata.continue_, remaining: self.metadata.remaining }
+    }
 }
 
 /// A protobuf LIST page's items, counted, and its list metadata: `runtime.Unknown`'s `raw` is the
