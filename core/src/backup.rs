@@ -283,6 +283,11 @@ async fn run_pipeline(
     result
 }
 
+/// The error of a run stopped by [`crate::interrupt`] before its commit.
+fn not_committed(name: &str) -> Error {
+    crate::interrupt::stopped(&format!("backup {name:?} was not committed, and what it wrote was removed"))
+}
+
 /// Builds the committed document of a run and commits it.
 async fn commit(
     p: &Pipeline<'_>,
@@ -292,10 +297,7 @@ async fn commit(
     o: Outcome,
 ) -> Result<Backup> {
     if crate::interrupt::requested() {
-        return Err(crate::interrupt::stopped(&format!(
-            "backup {:?} was not committed, and what it wrote was removed",
-            p.name
-        )));
+        return Err(not_committed(p.name));
     }
     let (store, name, start) = (p.store, p.name, p.start);
     let mut warnings = o.report.warnings;
@@ -616,6 +618,9 @@ async fn store_incremental(
     let uploading = crate::packs::upload_packs(store, pack_rx);
     let (report, uploaded) = tokio::join!(collecting, uploading);
     let written = writer.await.map_err(|e| Error::Other(format!("pack writer stopped: {e}")))?;
+    // Stopped: the packs uploaded so far are referenced by nothing, and collected as any failed
+    // run's are.
+    let report = report?;
     let (bytes, written_packs) = uploaded?;
     let (mut contents, duplicates, packs, stored, reused, unread) =
         written.map_err(|e| Error::Other(format!("writing packs: {e}")))?;
@@ -662,6 +667,13 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
     let collecting = p.collect(item_tx, None, None, p.watched);
     let (report, uploaded) = tokio::join!(collecting, upload);
     let written = writer.await.map_err(|e| Error::Other(format!("archive writer stopped: {e}")))?;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            store.remove_quietly(archive).await;
+            return Err(e);
+        }
+    };
 
     let written = match (written, uploaded) {
         (Ok(w), Ok(_)) => w,
@@ -684,16 +696,17 @@ async fn archive_and_upload(p: &Pipeline<'_>, archive: &Path) -> Result<(collect
 impl Pipeline<'_> {
     /// Lists what the plan selects into `items` (concurrent paged LISTs).
     /// With `previous`, objects unchanged since it are sent unread; with `watched` too, the types
-    /// it covers are not listed; with `empty`, nor those it names as holding nothing.
+    /// it covers are not listed; with `empty`, nor those it names as holding nothing. A stop
+    /// ([`crate::interrupt`]) ends the LISTs at once (`items` closed) and is the error.
     async fn collect(
         &self,
         items: mpsc::Sender<Batch>,
         previous: Option<&collect::Previous>,
         watched: Option<&collect::Watched>,
         empty: Option<&collect::Watched>,
-    ) -> collect::Report {
+    ) -> Result<collect::Report> {
         let selector = self.selection.selector.as_ref().map(|s| s.as_str().to_string());
-        collect::collect(
+        let listing = collect::collect(
             &self.cluster.client,
             &self.cluster.throttle,
             self.plan,
@@ -703,8 +716,11 @@ impl Pipeline<'_> {
             empty,
             items,
             self.observer.as_ref(),
-        )
-        .await
+        );
+        tokio::select! {
+            report = listing => Ok(report),
+            _ = crate::interrupt::wait() => Err(not_committed(self.name)),
+        }
     }
 }
 

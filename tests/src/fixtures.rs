@@ -506,6 +506,37 @@ pub fn namespace(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 }
 
+/// Starts `command` (a plugin run) with its output piped, waits until `ready` holds (failing the
+/// test with what it waited for after two minutes), presses Ctrl-C (SIGINT to the process; kubectl
+/// execs its plugins, so that is the plugin), and waits up to a minute for it to end, killing it
+/// after that: its exit code and stderr, and how long it took to end after Ctrl-C.
+pub fn ctrl_c(
+    mut command: Command,
+    ready: (&str, &mut dyn FnMut() -> bool),
+) -> (Option<i32>, String, std::time::Duration) {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting the plugin");
+    let (what, ready) = ready;
+    if !wait_until(std::time::Duration::from_secs(120), ready) {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("the plugin's output");
+        panic!("{what}: not within 120 s; the plugin said: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sigint = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT");
+    assert!(sigint.success());
+    let pressed = std::time::Instant::now();
+    let ended = wait_until(std::time::Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
+    let took = pressed.elapsed();
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("the plugin's output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(ended, "the plugin did not end within 60 s of Ctrl-C: {stderr}");
+    eprintln!("[ctrl-c] the plugin ended {took:.1?} after Ctrl-C");
+    (out.status.code(), stderr, took)
+}
+
 /// Waits until `f` holds, failing the test with `what` after `timeout`.
 pub fn eventually(what: &str, timeout: std::time::Duration, f: impl FnMut() -> bool) {
     assert!(wait_until(timeout, f), "{what}: not within {timeout:?}");

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use kubectl_backup_e2e::control_plane::ControlPlane;
 use kubectl_backup_e2e::env::SharedEnv;
 use kubectl_backup_e2e::fault_proxy::{Fault, FaultProxy};
-use kubectl_backup_e2e::fixtures::{Run, Tools, namespace, plugin_path, random_configmaps, small_configmaps, unique};
+use kubectl_backup_e2e::fixtures::{
+    Run, Tools, ctrl_c, namespace, plugin_path, random_configmaps, small_configmaps, unique,
+};
 use kubectl_backup_e2e::stores::s3_env;
 
 fn env() -> (SharedEnv, Tools) {
@@ -117,6 +119,69 @@ fn sigkill_mid_backup_leaves_nothing_listed_and_a_rerun_succeeds() {
     assert!(del.stdout.contains("leftover"), "{}", del.stdout);
     assert!(files_of(&other_dir).is_empty(), "{:?}", files_of(&other_dir));
     tools.delete_namespace(&ns);
+}
+
+/// A first Ctrl-C ends a backup cleanly whatever it backs up: its LISTs end, nothing is committed,
+/// what it wrote (the archive uploaded so far, the in-progress marker) is removed, and the plugin
+/// exits 130. A restore stopped the same way creates no further object. (Before, only runs with
+/// volume data had the handler: a plain run was killed, its files left for `delete`, or, where
+/// SIGINT was ignored, went on to commit.)
+#[test]
+fn ctrl_c_ends_a_backup_leaving_nothing_and_a_restore_creating_nothing_more() {
+    let (env, tools) = env();
+    let ns = unique("intr");
+    tools.create(&namespace(&ns)).ok();
+    tools.create(&small_configmaps(&ns, 300)).ok();
+    let dir = env.scratch.join(unique("intr"));
+    let mut t = tools.clone();
+    t.location = Some(format!("file://{}", dir.display()));
+    let slow = ["--qps", "3", "--burst", "1", "--concurrency", "1"];
+
+    // The whole cluster's types at 3 LISTs a second: about 15 s of listing.
+    let name = unique("b");
+    let backup_dir = dir.join("backups").join(&name);
+    let mut marked: Option<Instant> = None;
+    let mut begun = || {
+        if backup_dir.join("in-progress.json").exists() {
+            marked.get_or_insert_with(Instant::now);
+        }
+        marked.is_some_and(|m| m.elapsed() > Duration::from_millis(1500))
+    };
+    let args = [&["create", &name][..], &slow].concat();
+    let (code, stderr, took) = ctrl_c(t.backup_command(&args), ("the run listing for 1.5 s", &mut begun));
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: stopping the backup: its LISTs end"), "{stderr}");
+    let why = format!("error: interrupted: backup \"{name}\" was not committed, and what it wrote was removed");
+    assert!(stderr.contains(&why), "{stderr}");
+    assert!(took < Duration::from_secs(5), "the LISTs went on {took:?} after Ctrl-C");
+    assert!(files_of(&backup_dir).is_empty(), "left behind: {:?}", files_of(&backup_dir));
+    let listed = t.backup(&["list", "-o", "json"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+
+    // The restore: 301 ConfigMaps at 3 a second, stopped once a few exist in the copy.
+    let full = unique("b");
+    let b = t.backup(&["create", &full, "-n", &ns, "-o", "json"]).ok().json();
+    assert_eq!(b["status"]["resources"]["configmaps"], 301, "{b}");
+    let copy = unique("copy");
+    let count = || {
+        let cms = tools.get_json(&["configmaps", "-n", &copy]);
+        cms["items"].as_array().map_or(0, Vec::len)
+    };
+    let mapping = format!("--namespace-mapping={ns}:{copy}");
+    let mut begun = || count() >= 5;
+    let args = [&["restore", &full, &mapping][..], &slow].concat();
+    let (code, stderr, took) = ctrl_c(t.backup_command(&args), ("five ConfigMaps restored", &mut begun));
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: stopping the restore"), "{stderr}");
+    assert!(stderr.contains("error: interrupted: the restore stopped; what it created so far stays"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "the restore went on {took:?} after Ctrl-C");
+    let created = count();
+    assert!((5..100).contains(&created), "{created} ConfigMaps restored");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(), created, "ConfigMaps were created after the restore ended");
+    for n in [&ns, &copy] {
+        tools.delete_namespace(n);
+    }
 }
 
 /// The commit's answer is lost: the store keeps `metadata.json` and the client sees its connection

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use kubectl_backup_e2e::env::SharedEnv;
-use kubectl_backup_e2e::fixtures::{Tools, eventually, service_account_kubeconfig, unique, wait_until};
+use kubectl_backup_e2e::fixtures::{Tools, ctrl_c, eventually, service_account_kubeconfig, unique, wait_until};
 use kubectl_backup_e2e::node::{NodeCluster, busybox_image, start_one as start};
 
 /// A hostPath PersistentVolume of class `manual`, kept when released (what static provisioning
@@ -510,7 +510,11 @@ fn ctrl_c_during_a_volume_backup_ends_the_mover_runs_the_post_hook_and_commits_n
         assert!(!files_under(&own).is_empty(), "nothing written before the volume data");
     });
     assert_eq!(code, Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted: ending the mover Pods and running the post hooks"), "{stderr}");
+    assert!(
+        stderr
+            .contains("interrupted: stopping the backup: its LISTs end, a mover Pod is ended after its post hooks run"),
+        "{stderr}"
+    );
     let why = format!("error: interrupted: backup \"{backup}\" was not committed, and what it wrote was removed");
     assert!(stderr.contains(&why), "{stderr}");
     eventually("the mover Pod and its plan Secret gone", Duration::from_secs(30), || movers_left(&c.t, &ns).is_empty());
@@ -568,24 +572,16 @@ fn mover_running(c: &NodeCluster, ns: &str) -> bool {
 /// `kubectl backup ARGS`, sent SIGINT (Ctrl-C) once a mover Pod runs in `ns` and `meanwhile` has
 /// checked what it checks; its exit code and standard error once it ended (within 60 s).
 fn interrupted(c: &NodeCluster, args: &[&str], ns: &str, meanwhile: impl FnOnce()) -> (Option<i32>, String) {
-    let mut child = (c.t.backup_command(args).stdout(std::process::Stdio::piped()))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl backup");
-    eventually("the mover Pod running", Duration::from_secs(120), || mover_running(c, ns));
-    meanwhile();
-    let sigint = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(sigint.success());
-    let stopped = Instant::now();
-    let ended = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
-    if !ended {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("the plugin's output");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(ended, "kubectl backup {args:?} did not end within 60 s of Ctrl-C: {stderr}");
-    eprintln!("[interrupt] kubectl backup {} ended {:.1?} after Ctrl-C", args[0], stopped.elapsed());
-    (out.status.code(), stderr)
+    let mut meanwhile = Some(meanwhile);
+    let mut ready = || {
+        let running = mover_running(c, ns);
+        if let Some(check) = meanwhile.take_if(|_| running) {
+            check();
+        }
+        running
+    };
+    let (code, stderr, _) = ctrl_c(c.t.backup_command(args), ("the mover Pod running", &mut ready));
+    (code, stderr)
 }
 
 /// `kubectl backup install` of `image` with `flags`, storing to the node cluster's S3 server, its

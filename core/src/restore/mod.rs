@@ -411,7 +411,8 @@ impl Applying<'_> {
         let dry_run = self.policy.dry_run;
         let mut namespaces_ready = false;
         let (mut volumes_written, mut snapshots_made) = (false, false);
-        // Asked to stop: no further group is begun (a mover writing a claim is stopped first).
+        // Asked to stop: no further object or group is begun (a mover writing a claim is stopped
+        // first); the objects being written when it came are written.
         let interrupted = || {
             crate::interrupt::requested()
                 .then(|| crate::interrupt::stopped("the restore stopped; what it created so far stays"))
@@ -438,6 +439,9 @@ impl Applying<'_> {
                 snapshots_made = true;
             }
             let results = self.group(&members).await?;
+            if let Some(e) = interrupted() {
+                return Err(e);
+            }
             let mut crds = Vec::new();
             for (i, r) in results {
                 if priority == Priority::CustomResourceDefinitions
@@ -597,6 +601,7 @@ impl Applying<'_> {
             (self.cluster, &self.discovered, &self.opts, &self.policy, &self.pending);
         let (observer, total, done) = (&self.observer, self.total, &mut self.done);
         let results: Vec<(usize, RestoreItem)> = tokio_stream_of(rx)
+            .take_until(crate::interrupt::wait())
             .map(|(i, v)| {
                 let item = &index[i];
                 let target_ns = item.namespace.as_deref().map(|n| opts.map_namespace(n).to_string());

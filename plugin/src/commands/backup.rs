@@ -62,10 +62,8 @@ pub async fn create(cli: &Globals, args: &CreateArgs) -> Result<ExitCode> {
     }
     let observer = progress::observer(if detached { Output::Json } else { args.output.output }, "objects");
     let run = backup::run(&cluster, &store, &args.name, spec.clone(), observer.clone());
-    let result = match spec.include_volumes {
-        true => super::interruptible(run).await,
-        false => run.await,
-    };
+    let doing = "stopping the backup: its LISTs end, a mover Pod is ended after its post hooks run, and what it wrote is removed";
+    let result = super::interruptible(doing, run).await;
     drop(observer);
     let backup = result?;
     match args.output.output {

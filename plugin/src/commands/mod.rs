@@ -64,17 +64,18 @@ pub fn detach(what: &str, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `run`, a backup or restore that moves volume data, so that a first Ctrl-C asks it to end
-/// cleanly ([`kubectl_backup_core::interrupt`]: its mover Pod deleted, the post hooks run, nothing
-/// committed) and a second quits at once.
-pub async fn interruptible<T>(run: impl std::future::Future<Output = T>) -> T {
+/// Runs `run`, a backup or a restore, so that a first Ctrl-C asks it to end cleanly
+/// ([`kubectl_backup_core::interrupt`]: no further LIST or restore group begun, a mover Pod
+/// deleted and its post hooks run, nothing committed and what a backup wrote removed), printing
+/// `doing` ("stopping the backup: ..."), and a second quits at once.
+pub async fn interruptible<T>(doing: &str, run: impl std::future::Future<Output = T>) -> T {
     tokio::pin!(run);
     tokio::select! {
         r = &mut run => return r,
         _ = tokio::signal::ctrl_c() => {}
     }
     kubectl_backup_core::interrupt::request();
-    eprintln!("interrupted: ending the mover Pods and running the post hooks; press Ctrl-C again to quit at once");
+    eprintln!("interrupted: {doing}; press Ctrl-C again to quit at once");
     tokio::select! {
         r = &mut run => r,
         _ = tokio::signal::ctrl_c() => std::process::exit(130),

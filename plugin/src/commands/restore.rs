@@ -97,9 +97,9 @@ async fn restore_backup(cli: &Globals, args: &RestoreArgs, backup: &str) -> Resu
     }
     let observer = progress::observer(if detached { Output::Json } else { args.output.output }, "objects");
     let log = RunLog::new(observer.clone());
-    let volumes = !spec.skip_volume_data;
     let run = restore::run(&cluster, &store, &name, spec, log.clone());
-    let result = if volumes { super::interruptible(run).await } else { run.await };
+    let doing = "stopping the restore once the objects it is creating now are created (a mover Pod is ended)";
+    let result = super::interruptible(doing, run).await;
     drop(observer);
     let restore = result?;
     // The history (`restore list`, `logs restore/NAME`), in a location this may write to.
