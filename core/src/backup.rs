@@ -131,8 +131,9 @@ pub async fn run_with_movers(
         marker,
         tracker.clone(),
     )));
-    let pipeline =
-        Pipeline { cluster, store, name, selection: &selection, plan: &plan, start, observer, movers, watched };
+    let incremental = spec.incremental;
+    let (selection, plan) = (&selection, &plan);
+    let pipeline = Pipeline { cluster, store, name, selection, plan, start, observer, movers, watched, incremental };
     let result = run_pipeline(pipeline, spec, ttl, version, &run_id, begun).await;
     heartbeat.abort();
     let _ = heartbeat.await;
@@ -209,6 +210,8 @@ struct Pipeline<'a> {
     observer: Arc<dyn Observer>,
     movers: &'a MoverAccess,
     watched: Option<&'a collect::Watched>,
+    /// Stored in packs (`spec.incremental`): what a stopped run wrote is left to the collector.
+    incremental: bool,
 }
 
 /// What a run stored, whichever way it stored it.
@@ -283,9 +286,16 @@ async fn run_pipeline(
     result
 }
 
-/// The error of a run stopped by [`crate::interrupt`] before its commit.
-fn not_committed(name: &str) -> Error {
-    crate::interrupt::stopped(&format!("backup {name:?} was not committed, and what it wrote was removed"))
+/// The error of a run stopped by [`crate::interrupt`] before its commit. An incremental run's packs
+/// stay until a garbage collection ([`crate::packs`]) finds no backup using them.
+fn not_committed(p: &Pipeline<'_>) -> Error {
+    let name = p.name;
+    crate::interrupt::stopped(&match p.incremental {
+        false => format!("backup {name:?} was not committed, and what it wrote was removed"),
+        true => format!(
+            "backup {name:?} was not committed; the packs it wrote are removed by the next garbage collection (delete, expiry)"
+        ),
+    })
 }
 
 /// Builds the committed document of a run and commits it.
@@ -297,7 +307,7 @@ async fn commit(
     o: Outcome,
 ) -> Result<Backup> {
     if crate::interrupt::requested() {
-        return Err(not_committed(p.name));
+        return Err(not_committed(p));
     }
     let (store, name, start) = (p.store, p.name, p.start);
     let mut warnings = o.report.warnings;
@@ -719,7 +729,7 @@ impl Pipeline<'_> {
         );
         tokio::select! {
             report = listing => Ok(report),
-            _ = crate::interrupt::wait() => Err(not_committed(self.name)),
+            _ = crate::interrupt::wait() => Err(not_committed(self)),
         }
     }
 }

@@ -121,6 +121,18 @@ fn sigkill_mid_backup_leaves_nothing_listed_and_a_rerun_succeeds() {
     tools.delete_namespace(&ns);
 }
 
+/// Whether the run whose directory is `dir` has been listing for 1.5 s (its in-progress marker
+/// written that long ago), as a poll for [`ctrl_c`].
+fn listing(dir: &Path) -> impl FnMut() -> bool + '_ {
+    let mut marked: Option<Instant> = None;
+    move || {
+        if dir.join("in-progress.json").exists() {
+            marked.get_or_insert_with(Instant::now);
+        }
+        marked.is_some_and(|m| m.elapsed() > Duration::from_millis(1500))
+    }
+}
+
 /// A first Ctrl-C ends a backup cleanly whatever it backs up: its LISTs end, nothing is committed,
 /// what it wrote (the archive uploaded so far, the in-progress marker) is removed, and the plugin
 /// exits 130. A restore stopped the same way creates no further object. (Before, only runs with
@@ -140,15 +152,9 @@ fn ctrl_c_ends_a_backup_leaving_nothing_and_a_restore_creating_nothing_more() {
     // The whole cluster's types at 3 LISTs a second: about 15 s of listing.
     let name = unique("b");
     let backup_dir = dir.join("backups").join(&name);
-    let mut marked: Option<Instant> = None;
-    let mut begun = || {
-        if backup_dir.join("in-progress.json").exists() {
-            marked.get_or_insert_with(Instant::now);
-        }
-        marked.is_some_and(|m| m.elapsed() > Duration::from_millis(1500))
-    };
     let args = [&["create", &name][..], &slow].concat();
-    let (code, stderr, took) = ctrl_c(t.backup_command(&args), ("the run listing for 1.5 s", &mut begun));
+    let (code, stderr, took) =
+        ctrl_c(t.backup_command(&args), ("the run listing for 1.5 s", &mut listing(&backup_dir)));
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("interrupted: stopping the backup: its LISTs end"), "{stderr}");
     let why = format!("error: interrupted: backup \"{name}\" was not committed, and what it wrote was removed");
@@ -157,6 +163,21 @@ fn ctrl_c_ends_a_backup_leaving_nothing_and_a_restore_creating_nothing_more() {
     assert!(files_of(&backup_dir).is_empty(), "left behind: {:?}", files_of(&backup_dir));
     let listed = t.backup(&["list", "-o", "json"]).ok().json();
     assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+
+    // An incremental run stops the same way, and releases its lease: nothing holds up the
+    // collector, which removes the packs it wrote, referenced by no backup.
+    let inc = unique("b");
+    let inc_dir = dir.join("backups").join(&inc);
+    let args = [&["create", &inc, "--incremental"][..], &slow].concat();
+    let (code, stderr, took) = ctrl_c(t.backup_command(&args), ("the run listing for 1.5 s", &mut listing(&inc_dir)));
+    assert_eq!(code, Some(130), "{stderr}");
+    let why = format!(
+        "error: interrupted: backup \"{inc}\" was not committed; the packs it wrote are removed by the next garbage collection"
+    );
+    assert!(stderr.contains(&why), "{stderr}");
+    assert!(took < Duration::from_secs(5), "the LISTs went on {took:?} after Ctrl-C");
+    assert!(files_of(&inc_dir).is_empty(), "left behind: {:?}", files_of(&inc_dir));
+    assert!(files_of(&dir.join("leases")).is_empty(), "the lease was kept: {:?}", files_of(&dir.join("leases")));
 
     // The restore: 301 ConfigMaps at 3 a second, stopped once a few exist in the copy.
     let full = unique("b");
