@@ -52,10 +52,14 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Starts `kubectl-backup create` slowly (a low --qps) so it can be interrupted.
+/// A run slow enough to be interrupted: 3 requests a second, one at a time.
+const SLOW: [&str; 6] = ["--qps", "3", "--burst", "1", "--concurrency", "1"];
+
+/// Starts `kubectl-backup create` slowly ([`SLOW`]) so it can be interrupted.
 fn slow_create(tools: &Tools, location: &str, name: &str) -> std::process::Child {
     Command::new(plugin_path())
-        .args(["create", name, "--location", location, "--qps", "3", "--burst", "1", "--concurrency", "1"])
+        .args(["create", name, "--location", location])
+        .args(SLOW)
         .env("KUBECONFIG", &tools.kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -147,12 +151,11 @@ fn ctrl_c_ends_a_backup_leaving_nothing_and_a_restore_creating_nothing_more() {
     let dir = env.scratch.join(unique("intr"));
     let mut t = tools.clone();
     t.location = Some(format!("file://{}", dir.display()));
-    let slow = ["--qps", "3", "--burst", "1", "--concurrency", "1"];
 
     // The whole cluster's types at 3 LISTs a second: about 15 s of listing.
     let name = unique("b");
     let backup_dir = dir.join("backups").join(&name);
-    let args = [&["create", &name][..], &slow].concat();
+    let args = [&["create", &name][..], &SLOW].concat();
     let (code, stderr, took) =
         ctrl_c(t.backup_command(&args), ("the run listing for 1.5 s", &mut listing(&backup_dir)));
     assert_eq!(code, Some(130), "{stderr}");
@@ -168,7 +171,7 @@ fn ctrl_c_ends_a_backup_leaving_nothing_and_a_restore_creating_nothing_more() {
     // collector, which removes the packs it wrote, referenced by no backup.
     let inc = unique("b");
     let inc_dir = dir.join("backups").join(&inc);
-    let args = [&["create", &inc, "--incremental"][..], &slow].concat();
+    let args = [&["create", &inc, "--incremental"][..], &SLOW].concat();
     let (code, stderr, took) = ctrl_c(t.backup_command(&args), ("the run listing for 1.5 s", &mut listing(&inc_dir)));
     assert_eq!(code, Some(130), "{stderr}");
     let why = format!(
@@ -190,7 +193,7 @@ fn ctrl_c_ends_a_backup_leaving_nothing_and_a_restore_creating_nothing_more() {
     };
     let mapping = format!("--namespace-mapping={ns}:{copy}");
     let mut begun = || count() >= 5;
-    let args = [&["restore", &full, &mapping][..], &slow].concat();
+    let args = [&["restore", &full, &mapping][..], &SLOW].concat();
     let (code, stderr, took) = ctrl_c(t.backup_command(&args), ("five ConfigMaps restored", &mut begun));
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("interrupted: stopping the restore"), "{stderr}");
